@@ -1,0 +1,167 @@
+"""Flow specs: plain, hashable descriptions of OpenFlow 1.3 flows, and the declared pipeline.
+
+A FlowSpec is what the flow compiler produces and what the reconciler diffs; ``ofwire`` is the
+only module that turns it into bytes. Matches and actions are tuples so specs hash and sort.
+
+Match fields (name → value):
+  in_port: int; vlan_vid: int (OpenFlow value: ``VID_PRESENT | vid`` for tagged, 0 for untagged);
+  eth_type: int; eth_src / eth_dst: "aa:bb:cc:dd:ee:ff"; ip_proto: int
+Actions (apply-actions, in order):
+  ("output", port) · ("push_vlan", ethertype) · ("pop_vlan",) · ("set_field", "vlan_vid", value)
+  · ("set_field", "ip_dscp", value) · ("group", group_id)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from enum import IntEnum
+
+VID_PRESENT = 0x1000  # OFPVID_PRESENT: set in vlan_vid match/set-field values for tagged frames
+ETH_TYPE_VLAN = 0x8100
+
+# Ownership: every flow ryu-nsm installs carries this byte at the top of its cookie.
+COOKIE_OWNER = 0x4E
+COOKIE_OWNER_SHIFT = 56
+COOKIE_OWNER_MASK = 0xFF << COOKIE_OWNER_SHIFT
+COOKIE_WIRE_MASK = (1 << COOKIE_OWNER_SHIFT) - 1
+PIPELINE_COOKIE = COOKIE_OWNER << COOKIE_OWNER_SHIFT  # base flows of the pipeline (wire part 0)
+
+
+def wire_cookie(connection_id: str) -> int:
+    """The cookie of every flow of one connection: owner byte + 56-bit hash of its id (never 0)."""
+    digest = int.from_bytes(hashlib.blake2b(connection_id.encode(), digest_size=7).digest(), "big")
+    return PIPELINE_COOKIE | (digest or 1)
+
+
+def is_ours(cookie: int) -> bool:
+    return cookie & COOKIE_OWNER_MASK == PIPELINE_COOKIE
+
+
+class Table(IntEnum):
+    """The declared pipeline. Every FlowSpec must name one of these tables.
+
+    CLASSIFY (0): frames entering from an attachment start their wire here (tag push or direct
+        output); frames from fabric links go on to FORWARD; anything else is dropped.
+    FORWARD (1): tagged frames from fabric links: swap the tag and go on, or pop it and deliver.
+    """
+
+    CLASSIFY = 0
+    FORWARD = 1
+
+
+@dataclass(frozen=True)
+class TableRule:
+    match_fields: frozenset[str]
+    actions: frozenset[str]
+    may_goto: frozenset[int]
+
+
+PIPELINE: dict[Table, TableRule] = {
+    Table.CLASSIFY: TableRule(
+        frozenset({"in_port", "vlan_vid", "eth_type", "eth_src", "eth_dst", "ip_proto"}),
+        frozenset({"output", "push_vlan", "set_field", "group"}),
+        frozenset({Table.FORWARD}),
+    ),
+    Table.FORWARD: TableRule(
+        frozenset({"in_port", "vlan_vid"}),
+        frozenset({"output", "pop_vlan", "set_field", "group"}),
+        frozenset(),
+    ),
+}
+
+
+class Priority(IntEnum):
+    MISS = 0
+    FABRIC_PORT = 100
+    WIRE = 1000
+
+
+class PipelineError(ValueError):
+    """A flow that does not fit its table's declaration: a bug in the compiler, caught at build time."""
+
+
+@dataclass(frozen=True, order=True)
+class FlowSpec:
+    """One flow. Identity on the switch is ``key`` = (table, priority, match)."""
+
+    table: int
+    priority: int
+    match: tuple[tuple[str, object], ...]
+    actions: tuple[tuple, ...] = ()
+    goto: int | None = None
+    cookie: int = PIPELINE_COOKIE
+    meter: int | None = None
+
+    def __post_init__(self) -> None:
+        rule = PIPELINE.get(self.table)
+        if rule is None:
+            raise PipelineError(f"table {self.table} is not in the pipeline")
+        bad = {name for name, _ in self.match} - rule.match_fields
+        if bad:
+            raise PipelineError(f"table {Table(self.table).name} may not match {sorted(bad)}")
+        bad = {a[0] for a in self.actions} - rule.actions
+        if bad:
+            raise PipelineError(f"table {Table(self.table).name} may not {sorted(bad)}")
+        if self.goto is not None and self.goto not in rule.may_goto:
+            raise PipelineError(f"table {Table(self.table).name} may not go to table {self.goto}")
+        if list(self.match) != sorted(self.match):
+            object.__setattr__(self, "match", tuple(sorted(self.match)))
+
+    @classmethod
+    def make(cls, table: int, priority: int, match: dict, actions=(), **kw) -> FlowSpec:
+        return cls(int(table), int(priority), tuple(sorted(match.items())), tuple(actions), **kw)
+
+    @property
+    def key(self) -> tuple:
+        return (self.table, self.priority, self.match)
+
+    def match_dict(self) -> dict:
+        return dict(self.match)
+
+    def to_ofctl(self) -> str:
+        """The flow in ``ovs-ofctl add-flow`` syntax (OpenFlow 1.3)."""
+        parts = [f"cookie={self.cookie:#x}", f"table={self.table}", f"priority={self.priority}"]
+        for name, value in self.match:
+            parts.append(_ofctl_match(name, value))
+        acts = []
+        if self.meter is not None:
+            acts.append(f"meter:{self.meter}")
+        for action in self.actions:
+            acts.append(_ofctl_action(action))
+        if self.goto is not None:
+            acts.append(f"goto_table:{self.goto}")
+        return ",".join(parts) + " actions=" + (",".join(acts) or "drop")
+
+
+def _ofctl_match(name: str, value: object) -> str:
+    if name == "vlan_vid":
+        v = int(value)
+        return "vlan_tci=0x0000/0x1fff" if v == 0 else f"dl_vlan={v & 0xFFF}"
+    if name == "eth_type":
+        return f"dl_type={int(value):#06x}"
+    if name == "eth_src":
+        return f"dl_src={value}"
+    if name == "eth_dst":
+        return f"dl_dst={value}"
+    if name == "ip_proto":
+        return f"nw_proto={value}"
+    return f"{name}={value}"
+
+
+def _ofctl_action(action: tuple) -> str:
+    kind = action[0]
+    if kind == "output":
+        return f"output:{action[1]}"
+    if kind == "push_vlan":
+        return f"push_vlan:{action[1]:#06x}"
+    if kind == "pop_vlan":
+        return "pop_vlan"
+    if kind == "group":
+        return f"group:{action[1]}"
+    if kind == "set_field":
+        _, name, value = action
+        if name == "vlan_vid":
+            return f"set_field:{int(value) | VID_PRESENT:#06x}->vlan_vid"
+        return f"set_field:{value}->{name}"
+    raise PipelineError(f"unknown action {action!r}")

@@ -1,0 +1,190 @@
+"""Frozen, validated model objects: what every source produces and every later stage consumes.
+
+Sources (files, Kubernetes, gRPC) turn documents into these objects at the edge; nothing past this
+module sees raw YAML. All objects are immutable and hashable so they can be diffed and cached.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_NAMESPACE = "default"
+
+
+class FrozenMap(Mapping):
+    """An immutable, hashable str → value mapping (labels, selectors)."""
+
+    __slots__ = ("_items", "_hash")
+
+    def __init__(self, items: Mapping | None = None, /, **kwargs: Any):
+        merged = dict(items or {}, **kwargs)
+        self._items = dict(sorted(merged.items()))
+        self._hash = hash(tuple(self._items.items()))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, FrozenMap):
+            return self._items == other._items
+        return isinstance(other, Mapping) and self._items == dict(other)
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._items!r})"
+
+    def to_dict(self) -> dict:
+        return {k: (v.to_dict() if isinstance(v, FrozenMap) else v) for k, v in self._items.items()}
+
+
+EMPTY = FrozenMap()
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one document: where (file, document index, field path) and what."""
+
+    source: str
+    index: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}[{self.index}]" if self.index >= 0 else self.source
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ModelError(ValueError):
+    """A validation failure at a field path; the loader adds file and document index."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+_PORT_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+@dataclass(frozen=True, order=True)
+class Attachment:
+    """Where an interface meets the fabric: an OVS bridge (a topology switch name) and a port name."""
+
+    switch: str
+    port: str
+
+    @classmethod
+    def parse(cls, text: str, path: str = "attachment") -> Attachment:
+        """Parse ``switch/port-name``."""
+        if not isinstance(text, str) or text.count("/") != 1:
+            raise ModelError(path, f"expected 'switch/port', got {text!r}")
+        switch, port = text.split("/")
+        if not _PORT_NAME.match(switch) or not _PORT_NAME.match(port):
+            raise ModelError(path, f"bad switch or port name in {text!r}")
+        return cls(switch, port)
+
+    def __str__(self) -> str:
+        return f"{self.switch}/{self.port}"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A route of a match: endpoints whose service labels contain ``selector``; picked by weight."""
+
+    selector: FrozenMap = EMPTY
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class Match:
+    """One NSM match: applies when ``source_selector`` ⊆ request labels."""
+
+    source_selector: FrozenMap = EMPTY
+    routes: tuple[Destination, ...] = ()
+    fallthrough: bool = False
+    metadata: FrozenMap = EMPTY
+
+
+@dataclass(frozen=True)
+class NetworkService:
+    """NSM NetworkService (registry.NetworkService)."""
+
+    name: str
+    namespace: str = DEFAULT_NAMESPACE
+    matches: tuple[Match, ...] = ()
+    payload: str = "ETHERNET"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """NSM NetworkServiceEndpoint plus where it attaches to the fabric.
+
+    ``service_labels`` maps service name → labels (NSM ``network_service_labels``).
+    Each attachment carries one connection at a time (NSM gives every connection its own interface);
+    an endpoint with several attachments serves that many connections.
+    """
+
+    name: str
+    namespace: str = DEFAULT_NAMESPACE
+    services: tuple[str, ...] = ()
+    service_labels: FrozenMap = EMPTY
+    attachments: tuple[Attachment, ...] = ()
+    url: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    def labels_for(self, service: str) -> FrozenMap:
+        return self.service_labels.get(service, EMPTY)
+
+
+@dataclass(frozen=True)
+class ClientRequest:
+    """One entry of a Pod's ``networkservicemesh.io`` annotation: a client asking for a service."""
+
+    pod: str
+    ifname: str
+    service: str
+    namespace: str = DEFAULT_NAMESPACE
+    labels: FrozenMap = EMPTY
+    attachment: Attachment | None = None
+    domain: str = ""
+
+    @property
+    def id(self) -> str:
+        """Stable connection id: namespace/pod/ifname."""
+        return f"{self.namespace}/{self.pod}/{self.ifname}"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Everything the sources declare, at one moment. Problems are kept beside the valid objects."""
+
+    services: tuple[NetworkService, ...] = ()
+    endpoints: tuple[Endpoint, ...] = ()
+    requests: tuple[ClientRequest, ...] = ()
+    problems: tuple[Problem, ...] = field(default=(), compare=False)
+
+    def merged(self, other: Resources) -> Resources:
+        return Resources(
+            self.services + other.services,
+            self.endpoints + other.endpoints,
+            self.requests + other.requests,
+            self.problems + other.problems,
+        )

@@ -1,0 +1,81 @@
+"""Desired vs actual flows per switch → the minimal, ordered, idempotent set of changes.
+
+Only flows whose cookie carries ryu-nsm's owner byte are ever changed; everything else on a
+switch belongs to someone else. Changes are ordered make-before-break across the whole fabric:
+
+1. ADD flows whose key (table, priority, match) is new — nothing points at them yet;
+2. MODIFY flows whose key exists with other actions or cookie — this redirects traffic onto
+   what phase 1 built (an OpenFlow ADD replaces the flow in place, without a gap);
+3. DELETE flows that are no longer desired.
+
+Each phase is confirmed by a barrier on every switch before the next starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from .flowspec import FlowSpec, is_ours
+
+ADD = "add"
+MODIFY = "modify"
+DELETE = "delete"
+PHASES = (ADD, MODIFY, DELETE)
+
+
+@dataclass(frozen=True)
+class SwitchDiff:
+    adds: tuple[FlowSpec, ...] = ()
+    modifies: tuple[FlowSpec, ...] = ()
+    deletes: tuple[FlowSpec, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.adds or self.modifies or self.deletes)
+
+    def ops(self, phase: str) -> tuple[FlowSpec, ...]:
+        return {ADD: self.adds, MODIFY: self.modifies, DELETE: self.deletes}[phase]
+
+    @property
+    def size(self) -> int:
+        return len(self.adds) + len(self.modifies) + len(self.deletes)
+
+
+class ConflictingFlows(ValueError):
+    """Two desired flows share a key: a compiler bug, never sent to a switch."""
+
+
+def diff(desired: Iterable[FlowSpec], actual: Iterable[FlowSpec]) -> SwitchDiff:
+    """The changes that turn the switch's flows (``actual``, ours and others') into ``desired``."""
+    want: dict[tuple, FlowSpec] = {}
+    for flow in desired:
+        other = want.setdefault(flow.key, flow)
+        if other != flow:
+            raise ConflictingFlows(f"two desired flows share {flow.key}: {other} and {flow}")
+    have = {flow.key: flow for flow in actual if is_ours(flow.cookie)}
+    adds = tuple(sorted(f for k, f in want.items() if k not in have))
+    modifies = tuple(sorted(f for k, f in want.items() if k in have and have[k] != f))
+    deletes = tuple(sorted(f for k, f in have.items() if k not in want))
+    return SwitchDiff(adds, modifies, deletes)
+
+
+def diff_fabric(
+    desired: Mapping[str, Iterable[FlowSpec]], actual: Mapping[str, Iterable[FlowSpec]]
+) -> dict[str, SwitchDiff]:
+    """Per-switch diffs for the switches in ``actual`` (those whose flows are known); empty ones left out."""
+    out = {}
+    for switch, flows in actual.items():
+        d = diff(desired.get(switch, ()), flows)
+        if d:
+            out[switch] = d
+    return out
+
+
+def apply(actual: Iterable[FlowSpec], change: SwitchDiff) -> frozenset[FlowSpec]:
+    """What a switch holds after ``change`` is applied: used to track state once a barrier confirms it."""
+    by_key = {f.key: f for f in actual}
+    for flow in change.adds + change.modifies:
+        by_key[flow.key] = flow
+    for flow in change.deletes:
+        by_key.pop(flow.key, None)
+    return frozenset(by_key.values())
