@@ -1,0 +1,156 @@
+"""The controller core, driven like the shell drives it: connects, reads, programs, failures."""
+
+from ryu_nsm.controller import Controller, PortInfo, Program, ReadFlows
+from ryu_nsm.reconcile import apply
+
+from .fabrics import ring
+from .flowsim import FabricSim
+from .test_planner import att, port, resources_for
+
+
+def ports_of(fabric, switch, down=()):
+    names = {n: p for (sw, n), p in fabric.port_names.items() if sw == switch}
+    return [PortInfo(p, n, (switch, p) not in down) for n, p in names.items()]
+
+
+class FakeFabric:
+    """Holds each switch's flows and carries out the controller's commands like the shell would."""
+
+    def __init__(self, fabric):
+        self.fabric = fabric
+        self.tables = {s.name: frozenset() for s in fabric.switches}
+        self.sent = []
+
+    def run(self, ctl, commands, now=0.0, check=None):
+        queue = list(commands)
+        while queue:
+            cmd = queue.pop(0)
+            if isinstance(cmd, ReadFlows):
+                queue += ctl.flows_read(cmd.switch, self.tables[cmd.switch], now)
+            elif isinstance(cmd, Program):
+                for phase, step in cmd.phases():
+                    for sw, flows in step.items():
+                        self.sent.append((phase, sw, len(flows)))
+                        d = cmd.diffs[sw]
+                        part = type(d)(**{
+                            "adds": d.adds if phase == "add" else (),
+                            "modifies": d.modifies if phase == "modify" else (),
+                            "deletes": d.deletes if phase == "delete" else (),
+                        })
+                        self.tables[sw] = apply(self.tables[sw], part)
+                    if check:
+                        check(self.tables)
+                queue += ctl.program_done(cmd.id, cmd.diffs.keys(), now)
+
+    def connect_all(self, ctl, now=0.0, down=()):
+        for s in self.fabric.switches:
+            self.run(ctl, ctl.switch_connected(s.dpid, ports_of(self.fabric, s.name, down), now), now)
+
+
+def setup():
+    fab = ring(4, {"client": ("s1",), "server": ("s3",)})
+    res = resources_for([(att(fab, "client"), att(fab, "server"))])
+    return fab, res
+
+
+def test_connect_then_declare_installs_and_reports_up():
+    fab, res = setup()
+    ctl, sw = Controller(fab), FakeFabric(fab)
+    sw.connect_all(ctl)
+    sw.run(ctl, ctl.set_resources(res, 1.0))
+    (conn,) = ctl.status()["connections"]
+    assert conn["state"] == "up" and conn["path"][0] == "s1" and conn["path"][-1] == "s3"
+    (d,) = FabricSim(fab, sw.tables).send(*port(fab, "client"))
+    assert (d.switch, d.port) == port(fab, "server")
+
+
+def test_restarted_controller_with_unchanged_fabric_sends_nothing():
+    fab, res = setup()
+    ctl, sw = Controller(fab), FakeFabric(fab)
+    sw.run(ctl, ctl.set_resources(res, 0.0))
+    sw.connect_all(ctl)
+    before = dict(sw.tables)
+    sw.sent.clear()
+    fresh = Controller(fab)
+    sw.run(fresh, fresh.set_resources(res, 5.0))
+    sw.connect_all(fresh, 5.0)
+    assert sw.sent == [] and sw.tables == before
+    assert fresh.status()["connections"][0]["state"] == "up"
+
+
+def test_request_removed_leaves_only_pipeline_flows():
+    fab, res = setup()
+    ctl, sw = Controller(fab), FakeFabric(fab)
+    sw.connect_all(ctl)
+    sw.run(ctl, ctl.set_resources(res, 0.0))
+    sw.run(ctl, ctl.set_resources(type(res)(res.services, res.endpoints, ()), 1.0))
+    from ryu_nsm.flowspec import PIPELINE_COOKIE
+    assert all(f.cookie == PIPELINE_COOKIE for flows in sw.tables.values() for f in flows)
+
+
+def test_link_down_reroutes_make_before_break():
+    fab, res = setup()
+    ctl, sw = Controller(fab), FakeFabric(fab)
+    sw.connect_all(ctl)
+    sw.run(ctl, ctl.set_resources(res, 0.0))
+    path = ctl.status()["connections"][0]["path"]
+    # Cut the first link of the path: take s1's port on it down.
+    link = next(lk for lk in fab.links if {lk.a, lk.b} == {path[0], path[1]})
+    s1 = fab.switch_by_name[path[0]]
+    cut_port = link.port_on(path[0])
+    name = f"{path[0]}-eth{cut_port}"
+    alive = [l2 for l2 in fab.links if l2 is not link]
+    from ryu_nsm.fabric import Fabric
+    survived = Fabric(fab.name, fab.switches, tuple(alive), fab.hosts)
+
+    def still_delivers(tables):
+        # Between phases the old path still works (the cut link aside, judged on the old fabric).
+        deliveries = FabricSim(fab, tables).send(*port(fab, "client"))
+        assert [(d.switch, d.port) for d in deliveries] == [port(fab, "server")]
+
+    sw.run(ctl, ctl.port_changed(s1.dpid, PortInfo(cut_port, name, False), 2.0), 2.0, check=still_delivers)
+    new = ctl.status()["connections"][0]
+    assert new["state"] == "up" and new["path"] != path
+    (d,) = FabricSim(survived, sw.tables).send(*port(fab, "client"))
+    assert (d.switch, d.port) == port(fab, "server")
+    assert any("moved" in h["what"] and "down" in h["what"] for h in ctl.status()["history"])
+    phases = [p for p, _, _ in sw.sent]
+    assert phases == sorted(phases, key=["add", "modify", "delete"].index)
+
+
+def test_changes_during_a_program_are_folded_into_the_next():
+    fab, res = setup()
+    ctl, sw = Controller(fab), FakeFabric(fab)
+    sw.connect_all(ctl)
+    (program,) = [c for c in ctl.set_resources(res, 0.0) if isinstance(c, Program)]
+    assert ctl.set_resources(type(res)(), 0.5) == []  # held back: a program is in flight
+    sw.run(ctl, [program])
+    from ryu_nsm.flowspec import PIPELINE_COOKIE
+    assert all(f.cookie == PIPELINE_COOKIE for flows in sw.tables.values() for f in flows)
+
+
+def test_unconfirmed_switch_is_read_again():
+    fab, res = setup()
+    ctl, sw = Controller(fab), FakeFabric(fab)
+    sw.connect_all(ctl)
+    (program,) = ctl.set_resources(res, 0.0)
+    failed = next(iter(program.diffs))
+    cmds = ctl.program_done(program.id, [s for s in program.diffs if s != failed], 0.1)
+    assert ReadFlows(failed, fab.switch_by_name[failed].dpid) in cmds
+
+
+def test_switch_away_too_long_is_routed_around():
+    fab, res = setup()
+    ctl, sw = Controller(fab, switch_down_after=5.0), FakeFabric(fab)
+    sw.connect_all(ctl)
+    sw.run(ctl, ctl.set_resources(res, 0.0))
+    transit = ctl.status()["connections"][0]["path"][1]
+    ctl.switch_disconnected(fab.switch_by_name[transit].dpid, 1.0)
+    assert ctl.tick(3.0) == []
+    sw.run(ctl, ctl.tick(7.0), 7.0)
+    assert transit not in ctl.status()["connections"][0]["path"]
+
+
+def test_unknown_datapath_is_left_alone():
+    fab, _ = setup()
+    assert Controller(fab).switch_connected(0xDEAD, [], 0.0) == []
