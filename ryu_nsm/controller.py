@@ -22,6 +22,7 @@ from .flowspec import FlowSpec, is_ours, wire_cookie
 from .model import Resources
 from .planner import PLANNED, FabricState, Plan, make_plan
 from .reconcile import PHASES, SwitchDiff, apply, diff_fabric
+from .report import connection_entry
 
 log = logging.getLogger("ryu_nsm.controller")
 
@@ -43,6 +44,7 @@ class ReadFlows:
 
     switch: str
     dpid: int
+    epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class SwitchState:
     ports: dict[str, PortInfo] = field(default_factory=dict)
     flows: frozenset[FlowSpec] | None = None  # None until read from the switch
     since: float = 0.0
+    epoch: int = 0  # bumped by every program; a read answered from an older epoch is stale
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,7 @@ class Controller:
         state = SwitchState(switch.name, dpid, True, {p.name: p for p in ports}, None, now)
         self.switches[switch.name] = state
         log.info("switch %s (dpid %#x) connected with %d ports", switch.name, dpid, len(state.ports))
-        return [ReadFlows(switch.name, dpid), *self._replan(now)]
+        return [ReadFlows(switch.name, dpid, state.epoch), *self._replan(now)]
 
     def switch_disconnected(self, dpid: int, now: float) -> list:
         switch = self.fabric.switch_by_dpid.get(dpid)
@@ -144,11 +147,16 @@ class Controller:
                  "gone" if port is None else ("up" if port.up else "down"))
         return self._replan(now)
 
-    def flows_read(self, switch: str, flows: Iterable[FlowSpec], now: float) -> list:
-        """The switch's flows (all or ours); from now on it is reconciled by diff."""
+    def flows_read(self, switch: str, flows: Iterable[FlowSpec], now: float, epoch: int = 0) -> list:
+        """The switch's flows (all or ours); from now on it is reconciled by diff.
+
+        A read asked for before a program changed the switch is stale: it is asked again.
+        """
         state = self.switches.get(switch)
         if state is None or not state.connected:
             return []
+        if epoch != state.epoch:
+            return [ReadFlows(switch, state.dpid, state.epoch)]
         state.flows = frozenset(f for f in flows if is_ours(f.cookie))
         return self._replan(now)
 
@@ -172,10 +180,14 @@ class Controller:
             else:
                 state.flows = None
                 if state.connected:
-                    commands.append(ReadFlows(sw, state.dpid))
+                    commands.append(ReadFlows(sw, state.dpid, state.epoch))
         if self._dirty:
             commands += self._replan(now)
         return commands
+
+    def audit(self) -> list:
+        """Read every connected switch again: drift (flows changed behind our back) is then repaired."""
+        return [ReadFlows(s.name, s.dpid, s.epoch) for s in self.switches.values() if s.connected]
 
     def tick(self, now: float) -> list:
         """Periodic: switches away longer than ``switch_down_after`` are treated as down."""
@@ -222,6 +234,8 @@ class Controller:
         if not diffs:
             return []
         self._program_seq += 1
+        for sw in diffs:
+            self.switches[sw].epoch += 1
         program = Program(self._program_seq, diffs, {sw: self.switches[sw].dpid for sw in diffs})
         self._inflight = program
         return [program]
@@ -266,24 +280,8 @@ class Controller:
 
     def status(self) -> dict:
         """A JSON-able picture: connections (with path, state, reason), switches and recent history."""
-        connections = []
-        for cid, pc in self.plan.connections.items():
-            c = pc.connection
-            entry = {
-                "id": cid,
-                "network_service": c.network_service,
-                "namespace": c.namespace,
-                "client": c.client,
-                "client_attachment": str(c.client_attachment) if c.client_attachment else None,
-                "endpoint": c.endpoint,
-                "endpoint_attachment": str(c.endpoint_attachment) if c.endpoint_attachment else None,
-                "path": list(pc.path.switches) if pc.path and pc.state == PLANNED else [],
-                "tags": dict(pc.tags),
-                "state": self.connection_state(cid),
-            }
-            if pc.reason:
-                entry["reason"] = pc.reason
-            connections.append(entry)
+        connections = [connection_entry(pc, self.connection_state(cid))
+                       for cid, pc in self.plan.connections.items()]
         switches = [
             {"name": s.name, "dpid": f"{s.dpid:#018x}", "connected": s.connected,
              "flows": len(s.flows) if s.flows is not None else None}

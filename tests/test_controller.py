@@ -26,7 +26,7 @@ class FakeFabric:
         while queue:
             cmd = queue.pop(0)
             if isinstance(cmd, ReadFlows):
-                queue += ctl.flows_read(cmd.switch, self.tables[cmd.switch], now)
+                queue += ctl.flows_read(cmd.switch, self.tables[cmd.switch], now, cmd.epoch)
             elif isinstance(cmd, Program):
                 for phase, step in cmd.phases():
                     for sw, flows in step.items():
@@ -136,7 +136,7 @@ def test_unconfirmed_switch_is_read_again():
     (program,) = ctl.set_resources(res, 0.0)
     failed = next(iter(program.diffs))
     cmds = ctl.program_done(program.id, [s for s in program.diffs if s != failed], 0.1)
-    assert ReadFlows(failed, fab.switch_by_name[failed].dpid) in cmds
+    assert [c.switch for c in cmds if isinstance(c, ReadFlows)] == [failed]
 
 
 def test_switch_away_too_long_is_routed_around():
@@ -154,3 +154,26 @@ def test_switch_away_too_long_is_routed_around():
 def test_unknown_datapath_is_left_alone():
     fab, _ = setup()
     assert Controller(fab).switch_connected(0xDEAD, [], 0.0) == []
+
+
+def test_read_overtaken_by_a_program_is_asked_again():
+    fab, res = setup()
+    ctl, sw = Controller(fab), FakeFabric(fab)
+    sw.connect_all(ctl)
+    stale = ctl.audit()
+    sw.run(ctl, ctl.set_resources(res, 0.0))
+    touched = [c for c in stale if c.switch in {"s1", "s3"}]
+    again = ctl.flows_read(touched[0].switch, frozenset(), 1.0, touched[0].epoch)
+    assert [type(c) for c in again] == [ReadFlows]
+    assert ctl.status()["connections"][0]["state"] == "up"
+
+
+def test_audit_repairs_drift():
+    fab, res = setup()
+    ctl, sw = Controller(fab), FakeFabric(fab)
+    sw.connect_all(ctl)
+    sw.run(ctl, ctl.set_resources(res, 0.0))
+    good = dict(sw.tables)
+    sw.tables["s1"] = frozenset()  # someone wiped s1
+    sw.run(ctl, ctl.audit(), 2.0)
+    assert sw.tables == good

@@ -1,0 +1,307 @@
+"""The os-ken application: a thin shell between OpenFlow events and the pure Controller core.
+
+Event handlers run on os-ken's event thread; they only translate and call the core under a lock.
+Commands the core returns go to one worker thread, the only place that sends to switches, so
+every send is serialised by this app. Flow changes are pre-serialised bytes (``ofwire``), sent per
+switch and phase as one ONF bundle (atomic) followed by a barrier; a phase is done when every
+switch has confirmed it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from os_ken.base import app_manager
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.ofproto import ofproto_v1_3
+
+from . import ofwire
+from .controller import Controller, PortInfo, Program, ReadFlows
+from .fabric import Fabric
+from .flowspec import COOKIE_OWNER_MASK, PIPELINE_COOKIE
+from .model import Resources
+from .reconcile import DELETE
+
+log = logging.getLogger("ryu_nsm.app")
+ofp = ofproto_v1_3
+
+
+@dataclass
+class ShellSettings:
+    """What the launcher hands the app (os-ken instantiates apps itself, so it is a class attribute)."""
+
+    fabric: Fabric
+    barrier_timeout: float = 10.0
+    audit_interval: float = 30.0
+    tick_interval: float = 1.0
+    switch_down_after: float = 10.0
+    use_bundles: bool = True
+    # Called once with a function that takes a whole Resources; sources push through it.
+    attach_sources: Callable[[Callable[[Resources], None]], None] | None = None
+    on_ready: Callable[[NsmApp], None] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class _Waiter:
+    """A barrier we wait for; an error from the switch for the same batch marks it failed."""
+
+    def __init__(self, switch: str):
+        self.switch = switch
+        self.done = threading.Event()
+        self.failed = False
+
+
+class NsmApp(app_manager.OSKenApp):
+    OFP_VERSIONS = [ofp.OFP_VERSION]
+    settings: ClassVar[ShellSettings | None] = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.settings is None:
+            raise RuntimeError("NsmApp.settings must be set before os-ken instantiates the app")
+        s = self.settings
+        self.core = Controller(s.fabric, switch_down_after=s.switch_down_after)
+        self.lock = threading.RLock()
+        self.work: queue.Queue = queue.Queue()
+        self.datapaths: dict[int, object] = {}
+        self.no_bundles: set[int] = set()
+        self._multipart: dict[tuple[int, str], list] = {}
+        self._reads: dict[int, ReadFlows] = {}  # stats request xid → the read it answers
+        self._waiters: dict[int, _Waiter] = {}  # barrier/bundle/flow xid → waiter of its batch
+        self._sent: OrderedDict[int, str] = OrderedDict()  # xid → what it was, for error messages
+        self._xids = itertools.count(0x70000000)
+        self._bundle_ids = itertools.count(1)
+        self._stop = threading.Event()
+        self.started = time.monotonic()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self):
+        thread = super().start()
+        self.threads.append(threading.Thread(target=self._worker, name="ryu-nsm-worker", daemon=True))
+        self.threads.append(threading.Thread(target=self._ticker, name="ryu-nsm-ticker", daemon=True))
+        for t in self.threads[-2:]:
+            t.start()
+        if self.settings.attach_sources:
+            self.settings.attach_sources(self.set_resources)
+        if self.settings.on_ready:
+            self.settings.on_ready(self)
+        return thread
+
+    def stop(self):
+        self._stop.set()
+        self.work.put(None)
+        super().stop()
+
+    # -- calls into the core --------------------------------------------------------------------
+
+    def _call(self, fn: Callable[[float], list]) -> None:
+        with self.lock:
+            commands = fn(time.monotonic())
+        for command in commands:
+            self.work.put(command)
+
+    def set_resources(self, resources: Resources) -> None:
+        """Entry point for sources (any thread): the whole declared state."""
+        self._call(lambda now: self.core.set_resources(resources, now))
+
+    def status(self) -> dict:
+        with self.lock:
+            return self.core.status()
+
+    # -- OpenFlow events ------------------------------------------------------------------------
+
+    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
+    def _features(self, ev):
+        dp = ev.msg.datapath
+        self.datapaths[dp.id] = dp
+        self._multipart.pop((dp.id, "ports"), None)
+        self.work.put(("port-desc", dp.id))
+
+    @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
+    def _port_desc(self, ev):
+        dp = ev.msg.datapath
+        ports = self._gather(dp.id, "ports", ev.msg)
+        if ports is None:
+            return
+        infos = [_port_info(p) for p in ports if p.port_no <= ofp.OFPP_MAX]
+        self._call(lambda now: self.core.switch_connected(dp.id, infos, now))
+
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    def _flow_stats(self, ev):
+        msg = ev.msg
+        read = self._reads.get(msg.xid)
+        if read is None:
+            return
+        entries = self._gather(msg.datapath.id, f"flows-{msg.xid}", msg)
+        if entries is None:
+            return
+        del self._reads[msg.xid]
+        specs = ofwire.decode_flow_stats(entries)
+        self._call(lambda now: self.core.flows_read(read.switch, specs, now, read.epoch))
+
+    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    def _port_status(self, ev):
+        msg = ev.msg
+        dpid = msg.datapath.id
+        if msg.desc.port_no > ofp.OFPP_MAX:
+            return
+        if msg.reason == ofp.OFPPR_DELETE:
+            name = _name(msg.desc)
+            self._call(lambda now: self.core.port_changed(dpid, None, now, deleted_name=name))
+        else:
+            info = _port_info(msg.desc)
+            self._call(lambda now: self.core.port_changed(dpid, info, now))
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    def _state_change(self, ev):
+        dp = ev.datapath
+        if ev.state != DEAD_DISPATCHER or dp.id is None:
+            return
+        if self.datapaths.get(dp.id) is not dp:
+            return  # an old connection of a switch that has already come back
+        del self.datapaths[dp.id]
+        for waiter in self._waiters.values():
+            if waiter.switch == self._switch_name(dp.id):
+                waiter.failed = True
+                waiter.done.set()
+        self._call(lambda now: self.core.switch_disconnected(dp.id, now))
+
+    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    def _barrier(self, ev):
+        waiter = self._waiters.get(ev.msg.xid)
+        if waiter is not None:
+            waiter.done.set()
+
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
+    def _error(self, ev):
+        msg = ev.msg
+        dpid = msg.datapath.id
+        what = self._sent.get(msg.xid, "a message we did not keep")
+        log.error("switch %s rejected %s: %s", self._switch_name(dpid), what, ofwire.describe_error(msg))
+        if what.startswith("bundle") and msg.type == ofp.OFPET_BAD_REQUEST:
+            log.warning("switch %s has no ONF bundles: sending plain flow mods", self._switch_name(dpid))
+            self.no_bundles.add(dpid)
+        waiter = self._waiters.get(msg.xid)
+        if waiter is not None:
+            waiter.failed = True
+
+    # -- the worker: the only thread that sends ------------------------------------------------
+
+    def _worker(self) -> None:
+        while not self._stop.is_set():
+            command = self.work.get()
+            if command is None:
+                return
+            try:
+                if isinstance(command, Program):
+                    self._run_program(command)
+                elif isinstance(command, ReadFlows):
+                    self._read_flows(command)
+                elif command[0] == "port-desc":
+                    dp = self.datapaths.get(command[1])
+                    if dp is not None:
+                        dp.send_msg(dp.ofproto_parser.OFPPortDescStatsRequest(dp, 0))
+            except Exception:  # a bug here must not kill the only sender
+                log.exception("worker failed on %r", command)
+
+    def _xid(self, what: str) -> int:
+        xid = next(self._xids) & 0xFFFFFFFF
+        self._sent[xid] = what
+        while len(self._sent) > 100_000:
+            self._sent.popitem(last=False)
+        return xid
+
+    def _read_flows(self, read: ReadFlows) -> None:
+        dp = self.datapaths.get(read.dpid)
+        if dp is None:
+            return
+        xid = self._xid(f"flow stats request to {read.switch}")
+        self._reads[xid] = read
+        dp.send(ofwire.encode_flow_stats_request(xid, PIPELINE_COOKIE, COOKIE_OWNER_MASK))
+
+    def _run_program(self, program: Program) -> None:
+        confirmed = set(program.diffs)
+        started = time.monotonic()
+        for phase, step in program.phases():
+            waiting: list[tuple[str, _Waiter, list[int]]] = []
+            for switch, flows in step.items():
+                dpid = program.dpids[switch]
+                dp = self.datapaths.get(dpid)
+                if switch not in confirmed or dp is None:
+                    confirmed.discard(switch)
+                    continue
+                waiter = _Waiter(switch)
+                xids = []
+                command = ofwire.OFPFC_DELETE_STRICT if phase == DELETE else ofwire.OFPFC_ADD
+                msgs = []
+                for spec in flows:
+                    xid = self._xid(f"{phase} on {switch}: {spec.to_ofctl()}")
+                    xids.append(xid)
+                    msgs.append(ofwire.encode_flow_mod(spec, command, xid))
+                if dpid in self.no_bundles:
+                    buf = b"".join(msgs)
+                else:
+                    bundle_xid = self._xid(f"bundle of {len(msgs)} {phase}s on {switch}")
+                    xids.append(bundle_xid)
+                    buf = ofwire.encode_bundle(next(self._bundle_ids), msgs, bundle_xid)
+                barrier = self._xid(f"barrier to {switch}")
+                xids.append(barrier)
+                for xid in xids:
+                    self._waiters[xid] = waiter
+                dp.send(buf + ofwire.encode_barrier(barrier))
+                waiting.append((switch, waiter, xids))
+            for switch, waiter, xids in waiting:
+                if not waiter.done.wait(self.settings.barrier_timeout):
+                    log.error("switch %s did not confirm %s phase within %.0fs",
+                              switch, phase, self.settings.barrier_timeout)
+                    waiter.failed = True
+                if waiter.failed:
+                    confirmed.discard(switch)
+                for xid in xids:
+                    self._waiters.pop(xid, None)
+        log.info("program %d: %d flow changes on %d switches in %.1f ms (%d confirmed)",
+                 program.id, sum(d.size for d in program.diffs.values()), len(program.diffs),
+                 (time.monotonic() - started) * 1000, len(confirmed))
+        self._call(lambda now: self.core.program_done(program.id, confirmed, now))
+
+    def _ticker(self) -> None:
+        next_audit = time.monotonic() + self.settings.audit_interval
+        while not self._stop.wait(self.settings.tick_interval):
+            self._call(self.core.tick)
+            if time.monotonic() >= next_audit:
+                next_audit = time.monotonic() + self.settings.audit_interval
+                self._call(lambda now: self.core.audit())
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _gather(self, dpid: int, kind: str, msg) -> list | None:
+        """Collect a multipart reply; the whole body once the last part arrives, else None."""
+        parts = self._multipart.setdefault((dpid, kind), [])
+        parts.extend(msg.body)
+        if msg.flags & ofp.OFPMPF_REPLY_MORE:
+            return None
+        return self._multipart.pop((dpid, kind))
+
+    def _switch_name(self, dpid: int) -> str:
+        switch = self.core.fabric.switch_by_dpid.get(dpid)
+        return switch.name if switch else f"{dpid:#x}"
+
+
+def _name(desc) -> str:
+    name = desc.name
+    return name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+
+
+def _port_info(desc) -> PortInfo:
+    up = not (desc.state & ofp.OFPPS_LINK_DOWN) and not (desc.config & ofp.OFPPC_PORT_DOWN)
+    return PortInfo(desc.port_no, _name(desc), up)

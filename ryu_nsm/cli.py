@@ -1,0 +1,153 @@
+"""``ryu-nsm``: plan (dry run), controller, status, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from .statusapi import DEFAULT_ADDRESS
+
+REPO = Path(__file__).resolve().parent.parent
+EXIT_INVALID = 1  # some document was invalid (the rest was still planned)
+EXIT_USAGE = 2  # bad arguments, unreadable topology, controller unreachable
+
+
+def _host_port(text: str, default_port: int) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host:
+        return text, default_port
+    return host, int(port)
+
+
+def _params(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs or []:
+        key, _, value = pair.partition("=")
+        out[key] = int(value) if value.isdigit() else value
+    return out
+
+
+def _load_fabric(args):
+    from .topology import TopologyError, load_topology
+
+    try:
+        return load_topology(args.topology, _params(args.param))
+    except (TopologyError, OSError) as exc:
+        print(f"ryu-nsm: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def cmd_plan(args) -> int:
+    from .planner import make_plan
+    from .report import chains, connection_entry, render_text
+    from .sources.files import load_paths
+
+    fabric = _load_fabric(args)
+    resources = load_paths(args.requests)
+    plan = make_plan(fabric, resources)
+    report = {
+        "fabric": fabric.name,
+        "connections": [connection_entry(pc, pc.state) for pc in plan.connections.values()],
+        "flows": {sw: [f.to_ofctl() for f in sorted(flows)] for sw, flows in sorted(plan.flows.items())},
+        "problems": [str(p) for p in plan.problems],
+    }
+    report["chains"] = chains(report["connections"])
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(render_text(report))
+    for problem in plan.problems:
+        print(f"ryu-nsm: invalid: {problem}", file=sys.stderr)
+    return EXIT_INVALID if plan.problems else 0
+
+
+def cmd_controller(args) -> int:
+    from .runner import run_controller
+
+    fabric = _load_fabric(args)
+    host, port = _host_port(args.listen, 6653)
+    shost, sport = _host_port(args.status_listen, DEFAULT_ADDRESS[1])
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with run_controller(
+        fabric, args.requests, host, port, (shost, sport),
+        use_bundles=not args.no_bundles, audit_interval=args.audit_interval,
+    ) as running:
+        logging.getLogger("ryu_nsm").info(
+            "controller for fabric %s: OpenFlow on %s:%d, status on http://%s:%d/status",
+            fabric.name, host, port, *running.status_address)
+        stop.wait()
+    return 0
+
+
+def cmd_status(args) -> int:
+    from .report import render_text
+    from .statusapi import fetch_status
+
+    try:
+        report = fetch_status(args.url)
+    except OSError as exc:
+        print(f"ryu-nsm: cannot reach the controller at {args.url}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(report, indent=1) if args.json else render_text(report))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ryu-nsm", description=__doc__)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    plan = sub.add_parser("plan", help="dry run: chains, paths and flows; touches nothing")
+    plan.add_argument("topology", help="topology YAML")
+    plan.add_argument("requests", nargs="+", help="YAML files or directories of NSM resources and Pods")
+    plan.add_argument("--json", action="store_true", help="one JSON object")
+    plan.add_argument("--param", action="append", help="topology generator parameter, e.g. k=8")
+    plan.set_defaults(func=cmd_plan)
+
+    ctl = sub.add_parser("controller", help="run the controller against a real fabric")
+    ctl.add_argument("--topology", required=True, help="topology YAML")
+    ctl.add_argument("--requests", nargs="*", default=[], help="files/directories watched for resources")
+    ctl.add_argument("--listen", default="127.0.0.1:6653", help="OpenFlow listen address")
+    ctl.add_argument("--status-listen", default=f"{DEFAULT_ADDRESS[0]}:{DEFAULT_ADDRESS[1]}")
+    ctl.add_argument("--no-bundles", action="store_true", help="plain flow mods instead of ONF bundles")
+    ctl.add_argument("--audit-interval", type=float, default=30.0, help="seconds between flow audits")
+    ctl.add_argument("--param", action="append", help="topology generator parameter, e.g. k=8")
+    ctl.set_defaults(func=cmd_controller)
+
+    st = sub.add_parser("status", help="connections, paths and state from the running controller")
+    st.add_argument("--url", default=f"http://{DEFAULT_ADDRESS[0]}:{DEFAULT_ADDRESS[1]}")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    demo = sub.add_parser("demo", help="Mininet fabric + controller + the chain client → firewall → dpi → gateway")
+    demo.add_argument("--topology", default=str(REPO / "topologies" / "demo-chain.yaml"))
+    demo.add_argument("--requests", default=str(REPO / "examples" / "demo-chain"))
+    demo.add_argument("--keep", action="store_true", help="leave it running until Ctrl-C")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

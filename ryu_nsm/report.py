@@ -1,0 +1,84 @@
+"""How connections, chains and flows are shown: one JSON shape for plan and status, one text form."""
+
+from __future__ import annotations
+
+from .planner import PLANNED, PlannedConnection
+
+
+def connection_entry(pc: PlannedConnection, state: str) -> dict:
+    """The JSON form of one connection (the same in ``plan --json`` and ``status --json``)."""
+    c = pc.connection
+    entry = {
+        "id": pc.id,
+        "network_service": c.network_service,
+        "namespace": c.namespace,
+        "client": c.client,
+        "client_attachment": str(c.client_attachment) if c.client_attachment else None,
+        "endpoint": c.endpoint,
+        "endpoint_attachment": str(c.endpoint_attachment) if c.endpoint_attachment else None,
+        "path": list(pc.path.switches) if pc.path is not None and pc.state == PLANNED else [],
+        "tags": dict(pc.tags),
+        "state": state,
+    }
+    if pc.reason:
+        entry["reason"] = pc.reason
+    return entry
+
+
+def chains(entries: list[dict]) -> list[list[str]]:
+    """Chains as lists of names: client → endpoint → endpoint …
+
+    A service function's Pod and its NetworkServiceEndpoint share a name (see examples/README.md),
+    so the connection a function asks for continues the chain that reached it.
+    """
+    by_client: dict[tuple[str, str, str], dict] = {}
+    for e in entries:
+        by_client.setdefault((e["namespace"], e["network_service"], e["client"]), e)
+    reached = {(e["namespace"], e["network_service"], e["endpoint"]) for e in entries if e["endpoint"]}
+    out = []
+    for e in entries:
+        if (e["namespace"], e["network_service"], e["client"]) in reached:
+            continue
+        chain, seen, step = [e["client"]], set(), e
+        while step is not None and step["endpoint"] and step["id"] not in seen:
+            seen.add(step["id"])
+            chain.append(step["endpoint"])
+            step = by_client.get((step["namespace"], step["network_service"], step["endpoint"]))
+        if step is not None and not step.get("endpoint"):
+            chain.append(f"✗ ({step.get('reason', 'unresolved')})")
+        out.append(chain)
+    return out
+
+
+def render_text(report: dict) -> str:
+    """A plain-text picture of a plan or status report."""
+    lines = [f"fabric {report['fabric']}"]
+    for problem in report.get("problems", []):
+        lines.append(f"  invalid: {problem}")
+    lines.append("chains:")
+    for chain in chains(report["connections"]) or []:
+        lines.append("  " + " → ".join(chain))
+    lines.append("connections:")
+    for e in report["connections"]:
+        ends = f"{e['client_attachment']} → {e['endpoint'] or '?'}"
+        if e["endpoint_attachment"]:
+            ends += f" ({e['endpoint_attachment']})"
+        path = "-".join(e["path"]) or "-"
+        lines.append(f"  {e['id']:<28} {e['network_service']:<16} {ends:<40} path {path:<14} {e['state']}")
+        if e.get("reason"):
+            lines.append(f"      reason: {e['reason']}")
+    if "switches" in report:
+        lines.append("switches:")
+        for s in report["switches"]:
+            state = "connected" if s["connected"] else "disconnected"
+            lines.append(f"  {s['name']:<8} {s['dpid']}  {state}  flows={s['flows']}")
+    if report.get("history"):
+        lines.append("recent changes:")
+        for h in report["history"][-10:]:
+            lines.append(f"  {h['connection']}: {h['what']}")
+    if "flows" in report:
+        lines.append("flows:")
+        for switch, flows in report["flows"].items():
+            lines.append(f"  {switch}:")
+            lines.extend(f"    {f}" for f in flows)
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""A small read-only HTTP endpoint on the controller: ``/status`` (JSON) and ``/healthz``.
+
+``ryu-nsm status`` reads it. It binds to loopback by default: it tells which paths connections
+take, which is operator information, not something to publish.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+DEFAULT_ADDRESS = ("127.0.0.1", 8181)
+
+
+class StatusServer:
+    """Serves ``status()`` as JSON until ``stop()``."""
+
+    def __init__(self, status: Callable[[], dict], host: str, port: int):
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                if self.path.rstrip("/") in ("/status", ""):
+                    body = json.dumps(status(), indent=1).encode()
+                    self._reply(200, body, "application/json")
+                elif self.path == "/healthz":
+                    self._reply(200, b"ok\n", "text/plain")
+                else:
+                    self._reply(404, b"not found\n", "text/plain")
+
+            def _reply(self, code: int, body: bytes, kind: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):  # requests are not news
+                pass
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="ryu-nsm-status", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.server.server_address[:2]
+
+    def start(self) -> StatusServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def fetch_status(url: str, timeout: float = 5.0) -> dict:
+    """GET the controller's status JSON."""
+    with urllib.request.urlopen(url.rstrip("/") + "/status", timeout=timeout) as reply:
+        return json.loads(reply.read())

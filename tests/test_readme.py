@@ -1,0 +1,32 @@
+"""README's two commands are the ones that work: CI runs the second one verbatim."""
+
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_commands():
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```(?:sh|bash)\n(.+?)\n```", text)[:2]
+
+
+def test_readme_opens_with_setup_demo_and_test_commands():
+    demo, tests = readme_commands()
+    assert "scripts/setup" in demo and "ryu-nsm demo" in demo
+    assert "scripts/setup" in tests and "pytest" in tests
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    _, tests = readme_commands()
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert tests in ci
+
+
+def test_code_is_ruff_clean():
+    result = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "ruff"), "check", "ryu_nsm", "tests", "mininet_tests", "bench"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
