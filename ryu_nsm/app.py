@@ -29,6 +29,7 @@ from .controller import Controller, PortInfo, Program, ReadFlows
 from .fabric import Fabric
 from .flowspec import COOKIE_OWNER_MASK, PIPELINE_COOKIE
 from .model import Resources
+from .oskenrun import send_bytes
 from .reconcile import DELETE
 
 log = logging.getLogger("ryu_nsm.app")
@@ -146,7 +147,7 @@ class NsmApp(app_manager.OSKenApp):
         if entries is None:
             return
         del self._reads[msg.xid]
-        specs = ofwire.decode_flow_stats(entries)
+        specs = [stats.spec for stats in ofwire.decode_flow_stats(entries)]
         self._call(lambda now: self.core.flows_read(read.switch, specs, now, read.epoch))
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
@@ -187,7 +188,7 @@ class NsmApp(app_manager.OSKenApp):
         msg = ev.msg
         dpid = msg.datapath.id
         what = self._sent.get(msg.xid, "a message we did not keep")
-        log.error("switch %s rejected %s: %s", self._switch_name(dpid), what, ofwire.describe_error(msg))
+        log.error("switch %s rejected %s: %s", self._switch_name(dpid), what, _describe_error(msg))
         if what.startswith("bundle") and msg.type == ofp.OFPET_BAD_REQUEST:
             log.warning("switch %s has no ONF bundles: sending plain flow mods", self._switch_name(dpid))
             self.no_bundles.add(dpid)
@@ -258,7 +259,11 @@ class NsmApp(app_manager.OSKenApp):
                 xids.append(barrier)
                 for xid in xids:
                     self._waiters[xid] = waiter
-                dp.send(buf + ofwire.encode_barrier(barrier))
+                try:
+                    send_bytes(dp, buf + ofwire.encode_barrier(barrier))
+                except ConnectionError:
+                    waiter.failed = True
+                    waiter.done.set()
                 waiting.append((switch, waiter, xids))
             for switch, waiter, xids in waiting:
                 if not waiter.done.wait(self.settings.barrier_timeout):
@@ -305,3 +310,16 @@ def _name(desc) -> str:
 def _port_info(desc) -> PortInfo:
     up = not (desc.state & ofp.OFPPS_LINK_DOWN) and not (desc.config & ofp.OFPPC_PORT_DOWN)
     return PortInfo(desc.port_no, _name(desc), up)
+
+
+def _describe_error(msg) -> str:
+    """An OpenFlow error in words: type and code names from os-ken's constants."""
+    types = {v: k for k, v in vars(ofp).items() if k.startswith("OFPET_") and isinstance(v, int)}
+    type_name = types.get(msg.type, str(msg.type))
+    prefix = {"OFPET_BAD_REQUEST": "OFPBRC_", "OFPET_BAD_ACTION": "OFPBAC_", "OFPET_BAD_MATCH": "OFPBMC_",
+              "OFPET_FLOW_MOD_FAILED": "OFPFMFC_", "OFPET_BAD_INSTRUCTION": "OFPBIC_",
+              "OFPET_METER_MOD_FAILED": "OFPMMFC_", "OFPET_GROUP_MOD_FAILED": "OFPGMFC_"}.get(type_name)
+    code = str(msg.code)
+    if prefix:
+        code = next((k for k, v in vars(ofp).items() if k.startswith(prefix) and v == msg.code), code)
+    return f"{type_name}/{code}"

@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
 
-    demo = sub.add_parser("demo", help="Mininet fabric + controller + the chain client → firewall → dpi → gateway")
+    demo = sub.add_parser(
+        "demo", help="Mininet fabric + controller + the chain client → firewall → dpi → gateway")
     demo.add_argument("--topology", default=str(REPO / "topologies" / "demo-chain.yaml"))
     demo.add_argument("--requests", default=str(REPO / "examples" / "demo-chain"))
     demo.add_argument("--keep", action="store_true", help="leave it running until Ctrl-C")

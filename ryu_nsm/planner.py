@@ -109,7 +109,8 @@ def _route(
 ) -> PlannedConnection:
     for att in (conn.client_attachment, conn.endpoint_attachment):
         if att.switch not in fabric.switch_by_name:
-            return PlannedConnection(conn, FAILED, f"attachment {att}: switch {att.switch!r} is not in the fabric")
+            return PlannedConnection(
+                conn, FAILED, f"attachment {att}: switch {att.switch!r} is not in the fabric")
         if _port(fabric, state, att) is None:
             return PlannedConnection(conn, FAILED, f"attachment {att}: no port {att.port!r} on {att.switch}")
     src, dst = conn.client_attachment.switch, conn.endpoint_attachment.switch

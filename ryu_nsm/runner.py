@@ -50,7 +50,9 @@ def run_controller(
     def on_ready(app: NsmApp) -> None:
         running.app = app
 
-    NsmApp.settings = ShellSettings(fabric=fabric, attach_sources=attach_sources, on_ready=on_ready, **settings)
+    NsmApp.settings = ShellSettings(
+        fabric=fabric, attach_sources=attach_sources, on_ready=on_ready, **settings
+    )
     handle = oskenrun.run_apps([NsmApp], of_host, of_port)
     status = None
     try:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from ryu_nsm.fabric import Fabric, Host, HostInterface, Link, Switch
 
 
-def ring(n: int = 4, hosts: dict[str, tuple[str, ...]] | None = None, tag_range=(2, 4094), **link_kw) -> Fabric:
+def ring(
+    n: int = 4, hosts: dict[str, tuple[str, ...]] | None = None, tag_range=(2, 4094), **link_kw
+) -> Fabric:
     """Switches s1..sn in a ring; ``hosts`` maps host name → switches its interfaces attach to.
 
     Link ports: each switch uses port 1 towards its successor and port 2 towards its predecessor;

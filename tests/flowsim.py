@@ -70,7 +70,9 @@ class FabricSim:
                 return False
         return True
 
-    def send(self, switch: str, in_port: int, frame: Frame | None = None, max_hops: int = 64) -> list[Delivery]:
+    def send(
+        self, switch: str, in_port: int, frame: Frame | None = None, max_hops: int = 64
+    ) -> list[Delivery]:
         """Inject ``frame`` at (switch, in_port); return where copies leave the fabric (host ports)."""
         out: list[Delivery] = []
         work = [(switch, in_port, frame or Frame(), ())]

@@ -108,7 +108,8 @@ def test_no_path_is_reported():
 
 
 def test_tag_space_exhaustion_is_an_admission_error_not_a_clash():
-    fab = ring(2, {f"c{i}": ("s1",) for i in range(4)} | {f"e{i}": ("s2",) for i in range(4)}, tag_range=(10, 12))
+    hosts = {f"c{i}": ("s1",) for i in range(4)} | {f"e{i}": ("s2",) for i in range(4)}
+    fab = ring(2, hosts, tag_range=(10, 12))
     pairs = [(att(fab, f"c{i}"), att(fab, f"e{i}")) for i in range(4)]
     plan = make_plan(fab, resources_for(pairs))
     ok = [c for c in plan.connections.values() if c.state == PLANNED]
@@ -157,7 +158,7 @@ def test_replanning_is_idempotent_and_diff_is_empty_the_second_time():
     assert first.flows == second.flows
     fresh = make_plan(fab, res)
     assert fresh.flows == first.flows  # a restarted controller computes the same flows
-    for sw, flows in first.flows.items():
+    for flows in first.flows.values():
         after = apply(set(), diff(flows, set()))
         assert diff(flows, after).size == 0
 
@@ -201,7 +202,7 @@ def test_property_every_wire_delivers_exactly_to_its_other_end(data):
         moved = make_plan(fab, resources_for(pairs), FabricState(down_links=frozenset({cut})), plan)
         sim = FabricSim(Fabric(fab.name, fab.switches, tuple(lk for lk in fab.links if lk.name != cut),
                                fab.hosts), moved.flows)
-        for i, c in enumerate(moved.connections.values()):
+        for c in moved.connections.values():
             if c.state == PLANNED:
                 deliveries = sim.send(*port(fab, names[int(c.connection.client[1:])]))
                 assert len(deliveries) == 1
