@@ -1,0 +1,163 @@
+"""The live controller on real netdev OVS bridges, with real frames between network namespaces.
+
+Two bridges joined by a veth pair; a client namespace on one, a server namespace on the other.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ryu_nsm.controlproc import ControllerProcess, wait_for
+from ryu_nsm.flowspec import PIPELINE_COOKIE, wire_cookie
+
+pytestmark = pytest.mark.ovs
+
+TAG = f"r{os.getpid() % 10000:04d}"  # unique names: bridges, veths and namespaces of this run
+A, B = f"{TAG}a", f"{TAG}b"
+NS_C, NS_S = f"{TAG}-c", f"{TAG}-s"
+CONN = "default/client/nsm-1"
+
+
+def sh(*cmd: str, check: bool = True) -> str:
+    return subprocess.run(cmd, check=check, capture_output=True, text=True).stdout
+
+
+def build(tmp: Path) -> tuple[Path, Path]:
+    for br, dpid in ((A, 0xA1), (B, 0xB1)):
+        sh("ovs-vsctl", "--may-exist", "add-br", br, "--", "set", "bridge", br, "datapath_type=netdev",
+           f"other-config:datapath-id={dpid:016x}", "fail_mode=secure", "protocols=OpenFlow13")
+    sh("ip", "link", "add", f"{A}-eth1", "type", "veth", "peer", "name", f"{B}-eth1")
+    for ns, br, peer, ip in ((NS_C, A, f"{A}-c", "10.9.0.1/24"), (NS_S, B, f"{B}-s", "10.9.0.2/24")):
+        sh("ip", "netns", "add", ns)
+        sh("ip", "link", "add", peer, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh("ip", "netns", "exec", ns, "ip", "addr", "add", ip, "dev", "eth0")
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
+        sh("ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off")
+        sh("ovs-vsctl", "add-port", br, peer, "--", "set", "interface", peer, "ofport_request=10")
+        sh("ip", "link", "set", peer, "up")
+    for br in (A, B):
+        sh("ovs-vsctl", "add-port", br, f"{br}-eth1", "--", "set", "interface", f"{br}-eth1", "ofport_request=1")
+        sh("ip", "link", "set", f"{br}-eth1", "up")
+    topo = tmp / "topo.yaml"
+    topo.write_text(textwrap.dedent(f"""\
+        name: two-bridges
+        switches:
+          - {{name: {A}, dpid: 0xa1}}
+          - {{name: {B}, dpid: 0xb1}}
+        links:
+          - {{a: {A}, b: {B}, a_port: 1, b_port: 1}}
+        hosts:
+          - name: client
+            interfaces: [{{name: eth0, switch: {A}, port: 10, port_name: {A}-c}}]
+          - name: server
+            interfaces: [{{name: eth0, switch: {B}, port: 10, port_name: {B}-s}}]
+        """))
+    requests = tmp / "requests"
+    requests.mkdir()
+    (requests / "service.yaml").write_text(textwrap.dedent(f"""\
+        apiVersion: networkservicemesh.io/v1
+        kind: NetworkService
+        metadata: {{name: echo}}
+        spec: {{payload: ETHERNET}}
+        ---
+        apiVersion: networkservicemesh.io/v1
+        kind: NetworkServiceEndpoint
+        metadata:
+          name: server
+          annotations: {{ryu-nsm.io/attachments: {B}/{B}-s}}
+        spec: {{network_service_names: [echo]}}
+        """))
+    (requests / "client.yaml").write_text(textwrap.dedent(f"""\
+        apiVersion: v1
+        kind: Pod
+        metadata:
+          name: client
+          annotations:
+            networkservicemesh.io: kernel://echo/nsm-1
+            ryu-nsm.io/attachments: nsm-1={A}/{A}-c
+        """))
+    return topo, requests
+
+
+def teardown():
+    for br in (A, B):
+        sh("ovs-vsctl", "--if-exists", "del-br", br, check=False)
+    for ns in (NS_C, NS_S):
+        sh("ip", "netns", "del", ns, check=False)
+    sh("ip", "link", "del", f"{A}-eth1", check=False)
+
+
+@pytest.fixture
+def bridges(tmp_path):
+    teardown()
+    try:
+        yield build(tmp_path)
+    finally:
+        teardown()
+
+
+def flows(bridge: str) -> dict[tuple, dict]:
+    """Our flows on a bridge: (cookie, table, priority, match) → {'duration': s, 'actions': str}."""
+    out = {}
+    for line in sh("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge).splitlines():
+        m = re.search(r"cookie=(0x[0-9a-f]+), duration=([\d.]+)s, table=(\d+).*?priority=(\d+),?(\S*) "
+                      r"actions=(\S+)", line)
+        if m:
+            out[(int(m[1], 16), int(m[3]), int(m[4]), m[5])] = {"duration": float(m[2]), "actions": m[6]}
+    return out
+
+
+def ping(count: int = 2) -> bool:
+    proc = subprocess.run(["ip", "netns", "exec", NS_C, "ping", "-c", str(count), "-i", "0.2", "-W", "1",
+                           "10.9.0.2"], capture_output=True, text=True)
+    return proc.returncode == 0
+
+
+def connect(port: int) -> None:
+    for br in (A, B):
+        sh("ovs-vsctl", "set-controller", br, f"tcp:127.0.0.1:{port}")
+
+
+def test_install_restart_without_churn_removal_and_foreign_flows(bridges, tmp_path):
+    topo, requests = bridges
+    assert not ping(1), "frames must not pass before the controller has programmed the wire"
+    foreign = "cookie=0x1234,table=0,priority=50,in_port=99,actions=drop"
+    log = tmp_path / "controller.log"
+    with ControllerProcess(topo, [requests], log) as ctl:
+        connect(ctl.of_port)
+        sh("ovs-ofctl", "-O", "OpenFlow13", "add-flow", A, foreign)
+        ctl.wait_connections(lambda cs: cs.get(CONN, {}).get("state") == "up", 30)
+        assert wait_for(ping, 10, 0.5), "client cannot reach the server through the wire"
+        port = ctl.of_port
+        assert ctl.errors() == []
+    installed = {br: flows(br) for br in (A, B)}
+    cookie = wire_cookie(CONN)
+    assert any(k[0] == cookie for k in installed[A]) and any(k[0] == cookie for k in installed[B])
+    assert ping(), "traffic keeps flowing while the controller is away (fail-mode secure)"
+
+    # A new controller process on the same port: it reads the switches and changes nothing.
+    with ControllerProcess(topo, [requests], tmp_path / "restart.log", of_port=port) as ctl:
+        ctl.wait_connections(lambda cs: cs.get(CONN, {}).get("state") == "up", 30)
+        status = ctl.status()
+        assert all(s["connected"] and s["flows"] for s in status["switches"])
+        assert not [line for line in ctl.log().splitlines() if "program " in line], ctl.log()
+        for br in (A, B):
+            now = flows(br)
+            assert now.keys() == installed[br].keys()
+            assert all(now[k]["duration"] >= installed[br][k]["duration"] for k in now), "flows re-installed"
+        assert ping()
+
+        # The request goes away: every flow with the wire's cookie goes, pipeline and foreign flows stay.
+        (requests / "client.yaml").unlink()
+        ctl.wait_connections(lambda cs: CONN not in cs, 15)
+        assert wait_for(lambda: all(k[0] != cookie for br in (A, B) for k in flows(br)), 10)
+        assert any(k[0] == PIPELINE_COOKIE for k in flows(A))
+        assert (0x1234, 0, 50, "in_port=99") in flows(A)
+        assert not ping(1)
+        assert ctl.errors() == []
