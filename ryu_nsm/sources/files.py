@@ -1,0 +1,256 @@
+"""The file source: YAML/JSON files and directories of Kubernetes-shaped documents → Resources.
+
+``load_paths`` reads once; ``DirectoryWatcher`` polls and hands the whole new state to a callback
+whenever a file is added, changed or deleted (level-triggered, like a Kubernetes relist).
+
+Everything that is wrong (a missing path, an unreadable file, a YAML syntax error, an invalid
+object) becomes a Problem beside the valid objects, never an exception.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import yaml
+
+from ..model import Problem, Resources
+from .documents import Document, parse_located
+
+log = logging.getLogger("ryu_nsm.sources.files")
+
+SUFFIXES = (".yaml", ".yml", ".json")
+# A file modified this recently may change again within the same mtime tick: re-hash it next poll.
+_RACY_NS = 2_000_000_000
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys, as Kubernetes does, instead of keeping the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            # Merge keys (<<) may legitimately be overridden by explicit keys.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {key!r}", key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def find_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Problem]]:
+    """The files that ``paths`` name: files as given, directories walked recursively in sorted order.
+
+    In directories only *.yaml, *.yml and *.json count, and hidden entries are skipped (editor
+    swap files, and the ``..data`` copies in a mounted ConfigMap that would duplicate everything).
+    """
+    files: list[Path] = []
+    problems: list[Problem] = []
+    # A file named twice (itself and inside a named directory) is read once.
+    seen: set[Path] = set()
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            errors: list[OSError] = []
+            found = []
+            for dirpath, dirnames, filenames in os.walk(path, onerror=errors.append):
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                found += [Path(dirpath, f) for f in filenames
+                          if not f.startswith(".") and f.lower().endswith(SUFFIXES)]
+            files += [f for f in sorted(found, key=lambda p: p.relative_to(path).parts) if _first(f, seen)]
+            problems += [Problem(str(e.filename or path), -1, "", f"cannot read directory: {e.strerror}")
+                         for e in errors]
+        elif path.exists():
+            if _first(path, seen):
+                files.append(path)
+        else:
+            problems.append(Problem(str(path), -1, "", "no such file or directory"))
+    return files, problems
+
+
+def _first(path: Path, seen: set[Path]) -> bool:
+    key = path.resolve()
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
+
+
+def read_documents(path: str | Path, data: bytes) -> tuple[list[Document], list[Problem]]:
+    """Parse one file's bytes into documents; a syntax error is a Problem with its line and column.
+
+    Documents before a YAML syntax error are complete and kept.
+    """
+    source = str(path)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        return [], [Problem(source, -1, "", f"expected UTF-8 text, found byte {data[e.start]:#04x} "
+                                            f"at offset {e.start}")]
+    if source.lower().endswith(".json"):
+        try:
+            return [Document(source, 0, json.loads(text))], []
+        except json.JSONDecodeError as e:
+            return [], [Problem(source, 0, "", f"JSON syntax error at line {e.lineno}, column {e.colno}: "
+                                               f"{e.msg}")]
+    documents: list[Document] = []
+    try:
+        for body in yaml.load_all(text, Loader=_StrictLoader):
+            documents.append(Document(source, len(documents), body))
+    except yaml.YAMLError as e:
+        return documents, [Problem(source, len(documents), "", _yaml_message(e))]
+    return documents, []
+
+
+def _yaml_message(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    context = getattr(error, "context", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"YAML syntax error{where}: {problem}" + (f" ({context})" if context else "")
+
+
+_FileRead = tuple[Path, list[Document], list[Problem]]
+
+
+def _assemble(problems: list[Problem], files: Sequence[_FileRead]) -> Resources:
+    """Parse all files' documents as one set (so Namespaces and duplicates work across files)."""
+    documents = [d for _, file_documents, _ in files for d in file_documents]
+    resources = parse_located(documents)
+    found = problems + [p for _, _, file_problems in files for p in file_problems] + list(resources.problems)
+    # Problems in file order, then document order, whichever stage found them.
+    order = {str(path): i for i, (path, _, _) in enumerate(files)}
+    found.sort(key=lambda p: (order.get(p.source, -1), p.index))
+    return replace(resources, problems=tuple(found))
+
+
+def load_paths(paths: Sequence[str | Path]) -> Resources:
+    """Read files and directories (see ``find_files``) into one Resources, with every Problem found."""
+    files, problems = find_files(paths)
+    read = []
+    for path in files:
+        try:
+            read.append((path, *read_documents(path, path.read_bytes())))
+        except OSError as e:
+            read.append((path, [], [Problem(str(path), -1, "", f"cannot read file: {e.strerror}")]))
+    return _assemble(problems, read)
+
+
+@dataclass
+class _Cached:
+    """What the watcher knows about one file."""
+
+    stat: tuple[int, ...]
+    digest: bytes
+    documents: list[Document]
+    problems: list[Problem]
+    racy: bool
+
+
+def _stat_key(path: Path) -> tuple[int, ...]:
+    st = path.stat()
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+
+
+class DirectoryWatcher:
+    """Polls files and directories and calls ``on_change(resources)`` with the whole new state.
+
+    A file is re-read when its stat (mtime, size, inode, ctime) changes or was recent enough to
+    hide a same-tick rewrite; it counts as changed only when its content hash changes. The first
+    poll always reports. A file caught while being written is left as it was until a later poll.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        on_change: Callable[[Resources], None],
+        interval: float = 1.0,
+    ):
+        self.paths = [Path(p) for p in paths]
+        self.interval = interval
+        self._on_change = on_change
+        self._cache: dict[Path, _Cached] = {}
+        self._delivered: tuple | None = None
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def poll_once(self) -> bool:
+        """Look once; call ``on_change`` and return True if anything changed since the last report.
+
+        An exception from ``on_change`` propagates, and the same state is reported again next poll.
+        """
+        with self._lock:
+            files, problems = find_files(self.paths)
+            for path in files:
+                self._refresh(path)
+            present = [p for p in files if p in self._cache]
+            for gone in set(self._cache) - set(present):
+                del self._cache[gone]
+            fingerprint = (tuple((p, self._cache[p].digest) for p in present), tuple(problems))
+            if fingerprint == self._delivered:
+                return False
+            files_read = [(p, self._cache[p].documents, self._cache[p].problems) for p in present]
+            self._on_change(_assemble(problems, files_read))
+            self._delivered = fingerprint
+            return True
+
+    def _refresh(self, path: Path) -> None:
+        cached = self._cache.get(path)
+        try:
+            key = _stat_key(path)
+            if cached is not None and cached.stat == key and not cached.racy:
+                return
+            data = path.read_bytes()
+            if _stat_key(path) != key:
+                return  # being written: look again next poll
+        except FileNotFoundError:
+            self._cache.pop(path, None)
+            return
+        except OSError as e:
+            message = f"cannot read file: {e.strerror}"
+            self._cache[path] = _Cached((), message.encode(), [], [Problem(str(path), -1, "", message)], True)
+            return
+        digest = hashlib.sha256(data).digest()
+        racy = time.time_ns() - key[0] < _RACY_NS
+        if cached is not None and cached.digest == digest:
+            cached.stat, cached.racy = key, racy
+            return
+        documents, problems = read_documents(path, data)
+        self._cache[path] = _Cached(key, digest, documents, problems, racy)
+
+    def start(self) -> None:
+        """Poll in a background thread, first at once, then every ``interval`` seconds."""
+        if self._thread is not None:
+            raise RuntimeError("watcher already started")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="ryu-nsm-file-watcher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll_once()
+            except Exception:
+                # The consumer's failure must not end the watch; the state is offered again next poll.
+                log.exception("file source %s: reporting a change failed", ", ".join(map(str, self.paths)))
+            self._stop.wait(self.interval)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop polling and wait for the thread to end (unless called from ``on_change`` itself)."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
