@@ -42,7 +42,8 @@ def build(tmp: Path) -> tuple[Path, Path]:
         sh("ovs-vsctl", "add-port", br, peer, "--", "set", "interface", peer, "ofport_request=10")
         sh("ip", "link", "set", peer, "up")
     for br in (A, B):
-        sh("ovs-vsctl", "add-port", br, f"{br}-eth1", "--", "set", "interface", f"{br}-eth1", "ofport_request=1")
+        link = f"{br}-eth1"
+        sh("ovs-vsctl", "add-port", br, link, "--", "set", "interface", link, "ofport_request=1")
         sh("ip", "link", "set", f"{br}-eth1", "up")
     topo = tmp / "topo.yaml"
     topo.write_text(textwrap.dedent(f"""\
