@@ -81,7 +81,7 @@ def run_demo(args) -> int:
               f"{ping.received}/{ping.sent} replies; frames seen by each function: {_delta(before, after)}",
               f"only {ping.received}/{ping.sent} ping replies")
         check(all(after[f] - before[f] >= 2 * ping.sent for f in FUNCTIONS),
-              "every function saw each request and reply (firewall first, then dpi)",
+              "both functions saw every echo request and reply",
               "a function did not see the pings")
 
         say(f"2. {CLIENT} opens a TCP connection to port 80 on the gateway")
@@ -94,7 +94,8 @@ def run_demo(args) -> int:
         ok = net.tcp_check(CLIENT, GATEWAY, GATEWAY_IP, 23, timeout=2)
         after = _seen(net)
         check(not ok and _dropped(net) > dropped and after["dpi"] == before["dpi"],
-              f"blocked: firewall dropped {_dropped(net) - dropped} frame(s), dpi saw none of them",
+              f"blocked: firewall dropped {_dropped(net) - dropped} frame(s), dpi saw none of them "
+              "(so traffic meets the firewall before dpi)",
               "telnet was not stopped by the firewall")
 
         say(f"4. {INTRUDER} (no request) pings the gateway")
