@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .fabric import Fabric
-from .flowspec import FlowSpec, is_ours, wire_cookie
+from .flowspec import FlowSpec, Table, is_ours, wire_cookie
 from .model import Resources
 from .planner import PLANNED, FabricState, Plan, make_plan
 from .reconcile import PHASES, SwitchDiff, apply, diff_fabric
@@ -98,6 +98,7 @@ class Controller:
         self._program_seq = 0
         self._inflight: Program | None = None
         self._dirty = False
+        self._tag_hints: dict[str, dict[tuple[str, str], int]] = {}
 
     # -- inputs ---------------------------------------------------------------------------------
 
@@ -158,7 +159,21 @@ class Controller:
         if epoch != state.epoch:
             return [ReadFlows(switch, state.dpid, state.epoch)]
         state.flows = frozenset(f for f in flows if is_ours(f.cookie))
+        self._tag_hints[switch] = self._tags_in(switch, state.flows)
         return self._replan(now)
+
+    def _tags_in(self, switch: str, flows: frozenset[FlowSpec]) -> dict[tuple[str, str], int]:
+        """(connection, link) → tag, read off the FORWARD flows of one switch."""
+        by_cookie = {wire_cookie(r.id): r.id for r in self.resources.requests}
+        links = {link.port_on(switch): link.name for link in self.fabric.links if switch in (link.a, link.b)}
+        hints = {}
+        for flow in flows:
+            match = flow.match_dict()
+            cid = by_cookie.get(flow.cookie)
+            link = links.get(match.get("in_port"))
+            if flow.table == Table.FORWARD and cid and link and match.get("vlan_vid"):
+                hints[(cid, link)] = match["vlan_vid"] & 0xFFF
+        return hints
 
     def program_done(self, program_id: int, confirmed: Iterable[str], now: float) -> list:
         """The shell finished a program; ``confirmed`` are switches whose every phase was acknowledged.
@@ -177,6 +192,7 @@ class Controller:
                 continue
             if sw in confirmed:
                 state.flows = apply(state.flows, change)
+                self._tag_hints[sw] = self._tags_in(sw, state.flows)
             else:
                 state.flows = None
                 if state.connected:
@@ -227,7 +243,8 @@ class Controller:
         self._dirty = False
         self._last_state = state
         before = self.plan
-        self.plan = make_plan(self.fabric, self.resources, state, before)
+        hints = {k: v for per_switch in self._tag_hints.values() for k, v in per_switch.items()}
+        self.plan = make_plan(self.fabric, self.resources, state, before, hints)
         self._record(before, self.plan, state, now)
         known = {sw: s.flows for sw, s in self.switches.items() if s.connected and s.flows is not None}
         diffs = diff_fabric(self.plan.flows, known)

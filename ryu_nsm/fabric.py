@@ -100,6 +100,14 @@ class Fabric:
         return frozenset(p for link in self.links for p in ((link.a, link.a_port), (link.b, link.b_port)))
 
     @cached_property
+    def link_ports_by_switch(self) -> dict[str, tuple[int, ...]]:
+        """Switch name → its ports that face other switches, sorted."""
+        by_switch: dict[str, list[int]] = {s.name: [] for s in self.switches}
+        for switch, port in self.link_ports:
+            by_switch.setdefault(switch, []).append(port)
+        return {switch: tuple(sorted(ports)) for switch, ports in by_switch.items()}
+
+    @cached_property
     def port_names(self) -> dict[tuple[str, str], int]:
         """(switch, port name) → port number, for every declared port (links and hosts)."""
         names = {(link.a, f"{link.a}-eth{link.a_port}"): link.a_port for link in self.links}

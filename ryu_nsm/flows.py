@@ -41,11 +41,10 @@ def pipeline_flows(fabric: Fabric, switch: str) -> list[FlowSpec]:
         FlowSpec.make(Table.CLASSIFY, Priority.MISS, {}),
         FlowSpec.make(Table.FORWARD, Priority.MISS, {}),
     ]
-    for sw, port in sorted(fabric.link_ports):
-        if sw == switch:
-            flows.append(
-                FlowSpec.make(Table.CLASSIFY, Priority.FABRIC_PORT, {"in_port": port}, goto=Table.FORWARD)
-            )
+    for port in fabric.link_ports_by_switch.get(switch, ()):
+        flows.append(
+            FlowSpec.make(Table.CLASSIFY, Priority.FABRIC_PORT, {"in_port": port}, goto=Table.FORWARD)
+        )
     return flows
 
 

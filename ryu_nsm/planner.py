@@ -64,16 +64,19 @@ def make_plan(
     resources: Resources,
     state: FabricState | None = None,
     previous: Plan | None = None,
+    tag_hints: Mapping[tuple[str, str], int] | None = None,
 ) -> Plan:
-    """Resolve every request, route every connection and compile the desired flows of every switch."""
+    """Resolve every request, route every connection and compile the desired flows of every switch.
+
+    ``tag_hints`` ((connection id, link name) → tag) are tags found on the switches: they win over
+    the previous plan's, so a fresh controller keeps whatever tags the fabric already carries.
+    """
     state = state or FabricState()
     before = previous.connections if previous else {}
     resolved = resolve(resources, {cid: pc.connection for cid, pc in before.items()})
     view = FabricView(fabric, state.down_links, state.down_switches)
-    tags = TagAllocator(
-        fabric.tag_range,
-        {(cid, link): tag for cid, pc in before.items() for link, tag in pc.tags},
-    )
+    held = {(cid, link): tag for cid, pc in before.items() for link, tag in pc.tags}
+    tags = TagAllocator(fabric.tag_range, {**held, **(tag_hints or {})})
     planned: dict[str, PlannedConnection] = {}
     wires = []
     # Connections that existed before go first, so they keep their tags.

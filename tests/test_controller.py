@@ -177,3 +177,28 @@ def test_audit_repairs_drift():
     sw.tables["s1"] = frozenset()  # someone wiped s1
     sw.run(ctl, ctl.audit(), 2.0)
     assert sw.tables == good
+
+
+def test_restart_keeps_tags_chosen_in_arrival_order():
+    # Four tags for three wires on the same link: preferred tags collide, so which wire got which
+    # tag depends on the order requests arrived. A fresh controller must adopt them, not re-sort.
+    from ryu_nsm.fabric import Fabric
+
+    base = ring(2, {f"c{i}": ("s1",) for i in range(3)} | {f"e{i}": ("s2",) for i in range(3)})
+    fab = Fabric(base.name, base.switches, base.links[:1], base.hosts, (10, 13))
+    pairs = [(att(fab, f"c{i}"), att(fab, f"e{i}")) for i in range(3)]
+    full = resources_for(pairs)
+    for order in ([2, 1, 0], [1, 2, 0], [0, 2, 1]):
+        ctl, sw = Controller(fab), FakeFabric(fab)
+        sw.connect_all(ctl)
+        for n in range(1, 4):
+            chosen = {f"c{i}" for i in order[:n]}
+            part = type(full)(full.services, full.endpoints,
+                              tuple(r for r in full.requests if r.pod in chosen))
+            sw.run(ctl, ctl.set_resources(part, float(n)))
+        sw.sent.clear()
+        fresh = Controller(fab)
+        sw.run(fresh, fresh.set_resources(full, 9.0))
+        sw.connect_all(fresh, 9.0)
+        assert sw.sent == [], f"restart changed flows after arrival order {order}"
+        assert all(c["state"] == "up" for c in fresh.status()["connections"])

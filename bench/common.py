@@ -1,0 +1,122 @@
+"""Shared by every benchmark: the one figure line format and timing with time.perf_counter.
+
+A figure is a measured value next to the limit it is judged against, both measured in the same run
+and the same process, so the ratio says how far the code is from what the machine can do right now::
+
+    path compute, 3-function chain, fat-tree k=16: 0.84 ms (limit 0.31 ms one networkx BFS, ratio 2.71)
+
+The ratio is value / limit in the value's unit: for a time, how many times slower than the limit;
+for a rate, what fraction of the limit is reached.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# Seconds per unit: a value and its limit may be given in different time units.
+TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+_NUMBER = r"[0-9]+(?:\.[0-9]+)?"
+FIGURE_RE = re.compile(
+    rf"^(?P<name>[^:\n]+): (?P<value>{_NUMBER}) (?P<unit>\S+) "
+    rf"\(limit (?P<limit>{_NUMBER}) (?P<limit_unit>\S+)(?: (?P<limit_label>[^,()\n]+))?, "
+    rf"ratio (?P<ratio>{_NUMBER})\)$"
+)
+
+
+def format_number(value: float, digits: int = 3) -> str:
+    """``value`` with ``digits`` significant digits in plain notation (never an exponent).
+
+    Numbers of ``10**digits`` or more are rounded to whole units; trailing zeros are dropped.
+    """
+    if not math.isfinite(value):
+        raise ValueError(f"cannot format {value!r} as a figure")
+    if value == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    text = f"{value:.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def ratio(value: float, unit: str, limit: float, limit_unit: str) -> float:
+    """value / limit, converting between time units; other units must be the same on both sides."""
+    if unit != limit_unit:
+        if unit not in TIME_UNITS or limit_unit not in TIME_UNITS:
+            raise ValueError(f"cannot compare {unit!r} with {limit_unit!r}")
+        limit = limit * TIME_UNITS[limit_unit] / TIME_UNITS[unit]
+    if not limit > 0:
+        raise ValueError(f"limit must be positive, got {limit!r} {limit_unit}")
+    return value / limit
+
+
+def figure(name: str, value: float, unit: str, limit: float, limit_unit: str, limit_label: str = "") -> str:
+    """One figure line: ``<name>: <value> <unit> (limit <limit> <limit_unit> <label>, ratio <x>)``."""
+    if not name.strip() or ":" in name or "\n" in name:
+        raise ValueError(f"a figure name must be non-empty and hold no ':' or newline, got {name!r}")
+    for what, text in (("unit", unit), ("limit unit", limit_unit)):
+        if not text or any(c.isspace() for c in text):
+            raise ValueError(f"{what} must be one word, got {text!r}")
+    if not value >= 0:
+        raise ValueError(f"value must be a number of at least 0, got {value!r}")
+    if any(c in limit_label for c in ",()\n"):
+        raise ValueError(f"limit label must hold no ',', '(', ')' or newline, got {limit_label!r}")
+    label = f" {limit_label}" if limit_label else ""
+    x = ratio(value, unit, limit, limit_unit)
+    return (
+        f"{name}: {format_number(value)} {unit} "
+        f"(limit {format_number(limit)} {limit_unit}{label}, ratio {format_number(x)})"
+    )
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call, one sample per round of ``number`` calls."""
+
+    samples: tuple[float, ...]
+    number: int
+
+    @property
+    def best(self) -> float:
+        return min(self.samples)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+
+def _round(fn: Callable[[], object], number: int) -> float:
+    start = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return time.perf_counter() - start
+
+
+def measure(
+    fn: Callable[[], object],
+    repeats: int = 7,
+    round_seconds: float = 0.02,
+    budget_seconds: float = 10.0,
+) -> Timing:
+    """Time ``fn`` in rounds of as many calls as fill ``round_seconds``; up to ``repeats`` samples.
+
+    Shorter rounds that calibrate the number of calls warm ``fn`` up and are not kept; the first
+    round that fills ``round_seconds`` is the first sample, so a call that alone takes that long is
+    timed cold (warm its caches beforehand if that matters). No further round starts once
+    ``budget_seconds`` have gone by, so a slow ``fn`` gives fewer samples instead of a slow run.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    start = time.perf_counter()
+    number = 1
+    while (elapsed := _round(fn, number)) < round_seconds:
+        # Aim a little past the target so that calibration rarely needs a third round.
+        number = max(number * 2, math.ceil(number * 1.2 * round_seconds / max(elapsed, 1e-9)))
+    samples = [elapsed / number]
+    while len(samples) < repeats and time.perf_counter() - start < budget_seconds:
+        samples.append(_round(fn, number) / number)
+    return Timing(tuple(samples), number)

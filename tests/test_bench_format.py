@@ -1,0 +1,144 @@
+"""The benchmark figure format, the timing helper, and a quick run of bench/path_compute.py."""
+
+import importlib.util
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ryu_nsm.planner import make_plan
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def _load(name: str, path: Path):
+    """Import a bench script as module ``name`` (registered: dataclasses look their module up)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+common = _load("bench_common", BENCH / "common.py")
+
+
+@pytest.fixture
+def path_compute(monkeypatch):
+    # path_compute.py imports `common` as a sibling script does; give it ours for this test only.
+    monkeypatch.setitem(sys.modules, "common", common)
+    return _load("bench_path_compute", BENCH / "path_compute.py")
+
+
+def test_figure_prints_the_documented_line():
+    line = common.figure("path compute, 3-function chain, fat-tree k=16", 0.84, "ms", 0.31, "ms",
+                         "one networkx BFS")
+    assert line == (
+        "path compute, 3-function chain, fat-tree k=16: 0.84 ms (limit 0.31 ms one networkx BFS, ratio 2.71)"
+    )
+
+
+def test_figure_without_label_and_across_time_units():
+    assert common.figure("install", 2, "ms", 500, "us") == "install: 2 ms (limit 500 us, ratio 4)"
+    assert common.figure("rate", 300, "flows/s", 1200, "flows/s", "ovs-ofctl") == (
+        "rate: 300 flows/s (limit 1200 flows/s ovs-ofctl, ratio 0.25)"
+    )
+
+
+@pytest.mark.parametrize("value, text", [
+    (0, "0"), (12.0, "12"), (1.5, "1.5"), (0.000123456, "0.000123"), (2.0 / 3, "0.667"),
+    (99.96, "100"), (1234.6, "1235"), (58423.2, "58423"),
+])
+def test_format_number_keeps_three_significant_digits_without_exponent(value, text):
+    assert common.format_number(value) == text
+
+
+@pytest.mark.parametrize("args", [
+    ("a: b", 1, "ms", 1, "ms"),                # a colon would break parsing the line
+    ("", 1, "ms", 1, "ms"),
+    ("x", 1, "ms", 0, "ms"),                   # no ratio against a zero limit
+    ("x", 1, "flows/s", 1, "ms"),              # units that cannot be compared
+    ("x", 1, "m s", 1, "m s"),
+    ("x", -1, "ms", 1, "ms"),
+    ("x", float("nan"), "ms", 1, "ms"),
+    ("x", 1, "ms", 1, "ms", "a, b"),
+])
+def test_figure_refuses_what_it_cannot_print_unambiguously(args):
+    with pytest.raises(ValueError):
+        common.figure(*args)
+
+
+@given(
+    value=st.floats(min_value=1e-6, max_value=1e7),
+    limit=st.floats(min_value=1e-6, max_value=1e7),
+    label=st.sampled_from(["", "one networkx BFS", "ovs-ofctl add-flows"]),
+)
+def test_every_figure_parses_back_to_its_numbers(value, limit, label):
+    match = common.FIGURE_RE.match(common.figure("some bench, k=4", value, "ms", limit, "ms", label))
+    assert match is not None
+    assert match["name"] == "some bench, k=4" and (match["limit_label"] or "") == label
+    # Three significant digits: printed numbers are within half a unit of the third digit.
+    assert float(match["value"]) == pytest.approx(value, rel=5e-3)
+    assert float(match["limit"]) == pytest.approx(limit, rel=5e-3)
+    assert float(match["ratio"]) == pytest.approx(value / limit, rel=5e-3)
+
+
+def test_measure_calibrates_fast_calls_into_rounds():
+    calls = []
+    timing = common.measure(lambda: calls.append(1), repeats=4, round_seconds=0.005)
+    assert timing.number > 1 and len(timing.samples) == 4
+    assert len(calls) > 4 * timing.number  # the calibration rounds ran too
+    assert 0 < timing.best <= timing.median
+
+
+def test_measure_times_a_call_that_fills_a_round_on_its_own():
+    timing = common.measure(lambda: time.sleep(0.002), repeats=3, round_seconds=0.001)
+    assert timing.number == 1 and len(timing.samples) == 3
+    assert timing.best >= 0.002
+
+
+def test_measure_stops_starting_rounds_when_the_budget_is_spent():
+    timing = common.measure(lambda: time.sleep(0.01), repeats=1000, round_seconds=0.001, budget_seconds=0.05)
+    assert 1 <= len(timing.samples) <= 6
+
+
+def test_chain_setup_plans_three_connections_across_pods(path_compute):
+    setup = path_compute.chain_setup(4)
+    plan = make_plan(setup.fabric, setup.resources)
+    path_compute.check_plan(setup, plan)
+    assert len(setup.hops) == 3
+    pods = [sw.split("_")[0] for hop in setup.hops for sw in hop]
+    assert len(set(pods)) == 4  # client and three functions, each in its own pod
+    for conn in plan.connections.values():
+        assert len(conn.path.switches) == 5  # edge, aggregation, core, aggregation, edge
+
+
+def test_check_plan_refuses_a_chain_that_did_not_plan(path_compute):
+    setup = path_compute.chain_setup(4)
+    no_gateway = replace(setup.resources, endpoints=setup.resources.endpoints[:2])
+    with pytest.raises(RuntimeError, match="not planned as built"):
+        path_compute.check_plan(setup, make_plan(setup.fabric, no_gateway))
+
+
+def test_quick_run_prints_figure_lines_from_any_directory(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "path_compute.py"), "--quick"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    matches = [common.FIGURE_RE.match(line) for line in lines]
+    assert all(matches), lines
+    assert [m["name"] for m in matches] == [
+        "path compute (cached view), 3-function chain, fat-tree k=4",
+        "plan, 3-function chain, fat-tree k=4",
+    ]
+    for m in matches:
+        assert float(m["value"]) > 0 and float(m["limit"]) > 0
+        assert m["limit_label"] == "one networkx BFS"
+        assert float(m["ratio"]) == pytest.approx(float(m["value"]) / float(m["limit"]), rel=1.5e-2)
