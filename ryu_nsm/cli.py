@@ -77,7 +77,8 @@ def cmd_controller(args) -> int:
         signal.signal(sig, lambda *_: stop.set())
     with run_controller(
         fabric, args.requests, host, port, (shost, sport),
-        use_bundles=not args.no_bundles, audit_interval=args.audit_interval,
+        watch_interval=args.watch_interval, use_bundles=not args.no_bundles,
+        audit_interval=args.audit_interval,
     ) as running:
         logging.getLogger("ryu_nsm").info(
             "controller for fabric %s: OpenFlow on %s:%d, status on http://%s:%d/status",
@@ -124,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("--status-listen", default=f"{DEFAULT_ADDRESS[0]}:{DEFAULT_ADDRESS[1]}")
     ctl.add_argument("--no-bundles", action="store_true", help="plain flow mods instead of ONF bundles")
     ctl.add_argument("--audit-interval", type=float, default=30.0, help="seconds between flow audits")
+    ctl.add_argument("--watch-interval", type=float, default=1.0,
+                     help="seconds between polls of the request files")
     ctl.add_argument("--param", action="append", help="topology generator parameter, e.g. k=8")
     ctl.set_defaults(func=cmd_controller)
 

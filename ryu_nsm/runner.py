@@ -25,6 +25,7 @@ def run_controller(
     of_host: str,
     of_port: int,
     status_address: tuple[str, int],
+    watch_interval: float = 1.0,
     **settings,
 ) -> Iterator[RunningController]:
     """Run until the context exits: OpenFlow on (of_host, of_port), status over HTTP.
@@ -40,7 +41,7 @@ def run_controller(
         if not request_paths:
             push(Resources())
             return
-        watcher = DirectoryWatcher(list(request_paths), push)
+        watcher = DirectoryWatcher(list(request_paths), push, interval=watch_interval)
         watcher.poll_once()  # the first state is applied before any switch is touched
         watcher.start()
         watchers.append(watcher)
