@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -135,6 +136,11 @@ def test_install_restart_without_churn_removal_and_foreign_flows(bridges, tmp_pa
         sh("ovs-ofctl", "-O", "OpenFlow13", "add-flow", A, foreign)
         ctl.wait_connections(lambda cs: cs.get(CONN, {}).get("state") == "up", 30)
         assert wait_for(ping, 10, 0.5), "client cannot reach the server through the wire"
+        shown = subprocess.run([sys.executable, "-m", "ryu_nsm.cli", "status", "--url", ctl.url],
+                               capture_output=True, text=True, timeout=30)
+        assert shown.returncode == 0
+        row = rf"{CONN}\s+echo\s+{A}/{A}-c → server \({B}/{B}-s\)\s+path {A}-{B}\s+up"
+        assert re.search(row, shown.stdout), shown.stdout
         port = ctl.of_port
         assert ctl.errors() == []
     installed = {br: flows(br) for br in (A, B)}

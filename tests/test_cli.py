@@ -1,0 +1,62 @@
+"""The ``ryu-nsm`` command line as a user meets it: output shape and exit status."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ryu_nsm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ryu_nsm.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+
+
+def test_plan_json_has_connections_paths_chains_and_flows():
+    out = ryu_nsm("plan", "--json", "topologies/demo-chain.yaml", "examples/demo-chain")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    conns = {c["id"]: c for c in report["connections"]}
+    client = conns["default/client/nsm-1"]
+    assert client["network_service"] == "secure-internet"
+    assert client["client"] == "client" and client["endpoint"] == "firewall"
+    assert client["path"] == ["s1", "s2"] and client["state"] == "planned"
+    assert report["chains"] == [["client", "firewall", "dpi", "vpn-gateway"]]
+    assert set(report["flows"]) == {"s1", "s2", "s3", "s4"}
+    # Every flow line is in ovs-ofctl syntax and names the table and cookie.
+    assert all(line.startswith("cookie=0x4e") and " actions=" in line
+               for lines in report["flows"].values() for line in lines)
+
+
+def test_plan_text_shows_the_chain():
+    out = ryu_nsm("plan", "topologies/demo-chain.yaml", "examples/demo-chain")
+    assert out.returncode == 0
+    assert "client → firewall → dpi → vpn-gateway" in out.stdout
+
+
+def test_plan_with_invalid_documents_exits_nonzero_and_still_plans_the_rest():
+    out = ryu_nsm("plan", "--json", "topologies/demo-chain.yaml", "examples/demo-chain", "examples/bad")
+    assert out.returncode == 1
+    report = json.loads(out.stdout)
+    assert report["problems"], "invalid documents must be listed"
+    assert "examples/bad/" in out.stderr and "invalid" in out.stderr
+    assert {c["id"] for c in report["connections"]} >= {"default/client/nsm-1"}
+
+
+def test_failed_connections_carry_a_reason():
+    out = ryu_nsm("plan", "--json", "topologies/ring.yaml", "examples/demo-chain")
+    report = json.loads(out.stdout)
+    failed = [c for c in report["connections"] if c["state"] == "failed"]
+    assert failed and all(c["reason"] for c in failed)
+    assert any("no port 's2-fw-in' on s2" in c["reason"] for c in failed)
+
+
+def test_unreadable_topology_is_a_usage_error():
+    out = ryu_nsm("plan", "topologies/nope.yaml", "examples/demo-chain")
+    assert out.returncode == 2 and "nope.yaml" in out.stderr
+
+
+def test_status_without_a_controller_says_so():
+    out = ryu_nsm("status", "--url", "http://127.0.0.1:9")
+    assert out.returncode == 2 and "cannot reach the controller" in out.stderr
