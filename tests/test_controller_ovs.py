@@ -149,7 +149,9 @@ def test_install_restart_without_churn_removal_and_foreign_flows(bridges, tmp_pa
     assert ping(), "traffic keeps flowing while the controller is away (fail-mode secure)"
 
     # A new controller process on the same port: it reads the switches and changes nothing.
-    with ControllerProcess(topo, [requests], tmp_path / "restart.log", of_port=port) as ctl:
+    audit = ["--audit-interval", "1"]
+    log2 = tmp_path / "restart.log"
+    with ControllerProcess(topo, [requests], log2, of_port=port, extra_args=audit) as ctl:
         ctl.wait_connections(lambda cs: cs.get(CONN, {}).get("state") == "up", 30)
         status = ctl.status()
         assert all(s["connected"] and s["flows"] for s in status["switches"])
@@ -159,6 +161,12 @@ def test_install_restart_without_churn_removal_and_foreign_flows(bridges, tmp_pa
             assert now.keys() == installed[br].keys()
             assert all(now[k]["duration"] >= installed[br][k]["duration"] for k in now), "flows re-installed"
         assert ping()
+
+        # Someone deletes the wire's flows on one bridge: the periodic audit puts them back.
+        sh("ovs-ofctl", "-O", "OpenFlow13", "del-flows", B, f"cookie={cookie:#x}/-1")
+        assert not any(k[0] == cookie for k in flows(B))
+        assert wait_for(lambda: flows(B).keys() == installed[B].keys(), 10), "audit did not repair drift"
+        assert wait_for(ping, 10, 0.5)
 
         # The request goes away: every flow with the wire's cookie goes, pipeline and foreign flows stay.
         (requests / "client.yaml").unlink()
