@@ -94,6 +94,7 @@ class Controller:
         self.resources = Resources()
         self.switches: dict[str, SwitchState] = {}
         self.plan: Plan = make_plan(fabric, self.resources)
+        self._wanted = _by_switch_and_cookie(self.plan)
         self.history: deque[Change] = deque(maxlen=500)
         self._program_seq = 0
         self._inflight: Program | None = None
@@ -245,6 +246,7 @@ class Controller:
         before = self.plan
         hints = {k: v for per_switch in self._tag_hints.values() for k, v in per_switch.items()}
         self.plan = make_plan(self.fabric, self.resources, state, before, hints)
+        self._wanted = _by_switch_and_cookie(self.plan)
         self._record(before, self.plan, state, now)
         known = {sw: s.flows for sw, s in self.switches.items() if s.connected and s.flows is not None}
         diffs = diff_fabric(self.plan.flows, known)
@@ -290,8 +292,7 @@ class Controller:
             state = self.switches.get(sw)
             if state is None or state.flows is None:
                 return PENDING
-            want = {f for f in self.plan.flows.get(sw, ()) if f.cookie == cookie}
-            if not want <= state.flows:
+            if not self._wanted.get((sw, cookie), frozenset()) <= state.flows:
                 return PENDING
         return UP
 
@@ -308,3 +309,12 @@ class Controller:
         problems = [str(p) for p in self.resources.problems]
         return {"fabric": self.fabric.name, "connections": connections, "switches": switches,
                 "history": history, "problems": problems}
+
+
+def _by_switch_and_cookie(plan: Plan) -> dict[tuple[str, int], frozenset[FlowSpec]]:
+    """The plan's flows grouped by (switch, cookie): what each connection needs on each switch."""
+    grouped: dict[tuple[str, int], set[FlowSpec]] = {}
+    for sw, flows in plan.flows.items():
+        for flow in flows:
+            grouped.setdefault((sw, flow.cookie), set()).add(flow)
+    return {key: frozenset(flows) for key, flows in grouped.items()}

@@ -143,6 +143,7 @@ def resolve(
 
     ordered = sorted(requests, key=lambda r: (r.id not in previous, r.id))
     result: dict[str, Connection] = {}
+    indexes: dict[tuple[str, str], _EndpointIndex] = {}
     for req in ordered:
         base = Connection(
             id=req.id, namespace=req.namespace, network_service=req.service, client=req.pod,
@@ -165,9 +166,9 @@ def resolve(
                 f"network service {req.service!r} not found in namespace {req.namespace!r}"
             )
             continue
-        result[req.id] = _resolve_one(
-            base, req, service, by_service.get(service.key, []), pool, previous.get(req.id)
-        )
+        if service.key not in indexes:
+            indexes[service.key] = _EndpointIndex(service.name, by_service.get(service.key, []))
+        result[req.id] = _resolve_one(base, req, service, indexes[service.key], pool, previous.get(req.id))
     return result
 
 
@@ -175,10 +176,11 @@ def _resolve_one(
     base: Connection,
     req: ClientRequest,
     service: NetworkService,
-    registered: list[Endpoint],
+    index: _EndpointIndex,
     pool: _Pool,
     before: Connection | None,
 ) -> Connection:
+    registered = index.endpoints
     if not registered:
         return base.failed(f"no endpoint is registered for network service {service.name!r}")
     matches = service.matches or ()
@@ -186,19 +188,19 @@ def _resolve_one(
         groups = [[(ep, 1) for ep in registered]]
         return _choose(base, groups, pool, before, f"network service {service.name!r}")
     reasons = []
-    for index, match in enumerate(matches):
+    for number, match in enumerate(matches):
         try:
             source = render_selector(match.source_selector, req.labels)
         except _MissingLabel as missing:
-            reasons.append(f"match #{index}: template needs label {missing}")
+            reasons.append(f"match #{number}: template needs label {missing}")
             continue
         if not _contains(req.labels, source):
             continue
         try:
-            groups = _candidates(match.routes, req.labels, service.name, registered)
+            groups = _candidates(match.routes, req.labels, index)
         except _MissingLabel as missing:
-            return base.failed(f"match #{index} of {service.name!r}: template needs label {missing}")
-        found = _choose(base, groups, pool, before, f"match #{index} of {service.name!r}")
+            return base.failed(f"match #{number} of {service.name!r}: template needs label {missing}")
+        found = _choose(base, groups, pool, before, f"match #{number} of {service.name!r}")
         if found.ok or not match.fallthrough:
             return found
         reasons.append(found.reason)
@@ -209,8 +211,27 @@ def _resolve_one(
     )
 
 
+class _EndpointIndex:
+    """Endpoints of one service indexed by label (key, value): a selector intersects small sets."""
+
+    def __init__(self, service: str, endpoints: list[Endpoint]):
+        self.endpoints = endpoints
+        self.by_label: dict[tuple[str, str], list[int]] = {}
+        for i, ep in enumerate(endpoints):
+            for item in ep.labels_for(service).items():
+                self.by_label.setdefault(item, []).append(i)
+
+    def select(self, selector: Mapping[str, str]) -> list[Endpoint]:
+        """Endpoints whose labels contain every key/value of ``selector``, in registration order."""
+        if not selector:
+            return self.endpoints
+        postings = sorted((self.by_label.get(item, []) for item in selector.items()), key=len)
+        chosen = set(postings[0]).intersection(*postings[1:])
+        return [self.endpoints[i] for i in sorted(chosen)]
+
+
 def _candidates(
-    routes: Iterable[Destination], labels: Mapping[str, str], service: str, registered: list[Endpoint]
+    routes: Iterable[Destination], labels: Mapping[str, str], index: _EndpointIndex
 ) -> list[list[tuple[Endpoint, int]]]:
     """Candidates grouped by preference: positive-weight routes first, zero-weight routes as backups.
 
@@ -222,14 +243,13 @@ def _candidates(
     backup: list[tuple[Endpoint, int]] = []
     for route in routes:
         selector = render_selector(route.selector, labels)
-        for ep in registered:
-            if _contains(ep.labels_for(service), selector):
-                if all_zero:
-                    primary.append((ep, 1))
-                elif route.weight > 0:
-                    primary.append((ep, route.weight))
-                else:
-                    backup.append((ep, 1))
+        for ep in index.select(selector):
+            if all_zero:
+                primary.append((ep, 1))
+            elif route.weight > 0:
+                primary.append((ep, route.weight))
+            else:
+                backup.append((ep, 1))
     return [g for g in (primary, backup) if g]
 
 

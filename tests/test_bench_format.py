@@ -142,3 +142,27 @@ def test_quick_run_prints_figure_lines_from_any_directory(tmp_path):
         assert float(m["value"]) > 0 and float(m["limit"]) > 0
         assert m["limit_label"] == "one networkx BFS"
         assert float(m["ratio"]) == pytest.approx(float(m["value"]) / float(m["limit"]), rel=1.5e-2)
+
+
+@pytest.mark.ovs
+def test_request_latency_quick_run_prints_two_figures_against_one_limit(tmp_path):
+    # Drives real netdev bridges and a controller child process; the run itself checks the flows.
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "request_latency.py"), "--quick"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    matches = [common.FIGURE_RE.match(line) for line in done.stdout.splitlines()]
+    assert matches and all(matches), done.stdout
+    assert [m["name"] for m in matches] == [
+        "request to forwarding, 100 connections",
+        "request to forwarding p99, 100 connections",
+    ]
+    total, p99 = (float(m["value"]) for m in matches)
+    assert 0 < p99 <= total
+    assert matches[0]["limit"] == matches[1]["limit"] and float(matches[0]["limit"]) > 0
+    for m in matches:
+        assert m["unit"] == m["limit_unit"] == "s"
+        assert m["limit_label"] == "ovs-ofctl --bundle of the same flows"
+        assert float(m["ratio"]) == pytest.approx(float(m["value"]) / float(m["limit"]), rel=1.5e-2)
+    assert "flows planned" in done.stderr and "FAILED" not in done.stderr
