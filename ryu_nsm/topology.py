@@ -542,7 +542,7 @@ def _read_yaml(path: Path, at: _At) -> Any:
     except UnicodeDecodeError as e:
         raise TopologyError(at.file, "", f"not a text file: {e.reason} at byte {e.start}") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml when present
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else TOP
