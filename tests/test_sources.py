@@ -817,3 +817,187 @@ def test_watcher_stop_does_not_wait_for_the_interval(tmp_path):
     watcher.stop(timeout=5)
     assert time.monotonic() - started < 5
     assert not any(t.name == "ryu-nsm-file-watcher" for t in threading.enumerate())
+
+
+# -- watcher: the last valid version stands in for a bad edit -----------------------------------
+
+
+def _weighted(name: str, weight: int, namespace: str = "default") -> str:
+    route = f"{{destination_selector: {{app: x}}, weight: {weight}}}"
+    metadata = f"{{name: {name}, namespace: {namespace}}}"
+    return NS + f"metadata: {metadata}\nspec: {{matches: [{{routes: [{route}]}}]}}\n"
+
+
+def _list(*documents: str) -> str:
+    items = [yaml.safe_load(d) for d in documents]
+    return yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items})
+
+
+def _weights(resources: Resources) -> dict[str, int]:
+    return {s.name: s.matches[0].routes[0].weight for s in resources.services}
+
+
+def _found(resources: Resources) -> list[tuple[str, int, str, str]]:
+    return [(Path(p.source).name, p.index, p.path, p.message) for p in resources.problems]
+
+
+def test_watcher_keeps_the_last_parsed_file_while_it_has_a_syntax_error(tmp_path):
+    path = tmp_path / "all.yaml"
+    valid = "---\n".join([
+        _service("a"),
+        NSE + "metadata: {name: e, annotations: {ryu-nsm.io/attachments: s1/p1}}\n"
+              "spec: {network_service_names: [a]}\n",
+        _pod("a/nsm-1", "nsm-1=s1/p2"),
+    ])
+    path.write_text(valid)
+    seen = Recorder()
+    watcher = DirectoryWatcher([tmp_path], seen)
+    watcher.poll_once()
+    before = seen.last()
+    assert before.services and before.endpoints and before.requests and before.problems == ()
+
+    # A typo in the middle: the documents before it parse, but the whole file stands as it was.
+    path.write_text(valid.replace("spec: {network_service_names: [a]}", "spec: {network_service_names: [a}"))
+    assert watcher.poll_once() is True
+    state = seen.last()
+    assert state == before
+    assert [(name, index, where) for name, index, where, _ in _found(state)] == [("all.yaml", 1, "")] * 2
+    assert state.problems[0].message.startswith("YAML syntax error at line")
+    assert state.problems[1].message == "keeping the last valid version of this file until it is fixed"
+    assert watcher.poll_once() is False
+
+    path.write_text(valid.replace("name: a}", "name: b}").replace("[a]", "[b]").replace("a/nsm-1", "b/nsm-1"))
+    assert watcher.poll_once() is True
+    state = seen.last()
+    assert state.problems == ()
+    assert [s.name for s in state.services] == ["b"] and state.endpoints[0].services == ("b",)
+    assert [q.service for q in state.requests] == ["b"]
+
+
+def test_watcher_keeps_the_last_valid_version_of_an_object_until_it_is_fixed_or_removed(tmp_path):
+    path = tmp_path / "svc.yaml"
+    path.write_text(_weighted("foo", 3))
+    seen = Recorder()
+    watcher = DirectoryWatcher([tmp_path], seen)
+    watcher.poll_once()
+    assert _weights(seen.last()) == {"foo": 3}
+
+    # A bad edit of foo, and a new object that is invalid from the start.
+    path.write_text(_weighted("foo", -1) + "---\n" + _weighted("bar", -2))
+    assert watcher.poll_once() is True
+    state = seen.last()
+    assert _weights(state) == {"foo": 3}
+    weight = "spec.matches[0].routes[0].weight"
+    assert [(name, index, where) for name, index, where, _ in _found(state)] == [
+        ("svc.yaml", 0, weight), ("svc.yaml", 0, ""), ("svc.yaml", 1, weight),
+    ]
+    assert "integer -1" in state.problems[0].message and "integer -2" in state.problems[2].message
+    assert state.problems[1].message == (
+        "keeping the last valid version of NetworkService default/foo until it is fixed"
+    )
+
+    path.write_text(_weighted("foo", 5) + "---\n" + _weighted("bar", 6))
+    assert watcher.poll_once() is True
+    state = seen.last()
+    assert _weights(state) == {"foo": 5, "bar": 6} and state.problems == ()
+
+    path.unlink()
+    assert watcher.poll_once() is True
+    state = seen.last()
+    assert state.services == () and state.problems == ()
+
+
+def test_watcher_forgets_a_kept_object_once_its_document_is_gone(tmp_path):
+    path = tmp_path / "svc.yaml"
+    path.write_text(_weighted("foo", 3))
+    seen = Recorder()
+    watcher = DirectoryWatcher([tmp_path], seen)
+    watcher.poll_once()
+    seen.last()
+    path.write_text(_weighted("foo", -1))
+    watcher.poll_once()
+    assert _weights(seen.last()) == {"foo": 3}
+
+    # Removing the document is intentional: foo goes, and a later broken foo does not bring it back.
+    path.write_text(_weighted("unrelated", 1))
+    watcher.poll_once()
+    assert _weights(seen.last()) == {"unrelated": 1}
+    path.write_text(_weighted("foo", -1))
+    assert watcher.poll_once() is True
+    state = seen.last()
+    assert state.services == ()
+    assert [(name, where) for name, _, where, _ in _found(state)] == [
+        ("svc.yaml", "spec.matches[0].routes[0].weight"),
+    ]
+
+
+def test_watcher_keeps_objects_by_kind_namespace_and_name_across_files_and_list_items(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(_weighted("foo", 1, "team") + "---\n" + _weighted("bar", 2))
+    b.write_text(_list(_weighted("baz", 4)))
+    seen = Recorder()
+    watcher = DirectoryWatcher([tmp_path], seen)
+    watcher.poll_once()
+    assert _weights(seen.last()) == {"foo": 1, "bar": 2, "baz": 4}
+
+    # foo moves to b.yaml (as a List item) broken; bar's apiVersion is mistyped; baz is fixed
+    # elsewhere: the valid declaration wins over a kept version, without a Problem about keeping.
+    a.write_text(_weighted("bar", 2).replace("/v1", "/v2") + "---\n" + _weighted("baz", 7))
+    b.write_text(_list(_weighted("foo", -1, "team"), _weighted("baz", -1)))
+    assert watcher.poll_once() is True
+    state = seen.last()
+    assert _weights(state) == {"baz": 7, "bar": 2, "foo": 1}
+    assert [(s.namespace, s.name) for s in state.services if s.name == "foo"] == [("team", "foo")]
+    kept = [(name, index, where, message.removesuffix(" until it is fixed"))
+            for name, index, where, message in _found(state) if message.startswith("keeping")]
+    assert kept == [
+        ("a.yaml", 0, "", "keeping the last valid version of NetworkService default/bar"),
+        ("b.yaml", 0, "items[0]", "keeping the last valid version of NetworkService team/foo"),
+    ]
+    assert len(state.problems) == 5  # bar's apiVersion, foo's and baz's weights, two kept
+
+
+def test_watcher_keeps_a_namespace_annotation_its_pods_inherit(tmp_path):
+    namespace = ("apiVersion: v1\nkind: Namespace\n"
+                 "metadata: {{name: team, annotations: {{networkservicemesh.io: {}}}}}\n")
+    pod = POD + "metadata: {name: web, namespace: team}\n"
+    path = tmp_path / "team.yaml"
+    path.write_text(namespace.format("'kernel://svc/nsm-1'") + "---\n" + pod)
+    seen = Recorder()
+    watcher = DirectoryWatcher([tmp_path], seen)
+    watcher.poll_once()
+    before = seen.last()
+    assert [q.id for q in before.requests] == ["team/web/nsm-1"]
+
+    path.write_text(namespace.format("'memif://svc/nsm-1'") + "---\n" + pod)
+    assert watcher.poll_once() is True
+    state = seen.last()
+    assert state == before
+    assert [(index, where) for _, index, where, _ in _found(state)] == [(0, f"{ANN}[0]"), (0, "")]
+    assert state.problems[1].message == "keeping the last valid version of Namespace team until it is fixed"
+
+    # Removing the annotation is intentional, not an error: the pod is no longer a client.
+    path.write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n---\n" + pod)
+    assert watcher.poll_once() is True
+    state = seen.last()
+    assert state.requests == () and state.problems == ()
+
+
+def test_watcher_keeps_only_versions_it_delivered(tmp_path):
+    path = tmp_path / "svc.yaml"
+    path.write_text(_weighted("foo", 1))
+    calls = []
+
+    def flaky(resources: Resources) -> None:
+        calls.append(resources)
+        if len(calls) == 2:
+            raise RuntimeError("consumer not ready")
+
+    watcher = DirectoryWatcher([tmp_path], flaky)
+    watcher.poll_once()
+    path.write_text(_weighted("foo", 2))
+    with pytest.raises(RuntimeError):
+        watcher.poll_once()
+    path.write_text(_weighted("foo", -1))
+    assert watcher.poll_once() is True
+    assert [_weights(r) for r in calls] == [{"foo": 1}, {"foo": 2}, {"foo": 1}]

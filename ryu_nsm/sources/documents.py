@@ -9,14 +9,15 @@ Where interfaces meet the fabric is ryu-nsm's own annotation ``ryu-nsm.io/attach
 
 Every object is all-or-nothing: one error discards it with a Problem at a precise field path, and
 all other objects still apply. Duplicates are reported on the later one; the first wins.
+``parse_keeping`` can put the last valid version of an object in place of a discarded one.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from urllib.parse import quote, unquote_plus
 
 from ..model import (
@@ -613,7 +614,7 @@ def _objects(doc: Document, body: object, base: str, problems: list[Problem]) ->
             problems.append(Problem(doc.source, doc.index, _at(base, field_name),
                                     f"expected a non-empty string, found {_describe(value)}"))
             return
-    group, _, version = api.rpartition("/")
+    group = api.rpartition("/")[0]
     if kind.endswith("List") and "items" in body:
         items_path = _at(base, "items")
         items = body["items"]
@@ -628,15 +629,19 @@ def _objects(doc: Document, body: object, base: str, problems: list[Problem]) ->
                 item = {"apiVersion": api, "kind": item_kind, **item}
             yield from _objects(doc, item, _item(items_path, index), problems)
         return
-    ours = (group == NSM_GROUP and kind in _NSM_KINDS) or (group == "" and kind in _CORE_KINDS)
-    if not ours:
-        return
-    if version != "v1":
-        expected = NSM_API_VERSION if group else "v1"
-        problems.append(Problem(doc.source, doc.index, _at(base, "apiVersion"),
-                                f"expected {expected} for kind {kind}, found {_describe(api)}"))
-        return
-    yield _Object(doc, base, body, kind)
+    if (group == NSM_GROUP and kind in _NSM_KINDS) or (group == "" and kind in _CORE_KINDS):
+        yield _Object(doc, base, body, kind)
+
+
+def _version_ok(check: _Check, obj: _Object) -> bool:
+    """Checked with the object, not before, so that an object of the wrong version still has a key."""
+    api = obj.body["apiVersion"]
+    if api.rpartition("/")[2] == "v1":
+        return True
+    expected = NSM_API_VERSION if obj.kind in _NSM_KINDS else "v1"
+    check.error(_at(obj.base, "apiVersion"),
+                f"expected {expected} for kind {obj.kind}, found {_describe(api)}")
+    return False
 
 
 def _report(obj: _Object, check: _Check, problems: list[Problem]) -> None:
@@ -656,57 +661,120 @@ def _duplicate(obj: _Object, key: tuple, seen: dict[tuple, _Object], problems: l
     return True
 
 
+ObjectKey = tuple[str, ...]
+"""An object's identity: (kind, namespace, name), or (kind, name) for a Namespace."""
+
+
+def _raw_key(obj: _Object) -> ObjectKey | None:
+    """The object's key read before validation, so a broken object can be matched; None if unreadable."""
+    meta = obj.body.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    name, namespace = meta.get("name"), meta.get("namespace") or DEFAULT_NAMESPACE
+    if not isinstance(name, str) or not name or not isinstance(namespace, str):
+        return None
+    return (obj.kind, name) if obj.kind == "Namespace" else (obj.kind, namespace, name)
+
+
+def _namespace(check: _Check, obj: _Object) -> list[_Entry] | None:
+    """The client annotation entries a Namespace gives its pods; None if it has no such annotation."""
+    if CLIENT_ANNOTATION not in _raw_annotations(obj.body):
+        return None
+    meta = _metadata(check, obj, namespaced=False)
+    text, where = _annotation(check, meta, obj, CLIENT_ANNOTATION)
+    return _client_entries(check, text, where)
+
+
+class _Parser:
+    """Validates objects, first declaration winning, and falls back to last valid versions."""
+
+    def __init__(self, last_valid: Mapping[ObjectKey, dict]):
+        self.last_valid = last_valid
+        self.valid: dict[ObjectKey, dict] = {}
+        self.seen: dict[tuple, _Object] = {}
+        self.problems: list[Problem] = []
+
+    def accept(
+        self, objects: list[_Object], validate: Callable[[_Check, _Object], object]
+    ) -> list[tuple[ObjectKey, object]]:
+        """(key, result of ``validate``) of each object that applies, in order, kept versions last.
+
+        ``validate`` returns None for an object that is not ours (a Pod without NSM annotations).
+        """
+        accepted: list[tuple[ObjectKey, object]] = []
+        broken: list[tuple[ObjectKey, _Object]] = []
+        for obj in objects:
+            check = _Check()
+            result = validate(check, obj) if _version_ok(check, obj) else None
+            _report(obj, check, self.problems)
+            key = _raw_key(obj)
+            if check.errors:
+                if key in self.last_valid:
+                    broken.append((key, obj))
+            elif result is not None and not _duplicate(obj, key, self.seen, self.problems):
+                self.valid[key] = obj.body
+                accepted.append((key, result))
+        for key, obj in broken:
+            if key in self.seen:
+                continue  # a valid declaration elsewhere (the object moved) wins over the kept one
+            kept = replace(obj, body=self.last_valid[key])
+            check = _Check()
+            result = validate(check, kept)
+            if check.errors or result is None:
+                continue  # a kept Pod that no longer fits its Namespace's annotation
+            self.seen[key] = kept
+            self.valid[key] = kept.body
+            accepted.append((key, result))
+            self.problems.append(Problem(obj.doc.source, obj.doc.index, obj.base,
+                                         f"keeping the last valid version of {key[0]} {'/'.join(key[1:])} "
+                                         "until it is fixed"))
+        return accepted
+
+
+def parse_keeping(
+    documents: Iterable[Document], last_valid: Mapping[ObjectKey, dict]
+) -> tuple[Resources, dict[ObjectKey, dict]]:
+    """Like ``parse_located``, but an object that fails validation keeps its version in ``last_valid``.
+
+    A kept object comes with a Problem saying so, beside the Problems of the broken version; a valid
+    declaration of the same object elsewhere wins over it. Also returns the ``last_valid`` for next
+    time: key → body of every object now applied, so objects whose documents are gone are forgotten.
+    """
+    documents = list(documents)
+    parser = _Parser(last_valid)
+    objects = [obj for doc in documents for obj in _objects(doc, doc.body, "", parser.problems)]
+    namespaces = parser.accept([obj for obj in objects if obj.kind == "Namespace"], _namespace)
+    inherited = {key[1]: entries for key, entries in namespaces}
+
+    def validate(check: _Check, obj: _Object) -> object:
+        if obj.kind == "Pod":
+            # An empty list is a Pod that is ours but broken; its errors are in ``check``.
+            return _pod_requests(check, obj, inherited)
+        return _network_service(check, obj) if obj.kind == "NetworkService" else _endpoint(check, obj)
+
+    services: list[NetworkService] = []
+    endpoints: list[Endpoint] = []
+    requests: list[ClientRequest] = []
+    for key, result in parser.accept([obj for obj in objects if obj.kind != "Namespace"], validate):
+        if key[0] == "NetworkService":
+            services.append(result)
+        elif key[0] == "NetworkServiceEndpoint":
+            endpoints.append(result)
+        else:
+            requests.extend(result)
+    # Namespaces are read first, but their problems belong in document order like all others.
+    order = {(doc.source, doc.index): position for position, doc in enumerate(documents)}
+    problems = sorted(parser.problems, key=lambda p: order[(p.source, p.index)])
+    resources = Resources(tuple(services), tuple(endpoints), tuple(requests), tuple(problems))
+    return resources, parser.valid
+
+
 def parse_located(documents: Iterable[Document]) -> Resources:
     """Turn documents from any number of sources into Resources, keeping Problems beside them.
 
     Parsed as one set: Pods inherit a Namespace's client annotation and duplicates are found
     across all documents, in the order given.
     """
-    problems: list[Problem] = []
-    documents = list(documents)
-    objects = [obj for doc in documents for obj in _objects(doc, doc.body, "", problems)]
-    seen: dict[tuple, _Object] = {}
-
-    inherited: dict[str, list[_Entry]] = {}
-    for obj in objects:
-        if obj.kind != "Namespace" or CLIENT_ANNOTATION not in _raw_annotations(obj.body):
-            continue
-        check = _Check()
-        meta = _metadata(check, obj, namespaced=False)
-        text, where = _annotation(check, meta, obj, CLIENT_ANNOTATION)
-        entries = _client_entries(check, text, where)
-        _report(obj, check, problems)
-        if not check.errors and meta.name is not None and not _duplicate(
-            obj, (obj.kind, meta.name), seen, problems
-        ):
-            inherited[meta.name] = entries
-
-    services: list[NetworkService] = []
-    endpoints: list[Endpoint] = []
-    requests: list[ClientRequest] = []
-    for obj in objects:
-        check = _Check()
-        if obj.kind == "NetworkService":
-            service = _network_service(check, obj)
-            _report(obj, check, problems)
-            if service is not None and not _duplicate(obj, (obj.kind, *service.key), seen, problems):
-                services.append(service)
-        elif obj.kind == "NetworkServiceEndpoint":
-            endpoint = _endpoint(check, obj)
-            _report(obj, check, problems)
-            if endpoint is not None and not _duplicate(obj, (obj.kind, *endpoint.key), seen, problems):
-                endpoints.append(endpoint)
-        elif obj.kind == "Pod":
-            pod_requests = _pod_requests(check, obj, inherited)
-            _report(obj, check, problems)
-            if pod_requests and not _duplicate(
-                obj, (obj.kind, pod_requests[0].namespace, pod_requests[0].pod), seen, problems
-            ):
-                requests.extend(pod_requests)
-    # Namespaces are read first, but their problems belong in document order like all others.
-    order = {(doc.source, doc.index): position for position, doc in enumerate(documents)}
-    problems.sort(key=lambda p: order[(p.source, p.index)])
-    return Resources(tuple(services), tuple(endpoints), tuple(requests), tuple(problems))
+    return parse_keeping(documents, {})[0]
 
 
 def parse_documents(docs: list[object], source: str) -> Resources:

@@ -1,7 +1,9 @@
 """The file source: YAML/JSON files and directories of Kubernetes-shaped documents → Resources.
 
 ``load_paths`` reads once; ``DirectoryWatcher`` polls and hands the whole new state to a callback
-whenever a file is added, changed or deleted (level-triggered, like a Kubernetes relist).
+whenever a file is added, changed or deleted (level-triggered, like a Kubernetes relist). Like
+the Kubernetes API server rejecting an invalid update, the watcher keeps the last valid version of
+a file it cannot parse and of an object that fails validation, and reports the bad edit.
 
 Everything that is wrong (a missing path, an unreadable file, a YAML syntax error, an invalid
 object) becomes a Problem beside the valid objects, never an exception.
@@ -22,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from ..model import Problem, Resources
-from .documents import Document, parse_located
+from .documents import Document, ObjectKey, parse_keeping
 
 log = logging.getLogger("ryu_nsm.sources.files")
 
@@ -125,15 +127,17 @@ def _yaml_message(error: yaml.YAMLError) -> str:
 _FileRead = tuple[Path, list[Document], list[Problem]]
 
 
-def _assemble(problems: list[Problem], files: Sequence[_FileRead]) -> Resources:
+def _assemble(
+    problems: list[Problem], files: Sequence[_FileRead], last_valid: dict[ObjectKey, dict]
+) -> tuple[Resources, dict[ObjectKey, dict]]:
     """Parse all files' documents as one set (so Namespaces and duplicates work across files)."""
     documents = [d for _, file_documents, _ in files for d in file_documents]
-    resources = parse_located(documents)
+    resources, valid = parse_keeping(documents, last_valid)
     found = problems + [p for _, _, file_problems in files for p in file_problems] + list(resources.problems)
     # Problems in file order, then document order, whichever stage found them.
     order = {str(path): i for i, (path, _, _) in enumerate(files)}
     found.sort(key=lambda p: (order.get(p.source, -1), p.index))
-    return replace(resources, problems=tuple(found))
+    return replace(resources, problems=tuple(found)), valid
 
 
 def load_paths(paths: Sequence[str | Path]) -> Resources:
@@ -145,7 +149,7 @@ def load_paths(paths: Sequence[str | Path]) -> Resources:
             read.append((path, *read_documents(path, path.read_bytes())))
         except OSError as e:
             read.append((path, [], [Problem(str(path), -1, "", f"cannot read file: {e.strerror}")]))
-    return _assemble(problems, read)
+    return _assemble(problems, read, {})[0]
 
 
 @dataclass
@@ -157,6 +161,16 @@ class _Cached:
     documents: list[Document]
     problems: list[Problem]
     racy: bool
+    # Digest and documents of the last read that parsed: they stand in while the file cannot be read.
+    good: tuple[bytes, list[Document]] | None
+
+    def read(self, path: Path) -> _FileRead:
+        """The file's documents and problems as the watcher uses them."""
+        if not self.problems or self.good is None:
+            return path, self.documents, self.problems
+        keeping = Problem(str(path), self.problems[-1].index, "",
+                          "keeping the last valid version of this file until it is fixed")
+        return path, self.good[1], [*self.problems, keeping]
 
 
 def _stat_key(path: Path) -> tuple[int, ...]:
@@ -170,6 +184,10 @@ class DirectoryWatcher:
     A file is re-read when its stat (mtime, size, inode, ctime) changes or was recent enough to
     hide a same-tick rewrite; it counts as changed only when its content hash changes. The first
     poll always reports. A file caught while being written is left as it was until a later poll.
+
+    A file that cannot be read or parsed stands as it last parsed, and an object that fails
+    validation as it was last delivered, each with a Problem saying so; removing a file or a
+    document removes its objects.
     """
 
     def __init__(
@@ -183,6 +201,7 @@ class DirectoryWatcher:
         self._on_change = on_change
         self._cache: dict[Path, _Cached] = {}
         self._delivered: tuple | None = None
+        self._last_valid: dict[ObjectKey, dict] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -199,16 +218,21 @@ class DirectoryWatcher:
             present = [p for p in files if p in self._cache]
             for gone in set(self._cache) - set(present):
                 del self._cache[gone]
-            fingerprint = (tuple((p, self._cache[p].digest) for p in present), tuple(problems))
+            cached = [(p, self._cache[p]) for p in present]
+            # A broken file's stand-in version is part of what is delivered.
+            fingerprint = (tuple((p, c.digest, c.good and c.good[0]) for p, c in cached), tuple(problems))
             if fingerprint == self._delivered:
                 return False
-            files_read = [(p, self._cache[p].documents, self._cache[p].problems) for p in present]
-            self._on_change(_assemble(problems, files_read))
+            resources, valid = _assemble(problems, [c.read(p) for p, c in cached], self._last_valid)
+            self._on_change(resources)
+            # Only what was delivered counts as a last valid version.
+            self._last_valid = valid
             self._delivered = fingerprint
             return True
 
     def _refresh(self, path: Path) -> None:
         cached = self._cache.get(path)
+        good = cached.good if cached is not None else None
         try:
             key = _stat_key(path)
             if cached is not None and cached.stat == key and not cached.racy:
@@ -221,7 +245,8 @@ class DirectoryWatcher:
             return
         except OSError as e:
             message = f"cannot read file: {e.strerror}"
-            self._cache[path] = _Cached((), message.encode(), [], [Problem(str(path), -1, "", message)], True)
+            self._cache[path] = _Cached((), message.encode(), [], [Problem(str(path), -1, "", message)], True,
+                                        good)
             return
         digest = hashlib.sha256(data).digest()
         racy = time.time_ns() - key[0] < _RACY_NS
@@ -229,7 +254,9 @@ class DirectoryWatcher:
             cached.stat, cached.racy = key, racy
             return
         documents, problems = read_documents(path, data)
-        self._cache[path] = _Cached(key, digest, documents, problems, racy)
+        if not problems:
+            good = (digest, documents)
+        self._cache[path] = _Cached(key, digest, documents, problems, racy, good)
 
     def start(self) -> None:
         """Poll in a background thread, first at once, then every ``interval`` seconds."""
