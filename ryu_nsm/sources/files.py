@@ -33,7 +33,7 @@ SUFFIXES = (".yaml", ".yml", ".json")
 _RACY_NS = 2_000_000_000
 
 
-class _StrictLoader(yaml.SafeLoader):
+class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml: ~8x faster
     """SafeLoader that rejects duplicate mapping keys, as Kubernetes does, instead of keeping the last."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
