@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -120,3 +121,31 @@ def measure(
     while len(samples) < repeats and time.perf_counter() - start < budget_seconds:
         samples.append(_round(fn, number) / number)
     return Timing(tuple(samples), number)
+
+
+COMMAND_TIMEOUT = 60.0
+
+
+class BenchFailure(RuntimeError):
+    """A run that did not leave the switches as it should, or a command that failed."""
+
+
+def sh(*args: str) -> str:
+    """Run a command; its stdout, or BenchFailure with its stderr."""
+    done = subprocess.run(args, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+    if done.returncode:
+        raise BenchFailure(f"{' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def ofctl(*args: str) -> str:
+    """``ovs-ofctl -O OpenFlow13 ...``."""
+    return sh("ovs-ofctl", "-O", "OpenFlow13", *args)
+
+
+def flow_count(bridge: str) -> int:
+    """Flows on ``bridge`` (all tables), from dump-aggregate."""
+    found = re.search(r"flow_count=(\d+)", ofctl("dump-aggregate", bridge))
+    if not found:
+        raise BenchFailure("ovs-ofctl dump-aggregate gave no flow_count")
+    return int(found.group(1))

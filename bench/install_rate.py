@@ -15,14 +15,13 @@ exits 1. The best of ``--repeat`` runs counts. Run as root with Open vSwitch up:
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
 
+from common import BenchFailure, flow_count, ofctl, sh
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from ryu_nsm import ofwire
@@ -33,26 +32,8 @@ TIMEOUT = 60.0
 VIDS = 4000
 
 
-class BenchFailure(RuntimeError):
-    """A run that did not leave the bridge as it should."""
 
 
-def sh(*args: str) -> str:
-    done = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT)
-    if done.returncode:
-        raise BenchFailure(f"{' '.join(args)} failed: {done.stderr.strip()}")
-    return done.stdout
-
-
-def ofctl(*args: str) -> str:
-    return sh("ovs-ofctl", "-O", "OpenFlow13", *args)
-
-
-def flow_count(bridge: str) -> int:
-    found = re.search(r"flow_count=(\d+)", ofctl("dump-aggregate", bridge))
-    if not found:
-        raise BenchFailure("ovs-ofctl dump-aggregate gave no flow_count")
-    return int(found.group(1))
 
 
 def wire_flows(first: int, n: int) -> list[FlowSpec]:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from common import figure
+from common import BenchFailure, figure, flow_count, ofctl, sh
 
 from ryu_nsm.controlproc import ControllerProcess, wait_for
 from ryu_nsm.flowspec import PIPELINE_COOKIE
@@ -55,21 +55,7 @@ LINKS = ((0, 1, 1, 1), (1, 2, 2, 1), (2, 2, 3, 1))
 DPID_BASE = 0x5E000000
 
 
-class BenchFailure(RuntimeError):
-    """The run did not leave the fabric as planned, or the controller did not get there."""
 
-
-def sh(*args: str) -> str:
-    """Run a command; its stdout, or BenchFailure with its stderr."""
-    done = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT)
-    if done.returncode:
-        raise BenchFailure(f"{' '.join(args)} failed: {done.stderr.strip()}")
-    return done.stdout
-
-
-def ofctl(*args: str) -> str:
-    """``ovs-ofctl -O OpenFlow13 ...``."""
-    return sh("ovs-ofctl", "-O", "OpenFlow13", *args)
 
 
 @dataclass(frozen=True)
@@ -165,13 +151,6 @@ def planned_flows(topology: Path, requests: Path) -> dict[str, list[str]]:
         raise BenchFailure(f"{len(failed)} connections did not plan, e.g. {failed[:3]}")
     return report["flows"]
 
-
-def flow_count(bridge: str) -> int:
-    """Flows on ``bridge`` (all tables), from dump-aggregate."""
-    found = re.search(r"flow_count=(\d+)", ofctl("dump-aggregate", bridge))
-    if not found:
-        raise BenchFailure("ovs-ofctl dump-aggregate gave no flow_count")
-    return int(found.group(1))
 
 
 def check_bridges(setup: Setup, files: dict[str, Path], flows: dict[str, list[str]], what: str) -> None:
