@@ -1,0 +1,631 @@
+"""What became of every request, told back to Kubernetes: NetworkServiceConnection objects and Events.
+
+One ``ryu-nsm.io/v1alpha1`` NetworkServiceConnection per client request (connection id
+``namespace/pod/ifname``), named ``<pod>-<ifname>`` in the Pod's namespace. Its ``spec`` says which
+request it reports on; its ``status`` what became of it::
+
+    status:
+      observedGeneration: 1
+      state: Up | Pending | Failed          # this connection (hop)
+      reason: Up | Pending | NoEndpoint …   # short CamelCase, from REASONS
+      message: full reason text
+      chain: [client, firewall, dpi, vpn-gateway]      # from this client onwards
+      hops: [{connection, endpoint, endpointAttachment, clientAttachment, path, state, reason}]
+      path: [s1, s2]                        # this hop's switches
+      conditions: [Resolved, Admitted, Ready]  # the usual condition shape
+
+The pure part (``desired_connections``, ``merge_conditions``, ``parse_problem``) turns the
+controller's status into these objects. ``StatusWriter.sync`` is the level-triggered shell: it
+lists the objects it manages, creates, patches (spec, then the status subresource) and deletes only
+what differs, and posts core/v1 Events for what happened. Call it only on the leader, and only once
+the sources have listed everything once (an empty status means "delete every object").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import socket
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client
+
+log = logging.getLogger("ryu_nsm.k8s_status")
+
+GROUP = "ryu-nsm.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "NetworkServiceConnection"
+PLURAL = "networkserviceconnections"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "ryu-nsm"
+CONNECTION_ANNOTATION = "ryu-nsm.io/connection"
+
+UP, PENDING, FAILED = "Up", "Pending", "Failed"
+_STATES = {"up": UP, "pending": PENDING, "failed": FAILED}
+
+# Reason text (resolver, planner, pathing) → short reason. The first pattern found anywhere in the
+# text wins, so a more specific or more actionable pattern comes before a general one.
+REASONS: tuple[tuple[str, str], ...] = (
+    (r"attachment \S+ is already used by", "AttachmentInUse"),
+    (r"interface \S+ of pod \S+ has no attachment to the fabric", "NotAttached"),
+    (r"network service '[^']*' not found in namespace", "ServiceNotFound"),
+    (r"template needs label", "MissingLabel"),
+    (r"no match of network service '[^']*' applies", "NoMatch"),
+    (r"matching endpoint\(s\) have every attachment in use", "EndpointsBusy"),
+    (r"matching endpoint\(s\) have no attachment to the fabric", "EndpointNotAttached"),
+    (r"no endpoint is registered for network service|no endpoint matches its destination selectors",
+     "NoEndpoint"),
+    (r"attachment \S+: switch '[^']*' is not in the fabric", "UnknownSwitch"),
+    (r"attachment \S+: no port '[^']*' on", "UnknownPort"),
+    (r"link \S+ has no free tag", "TagSpaceExhausted"),
+    (r"no path from \S+ to \S+|switch \S+ is (down|not in the fabric)", "NoPath"),
+)
+_REASON_PATTERNS = tuple((re.compile(pattern), reason) for pattern, reason in REASONS)
+
+# Kinds whose problems become Events, with the apiVersion the involvedObject needs.
+_EVENT_KINDS = {
+    "NetworkService": "networkservicemesh.io/v1",
+    "NetworkServiceEndpoint": "networkservicemesh.io/v1",
+    "Pod": "v1",
+    "Namespace": "v1",
+}
+_NAME_MAX = 253
+# Explicit: the client's default patch type differs between APIs (core/v1 would send a JSON patch).
+_MERGE_PATCH = "application/merge-patch+json"
+_BAD_NAME_CHARS = re.compile(r"[^a-z0-9-]+")
+
+
+# -- pure part ----------------------------------------------------------------------------------
+
+
+def short_reason(state: str, text: str = "") -> str:
+    """The CamelCase reason of a connection in ``state`` (up/pending/failed) with reason ``text``."""
+    if state == "up":
+        return UP
+    if state == "pending":
+        return PENDING
+    for pattern, reason in _REASON_PATTERNS:
+        if pattern.search(text):
+            return reason
+    return FAILED
+
+
+def _hash(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
+
+
+def connection_object_name(pod: str, ifname: str) -> str:
+    """``<pod>-<ifname>`` as a DNS-1123 name; a hash of the original is added when that was lossy."""
+    raw = f"{pod}-{ifname}"
+    name = _BAD_NAME_CHARS.sub("-", raw.lower()).strip("-")
+    name = re.sub(r"-{2,}", "-", name)
+    if name == raw and len(name) <= _NAME_MAX:
+        return name
+    suffix = _hash(raw)
+    return f"{name[: _NAME_MAX - len(suffix) - 1].rstrip('-')}-{suffix}".lstrip("-")
+
+
+def merge_conditions(old_conditions: Iterable[Mapping] | None, new_conditions: Iterable[Mapping],
+                     now: str) -> list[dict]:
+    """``new_conditions`` with ``lastTransitionTime`` kept from the old condition of the same type
+    when its status did not change, else ``now``: timestamps mark transitions, not syncs."""
+    old = {c.get("type"): c for c in old_conditions or () if isinstance(c, Mapping)}
+    merged = []
+    for condition in new_conditions:
+        before = old.get(condition["type"])
+        unchanged = before is not None and before.get("status") == condition["status"]
+        kept = before.get("lastTransitionTime") if unchanged else None
+        merged.append({**condition, "lastTransitionTime": kept or now})
+    return merged
+
+
+def _follow(entry: dict, by_client: Mapping[tuple[str, str, str], dict]) -> list[dict]:
+    """The hops of the chain from ``entry`` on, the same way ``report.chains`` follows them: a service
+    function's Pod shares its endpoint's name, so its own request (same service) continues the chain."""
+    hops, seen, step = [], set(), entry
+    while step is not None and step["id"] not in seen:
+        seen.add(step["id"])
+        hops.append(step)
+        if not step.get("endpoint"):
+            break
+        step = by_client.get((step["namespace"], step["network_service"], step["endpoint"]))
+    return hops
+
+
+def _hop(entry: dict) -> dict:
+    hop = {
+        "connection": entry["id"],
+        "client": entry["client"],
+        "endpoint": entry.get("endpoint"),
+        "clientAttachment": entry.get("client_attachment"),
+        "endpointAttachment": entry.get("endpoint_attachment"),
+        "path": list(entry.get("path") or []),
+        "state": _STATES.get(entry["state"], FAILED),
+        "reason": short_reason(entry["state"], entry.get("reason", "")),
+    }
+    # Absent, not null: optional fields are omitted in Kubernetes objects.
+    return {k: v for k, v in hop.items() if v is not None}
+
+
+def _message(entry: dict) -> str:
+    if entry.get("reason"):
+        return entry["reason"]
+    path = " → ".join(entry.get("path") or [])
+    where = f"endpoint {entry.get('endpoint')} ({entry.get('endpoint_attachment')}) over {path}"
+    if entry["state"] == "up":
+        return f"connected to {where}"
+    return f"installing flows to {where}"
+
+
+def _condition(kind: str, status: str, reason: str, message: str, generation: int, now: str) -> dict:
+    return {"type": kind, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": now, "observedGeneration": generation}
+
+
+def _conditions(entry: dict, hops: list[dict], generation: int, now: str) -> list[dict]:
+    state, text = entry["state"], entry.get("reason", "")
+    reason = short_reason(state, text)
+    if entry.get("endpoint"):
+        resolved = ("True", "EndpointChosen",
+                    f"endpoint {entry['endpoint']} at {entry.get('endpoint_attachment')}")
+        tags = ", ".join(f"{tag} on {link}" for link, tag in sorted((entry.get("tags") or {}).items()))
+        admitted = (("False", reason, text) if state == "failed" else
+                    ("True", "PathAllocated", f"path {' → '.join(entry.get('path') or [])}"
+                     + (f", tags {tags}" if tags else "")))
+    else:
+        resolved = ("False", reason, text)
+        admitted = ("Unknown", "NotResolved", "no endpoint is chosen, so no path is allocated")
+    blocking = next((h for h in hops if h["state"] != "up"), None)
+    if blocking is None:
+        names = [entry["client"], *(h["endpoint"] for h in hops)]
+        ready = ("True", UP, f"every hop is up: {' → '.join(names)}")
+    else:
+        ready = ("False", short_reason(blocking["state"], blocking.get("reason", "")),
+                 f"connection {blocking['id']}: {_message(blocking)}")
+    return [_condition(kind, *values, generation, now)
+            for kind, values in (("Resolved", resolved), ("Admitted", admitted), ("Ready", ready))]
+
+
+def stamp_generation(status: dict, generation: int) -> dict:
+    """``status`` observing ``generation`` (top level and every condition)."""
+    conditions = [{**c, "observedGeneration": generation} for c in status.get("conditions", [])]
+    return {**status, "observedGeneration": generation, "conditions": conditions}
+
+
+def desired_connections(status: Mapping, now: str,
+                        generations: Mapping[tuple[str, str], int] | None = None
+                        ) -> dict[tuple[str, str], dict]:
+    """One NetworkServiceConnection per connection of the controller's ``status``, by (namespace, name).
+
+    ``now`` (RFC 3339) stamps every condition; pass the result's conditions through
+    ``merge_conditions`` with the stored ones to keep earlier transition times. ``generations`` are
+    the stored objects' ``metadata.generation`` (1, a new object's, when unknown).
+    """
+    entries = sorted(status.get("connections", []), key=lambda e: e["id"])
+    by_client: dict[tuple[str, str, str], dict] = {}
+    for e in status.get("connections", []):  # first declared wins, as in report.chains
+        by_client.setdefault((e["namespace"], e["network_service"], e["client"]), e)
+    generations = generations or {}
+    out: dict[tuple[str, str], dict] = {}
+    for e in entries:
+        ifname = e["id"].split("/", 2)[2]
+        name = connection_object_name(e["client"], ifname)
+        if (e["namespace"], name) in out:  # two requests spelled alike: the later one is told apart
+            name = connection_object_name(name, _hash(e["id"]))
+        key = (e["namespace"], name)
+        generation = generations.get(key, 1)
+        hops = _follow(e, by_client)
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {
+                "name": name,
+                "namespace": e["namespace"],
+                "labels": {MANAGED_BY: MANAGER},
+                "annotations": {CONNECTION_ANNOTATION: e["id"]},
+            },
+            "spec": {"client": {"pod": e["client"], "ifname": ifname},
+                     "networkService": e["network_service"]},
+            "status": {
+                "observedGeneration": generation,
+                "state": _STATES.get(e["state"], FAILED),
+                "reason": short_reason(e["state"], e.get("reason", "")),
+                "message": _message(e),
+                "chain": [e["client"], *(h["endpoint"] for h in hops if h.get("endpoint"))],
+                "hops": [_hop(h) for h in hops],
+                "path": list(e.get("path") or []),
+                "conditions": _conditions(e, hops, generation, now),
+            },
+        }
+        out[key] = body
+    return out
+
+
+@dataclass(frozen=True)
+class ProblemRef:
+    """A Problem of an object read from Kubernetes, parsed back from its text."""
+
+    kind: str
+    namespace: str
+    name: str
+    field_path: str
+    message: str
+
+    @property
+    def text(self) -> str:
+        """The Event message: the field path first, so the field is named."""
+        return f"{self.field_path}: {self.message}" if self.field_path else self.message
+
+
+_PROBLEM = re.compile(
+    r"^(?P<kind>[A-Za-z]+)/(?:(?P<namespace>[a-z0-9-]*)/)?(?P<name>[^/\[\]:\s]+)"
+    r"(?:\[-?\d+\])?: (?P<rest>.*)$", re.DOTALL)
+_FIELD_PATH = re.compile(r"^[A-Za-z_][^\s]*$")
+
+
+def parse_problem(text: str) -> ProblemRef | None:
+    """``<Kind>/<namespace>/<name>[i]: <field path>: <message>`` (a Kubernetes source's Problem) →
+    its parts; ``Namespace/<name>`` has no namespace; the field path may be absent. None for a Problem
+    of any other source (a file) or kind."""
+    m = _PROBLEM.match(text)
+    if m is None or m["kind"] not in _EVENT_KINDS:
+        return None
+    rest = m["rest"]
+    head, sep, tail = rest.partition(": ")
+    field_path, message = (head, tail) if sep and _FIELD_PATH.match(head) else ("", rest)
+    return ProblemRef(m["kind"], m["namespace"] or "", m["name"], field_path, message)
+
+
+# -- the shell ----------------------------------------------------------------------------------
+
+
+@dataclass
+class SyncResult:
+    """What one ``sync`` did; ``errors`` name the object of every failed API call."""
+
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    status_patched: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def writes(self) -> int:
+        """How many writes succeeded (objects and Events)."""
+        return sum(map(len, (self.created, self.updated, self.status_patched, self.deleted, self.events)))
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class _Emitted:
+    namespace: str
+    name: str
+    count: int
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int | None):
+        super().__init__(status)
+        self.status = status
+
+
+EventKey = tuple[str, str, str, str, str]  # kind, namespace, name, reason, message
+
+
+class StatusWriter:
+    """Keeps NetworkServiceConnections and Events in step with the controller's status.
+
+    Events are core/v1 Events. Both Event APIs share one store, so readers see them either way;
+    core/v1 is what ``kubectl describe`` has always listed, and a recurring Event is counted with a
+    merge patch of ``count`` and ``lastTimestamp`` (events.k8s.io/v1 would need ``series``,
+    ``eventTime``, ``action`` and ``reportingController`` kept right for the same result).
+    What was told is remembered in memory (bounded by ``remembered``); after a restart the stored
+    status stands in for it. Not thread-safe: call ``sync`` from one thread, on the leader only.
+    """
+
+    def __init__(self, api_client: client.ApiClient, events_component: str = MANAGER, *,
+                 namespaces: Iterable[str] | None = None, instance: str | None = None,
+                 clock: Callable[[], str] = _utc_now, timeout: float = 10.0, remembered: int = 4096):
+        """``namespaces``: the namespaces managed (None: all). ``clock`` gives RFC 3339 times."""
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.component = events_component
+        self.namespaces = sorted(set(namespaces)) if namespaces is not None else None
+        self.instance = instance or socket.gethostname()
+        self.clock = clock
+        self.timeout = timeout
+        self.remembered = remembered
+        self._emitted: OrderedDict[EventKey, _Emitted] = OrderedDict()
+        self._problems_told: set[EventKey] = set()
+        self._last_state: dict[str, tuple[str, str, str]] = {}
+
+    # -- API calls ------------------------------------------------------------------------------
+
+    def _call(self, result: SyncResult, what: str, fn: Callable, *args: Any,
+              expected: tuple[int, ...] = (), **kwargs: Any) -> Any:
+        """Call the API; a failure is logged and recorded with the object named (unless its HTTP status
+        is ``expected``), then raised as ``_ApiError`` with the status (None: server not reached)."""
+        try:
+            return fn(*args, _request_timeout=self.timeout, **kwargs)
+        except client.ApiException as exc:
+            status = exc.status
+            detail = f"HTTP {exc.status} {exc.reason}"
+        except Exception as exc:  # connection errors of any kind must not reach the caller
+            status = None
+            detail = f"{type(exc).__name__}: {exc}"
+        if status not in expected:
+            log.warning("Kubernetes API: %s failed: %s", what, detail)
+            result.errors.append(f"{what}: {detail}")
+        raise _ApiError(status)
+
+    def _list(self, result: SyncResult) -> dict[tuple[str, str], dict] | None:
+        """Our stored objects by (namespace, name), or None when they could not be listed."""
+        selector = f"{MANAGED_BY}={MANAGER}"
+        found: dict[tuple[str, str], dict] = {}
+        for namespace in self.namespaces if self.namespaces is not None else [None]:
+            token = None
+            while True:
+                page_args = {"label_selector": selector, "limit": 500}
+                if token:
+                    page_args["_continue"] = token
+                where = f"namespace {namespace}" if namespace else "all namespaces"
+                try:
+                    if namespace is None:
+                        page = self._call(result, f"list {PLURAL} in {where}",
+                                          self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL,
+                                          **page_args)
+                    else:
+                        page = self._call(result, f"list {PLURAL} in {where}",
+                                          self.custom.list_namespaced_custom_object, GROUP, VERSION,
+                                          namespace, PLURAL, **page_args)
+                except _ApiError:
+                    return None
+                for item in page.get("items", []):
+                    meta = item.get("metadata", {})
+                    # The server filters by label; checked again so nothing of others is ever touched.
+                    if meta.get("labels", {}).get(MANAGED_BY) == MANAGER:
+                        found[(meta.get("namespace", ""), meta.get("name", ""))] = item
+                token = (page.get("metadata") or {}).get("continue")
+                if not token:
+                    break
+        return found
+
+    # -- sync -----------------------------------------------------------------------------------
+
+    def sync(self, status: Mapping, objects: Mapping | None = None) -> SyncResult:
+        """Make the cluster tell what ``status`` (``Controller.status()``) says; never raises.
+
+        ``objects`` ((kind, namespace, name) → raw object, from the watcher) give the Pods' uids: an
+        ownerReference to its Pod lets Kubernetes collect an object with the Pod, and Events carry
+        the uid ``kubectl describe`` looks for. An unchanged status makes no write at all.
+        """
+        result = SyncResult()
+        objects = objects or {}
+        try:
+            self._sync(status, objects, result)
+        except Exception as exc:  # a bug in reporting must not stop the controller
+            log.exception("status sync failed")
+            result.errors.append(f"sync: {type(exc).__name__}: {exc}")
+        return result
+
+    def _sync(self, status: Mapping, objects: Mapping, result: SyncResult) -> None:
+        now = self.clock()
+        stored = self._list(result)
+        if stored is not None:
+            generations = {k: (o.get("metadata") or {}).get("generation") or 1 for k, o in stored.items()}
+            desired = {k: v for k, v in desired_connections(status, now, generations).items()
+                       if self.namespaces is None or k[0] in self.namespaces}
+            for key, body in desired.items():
+                self._apply(key, body, stored.get(key), objects, now, result)
+            for key in stored.keys() - desired.keys():
+                self._delete(key, result)
+            ids = {body["metadata"]["annotations"][CONNECTION_ANNOTATION] for body in desired.values()}
+            self._last_state = {cid: s for cid, s in self._last_state.items() if cid in ids}
+        self._tell_problems(status.get("problems", []), objects, now, result)
+
+    def _apply(self, key: tuple[str, str], body: dict, old: dict | None, objects: Mapping, now: str,
+               result: SyncResult) -> None:
+        namespace, name = key
+        what = f"{KIND} {namespace}/{name}"
+        pod = body["spec"]["client"]["pod"]
+        pod_object = objects.get(("Pod", namespace, pod)) or {}
+        owner = _owner_reference(pod_object)
+        desired = body["status"]
+        if old is None:
+            meta = dict(body["metadata"])
+            if owner:
+                meta["ownerReferences"] = [owner]
+            # The status subresource ignores .status on create: it is patched right after.
+            fresh = {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta, "spec": body["spec"]}
+            try:
+                self._call(result, f"create {what}", self.custom.create_namespaced_custom_object,
+                           GROUP, VERSION, namespace, PLURAL, fresh, expected=(409,))
+                result.created.append(f"{namespace}/{name}")
+            except _ApiError as exc:
+                if exc.status == 409:
+                    log.info("%s already exists: it is reconciled on the next sync", what)
+                return
+            old_status: dict = {}
+        else:
+            generation = (old.get("metadata") or {}).get("generation") or 1
+            patch = _metadata_patch(body, old, owner)
+            if patch:
+                try:
+                    answer = self._call(result, f"patch {what}", self.custom.patch_namespaced_custom_object,
+                                        GROUP, VERSION, namespace, PLURAL, name, patch, expected=(404,),
+                                        _content_type=_MERGE_PATCH)
+                except _ApiError as exc:
+                    if exc.status == 404:
+                        log.info("%s vanished: it is created again on the next sync", what)
+                    return
+                result.updated.append(f"{namespace}/{name}")
+                generation = ((answer or {}).get("metadata") or {}).get("generation") or generation
+            desired = stamp_generation(desired, generation)
+            old_status = old.get("status") or {}
+        desired = {**desired, "conditions": merge_conditions(old_status.get("conditions"),
+                                                             desired["conditions"], now)}
+        if desired != old_status:
+            # A merge patch: keys we no longer write are removed with null.
+            patch = {"status": {**{k: None for k in old_status.keys() - desired.keys()}, **desired}}
+            try:
+                self._call(result, f"patch status of {what}",
+                           self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace,
+                           PLURAL, name, patch, expected=(404,), _content_type=_MERGE_PATCH)
+                result.status_patched.append(f"{namespace}/{name}")
+            except _ApiError as exc:
+                if exc.status == 404:
+                    log.info("%s vanished: it is created again on the next sync", what)
+                return
+        self._tell_connection(body, old_status, pod_object, now, result)
+
+    def _delete(self, key: tuple[str, str], result: SyncResult) -> None:
+        namespace, name = key
+        try:
+            self._call(result, f"delete {KIND} {namespace}/{name}",
+                       self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name,
+                       expected=(404,))
+            result.deleted.append(f"{namespace}/{name}")
+        except _ApiError:
+            pass  # 404: already gone, which is what was wanted; other errors are logged
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _tell_connection(self, body: dict, old_status: Mapping, pod_object: Mapping, now: str,
+                         result: SyncResult) -> None:
+        """Warning when a connection fails (again, or for another reason); Normal when it comes up
+        after having been failed or pending. The stored status stands in for memory after a restart."""
+        cid = body["metadata"]["annotations"][CONNECTION_ANNOTATION]
+        status = body["status"]
+        now_state = (status["state"], status["reason"], status["message"])
+        before = self._last_state.get(cid)
+        if before is None and old_status:
+            before = tuple(old_status.get(k, "") for k in ("state", "reason", "message"))
+        namespace, pod = body["metadata"]["namespace"], body["spec"]["client"]["pod"]
+        involved = _involved("Pod", namespace, pod, pod_object)
+        told = True
+        if now_state[0] == FAILED and now_state != before:
+            told = self._event(involved, "Warning", status["reason"],
+                               f"connection {cid} to network service {body['spec']['networkService']} "
+                               f"failed: {status['message']}", now, result)
+        elif now_state[0] == UP and before is not None and before[0] in (FAILED, PENDING):
+            told = self._event(involved, "Normal", "ConnectionUp",
+                               f"connection {cid} is up: {status['message']}", now, result)
+        if told:  # a failed Event is tried again on the next sync
+            self._last_state[cid] = now_state
+
+    def _tell_problems(self, problems: Iterable[str], objects: Mapping, now: str, result: SyncResult) -> None:
+        """A Warning InvalidSpec Event per problem of a Kubernetes object, once while it lasts."""
+        current: set[EventKey] = set()
+        for text in problems:
+            ref = parse_problem(text)
+            if ref is None:
+                continue
+            if self.namespaces is not None and ref.namespace and ref.namespace not in self.namespaces:
+                continue
+            raw = objects.get((ref.kind, ref.namespace, ref.name)) or objects.get((ref.kind, ref.name)) or {}
+            involved = _involved(ref.kind, ref.namespace, ref.name, raw)
+            key = _event_key(involved, "InvalidSpec", ref.text)
+            current.add(key)
+            if key not in self._problems_told and self._event(involved, "Warning", "InvalidSpec", ref.text,
+                                                              now, result):
+                self._problems_told.add(key)
+        self._problems_told &= current
+
+    def _event(self, involved: dict, kind: str, reason: str, message: str, now: str,
+               result: SyncResult) -> bool:
+        """Post an Event, or count one more of an Event posted before; True when it is on record."""
+        key = _event_key(involved, reason, message)
+        namespace = involved.get("namespace") or "default"  # Events of cluster-scoped objects
+        label = f"{kind} {reason} on {involved['kind']} {'/'.join(key[1:3]).lstrip('/')}"
+        known = self._emitted.get(key)
+        if known is not None:
+            try:
+                self._call(result, f"patch Event {known.namespace}/{known.name} ({label})",
+                           self.core.patch_namespaced_event, known.name, known.namespace,
+                           {"count": known.count + 1, "lastTimestamp": now}, expected=(404,),
+                           _content_type=_MERGE_PATCH)
+                known.count += 1
+                self._emitted.move_to_end(key)
+                result.events.append(f"{label}: {message} (x{known.count})")
+                return True
+            except _ApiError as exc:
+                if exc.status != 404:
+                    return False
+                del self._emitted[key]  # expired (Events live an hour): post a new one
+        name = f"{involved['name'][:200]}.{uuid.uuid4().hex[:16]}"
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": name, "namespace": namespace},
+            "involvedObject": involved,
+            "reason": reason,
+            "message": message[:1024],
+            "type": kind,
+            "count": 1,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "source": {"component": self.component},
+            "reportingComponent": self.component,
+            "reportingInstance": self.instance,
+        }
+        try:
+            self._call(result, f"create Event ({label})", self.core.create_namespaced_event, namespace, event)
+        except _ApiError:
+            return False
+        self._emitted[key] = _Emitted(namespace, name, 1)
+        while len(self._emitted) > self.remembered:
+            self._emitted.popitem(last=False)
+        result.events.append(f"{label}: {message}")
+        return True
+
+
+def _owner_reference(pod: Mapping) -> dict | None:
+    """An ownerReference to the Pod, when its uid is known (blockOwnerDeletion needs more RBAC)."""
+    meta = pod.get("metadata") or {}
+    if not meta.get("uid") or not meta.get("name"):
+        return None
+    return {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]}
+
+
+def _metadata_patch(body: dict, old: dict, owner: dict | None) -> dict:
+    """A merge patch bringing labels, annotations, ownerReferences and spec to ``body``'s; {} if none."""
+    meta = old.get("metadata") or {}
+    patch: dict = {}
+    for part in ("labels", "annotations"):
+        have = meta.get(part) or {}
+        if any(have.get(k) != v for k, v in body["metadata"][part].items()):
+            patch.setdefault("metadata", {})[part] = body["metadata"][part]
+    refs = meta.get("ownerReferences") or []
+    if owner and owner not in refs:
+        # A recreated Pod has a new uid: the reference to the old one goes.
+        others = [r for r in refs if r.get("kind") != "Pod" or r.get("name") != owner["name"]]
+        patch.setdefault("metadata", {})["ownerReferences"] = [*others, owner]
+    if old.get("spec") != body["spec"]:
+        patch["spec"] = body["spec"]
+    return patch
+
+
+def _involved(kind: str, namespace: str, name: str, raw: Mapping) -> dict:
+    """An Event's involvedObject; with the uid when the watcher knows the object."""
+    meta = raw.get("metadata") or {}
+    ref = {"apiVersion": raw.get("apiVersion") or _EVENT_KINDS[kind], "kind": kind, "name": name}
+    if namespace and kind != "Namespace":
+        ref["namespace"] = namespace
+    if meta.get("uid"):
+        ref["uid"] = meta["uid"]
+    return ref
+
+
+def _event_key(involved: Mapping, reason: str, message: str) -> EventKey:
+    return (involved["kind"], involved.get("namespace", ""), involved["name"], reason, message)

@@ -1,0 +1,446 @@
+"""The Kubernetes source: NSM's CRDs, Pods and Namespaces from an API server → Resources, live.
+
+One thread per watched kind (and namespace, when the scope is a chosen set) runs the usual
+reflector loop: LIST, remember the list's resourceVersion, WATCH from it (with bookmarks and a
+server-side timeout), and apply each event to an in-memory store keyed like ``documents.ObjectKey``
+((kind, namespace, name), or (kind, name) for a Namespace). A watch that ends normally is resumed
+from the last resourceVersion seen (an event's or a bookmark's). A 410 Gone (the HTTP answer or an
+ERROR event), a broken stream or any other error leads to a new LIST that replaces that kind's part
+of the store: what the list lacks was deleted meanwhile, so no delete is lost and nothing is
+doubled. Errors back off exponentially with jitter; every wait ends at once on ``stop``.
+
+The store becomes Kubernetes-shaped documents parsed by the same code as the file source
+(``documents.parse_keeping``): an object whose new version is invalid keeps its last valid
+version, and each Problem names its object as ``<Kind>/<namespace>/<name>`` (``Namespace/<name>``).
+``on_change`` gets the whole state (level-triggered), bursts coalesced, only once every kind has
+been listed (a partial first state would look like deletions) and only when it differs from what
+was delivered last. While the API server is unreachable the last state simply stands.
+
+Pods are selected on the client side: NSM's client annotation cannot be selected by the API
+server (selectors see labels and a few fields, never annotations), and a pod without it still
+matters when its Namespace carries it. So every pod is kept, trimmed to what is read, and only
+pods with our annotations or in an annotated Namespace become documents.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+from ..model import DEFAULT_NAMESPACE, Resources
+from .documents import CLIENT_ANNOTATION, NSM_API_VERSION, Document, ObjectKey, parse_keeping
+
+log = logging.getLogger("ryu_nsm.sources.kubernetes")
+
+# Annotations under these prefixes are ours (NSM's client annotation, ryu-nsm's own); others are
+# dropped from documents, so that an unrelated annotation change costs no re-parse.
+_OUR_ANNOTATIONS = ("networkservicemesh.io", "ryu-nsm.io/")
+
+
+@dataclass(frozen=True)
+class WatchedKind:
+    """A kind the source lists and watches."""
+
+    kind: str
+    api_version: str
+    plural: str
+    namespaced: bool = True
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def version(self) -> str:
+        return self.api_version.rpartition("/")[2]
+
+
+NAMESPACE = WatchedKind("Namespace", "v1", "namespaces", namespaced=False)
+NETWORK_SERVICE = WatchedKind("NetworkService", NSM_API_VERSION, "networkservices")
+NETWORK_SERVICE_ENDPOINT = WatchedKind("NetworkServiceEndpoint", NSM_API_VERSION, "networkserviceendpoints")
+POD = WatchedKind("Pod", "v1", "pods")
+KINDS = (NAMESPACE, NETWORK_SERVICE, NETWORK_SERVICE_ENDPOINT, POD)
+
+
+def object_key(kind: WatchedKind, obj: Mapping) -> ObjectKey | None:
+    """The store key of a raw object: (kind, namespace, name), (kind, name) for a Namespace."""
+    meta = obj.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if not isinstance(name, str) or not name:
+        return None
+    if not kind.namespaced:
+        return (kind.kind, name)
+    return (kind.kind, meta.get("namespace") or DEFAULT_NAMESPACE, name)
+
+
+def document_source(key: ObjectKey) -> str:
+    """How a Problem names its object: ``<Kind>/<namespace>/<name>``, or ``Namespace/<name>``."""
+    return "/".join(key)
+
+
+def _ours(annotations: object) -> dict:
+    if not isinstance(annotations, dict):
+        return {}
+    return {k: v for k, v in annotations.items() if isinstance(k, str) and k.startswith(_OUR_ANNOTATIONS)}
+
+
+def _document(kind: WatchedKind, obj: Mapping) -> dict:
+    """The part of an object that parsing reads: identity, our annotations, the spec of NSM's kinds."""
+    meta = obj.get("metadata") or {}
+    kept: dict[str, Any] = {"name": meta.get("name")}
+    if kind.namespaced:
+        kept["namespace"] = meta.get("namespace")
+    annotations = _ours(meta.get("annotations"))
+    if annotations:
+        kept["annotations"] = annotations
+    # Core lists carry no kind/apiVersion on their items; the watched kind is known anyway.
+    doc: dict[str, Any] = {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": kept}
+    if kind.group and "spec" in obj:
+        doc["spec"] = obj["spec"]
+    return doc
+
+
+def _kept(kind: WatchedKind, obj: Mapping) -> dict:
+    """What ``objects()`` shows: the object without managedFields; a Pod without its spec and status
+    (kept for every pod in scope, so only identity, annotations and node are worth the memory)."""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    kept: dict[str, Any] = {**obj, "apiVersion": kind.api_version, "kind": kind.kind, "metadata": meta}
+    if kind is POD:
+        spec = obj.get("spec") or {}
+        kept = {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": meta}
+        if spec.get("nodeName"):
+            kept["spec"] = {"nodeName": spec["nodeName"]}
+    return kept
+
+
+class _Gone(Exception):
+    """The resourceVersion to resume from is too old: only a new list helps."""
+
+
+class Backoff:
+    """Exponential backoff with jitter: ``initial`` · 2ⁿ capped at ``cap``, each delay drawn from
+    [½, 1] of that so that many clients do not retry in step."""
+
+    def __init__(self, initial: float, cap: float, rng: random.Random | None = None):
+        self.initial = initial
+        self.cap = cap
+        self.attempts = 0
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        """The delay before the next attempt."""
+        delay = min(self.cap, self.initial * 2 ** min(self.attempts, 32))
+        self.attempts += 1
+        return delay * self._rng.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        """After a success: the next failure waits ``initial`` again."""
+        self.attempts = 0
+
+
+class _Reflector:
+    """LIST + WATCH of one kind in one scope (all namespaces, one namespace, or one Namespace)."""
+
+    def __init__(self, source: KubernetesSource, kind: WatchedKind, namespace: str | None):
+        self.source = source
+        self.kind = kind
+        self.namespace = namespace
+        self.synced = False
+        self.resource_version: str | None = None
+        self.fresh = False  # listed, and no watch event since
+        self.current: watch.Watch | None = None
+        self.name = kind.kind + (f"/{namespace}" if namespace else "")
+        self.thread = threading.Thread(target=self.run, name=f"ryu-nsm-k8s-{self.name}", daemon=True)
+
+    def in_scope(self, key: ObjectKey) -> bool:
+        if key[0] != self.kind.kind:
+            return False
+        return self.namespace is None or key[1] == self.namespace
+
+    def call(self) -> tuple[Callable, tuple, dict]:
+        """The list function (also used to watch) with its arguments."""
+        source, kind = self.source, self.kind
+        if kind is POD:
+            if self.namespace is None:
+                return source.core.list_pod_for_all_namespaces, (), {}
+            return source.core.list_namespaced_pod, (self.namespace,), {}
+        if kind is NAMESPACE:
+            if self.namespace is None:
+                return source.core.list_namespace, (), {}
+            return source.core.list_namespace, (), {"field_selector": f"metadata.name={self.namespace}"}
+        if self.namespace is None:
+            return source.custom.list_cluster_custom_object, (kind.group, kind.version, kind.plural), {}
+        return (source.custom.list_namespaced_custom_object,
+                (kind.group, kind.version, self.namespace, kind.plural), {})
+
+    def run(self) -> None:
+        stopping = self.source._stopping
+        backoff = Backoff(self.source.initial_backoff, self.source.max_backoff)
+        while not stopping.is_set():
+            try:
+                if self.resource_version is None:
+                    self.relist()
+                    self.fresh = True
+                self.follow(backoff)
+                continue  # a watch that ended normally resumes from where it was
+            except _Gone:
+                log.info("kubernetes source: %s: resourceVersion %s is gone, listing again",
+                         self.name, self.resource_version)
+                self.resource_version = None
+                if not self.fresh:
+                    continue
+                what = "410 Gone right after a list"  # not worth an immediate list again
+            except ApiException as e:
+                what = f"HTTP {e.status} {e.reason}"
+            except Exception as e:  # a broken stream, a refused connection, a timeout, a bad answer
+                what = f"{type(e).__name__}: {e}"
+            if stopping.is_set():
+                break
+            self.resource_version = None
+            delay = backoff.next()
+            log.warning("kubernetes source: %s: %s; listing again in %.1f s", self.name, what, delay)
+            stopping.wait(delay)
+
+    def relist(self) -> None:
+        fn, args, kwargs = self.call()
+        try:
+            response = fn(*args, **kwargs, _preload_content=False,
+                          _request_timeout=self.source.request_timeout)
+        except ApiException as e:
+            if e.status == 404:
+                # The kind is not served (NSM's CRDs are not installed): no objects until it is.
+                self.source._replace(self, [])
+            raise
+        try:
+            answer = json.loads(response.data)
+        finally:
+            response.release_conn()
+        items = answer.get("items") or []
+        self.resource_version = (answer.get("metadata") or {}).get("resourceVersion") or None
+        self.source._replace(self, [item for item in items if isinstance(item, dict)])
+
+    def follow(self, backoff: Backoff) -> None:
+        fn, args, kwargs = self.call()
+        timeout = self.source.watch_timeout
+        stream = watch.Watch(return_type="object")  # raw dicts, for core and custom kinds alike
+        self.current = stream
+        if self.source._stopping.is_set():
+            return
+        kwargs |= dict(resource_version=self.resource_version, allow_watch_bookmarks=True,
+                       timeout_seconds=timeout,
+                       # A stream silent for longer than its own timeout is dead.
+                       _request_timeout=(self.source.request_timeout, timeout + 10))
+        try:
+            for event in stream.stream(fn, *args, **kwargs):
+                self.apply(event["type"], event["raw_object"])
+                self.fresh = False
+                backoff.reset()
+                if self.source._stopping.is_set():
+                    return
+        except ApiException as e:
+            if e.status == 410:
+                raise _Gone() from e
+            raise
+        finally:
+            self.current = None
+        self.fresh = False
+        backoff.reset()
+
+    def apply(self, type_: str, obj: object) -> None:
+        if not isinstance(obj, dict):
+            return
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        if type_ in ("ADDED", "MODIFIED"):
+            self.source._put(self.kind, obj)
+        elif type_ == "DELETED":
+            self.source._delete(self.kind, obj)
+        if version:
+            self.resource_version = version
+
+    def stop_watch(self) -> None:
+        current = self.current
+        if current is not None:
+            current.stop()
+
+
+class KubernetesSource:
+    """Lists and watches NSM's NetworkServices and NetworkServiceEndpoints, Pods and Namespaces, and
+    calls ``on_change(resources)`` with the whole state whenever it changes (see the module doc).
+
+    ``namespaces``: watch only these (None: all). ``watch_timeout``: seconds a watch stream may last
+    before it is resumed. ``coalesce``: seconds to gather a burst of changes into one delivery.
+    ``initial_backoff``/``max_backoff``: the retry delays after errors. ``request_timeout``:
+    connect and list read timeout in seconds.
+    """
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        on_change: Callable[[Resources], None],
+        namespaces: Sequence[str] | None = None,
+        *,
+        watch_timeout: int = 300,
+        coalesce: float = 0.05,
+        initial_backoff: float = 0.2,
+        max_backoff: float = 30.0,
+        request_timeout: float = 30.0,
+    ):
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.namespaces = None if namespaces is None else tuple(dict.fromkeys(namespaces))
+        self.watch_timeout = watch_timeout
+        self.coalesce = coalesce
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self.request_timeout = request_timeout
+        self._on_change = on_change
+        self._lock = threading.Condition()
+        self._stopping = threading.Event()
+        self._store: dict[ObjectKey, dict] = {}
+        self._documents: dict[ObjectKey, dict] = {}
+        self._dirty = True  # the first complete state is delivered even when it is empty
+        self._delivered: tuple | None = None
+        self._last_valid: dict[ObjectKey, dict] = {}
+        scopes: Sequence[str | None] = self.namespaces if self.namespaces is not None else (None,)
+        self._reflectors = [_Reflector(self, kind, scope) for kind in KINDS for scope in scopes]
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """List and watch in background threads; deliver from another."""
+        if self._thread is not None:
+            raise RuntimeError("kubernetes source already started")
+        self._thread = threading.Thread(target=self._deliver_loop, name="ryu-nsm-k8s-deliver", daemon=True)
+        for reflector in self._reflectors:
+            reflector.thread.start()
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop every thread: open watch streams are closed, waits end at once."""
+        self._stopping.set()
+        with self._lock:
+            self._lock.notify_all()
+        end = time.monotonic() + timeout
+        for reflector in self._reflectors:
+            # A watch that is just being opened has no socket to close yet: close it again.
+            while reflector.thread.is_alive() and time.monotonic() < end:
+                reflector.stop_watch()
+                reflector.thread.join(0.05)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(max(0.0, end - time.monotonic()))
+
+    def synced(self) -> bool:
+        """True once every kind in scope has been listed at least once."""
+        return all(r.synced for r in self._reflectors)
+
+    def objects(self) -> Mapping[ObjectKey, dict]:
+        """A read-only snapshot of the store (key → object as last seen; do not mutate the objects).
+
+        Pods in scope are all there, without spec (but ``spec.nodeName``) and status.
+        """
+        with self._lock:
+            return MappingProxyType(dict(self._store))
+
+    # -- the store (called by the reflector threads) -----------------------------------------------
+
+    def _annotated(self, namespace: str) -> bool:
+        doc = self._documents.get((NAMESPACE.kind, namespace))
+        return doc is not None and CLIENT_ANNOTATION in (doc["metadata"].get("annotations") or {})
+
+    def _counts(self, key: ObjectKey, doc: dict | None) -> bool:
+        """Whether a document takes part in parsing: a Pod only with our annotations or in an annotated
+        Namespace, a Namespace only with the client annotation."""
+        if doc is None:
+            return False
+        annotations = doc["metadata"].get("annotations") or {}
+        if key[0] == POD.kind:
+            return bool(annotations) or self._annotated(key[1])
+        if key[0] == NAMESPACE.kind:
+            return CLIENT_ANNOTATION in annotations
+        return True
+
+    def _set(self, key: ObjectKey, obj: dict | None, doc: dict | None) -> None:
+        """Store (or with None remove) one object; mark a change when its document counts."""
+        old = self._documents.get(key)
+        if obj is None:
+            self._store.pop(key, None)
+            self._documents.pop(key, None)
+        else:
+            self._store[key] = obj
+            self._documents[key] = doc
+        if old != doc and (self._counts(key, old) or self._counts(key, doc)):
+            self._dirty = True
+            self._lock.notify_all()
+
+    def _put(self, kind: WatchedKind, obj: dict) -> None:
+        key = object_key(kind, obj)
+        if key is not None:
+            with self._lock:
+                self._set(key, _kept(kind, obj), _document(kind, obj))
+
+    def _delete(self, kind: WatchedKind, obj: dict) -> None:
+        key = object_key(kind, obj)
+        if key is not None:
+            with self._lock:
+                self._set(key, None, None)
+
+    def _replace(self, reflector: _Reflector, items: list[dict]) -> None:
+        """A list result replaces the reflector's part of the store: what it lacks is gone."""
+        with self._lock:
+            listed = set()
+            for obj in items:
+                key = object_key(reflector.kind, obj)
+                if key is not None:
+                    listed.add(key)
+                    self._set(key, _kept(reflector.kind, obj), _document(reflector.kind, obj))
+            for key in [k for k in self._store if reflector.in_scope(k) and k not in listed]:
+                self._set(key, None, None)
+            reflector.synced = True
+            self._lock.notify_all()
+
+    # -- delivery ----------------------------------------------------------------------------------
+
+    def documents(self) -> list[Document]:
+        """The store as documents for ``parse_keeping``, in key order (so equal states parse equal)."""
+        with self._lock:
+            return [Document(document_source(key), 0, self._documents[key])
+                    for key in sorted(self._documents) if self._counts(key, self._documents[key])]
+
+    def _deliver_loop(self) -> None:
+        while not self._stopping.is_set():
+            with self._lock:
+                while not (self._dirty and self.synced()) and not self._stopping.is_set():
+                    self._lock.wait()
+            if self._stopping.wait(self.coalesce):
+                return
+            with self._lock:
+                self._dirty = False
+            try:
+                self._deliver()
+            except Exception:
+                # The consumer's failure must not end the source; the same state is offered again.
+                log.exception("kubernetes source: reporting a change failed")
+                with self._lock:
+                    self._dirty = True
+                self._stopping.wait(1.0)
+
+    def _deliver(self) -> None:
+        resources, valid = parse_keeping(self.documents(), self._last_valid)
+        # Problems do not take part in Resources equality, but a new or fixed one is news.
+        delivered = (resources, resources.problems)
+        if delivered != self._delivered:
+            self._on_change(resources)
+            self._delivered = delivered
+        # Only what was delivered counts as a last valid version.
+        self._last_valid = valid
