@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -67,9 +68,21 @@ def cmd_plan(args) -> int:
 
 
 def cmd_controller(args) -> int:
-    from .runner import run_controller
+    from .runner import KubernetesOptions, run_controller
 
     fabric = _load_fabric(args)
+    kubernetes = None
+    if args.kubernetes:
+        kubernetes = KubernetesOptions(
+            kubeconfig=args.kubeconfig, context=args.context, namespaces=args.namespace or None,
+            leader_elect=args.leader_elect, lease_namespace=args.lease_namespace,
+            lease_name=args.lease_name, identity=args.identity or socket.gethostname(),
+            lease_duration=args.lease_duration, renew_deadline=args.lease_duration * 2 / 3,
+            retry_period=args.lease_duration / 7.5,
+        )
+    elif args.leader_elect:
+        print("ryu-nsm: --leader-elect needs --kubernetes (the Lease lives in the cluster)", file=sys.stderr)
+        return EXIT_USAGE
     host, port = _host_port(args.listen, 6653)
     shost, sport = _host_port(args.status_listen, DEFAULT_ADDRESS[1])
     stop = threading.Event()
@@ -77,7 +90,7 @@ def cmd_controller(args) -> int:
         signal.signal(sig, lambda *_: stop.set())
     with run_controller(
         fabric, args.requests, host, port, (shost, sport),
-        watch_interval=args.watch_interval, use_bundles=not args.no_bundles,
+        watch_interval=args.watch_interval, kubernetes=kubernetes, use_bundles=not args.no_bundles,
         audit_interval=args.audit_interval,
     ) as running:
         logging.getLogger("ryu_nsm").info(
@@ -128,6 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("--watch-interval", type=float, default=1.0,
                      help="seconds between polls of the request files")
     ctl.add_argument("--param", action="append", help="topology generator parameter, e.g. k=8")
+    kube = ctl.add_argument_group("Kubernetes")
+    kube.add_argument("--kubernetes", action="store_true",
+                      help="also watch NSM's CRDs and annotated Pods; report in NetworkServiceConnections")
+    kube.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, else ~/.kube/config)")
+    kube.add_argument("--context", help="kubeconfig context")
+    kube.add_argument("--namespace", action="append", help="watch only this namespace (repeatable)")
+    kube.add_argument("--leader-elect", action="store_true",
+                      help="run as one of several replicas: only the Lease holder programs switches")
+    kube.add_argument("--lease-namespace", default="ryu-nsm")
+    kube.add_argument("--lease-name", default="ryu-nsm-controller")
+    kube.add_argument("--identity", help="leader election identity (default: host name; use the Pod name)")
+    kube.add_argument("--lease-duration", type=float, default=15.0, help="seconds a Lease holds")
     ctl.set_defaults(func=cmd_controller)
 
     st = sub.add_parser("status", help="connections, paths and state from the running controller")

@@ -1,15 +1,33 @@
-"""Start the whole controller in this process: os-ken app, request sources, status endpoint."""
+"""Start the whole controller in this process: os-ken app, request sources, status endpoint,
+and on a cluster the Kubernetes watcher, status writer and leader election."""
 
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .app import NsmApp, ShellSettings
 from .fabric import Fabric
 from .model import Resources
 from .statusapi import StatusServer
+
+
+@dataclass
+class KubernetesOptions:
+    """How to reach the cluster and whether to take part in leader election."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespaces: Sequence[str] | None = None  # None: all namespaces
+    leader_elect: bool = False
+    lease_namespace: str = "ryu-nsm"
+    lease_name: str = "ryu-nsm-controller"
+    identity: str = field(default_factory=socket.gethostname)
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
 
 
 @dataclass
@@ -26,43 +44,92 @@ def run_controller(
     of_port: int,
     status_address: tuple[str, int],
     watch_interval: float = 1.0,
+    kubernetes: KubernetesOptions | None = None,
     **settings,
 ) -> Iterator[RunningController]:
     """Run until the context exits: OpenFlow on (of_host, of_port), status over HTTP.
 
-    ``request_paths`` (files/directories) are watched; every change is applied live.
+    ``request_paths`` (files/directories) are watched and, with ``kubernetes``, the cluster's NSM
+    objects too; every change is applied live. The union of all sources is the declared state.
     """
     from . import oskenrun
     from .sources.files import DirectoryWatcher
+    from .sources.merge import MergedSources
 
-    watchers = []
+    stoppers: list[Callable[[], None]] = []
+    kube_api = kube_source = None
+    if kubernetes is not None:
+        from .kube import api_client
+
+        kube_api = api_client(kubernetes.kubeconfig, kubernetes.context)
 
     def attach_sources(push: Callable[[Resources], None]) -> None:
-        if not request_paths:
+        nonlocal kube_source
+        if not request_paths and kube_api is None:
             push(Resources())
             return
-        watcher = DirectoryWatcher(list(request_paths), push, interval=watch_interval)
-        watcher.poll_once()  # the first state is applied before any switch is touched
-        watcher.start()
-        watchers.append(watcher)
+        merged = MergedSources(push)
+        if request_paths:
+            watcher = DirectoryWatcher(list(request_paths), merged.part("files"), interval=watch_interval)
+            watcher.poll_once()  # the files' first state is known before any switch is touched
+            watcher.start()
+            stoppers.append(watcher.stop)
+        if kube_api is not None:
+            from .sources.kubernetes import KubernetesSource
+
+            kube_source = KubernetesSource(kube_api, merged.part("kubernetes"), kubernetes.namespaces)
+            kube_source.start()
+            stoppers.append(kube_source.stop)
 
     running = RunningController(None, status_address)
 
     def on_ready(app: NsmApp) -> None:
         running.app = app
 
+    role_election = bool(kubernetes and kubernetes.leader_elect)
     NsmApp.settings = ShellSettings(
-        fabric=fabric, attach_sources=attach_sources, on_ready=on_ready, **settings
+        fabric=fabric, attach_sources=attach_sources, on_ready=on_ready, role_election=role_election,
+        **settings,
     )
     handle = oskenrun.run_apps([NsmApp], of_host, of_port)
     status = None
     try:
         status = StatusServer(lambda: running.app.status(), *status_address).start()
         running.status_address = status.address
+        if kube_api is not None:
+            stoppers.extend(_start_cluster_side(running.app, kube_api, kube_source, kubernetes))
         yield running
     finally:
+        for stop in reversed(stoppers):
+            stop()
         if status is not None:
             status.stop()
-        for watcher in watchers:
-            watcher.stop()
         handle.stop()
+
+
+def _start_cluster_side(app: NsmApp, api, source, options: KubernetesOptions) -> list[Callable[[], None]]:
+    """Status writer loop, and the leader elector when asked; returns their stop functions."""
+    from .k8s_status import StatusWriter
+    from .kube import StatusLoop
+
+    elector = None
+    if options.leader_elect:
+        from .leader import LeaderElector
+
+        elector = LeaderElector(
+            api, options.lease_namespace, options.lease_name, options.identity,
+            lease_duration=options.lease_duration, renew_deadline=options.renew_deadline,
+            retry_period=options.retry_period,
+            on_started=app.set_leader, on_stopped=lambda: app.set_leader(None),
+        )
+
+    def may_write() -> bool:
+        return source.synced() and (elector is None or elector.is_leader)
+
+    writer = StatusWriter(api, namespaces=options.namespaces)
+    loop = StatusLoop(writer, app.status, source.objects, may_write).start()
+    stops = [loop.stop]
+    if elector is not None:
+        elector.start()
+        stops.append(elector.stop)
+    return stops

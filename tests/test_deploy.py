@@ -30,8 +30,6 @@ CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "Clust
 
 # Flags other work is adding to `ryu-nsm controller`: each stays an expected failure until it lands,
 # and strict xfail then fails the run, so the mark is removed the day the flag exists.
-PENDING_FLAGS = {"--kubernetes", "--leader-elect", "--lease-namespace", "--lease-name", "--identity"}
-
 # Every grant of the controller's ServiceAccount: (namespace or "*" for cluster-wide, apiGroup,
 # resource, verb, resourceNames). Widening this is a decision: change deploy/README.md with it.
 EXPECTED_GRANTS = {
@@ -399,14 +397,8 @@ def test_readme_explains_every_granted_resource():
 # --- the controller Deployment and its Service --------------------------------------------------------
 
 def flag_cases() -> list:
-    """One test case per flag of the controller's command; flags still being added are strict xfails."""
-    argv = controller_argv()
-    cases = []
-    for flag in [a for a in argv if a.startswith("--")]:
-        marks = [pytest.mark.xfail(strict=True, reason=f"`ryu-nsm controller` has no {flag} yet")] \
-            if flag in PENDING_FLAGS else []
-        cases.append(pytest.param(flag, marks=marks, id=flag))
-    return cases
+    """One test case per flag of the controller's command."""
+    return [pytest.param(flag, id=flag) for flag in controller_argv() if flag.startswith("--")]
 
 
 def test_controller_runs_ryu_nsm_controller():

@@ -1,0 +1,69 @@
+"""The controller's Kubernetes side: API client configuration and the status writer loop."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from kubernetes import client, config
+
+log = logging.getLogger("ryu_nsm.kube")
+
+
+def api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
+    """In-cluster configuration when running in a Pod (and nothing else is asked), else a kubeconfig."""
+    configuration = client.Configuration()
+    if kubeconfig or context or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+    else:
+        config.load_incluster_config(client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+class StatusLoop:
+    """Writes the controller's status into the cluster when it changes (and every ``resync`` seconds).
+
+    Only while ``may_write()`` holds (the leader, once the watcher has listed everything): a
+    follower or a half-synced watcher would delete objects that are still right.
+    """
+
+    def __init__(self, writer, status: Callable[[], dict], objects: Callable[[], object],
+                 may_write: Callable[[], bool], interval: float = 0.5, resync: float = 30.0):
+        self.writer = writer
+        self.status = status
+        self.objects = objects
+        self.may_write = may_write
+        self.interval = interval
+        self.resync = resync
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ryu-nsm-k8s-status", daemon=True)
+
+    def start(self) -> StatusLoop:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        written, last = None, 0.0
+        while not self._stop.wait(self.interval):
+            if not self.may_write():
+                written = None
+                continue
+            status = self.status()
+            seen = {k: status.get(k) for k in ("connections", "problems")}
+            digest = hashlib.sha1(json.dumps(seen, sort_keys=True).encode()).hexdigest()
+            if digest == written and time.monotonic() - last < self.resync:
+                continue
+            result = self.writer.sync(status, self.objects())
+            if result.errors:
+                log.warning("status sync: %d error(s), retrying: %s", len(result.errors), result.errors[:3])
+                continue
+            written, last = digest, time.monotonic()
