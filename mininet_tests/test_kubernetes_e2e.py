@@ -71,6 +71,22 @@ def test_chain_from_the_api_carries_traffic_and_reports_status(tmp_path, clean_m
                 ready = {c["type"]: c["status"] for c in client["status"]["conditions"]}
                 assert ready["Ready"] == "True"
 
+                # The API server goes away: traffic keeps flowing and nothing is torn down; a change
+                # made meanwhile is picked up once it is back.
+                api.pause()
+                assert net.ping("client", GATEWAY_IP, count=3, timeout=5).received == 3
+                assert set(ctl.connections()) == CHAIN
+                dpi_pod = api.get("Pod", "dpi", namespace="default")
+                api.delete("Pod", "dpi", namespace="default")
+                api.resume()
+                ctl.wait_connections(lambda cs: set(cs) == CHAIN - {"default/dpi/nsm-1"}, 60)
+                keep = ("name", "namespace", "annotations")
+                dpi_pod["metadata"] = {k: dpi_pod["metadata"][k] for k in keep}
+                api.create(dpi_pod)
+                ctl.wait_connections(
+                    lambda cs: set(cs) == CHAIN and all(c["state"] == "up" for c in cs.values()), 30)
+                assert wait_until(lambda: reaches(net), 15)
+
                 # An invalid edit of the service is reported on it and changes nothing that works.
                 service = api.get("NetworkService", "secure-internet", namespace="default")
                 service["spec"]["matches"][0]["routes"][0]["weight"] = -1

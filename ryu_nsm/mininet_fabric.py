@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import re
 import select
@@ -32,6 +33,10 @@ from mininet.net import Mininet
 from mininet.node import Node, OVSSwitch, RemoteController
 
 from .fabric import Fabric, Host
+
+# Importing Mininet makes every logger created afterwards a MininetLogger at level OUTPUT (25) with a
+# console handler of its own, which silences INFO of any module imported later in this process.
+logging.setLoggerClass(logging.Logger)
 
 OWNER_KEY = "ryu-nsm-owner"
 NFT_TABLE = "ryu_nsm"
