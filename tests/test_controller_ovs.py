@@ -17,6 +17,8 @@ import pytest
 from ryu_nsm.controlproc import ControllerProcess, wait_for
 from ryu_nsm.flowspec import PIPELINE_COOKIE, wire_cookie
 
+from .echo_requests import write_echo_requests
+
 pytestmark = pytest.mark.ovs
 
 TAG = f"r{os.getpid() % 10000:04d}"  # unique names: bridges, veths and namespaces of this run
@@ -60,30 +62,7 @@ def build(tmp: Path) -> tuple[Path, Path]:
           - name: server
             interfaces: [{{name: eth0, switch: {B}, port: 10, port_name: {B}-s}}]
         """))
-    requests = tmp / "requests"
-    requests.mkdir()
-    (requests / "service.yaml").write_text(textwrap.dedent(f"""\
-        apiVersion: networkservicemesh.io/v1
-        kind: NetworkService
-        metadata: {{name: echo}}
-        spec: {{payload: ETHERNET}}
-        ---
-        apiVersion: networkservicemesh.io/v1
-        kind: NetworkServiceEndpoint
-        metadata:
-          name: server
-          annotations: {{ryu-nsm.io/attachments: {B}/{B}-s}}
-        spec: {{network_service_names: [echo]}}
-        """))
-    (requests / "client.yaml").write_text(textwrap.dedent(f"""\
-        apiVersion: v1
-        kind: Pod
-        metadata:
-          name: client
-          annotations:
-            networkservicemesh.io: kernel://echo/nsm-1
-            ryu-nsm.io/attachments: nsm-1={A}/{A}-c
-        """))
+    requests = write_echo_requests(tmp / "requests", f"{A}/{A}-c", f"{B}/{B}-s")
     return topo, requests
 
 

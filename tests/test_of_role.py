@@ -34,6 +34,8 @@ from ryu_nsm.sources.files import DirectoryWatcher
 from ryu_nsm.statusapi import StatusServer, fetch_status
 from ryu_nsm.topology import load_topology
 
+from .echo_requests import write_echo_requests
+
 pytestmark = pytest.mark.ovs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,30 +70,7 @@ def write_inputs(tmp: Path) -> tuple[Path, Path, Path]:
         """))
     dirs = []
     for side in ("a", "b"):
-        requests = tmp / f"requests-{side}"
-        requests.mkdir()
-        (requests / "service.yaml").write_text(textwrap.dedent(f"""\
-            apiVersion: networkservicemesh.io/v1
-            kind: NetworkService
-            metadata: {{name: echo}}
-            spec: {{payload: ETHERNET}}
-            ---
-            apiVersion: networkservicemesh.io/v1
-            kind: NetworkServiceEndpoint
-            metadata:
-              name: server
-              annotations: {{ryu-nsm.io/attachments: {BR1}/{BR1}-s}}
-            spec: {{network_service_names: [echo]}}
-            """))
-        (requests / "client.yaml").write_text(textwrap.dedent(f"""\
-            apiVersion: v1
-            kind: Pod
-            metadata:
-              name: client
-              annotations:
-                networkservicemesh.io: kernel://echo/nsm-1
-                ryu-nsm.io/attachments: nsm-1={BR1}/{BR1}-c
-            """))
+        requests = write_echo_requests(tmp / f"requests-{side}", f"{BR1}/{BR1}-c", f"{BR1}/{BR1}-s")
         dirs.append(requests)
     return topo, dirs[0], dirs[1]
 

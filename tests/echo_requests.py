@@ -1,0 +1,37 @@
+"""The smallest request set: service ``echo``, endpoint ``server``, Pod ``client``, as YAML files."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+
+def write_echo_requests(directory: Path, client: str, server: str) -> Path:
+    """Write service.yaml (service + endpoint at ``server``) and client.yaml (Pod at ``client``).
+
+    ``client`` and ``server`` are attachments, "bridge/port". Returns ``directory``.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "service.yaml").write_text(textwrap.dedent(f"""\
+        apiVersion: networkservicemesh.io/v1
+        kind: NetworkService
+        metadata: {{name: echo}}
+        spec: {{payload: ETHERNET}}
+        ---
+        apiVersion: networkservicemesh.io/v1
+        kind: NetworkServiceEndpoint
+        metadata:
+          name: server
+          annotations: {{ryu-nsm.io/attachments: {server}}}
+        spec: {{network_service_names: [echo]}}
+        """))
+    (directory / "client.yaml").write_text(textwrap.dedent(f"""\
+        apiVersion: v1
+        kind: Pod
+        metadata:
+          name: client
+          annotations:
+            networkservicemesh.io: kernel://echo/nsm-1
+            ryu-nsm.io/attachments: nsm-1={client}
+        """))
+    return directory
