@@ -14,6 +14,9 @@ from pathlib import Path
 from .statusapi import DEFAULT_ADDRESS
 
 REPO = Path(__file__).resolve().parent.parent
+# Open vSwitch's own database socket (also ryu_nsm.sources.ovsdb.DEFAULT_REMOTE, not imported here:
+# the ovs package takes 0.2 s to import).
+OVSDB_SOCKET = "unix:/var/run/openvswitch/db.sock"
 EXIT_INVALID = 1  # some document was invalid (the rest was still planned)
 EXIT_USAGE = 2  # bad arguments, unreadable topology, controller unreachable
 
@@ -91,7 +94,7 @@ def cmd_controller(args) -> int:
     with run_controller(
         fabric, args.requests, host, port, (shost, sport),
         watch_interval=args.watch_interval, kubernetes=kubernetes, use_bundles=not args.no_bundles,
-        audit_interval=args.audit_interval,
+        audit_interval=args.audit_interval, ovsdb_remote=args.ovsdb,
     ) as running:
         logging.getLogger("ryu_nsm").info(
             "controller for fabric %s: OpenFlow on %s:%d, status on http://%s:%d/status",
@@ -153,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     kube.add_argument("--lease-name", default="ryu-nsm-controller")
     kube.add_argument("--identity", help="leader election identity (default: host name; use the Pod name)")
     kube.add_argument("--lease-duration", type=float, default=15.0, help="seconds a Lease holds")
+    ctl.add_argument("--ovsdb", nargs="?", const=OVSDB_SOCKET, metavar="REMOTE",
+                     help="also bind the interfaces that the forwarder plumbed into the fabric's bridges, "
+                          f"watched in this OVSDB (without a value: {OVSDB_SOCKET}); they are clients "
+                          "and endpoints in namespace 'nsm', their NetworkServices come from files or "
+                          "Kubernetes")
     ctl.set_defaults(func=cmd_controller)
 
     st = sub.add_parser("status", help="connections, paths and state from the running controller")

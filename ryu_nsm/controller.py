@@ -100,6 +100,8 @@ class Controller:
         self._inflight: Program | None = None
         self._dirty = False
         self._tag_hints: dict[str, dict[tuple[str, str], int]] = {}
+        # Until the sources have reported once, an empty plan means "not known yet", not "remove all".
+        self._declared = False
 
     # -- inputs ---------------------------------------------------------------------------------
 
@@ -108,6 +110,7 @@ class Controller:
         for problem in resources.problems:
             log.warning("invalid document: %s", problem)
         self.resources = resources
+        self._declared = True
         return self._replan(now)
 
     def switch_connected(self, dpid: int, ports: Iterable[PortInfo], now: float) -> list:
@@ -248,6 +251,8 @@ class Controller:
         self.plan = make_plan(self.fabric, self.resources, state, before, hints)
         self._wanted = _by_switch_and_cookie(self.plan)
         self._record(before, self.plan, state, now)
+        if not self._declared:
+            return []
         known = {sw: s.flows for sw, s in self.switches.items() if s.connected and s.flows is not None}
         diffs = diff_fabric(self.plan.flows, known)
         if not diffs:

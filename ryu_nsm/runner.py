@@ -1,5 +1,6 @@
 """Start the whole controller in this process: os-ken app, request sources, status endpoint,
-and on a cluster the Kubernetes watcher, status writer and leader election."""
+on a cluster the Kubernetes watcher, status writer and leader election, and on nodes with the
+forwarder the OVSDB watcher."""
 
 from __future__ import annotations
 
@@ -45,12 +46,17 @@ def run_controller(
     status_address: tuple[str, int],
     watch_interval: float = 1.0,
     kubernetes: KubernetesOptions | None = None,
+    ovsdb_remote: str | None = None,
     **settings,
 ) -> Iterator[RunningController]:
     """Run until the context exits: OpenFlow on (of_host, of_port), status over HTTP.
 
     ``request_paths`` (files/directories) are watched and, with ``kubernetes``, the cluster's NSM
     objects too; every change is applied live. The union of all sources is the declared state.
+
+    With ``ovsdb_remote``, the interfaces that the forwarder plumbed into this fabric's bridges (and
+    marked in OVSDB) become client requests and endpoints. The NetworkServices they name still come
+    from files or Kubernetes: NSM keeps services in its registry, OVSDB only knows interfaces.
     """
     from . import oskenrun
     from .sources.files import DirectoryWatcher
@@ -65,7 +71,7 @@ def run_controller(
 
     def attach_sources(push: Callable[[Resources], None]) -> None:
         nonlocal kube_source
-        if not request_paths and kube_api is None:
+        if not request_paths and kube_api is None and ovsdb_remote is None:
             push(Resources())
             return
         merged = MergedSources(push)
@@ -80,6 +86,13 @@ def run_controller(
             kube_source = KubernetesSource(kube_api, merged.part("kubernetes"), kubernetes.namespaces)
             kube_source.start()
             stoppers.append(kube_source.stop)
+        if ovsdb_remote is not None:
+            from .sources.ovsdb import OvsdbSource
+
+            ovsdb_source = OvsdbSource(merged.part("ovsdb"), ovsdb_remote,
+                                       bridges=[switch.name for switch in fabric.switches])
+            ovsdb_source.start()
+            stoppers.append(ovsdb_source.stop)
 
     running = RunningController(None, status_address)
 

@@ -202,3 +202,18 @@ def test_restart_keeps_tags_chosen_in_arrival_order():
         sw.connect_all(fresh, 9.0)
         assert sw.sent == [], f"restart changed flows after arrival order {order}"
         assert all(c["state"] == "up" for c in fresh.status()["connections"])
+
+
+def test_nothing_is_programmed_before_the_sources_have_reported():
+    # A restarted controller whose source is still listing must not take the empty state for "remove all".
+    fab, res = setup()
+    ctl, sw = Controller(fab), FakeFabric(fab)
+    sw.run(ctl, ctl.set_resources(res, 0.0))
+    sw.connect_all(ctl)
+    sw.sent.clear()
+    fresh = Controller(fab)
+    sw.connect_all(fresh, 5.0)
+    assert sw.sent == []
+    sw.run(fresh, fresh.set_resources(res, 6.0))
+    assert sw.sent == []
+    assert fresh.status()["connections"][0]["state"] == "up"

@@ -1,0 +1,423 @@
+"""The OVSDB source: interfaces that the forwarder plumbed into Open vSwitch → Resources, live.
+
+The forwarder (``ovs_forwarder``) marks every OVS Interface it creates with ``ryu-nsm-*``
+external_ids: the NSM connection id, the role, the network service, the request labels as JSON,
+the network namespace and the interface name inside it. This source keeps a read-only replica of
+the Bridge, Port and Interface tables (names, the references between them, external_ids) through
+the OVSDB IDL of the Python ``ovs`` package, and turns every interface marked with a
+``ryu-nsm-role`` into model objects:
+
+- role ``client`` → a ClientRequest in ``namespace``: the pod is named after the NSM connection id
+  (as a DNS-1123 label: the id itself when it is one, which NSM's UUIDs are), the ifname is the one
+  the forwarder recorded (``ryu-nsm-ifname``) or ``nsm-1``, service and labels come from the marks
+  and the attachment is (bridge, port). ``OvsdbSource.connection_id_of`` maps the request's id
+  (``namespace/pod/ifname``) back to the NSM connection id.
+- role ``endpoint`` → an Endpoint named by ``ryu-nsm-endpoint`` (else after the interface's network
+  namespace, else its connection, else the interface), serving the marked service with the marked
+  labels; the interfaces of one endpoint make one Endpoint with one attachment each.
+
+An interface with a bad mark is skipped with a Problem (source ``ovsdb:Interface/<name>``, path
+``external_ids.<key>``); the others still count. Delivery is level-triggered like the other
+sources: ``on_change`` gets the whole state once the first copy of the tables has arrived, and
+again only when what the marks declare has changed, so churn elsewhere in the database
+(statistics, other keys, ports without marks, a refreshed expiry) delivers nothing. While the
+database is unreachable the IDL reconnects with backoff and the last state stands.
+
+NetworkServices do not come from here: NSM keeps them in its registry, so they are declared in
+files or on Kubernetes, in the same namespace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import select
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from ..model import EMPTY, Attachment, ClientRequest, Endpoint, FrozenMap, ModelError, Problem, Resources
+from .documents import is_dns1123_label, is_dns1123_subdomain
+
+with warnings.catch_warnings():
+    # ovs.poller probes for eventlet at import; eventlet (an os-ken dependency) warns on import.
+    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+    import ovs.db.idl as idl
+    import ovs.poller
+
+log = logging.getLogger("ryu_nsm.sources.ovsdb")
+
+DEFAULT_REMOTE = "unix:/var/run/openvswitch/db.sock"
+DEFAULT_NAMESPACE = "nsm"
+DEFAULT_IFNAME = "nsm-1"  # NSM's default interface name in a client
+
+# The marks of the forwarder's contract.
+CONNECTION_KEY = "ryu-nsm-connection"
+ROLE_KEY = "ryu-nsm-role"
+SERVICE_KEY = "ryu-nsm-service"
+LABELS_KEY = "ryu-nsm-labels"
+NETNS_KEY = "ryu-nsm-netns"
+IFNAME_KEY = "ryu-nsm-ifname"
+# Not written by the forwarder: lets whoever plumbs an endpoint's interfaces name the endpoint.
+ENDPOINT_KEY = "ryu-nsm-endpoint"
+ROLES = ("client", "endpoint")
+
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
+
+
+def _refs(table: str, least: int) -> dict:
+    return {"type": {"key": {"type": "uuid", "refTable": table}, "min": least, "max": "unlimited"}}
+
+
+# The columns read, as the Open_vSwitch schema declares them (unchanged since OVS 1.x): no schema
+# file is needed where the controller runs, which may watch another node's database.
+_SCHEMA = {
+    "name": "Open_vSwitch",
+    "tables": {
+        "Bridge": {"columns": {"name": {"type": "string"}, "ports": _refs("Port", 0)}, "isRoot": True},
+        "Port": {"columns": {"name": {"type": "string"}, "interfaces": _refs("Interface", 1)}},
+        "Interface": {"columns": {
+            "name": {"type": "string"},
+            "external_ids": {"type": {"key": "string", "value": "string", "min": 0, "max": "unlimited"}},
+        }},
+    },
+}
+
+
+@dataclass(frozen=True)
+class MarkedInterface:
+    """An OVS Interface with a ``ryu-nsm-role`` mark, and the bridge and port it belongs to."""
+
+    bridge: str
+    port: str
+    name: str
+    external_ids: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Derived:
+    """What marked interfaces declare: the Resources, and each request's NSM connection id."""
+
+    resources: Resources
+    connection_ids: Mapping[str, str]  # ClientRequest.id → NSM connection id
+
+
+def dns_label(text: str) -> str:
+    """``text`` as a DNS-1123 label: itself when it is one, else a lowercase slug of it with a hash
+    of the whole text appended, so that different texts keep different names."""
+    if is_dns1123_label(text):
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    stem = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:52].rstrip("-")
+    return f"{stem}-{digest}" if stem else f"x-{digest}"
+
+
+def _at(key: str) -> str:
+    return f"external_ids.{key}"
+
+
+def _labels(text: str | None) -> FrozenMap:
+    if text is None:
+        return EMPTY
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ModelError(_at(LABELS_KEY), f"expected a JSON object of labels, found invalid JSON "
+                                          f"({e.msg} at column {e.colno}): {text!r}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ModelError(_at(LABELS_KEY), f"expected a JSON object of string labels, found {text!r}")
+    return FrozenMap(value)
+
+
+@dataclass(frozen=True)
+class _Marks:
+    """The marks every role needs, checked."""
+
+    role: str
+    service: str
+    labels: FrozenMap
+    attachment: Attachment
+
+
+def _common(iface: MarkedInterface) -> _Marks:
+    marks = iface.external_ids
+    role = marks.get(ROLE_KEY)
+    if role not in ROLES:
+        raise ModelError(_at(ROLE_KEY), f"expected 'client' or 'endpoint', found {role!r}")
+    service = marks.get(SERVICE_KEY)
+    if not service:
+        raise ModelError(_at(SERVICE_KEY), "missing: the network service the interface was plumbed for")
+    if not is_dns1123_subdomain(service):
+        raise ModelError(_at(SERVICE_KEY), f"expected a network service name (a DNS-1123 subdomain), "
+                                           f"found {service!r}")
+    labels = _labels(marks.get(LABELS_KEY))
+    try:
+        attachment = Attachment.parse(f"{iface.bridge}/{iface.port}", "name")
+    except ModelError:
+        raise ModelError("name", f"bridge {iface.bridge!r} and port {iface.port!r} cannot name an "
+                                 "attachment (letters, digits, '_', '.', ':' and '-')") from None
+    return _Marks(role, service, labels, attachment)
+
+
+def _client(iface: MarkedInterface, marks: _Marks, namespace: str) -> tuple[ClientRequest, str]:
+    connection = iface.external_ids.get(CONNECTION_KEY)
+    if not connection:
+        raise ModelError(_at(CONNECTION_KEY), "missing: a client is named after its NSM connection id")
+    ifname = iface.external_ids.get(IFNAME_KEY) or DEFAULT_IFNAME
+    if not _IFNAME_RE.match(ifname):
+        raise ModelError(_at(IFNAME_KEY), f"expected an interface name (at most 15 letters, digits, '_', "
+                                          f"'.' and '-'), found {ifname!r}")
+    request = ClientRequest(pod=dns_label(connection), ifname=ifname, service=marks.service,
+                            namespace=namespace, labels=marks.labels, attachment=marks.attachment)
+    return request, connection
+
+
+def _endpoint_name(iface: MarkedInterface) -> str:
+    marks = iface.external_ids
+    name = marks.get(ENDPOINT_KEY)
+    if name is None:
+        return dns_label(marks.get(NETNS_KEY) or marks.get(CONNECTION_KEY) or iface.name)
+    if not is_dns1123_subdomain(name):
+        raise ModelError(_at(ENDPOINT_KEY), f"expected an endpoint name (a DNS-1123 subdomain), "
+                                            f"found {name!r}")
+    return name
+
+
+@dataclass
+class _EndpointParts:
+    """One endpoint being gathered from its interfaces."""
+
+    labels: dict[str, FrozenMap] = field(default_factory=dict)  # service → labels
+    first: dict[str, str] = field(default_factory=dict)  # service → the interface that set its labels
+    attachments: list[Attachment] = field(default_factory=list)
+
+
+def derive(interfaces: Iterable[MarkedInterface], namespace: str = DEFAULT_NAMESPACE) -> Derived:
+    """ClientRequests and Endpoints in ``namespace`` from marked interfaces (see the module doc).
+
+    Interfaces are taken in (bridge, port, name) order, so equal sets give equal results and the
+    first of two clashing interfaces wins; the other gets a Problem.
+    """
+    requests: dict[str, tuple[ClientRequest, str]] = {}  # request id → (request, interface)
+    connection_ids: dict[str, str] = {}
+    endpoints: dict[str, _EndpointParts] = {}
+    ports: dict[Attachment, str] = {}  # attachment → the interface that claimed it
+    problems: list[Problem] = []
+    for iface in sorted(interfaces, key=lambda i: (i.bridge, i.port, i.name)):
+        try:
+            marks = _common(iface)
+            if marks.attachment in ports:
+                raise ModelError("name", f"port {marks.attachment} already carries the marked interface "
+                                         f"{ports[marks.attachment]}")
+            if marks.role == "client":
+                request, connection = _client(iface, marks, namespace)
+                if request.id in requests:
+                    raise ModelError(_at(CONNECTION_KEY), f"client {request.id} is already marked on "
+                                                          f"interface {requests[request.id][1]}")
+                requests[request.id] = (request, iface.name)
+                connection_ids[request.id] = connection
+            else:
+                name = _endpoint_name(iface)
+                parts = endpoints.get(name) or _EndpointParts()
+                known = parts.labels.get(marks.service)
+                if known is not None and known != marks.labels:
+                    raise ModelError(_at(LABELS_KEY), f"labels {dict(marks.labels)} differ from "
+                                     f"{dict(known)} on interface {parts.first[marks.service]} of the "
+                                     f"same endpoint {name} for service {marks.service}")
+                endpoints[name] = parts
+                parts.labels.setdefault(marks.service, marks.labels)
+                parts.first.setdefault(marks.service, iface.name)
+                parts.attachments.append(marks.attachment)
+            ports[marks.attachment] = iface.name
+        except ModelError as e:
+            problems.append(Problem(f"ovsdb:Interface/{iface.name}", -1, e.path, e.message))
+    resources = Resources(
+        endpoints=tuple(
+            Endpoint(name, namespace, tuple(sorted(parts.labels)), FrozenMap(parts.labels),
+                     tuple(parts.attachments))
+            for name, parts in sorted(endpoints.items())),
+        requests=tuple(request for _, (request, _) in sorted(requests.items())),
+        problems=tuple(problems),
+    )
+    return Derived(resources, connection_ids)
+
+
+class _Tables:
+    """Names, references and marks of the watched rows, kept up to date by the IDL's row notifications:
+    reading an IDL column converts it afresh each time, too slow to rescan every row on each change."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[uuid.UUID, tuple[str, Any]]] = {table: {} for table in _SCHEMA["tables"]}
+
+    def update(self, event: str, row: Any, updates: Any = None) -> None:
+        """The IDL's ``notify`` hook: apply one row change."""
+        table = row._table.name  # a Row names its table only through _table
+        if table not in self.rows:
+            return  # the IDL also reports the rows of the server's own _Server database
+        if event == idl.ROW_DELETE:
+            self.rows[table].pop(row.uuid, None)
+        elif table == "Interface":
+            self.rows[table][row.uuid] = (row.name, dict(row.external_ids))
+        else:
+            refs = row.ports if table == "Bridge" else row.interfaces
+            self.rows[table][row.uuid] = (row.name, tuple(r.uuid for r in refs if r is not None))
+
+    def marked(self, replica: idl.Idl, bridges: Collection[str] | None) -> list[MarkedInterface]:
+        """The interfaces with a role mark, on ``bridges`` (None: all)."""
+        # A reload after a reconnection notifies the rows it loads, not those it dropped.
+        for table, rows in self.rows.items():
+            live = replica.tables[table].rows
+            for key in [k for k in rows if k not in live]:
+                del rows[key]
+        ports, ifaces = self.rows["Port"], self.rows["Interface"]
+        found = []
+        for bridge, port_keys in self.rows["Bridge"].values():
+            if bridges is not None and bridge not in bridges:
+                continue
+            for port, iface_keys in (ports[k] for k in port_keys if k in ports):
+                for name, marks in (ifaces[k] for k in iface_keys if k in ifaces):
+                    if ROLE_KEY in marks:
+                        found.append(MarkedInterface(bridge, port, name, MappingProxyType(marks)))
+        return found
+
+
+class OvsdbSource:
+    """Watches an OVSDB server and calls ``on_change(resources)`` with what the interfaces marked by
+    the forwarder declare (see the module doc).
+
+    ``remote``: an OVSDB remote (``unix:PATH`` or ``tcp:HOST:PORT``); any server of a
+    cluster will do, the source only reads. ``namespace``: the namespace of every request and
+    endpoint. ``bridges``: only interfaces on these bridges count (None: all), so a controller binds
+    the ports of its own fabric and nothing else in a shared database.
+    """
+
+    def __init__(
+        self,
+        on_change: Callable[[Resources], None],
+        remote: str = DEFAULT_REMOTE,
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        bridges: Collection[str] | None = None,
+    ):
+        if not is_dns1123_label(namespace):
+            raise ValueError(f"namespace {namespace!r} is not a DNS-1123 label")
+        self.remote = remote
+        self.namespace = namespace
+        self.bridges = None if bridges is None else frozenset(bridges)
+        self._on_change = on_change
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._wake_w: int | None = None
+        self._connection_ids: Mapping[str, str] = {}
+        self._delivered: tuple | None = None
+        self._synced = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Connect and watch in a background thread (which also calls ``on_change``)."""
+        if self._thread is not None:
+            raise RuntimeError("ovsdb source already started")
+        wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._run, args=(wake_r,), name="ryu-nsm-ovsdb", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop watching and wait for the thread to end (unless called from ``on_change`` itself)."""
+        self._stopping.set()
+        self._wake()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def synced(self) -> bool:
+        """True once a complete state of the database has been delivered."""
+        return self._synced.is_set()
+
+    def wait_synced(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the first delivery; return ``synced()``."""
+        return self._synced.wait(timeout)
+
+    def connection_id_of(self, request_id: str) -> str | None:
+        """The NSM connection id of the client request ``request_id`` (``namespace/pod/ifname``)."""
+        return self._connection_ids.get(request_id)
+
+    # -- the watcher thread ------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        with self._lock:
+            if self._wake_w is not None:
+                try:
+                    os.write(self._wake_w, b"!")
+                except BlockingIOError:
+                    pass  # the pipe is full, so the thread wakes anyway
+
+    def _run(self, wake_r: int) -> None:
+        try:
+            while not self._stopping.is_set():
+                try:
+                    self._watch(wake_r)
+                except Exception:
+                    # Starting over from a fresh replica is always correct (the state is level-triggered).
+                    log.exception("ovsdb source: watching %s failed; starting over", self.remote)
+                    self._stopping.wait(1.0)
+        finally:
+            with self._lock:
+                os.close(self._wake_w)
+                self._wake_w = None
+            os.close(wake_r)
+
+    def _watch(self, wake_r: int) -> None:
+        helper = idl.SchemaHelper(schema_json=_SCHEMA)
+        helper.register_all()
+        tables = _Tables()
+        # Only reads: any server of a cluster will do, not just the leader.
+        replica = idl.Idl(self.remote, helper, leader_only=False)
+        replica.notify = tables.update  # the IDL's documented notification hook, on this instance
+        seen = 0  # change_seqno stays 0 until the first copy of the tables has arrived
+        pending: Derived | None = None
+        retry_at = 0.0
+        try:
+            while not self._stopping.is_set():
+                replica.run()
+                if replica.change_seqno != seen:
+                    seen = replica.change_seqno
+                    pending = derive(tables.marked(replica, self.bridges), self.namespace)
+                if pending is not None and time.monotonic() >= retry_at:
+                    try:
+                        self._deliver(pending)
+                        pending = None
+                    except Exception:
+                        # The consumer's failure must not end the watch; the same state is offered again.
+                        log.exception("ovsdb source: reporting a change failed")
+                        retry_at = time.monotonic() + 1.0
+                poller = ovs.poller.Poller()
+                replica.wait(poller)
+                poller.fd_wait(wake_r, select.POLLIN)
+                if pending is not None:
+                    poller.timer_wait(max(0, int((retry_at - time.monotonic()) * 1000)))
+                poller.block()
+                try:
+                    while os.read(wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+        finally:
+            replica.close()
+
+    def _deliver(self, derived: Derived) -> None:
+        resources = derived.resources
+        # Problems do not take part in Resources equality, but a new or fixed one is news.
+        delivered = (resources, resources.problems)
+        self._connection_ids = derived.connection_ids
+        if delivered != self._delivered:
+            self._on_change(resources)
+            self._delivered = delivered
+        self._synced.set()
