@@ -1,0 +1,660 @@
+"""The forwarder's NSM gRPC face: `networkservice.NetworkService` (Request, Close) and
+`connection.MonitorConnection` (MonitorConnections) on top of `plumbing`.
+
+Request picks the first LOCAL/KERNEL mechanism preference (an empty cls counts as LOCAL; with no
+preferences the connection's own mechanism is used, as a refresh may send it), plumbs a veth into
+the namespace that the mechanism names and answers the connection UP with this forwarder's
+PathSegment. The mechanism parameters read are:
+
+    name               interface name inside the namespace (default nsm-1)
+    inodeURL           the namespace: file:///proc/<pid>/ns/net, inode://<dev>/<ino>, a path or a name
+    netnsInode         the namespace's inode number, used when inodeURL is absent
+    ryu-nsm.io/role    "client" (default) or "endpoint": an endpoint's interface is plumbed the same way
+    ryu-nsm.io/endpoint  an endpoint's name (role endpoint); falls back to the connection's
+                       network_service_endpoint_name. It is recorded in the OVS Interface's
+                       external_ids as `ryu-nsm-endpoint` next to plumbing's marks.
+
+The context is read from the side of the connection the interface is on, as NSM does: a client gets
+ip_context.src_ip_addrs, dst_routes and ethernet_context.src_mac; an endpoint gets dst_ip_addrs,
+src_routes and dst_mac. Both get ip_neighbors and the MTU. The answer's mechanism carries `name` and
+`ryu-nsm.io/attachment` = "<bridge>/<host port name>".
+
+Path: as NSM's hops do, the segment at path.index (or the one after it) that carries our name is
+ours and is reused with its id; otherwise a new one is appended and the index advanced. TOKENS ARE
+NOT SIGNED: NSM hops issue signed JWTs, this forwarder issues an opaque random string prefixed
+"unsigned:". Peers that verify tokens will reject it; use it only where the node is the trust boundary.
+
+Refresh (same id, same namespace, interface name and role) changes nothing on the data plane and
+only moves the expiry; a changed context (addresses, routes, MTU, ...) is plumbed anew by
+`plumbing.plumb`. The same id with another namespace, interface name or role is refused with
+FAILED_PRECONDITION: Close it first. Close of an unknown id is not an error.
+
+Restart safety: `start()` rebuilds the table from OVSDB (`plumbing.discover`); a rebuilt connection
+keeps its recorded expiry (`ryu-nsm-expires`) but never less than the restart time, so clients get at
+least `grace` seconds to refresh with a forwarder that is up again. A connection is closed by the
+janitor `grace` seconds after its expiry; orphans (veth or namespace gone) are removed `grace`
+seconds after start. A rebuilt connection carries only what OVSDB records (no context) until the
+client refreshes it. Stopping the forwarder never unplumbs anything.
+
+All plumbing and table changes happen under one lock: netlink and OVSDB are not raced from the gRPC
+worker threads, and monitors see events in the order they happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import secrets
+import socket
+import stat
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import empty_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2, networkservice_pb2_grpc
+from nsm_api.connection_pb2 import Connection, ConnectionEvent, Mechanism, MonitorScopeSelector
+from nsm_api.paths import append_segment
+from ovs_forwarder.ovsdb import Ovsdb, OvsdbError
+from ovs_forwarder.plumbing import (
+    CONNECTION_KEY,
+    OWNER_KEY,
+    ROLES,
+    Existing,
+    KernelRequest,
+    Plumbed,
+    PlumbingError,
+    discover,
+    plumb,
+    unplumb,
+    validate,
+)
+
+log = logging.getLogger(__name__)
+
+LOCAL, KERNEL = "LOCAL", "KERNEL"
+DEFAULT_IFNAME = "nsm-1"
+IFNAME_PARAM = "name"
+INODE_URL_PARAM = "inodeURL"
+NETNS_INODE_PARAM = "netnsInode"
+ROLE_PARAM = "ryu-nsm.io/role"
+ENDPOINT_PARAM = "ryu-nsm.io/endpoint"
+ATTACHMENT_PARAM = "ryu-nsm.io/attachment"
+ENDPOINT_KEY = "ryu-nsm-endpoint"  # additive to the external_ids contract: an endpoint's name
+TOKEN_PREFIX = "unsigned:"
+
+_STATUS_BY_KIND = {
+    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
+    "not-found": grpc.StatusCode.NOT_FOUND,
+    "exists": grpc.StatusCode.ALREADY_EXISTS,
+    "internal": grpc.StatusCode.INTERNAL,
+}
+_MONITOR_BACKLOG = 10_000  # events queued for one monitor before it is cut off as too slow
+_JANITOR_MAX_SLEEP = 1.0
+_JANITOR_MIN_SLEEP = 0.05
+
+
+class RequestError(Exception):
+    """A request or close that is refused, with the gRPC status code to answer it with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Translation:
+    """What a NetworkServiceRequest asks of this forwarder: the chosen mechanism and what to plumb."""
+
+    mechanism: Mechanism
+    kernel: KernelRequest
+    endpoint: str | None
+
+
+@dataclass
+class _Entry:
+    """A connection this forwarder holds: the last answer, where it is plumbed, and until when."""
+
+    connection: Connection
+    netns: str
+    ifname: str
+    role: str
+    expires: float
+
+
+class _Subscriber:
+    """One MonitorConnections stream: its selector and the queue of events still to send."""
+
+    def __init__(self, selector: MonitorScopeSelector) -> None:
+        self.selector = selector
+        self.events: queue.Queue[ConnectionEvent | None] = queue.Queue()
+        self.overflowed = False
+
+    def offer(self, event: ConnectionEvent) -> None:
+        """Queue `event`; a subscriber too far behind is cut off (it must subscribe again)."""
+        if self.overflowed:
+            return
+        if self.events.qsize() >= _MONITOR_BACKLOG:
+            self.overflowed = True
+            self.events.put(None)
+            return
+        self.events.put(event)
+
+    def end(self) -> None:
+        """End the stream after what is queued."""
+        self.events.put(None)
+
+
+# ---- pure translation --------------------------------------------------------------------------
+
+
+def select_mechanism(request: networkservice_pb2.NetworkServiceRequest) -> Mechanism:
+    """The first LOCAL (or cls-less) KERNEL preference; RequestError(INVALID_ARGUMENT) if none.
+
+    Without preferences the connection's own mechanism is considered (a refresh may carry only that).
+    """
+    offered = list(request.mechanism_preferences)
+    if not offered and request.connection.HasField("mechanism"):
+        offered = [request.connection.mechanism]
+    for mechanism in offered:
+        if mechanism.cls.upper() in (LOCAL, "") and mechanism.type.upper() == KERNEL:
+            return mechanism
+    if not offered:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"no mechanism preferences: this forwarder offers {LOCAL}/{KERNEL}")
+    names = ", ".join(f"{m.cls or '?'}/{m.type or '?'}" for m in offered)
+    raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"unsupported mechanism(s) {names}: this forwarder offers {LOCAL}/{KERNEL}")
+
+
+def translate(request: networkservice_pb2.NetworkServiceRequest, *, bridge: str, owner: str,
+              expires: float | None = None) -> Translation:
+    """Read `request` into a validated KernelRequest (see the module docstring for the fields read).
+
+    Pure apart from reading the nsfs device number for a `netnsInode`; RequestError on bad input.
+    """
+    conn = request.connection
+    if not conn.id:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "connection.id is empty")
+    segments = len(conn.path.path_segments)
+    if conn.path.index >= max(segments, 1):
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"path.index {conn.path.index} is past the path's {segments} segment(s)")
+    mechanism = select_mechanism(request)
+    params = mechanism.parameters
+    role = params.get(ROLE_PARAM) or "client"
+    if role not in ROLES:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"mechanism parameter {ROLE_PARAM}={role!r} is not one of {', '.join(ROLES)}")
+    netns = params.get(INODE_URL_PARAM) or _inode_url(params.get(NETNS_INODE_PARAM, ""))
+    if not netns:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"the KERNEL mechanism names no network namespace: set parameter "
+                           f"{INODE_URL_PARAM} (or {NETNS_INODE_PARAM})")
+    endpoint = None
+    if role == "endpoint":
+        endpoint = params.get(ENDPOINT_PARAM) or conn.network_service_endpoint_name
+        if not endpoint:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"role endpoint needs the endpoint's name: set parameter {ENDPOINT_PARAM} "
+                               f"or connection.network_service_endpoint_name")
+    ctx, ip = conn.context, conn.context.ip_context
+    client = role == "client"
+    addresses = ip.src_ip_addrs if client else ip.dst_ip_addrs
+    routes = ip.dst_routes if client else ip.src_routes
+    mac = ctx.ethernet_context.src_mac if client else ctx.ethernet_context.dst_mac
+    kernel = KernelRequest(
+        connection_id=conn.id, netns=netns, bridge=bridge, owner=owner,
+        ifname=params.get(IFNAME_PARAM) or DEFAULT_IFNAME, mtu=ctx.MTU, mac=mac,
+        addresses=list(addresses), routes=[(r.prefix, r.nextHop) for r in routes],
+        neighbours=[(n.ip, n.hardware_address) for n in ip.ip_neighbors],
+        role=role, service=conn.network_service, labels=dict(conn.labels), expires=expires)
+    try:
+        validate(kernel)
+    except PlumbingError as exc:
+        raise RequestError(_STATUS_BY_KIND[exc.kind], exc.message) from None
+    chosen = Mechanism()
+    chosen.CopyFrom(mechanism)
+    chosen.cls = LOCAL
+    chosen.type = KERNEL
+    return Translation(chosen, kernel, endpoint)
+
+
+def _inode_url(inode: str) -> str:
+    """inode://<dev>/<ino> for NSM's bare `netnsInode` number (every netns lives on the one nsfs)."""
+    if not inode:
+        return ""
+    if not inode.isdigit():
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"mechanism parameter {NETNS_INODE_PARAM}={inode!r} is not an inode number")
+    return f"inode://{os.stat('/proc/self/ns/net').st_dev}/{int(inode)}"
+
+
+def stamp_path(connection: Connection, name: str, token: str, lifetime: float, now: float) -> Connection:
+    """A copy of `connection` whose path carries our segment with `token`, expiring `lifetime` after `now`.
+
+    As NSM's hops do: the segment at path.index, or else the one after it, is ours when it carries
+    `name`, and keeps its id; otherwise a new segment goes after path.index. The index ends on ours.
+    """
+    path = connection.path
+    segments = path.path_segments
+    ours = next((i for i in (path.index, path.index + 1) if i < len(segments) and segments[i].name == name),
+                None)
+    base = Connection()
+    base.CopyFrom(connection)
+    if ours is not None:
+        kept = segments[ours].id
+        if ours == 0:
+            base.ClearField("path")
+        else:
+            base.path.index = ours - 1
+    stamped = append_segment(base, name, token, lifetime, now)
+    if ours is not None:
+        stamped.path.path_segments[stamped.path.index].id = kept
+    return stamped
+
+
+def matches(connection: Connection, selector: MonitorScopeSelector) -> bool:
+    """Does `connection` fall in the monitor's scope?
+
+    network_services, when given, must contain the connection's service. path_segments, when
+    given, must appear as a contiguous run in the connection's path; a selector segment matches a
+    path segment when its non-empty name and id are equal (empty fields match anything).
+    """
+    if selector.network_services and connection.network_service not in selector.network_services:
+        return False
+    wanted = list(selector.path_segments)
+    if not wanted:
+        return True
+    have = list(connection.path.path_segments)
+    return any(all(_segment_matches(have[start + i], w) for i, w in enumerate(wanted))
+               for start in range(len(have) - len(wanted) + 1))
+
+
+def _segment_matches(segment: connection_pb2.PathSegment, wanted: connection_pb2.PathSegment) -> bool:
+    return (not wanted.name or wanted.name == segment.name) and (not wanted.id or wanted.id == segment.id)
+
+
+def new_token() -> str:
+    """An opaque, unsigned path token (see the module docstring: not a JWT)."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(18)
+
+
+# ---- the servicer ------------------------------------------------------------------------------
+
+
+class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
+                connection_pb2_grpc.MonitorConnectionServicer):
+    """NSM NetworkService and MonitorConnection for KERNEL interfaces on one OVS bridge.
+
+    `start()` rebuilds the table and starts the janitor; `serve()` also starts a gRPC server;
+    `stop()` stops both without unplumbing anything.
+    """
+
+    def __init__(self, ovsdb: Ovsdb, bridge: str, name: str, token_lifetime: float = 600.0,
+                 grace: float = 30.0, clock: Callable[[], float] = time.time) -> None:
+        """`name` is the path segment name and the `ryu-nsm-owner` mark; times are in seconds."""
+        if not name:
+            raise ValueError("the forwarder needs a name")
+        if token_lifetime <= 0 or grace < 0:
+            raise ValueError("token_lifetime must be > 0 and grace >= 0")
+        self.ovsdb = ovsdb
+        self.bridge = bridge
+        self.name = name
+        self.token_lifetime = token_lifetime
+        self.grace = grace
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._table: dict[str, _Entry] = {}
+        self._orphans: dict[str, float] = {}  # connection id -> when to remove it
+        self._subscribers: set[_Subscriber] = set()
+        self._stopping = threading.Event()
+        self._janitor: threading.Thread | None = None
+        self._server: grpc.Server | None = None
+        self._sockets: list[str] = []
+        self.listening: list[str] = []  # the bound addresses, with the ports that TCP port 0 got
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Rebuild the connection table from OVSDB and start the janitor thread. Idempotent."""
+        with self._lock:
+            if self._janitor is not None:
+                return
+            now = self.clock()
+            found = discover(self.ovsdb, owner=self.name)
+            for existing in found.live:
+                self._table[existing.connection_id] = self._rebuilt(existing, now)
+            for orphan in found.orphans:
+                log.warning("orphan %s (%s): removing it in %.0f s unless requested again",
+                            orphan.connection_id, orphan.reason, self.grace)
+                self._orphans[orphan.connection_id] = now + self.grace
+            log.info("forwarder %s on %s: %d connection(s) rebuilt, %d orphan(s)", self.name, self.bridge,
+                     len(found.live), len(found.orphans))
+            self._janitor = threading.Thread(target=self._run_janitor, name="ovs-forwarder-janitor",
+                                             daemon=True)
+            self._janitor.start()
+
+    def serve(self, listen: Sequence[str], max_workers: int = 32) -> grpc.Server:
+        """Start (if needed) and serve gRPC on each address: `unix:///path` or `host:port`.
+
+        Every open MonitorConnections stream holds a worker thread, hence the generous default.
+        """
+        if not listen:
+            raise ValueError("nothing to listen on")
+        self.start()
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
+                                                        thread_name_prefix="ovs-forwarder-grpc"))
+        networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(self, server)
+        connection_pb2_grpc.add_MonitorConnectionServicer_to_server(self, server)
+        for address in listen:
+            path = _unix_path(address)
+            if path is not None:
+                _clear_stale_socket(path)
+            try:
+                port = server.add_insecure_port(address)
+            except RuntimeError as exc:
+                server.stop(None)
+                raise OSError(f"cannot listen on {address}: {exc}") from exc
+            if path is None and port == 0:
+                server.stop(None)
+                raise OSError(f"cannot listen on {address}")
+            if path is not None:
+                self._sockets.append(path)
+            self.listening.append(address if path is not None else f"{address.rsplit(':', 1)[0]}:{port}")
+        server.start()
+        self._server = server
+        return server
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        """End monitor streams, stop the gRPC server and the janitor. Connections stay plumbed."""
+        self._stopping.set()
+        with self._lock:
+            for subscriber in self._subscribers:
+                subscriber.end()
+        if self._server is not None:
+            self._server.stop(grace).wait()
+            self._server = None
+        with self._lock:
+            pass  # a handler cancelled by the server stop may still be plumbing: let it finish
+        for path in self._sockets:
+            try:
+                _clear_stale_socket(path)
+            except OSError as exc:
+                log.warning("leaving socket %s: %s", path, exc)
+        self._sockets.clear()
+        if self._janitor is not None and self._janitor is not threading.current_thread():
+            self._janitor.join()
+
+    # ---- plain API ---------------------------------------------------------------------------------
+
+    def connections(self) -> dict[str, Connection]:
+        """A copy of every connection held now, by id."""
+        with self._lock:
+            return {cid: _copy(entry.connection) for cid, entry in self._table.items()}
+
+    def request(self, request: networkservice_pb2.NetworkServiceRequest,
+                still_wanted: Callable[[], bool] = lambda: True) -> Connection:
+        """Plumb (or refresh) the requested connection and return it UP; RequestError if refused.
+
+        `still_wanted` is asked once the lock is held: a caller that gave up meanwhile gets nothing
+        plumbed.
+        """
+        now = self.clock()
+        expires = now + self.token_lifetime
+        wanted = translate(request, bridge=self.bridge, owner=self.name, expires=expires)
+        kernel = wanted.kernel
+        cid = kernel.connection_id
+        with self._lock:
+            if not still_wanted():
+                raise RequestError(grpc.StatusCode.CANCELLED, "the client went away before plumbing")
+            held = self._table.get(cid)
+            if held is not None and (held.netns, held.ifname, held.role) != (kernel.netns, kernel.ifname,
+                                                                             kernel.role):
+                raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   f"connection {cid} is plumbed as {held.role} interface {held.ifname} in "
+                                   f"netns {held.netns}; Close it before asking for {kernel.role} interface "
+                                   f"{kernel.ifname} in netns {kernel.netns}")
+            for port in self.ovsdb.find(CONNECTION_KEY, cid):
+                owner = port.external_ids.get(OWNER_KEY)
+                if owner != self.name:
+                    raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                                       f"connection {cid} is plumbed by forwarder {owner!r} "
+                                       f"(port {port.name} on {port.bridge})")
+            try:
+                done = plumb(kernel, self.ovsdb)
+                if wanted.endpoint is not None:
+                    self._mark_endpoint(done, wanted.endpoint)
+            except (PlumbingError, OvsdbError) as exc:
+                self._forget_if_gone(cid)
+                if isinstance(exc, OvsdbError):
+                    raise RequestError(grpc.StatusCode.INTERNAL, f"marking endpoint of {cid}: {exc}") from exc
+                raise RequestError(_STATUS_BY_KIND[exc.kind], exc.message) from exc
+            self._orphans.pop(cid, None)
+            answer = stamp_path(request.connection, self.name, new_token(), self.token_lifetime, now)
+            answer.mechanism.CopyFrom(_answered_mechanism(wanted.mechanism, done))
+            answer.state = connection_pb2.UP
+            self._table[cid] = _Entry(answer, kernel.netns, kernel.ifname, kernel.role, expires)
+            log.info("%s %s: %s/%s in %s", "plumbed" if done.created else "refreshed", cid, done.bridge,
+                     done.host_ifname, kernel.netns)
+            self._publish(connection_pb2.UPDATE, [answer])
+            return _copy(answer)
+
+    def close(self, connection_id: str) -> bool:
+        """Unplumb `connection_id`; False (not an error) if this forwarder does not know it."""
+        if not connection_id:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "connection.id is empty")
+        with self._lock:
+            ours = (connection_id in self._table or connection_id in self._orphans
+                    or any(p.external_ids.get(OWNER_KEY) == self.name
+                           for p in self.ovsdb.find(CONNECTION_KEY, connection_id)))
+            if not ours:
+                return False
+            self._remove(connection_id, "closed")
+            return True
+
+    def sweep(self, now: float | None = None) -> list[str]:
+        """Close connections `grace` past their expiry and remove due orphans; returns the ids removed."""
+        now = self.clock() if now is None else now
+        removed = []
+        with self._lock:
+            for cid in [c for c, e in self._table.items() if e.expires + self.grace <= now]:
+                try:
+                    self._remove(cid, "expired")
+                    removed.append(cid)
+                except RequestError as exc:
+                    log.error("could not close expired connection %s: %s", cid, exc.message)
+            due = {c for c, when in self._orphans.items() if when <= now}
+            if due:
+                removed += self._remove_orphans(due, now)
+        return removed
+
+    # ---- gRPC methods ------------------------------------------------------------------------------
+
+    def Request(self, request: networkservice_pb2.NetworkServiceRequest,
+                context: grpc.ServicerContext) -> Connection:
+        """networkservice.NetworkService/Request."""
+        try:
+            return self.request(request, still_wanted=context.is_active)
+        except RequestError as exc:
+            log.info("refused request %r: %s", request.connection.id, exc)
+            context.abort(exc.code, exc.message)
+
+    def Close(self, request: Connection, context: grpc.ServicerContext) -> empty_pb2.Empty:
+        """networkservice.NetworkService/Close."""
+        try:
+            self.close(request.id)
+        except RequestError as exc:
+            context.abort(exc.code, exc.message)
+        return empty_pb2.Empty()
+
+    def MonitorConnections(self, request: MonitorScopeSelector,
+                           context: grpc.ServicerContext) -> Iterator[ConnectionEvent]:
+        """connection.MonitorConnection/MonitorConnections: the initial state, then every change."""
+        subscriber = _Subscriber(request)
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            initial = {cid: _copy(e.connection) for cid, e in self._table.items()
+                       if matches(e.connection, request)}
+            self._subscribers.add(subscriber)
+        try:
+            if not context.add_callback(subscriber.end):
+                return  # the RPC is already over
+            yield ConnectionEvent(type=connection_pb2.INITIAL_STATE_TRANSFER, connections=initial)
+            while (event := subscriber.events.get()) is not None:
+                yield event
+            if subscriber.overflowed:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              "this monitor fell too far behind; subscribe again")
+        finally:
+            with self._lock:
+                self._subscribers.discard(subscriber)
+
+    # ---- internals ---------------------------------------------------------------------------------
+
+    def _remove(self, cid: str, why: str) -> None:
+        """Unplumb `cid` and drop it from the table, telling monitors (lock held)."""
+        try:
+            unplumb(cid, self.ovsdb)
+        except PlumbingError as exc:
+            raise RequestError(_STATUS_BY_KIND[exc.kind], exc.message) from exc
+        self._orphans.pop(cid, None)
+        entry = self._table.pop(cid, None)
+        log.info("%s %s", why, cid)
+        if entry is not None:
+            self._publish_delete(entry)
+
+    def _remove_orphans(self, due: set[str], now: float) -> list[str]:
+        """Remove the due orphans that are still orphans; adopt any that came back (lock held)."""
+        found = discover(self.ovsdb, owner=self.name)
+        for existing in found.live:
+            if existing.connection_id in due and existing.connection_id not in self._table:
+                log.info("orphan %s works again: keeping it", existing.connection_id)
+                self._table[existing.connection_id] = self._rebuilt(existing, now)
+                self._publish(connection_pb2.UPDATE, [self._table[existing.connection_id].connection])
+        removed = []
+        for orphan in found.orphans:
+            if orphan.connection_id in due and orphan.connection_id not in self._table:
+                try:
+                    unplumb(orphan.connection_id, self.ovsdb)
+                    removed.append(orphan.connection_id)
+                    log.info("removed orphan %s (%s)", orphan.connection_id, orphan.reason)
+                except PlumbingError as exc:
+                    log.error("could not remove orphan %s: %s", orphan.connection_id, exc.message)
+                    continue
+        for cid in due:
+            self._orphans.pop(cid, None)
+        return removed
+
+    def _forget_if_gone(self, cid: str) -> None:
+        """After a failed (re-)plumb: drop a held connection whose plumbing is no longer there."""
+        entry = self._table.get(cid)
+        if entry is not None and not self.ovsdb.find(CONNECTION_KEY, cid):
+            del self._table[cid]
+            self._publish_delete(entry)
+
+    def _mark_endpoint(self, done: Plumbed, endpoint: str) -> None:
+        """Record an endpoint's name on its OVS Interface; a fresh plumbing is undone on failure."""
+        port = self.ovsdb.port(done.host_ifname)
+        if port is not None and port.external_ids.get(ENDPOINT_KEY) == endpoint:
+            return
+        try:
+            self.ovsdb.update_external_ids(done.host_ifname, {ENDPOINT_KEY: endpoint})
+        except OvsdbError:
+            if done.created:
+                unplumb(done.connection_id, self.ovsdb)
+            raise
+
+    def _rebuilt(self, existing: Existing, now: float) -> _Entry:
+        """A table entry for a connection found in OVSDB (see the module docstring for its expiry)."""
+        expires = max(existing.expires if existing.expires is not None else now + self.token_lifetime, now)
+        params = {IFNAME_PARAM: existing.ifname, INODE_URL_PARAM: existing.netns, ROLE_PARAM: existing.role,
+                  ATTACHMENT_PARAM: f"{existing.bridge}/{existing.host_ifname}"}
+        port = self.ovsdb.port(existing.host_ifname)
+        endpoint = port.external_ids.get(ENDPOINT_KEY) if port is not None else None
+        if endpoint:
+            params[ENDPOINT_PARAM] = endpoint
+        # The segment id is not recorded; a stable one keeps monitors that select by id working.
+        segment_id = uuid.uuid5(uuid.NAMESPACE_URL, f"ryu-nsm:{self.name}:{existing.connection_id}")
+        segment = connection_pb2.PathSegment(name=self.name, id=str(segment_id), token=new_token(),
+                                             expires=Timestamp(seconds=int(expires)))
+        connection = Connection(
+            id=existing.connection_id, network_service=existing.service, labels=dict(existing.labels),
+            mechanism=Mechanism(cls=LOCAL, type=KERNEL, parameters=params),
+            path=connection_pb2.Path(index=0, path_segments=[segment]), state=connection_pb2.UP)
+        return _Entry(connection, existing.netns, existing.ifname, existing.role, expires)
+
+    def _publish_delete(self, entry: _Entry) -> None:
+        gone = _copy(entry.connection)
+        gone.state = connection_pb2.DOWN
+        self._publish(connection_pb2.DELETE, [gone])
+
+    def _publish(self, kind: int, connections: Iterable[Connection]) -> None:
+        """Send an event to every monitor whose scope holds some of `connections` (lock held)."""
+        connections = list(connections)
+        for subscriber in self._subscribers:
+            chosen = {c.id: c for c in connections if matches(c, subscriber.selector)}
+            if chosen:
+                subscriber.offer(ConnectionEvent(type=kind, connections=chosen))
+
+    def _run_janitor(self) -> None:
+        while True:
+            with self._lock:
+                due = [e.expires + self.grace for e in self._table.values()] + list(self._orphans.values())
+            wait = min(due, default=float("inf")) - self.clock()
+            if self._stopping.wait(min(max(wait, _JANITOR_MIN_SLEEP), _JANITOR_MAX_SLEEP)):
+                return
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("janitor sweep failed; trying again")
+
+
+def _answered_mechanism(chosen: Mechanism, done: Plumbed) -> Mechanism:
+    answered = Mechanism()
+    answered.CopyFrom(chosen)
+    answered.parameters[IFNAME_PARAM] = done.ifname
+    answered.parameters[ATTACHMENT_PARAM] = f"{done.bridge}/{done.host_ifname}"
+    return answered
+
+
+def _copy(connection: Connection) -> Connection:
+    copied = Connection()
+    copied.CopyFrom(connection)
+    return copied
+
+
+def _unix_path(address: str) -> str | None:
+    """The socket path of a `unix:` address (unix:///abs, unix:/abs or unix:rel), else None."""
+    if not address.startswith("unix:"):
+        return None
+    rest = address[len("unix:"):]
+    return "/" + rest.lstrip("/") if rest.startswith("//") else rest
+
+
+def _clear_stale_socket(path: str) -> None:
+    """Remove a socket file nobody listens on; refuse to take one that is in use."""
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return
+    except FileNotFoundError:
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise OSError(f"{path} is in use by another process")
+
