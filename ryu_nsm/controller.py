@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from .fabric import Fabric
 from .flowspec import FlowSpec, Table, is_ours, wire_cookie
 from .model import Resources
-from .planner import PLANNED, FabricState, Plan, make_plan
+from .planner import PLANNED, WAITING, FabricState, Plan, make_plan
 from .reconcile import PHASES, SwitchDiff, apply, diff_fabric
 from .report import connection_entry
 
@@ -237,7 +237,8 @@ class Controller:
             link.name for link in self.fabric.links
             if (link.a, link.a_port) in down_ports or (link.b, link.b_port) in down_ports
         )
-        return FabricState(down_links, down_switches, ports)
+        unreported = frozenset(s.name for s in self.fabric.switches if s.name not in self.switches)
+        return FabricState(down_links, down_switches, ports, unreported)
 
     def _replan(self, now: float) -> list:
         state = self._state(now)
@@ -254,7 +255,7 @@ class Controller:
         if not self._declared:
             return []
         known = {sw: s.flows for sw, s in self.switches.items() if s.connected and s.flows is not None}
-        diffs = diff_fabric(self.plan.flows, known)
+        diffs = diff_fabric(self.plan.flows, known, self.plan.keep_cookies)
         if not diffs:
             return []
         self._program_seq += 1
@@ -290,6 +291,8 @@ class Controller:
     def connection_state(self, cid: str) -> str:
         """``up`` when every switch on the path holds the connection's flows, else pending/failed."""
         planned = self.plan.connections[cid]
+        if planned.state == WAITING:
+            return PENDING
         if planned.state != PLANNED:
             return FAILED
         cookie = wire_cookie(cid)

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 
 from .fabric import Fabric
 from .flows import WireEnds, compile_flows
-from .flowspec import FlowSpec
+from .flowspec import FlowSpec, wire_cookie
 from .model import Attachment, Problem, Resources
 from .pathing import FabricView, NoPath, Path, TagAllocator, TagSpaceExhausted
 from .resolver import Connection, resolve
 
 PLANNED = "planned"
 FAILED = "failed"
+WAITING = "waiting"  # an end is on a switch that has not reported its ports yet
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class FabricState:
     down_switches: frozenset[str] = frozenset()
     # (switch, port name) → port number as the switch reports it; overrides the declared number.
     ports: Mapping[tuple[str, str], int] = field(default_factory=dict, compare=False, hash=False)
+    # Switches whose ports are not known yet (not connected since the controller started).
+    unreported: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class Plan:
     connections: dict[str, PlannedConnection]
     flows: dict[str, frozenset[FlowSpec]]
     problems: tuple[Problem, ...] = ()
+    # Cookies of waiting connections: their flows stay where they are until the switch reports.
+    keep_cookies: frozenset[int] = frozenset()
 
     def failed(self) -> list[PlannedConnection]:
         return [c for c in self.connections.values() if c.state == FAILED]
@@ -94,6 +99,7 @@ def make_plan(
         connections=dict(sorted(planned.items())),
         flows=compile_flows(fabric, switches, wires),
         problems=resources.problems,
+        keep_cookies=frozenset(wire_cookie(cid) for cid, pc in planned.items() if pc.state == WAITING),
     )
 
 
@@ -114,6 +120,8 @@ def _route(
         if att.switch not in fabric.switch_by_name:
             return PlannedConnection(
                 conn, FAILED, f"attachment {att}: switch {att.switch!r} is not in the fabric")
+        if _port(fabric, state, att) is None and att.switch in state.unreported:
+            return PlannedConnection(conn, WAITING, f"waiting for switch {att.switch} to report its ports")
         if _port(fabric, state, att) is None:
             return PlannedConnection(conn, FAILED, f"attachment {att}: no port {att.port!r} on {att.switch}")
     src, dst = conn.client_attachment.switch, conn.endpoint_attachment.switch

@@ -45,8 +45,13 @@ class ConflictingFlows(ValueError):
     """Two desired flows share a key: a compiler bug, never sent to a switch."""
 
 
-def diff(desired: Iterable[FlowSpec], actual: Iterable[FlowSpec]) -> SwitchDiff:
-    """The changes that turn the switch's flows (``actual``, ours and others') into ``desired``."""
+def diff(
+    desired: Iterable[FlowSpec], actual: Iterable[FlowSpec], keep: frozenset[int] = frozenset()
+) -> SwitchDiff:
+    """The changes that turn the switch's flows (``actual``, ours and others') into ``desired``.
+
+    Flows whose cookie is in ``keep`` are never deleted (their connection's state is not known yet).
+    """
     want: dict[tuple, FlowSpec] = {}
     for flow in desired:
         other = want.setdefault(flow.key, flow)
@@ -55,17 +60,19 @@ def diff(desired: Iterable[FlowSpec], actual: Iterable[FlowSpec]) -> SwitchDiff:
     have = {flow.key: flow for flow in actual if is_ours(flow.cookie)}
     adds = tuple(sorted(f for k, f in want.items() if k not in have))
     modifies = tuple(sorted(f for k, f in want.items() if k in have and have[k] != f))
-    deletes = tuple(sorted(f for k, f in have.items() if k not in want))
+    deletes = tuple(sorted(f for k, f in have.items() if k not in want and f.cookie not in keep))
     return SwitchDiff(adds, modifies, deletes)
 
 
 def diff_fabric(
-    desired: Mapping[str, Iterable[FlowSpec]], actual: Mapping[str, Iterable[FlowSpec]]
+    desired: Mapping[str, Iterable[FlowSpec]],
+    actual: Mapping[str, Iterable[FlowSpec]],
+    keep: frozenset[int] = frozenset(),
 ) -> dict[str, SwitchDiff]:
     """Per-switch diffs for the switches in ``actual`` (those whose flows are known); empty ones left out."""
     out = {}
     for switch, flows in actual.items():
-        d = diff(desired.get(switch, ()), flows)
+        d = diff(desired.get(switch, ()), flows, keep)
         if d:
             out[switch] = d
     return out

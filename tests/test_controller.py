@@ -217,3 +217,32 @@ def test_nothing_is_programmed_before_the_sources_have_reported():
     sw.run(fresh, fresh.set_resources(res, 6.0))
     assert sw.sent == []
     assert fresh.status()["connections"][0]["state"] == "up"
+
+
+def test_restart_with_live_only_ports_keeps_flows_until_every_end_reports():
+    # Attachment ports that only the switches know (made by the forwarder, not declared): after a
+    # restart, the first switch to connect must not lose the flows of a wire whose other end is on a
+    # switch that has not reported yet.
+    from ryu_nsm.fabric import Fabric
+
+    declared = ring(2, {"client": ("s1",), "server": ("s2",)})
+    res = resources_for([(att(declared, "client"), att(declared, "server"))])
+    bare = Fabric(declared.name, declared.switches, declared.links)  # no hosts: ports only live
+    ctl, sw = Controller(bare), FakeFabric(declared)
+
+    def connect(controller, name, now):
+        cmds = controller.switch_connected(declared.switch_by_name[name].dpid, ports_of(declared, name), now)
+        sw.run(controller, cmds, now)
+
+    sw.run(ctl, ctl.set_resources(res, 0.0))
+    connect(ctl, "s1", 0.0)
+    connect(ctl, "s2", 0.0)
+    assert ctl.status()["connections"][0]["state"] == "up"
+    sw.sent.clear()
+    fresh = Controller(bare)
+    sw.run(fresh, fresh.set_resources(res, 5.0))
+    connect(fresh, "s1", 5.0)
+    assert fresh.status()["connections"][0]["state"] == "pending"
+    connect(fresh, "s2", 5.1)
+    assert sw.sent == []
+    assert fresh.status()["connections"][0]["state"] == "up"
