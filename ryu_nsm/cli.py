@@ -94,7 +94,7 @@ def cmd_controller(args) -> int:
     with run_controller(
         fabric, args.requests, host, port, (shost, sport),
         watch_interval=args.watch_interval, kubernetes=kubernetes, use_bundles=not args.no_bundles,
-        audit_interval=args.audit_interval, ovsdb_remote=args.ovsdb,
+        audit_interval=args.audit_interval, ovsdb_remote=args.ovsdb, nsm_listen=args.nsm_listen or (),
     ) as running:
         logging.getLogger("ryu_nsm").info(
             "controller for fabric %s: OpenFlow on %s:%d, status on http://%s:%d/status",
@@ -161,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
                           f"watched in this OVSDB (without a value: {OVSDB_SOCKET}); they are clients "
                           "and endpoints in namespace 'nsm', their NetworkServices come from files or "
                           "Kubernetes")
+    ctl.add_argument("--nsm-listen", action="append", metavar="ADDRESS",
+                     help="serve NSM's NetworkService and MonitorConnections gRPC here (repeatable; "
+                          "unix:///path or host:port): connections asked for become client requests "
+                          "in namespace 'nsm'")
     ctl.set_defaults(func=cmd_controller)
 
     st = sub.add_parser("status", help="connections, paths and state from the running controller")

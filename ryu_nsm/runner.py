@@ -47,6 +47,7 @@ def run_controller(
     watch_interval: float = 1.0,
     kubernetes: KubernetesOptions | None = None,
     ovsdb_remote: str | None = None,
+    nsm_listen: Sequence[str] = (),
     **settings,
 ) -> Iterator[RunningController]:
     """Run until the context exits: OpenFlow on (of_host, of_port), status over HTTP.
@@ -57,21 +58,24 @@ def run_controller(
     With ``ovsdb_remote``, the interfaces that the forwarder plumbed into this fabric's bridges (and
     marked in OVSDB) become client requests and endpoints. The NetworkServices they name still come
     from files or Kubernetes: NSM keeps services in its registry, OVSDB only knows interfaces.
+
+    With ``nsm_listen`` (``unix:///path`` or ``host:port`` each), NSM's NetworkService and
+    MonitorConnection are served there (ryu_nsm.nsm_grpc); requested connections are one more source.
     """
     from . import oskenrun
     from .sources.files import DirectoryWatcher
     from .sources.merge import MergedSources
 
     stoppers: list[Callable[[], None]] = []
-    kube_api = kube_source = None
+    kube_api = kube_source = grpc_source = None
     if kubernetes is not None:
         from .kube import api_client
 
         kube_api = api_client(kubernetes.kubeconfig, kubernetes.context)
 
     def attach_sources(push: Callable[[Resources], None]) -> None:
-        nonlocal kube_source
-        if not request_paths and kube_api is None and ovsdb_remote is None:
+        nonlocal kube_source, grpc_source
+        if not request_paths and kube_api is None and ovsdb_remote is None and not nsm_listen:
             push(Resources())
             return
         merged = MergedSources(push)
@@ -93,6 +97,10 @@ def run_controller(
                                        bridges=[switch.name for switch in fabric.switches])
             ovsdb_source.start()
             stoppers.append(ovsdb_source.stop)
+        if nsm_listen:
+            from .nsm_grpc import GrpcRequests
+
+            grpc_source = GrpcRequests(merged.part("grpc"))
 
     running = RunningController(None, status_address)
 
@@ -111,6 +119,12 @@ def run_controller(
         running.status_address = status.address
         if kube_api is not None:
             stoppers.extend(_start_cluster_side(running.app, kube_api, kube_source, kubernetes))
+        if grpc_source is not None:
+            from .nsm_grpc import NsmServer
+
+            nsm_server = NsmServer(grpc_source, running.app.status)
+            nsm_server.serve(nsm_listen)
+            stoppers.append(nsm_server.stop)
         yield running
     finally:
         for stop in reversed(stoppers):

@@ -1,0 +1,359 @@
+"""The controller's NSM gRPC face: `networkservice.NetworkService` (Request, Close) and
+`connection.MonitorConnection` (MonitorConnections), so an NSM client or NSMgr can ask the
+controller for a connection and watch it.
+
+A Request names where the client's interface meets the fabric in the mechanism parameter
+`ryu-nsm.io/attachment` = "bridge/port" (the forwarder answers with it). `GrpcRequests` turns the
+connections asked for into ClientRequests in namespace "nsm" and reports its whole state through
+the merged sources, so they take the same road as files and Kubernetes. The handler then watches
+the controller's status until the connection is "up" (answer UP with our PathSegment, the chosen
+endpoint and the path of switch names in the segment's metrics["path"]), "failed" (the request is
+withdrawn; NOT_FOUND for an unknown service, else FAILED_PRECONDITION, with the controller's
+reason) or the deadline passes (withdrawn; DEADLINE_EXCEEDED). A failure counts only once it has
+held for `settle` seconds: a port the forwarder has just plumbed may not have reached the
+controller yet. gRPC threads never touch datapath code: they only report to the source and read
+`status()`.
+
+TOKENS ARE NOT SIGNED: NSM hops issue signed JWTs; our segment carries an opaque random string
+prefixed "unsigned:". Peers that verify tokens will reject it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import empty_pb2
+
+from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2, networkservice_pb2_grpc
+from nsm_api.connection_pb2 import Connection, ConnectionEvent, MonitorScopeSelector
+from nsm_api.paths import append_segment
+
+from .model import Attachment, ClientRequest, FrozenMap, ModelError, Resources
+from .sources.ovsdb import dns_label
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "nsm"
+DEFAULT_IFNAME = "nsm-1"
+ATTACHMENT_PARAM = "ryu-nsm.io/attachment"
+SEGMENT_NAME = "ryu-nsm-controller"
+TOKEN_PREFIX = "unsigned:"
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
+# The resolver's words for a service that no source declares (ryu_nsm.resolver.resolve).
+_UNKNOWN_SERVICE = re.compile(r"^network service .* not found")
+
+
+class RequestError(Exception):
+    """A Request refused with a gRPC status code and a message for the client."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Held:
+    """One connection asked for over gRPC: the NSM connection as asked, and its ClientRequest."""
+
+    connection: Connection
+    request: ClientRequest
+
+
+def _parameters(request: networkservice_pb2.NetworkServiceRequest) -> dict[str, str]:
+    # The connection's own mechanism wins (a refresh or a forwarder's answer carries it); else the
+    # first preference that names an attachment.
+    if ATTACHMENT_PARAM in request.connection.mechanism.parameters:
+        return dict(request.connection.mechanism.parameters)
+    for mechanism in request.mechanism_preferences:
+        if ATTACHMENT_PARAM in mechanism.parameters:
+            return dict(mechanism.parameters)
+    return dict(request.connection.mechanism.parameters)
+
+
+def to_client_request(request: networkservice_pb2.NetworkServiceRequest,
+                      namespace: str = NAMESPACE) -> ClientRequest:
+    """The ClientRequest an NSM Request asks for; RequestError(INVALID_ARGUMENT) when it cannot."""
+    conn = request.connection
+    if not conn.id:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "connection.id is missing")
+    if not conn.network_service:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "connection.network_service is missing")
+    params = _parameters(request)
+    text = params.get(ATTACHMENT_PARAM)
+    if not text:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"mechanism parameter {ATTACHMENT_PARAM!r} is missing: the controller needs "
+                           "'bridge/port' of the client's interface (the forwarder answers with it)")
+    try:
+        attachment = Attachment.parse(text, ATTACHMENT_PARAM)
+    except ModelError as exc:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"mechanism parameter {exc}") from None
+    ifname = params.get("name") or DEFAULT_IFNAME
+    if not _IFNAME_RE.match(ifname):
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"mechanism parameter 'name': expected an interface name, found {ifname!r}")
+    return ClientRequest(pod=dns_label(conn.id), ifname=ifname, service=conn.network_service,
+                         namespace=namespace, labels=FrozenMap(dict(conn.labels)), attachment=attachment)
+
+
+class GrpcRequests:
+    """The source of connections asked for over gRPC; reports its whole state on every change.
+
+    Reports an empty state at once, so it never holds the merged sources back.
+    """
+
+    def __init__(self, report: Callable[[Resources], None]) -> None:
+        self._report = report
+        self._lock = threading.Lock()
+        self._held: dict[str, Held] = {}
+        report(Resources())
+
+    def put(self, connection: Connection, request: ClientRequest) -> bool:
+        """Hold (or refresh) a connection; True when what is declared changed."""
+        with self._lock:
+            before = self._held.get(connection.id)
+            self._held[connection.id] = Held(_copy(connection), request)
+            if before is not None and before.request == request:
+                return False
+            self._publish()
+            return True
+
+    def withdraw(self, connection_id: str) -> bool:
+        """Stop asking for a connection; False when it was not held."""
+        with self._lock:
+            if self._held.pop(connection_id, None) is None:
+                return False
+            self._publish()
+            return True
+
+    def held(self) -> dict[str, Held]:
+        """Every connection held now, by NSM connection id."""
+        with self._lock:
+            return dict(self._held)
+
+    def _publish(self) -> None:
+        # Under the lock: reports reach the controller in the order the changes happened.
+        self._report(Resources(requests=tuple(h.request for h in self._held.values())))
+
+
+def new_token() -> str:
+    """An opaque, unsigned path token (see the module docstring: not a JWT)."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(18)
+
+
+def stamp(connection: Connection, endpoint: str, switches: Sequence[str], lifetime: float,
+          now: float) -> Connection:
+    """The answer: ``connection`` UP at ``endpoint`` with our segment (metrics["path"] = switches).
+
+    A segment of ours at path.index or right after it is replaced (a refresh), as NSM hops do.
+    """
+    base = _copy(connection)
+    segments = base.path.path_segments
+    index = base.path.index
+    ours = next((i for i in (index, index + 1) if i < len(segments) and segments[i].name == SEGMENT_NAME),
+                None)
+    if ours is not None:
+        del segments[ours:]
+        base.path.index = max(ours - 1, 0)
+        if not segments:
+            base.ClearField("path")
+    stamped = append_segment(base, SEGMENT_NAME, new_token(), lifetime, now)
+    stamped.path.path_segments[stamped.path.index].metrics["path"] = ",".join(switches)
+    stamped.network_service_endpoint_name = endpoint
+    stamped.state = connection_pb2.UP
+    return stamped
+
+
+class NsmServer(networkservice_pb2_grpc.NetworkServiceServicer,
+                connection_pb2_grpc.MonitorConnectionServicer):
+    """NetworkService and MonitorConnection over `GrpcRequests` and the controller's status."""
+
+    def __init__(self, source: GrpcRequests, status: Callable[[], dict], *, default_timeout: float = 10.0,
+                 settle: float = 1.0, token_lifetime: float = 600.0, poll: float = 0.02,
+                 monitor_interval: float = 0.1) -> None:
+        self.source = source
+        self.status = status
+        self.default_timeout = default_timeout
+        self.settle = settle
+        self.token_lifetime = token_lifetime
+        self.poll = poll
+        self.monitor_interval = monitor_interval
+        self.listening: list[str] = []
+        self._server: grpc.Server | None = None
+        self._sockets: list[str] = []
+        self._stopping = threading.Event()
+
+    # ---- serving ---------------------------------------------------------------------------------
+
+    def serve(self, listen: Sequence[str], max_workers: int = 32) -> grpc.Server:
+        """Serve on each address (`unix:///path` or `host:port`); each monitor stream holds a worker."""
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
+                                                        thread_name_prefix="ryu-nsm-grpc"))
+        networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(self, server)
+        connection_pb2_grpc.add_MonitorConnectionServicer_to_server(self, server)
+        for address in listen:
+            path = _unix_path(address)
+            if path is not None:
+                _clear_stale_socket(path)
+            try:
+                port = server.add_insecure_port(address)
+            except RuntimeError as exc:
+                server.stop(None)
+                raise OSError(f"cannot listen on {address}: {exc}") from exc
+            if path is None and port == 0:
+                server.stop(None)
+                raise OSError(f"cannot listen on {address}")
+            if path is not None:
+                self._sockets.append(path)
+            self.listening.append(address if path is not None else f"{address.rsplit(':', 1)[0]}:{port}")
+        server.start()
+        self._server = server
+        return server
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        """End monitor streams and stop serving; held connections stay declared."""
+        self._stopping.set()
+        if self._server is not None:
+            self._server.stop(grace).wait()
+            self._server = None
+        for path in self._sockets:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self._sockets.clear()
+
+    # ---- plain API ---------------------------------------------------------------------------------
+
+    def request(self, request: networkservice_pb2.NetworkServiceRequest, timeout: float,
+                still_wanted: Callable[[], bool] = lambda: True) -> Connection:
+        """Declare the connection and wait until the controller has it up; RequestError otherwise."""
+        client = to_client_request(request)
+        conn = request.connection
+        self.source.put(conn, client)
+        deadline = time.monotonic() + timeout
+        failing_since: float | None = None
+        while True:
+            entry = self._entry(client.id)
+            now = time.monotonic()
+            if entry is not None and entry["state"] == "up":
+                return stamp(conn, entry["endpoint"] or "", entry["path"], self.token_lifetime, time.time())
+            failed = entry is not None and entry["state"] == "failed"
+            if not failed:
+                failing_since = None
+            elif failing_since is None:
+                failing_since = now
+            if failed and (now - failing_since >= self.settle or now >= deadline):
+                self.source.withdraw(conn.id)
+                reason = entry.get("reason", "failed")
+                code = (grpc.StatusCode.NOT_FOUND if _UNKNOWN_SERVICE.match(reason)
+                        else grpc.StatusCode.FAILED_PRECONDITION)
+                raise RequestError(code, f"connection {conn.id}: {reason}")
+            if now >= deadline:
+                self.source.withdraw(conn.id)
+                state = entry["state"] if entry is not None else "not yet planned"
+                raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   f"connection {conn.id} not up after {timeout:.1f}s (state: {state})")
+            if not still_wanted():
+                self.source.withdraw(conn.id)
+                raise RequestError(grpc.StatusCode.CANCELLED, f"connection {conn.id}: request cancelled")
+            time.sleep(self.poll)
+
+    def close(self, connection_id: str) -> bool:
+        """Withdraw a connection; False when it was not held."""
+        return self.source.withdraw(connection_id)
+
+    def connections(self, selector: MonitorScopeSelector | None = None) -> dict[str, Connection]:
+        """The gRPC-requested connections as Connection messages, state from the controller."""
+        by_id = {c["id"]: c for c in self.status()["connections"]}
+        out = {}
+        for cid, held in self.source.held().items():
+            if selector is not None and selector.network_services and (
+                    held.connection.network_service not in selector.network_services):
+                continue
+            entry = by_id.get(held.request.id) or {}
+            out[cid] = Connection(
+                id=cid, network_service=held.connection.network_service,
+                labels=dict(held.connection.labels),
+                network_service_endpoint_name=entry.get("endpoint") or "",
+                state=connection_pb2.UP if entry.get("state") == "up" else connection_pb2.DOWN,
+            )
+        return out
+
+    # ---- gRPC methods ------------------------------------------------------------------------------
+
+    def Request(self, request: networkservice_pb2.NetworkServiceRequest,
+                context: grpc.ServicerContext) -> Connection:
+        """networkservice.NetworkService/Request."""
+        remaining = context.time_remaining()
+        timeout = self.default_timeout if remaining is None else remaining
+        try:
+            return self.request(request, timeout, still_wanted=context.is_active)
+        except RequestError as exc:
+            log.info("refused request %r: %s", request.connection.id, exc.message)
+            context.abort(exc.code, exc.message)
+
+    def Close(self, request: Connection, context: grpc.ServicerContext) -> empty_pb2.Empty:
+        """networkservice.NetworkService/Close: unknown ids are not an error."""
+        self.close(request.id)
+        return empty_pb2.Empty()
+
+    def MonitorConnections(self, request: MonitorScopeSelector,
+                           context: grpc.ServicerContext) -> Iterator[ConnectionEvent]:
+        """connection.MonitorConnection/MonitorConnections: initial state, then UPDATE/DELETE by polling."""
+        known = self.connections(request)
+        yield ConnectionEvent(type=connection_pb2.INITIAL_STATE_TRANSFER, connections=known)
+        while context.is_active() and not self._stopping.wait(self.monitor_interval):
+            now = self.connections(request)
+            gone = {cid: known[cid] for cid in known.keys() - now.keys()}
+            changed = {cid: c for cid, c in now.items() if known.get(cid) != c}
+            if gone:
+                yield ConnectionEvent(type=connection_pb2.DELETE, connections=gone)
+            if changed:
+                yield ConnectionEvent(type=connection_pb2.UPDATE, connections=changed)
+            known = now
+
+    def _entry(self, request_id: str) -> dict | None:
+        return next((c for c in self.status()["connections"] if c["id"] == request_id), None)
+
+
+def _copy(connection: Connection) -> Connection:
+    copied = Connection()
+    copied.CopyFrom(connection)
+    return copied
+
+
+def _unix_path(address: str) -> str | None:
+    """The socket path of a `unix:` address (unix:///abs or unix:path), else None."""
+    if not address.startswith("unix:"):
+        return None
+    rest = address[len("unix:"):]
+    return "/" + rest.lstrip("/") if rest.startswith("//") else rest
+
+
+def _clear_stale_socket(path: str) -> None:
+    """Remove a socket file nobody listens on; refuse one that is in use."""
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return
+    except FileNotFoundError:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)
+            return
+    raise OSError(f"{path} is in use by another process")
