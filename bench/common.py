@@ -11,13 +11,17 @@ for a rate, what fraction of the limit is reached.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import statistics
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 
 # Seconds per unit: a value and its limit may be given in different time units.
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
@@ -149,3 +153,56 @@ def flow_count(bridge: str) -> int:
     if not found:
         raise BenchFailure("ovs-ofctl dump-aggregate gave no flow_count")
     return int(found.group(1))
+
+
+def planned_flows(topology: Path, requests: Path) -> dict[str, list[str]]:
+    """The ``flows`` map of ``ryu-nsm plan --json``: per switch, one ovs-ofctl line per flow."""
+    cmd = [sys.executable, "-m", "ryu_nsm.cli", "plan", str(topology), str(requests), "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+    if done.returncode:
+        raise BenchFailure(f"ryu-nsm plan failed ({done.returncode}): {done.stderr.strip()}")
+    report = json.loads(done.stdout)
+    failed = [c["id"] for c in report["connections"] if c["state"] != "planned"]
+    if failed:
+        raise BenchFailure(f"{len(failed)} connections did not plan, e.g. {failed[:3]}")
+    return report["flows"]
+
+
+def check_bridges(bridges: Iterable[str], files: Mapping[str, Path], flows: Mapping[str, list[str]],
+                  what: str) -> None:
+    """Each bridge holds exactly the planned flows: the count, and no difference by ``diff-flows``."""
+    for br in bridges:
+        held, want = flow_count(br), len(flows[br])
+        if held != want:
+            raise BenchFailure(f"{what}: {br} holds {held} flows, the plan has {want}")
+        done = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "diff-flows", br, str(files[br])],
+                              capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+        if done.returncode or done.stdout.strip():
+            raise BenchFailure(f"{what}: {br} differs from the plan: {done.stdout[:500]}{done.stderr[:500]}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by the nearest-rank method: a value that was actually seen."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def log_breakdown(log: str, t0_wall: float) -> list[str]:
+    """Where the controller's time went, from its log: when it planned, and each program's report."""
+    out: list[str] = []
+    created = []
+    for line in log.splitlines():
+        stamp = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", line)
+        if not stamp:
+            continue
+        at = datetime.strptime(stamp[1], "%Y-%m-%d %H:%M:%S,%f").timestamp() - t0_wall
+        if at < 0:
+            continue
+        if " created: " in line:
+            created.append(at)
+        if re.search(r"program \d+: ", line):
+            out.append(f"  +{at * 1000:.0f} ms {line.split(': ', 1)[1]}")
+    if created:
+        out.insert(0, f"  +{created[0] * 1000:.0f} ms to +{created[-1] * 1000:.0f} ms: {len(created)} "
+                      "connections logged as created (read, parsed, resolved, routed, compiled before)")
+    return out

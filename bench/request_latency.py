@@ -26,20 +26,26 @@ Usage (root, Open vSwitch up): ``request_latency.py [--quick] [--connections N]`
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
-from common import BenchFailure, figure, flow_count, ofctl, sh
+from common import (
+    BenchFailure,
+    check_bridges,
+    figure,
+    flow_count,
+    log_breakdown,
+    ofctl,
+    percentile,
+    planned_flows,
+    sh,
+)
 
 from ryu_nsm.controlproc import ControllerProcess, wait_for
 from ryu_nsm.flowspec import PIPELINE_COOKIE
@@ -139,32 +145,6 @@ def remove_fabric(setup: Setup) -> None:
         subprocess.run(["ovs-vsctl", "--if-exists", "del-br", br], capture_output=True, timeout=TIMEOUT)
 
 
-def planned_flows(topology: Path, requests: Path) -> dict[str, list[str]]:
-    """The ``flows`` map of ``ryu-nsm plan --json``: per switch, one ovs-ofctl line per flow."""
-    cmd = [sys.executable, "-m", "ryu_nsm.cli", "plan", str(topology), str(requests), "--json"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
-    if done.returncode:
-        raise BenchFailure(f"ryu-nsm plan failed ({done.returncode}): {done.stderr.strip()}")
-    report = json.loads(done.stdout)
-    failed = [c["id"] for c in report["connections"] if c["state"] != "planned"]
-    if failed:
-        raise BenchFailure(f"{len(failed)} connections did not plan, e.g. {failed[:3]}")
-    return report["flows"]
-
-
-
-def check_bridges(setup: Setup, files: dict[str, Path], flows: dict[str, list[str]], what: str) -> None:
-    """Each bridge holds exactly the planned flows: the count, and no difference by ``diff-flows``."""
-    for br in setup.bridges:
-        held, want = flow_count(br), len(flows[br])
-        if held != want:
-            raise BenchFailure(f"{what}: {br} holds {held} flows, the plan has {want}")
-        done = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "diff-flows", br, str(files[br])],
-                              capture_output=True, text=True, timeout=TIMEOUT)
-        if done.returncode or done.stdout.strip():
-            raise BenchFailure(f"{what}: {br} differs from the plan: {done.stdout[:500]}{done.stderr[:500]}")
-
-
 def connect(setup: Setup, port: int) -> None:
     """Point every bridge at the controller."""
     for br in setup.bridges:
@@ -228,27 +208,6 @@ def watch_until_up(ctl: ControllerProcess, n: int, t0: float) -> Watch:
     return Watch(first_up, endpoints, tuple(slack), polls, tuple(durations))
 
 
-def log_breakdown(log: str, t0_wall: float) -> list[str]:
-    """Where the controller's time went, from its log: when it planned, and each program's report."""
-    out: list[str] = []
-    created = []
-    for line in log.splitlines():
-        stamp = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", line)
-        if not stamp:
-            continue
-        at = datetime.strptime(stamp[1], "%Y-%m-%d %H:%M:%S,%f").timestamp() - t0_wall
-        if at < 0:
-            continue
-        if " created: " in line:
-            created.append(at)
-        if re.search(r"program \d+: ", line):
-            out.append(f"  +{at * 1000:.0f} ms {line.split(': ', 1)[1]}")
-    if created:
-        out.insert(0, f"  +{created[0] * 1000:.0f} ms to +{created[-1] * 1000:.0f} ms: {len(created)} "
-                      "connections logged as created (read, parsed, resolved, routed, compiled before)")
-    return out
-
-
 def controller_run(setup: Setup, topology: Path, requests: Path, documents: str,
                    flows: dict[str, list[str]], files: dict[str, Path], workdir: Path) -> Watch:
     """Start the controller on the empty ``requests``, connect, drop ``documents`` in, watch to all up.
@@ -277,7 +236,7 @@ def controller_run(setup: Setup, topology: Path, requests: Path, documents: str,
             print(line, file=sys.stderr)
         if ctl.errors():
             raise BenchFailure(f"switches rejected messages: {ctl.errors()[:3]}")
-        check_bridges(setup, files, flows, "controller")
+        check_bridges(setup.bridges, files, flows, "controller")
         wrong = {cid: ep for cid, ep in watch.endpoints.items()
                  if ep != "e" + cid.split("/")[1].removeprefix("c")}
         if wrong:
@@ -301,16 +260,10 @@ def ofctl_limit(setup: Setup, files: dict[str, Path], flows: dict[str, list[str]
         for br in setup.bridges:
             ofctl("--bundle", "add-flows", br, str(files[br]))
         elapsed = time.perf_counter() - start
-        check_bridges(setup, files, flows, "ovs-ofctl --bundle")
+        check_bridges(setup.bridges, files, flows, "ovs-ofctl --bundle")
         print(f"limit run {attempt + 1}: {elapsed * 1000:.0f} ms", file=sys.stderr)
         best = min(best, elapsed)
     return best
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The ``q`` quantile (0..1) by the nearest-rank method: a value that was actually seen."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 def measure(n: int) -> tuple[float, float, float, float]:

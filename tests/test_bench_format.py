@@ -166,3 +166,54 @@ def test_request_latency_quick_run_prints_two_figures_against_one_limit(tmp_path
         assert m["limit_label"] == "ovs-ofctl --bundle of the same flows"
         assert float(m["ratio"]) == pytest.approx(float(m["value"]) / float(m["limit"]), rel=1.5e-2)
     assert "flows planned" in done.stderr and "FAILED" not in done.stderr
+
+
+@pytest.mark.ovs
+def test_k8s_latency_quick_run_prints_p50_p99_and_total_against_ofctl_limits(tmp_path):
+    # The controller child process, the API server emulator and a k=4 fat-tree of netdev bridges; the
+    # run itself checks that every bridge ends with exactly the planned flows.
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "k8s_latency.py"), "--quick"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=170,
+    )
+    assert done.returncode == 0, done.stderr
+    matches = [common.FIGURE_RE.match(line) for line in done.stdout.splitlines()]
+    assert matches and all(matches), done.stdout
+    what = "100 pods, 3-function chain, fat-tree k=4"
+    assert [m["name"] for m in matches] == [
+        f"k8s request to forwarding p50, {what}",
+        f"k8s request to forwarding p99, {what}",
+        "k8s 100 pods to forwarding, 3-function chain, fat-tree k=4",
+    ]
+    p50, p99, total = matches
+    assert 0 < float(p50["value"]) <= float(p99["value"])
+    assert (p50["unit"], p50["limit_unit"], p99["unit"], p99["limit_unit"]) == ("ms",) * 4
+    assert p50["limit"] == p99["limit"] and float(p50["limit"]) > 0
+    assert p50["limit_label"] == p99["limit_label"] == "ovs-ofctl --bundle of one request's flows"
+    # No request can take longer than all of them: p99 (ms) is within the total (s).
+    assert float(p99["value"]) <= float(total["value"]) * 1000 * (1 + 5e-3)
+    assert total["unit"] == total["limit_unit"] == "s" and float(total["limit"]) > 0
+    assert total["limit_label"] == "ovs-ofctl --bundle of the same flows"
+    for m in matches:
+        assert float(m["ratio"]) == pytest.approx(float(m["value"]) / float(m["limit"]), rel=1.5e-2)
+    assert "flows planned" in done.stderr and "FAILED" not in done.stderr
+
+
+@pytest.mark.ovs
+def test_forwarder_setup_quick_run_prints_rates_and_setup_percentiles(tmp_path):
+    # Run from another directory: the script must find common.py and the packages by itself.
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "forwarder_setup.py"), "--quick"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    found = {m["name"]: m for m in map(common.FIGURE_RE.match, lines) if m}
+    assert len(found) == len(lines) == 6, done.stdout
+    for label in ("sequential", "8 concurrent"):
+        rate = found[f"forwarder requests, {label}, 20 connections"]
+        assert rate["unit"] == rate["limit_unit"] == "req/s" and float(rate["value"]) > 0
+    p50 = found["forwarder set-up, request to first frame p50"]
+    p99 = found["forwarder set-up, request to first frame p99"]
+    assert 0 < float(p50["value"]) <= float(p99["value"])
+    assert p50["limit_label"] == p99["limit_label"] == "ovs-vsctl add-port + ping"
