@@ -46,8 +46,6 @@ import logging
 import os
 import queue
 import secrets
-import socket
-import stat
 import threading
 import time
 import uuid
@@ -62,6 +60,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2, networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection, ConnectionEvent, Mechanism, MonitorScopeSelector
 from nsm_api.paths import append_segment
+from nsm_api.serving import bind, clear_stale_socket
 from ovs_forwarder.ovsdb import Ovsdb, OvsdbError
 from ovs_forwarder.plumbing import (
     CONNECTION_KEY,
@@ -355,21 +354,9 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
                                                         thread_name_prefix="ovs-forwarder-grpc"))
         networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(self, server)
         connection_pb2_grpc.add_MonitorConnectionServicer_to_server(self, server)
-        for address in listen:
-            path = _unix_path(address)
-            if path is not None:
-                _clear_stale_socket(path)
-            try:
-                port = server.add_insecure_port(address)
-            except RuntimeError as exc:
-                server.stop(None)
-                raise OSError(f"cannot listen on {address}: {exc}") from exc
-            if path is None and port == 0:
-                server.stop(None)
-                raise OSError(f"cannot listen on {address}")
-            if path is not None:
-                self._sockets.append(path)
-            self.listening.append(address if path is not None else f"{address.rsplit(':', 1)[0]}:{port}")
+        listening, sockets = bind(server, listen)
+        self.listening.extend(listening)
+        self._sockets.extend(sockets)
         server.start()
         self._server = server
         return server
@@ -387,7 +374,7 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
             pass  # a handler cancelled by the server stop may still be plumbing: let it finish
         for path in self._sockets:
             try:
-                _clear_stale_socket(path)
+                clear_stale_socket(path)
             except OSError as exc:
                 log.warning("leaving socket %s: %s", path, exc)
         self._sockets.clear()
@@ -633,28 +620,4 @@ def _copy(connection: Connection) -> Connection:
     return copied
 
 
-def _unix_path(address: str) -> str | None:
-    """The socket path of a `unix:` address (unix:///abs, unix:/abs or unix:rel), else None."""
-    if not address.startswith("unix:"):
-        return None
-    rest = address[len("unix:"):]
-    return "/" + rest.lstrip("/") if rest.startswith("//") else rest
-
-
-def _clear_stale_socket(path: str) -> None:
-    """Remove a socket file nobody listens on; refuse to take one that is in use."""
-    try:
-        if not stat.S_ISSOCK(os.stat(path).st_mode):
-            return
-    except FileNotFoundError:
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)
-        return
-    finally:
-        probe.close()
-    raise OSError(f"{path} is in use by another process")
 

@@ -24,8 +24,6 @@ import logging
 import os
 import re
 import secrets
-import socket
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +36,7 @@ from google.protobuf import empty_pb2
 from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2, networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection, ConnectionEvent, MonitorScopeSelector
 from nsm_api.paths import append_segment
+from nsm_api.serving import bind
 
 from .model import Attachment, ClientRequest, FrozenMap, ModelError, Resources
 from .sources.ovsdb import dns_label
@@ -203,21 +202,9 @@ class NsmServer(networkservice_pb2_grpc.NetworkServiceServicer,
                                                         thread_name_prefix="ryu-nsm-grpc"))
         networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(self, server)
         connection_pb2_grpc.add_MonitorConnectionServicer_to_server(self, server)
-        for address in listen:
-            path = _unix_path(address)
-            if path is not None:
-                _clear_stale_socket(path)
-            try:
-                port = server.add_insecure_port(address)
-            except RuntimeError as exc:
-                server.stop(None)
-                raise OSError(f"cannot listen on {address}: {exc}") from exc
-            if path is None and port == 0:
-                server.stop(None)
-                raise OSError(f"cannot listen on {address}")
-            if path is not None:
-                self._sockets.append(path)
-            self.listening.append(address if path is not None else f"{address.rsplit(':', 1)[0]}:{port}")
+        listening, sockets = bind(server, listen)
+        self.listening.extend(listening)
+        self._sockets.extend(sockets)
         server.start()
         self._server = server
         return server
@@ -335,25 +322,3 @@ def _copy(connection: Connection) -> Connection:
     return copied
 
 
-def _unix_path(address: str) -> str | None:
-    """The socket path of a `unix:` address (unix:///abs or unix:path), else None."""
-    if not address.startswith("unix:"):
-        return None
-    rest = address[len("unix:"):]
-    return "/" + rest.lstrip("/") if rest.startswith("//") else rest
-
-
-def _clear_stale_socket(path: str) -> None:
-    """Remove a socket file nobody listens on; refuse one that is in use."""
-    try:
-        if not stat.S_ISSOCK(os.stat(path).st_mode):
-            return
-    except FileNotFoundError:
-        return
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)
-            return
-    raise OSError(f"{path} is in use by another process")
