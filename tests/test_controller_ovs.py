@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from ryu_nsm.controlproc import ControllerProcess, wait_for
 from ryu_nsm.flowspec import PIPELINE_COOKIE, wire_cookie
 
 from .echo_requests import write_echo_requests
+from .two_bridges import add_host, link_bridges, remove, sh, write_topology
 
 pytestmark = pytest.mark.ovs
 
@@ -27,51 +27,22 @@ NS_C, NS_S = f"{TAG}-c", f"{TAG}-s"
 CONN = "default/client/nsm-1"
 
 
-def sh(*cmd: str, check: bool = True) -> str:
-    return subprocess.run(cmd, check=check, capture_output=True, text=True).stdout
-
-
 def build(tmp: Path) -> tuple[Path, Path]:
-    for br, dpid in ((A, 0xA1), (B, 0xB1)):
-        sh("ovs-vsctl", "--may-exist", "add-br", br, "--", "set", "bridge", br, "datapath_type=netdev",
-           f"other-config:datapath-id={dpid:016x}", "fail_mode=secure", "protocols=OpenFlow13")
-    sh("ip", "link", "add", f"{A}-eth1", "type", "veth", "peer", "name", f"{B}-eth1")
-    for ns, br, peer, ip in ((NS_C, A, f"{A}-c", "10.9.0.1/24"), (NS_S, B, f"{B}-s", "10.9.0.2/24")):
-        sh("ip", "netns", "add", ns)
-        sh("ip", "link", "add", peer, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        sh("ip", "netns", "exec", ns, "ip", "addr", "add", ip, "dev", "eth0")
-        sh("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
-        sh("ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off")
-        sh("ovs-vsctl", "add-port", br, peer, "--", "set", "interface", peer, "ofport_request=10")
-        sh("ip", "link", "set", peer, "up")
-    for br in (A, B):
-        link = f"{br}-eth1"
-        sh("ovs-vsctl", "add-port", br, link, "--", "set", "interface", link, "ofport_request=1")
-        sh("ip", "link", "set", f"{br}-eth1", "up")
-    topo = tmp / "topo.yaml"
-    topo.write_text(textwrap.dedent(f"""\
-        name: two-bridges
-        switches:
-          - {{name: {A}, dpid: 0xa1}}
-          - {{name: {B}, dpid: 0xb1}}
-        links:
-          - {{a: {A}, b: {B}, a_port: 1, b_port: 1}}
-        hosts:
-          - name: client
-            interfaces: [{{name: eth0, switch: {A}, port: 10, port_name: {A}-c}}]
-          - name: server
-            interfaces: [{{name: eth0, switch: {B}, port: 10, port_name: {B}-s}}]
-        """))
+    link_bridges(A, B, 0xA1, 0xB1)
+    add_host(NS_C, f"{A}-c", "10.9.0.1/24", bridge=A, ofport=10)
+    add_host(NS_S, f"{B}-s", "10.9.0.2/24", bridge=B, ofport=10)
+    topo = write_topology(tmp / "topo.yaml", "two-bridges", A, B, 0xA1, 0xB1, f"""\
+        - name: client
+          interfaces: [{{name: eth0, switch: {A}, port: 10, port_name: {A}-c}}]
+        - name: server
+          interfaces: [{{name: eth0, switch: {B}, port: 10, port_name: {B}-s}}]
+        """)
     requests = write_echo_requests(tmp / "requests", f"{A}/{A}-c", f"{B}/{B}-s")
     return topo, requests
 
 
 def teardown():
-    for br in (A, B):
-        sh("ovs-vsctl", "--if-exists", "del-br", br, check=False)
-    for ns in (NS_C, NS_S):
-        sh("ip", "netns", "del", ns, check=False)
-    sh("ip", "link", "del", f"{A}-eth1", check=False)
+    remove(A, B, (NS_C, NS_S))
 
 
 @pytest.fixture

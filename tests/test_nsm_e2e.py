@@ -23,6 +23,8 @@ from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from ryu_nsm.controlproc import ControllerProcess, wait_for
 from ryu_nsm.flowspec import wire_cookie
 
+from .two_bridges import link_bridges, remove, sh, write_topology
+
 pytestmark = pytest.mark.ovs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,16 +34,8 @@ NS_C, NS_S = f"{TAG}-c", f"{TAG}-s"
 CLIENT_IP, SERVER_IP = "10.78.0.1", "10.78.0.2"
 
 
-def sh(*cmd: str, check: bool = True) -> str:
-    return subprocess.run(cmd, check=check, capture_output=True, text=True).stdout
-
-
 def teardown() -> None:
-    for br in (A, B):
-        sh("ovs-vsctl", "--if-exists", "del-br", br, check=False)
-    for ns in (NS_C, NS_S):
-        sh("ip", "netns", "del", ns, check=False)
-    sh("ip", "link", "del", f"{A}-eth1", check=False)
+    remove(A, B, (NS_C, NS_S))
 
 
 @pytest.fixture
@@ -49,25 +43,10 @@ def fabric(tmp_path):
     """Two netdev bridges joined by a veth link, two empty namespaces, and the controller's inputs."""
     teardown()
     try:
-        for br, dpid in ((A, 0xE1), (B, 0xE2)):
-            sh("ovs-vsctl", "add-br", br, "--", "set", "bridge", br, "datapath_type=netdev",
-               f"other-config:datapath-id={dpid:016x}", "fail_mode=secure", "protocols=OpenFlow13")
-        sh("ip", "link", "add", f"{A}-eth1", "type", "veth", "peer", "name", f"{B}-eth1")
-        for br in (A, B):
-            link = f"{br}-eth1"
-            sh("ovs-vsctl", "add-port", br, link, "--", "set", "interface", link, "ofport_request=1")
-            sh("ip", "link", "set", link, "up")
+        link_bridges(A, B, 0xE1, 0xE2)
         for ns in (NS_C, NS_S):
             sh("ip", "netns", "add", ns)
-        topology = tmp_path / "topo.yaml"
-        topology.write_text(textwrap.dedent(f"""\
-            name: nsm-e2e
-            switches:
-              - {{name: {A}, dpid: 0xe1}}
-              - {{name: {B}, dpid: 0xe2}}
-            links:
-              - {{a: {A}, b: {B}, a_port: 1, b_port: 1}}
-            """))
+        topology = write_topology(tmp_path / "topo.yaml", "nsm-e2e", A, B, 0xE1, 0xE2)
         requests = tmp_path / "requests"
         requests.mkdir()
         (requests / "service.yaml").write_text(textwrap.dedent("""\

@@ -32,12 +32,10 @@ from ryu_nsm.sources.ovsdb import (
     dns_label,
 )
 
+from .two_bridges import add_host, link_bridges, remove, sh, write_topology
+
 TAG = f"o{os.getpid() % 10000:04d}"  # unique names: bridges, ports and namespaces of this run
 BR, OTHER = f"{TAG}x", f"{TAG}y"
-
-
-def sh(*cmd: str, check: bool = True) -> str:
-    return subprocess.run(cmd, check=check, capture_output=True, text=True).stdout
 
 
 def marks(role: str, service: str = "echo", **extra: str) -> dict[str, str]:
@@ -329,10 +327,7 @@ CLIENT_PORT, SERVER_PORT = f"{A}-c", f"{B}-s"
 
 
 def teardown_fabric() -> None:
-    remove_bridges(A, B)
-    for ns in (NS_C, NS_S):
-        sh("ip", "netns", "del", ns, check=False)
-    sh("ip", "link", "del", f"{A}-eth1", check=False)
+    remove(A, B, (NS_C, NS_S))
 
 
 @pytest.fixture
@@ -341,30 +336,10 @@ def fabric(tmp_path):
     other; a topology that names no hosts, and a requests directory with only the NetworkService."""
     teardown_fabric()
     try:
-        for br, dpid in ((A, 0xA1), (B, 0xB1)):
-            sh("ovs-vsctl", "add-br", br, "--", "set", "bridge", br, "datapath_type=netdev",
-               f"other-config:datapath-id={dpid:016x}", "fail_mode=secure", "protocols=OpenFlow13")
-        sh("ip", "link", "add", f"{A}-eth1", "type", "veth", "peer", "name", f"{B}-eth1")
-        for br in (A, B):
-            sh("ovs-vsctl", "add-port", br, f"{br}-eth1", "--", "set", "interface", f"{br}-eth1",
-               "ofport_request=1")
-            sh("ip", "link", "set", f"{br}-eth1", "up")
-        for ns, peer, ip in ((NS_C, CLIENT_PORT, "10.9.1.1/24"), (NS_S, SERVER_PORT, "10.9.1.2/24")):
-            sh("ip", "netns", "add", ns)
-            sh("ip", "link", "add", peer, "type", "veth", "peer", "name", "eth0", "netns", ns)
-            sh("ip", "netns", "exec", ns, "ip", "addr", "add", ip, "dev", "eth0")
-            sh("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
-            sh("ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off")
-            sh("ip", "link", "set", peer, "up")
-        topo = tmp_path / "topo.yaml"
-        topo.write_text(textwrap.dedent(f"""\
-            name: two-bridges
-            switches:
-              - {{name: {A}, dpid: 0xa1}}
-              - {{name: {B}, dpid: 0xb1}}
-            links:
-              - {{a: {A}, b: {B}, a_port: 1, b_port: 1}}
-            """))
+        link_bridges(A, B, 0xA1, 0xB1)
+        add_host(NS_C, CLIENT_PORT, "10.9.1.1/24")  # the test attaches the ports, with their marks
+        add_host(NS_S, SERVER_PORT, "10.9.1.2/24")
+        topo = write_topology(tmp_path / "topo.yaml", "two-bridges", A, B, 0xA1, 0xB1)
         requests = tmp_path / "requests"
         requests.mkdir()
         (requests / "service.yaml").write_text(textwrap.dedent("""\
