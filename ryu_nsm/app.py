@@ -104,7 +104,8 @@ class NsmApp(app_manager.OSKenApp):
         self._multipart: dict[tuple[int, str], list] = {}
         self._reads: dict[int, ReadFlows] = {}  # stats request xid → the read it answers
         self._waiters: dict[int, _Waiter] = {}  # barrier/bundle/flow xid → waiter of its batch
-        self._sent: OrderedDict[int, str] = OrderedDict()  # xid → what it was, for error messages
+        # xid → what it was, for error messages: a text, or (phase, switch, flow) worded only if needed
+        self._sent: OrderedDict[int, str | tuple] = OrderedDict()
         self._xids = itertools.count(0x70000000)
         self._bundle_ids = itertools.count(1)
         self._stop = threading.Event()
@@ -257,6 +258,9 @@ class NsmApp(app_manager.OSKenApp):
         if self.settings.role_election and msg.type == ofp.OFPET_ROLE_REQUEST_FAILED:
             return  # a refused role is part of the election: _role_error handles it and says what it means
         what = self._sent.get(msg.xid, "a message we did not keep")
+        if isinstance(what, tuple):
+            phase, switch, spec = what
+            what = f"{phase} on {switch}: {spec.to_ofctl()}"
         log.error("switch %s rejected %s: %s", self._switch_name(dpid), what, _describe_error(msg))
         # IS_SLAVE is about our role, not about bundles.
         no_bundles = msg.type == ofp.OFPET_BAD_REQUEST and msg.code != ofp.OFPBRC_IS_SLAVE
@@ -288,7 +292,7 @@ class NsmApp(app_manager.OSKenApp):
             except Exception:  # a bug here must not kill the only sender
                 log.exception("worker failed on %r", command)
 
-    def _xid(self, what: str) -> int:
+    def _xid(self, what: str | tuple) -> int:
         xid = next(self._xids) & 0xFFFFFFFF
         self._sent[xid] = what
         while len(self._sent) > 100_000:
@@ -319,7 +323,7 @@ class NsmApp(app_manager.OSKenApp):
                 command = ofwire.OFPFC_DELETE_STRICT if phase == DELETE else ofwire.OFPFC_ADD
                 msgs = []
                 for spec in flows:
-                    xid = self._xid(f"{phase} on {switch}: {spec.to_ofctl()}")
+                    xid = self._xid((phase, switch, spec))
                     xids.append(xid)
                     msgs.append(ofwire.encode_flow_mod(spec, command, xid))
                 if dpid in self.no_bundles:

@@ -8,6 +8,10 @@ Flows on a switch are known only after the shell has read them (on every connect
 a switch is programmed with the diff against what it holds, so a restarted controller facing an
 unchanged fabric sends nothing. One program runs at a time; changes that arrive meanwhile are
 folded into the next one.
+
+A change costs what it touches: the planner reports which connections it planned anew, the desired
+flows are kept per switch and key and updated for those connections only, and only the keys they
+touched are diffed — except on a switch whose flows were just read, which is diffed whole.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from .fabric import Fabric
 from .flowspec import FlowSpec, Table, is_ours, wire_cookie
 from .model import Resources
 from .planner import PLANNED, WAITING, FabricState, Plan, make_plan
-from .reconcile import PHASES, SwitchDiff, apply, diff_fabric
+from .reconcile import PHASES, ConflictingFlows, FlowKey, SwitchDiff, apply_keyed, diff_keyed
 from .report import connection_entry
 
 log = logging.getLogger("ryu_nsm.controller")
@@ -71,7 +75,7 @@ class SwitchState:
     dpid: int
     connected: bool = True
     ports: dict[str, PortInfo] = field(default_factory=dict)
-    flows: frozenset[FlowSpec] | None = None  # None until read from the switch
+    flows: dict[FlowKey, FlowSpec] | None = None  # ours, by key; None until read from the switch
     since: float = 0.0
     epoch: int = 0  # bumped by every program; a read answered from an older epoch is stale
 
@@ -94,12 +98,22 @@ class Controller:
         self.resources = Resources()
         self.switches: dict[str, SwitchState] = {}
         self.plan: Plan = make_plan(fabric, self.resources)
-        self._wanted = _by_switch_and_cookie(self.plan)
         self.history: deque[Change] = deque(maxlen=500)
         self._program_seq = 0
         self._inflight: Program | None = None
         self._dirty = False
         self._tag_hints: dict[str, dict[tuple[str, str], int]] = {}
+        self._hints: dict[tuple[str, str], int] = {}  # all switches' tag hints; a new object per read
+        # Desired flows by switch and key, the keys changed since the last diff, and the switches to
+        # diff whole (flows just read).
+        self._desired: dict[str, dict[FlowKey, FlowSpec]] = {
+            sw: {f.key: f for f in flows} for sw, flows in self.plan.flows.items()}
+        self._changed_keys: dict[str, set[FlowKey]] = {}
+        self._diff_whole: set[str] = set()
+        self._owner: dict[int, str] = {}  # cookie → connection id, for planned connections
+        self._up: dict[str, str] = {}  # connection id → its last computed state, until invalidated
+        self._entries: dict[str, tuple] = {}  # connection id → (planned, state, status entry)
+        self._ports_state: tuple | None = None  # (ports, down links, unreported) until a port changes
         # Until the sources have reported once, an empty plan means "not known yet", not "remove all".
         self._declared = False
 
@@ -110,7 +124,9 @@ class Controller:
         for problem in resources.problems:
             log.warning("invalid document: %s", problem)
         self.resources = resources
-        self._declared = True
+        if not self._declared:
+            self._declared = True
+            self._diff_whole.update(self.switches)
         return self._replan(now)
 
     def switch_connected(self, dpid: int, ports: Iterable[PortInfo], now: float) -> list:
@@ -121,6 +137,7 @@ class Controller:
             return []
         state = SwitchState(switch.name, dpid, True, {p.name: p for p in ports}, None, now)
         self.switches[switch.name] = state
+        self._fabric_changed()
         log.info("switch %s (dpid %#x) connected with %d ports", switch.name, dpid, len(state.ports))
         return [ReadFlows(switch.name, dpid, state.epoch), *self._replan(now)]
 
@@ -132,6 +149,7 @@ class Controller:
         state.connected = False
         state.flows = None
         state.since = now
+        self._fabric_changed()
         log.warning("switch %s disconnected; its flows stay (fail-mode secure)", state.name)
         return []
 
@@ -148,6 +166,7 @@ class Controller:
             state.ports[port.name] = port
             if old == port:
                 return []
+        self._fabric_changed()
         log.info("switch %s port %s is %s", state.name, deleted_name or port.name,
                  "gone" if port is None else ("up" if port.up else "down"))
         return self._replan(now)
@@ -162,11 +181,14 @@ class Controller:
             return []
         if epoch != state.epoch:
             return [ReadFlows(switch, state.dpid, state.epoch)]
-        state.flows = frozenset(f for f in flows if is_ours(f.cookie))
-        self._tag_hints[switch] = self._tags_in(switch, state.flows)
+        state.flows = {f.key: f for f in flows if is_ours(f.cookie)}
+        self._diff_whole.add(switch)
+        self._up.clear()
+        self._tag_hints[switch] = self._tags_in(switch, state.flows.values())
+        self._hints = {k: v for per_switch in self._tag_hints.values() for k, v in per_switch.items()}
         return self._replan(now)
 
-    def _tags_in(self, switch: str, flows: frozenset[FlowSpec]) -> dict[tuple[str, str], int]:
+    def _tags_in(self, switch: str, flows: Iterable[FlowSpec]) -> dict[tuple[str, str], int]:
         """(connection, link) → tag, read off the FORWARD flows of one switch."""
         by_cookie = {wire_cookie(r.id): r.id for r in self.resources.requests}
         links = {link.port_on(switch): link.name for link in self.fabric.links if switch in (link.a, link.b)}
@@ -195,10 +217,12 @@ class Controller:
             if state is None or state.flows is None:
                 continue
             if sw in confirmed:
-                state.flows = apply(state.flows, change)
-                self._tag_hints[sw] = self._tags_in(sw, state.flows)
+                apply_keyed(state.flows, change)
+                for flow in change.adds + change.modifies + change.deletes:
+                    self._up.pop(self._owner.get(flow.cookie), None)
             else:
                 state.flows = None
+                self._up.clear()
                 if state.connected:
                     commands.append(ReadFlows(sw, state.dpid, state.epoch))
         if self._dirty:
@@ -217,27 +241,35 @@ class Controller:
 
     _last_state = FabricState()
 
+    def _fabric_changed(self) -> None:
+        """A switch or port changed: the fabric state is computed again, connection states too."""
+        self._ports_state = None
+        self._up.clear()
+
     def _state(self, now: float) -> FabricState:
+        if self._ports_state is None:
+            down_ports = set()
+            ports: dict[tuple[str, str], int] = {}
+            for s in self.switches.values():
+                if not s.ports:
+                    continue
+                by_number = {p.number: p for p in s.ports.values()}
+                for p in s.ports.values():
+                    ports[(s.name, p.name)] = p.number
+                for number in self.fabric.link_ports_by_switch.get(s.name, ()):
+                    if number not in by_number or not by_number[number].up:
+                        down_ports.add((s.name, number))
+            down_links = frozenset(
+                link.name for link in self.fabric.links
+                if (link.a, link.a_port) in down_ports or (link.b, link.b_port) in down_ports
+            )
+            unreported = frozenset(s.name for s in self.fabric.switches if s.name not in self.switches)
+            self._ports_state = (ports, down_links, unreported)
+        ports, down_links, unreported = self._ports_state
         down_switches = frozenset(
             s.name for s in self.switches.values()
             if not s.connected and now - s.since >= self.switch_down_after
         )
-        down_ports = set()
-        ports: dict[tuple[str, str], int] = {}
-        for s in self.switches.values():
-            if not s.ports:
-                continue
-            by_number = {p.number: p for p in s.ports.values()}
-            for p in s.ports.values():
-                ports[(s.name, p.name)] = p.number
-            for sw, number in self.fabric.link_ports:
-                if sw == s.name and (number not in by_number or not by_number[number].up):
-                    down_ports.add((sw, number))
-        down_links = frozenset(
-            link.name for link in self.fabric.links
-            if (link.a, link.a_port) in down_ports or (link.b, link.b_port) in down_ports
-        )
-        unreported = frozenset(s.name for s in self.fabric.switches if s.name not in self.switches)
         return FabricState(down_links, down_switches, ports, unreported)
 
     def _replan(self, now: float) -> list:
@@ -248,14 +280,26 @@ class Controller:
         self._dirty = False
         self._last_state = state
         before = self.plan
-        hints = {k: v for per_switch in self._tag_hints.values() for k, v in per_switch.items()}
-        self.plan = make_plan(self.fabric, self.resources, state, before, hints)
-        self._wanted = _by_switch_and_cookie(self.plan)
+        self.plan = make_plan(self.fabric, self.resources, state, before, self._hints)
+        self._update_desired(before, self.plan)
         self._record(before, self.plan, state, now)
         if not self._declared:
             return []
-        known = {sw: s.flows for sw, s in self.switches.items() if s.connected and s.flows is not None}
-        diffs = diff_fabric(self.plan.flows, known, self.plan.keep_cookies)
+        diffs = {}
+        for sw, s in self.switches.items():
+            if not s.connected or s.flows is None:
+                continue  # diffed whole once its flows are read
+            desired = self._desired.get(sw, {})
+            if sw in self._diff_whole:
+                change = diff_keyed(desired, s.flows, None, self.plan.keep_cookies)
+            elif sw in self._changed_keys:
+                change = diff_keyed(desired, s.flows, self._changed_keys[sw], self.plan.keep_cookies)
+            else:
+                continue
+            if change:
+                diffs[sw] = change
+        self._diff_whole.clear()
+        self._changed_keys.clear()
         if not diffs:
             return []
         self._program_seq += 1
@@ -265,8 +309,46 @@ class Controller:
         self._inflight = program
         return [program]
 
+    def _update_desired(self, before: Plan, after: Plan) -> None:
+        """Bring the desired flows up to ``after``: whole on a new pipeline, else the touched connections."""
+        for cid in after.touched:
+            self._up.pop(cid, None)
+            self._entries.pop(cid, None)
+            old, new = before.connections.get(cid), after.connections.get(cid)
+            if old is not None:
+                self._owner.pop(wire_cookie(cid), None)
+            if new is not None and new.flows:
+                self._owner[wire_cookie(cid)] = cid
+        if after.pipeline is not before.pipeline:
+            self._desired = {sw: {f.key: f for f in flows} for sw, flows in after.flows.items()}
+            self._diff_whole.update(self.switches)
+            return
+        changes = []
+        for cid in after.touched:
+            old, new = before.connections.get(cid), after.connections.get(cid)
+            old_flows, new_flows = (old.flows if old else ()), (new.flows if new else ())
+            if old_flows != new_flows:
+                changes.append((old_flows, new_flows))
+        # Every old flow goes before any new one is added: a key may pass from one connection to another.
+        for old_flows, _ in changes:
+            for sw, flow in old_flows:
+                table = self._desired.get(sw, {})
+                if table.get(flow.key) == flow:
+                    del table[flow.key]
+                self._changed_keys.setdefault(sw, set()).add(flow.key)
+        for _, new_flows in changes:
+            for sw, flow in new_flows:
+                table = self._desired.setdefault(sw, {})
+                other = table.setdefault(flow.key, flow)
+                if other != flow:
+                    raise ConflictingFlows(f"two desired flows share {flow.key}: {other} and {flow}")
+                self._changed_keys.setdefault(sw, set()).add(flow.key)
+
     def _record(self, before: Plan, after: Plan, state: FabricState, now: float) -> None:
-        for cid, new in after.connections.items():
+        for cid in sorted(after.touched):
+            new = after.connections.get(cid)
+            if new is None:
+                continue
             old = before.connections.get(cid)
             what = None
             if old is None:
@@ -290,24 +372,33 @@ class Controller:
 
     def connection_state(self, cid: str) -> str:
         """``up`` when every switch on the path holds the connection's flows, else pending/failed."""
-        planned = self.plan.connections[cid]
+        known = self._up.get(cid)
+        if known is None:
+            known = self._up[cid] = self._connection_state(self.plan.connections[cid])
+        return known
+
+    def _connection_state(self, planned) -> str:
         if planned.state == WAITING:
             return PENDING
         if planned.state != PLANNED:
             return FAILED
-        cookie = wire_cookie(cid)
-        for sw in planned.path.switches:
+        for sw, flow in planned.flows:
             state = self.switches.get(sw)
-            if state is None or state.flows is None:
-                return PENDING
-            if not self._wanted.get((sw, cookie), frozenset()) <= state.flows:
+            if state is None or state.flows is None or state.flows.get(flow.key) != flow:
                 return PENDING
         return UP
 
+    def _entry(self, pc) -> dict:
+        """The connection's status entry, built again only when the connection or its state changed."""
+        state = self.connection_state(pc.id)
+        cached = self._entries.get(pc.id)
+        if cached is None or cached[0] is not pc or cached[1] != state:
+            cached = self._entries[pc.id] = (pc, state, connection_entry(pc, state))
+        return cached[2]
+
     def status(self) -> dict:
         """A JSON-able picture: connections (with path, state, reason), switches and recent history."""
-        connections = [connection_entry(pc, self.connection_state(cid))
-                       for cid, pc in self.plan.connections.items()]
+        connections = [self._entry(pc) for pc in self.plan.connections.values()]
         switches = [
             {"name": s.name, "dpid": f"{s.dpid:#018x}", "connected": s.connected,
              "flows": len(s.flows) if s.flows is not None else None}
@@ -318,11 +409,3 @@ class Controller:
         return {"fabric": self.fabric.name, "connections": connections, "switches": switches,
                 "history": history, "problems": problems}
 
-
-def _by_switch_and_cookie(plan: Plan) -> dict[tuple[str, int], frozenset[FlowSpec]]:
-    """The plan's flows grouped by (switch, cookie): what each connection needs on each switch."""
-    grouped: dict[tuple[str, int], set[FlowSpec]] = {}
-    for sw, flows in plan.flows.items():
-        for flow in flows:
-            grouped.setdefault((sw, flow.cookie), set()).add(flow)
-    return {key: frozenset(flows) for key, flows in grouped.items()}

@@ -81,6 +81,24 @@ class PipelineError(ValueError):
     """A flow that does not fit its table's declaration: a bug in the compiler, caught at build time."""
 
 
+_CHECKED_SHAPES: set[tuple] = set()
+
+
+def _check_shape(table: int, fields: tuple[str, ...], actions: tuple[str, ...], goto: int | None) -> None:
+    """PipelineError unless a flow of this shape fits its table's declaration."""
+    rule = PIPELINE.get(table)
+    if rule is None:
+        raise PipelineError(f"table {table} is not in the pipeline")
+    bad = set(fields) - rule.match_fields
+    if bad:
+        raise PipelineError(f"table {Table(table).name} may not match {sorted(bad)}")
+    bad = set(actions) - rule.actions
+    if bad:
+        raise PipelineError(f"table {Table(table).name} may not {sorted(bad)}")
+    if goto is not None and goto not in rule.may_goto:
+        raise PipelineError(f"table {Table(table).name} may not go to table {goto}")
+
+
 @dataclass(frozen=True, order=True)
 class FlowSpec:
     """One flow. Identity on the switch is ``key`` = (table, priority, match)."""
@@ -94,18 +112,13 @@ class FlowSpec:
     meter: int | None = None
 
     def __post_init__(self) -> None:
-        rule = PIPELINE.get(self.table)
-        if rule is None:
-            raise PipelineError(f"table {self.table} is not in the pipeline")
-        bad = {name for name, _ in self.match} - rule.match_fields
-        if bad:
-            raise PipelineError(f"table {Table(self.table).name} may not match {sorted(bad)}")
-        bad = {a[0] for a in self.actions} - rule.actions
-        if bad:
-            raise PipelineError(f"table {Table(self.table).name} may not {sorted(bad)}")
-        if self.goto is not None and self.goto not in rule.may_goto:
-            raise PipelineError(f"table {Table(self.table).name} may not go to table {self.goto}")
-        if list(self.match) != sorted(self.match):
+        # Flows come in few shapes (table, match fields, action kinds, goto): each is checked once.
+        fields = tuple(name for name, _ in self.match)
+        shape = (self.table, fields, tuple(a[0] for a in self.actions), self.goto)
+        if shape not in _CHECKED_SHAPES:
+            _check_shape(*shape)
+            _CHECKED_SHAPES.add(shape)
+        if len(self.match) > 1 and list(self.match) != sorted(self.match):
             object.__setattr__(self, "match", tuple(sorted(self.match)))
 
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 DEFAULT_NAMESPACE = "default"
@@ -97,6 +98,13 @@ class Attachment:
     def __str__(self) -> str:
         return f"{self.switch}/{self.port}"
 
+    def __hash__(self) -> int:
+        # Kept: attachments are dictionary keys in every resolve, thousands of times.
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = self.__dict__["_hash"] = hash((self.switch, self.port))
+        return cached
+
 
 @dataclass(frozen=True)
 class Destination:
@@ -166,7 +174,7 @@ class ClientRequest:
     attachment: Attachment | None = None
     domain: str = ""
 
-    @property
+    @cached_property  # asked for often; the object is immutable
     def id(self) -> str:
         """Stable connection id: namespace/pod/ifname."""
         return f"{self.namespace}/{self.pod}/{self.ifname}"

@@ -60,13 +60,26 @@ class FabricView:
             if best is None or link.cost < best["cost"]:
                 graph.add_edge(link.a, link.b, cost=link.cost, link=link)
         self.graph = graph
+        self._shortest: dict[tuple[str, str], Path | NoPath] = {}
 
     def intact(self, path: Path) -> bool:
         """True when every switch and link of ``path`` is still up."""
         return all(s not in self.down_switches for s in path.switches) and not path.uses(self.down_links)
 
     def shortest(self, src: str, dst: str) -> Path:
-        """The cheapest path from switch ``src`` to switch ``dst``."""
+        """The cheapest path from switch ``src`` to switch ``dst`` (remembered: the view does not change)."""
+        found = self._shortest.get((src, dst))
+        if found is None:
+            try:
+                found = self._search(src, dst)
+            except NoPath as exc:
+                found = exc
+            self._shortest[(src, dst)] = found
+        if isinstance(found, NoPath):
+            raise NoPath(str(found))
+        return found
+
+    def _search(self, src: str, dst: str) -> Path:
         if src == dst:
             if src in self.down_switches:
                 raise NoPath(f"switch {src} is down")
@@ -89,8 +102,9 @@ class TagSpaceExhausted(Exception):
 class TagAllocator:
     """Per-link tags (VLAN ids). One tag per (connection, link) serves both directions.
 
-    A connection prefers a tag derived from a hash of (connection, link), so a fresh controller
-    finds the same tags as the one before it; collisions probe upward. Tags already held are kept.
+    A connection prefers, in order: a tag given in ``previous`` (e.g. found on the switches), the
+    tag it held before a re-plan released it, and a tag derived from a hash of (connection, link),
+    so a fresh controller finds the same tags as the one before it; collisions probe upward.
     """
 
     def __init__(self, tag_range: tuple[int, int], previous: Mapping[tuple[str, str], int] | None = None):
@@ -98,7 +112,25 @@ class TagAllocator:
         self.size = self.high - self.low + 1
         self.held: dict[tuple[str, str], int] = {}
         self.used: dict[str, dict[int, str]] = {}
-        self._previous = dict(previous or {})
+        self._links: dict[str, tuple[str, ...]] = {}  # connection → links it holds a tag on
+        self._previous: Mapping[tuple[str, str], int] = previous or {}
+        self._released: dict[tuple[str, str], int] = {}
+
+    def copy(self) -> TagAllocator:
+        """An independent allocator holding the same tags (preferences are not carried over)."""
+        new = TagAllocator((self.low, self.high))
+        new.held = dict(self.held)
+        new.used = {link: dict(tags) for link, tags in self.used.items()}
+        new._links = dict(self._links)
+        return new
+
+    def prefer(self, previous: Mapping[tuple[str, str], int]) -> None:
+        """Tags to try first for (connection, link) pairs allocated from now on."""
+        self._previous = previous
+
+    def remember(self, tags: Mapping[tuple[str, str], int]) -> None:
+        """Tags (connection, link) held before, tried after ``prefer``'s when allocated again."""
+        self._released.update(tags)
 
     def preferred(self, connection_id: str, link_name: str) -> int:
         digest = hashlib.blake2b(f"{connection_id}|{link_name}".encode(), digest_size=4).digest()
@@ -114,16 +146,22 @@ class TagAllocator:
             raise TagSpaceExhausted(
                 f"link {link_name} has no free tag: all {self.size} tags of {self.low}-{self.high} are in use"
             )
-        tag = self._previous.get(key)
-        if tag is None or tag in used or not self.low <= tag <= self.high:
+        for tag in (self._previous.get(key), self._released.get(key)):
+            if tag is not None and tag not in used and self.low <= tag <= self.high:
+                break
+        else:
             tag = self.preferred(connection_id, link_name)
             while tag in used:
                 tag = self.low + (tag - self.low + 1) % self.size
         used[tag] = connection_id
         self.held[key] = tag
+        self._links[connection_id] = self._links.get(connection_id, ()) + (link_name,)
         return tag
 
-    def release(self, connection_id: str) -> None:
-        for key in [k for k in self.held if k[0] == connection_id]:
-            tag = self.held.pop(key)
-            self.used[key[1]].pop(tag, None)
+    def release(self, connection_id: str, remember: bool = False) -> None:
+        """Free every tag of ``connection_id``; ``remember`` keeps them as its preference."""
+        for link in self._links.pop(connection_id, ()):
+            tag = self.held.pop((connection_id, link))
+            self.used[link].pop(tag, None)
+            if remember:
+                self._released[(connection_id, link)] = tag

@@ -45,6 +45,9 @@ class ConflictingFlows(ValueError):
     """Two desired flows share a key: a compiler bug, never sent to a switch."""
 
 
+FlowKey = tuple  # FlowSpec.key: (table, priority, match)
+
+
 def diff(
     desired: Iterable[FlowSpec], actual: Iterable[FlowSpec], keep: frozenset[int] = frozenset()
 ) -> SwitchDiff:
@@ -52,16 +55,38 @@ def diff(
 
     Flows whose cookie is in ``keep`` are never deleted (their connection's state is not known yet).
     """
-    want: dict[tuple, FlowSpec] = {}
+    want: dict[FlowKey, FlowSpec] = {}
     for flow in desired:
         other = want.setdefault(flow.key, flow)
         if other != flow:
             raise ConflictingFlows(f"two desired flows share {flow.key}: {other} and {flow}")
     have = {flow.key: flow for flow in actual if is_ours(flow.cookie)}
-    adds = tuple(sorted(f for k, f in want.items() if k not in have))
-    modifies = tuple(sorted(f for k, f in want.items() if k in have and have[k] != f))
-    deletes = tuple(sorted(f for k, f in have.items() if k not in want and f.cookie not in keep))
-    return SwitchDiff(adds, modifies, deletes)
+    return diff_keyed(want, have, None, keep)
+
+
+def diff_keyed(
+    desired: Mapping[FlowKey, FlowSpec],
+    actual: Mapping[FlowKey, FlowSpec],
+    keys: Iterable[FlowKey] | None = None,
+    keep: frozenset[int] = frozenset(),
+) -> SwitchDiff:
+    """Like ``diff`` over flows indexed by key (``actual`` only ours), limited to ``keys`` if given.
+
+    The controller passes the keys a change touched, so its cost follows the change, not the table.
+    """
+    if keys is None:
+        keys = desired.keys() | actual.keys()
+    adds, modifies, deletes = [], [], []
+    for key in keys:
+        want, have = desired.get(key), actual.get(key)
+        if want is None:
+            if have is not None and have.cookie not in keep:
+                deletes.append(have)
+        elif have is None:
+            adds.append(want)
+        elif have != want:
+            modifies.append(want)
+    return SwitchDiff(tuple(sorted(adds)), tuple(sorted(modifies)), tuple(sorted(deletes)))
 
 
 def diff_fabric(
@@ -76,6 +101,14 @@ def diff_fabric(
         if d:
             out[switch] = d
     return out
+
+
+def apply_keyed(actual: dict[FlowKey, FlowSpec], change: SwitchDiff) -> None:
+    """Apply ``change`` in place to flows indexed by key."""
+    for flow in change.adds + change.modifies:
+        actual[flow.key] = flow
+    for flow in change.deletes:
+        actual.pop(flow.key, None)
 
 
 def apply(actual: Iterable[FlowSpec], change: SwitchDiff) -> frozenset[FlowSpec]:

@@ -21,7 +21,7 @@ import hashlib
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from .model import (
     EMPTY,
@@ -102,6 +102,9 @@ class _Pool:
     """Which attachments are taken, by which connection (attachments carry one connection each)."""
 
     owner: dict[Attachment, str]
+    # Endpoint key → index of its first attachment not yet seen taken: within one resolve attachments
+    # are only ever taken, so a scan never needs to look before it again.
+    cursor: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def free(self, attachment: Attachment, connection_id: str) -> bool:
         return self.owner.get(attachment, connection_id) == connection_id
@@ -111,12 +114,17 @@ class _Pool:
 
 
 def resolve(
-    resources: Resources, previous: Mapping[str, Connection] | None = None
+    resources: Resources,
+    previous: Mapping[str, Connection] | None = None,
+    settled: frozenset[str] = frozenset(),
 ) -> dict[str, Connection]:
     """Resolve every client request into a Connection (keyed by id), failed ones with a reason.
 
-    ``previous`` makes the result sticky: a connection keeps its endpoint and attachment while they
-    still qualify, and those connections are placed first.
+    ``previous`` makes the result sticky: every connection that was resolved keeps its endpoint and
+    attachment while they still qualify, before any other request chooses, so new or retried
+    requests never move existing ones. ``settled`` names previous connections whose request,
+    services and endpoints are unchanged: they are kept as they are without being evaluated again
+    (the caller's promise; it is what makes a change cost what it touches, not the whole state).
     """
     previous = previous or {}
     services = {s.key: s for s in resources.services}
@@ -125,50 +133,68 @@ def resolve(
         for svc in ep.services:
             by_service.setdefault((ep.namespace, svc), []).append(ep)
 
+    held = {cid for cid, conn in previous.items() if conn.state == RESOLVED}
     pool = _Pool({})
-    requests = sorted(resources.requests, key=lambda r: r.id)
+    owner = pool.owner
+    # Previous connections first, then by id: a new request never takes a working one's interface.
+    requests = sorted(resources.requests, key=lambda r: (r.id not in held, r.id))
     # Client attachments are claimed first so that no endpoint choice can steal one.
     clashes: dict[str, str] = {}
     for req in requests:
-        if req.attachment is None:
+        att = req.attachment
+        if att is None:
             continue
-        if pool.free(req.attachment, req.id):
-            pool.take(req.attachment, req.id)
-        else:
-            clashes[req.id] = pool.owner[req.attachment]
+        first = owner.setdefault(att, req.id)
+        if first != req.id:
+            clashes[req.id] = first
     for ep in resources.endpoints:
         for att in ep.attachments:
-            if att in pool.owner:
-                clashes.setdefault(pool.owner[att], f"endpoint {ep.namespace}/{ep.name}")
+            if att in owner:
+                clashes.setdefault(owner[att], f"endpoint {ep.namespace}/{ep.name}")
 
-    ordered = sorted(requests, key=lambda r: (r.id not in previous, r.id))
     result: dict[str, Connection] = {}
     indexes: dict[tuple[str, str], _EndpointIndex] = {}
-    for req in ordered:
+
+    def evaluate(req: ClientRequest, sticky_only: bool) -> Connection | None:
         base = Connection(
             id=req.id, namespace=req.namespace, network_service=req.service, client=req.pod,
             client_ifname=req.ifname, client_attachment=req.attachment, labels=req.labels,
         )
         if req.id in clashes:
-            result[req.id] = base.failed(
-                f"attachment {req.attachment} is already used by {clashes[req.id]}"
-            )
-            continue
+            return base.failed(f"attachment {req.attachment} is already used by {clashes[req.id]}")
         if req.attachment is None:
-            result[req.id] = base.failed(
+            return base.failed(
                 f"interface {req.ifname} of pod {req.pod} has no attachment to the fabric "
                 "(annotation ryu-nsm.io/attachments)"
             )
-            continue
         service = services.get((req.namespace, req.service))
         if service is None:
-            result[req.id] = base.failed(
-                f"network service {req.service!r} not found in namespace {req.namespace!r}"
-            )
-            continue
+            return base.failed(f"network service {req.service!r} not found in namespace {req.namespace!r}")
         if service.key not in indexes:
             indexes[service.key] = _EndpointIndex(service.name, by_service.get(service.key, []))
-        result[req.id] = _resolve_one(base, req, service, indexes[service.key], pool, previous.get(req.id))
+        return _resolve_one(base, req, service, indexes[service.key], pool, previous.get(req.id), sticky_only)
+
+    # Pass 1: resolved connections keep what they have (settled ones without a second look).
+    deferred = []
+    for req in requests:
+        rid = req.id
+        if rid not in held:
+            deferred.append(req)
+            continue
+        before = previous[rid]
+        if rid in settled and rid not in clashes:
+            first = owner.setdefault(before.endpoint_attachment, rid)
+            if first == rid:
+                result[rid] = before
+                continue
+        found = evaluate(req, sticky_only=True)
+        if found is None:
+            deferred.append(req)
+        else:
+            result[rid] = found
+    # Pass 2: everything else chooses from what is left.
+    for req in deferred:
+        result[req.id] = evaluate(req, sticky_only=False)
     return result
 
 
@@ -179,14 +205,16 @@ def _resolve_one(
     index: _EndpointIndex,
     pool: _Pool,
     before: Connection | None,
-) -> Connection:
+    sticky_only: bool = False,
+) -> Connection | None:
+    """The connection ``req`` gets; with ``sticky_only``, None unless it keeps its previous endpoint."""
     registered = index.endpoints
     if not registered:
         return base.failed(f"no endpoint is registered for network service {service.name!r}")
     matches = service.matches or ()
     if not matches:
         groups = [[(ep, 1) for ep in registered]]
-        return _choose(base, groups, pool, before, f"network service {service.name!r}")
+        return _choose(base, groups, pool, before, f"network service {service.name!r}", sticky_only)
     reasons = []
     for number, match in enumerate(matches):
         try:
@@ -200,8 +228,8 @@ def _resolve_one(
             groups = _candidates(match.routes, req.labels, index)
         except _MissingLabel as missing:
             return base.failed(f"match #{number} of {service.name!r}: template needs label {missing}")
-        found = _choose(base, groups, pool, before, f"match #{number} of {service.name!r}")
-        if found.ok or not match.fallthrough:
+        found = _choose(base, groups, pool, before, f"match #{number} of {service.name!r}", sticky_only)
+        if found is None or found.ok or not match.fallthrough:
             return found
         reasons.append(found.reason)
     if reasons:
@@ -259,7 +287,8 @@ def _choose(
     pool: _Pool,
     before: Connection | None,
     where: str,
-) -> Connection:
+    sticky_only: bool = False,
+) -> Connection | None:
     if not groups:
         return base.failed(f"{where}: no endpoint matches its destination selectors")
     # Stickiness: keep the previous endpoint and attachment while they still qualify.
@@ -272,6 +301,8 @@ def _choose(
                         return replace(
                             base, endpoint=ep.name, endpoint_attachment=before.endpoint_attachment
                         )
+    if sticky_only:
+        return None
     busy = 0
     unattached = 0
     for group in groups:
@@ -284,10 +315,14 @@ def _choose(
             if not ep.attachments:
                 unattached += 1
                 continue
-            for att in ep.attachments:
-                if pool.free(att, base.id):
-                    pool.take(att, base.id)
-                    return replace(base, endpoint=ep.name, endpoint_attachment=att)
+            atts = ep.attachments
+            i = pool.cursor.get(ep.key, 0)
+            while i < len(atts) and not pool.free(atts[i], base.id):
+                i += 1
+            pool.cursor[ep.key] = i
+            if i < len(atts):
+                pool.take(atts[i], base.id)
+                return replace(base, endpoint=ep.name, endpoint_attachment=atts[i])
             busy += 1
     parts = []
     if busy:

@@ -684,17 +684,63 @@ def _namespace(check: _Check, obj: _Object) -> list[_Entry] | None:
     return _client_entries(check, text, where)
 
 
+class ParseMemo:
+    """Validation results of the last parse, by object body: an unchanged object is not checked again.
+
+    Sources hand in a new body for a changed object and never change a body in place, so the body's
+    identity (held here, so it cannot be reused) stands for its content. Each parse keeps only the
+    entries it used.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple, tuple] = {}
+        self._used: dict[tuple, tuple] = {}
+
+    def validated(
+        self, key: tuple, keep_alive: tuple, run: Callable[[_Check], object]
+    ) -> tuple[_Check, object]:
+        """(check, result) of ``run`` for ``key``, from the last parse when it was there."""
+        hit = self._entries.get(key) or self._used.get(key)
+        if hit is None:
+            check = _Check()
+            result = run(check)
+            hit = (keep_alive, tuple(check.errors), tuple(check.notes), result)
+        self._used[key] = hit
+        check = _Check()
+        check.errors, check.notes = list(hit[1]), list(hit[2])
+        return check, hit[3]
+
+    def turn(self) -> None:
+        """End of a parse: what was not used is forgotten."""
+        self._entries, self._used = self._used, {}
+
+
 class _Parser:
     """Validates objects, first declaration winning, and falls back to last valid versions."""
 
-    def __init__(self, last_valid: Mapping[ObjectKey, dict]):
+    def __init__(self, last_valid: Mapping[ObjectKey, dict], memo: ParseMemo | None = None):
         self.last_valid = last_valid
+        self.memo = memo
         self.valid: dict[ObjectKey, dict] = {}
         self.seen: dict[tuple, _Object] = {}
         self.problems: list[Problem] = []
 
+    def _validate(
+        self, obj: _Object, validate: Callable[[_Check, _Object], object], context: object
+    ) -> tuple[_Check, object]:
+        def run(check: _Check) -> object:
+            return validate(check, obj) if _version_ok(check, obj) else None
+
+        if self.memo is None:
+            check = _Check()
+            return check, run(check)
+        # ``context`` is what else the result depends on (a Pod's Namespace entries), held alike.
+        key = (id(obj.body), obj.base, obj.kind, id(context))
+        return self.memo.validated(key, (obj.body, context), run)
+
     def accept(
-        self, objects: list[_Object], validate: Callable[[_Check, _Object], object]
+        self, objects: list[_Object], validate: Callable[[_Check, _Object], object],
+        context: Callable[[_Object], object] = lambda obj: None,
     ) -> list[tuple[ObjectKey, object]]:
         """(key, result of ``validate``) of each object that applies, in order, kept versions last.
 
@@ -703,8 +749,7 @@ class _Parser:
         accepted: list[tuple[ObjectKey, object]] = []
         broken: list[tuple[ObjectKey, _Object]] = []
         for obj in objects:
-            check = _Check()
-            result = validate(check, obj) if _version_ok(check, obj) else None
+            check, result = self._validate(obj, validate, context(obj))
             _report(obj, check, self.problems)
             key = _raw_key(obj)
             if check.errors:
@@ -731,16 +776,18 @@ class _Parser:
 
 
 def parse_keeping(
-    documents: Iterable[Document], last_valid: Mapping[ObjectKey, dict]
+    documents: Iterable[Document], last_valid: Mapping[ObjectKey, dict], memo: ParseMemo | None = None
 ) -> tuple[Resources, dict[ObjectKey, dict]]:
     """Like ``parse_located``, but an object that fails validation keeps its version in ``last_valid``.
 
     A kept object comes with a Problem saying so, beside the Problems of the broken version; a valid
     declaration of the same object elsewhere wins over it. Also returns the ``last_valid`` for next
     time: key → body of every object now applied, so objects whose documents are gone are forgotten.
+    With a ``memo`` (kept by the caller from one parse to the next), unchanged objects are not
+    validated again and keep their parsed objects, so a change costs what it touches.
     """
     documents = list(documents)
-    parser = _Parser(last_valid)
+    parser = _Parser(last_valid, memo)
     objects = [obj for doc in documents for obj in _objects(doc, doc.body, "", parser.problems)]
     namespaces = parser.accept([obj for obj in objects if obj.kind == "Namespace"], _namespace)
     inherited = {key[1]: entries for key, entries in namespaces}
@@ -751,16 +798,25 @@ def parse_keeping(
             return _pod_requests(check, obj, inherited)
         return _network_service(check, obj) if obj.kind == "NetworkService" else _endpoint(check, obj)
 
+    def context(obj: _Object) -> object:
+        if obj.kind != "Pod":
+            return None
+        metadata = obj.body.get("metadata")
+        namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
+        return inherited.get(namespace or DEFAULT_NAMESPACE)
+
     services: list[NetworkService] = []
     endpoints: list[Endpoint] = []
     requests: list[ClientRequest] = []
-    for key, result in parser.accept([obj for obj in objects if obj.kind != "Namespace"], validate):
+    for key, result in parser.accept([obj for obj in objects if obj.kind != "Namespace"], validate, context):
         if key[0] == "NetworkService":
             services.append(result)
         elif key[0] == "NetworkServiceEndpoint":
             endpoints.append(result)
         else:
             requests.extend(result)
+    if memo is not None:
+        memo.turn()
     # Namespaces are read first, but their problems belong in document order like all others.
     order = {(doc.source, doc.index): position for position, doc in enumerate(documents)}
     problems = sorted(parser.problems, key=lambda p: order[(p.source, p.index)])

@@ -38,7 +38,7 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from ..model import DEFAULT_NAMESPACE, Resources
-from .documents import CLIENT_ANNOTATION, NSM_API_VERSION, Document, ObjectKey, parse_keeping
+from .documents import CLIENT_ANNOTATION, NSM_API_VERSION, Document, ObjectKey, ParseMemo, parse_keeping
 
 log = logging.getLogger("ryu_nsm.sources.kubernetes")
 
@@ -311,6 +311,7 @@ class KubernetesSource:
         self._dirty = True  # the first complete state is delivered even when it is empty
         self._delivered: tuple | None = None
         self._last_valid: dict[ObjectKey, dict] = {}
+        self._memo = ParseMemo()  # unchanged objects are not validated again
         scopes: Sequence[str | None] = self.namespaces if self.namespaces is not None else (None,)
         self._reflectors = [_Reflector(self, kind, scope) for kind in KINDS for scope in scopes]
         self._thread: threading.Thread | None = None
@@ -436,7 +437,7 @@ class KubernetesSource:
                 self._stopping.wait(1.0)
 
     def _deliver(self) -> None:
-        resources, valid = parse_keeping(self.documents(), self._last_valid)
+        resources, valid = parse_keeping(self.documents(), self._last_valid, self._memo)
         # Problems do not take part in Resources equality, but a new or fixed one is news.
         delivered = (resources, resources.problems)
         if delivered != self._delivered:
