@@ -74,7 +74,8 @@ def _path_text(path: Path) -> str:
 class Demand:
     """What one connection asks of the fabric: a path from ``src`` to ``dst`` (switch names) with
     ``bandwidth`` bit/s guaranteed each way, at most ``max_latency`` seconds one-way, and a backup
-    when ``protected``. ``current`` is the path it has now, kept while it still qualifies."""
+    when ``protected``. ``current`` is the path it has now, kept while it still qualifies, and
+    ``current_backup`` its backup, kept alike while it is still disjoint from the primary."""
 
     connection_id: str
     src: str
@@ -85,6 +86,7 @@ class Demand:
     preemptible: bool = False
     protected: bool = False
     current: Path | None = None
+    current_backup: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,18 @@ class Ledger:
         # Bit/s held by preemptible reservations, per direction and priority: what preemption may free.
         self._yielding: dict[Direction, Counter[int]] = {}
         self._preemptible: Counter[int] = Counter()
+
+    def copy(self) -> Ledger:
+        """An independent ledger holding the same reservations (a plan changes its own copy)."""
+        new = Ledger.__new__(Ledger)
+        new._links = self._links
+        new._free = dict(self._free)
+        new._reserved = dict(self._reserved)
+        new._holders = {d: dict(ids) for d, ids in self._holders.items()}
+        new._reservations = dict(self._reservations)
+        new._yielding = {d: Counter(bits) for d, bits in self._yielding.items()}
+        new._preemptible = Counter(self._preemptible)
+        return new
 
     @property
     def reservations(self) -> Mapping[str, Reservation]:
@@ -346,6 +360,8 @@ class RoutingGraph:
         # switch → (neighbour, link, link name); the name is kept because Link.name is computed.
         self.adjacency: dict[str, list[tuple[str, Link, str]]] = {name: [] for name in up}
         self.links: dict[str, Link] = {}
+        # The same lists with each link's cost and latency read out once: searches read them often.
+        self.arcs: dict[str, list[tuple[str, Link, str, float, float]]] = {name: [] for name in up}
         for link in view.fabric.links:
             name = link.name
             if name in view.down_links or link.a == link.b:
@@ -354,6 +370,8 @@ class RoutingGraph:
                 self.links[name] = link
                 self.adjacency[link.a].append((link.b, link, name))
                 self.adjacency[link.b].append((link.a, link, name))
+                self.arcs[link.a].append((link.b, link, name, link.cost, link.latency))
+                self.arcs[link.b].append((link.a, link, name, link.cost, link.latency))
         self._bounds: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
 
     def bounds(self, dst: str) -> tuple[dict[str, float], dict[str, float]]:
@@ -423,6 +441,15 @@ def _unwind(label: tuple) -> Path:
     return Path(tuple(reversed(switches)), tuple(reversed(links)))
 
 
+def _way_out(graph: RoutingGraph, switch: str, bandwidth: int, room, exclude_links: frozenset[str],
+             exclude_switches: frozenset[str]) -> bool:
+    """True when some link of ``switch`` that a search may take has ``bandwidth`` free (``room``)."""
+    return any(
+        name not in exclude_links and nb not in exclude_switches and (room is None or room(name) >= bandwidth)
+        for nb, _, name in graph.adjacency[switch]
+    )
+
+
 def _search(
     graph: RoutingGraph, src: str, dst: str, bandwidth: int, max_latency: float | None,
     ledger: Ledger | None, exclude_links: frozenset[str], exclude_switches: frozenset[str],
@@ -441,33 +468,48 @@ def _search(
         room = ledger._free.__getitem__
     else:
         room = functools.partial(ledger.available, preempt_below=preempt_below)
+    # A full end switch is the usual refusal: found by its own links, not by searching the whole fabric.
+    if src != dst and (room is not None or exclude_links or exclude_switches) and not all(
+        _way_out(graph, end, bandwidth, room, exclude_links, exclude_switches) for end in (src, dst)
+    ):
+        return None
     # Unbounded: plain A* (a switch is settled once). Bounded: a label survives at a switch only if
     # it is faster than every label settled there before (those were no costlier: pop order).
     bounded = max_latency is not None
     settled: dict[str, float] = {}
+    # Switch → (heap key, latency) of its least-key label pushed: a label with no smaller key and no
+    # lower latency would be popped after it and dropped, so it is not pushed at all.
+    pushed: dict[str, tuple[tuple[float, float, float], float]] = {}
+    excluding = bool(exclude_switches or exclude_links)
+    push, pop = heapq.heappush, heapq.heappop
     count = itertools.count()
     heap = [(to_cost[src], to_latency[src], 0.0, next(count), src, 0.0, 0.0, (src, None, None))]
     while heap:
-        _, _, _, _, node, cost, latency, label = heapq.heappop(heap)
+        _, _, _, _, node, cost, latency, label = pop(heap)
         if node in settled and (not bounded or settled[node] <= latency):
             continue
         settled[node] = latency
         if node == dst:
             return _unwind(label)
-        for nb, link, name in graph.adjacency[node]:
-            if nb not in to_cost or nb in exclude_switches or name in exclude_links:
+        for nb, link, name, link_cost, link_latency in graph.arcs[node]:
+            if nb not in to_cost or (excluding and (nb in exclude_switches or name in exclude_links)):
                 continue
-            nl = latency + link.latency
+            nl = latency + link_latency
             if nb in settled and (not bounded or settled[nb] <= nl):
                 continue
             if nl + to_latency[nb] > limit:
                 continue
             if room is not None and room(name) < bandwidth:
                 continue
-            nc = cost + link.cost
+            nc = cost + link_cost
             # Ties on (cost, latency) go deeper first, then in declaration order: fewer labels, same answer.
-            heapq.heappush(heap, (nc + to_cost[nb], nl + to_latency[nb], -nc, next(count), nb, nc, nl,
-                                  (nb, link, label)))
+            key = (nc + to_cost[nb], nl + to_latency[nb], -nc)
+            seen = pushed.get(nb)
+            if seen is not None and key >= seen[0] and nl >= seen[1]:
+                continue
+            if seen is None or key < seen[0]:
+                pushed[nb] = (key, nl)
+            push(heap, (*key, next(count), nb, nc, nl, (nb, link, label)))
     return None
 
 
@@ -637,6 +679,11 @@ def _disjoint_pair(
     graph: RoutingGraph, src: str, dst: str, bandwidth: int, ledger: Ledger | None, switch_disjoint: bool
 ) -> tuple[Path, Path] | None:
     """The two disjoint paths of least total cost (cheaper first), or None: a min-cost flow of 2."""
+    room = None if ledger is None or bandwidth == 0 else ledger._free.__getitem__
+    # Two disjoint paths leave and enter by two links with room: a cheap test before the costly flow.
+    for end in (src, dst):
+        if sum(room is None or room(name) >= bandwidth for _, _, name in graph.adjacency[end]) < 2:
+            return None
     flow = nx.DiGraph()
 
     def inside(switch: str, end: str) -> tuple:
@@ -739,7 +786,8 @@ class Decision:
 
 
 def demand_for(
-    connection_id: str, src: str, dst: str, level: ServiceLevel | None, current: Path | None = None
+    connection_id: str, src: str, dst: str, level: ServiceLevel | None, current: Path | None = None,
+    current_backup: Path | None = None,
 ) -> Demand:
     """The demand of a connection from ``src`` to ``dst`` under ``level`` (None: best effort, no
     guarantee or bound). A chain-wide bound (``chain_latency``) is left to ``constrained_chain``."""
@@ -749,6 +797,7 @@ def demand_for(
         connection_id, src, dst, bandwidth=level.guaranteed_bandwidth or 0,
         max_latency=None if level.chain_latency else level.max_latency, priority=level.priority,
         preemptible=level.preemptible, protected=level.protected, current=current,
+        current_backup=current_backup,
     )
 
 
@@ -788,11 +837,26 @@ def _backup(graph: RoutingGraph, ledger: Ledger, demand: Demand, primary: Path) 
     """A best-effort backup for ``primary`` in the ledger as it is, and a note when there is none."""
     if not demand.protected:
         return None, ""
+    kept = demand.current_backup
+    if kept is not None and _keeps(graph, ledger, demand, kept, primary):
+        return kept, ""
     try:
         return disjoint_backup(graph, primary, bandwidth=demand.bandwidth, max_latency=demand.max_latency,
                                ledger=ledger), ""
     except NoBackup as exc:
         return None, f"unprotected: {exc}"
+
+
+def _keeps(graph: RoutingGraph, ledger: Ledger, demand: Demand, backup: Path, primary: Path) -> bool:
+    """True when a backup held before still qualifies: up, link-disjoint from ``primary``, fits with it."""
+    if {link.name for link in backup.links} & {link.name for link in primary.links}:
+        return False
+    if not _keeps_current(graph, ledger, replace(demand, current=backup)):
+        return False
+    try:
+        return ledger.fits(demand.bandwidth, (primary, backup)) is None
+    except ValueError:
+        return False
 
 
 def admit(

@@ -40,7 +40,7 @@ from .fabric import Fabric
 from .flowspec import COOKIE_OWNER_MASK, PIPELINE_COOKIE
 from .model import Resources
 from .oskenrun import send_bytes
-from .reconcile import DELETE
+from .reconcile import DELETE, METER_ADD, METER_DELETE, METER_MODIFY, METER_PHASES
 
 log = logging.getLogger("ryu_nsm.app")
 ofp = ofproto_v1_3
@@ -103,6 +103,10 @@ class NsmApp(app_manager.OSKenApp):
         self.no_bundles: set[int] = set()
         self._multipart: dict[tuple[int, str], list] = {}
         self._reads: dict[int, ReadFlows] = {}  # stats request xid → the read it answers
+        # Meters are asked for just before the flows (the switch answers in order): meter request
+        # xid → flow request xid, and flow request xid → the meters read.
+        self._meter_reads: dict[int, int] = {}
+        self._read_meters: dict[int, list] = {}
         self._waiters: dict[int, _Waiter] = {}  # barrier/bundle/flow xid → waiter of its batch
         # xid → what it was, for error messages: a text, or (phase, switch, flow) worded only if needed
         self._sent: OrderedDict[int, str | tuple] = OrderedDict()
@@ -216,7 +220,20 @@ class NsmApp(app_manager.OSKenApp):
             return
         del self._reads[msg.xid]
         specs = [stats.spec for stats in ofwire.decode_flow_stats(entries)]
-        self._call(lambda now: self.core.flows_read(read.switch, specs, now, read.epoch))
+        meters = self._read_meters.pop(msg.xid, [])
+        self._call(lambda now: self.core.flows_read(read.switch, specs, now, read.epoch, meters))
+
+    @set_ev_cls(ofp_event.EventOFPMeterConfigStatsReply, MAIN_DISPATCHER)
+    def _meter_config(self, ev):
+        msg = ev.msg
+        flows_xid = self._meter_reads.get(msg.xid)
+        if flows_xid is None:
+            return
+        entries = self._gather(msg.datapath.id, f"meters-{msg.xid}", msg)
+        if entries is None:
+            return
+        del self._meter_reads[msg.xid]
+        self._read_meters[flows_xid] = ofwire.decode_meter_configs(entries)
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def _port_status(self, ev):
@@ -303,9 +320,12 @@ class NsmApp(app_manager.OSKenApp):
         dp = self.datapaths.get(read.dpid)
         if dp is None:
             return
+        meters_xid = self._xid(f"meter config request to {read.switch}")
         xid = self._xid(f"flow stats request to {read.switch}")
+        self._meter_reads[meters_xid] = xid
         self._reads[xid] = read
-        dp.send(ofwire.encode_flow_stats_request(xid, PIPELINE_COOKIE, COOKIE_OWNER_MASK))
+        dp.send(ofwire.encode_meter_config_request(meters_xid)
+                + ofwire.encode_flow_stats_request(xid, PIPELINE_COOKIE, COOKIE_OWNER_MASK))
 
     def _run_program(self, program: Program) -> None:
         confirmed = set(program.diffs)
@@ -320,13 +340,12 @@ class NsmApp(app_manager.OSKenApp):
                     continue
                 waiter = _Waiter(switch)
                 xids = []
-                command = ofwire.OFPFC_DELETE_STRICT if phase == DELETE else ofwire.OFPFC_ADD
                 msgs = []
                 for spec in flows:
                     xid = self._xid((phase, switch, spec))
                     xids.append(xid)
-                    msgs.append(ofwire.encode_flow_mod(spec, command, xid))
-                if dpid in self.no_bundles:
+                    msgs.append(_encode(phase, spec, xid))
+                if phase in METER_PHASES or dpid in self.no_bundles:  # bundles carry flow mods only
                     buf = b"".join(msgs)
                 else:
                     bundle_xid = self._xid(f"bundle of {len(msgs)} {phase}s on {switch}")
@@ -509,6 +528,16 @@ class NsmApp(app_manager.OSKenApp):
     def _switch_name(self, dpid: int) -> str:
         switch = self.core.fabric.switch_by_dpid.get(dpid)
         return switch.name if switch else f"{dpid:#x}"
+
+
+def _encode(phase: str, spec, xid: int) -> bytes:
+    """The message of one operation of a program phase (flow or meter)."""
+    meter_command = {METER_ADD: ofwire.OFPMC_ADD, METER_MODIFY: ofwire.OFPMC_MODIFY,
+                     METER_DELETE: ofwire.OFPMC_DELETE}.get(phase)
+    if meter_command is not None:
+        return ofwire.encode_meter_mod(spec, meter_command, xid)
+    command = ofwire.OFPFC_DELETE_STRICT if phase == DELETE else ofwire.OFPFC_ADD
+    return ofwire.encode_flow_mod(spec, command, xid)
 
 
 def _name(desc) -> str:

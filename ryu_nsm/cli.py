@@ -59,6 +59,8 @@ def cmd_plan(args) -> int:
         "connections": [connection_entry(pc, pc.state) for pc in plan.connections.values()],
         "flows": {sw: [f.to_ofctl() for f in sorted(flows)] for sw, flows in sorted(plan.flows.items())},
         "problems": [str(p) for p in plan.problems],
+        "reservations": plan.reservations(),
+        "meters": {sw: [m.to_ofctl() for m in sorted(meters)] for sw, meters in sorted(plan.meters.items())},
     }
     report["chains"] = chains(report["connections"])
     if args.json:

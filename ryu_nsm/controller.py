@@ -19,13 +19,13 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .fabric import Fabric
-from .flowspec import FlowSpec, Table, is_ours, wire_cookie
+from .flowspec import FlowSpec, MeterSpec, Table, is_our_meter, is_ours, wire_cookie
 from .model import Resources
 from .planner import PLANNED, WAITING, FabricState, Plan, make_plan
-from .reconcile import PHASES, ConflictingFlows, FlowKey, SwitchDiff, apply_keyed, diff_keyed
+from .reconcile import PHASES, ConflictingFlows, FlowKey, SwitchDiff, apply_keyed, diff_keyed, diff_meters
 from .report import connection_entry
 
 log = logging.getLogger("ryu_nsm.controller")
@@ -76,6 +76,7 @@ class SwitchState:
     connected: bool = True
     ports: dict[str, PortInfo] = field(default_factory=dict)
     flows: dict[FlowKey, FlowSpec] | None = None  # ours, by key; None until read from the switch
+    meters: dict[int, MeterSpec] = field(default_factory=dict)  # ours, by id; read with the flows
     since: float = 0.0
     epoch: int = 0  # bumped by every program; a read answered from an older epoch is stale
 
@@ -109,6 +110,8 @@ class Controller:
         self._desired: dict[str, dict[FlowKey, FlowSpec]] = {
             sw: {f.key: f for f in flows} for sw, flows in self.plan.flows.items()}
         self._changed_keys: dict[str, set[FlowKey]] = {}
+        self._desired_meters: dict[str, dict[int, MeterSpec]] = {}
+        self._changed_meters: dict[str, set[int]] = {}
         self._diff_whole: set[str] = set()
         self._owner: dict[int, str] = {}  # cookie → connection id, for planned connections
         self._up: dict[str, str] = {}  # connection id → its last computed state, until invalidated
@@ -171,8 +174,9 @@ class Controller:
                  "gone" if port is None else ("up" if port.up else "down"))
         return self._replan(now)
 
-    def flows_read(self, switch: str, flows: Iterable[FlowSpec], now: float, epoch: int = 0) -> list:
-        """The switch's flows (all or ours); from now on it is reconciled by diff.
+    def flows_read(self, switch: str, flows: Iterable[FlowSpec], now: float, epoch: int = 0,
+                   meters: Iterable[MeterSpec] = ()) -> list:
+        """The switch's flows and meters (all or ours); from now on it is reconciled by diff.
 
         A read asked for before a program changed the switch is stale: it is asked again.
         """
@@ -182,6 +186,7 @@ class Controller:
         if epoch != state.epoch:
             return [ReadFlows(switch, state.dpid, state.epoch)]
         state.flows = {f.key: f for f in flows if is_ours(f.cookie)}
+        state.meters = {m.meter_id: m for m in meters if is_our_meter(m.meter_id)}
         self._diff_whole.add(switch)
         self._up.clear()
         self._tag_hints[switch] = self._tags_in(switch, state.flows.values())
@@ -217,9 +222,11 @@ class Controller:
             if state is None or state.flows is None:
                 continue
             if sw in confirmed:
-                apply_keyed(state.flows, change)
+                apply_keyed(state.flows, change, state.meters)
                 for flow in change.adds + change.modifies + change.deletes:
                     self._up.pop(self._owner.get(flow.cookie), None)
+                if change.meter_adds or change.meter_modifies or change.meter_deletes:
+                    self._up.clear()  # meters carry no cookie; they change seldom
             else:
                 state.flows = None
                 self._up.clear()
@@ -289,17 +296,22 @@ class Controller:
         for sw, s in self.switches.items():
             if not s.connected or s.flows is None:
                 continue  # diffed whole once its flows are read
-            desired = self._desired.get(sw, {})
+            desired, meters = self._desired.get(sw, {}), self._desired_meters.get(sw, {})
             if sw in self._diff_whole:
                 change = diff_keyed(desired, s.flows, None, self.plan.keep_cookies)
-            elif sw in self._changed_keys:
-                change = diff_keyed(desired, s.flows, self._changed_keys[sw], self.plan.keep_cookies)
+                meter_change = diff_meters(meters, s.meters)
+            elif sw in self._changed_keys or sw in self._changed_meters:
+                change = diff_keyed(desired, s.flows, self._changed_keys.get(sw, ()), self.plan.keep_cookies)
+                meter_change = diff_meters(meters, s.meters, self._changed_meters.get(sw, ()))
             else:
                 continue
+            if any(meter_change.values()):
+                change = replace(change, **meter_change)
             if change:
                 diffs[sw] = change
         self._diff_whole.clear()
         self._changed_keys.clear()
+        self._changed_meters.clear()
         if not diffs:
             return []
         self._program_seq += 1
@@ -321,8 +333,10 @@ class Controller:
                 self._owner[wire_cookie(cid)] = cid
         if after.pipeline is not before.pipeline:
             self._desired = {sw: {f.key: f for f in flows} for sw, flows in after.flows.items()}
+            self._desired_meters = {sw: {m.meter_id: m for m in ms} for sw, ms in after.meters.items()}
             self._diff_whole.update(self.switches)
             return
+        self._update_meters(before, after)
         changes = []
         for cid in after.touched:
             old, new = before.connections.get(cid), after.connections.get(cid)
@@ -359,14 +373,35 @@ class Controller:
                 cut = [link.name for link in old.path.links if link.name in state.down_links]
                 down = [sw for sw in old.path.switches if sw in state.down_switches]
                 why = f"link {', '.join(cut)} down" if cut else (
-                    f"switch {', '.join(down)} down" if down else "endpoint changed")
+                    f"switch {', '.join(down)} down" if down else (new.event or "endpoint changed"))
                 what = f"moved {'-'.join(old.path.switches)} → {'-'.join(new.path.switches)} ({why})"
+            if new.event and (what is None or new.event not in what):
+                what = f"{what}; {new.event}" if what else new.event
             if what:
                 self.history.append(Change(now, cid, what))
                 log.info("connection %s %s", cid, what)
         for cid in before.connections.keys() - after.connections.keys():
             self.history.append(Change(now, cid, "removed"))
             log.info("connection %s removed", cid)
+
+    def _update_meters(self, before: Plan, after: Plan) -> None:
+        """Like the flows: the touched connections' meters leave, then come back as they are now."""
+        changes = []
+        for cid in after.touched:
+            old, new = before.connections.get(cid), after.connections.get(cid)
+            old_meters, new_meters = (old.meters if old else ()), (new.meters if new else ())
+            if old_meters != new_meters:
+                changes.append((old_meters, new_meters))
+        for old_meters, _ in changes:
+            for sw, meter in old_meters:
+                table = self._desired_meters.get(sw, {})
+                if table.get(meter.meter_id) == meter:
+                    del table[meter.meter_id]
+                self._changed_meters.setdefault(sw, set()).add(meter.meter_id)
+        for _, new_meters in changes:
+            for sw, meter in new_meters:
+                self._desired_meters.setdefault(sw, {})[meter.meter_id] = meter
+                self._changed_meters.setdefault(sw, set()).add(meter.meter_id)
 
     # -- reporting ------------------------------------------------------------------------------
 
@@ -385,6 +420,9 @@ class Controller:
         for sw, flow in planned.flows:
             state = self.switches.get(sw)
             if state is None or state.flows is None or state.flows.get(flow.key) != flow:
+                return PENDING
+        for sw, meter in planned.meters:
+            if self.switches[sw].meters.get(meter.meter_id) != meter:
                 return PENDING
         return UP
 
@@ -407,5 +445,5 @@ class Controller:
         history = [{"time": h.time, "connection": h.connection, "what": h.what} for h in self.history]
         problems = [str(p) for p in self.resources.problems]
         return {"fabric": self.fabric.name, "connections": connections, "switches": switches,
-                "history": history, "problems": problems}
+                "history": history, "problems": problems, "reservations": self.plan.reservations()}
 

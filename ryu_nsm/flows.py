@@ -9,7 +9,7 @@ Every flow of a wire carries ``wire_cookie(connection id)``; pipeline flows carr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .fabric import Fabric
@@ -22,6 +22,18 @@ from .flowspec import (
     wire_cookie,
 )
 from .pathing import Path
+
+ETH_TYPE_IPV4 = 0x0800
+ETH_TYPE_IPV6 = 0x86DD
+
+
+@dataclass(frozen=True)
+class WireQos:
+    """What a wire's service level asks of its ingress flows: a meter per direction, a DSCP mark."""
+
+    meter_ab: int | None = None  # on frames entering at the a-end
+    meter_ba: int | None = None
+    dscp: int | None = None
 
 
 @dataclass(frozen=True)
@@ -48,33 +60,47 @@ def pipeline_flows(fabric: Fabric, switch: str) -> list[FlowSpec]:
     return flows
 
 
-def wire_flows(wire: WireEnds, path: Path, tags: Mapping[str, int]) -> list[tuple[str, FlowSpec]]:
+def wire_flows(
+    wire: WireEnds, path: Path, tags: Mapping[str, int], qos: WireQos | None = None
+) -> list[tuple[str, FlowSpec]]:
     """(switch, flow) pairs carrying ``wire`` along ``path`` in both directions.
 
-    ``path`` runs from the a-end's switch to the b-end's; ``tags`` maps link name → tag.
+    ``path`` runs from the a-end's switch to the b-end's; ``tags`` maps link name → tag. With
+    ``qos``, each direction's ingress flows go through its meter and IP frames get the DSCP mark.
     """
     cookie = wire_cookie(wire.id)
-    flows = _one_way(path.switches, path.links, wire.a_port, wire.b_port, tags, cookie)
-    flows += _one_way(
-        path.switches[::-1], path.links[::-1], wire.b_port, wire.a_port, tags, cookie
-    )
+    qos = qos or WireQos()
+    flows = _one_way(path.switches, path.links, wire.a_port, wire.b_port, tags, cookie,
+                     qos.meter_ab, qos.dscp)
+    flows += _one_way(path.switches[::-1], path.links[::-1], wire.b_port, wire.a_port, tags, cookie,
+                      qos.meter_ba, qos.dscp)
     return flows
 
 
-def _one_way(switches, links, in_port: int, out_port: int, tags, cookie: int) -> list[tuple[str, FlowSpec]]:
+def _ingress(switch: str, in_port: int, actions: list, cookie: int, meter: int | None,
+             dscp: int | None) -> list[tuple[str, FlowSpec]]:
+    """Where a direction enters the fabric: metered, and with IP frames marked when asked."""
+    out = [(switch, FlowSpec.make(Table.CLASSIFY, Priority.WIRE, {"in_port": in_port}, actions,
+                                  cookie=cookie, meter=meter))]
+    if dscp is not None:
+        # eth_type is the type after any VLAN headers (as Open vSwitch matches it), so tagged client
+        # frames are marked too.
+        for eth_type in (ETH_TYPE_IPV4, ETH_TYPE_IPV6):
+            out.append((switch, FlowSpec.make(
+                Table.CLASSIFY, Priority.WIRE_IP, {"in_port": in_port, "eth_type": eth_type},
+                [("set_field", "ip_dscp", dscp), *actions], cookie=cookie, meter=meter)))
+    return out
+
+
+def _one_way(switches, links, in_port: int, out_port: int, tags, cookie: int, meter: int | None = None,
+             dscp: int | None = None) -> list[tuple[str, FlowSpec]]:
     first = switches[0]
     if len(switches) == 1:
-        return [(first, FlowSpec.make(
-            Table.CLASSIFY, Priority.WIRE, {"in_port": in_port}, [("output", out_port)], cookie=cookie,
-        ))]
-    out = []
+        return _ingress(first, in_port, [("output", out_port)], cookie, meter, dscp)
     tag = tags[links[0].name]
-    out.append((first, FlowSpec.make(
-        Table.CLASSIFY, Priority.WIRE, {"in_port": in_port},
-        [("push_vlan", ETH_TYPE_VLAN), ("set_field", "vlan_vid", VID_PRESENT | tag),
-         ("output", links[0].port_on(first))],
-        cookie=cookie,
-    )))
+    push = [("push_vlan", ETH_TYPE_VLAN), ("set_field", "vlan_vid", VID_PRESENT | tag),
+            ("output", links[0].port_on(first))]
+    out = _ingress(first, in_port, push, cookie, meter, dscp)
     for i in range(1, len(switches)):
         here, arrived = switches[i], links[i - 1]
         match = {"in_port": arrived.port_on(here), "vlan_vid": VID_PRESENT | tags[arrived.name]}
@@ -88,16 +114,3 @@ def _one_way(switches, links, in_port: int, out_port: int, tags, cookie: int) ->
             actions.append(("output", leave.port_on(here)))
         out.append((here, FlowSpec.make(Table.FORWARD, Priority.WIRE, match, actions, cookie=cookie)))
     return out
-
-
-def compile_flows(
-    fabric: Fabric,
-    switches: Iterable[str],
-    wires: Iterable[tuple[WireEnds, Path, Mapping[str, int]]],
-) -> dict[str, frozenset[FlowSpec]]:
-    """Desired flows per switch: the pipeline on each of ``switches`` plus every wire's flows."""
-    desired: dict[str, set[FlowSpec]] = {sw: set(pipeline_flows(fabric, sw)) for sw in switches}
-    for wire, path, tags in wires:
-        for sw, flow in wire_flows(wire, path, tags):
-            desired.setdefault(sw, set()).add(flow)
-    return {sw: frozenset(flows) for sw, flows in desired.items()}

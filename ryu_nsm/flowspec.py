@@ -38,6 +38,33 @@ def is_ours(cookie: int) -> bool:
     return cookie & COOKIE_OWNER_MASK == PIPELINE_COOKIE
 
 
+# Meters have no cookie: ryu-nsm owns the meter ids whose top byte is the owner byte.
+METER_BASE = COOKIE_OWNER << 24
+METER_ID_SPACE = (1, (1 << 24) - 1)
+
+
+def is_our_meter(meter_id: int) -> bool:
+    return meter_id >> 24 == COOKIE_OWNER
+
+
+@dataclass(frozen=True, order=True)
+class MeterSpec:
+    """One OpenFlow meter with a single drop band: ``rate_kbps`` (kbit/s), ``burst_kbits`` (kbit)."""
+
+    meter_id: int
+    rate_kbps: int
+    burst_kbits: int
+
+    @property
+    def key(self) -> int:
+        return self.meter_id
+
+    def to_ofctl(self) -> str:
+        """The meter in ``ovs-ofctl add-meter`` syntax."""
+        return (f"meter={self.meter_id},kbps,burst,stats,band=type=drop,rate={self.rate_kbps},"
+                f"burst_size={self.burst_kbits}")
+
+
 class Table(IntEnum):
     """The declared pipeline. Every FlowSpec must name one of these tables.
 
@@ -75,6 +102,7 @@ class Priority(IntEnum):
     MISS = 0
     FABRIC_PORT = 100
     WIRE = 1000
+    WIRE_IP = 1100  # IP frames of a wire whose IP header is rewritten (DSCP), above its other frames
 
 
 class PipelineError(ValueError):

@@ -10,7 +10,10 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # sla.py builds on this module
+    from .sla import ServiceLevel
 
 DEFAULT_NAMESPACE = "default"
 
@@ -188,6 +191,7 @@ class Resources:
     endpoints: tuple[Endpoint, ...] = ()
     requests: tuple[ClientRequest, ...] = ()
     problems: tuple[Problem, ...] = field(default=(), compare=False)
+    service_levels: tuple[ServiceLevel, ...] = ()  # QoS promises (sla.py)
 
     def merged(self, other: Resources) -> Resources:
         return Resources(
@@ -195,4 +199,5 @@ class Resources:
             self.endpoints + other.endpoints,
             self.requests + other.requests,
             self.problems + other.problems,
+            self.service_levels + other.service_levels,
         )

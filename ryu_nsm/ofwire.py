@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .flowspec import VID_PRESENT, FlowSpec, is_ours
+from .flowspec import VID_PRESENT, FlowSpec, MeterSpec, is_ours
 
 LOG = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ OFPT_EXPERIMENTER = 4
 OFPT_FLOW_MOD = 14
 OFPT_MULTIPART_REQUEST = 18
 OFPT_BARRIER_REQUEST = 20
+OFPT_METER_MOD = 29
 
 OFPFC_ADD = 0
 OFPFC_DELETE = 3
@@ -47,6 +48,15 @@ OFPG_ANY = 0xFFFFFFFF
 OFP_NO_BUFFER = 0xFFFFFFFF
 OFPCML_NO_BUFFER = 0xFFFF
 OFPMP_FLOW = 1
+OFPMP_METER_CONFIG = 10
+OFPMC_ADD = 0
+OFPMC_MODIFY = 1
+OFPMC_DELETE = 2
+OFPM_ALL = 0xFFFFFFFF
+OFPMF_KBPS = 1
+OFPMF_BURST = 4
+OFPMF_STATS = 8
+OFPMBT_DROP = 1
 COOKIE_EXACT = 0xFFFF_FFFF_FFFF_FFFF
 
 # ONF extension EXT-230 (bundles for OpenFlow 1.3), as Open vSwitch implements it.
@@ -81,6 +91,9 @@ _HEADER = struct.Struct("!BBHI")
 _FLOW_MOD = struct.Struct("!BBHIQQBBHHHIIIH2x")
 _FLOW_STATS_REQUEST = struct.Struct("!BBHIHH4xB3xII4xQQ")
 _BUNDLE_CTRL = struct.Struct("!BBHIIIIHH")
+_METER_MOD = struct.Struct("!BBHIHHI")
+_METER_BAND_DROP = struct.Struct("!HHII4x")
+_METER_CONFIG_REQUEST = struct.Struct("!BBHIHH4xI4x")
 _BUNDLE_ADD_TAIL = struct.Struct("!III2xH")  # experimenter, exp_type, bundle_id, pad, flags
 _EMPTY_MATCH = struct.pack("!HH4x", 1, 4)
 
@@ -221,6 +234,40 @@ def encode_flow_stats_request(xid: int, cookie: int, cookie_mask: int) -> bytes:
         OFP_VERSION, OFPT_MULTIPART_REQUEST, _FLOW_STATS_REQUEST.size + len(_EMPTY_MATCH), xid,
         OFPMP_FLOW, 0, OFPTT_ALL, OFPP_ANY, OFPG_ANY, cookie, cookie_mask,
     ) + _EMPTY_MATCH
+
+
+def encode_meter_mod(spec: MeterSpec, command: int, xid: int = 0) -> bytes:
+    """One OFPT_METER_MOD: add, modify (``spec`` whole) or delete (by id) a meter with one drop band."""
+    if command == OFPMC_DELETE:
+        bands, flags = b"", 0
+    elif command in (OFPMC_ADD, OFPMC_MODIFY):
+        bands = _METER_BAND_DROP.pack(OFPMBT_DROP, _METER_BAND_DROP.size, spec.rate_kbps, spec.burst_kbits)
+        flags = OFPMF_KBPS | OFPMF_BURST | OFPMF_STATS
+    else:
+        raise ValueError(f"encode_meter_mod supports ADD, MODIFY and DELETE, not command {command}")
+    return _METER_MOD.pack(OFP_VERSION, OFPT_METER_MOD, _METER_MOD.size + len(bands), xid, command, flags,
+                           spec.meter_id) + bands
+
+
+def encode_meter_config_request(xid: int, meter_id: int = OFPM_ALL) -> bytes:
+    """OFPMP_METER_CONFIG request for one meter or all of them."""
+    return _METER_CONFIG_REQUEST.pack(OFP_VERSION, OFPT_MULTIPART_REQUEST, _METER_CONFIG_REQUEST.size, xid,
+                                      OFPMP_METER_CONFIG, 0, meter_id)
+
+
+def decode_meter_configs(body: Iterable[object]) -> list[MeterSpec]:
+    """os-ken's parsed meter config entries (``OFPMeterConfigStats``) → MeterSpecs.
+
+    A meter not in ryu-nsm's shape (kbit/s, one drop band) is read with rate -1, so that a diff
+    against the desired meter replaces it.
+    """
+    out = []
+    for entry in body:
+        drops = [band for band in entry.bands if getattr(band, "type", None) == OFPMBT_DROP]
+        ours = entry.flags & OFPMF_KBPS and len(entry.bands) == 1 and drops
+        rate, burst = (drops[0].rate, drops[0].burst_size) if ours else (-1, -1)
+        out.append(MeterSpec(entry.meter_id, rate, burst))
+    return out
 
 
 def encode_bundle_control(bundle_id: int, ctrl_type: int, xid: int, flags: int = BUNDLE_FLAGS) -> bytes:

@@ -9,16 +9,19 @@ which connections were planned anew, so the controller diffs only their flows.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
+from .admission import Ledger, admit, demand_for
 from .fabric import Fabric
-from .flows import WireEnds, pipeline_flows, wire_flows
-from .flowspec import FlowSpec, wire_cookie
+from .flows import WireEnds, WireQos, pipeline_flows, wire_flows
+from .flowspec import METER_BASE, METER_ID_SPACE, FlowSpec, MeterSpec, wire_cookie
 from .model import Attachment, ClientRequest, Problem, Resources
 from .pathing import FabricView, NoPath, Path, TagAllocator, TagSpaceExhausted
 from .resolver import Connection, resolve
+from .sla import ServiceLevel, select
 
 PLANNED = "planned"
 FAILED = "failed"
@@ -46,6 +49,13 @@ class PlannedConnection:
     tags: tuple[tuple[str, int], ...] = ()
     # (switch, flow) pairs that carry the connection, both directions; empty unless planned.
     flows: tuple[tuple[str, FlowSpec], ...] = field(default=(), compare=False)
+    level: ServiceLevel | None = None  # the service level that applies, if any
+    backup: Path | None = None  # reserved for protection
+    note: str = ""  # what admission says of how it is planned (no backup possible)
+    # What happened to it in this plan only (preempted others, was moved by a preemption): history.
+    event: str = field(default="", compare=False)
+    # (switch, meter) pairs that police the connection at its ingress switches.
+    meters: tuple[tuple[str, MeterSpec], ...] = field(default=(), compare=False)
 
     @property
     def id(self) -> str:
@@ -63,6 +73,8 @@ class _Basis:
     view: FabricView
     tags: TagAllocator
     hints: Mapping[tuple[str, str], int]
+    ledger: Ledger
+    meters: TagAllocator
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,19 @@ class Plan:
     # Connections planned anew or removed since the previous plan (all of them without one).
     touched: frozenset[str] = field(default=frozenset(), compare=False)
     basis: _Basis | None = field(default=None, compare=False, repr=False)
+
+    @cached_property
+    def meters(self) -> dict[str, frozenset[MeterSpec]]:
+        """Desired meters per switch."""
+        desired: dict[str, set[MeterSpec]] = {}
+        for pc in self.connections.values():
+            for sw, meter in pc.meters:
+                desired.setdefault(sw, set()).add(meter)
+        return {sw: frozenset(meters) for sw, meters in desired.items()}
+
+    def reservations(self) -> list[dict]:
+        """Guaranteed bandwidth held per link (with residual capacity), for plan and status output."""
+        return self.basis.ledger.describe() if self.basis is not None else []
 
     @cached_property
     def flows(self) -> dict[str, frozenset[FlowSpec]]:
@@ -125,11 +150,16 @@ def make_plan(
     same_fabric = basis is not None and (basis.state.down_links, basis.state.down_switches) == (
         state.down_links, state.down_switches)
     view = basis.view if same_fabric else FabricView(fabric, state.down_links, state.down_switches)
-    if basis is not None:
-        tags = basis.tags.copy()
-    else:  # a plan without its basis (read back, or a test) is followed by planning everything anew
-        tags = TagAllocator(fabric.tag_range)
+    levels = resources.service_levels
+    # New service levels may change any connection: everything is planned anew (a rare event).
+    anew_all = basis is None or basis.resources.service_levels != levels
+    if not anew_all:
+        tags, meters, ledger = basis.tags.copy(), basis.meters.copy(), basis.ledger.copy()
+    else:  # sticky choices come from the previous connections themselves
+        tags, meters, ledger = TagAllocator(fabric.tag_range), TagAllocator(METER_ID_SPACE), Ledger(fabric)
         tags.remember({(cid, link): tag for cid, pc in before.items() for link, tag in pc.tags})
+        meters.remember({(key, sw): m.meter_id - METER_BASE for cid, pc in before.items()
+                         for key, (sw, m) in zip(_meter_keys(cid), pc.meters, strict=False)})
     tags.prefer(hints)
     moved_ports: set[tuple[str, str]] = set()
     if basis is not None and basis.state.ports is not state.ports:
@@ -138,10 +168,14 @@ def make_plan(
 
     def still_good(cid: str, conn: Connection) -> PlannedConnection | None:
         old = before.get(cid)
-        if basis is None or old is None or old.state != PLANNED or not (old.connection is conn or old.connection == conn):
+        if anew_all or old is None or old.state != PLANNED:
             return None
-        if not same_fabric and not view.intact(old.path):
+        if not (old.connection is conn or old.connection == conn):
             return None
+        if not same_fabric and not all(view.intact(path) for path in (old.path, old.backup) if path):
+            return None
+        if not same_fabric and old.level is not None and old.level.protected and old.backup is None:
+            return None  # a backup may be possible now
         if moved_ports and ((conn.client_attachment.switch, conn.client_attachment.port) in moved_ports or (
                 conn.endpoint_attachment.switch, conn.endpoint_attachment.port) in moved_ports):
             return None
@@ -151,7 +185,7 @@ def make_plan(
 
     planned: dict[str, PlannedConnection] = {}
     anew = []
-    quick = same_fabric and not moved_ports and not check_hints
+    quick = same_fabric and not moved_ports and not check_hints and not anew_all
     for cid, conn in resolved.items():
         old = before.get(cid)
         if quick and old is not None and old.connection is conn and old.state == PLANNED:
@@ -163,31 +197,76 @@ def make_plan(
         else:
             planned[cid] = kept
     removed = before.keys() - resolved.keys()
+    router = _Router(fabric, state, view, tags, meters, ledger)
     for cid in removed:
-        tags.release(cid)
-    # Connections that existed before go first, so they keep their tags.
-    anew.sort(key=lambda c: (c not in before, c))
+        router.release(cid)
+    level_of = {cid: _level(levels, resolved[cid]) for cid in anew}
+    # Unchanged connections planned before on paths still up go first (they keep tags, paths and
+    # reservations; displacing one takes preemption), then the higher priorities.
+    def order(cid: str) -> tuple:
+        old, level = before.get(cid), level_of[cid]
+        held = (old is not None and old.state == PLANNED and view.intact(old.path)
+                and old.connection == resolved[cid] and old.level == level)
+        return (not held, -(level.priority if level else 0), cid)
+
+    anew.sort(key=order)
     for cid in anew:
-        tags.release(cid, remember=True)
-    for cid in anew:
+        router.release(cid, remember=True)
+    queue = deque(anew)
+    touched = set(anew) | removed
+    preempted: dict[str, str] = {}
+    while queue:
+        cid = queue.popleft()
         conn = resolved[cid]
-        planned[cid] = _route(fabric, state, view, conn, before.get(cid), tags) if conn.ok else (
-            PlannedConnection(conn, FAILED, conn.reason))
+        if not conn.ok:
+            planned[cid] = PlannedConnection(conn, FAILED, conn.reason)
+            continue
+        level = level_of[cid] if cid in level_of else _level(levels, conn)
+        result, evicted = router.route(conn, before.get(cid) or planned.get(cid), level,
+                                       preempt=cid not in preempted)
+        if cid in preempted:
+            why = preempted[cid]
+            if result.state == PLANNED:
+                result = replace(result, event="; ".join(filter(None, (f"moved: {why}", result.event))))
+            else:
+                result = replace(result, reason=f"{why}; {result.reason}")
+        planned[cid] = result
+        for victim in evicted:  # their reservations are gone: they find another path, or fail
+            router.release(victim, remember=True, reservation=False)
+            preempted[victim] = f"preempted by {cid} (priority {level.priority})"
+            touched.add(victim)
+            queue.append(victim)
     if same_fabric:
         pipeline = previous.pipeline
     else:
         pipeline = {s.name: tuple(pipeline_flows(fabric, s.name))
                     for s in fabric.switches if s.name not in state.down_switches}
     # Only connections planned anew can be waiting: a kept one is planned.
-    keep = frozenset(wire_cookie(cid) for cid in anew if planned[cid].state == WAITING)
+    keep = frozenset(wire_cookie(cid) for cid in touched if cid in planned and planned[cid].state == WAITING)
     return Plan(
         connections={cid: planned[cid] for cid in sorted(planned)},
         pipeline=pipeline,
         problems=resources.problems,
         keep_cookies=keep,
-        touched=frozenset(anew) | removed,
-        basis=_Basis(resources, requests, resolved, state, view, tags, hints),
+        touched=frozenset(touched),
+        basis=_Basis(resources, requests, resolved, state, view, tags, hints, ledger, meters),
     )
+
+
+def _level(levels: tuple[ServiceLevel, ...], conn: Connection) -> ServiceLevel | None:
+    return select(levels, conn.network_service, conn.namespace, conn.labels) if levels else None
+
+
+def _meter_keys(cid: str) -> tuple[str, str]:
+    """Meter allocation keys of a connection's two directions (client → endpoint, and back)."""
+    return (f"{cid}|ab", f"{cid}|ba")
+
+
+def _admitted(level: ServiceLevel | None) -> bool:
+    """True when the level asks for admission: a guarantee, a per-wire latency bound or a backup."""
+    return level is not None and bool(
+        level.guaranteed_bandwidth or (level.max_latency is not None and not level.chain_latency)
+        or level.protected)
 
 
 def _ends(fabric: Fabric, state: FabricState, conn: Connection) -> WireEnds:
@@ -195,37 +274,85 @@ def _ends(fabric: Fabric, state: FabricState, conn: Connection) -> WireEnds:
     return WireEnds(conn.id, a.switch, _port(fabric, state, a), b.switch, _port(fabric, state, b))
 
 
-def _route(
-    fabric: Fabric,
-    state: FabricState,
-    view: FabricView,
-    conn: Connection,
-    before: PlannedConnection | None,
-    tags: TagAllocator,
-) -> PlannedConnection:
-    for att in (conn.client_attachment, conn.endpoint_attachment):
-        if att.switch not in fabric.switch_by_name:
-            return PlannedConnection(
-                conn, FAILED, f"attachment {att}: switch {att.switch!r} is not in the fabric")
-        if _port(fabric, state, att) is None and att.switch in state.unreported:
-            return PlannedConnection(conn, WAITING, f"waiting for switch {att.switch} to report its ports")
-        if _port(fabric, state, att) is None:
-            return PlannedConnection(conn, FAILED, f"attachment {att}: no port {att.port!r} on {att.switch}")
-    src, dst = conn.client_attachment.switch, conn.endpoint_attachment.switch
-    path = None
-    if before is not None and before.path is not None and before.connection.endpoint_attachment == (
-        conn.endpoint_attachment
-    ) and before.connection.client_attachment == conn.client_attachment and view.intact(before.path):
-        path = before.path
-    if path is None:
+class _Router:
+    """Routes connections one at a time into the plan's tags, meters and bandwidth ledger."""
+
+    def __init__(self, fabric: Fabric, state: FabricState, view: FabricView, tags: TagAllocator,
+                 meters: TagAllocator, ledger: Ledger):
+        self.fabric, self.state, self.view = fabric, state, view
+        self.tags, self.meters, self.ledger = tags, meters, ledger
+
+    def release(self, cid: str, remember: bool = False, reservation: bool = True) -> None:
+        """Free what ``cid`` holds; ``remember`` keeps its tags and meter ids as its preference."""
+        self.tags.release(cid, remember)
+        for key in _meter_keys(cid):
+            self.meters.release(key, remember)
+        if reservation:
+            self.ledger.release(cid)
+
+    def route(self, conn: Connection, before: PlannedConnection | None, level: ServiceLevel | None,
+              preempt: bool = True) -> tuple[PlannedConnection, tuple[str, ...]]:
+        """The connection's plan, and the connections its admission preempted."""
+        fabric, state = self.fabric, self.state
+
+        def refused(state: str, reason: str, path: Path | None = None) -> PlannedConnection:
+            return PlannedConnection(conn, state, reason, path, level=level)
+
+        for att in (conn.client_attachment, conn.endpoint_attachment):
+            if att.switch not in fabric.switch_by_name:
+                return refused(FAILED, f"attachment {att}: switch {att.switch!r} is not in the fabric"), ()
+            if _port(fabric, state, att) is None and att.switch in state.unreported:
+                return refused(WAITING, f"waiting for switch {att.switch} to report its ports"), ()
+            if _port(fabric, state, att) is None:
+                return refused(FAILED, f"attachment {att}: no port {att.port!r} on {att.switch}"), ()
+        src, dst = conn.client_attachment.switch, conn.endpoint_attachment.switch
+        current = None
+        if before is not None and before.path is not None and before.connection.endpoint_attachment == (
+            conn.endpoint_attachment
+        ) and before.connection.client_attachment == conn.client_attachment and self.view.intact(before.path):
+            current = before.path
+        backup, note, event, evicted = None, "", "", ()
+        if _admitted(level):
+            backup = before.backup if current is not None else None
+            decision = admit(self.view, self.ledger, demand_for(conn.id, src, dst, level, current, backup),
+                             preempt=preempt)
+            if not decision.admitted:
+                return refused(FAILED, decision.reason), ()
+            path, backup = decision.path, decision.backup
+            evicted = tuple(e.connection_id for e in decision.evicted)
+            event = ", ".join(map(str, decision.evicted))
+            note = decision.reason.removeprefix(event).removeprefix("; ")
+        elif current is not None:
+            path = current
+        else:
+            try:
+                path = self.view.shortest(src, dst)
+            except NoPath as exc:
+                return refused(FAILED, str(exc)), ()
         try:
-            path = view.shortest(src, dst)
-        except NoPath as exc:
-            return PlannedConnection(conn, FAILED, str(exc))
-    try:
-        held = tuple((link.name, tags.allocate(conn.id, link.name)) for link in path.links)
-    except TagSpaceExhausted as exc:
-        tags.release(conn.id)
-        return PlannedConnection(conn, FAILED, str(exc), path)
-    flows = tuple(wire_flows(_ends(fabric, state, conn), path, dict(held)))
-    return PlannedConnection(conn, PLANNED, "", path, held, flows)
+            held = tuple((link.name, self.tags.allocate(conn.id, link.name)) for link in path.links)
+        except TagSpaceExhausted as exc:
+            self.release(conn.id)
+            return refused(FAILED, str(exc), path), evicted
+        ends = _ends(fabric, state, conn)
+        meters = self._meters(conn.id, ends, level)
+        qos = WireQos(meters[0][1].meter_id if meters else None, meters[1][1].meter_id if meters else None,
+                      level.dscp if level is not None else None)
+        flows = tuple(wire_flows(ends, path, dict(held), qos))
+        planned = PlannedConnection(conn, PLANNED, "", path, held, flows, level, backup, note, event, meters)
+        return planned, evicted
+
+    def _meters(
+        self, cid: str, ends: WireEnds, level: ServiceLevel | None
+    ) -> tuple[tuple[str, MeterSpec], ...]:
+        """A meter per direction at the switch where that direction enters, when the level limits rate."""
+        if level is None or level.rate_limit is None:
+            return ()
+        rate = -(-level.rate_limit // 1000)
+        # Without a declared burst, a tenth of a second at the rate: enough for TCP to reach it.
+        burst = -(-level.burst * 8 // 1000) if level.burst is not None else max(rate // 10, 1)
+        out = []
+        for key, switch in zip(_meter_keys(cid), (ends.a_switch, ends.b_switch), strict=True):
+            meter_id = METER_BASE | self.meters.allocate(key, switch)
+            out.append((switch, MeterSpec(meter_id, rate, burst)))
+        return tuple(out)

@@ -8,6 +8,9 @@ switch belongs to someone else. Changes are ordered make-before-break across the
    what phase 1 built (an OpenFlow ADD replaces the flow in place, without a gap);
 3. DELETE flows that are no longer desired.
 
+Meters (the policers of rate-limited connections) are added and changed before the flows that
+use them (METER_ADD, METER_MODIFY) and removed after the flows that used them are gone
+(METER_DELETE: deleting a meter would take the flows that still use it with it).
 Each phase is confirmed by a barrier on every switch before the next starts.
 """
 
@@ -16,12 +19,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .flowspec import FlowSpec, is_ours
+from .flowspec import FlowSpec, MeterSpec, is_ours
 
+METER_ADD = "meter-add"
+METER_MODIFY = "meter-modify"
 ADD = "add"
 MODIFY = "modify"
 DELETE = "delete"
-PHASES = (ADD, MODIFY, DELETE)
+METER_DELETE = "meter-delete"
+PHASES = (METER_ADD, METER_MODIFY, ADD, MODIFY, DELETE, METER_DELETE)
+METER_PHASES = (METER_ADD, METER_MODIFY, METER_DELETE)
 
 
 @dataclass(frozen=True)
@@ -29,16 +36,20 @@ class SwitchDiff:
     adds: tuple[FlowSpec, ...] = ()
     modifies: tuple[FlowSpec, ...] = ()
     deletes: tuple[FlowSpec, ...] = ()
+    meter_adds: tuple[MeterSpec, ...] = ()
+    meter_modifies: tuple[MeterSpec, ...] = ()
+    meter_deletes: tuple[MeterSpec, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.adds or self.modifies or self.deletes)
+        return self.size > 0
 
-    def ops(self, phase: str) -> tuple[FlowSpec, ...]:
-        return {ADD: self.adds, MODIFY: self.modifies, DELETE: self.deletes}[phase]
+    def ops(self, phase: str) -> tuple:
+        return {METER_ADD: self.meter_adds, METER_MODIFY: self.meter_modifies, ADD: self.adds,
+                MODIFY: self.modifies, DELETE: self.deletes, METER_DELETE: self.meter_deletes}[phase]
 
     @property
     def size(self) -> int:
-        return len(self.adds) + len(self.modifies) + len(self.deletes)
+        return sum(len(self.ops(phase)) for phase in PHASES)
 
 
 class ConflictingFlows(ValueError):
@@ -103,12 +114,37 @@ def diff_fabric(
     return out
 
 
-def apply_keyed(actual: dict[FlowKey, FlowSpec], change: SwitchDiff) -> None:
-    """Apply ``change`` in place to flows indexed by key."""
+def diff_meters(
+    desired: Mapping[int, MeterSpec], actual: Mapping[int, MeterSpec], ids: Iterable[int] | None = None
+) -> dict[str, tuple[MeterSpec, ...]]:
+    """The meter fields of a SwitchDiff that turn ``actual`` (ours only) into ``desired``."""
+    if ids is None:
+        ids = desired.keys() | actual.keys()
+    adds, modifies, deletes = [], [], []
+    for meter_id in ids:
+        want, have = desired.get(meter_id), actual.get(meter_id)
+        if want is not None and have is None:
+            adds.append(want)
+        elif want is not None and want != have:
+            modifies.append(want)
+        elif want is None and have is not None:
+            deletes.append(have)
+    return {"meter_adds": tuple(sorted(adds)), "meter_modifies": tuple(sorted(modifies)),
+            "meter_deletes": tuple(sorted(deletes))}
+
+
+def apply_keyed(actual: dict[FlowKey, FlowSpec], change: SwitchDiff,
+                meters: dict[int, MeterSpec] | None = None) -> None:
+    """Apply ``change`` in place to flows indexed by key (and meters by id)."""
     for flow in change.adds + change.modifies:
         actual[flow.key] = flow
     for flow in change.deletes:
         actual.pop(flow.key, None)
+    if meters is not None:
+        for meter in change.meter_adds + change.meter_modifies:
+            meters[meter.meter_id] = meter
+        for meter in change.meter_deletes:
+            meters.pop(meter.meter_id, None)
 
 
 def apply(actual: Iterable[FlowSpec], change: SwitchDiff) -> frozenset[FlowSpec]:

@@ -22,6 +22,16 @@ def connection_entry(pc: PlannedConnection, state: str) -> dict:
     }
     if pc.reason:
         entry["reason"] = pc.reason
+    if pc.level is not None:
+        entry["service_level"] = {"name": pc.level.name, "summary": pc.level.summary()}
+        if pc.backup is not None:
+            entry["backup_path"] = list(pc.backup.switches)
+        if pc.path is not None and pc.state == PLANNED:
+            entry["path_latency"] = pc.path.latency
+        if pc.meters:
+            entry["meters"] = {sw: meter.meter_id for sw, meter in pc.meters}
+        if pc.note:
+            entry["note"] = pc.note
     return entry
 
 
@@ -67,6 +77,18 @@ def render_text(report: dict) -> str:
         lines.append(f"  {e['id']:<28} {e['network_service']:<16} {ends:<40} path {path:<14} {e['state']}")
         if e.get("reason"):
             lines.append(f"      reason: {e['reason']}")
+        if e.get("service_level"):
+            level = e["service_level"]
+            backup = f"; backup {'-'.join(e['backup_path'])}" if e.get("backup_path") else ""
+            lines.append(f"      service level {level['name']}: {level['summary']}{backup}")
+        if e.get("note"):
+            lines.append(f"      note: {e['note']}")
+    if report.get("reservations"):
+        lines.append("reserved bandwidth (bit/s, each way):")
+        for r in report["reservations"]:
+            held = ", ".join(f"{way} {bits:.0f}" for way, bits in r["reserved"].items())
+            lines.append(f"  {r['link']:<24} capacity {r['capacity']:.0f}  {held}  "
+                         f"residual {r['residual']:.0f}")
     if "switches" in report:
         lines.append("switches:")
         for s in report["switches"]:

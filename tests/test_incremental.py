@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from ryu_nsm.controller import UP, Controller, PortInfo
 from ryu_nsm.model import ClientRequest, Endpoint, FrozenMap, NetworkService, Resources
 from ryu_nsm.planner import PLANNED, FabricState, make_plan
+from ryu_nsm.sla import ServiceLevel
 
 from .fabrics import ring
 from .test_controller import FakeFabric, ports_of
@@ -24,7 +25,22 @@ NO_HINTS: dict = {}  # one object throughout: unchanged hints
 def fabric_for(draw):
     hosts = {f"c{i}": (draw(st.sampled_from(SWITCHES)),) for i in range(CLIENTS)}
     hosts.update({f"e{j}": tuple(draw(st.sampled_from(SWITCHES)) for _ in range(3)) for j in range(3)})
-    return ring(5, hosts)
+    # Small capacities and some latency, so that admission refuses, preempts and detours.
+    return ring(5, hosts, capacity=100e6, latency=0.001)
+
+
+LEVELS = {
+    "guaranteed": dict(guaranteed_bandwidth=50_000_000, priority=1, preemptible=True),
+    "important": dict(guaranteed_bandwidth=60_000_000, priority=5),
+    "fast": dict(max_latency=0.0021),
+    "limited": dict(rate_limit=10_000_000, dscp=46),
+    "protected": dict(protection="disjoint", guaranteed_bandwidth=30_000_000),
+}
+
+
+def level(name):
+    """The service level ``name`` of LEVELS, for requests labelled sla=<name>."""
+    return ServiceLevel(name, "svc", client_selector=FrozenMap(sla=name), **LEVELS[name])
 
 
 def attachment(fabric, host, index=0):
@@ -40,6 +56,7 @@ class World:
         self.endpoints = {j: (0, 1, 2) for j in range(3)}  # endpoint → indexes of its attachments
         self.down: frozenset[str] = frozenset()
         self.ports: dict[tuple[str, str], int] = {}
+        self.levels = {name: level(name) for name in LEVELS}
 
     def resources(self) -> Resources:
         match_labels = FrozenMap(app="x")
@@ -48,21 +65,32 @@ class World:
                      attachments=tuple(attachment(self.fabric, f"e{j}", i) for i in atts))
             for j, atts in sorted(self.endpoints.items()))
         requests = tuple(self.requests[i] for i in sorted(self.requests))
-        return Resources((NetworkService("svc"),), endpoints, requests)
+        levels = tuple(self.levels[name] for name in sorted(self.levels))
+        return Resources((NetworkService("svc"),), endpoints, requests, service_levels=levels)
 
     def state(self) -> FabricState:
         return FabricState(down_links=self.down, ports=dict(self.ports))
 
     def step(self, draw) -> None:
-        kind = draw(st.sampled_from(["add", "add", "remove", "relabel", "endpoint", "link", "port"]))
+        kind = draw(st.sampled_from(["add", "add", "remove", "relabel", "endpoint", "link", "port", "level"]))
         i = draw(st.integers(0, CLIENTS - 1))
         if kind == "add":
             client = attachment(self.fabric, f"c{i}")
-            self.requests[i] = ClientRequest(f"c{i}", "nsm-1", "svc", attachment=client)
+            labels = FrozenMap(sla=draw(st.sampled_from(sorted(LEVELS))))
+            self.requests[i] = ClientRequest(f"c{i}", "nsm-1", "svc", labels=labels, attachment=client)
         elif kind == "remove":
             self.requests.pop(i, None)
         elif kind == "relabel" and i in self.requests:
-            self.requests[i] = replace(self.requests[i], labels=FrozenMap(v=str(draw(st.integers(0, 3)))))
+            labels = {"v": str(draw(st.integers(0, 3)))}
+            if draw(st.booleans()):
+                labels["sla"] = draw(st.sampled_from(sorted(LEVELS)))
+            self.requests[i] = replace(self.requests[i], labels=FrozenMap(labels))
+        elif kind == "level":
+            name = draw(st.sampled_from(sorted(LEVELS)))
+            if name in self.levels:
+                del self.levels[name]
+            else:
+                self.levels[name] = level(name)
         elif kind == "endpoint":
             j = draw(st.integers(0, 2))
             self.endpoints[j] = tuple(sorted(draw(st.sets(st.integers(0, 2)))))
@@ -76,7 +104,21 @@ class World:
 
 
 def comparable(plan):
-    return plan.connections, plan.flows, plan.keep_cookies
+    return plan.connections, plan.flows, plan.meters, plan.keep_cookies
+
+
+def assert_never_oversubscribed(plan, fabric):
+    """Guarantees of planned connections (path and backup, each way) fit every link direction."""
+    held = {}
+    for pc in plan.connections.values():
+        if pc.state != PLANNED or pc.level is None or not pc.level.guaranteed_bandwidth:
+            continue
+        for path in filter(None, (pc.path, pc.backup)):
+            for link in path.links:
+                for direction in ((link.name, link.a), (link.name, link.b)):
+                    held[direction] = held.get(direction, 0) + pc.level.guaranteed_bandwidth
+    capacity = {link.name: link.capacity for link in fabric.links}
+    assert all(bits <= capacity[name] for (name, _), bits in held.items())
 
 
 @settings(max_examples=80, deadline=None)
@@ -84,12 +126,13 @@ def comparable(plan):
 def test_incremental_plan_equals_planning_everything_anew(data):
     world = World(fabric_for(data.draw))
     plan = make_plan(world.fabric, world.resources(), world.state(), None, NO_HINTS)
-    for _ in range(data.draw(st.integers(1, 12))):
+    for _ in range(data.draw(st.integers(1, 16))):
         world.step(data.draw)
         resources, state = world.resources(), world.state()
         incremental = make_plan(world.fabric, resources, state, plan, NO_HINTS)
         whole = make_plan(world.fabric, resources, state, replace(plan, basis=None), NO_HINTS)
         assert comparable(incremental) == comparable(whole)
+        assert_never_oversubscribed(incremental, world.fabric)
         # Untouched connections are carried over as they were.
         for cid, pc in incremental.connections.items():
             if cid not in incremental.touched:
@@ -126,6 +169,7 @@ def test_controller_switches_hold_exactly_the_plan_after_every_change(data):
             switches.run(ctl, ctl.switch_connected(sw.dpid, ports_of(fabric, sw.name), now), now)
         for name in SWITCHES:
             assert switches.tables[name] == ctl.plan.flows.get(name, frozenset()), name
+            assert frozenset(switches.meters[name].values()) == ctl.plan.meters.get(name, frozenset()), name
         for cid, pc in ctl.plan.connections.items():
             expected = UP if pc.state == PLANNED else ctl._connection_state(pc)
             assert ctl.connection_state(cid) == expected

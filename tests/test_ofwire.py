@@ -23,6 +23,7 @@ from ryu_nsm.flowspec import (
     PIPELINE_COOKIE,
     VID_PRESENT,
     FlowSpec,
+    MeterSpec,
     Table,
     wire_cookie,
 )
@@ -307,3 +308,43 @@ def test_foreign_flows_that_fit_a_spec_are_returned() -> None:
     foreign = FlowSpec.make(Table.CLASSIFY, 10, {"in_port": 2}, [("output", 3)], cookie=0x1234)
     [decoded] = ofwire.decode_flow_stats([stats_entry(ofwire.encode_flow_mod(foreign, ofwire.OFPFC_ADD))])
     assert decoded.spec == foreign
+
+
+# ---- meters
+
+UINT32 = st.integers(1, 2**32 - 1)
+meter_specs = st.builds(MeterSpec, st.integers(1, 0xFFFF0000), UINT32, UINT32)
+
+
+@given(meter_specs, st.sampled_from([ofp.OFPMC_ADD, ofp.OFPMC_MODIFY, ofp.OFPMC_DELETE]), UINT32)
+def test_meter_mod_is_byte_identical_to_osken(spec: MeterSpec, command: int, xid: int) -> None:
+    if command == ofp.OFPMC_DELETE:
+        msg = parser.OFPMeterMod(DP, command, 0, spec.meter_id, [])
+    else:
+        band = parser.OFPMeterBandDrop(rate=spec.rate_kbps, burst_size=spec.burst_kbits)
+        flags = ofp.OFPMF_KBPS | ofp.OFPMF_BURST | ofp.OFPMF_STATS
+        msg = parser.OFPMeterMod(DP, command, flags, spec.meter_id, [band])
+    msg.set_xid(xid)
+    assert ofwire.encode_meter_mod(spec, command, xid) == serialised(msg)
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_meter_config_request_is_byte_identical_to_osken(xid: int) -> None:
+    msg = parser.OFPMeterConfigStatsRequest(DP, 0, ofp.OFPM_ALL)
+    msg.set_xid(xid)
+    assert ofwire.encode_meter_config_request(xid) == serialised(msg)
+
+
+@given(meter_specs)
+def test_decode_of_a_parsed_meter_config_is_the_spec(spec: MeterSpec) -> None:
+    mod = ofwire.encode_meter_mod(spec, ofwire.OFPMC_ADD)
+    flags, meter_id = struct.unpack_from("!HI", mod, 10)
+    bands = mod[16:]
+    entry = parser.OFPMeterConfigStats.parser(struct.pack("!HHI", 8 + len(bands), flags, meter_id) + bands, 0)
+    assert ofwire.decode_meter_configs([entry]) == [spec]
+
+
+def test_a_meter_of_another_shape_is_read_so_that_it_is_replaced() -> None:
+    entry = parser.OFPMeterConfigStats(flags=ofp.OFPMF_PKTPS, meter_id=7,
+                                       bands=[parser.OFPMeterBandDrop(rate=5, burst_size=1)])
+    assert ofwire.decode_meter_configs([entry]) == [MeterSpec(7, -1, -1)]

@@ -34,6 +34,9 @@ from ..model import (
     Problem,
     Resources,
 )
+from ..sla import API_VERSION as SLA_API_VERSION
+from ..sla import KIND as SLA_KIND
+from ..sla import ServiceLevel, parse_service_level
 
 NSM_GROUP = "networkservicemesh.io"
 NSM_API_VERSION = f"{NSM_GROUP}/v1"
@@ -597,6 +600,8 @@ def _pod_requests(
 
 _NSM_KINDS = ("NetworkService", "NetworkServiceEndpoint")
 _CORE_KINDS = ("Pod", "Namespace")
+_OUR_GROUP = SLA_API_VERSION.rpartition("/")[0]
+_OUR_KINDS = (SLA_KIND,)
 
 
 def _objects(doc: Document, body: object, base: str, problems: list[Problem]) -> Iterator[_Object]:
@@ -629,13 +634,16 @@ def _objects(doc: Document, body: object, base: str, problems: list[Problem]) ->
                 item = {"apiVersion": api, "kind": item_kind, **item}
             yield from _objects(doc, item, _item(items_path, index), problems)
         return
-    if (group == NSM_GROUP and kind in _NSM_KINDS) or (group == "" and kind in _CORE_KINDS):
+    if (group == NSM_GROUP and kind in _NSM_KINDS) or (group == "" and kind in _CORE_KINDS) or (
+            group == _OUR_GROUP and kind in _OUR_KINDS):
         yield _Object(doc, base, body, kind)
 
 
 def _version_ok(check: _Check, obj: _Object) -> bool:
     """Checked with the object, not before, so that an object of the wrong version still has a key."""
     api = obj.body["apiVersion"]
+    if obj.kind in _OUR_KINDS:
+        return True  # parse_service_level checks its own version
     if api.rpartition("/")[2] == "v1":
         return True
     expected = NSM_API_VERSION if obj.kind in _NSM_KINDS else "v1"
@@ -673,6 +681,14 @@ def _raw_key(obj: _Object) -> ObjectKey | None:
     if not isinstance(name, str) or not name or not isinstance(namespace, str):
         return None
     return (obj.kind, name) if obj.kind == "Namespace" else (obj.kind, namespace, name)
+
+
+def _service_level(check: _Check, obj: _Object) -> ServiceLevel | None:
+    """A ServiceLevel of ours (sla.py validates it, naming fields the same way)."""
+    level, problems = parse_service_level(obj.body, obj.base)
+    for problem in problems:
+        check.error(problem.path, problem.message)
+    return level
 
 
 def _namespace(check: _Check, obj: _Object) -> list[_Entry] | None:
@@ -796,6 +812,8 @@ def parse_keeping(
         if obj.kind == "Pod":
             # An empty list is a Pod that is ours but broken; its errors are in ``check``.
             return _pod_requests(check, obj, inherited)
+        if obj.kind == SLA_KIND:
+            return _service_level(check, obj)
         return _network_service(check, obj) if obj.kind == "NetworkService" else _endpoint(check, obj)
 
     def context(obj: _Object) -> object:
@@ -808,8 +826,11 @@ def parse_keeping(
     services: list[NetworkService] = []
     endpoints: list[Endpoint] = []
     requests: list[ClientRequest] = []
+    levels: list[ServiceLevel] = []
     for key, result in parser.accept([obj for obj in objects if obj.kind != "Namespace"], validate, context):
-        if key[0] == "NetworkService":
+        if key[0] == SLA_KIND:
+            levels.append(result)
+        elif key[0] == "NetworkService":
             services.append(result)
         elif key[0] == "NetworkServiceEndpoint":
             endpoints.append(result)
@@ -820,7 +841,7 @@ def parse_keeping(
     # Namespaces are read first, but their problems belong in document order like all others.
     order = {(doc.source, doc.index): position for position, doc in enumerate(documents)}
     problems = sorted(parser.problems, key=lambda p: order[(p.source, p.index)])
-    resources = Resources(tuple(services), tuple(endpoints), tuple(requests), tuple(problems))
+    resources = Resources(tuple(services), tuple(endpoints), tuple(requests), tuple(problems), tuple(levels))
     return resources, parser.valid
 
 
