@@ -139,6 +139,7 @@ KINDS = (
     Kind("networkservicemesh.io/v1", "NetworkService", "networkservices"),
     Kind("networkservicemesh.io/v1", "NetworkServiceEndpoint", "networkserviceendpoints"),
     Kind("ryu-nsm.io/v1alpha1", "NetworkServiceConnection", "networkserviceconnections", status=True),
+    Kind("ryu-nsm.io/v1alpha1", "ServiceLevel", "servicelevels"),
 )
 
 

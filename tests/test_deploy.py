@@ -26,6 +26,7 @@ DEPLOY = ROOT / "deploy"
 K8S_VERSIONS = ("1.30", "1.37")
 NSM_OPTIONAL = "crds/nsm-optional.yaml"
 OUR_CRD = "crds/networkserviceconnections.yaml"
+LEVEL_CRD = "crds/servicelevels.yaml"
 CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
 
 # Flags other work is adding to `ryu-nsm controller`: each stays an expected failure until it lands,
@@ -36,6 +37,7 @@ EXPECTED_GRANTS = {
     *{("*", "networkservicemesh.io", res, verb, ())
       for res in ("networkservices", "networkserviceendpoints") for verb in ("get", "list", "watch")},
     *{("*", "", res, verb, ()) for res in ("pods", "namespaces") for verb in ("get", "list", "watch")},
+    *{("*", "ryu-nsm.io", "servicelevels", verb, ()) for verb in ("get", "list", "watch")},
     *{("*", "ryu-nsm.io", "networkserviceconnections", verb, ())
       for verb in ("get", "list", "watch", "create", "update", "patch", "delete")},
     *{("*", "ryu-nsm.io", "networkserviceconnections/status", verb, ()) for verb in ("update", "patch")},
@@ -518,7 +520,7 @@ def test_render_is_a_consistent_set():
 
 
 def test_rbac_names_resources_the_crds_define():
-    crds = [d for relpath in (OUR_CRD, NSM_OPTIONAL) for d in load_docs(relpath)]
+    crds = [d for relpath in (OUR_CRD, LEVEL_CRD, NSM_OPTIONAL) for d in load_docs(relpath)]
     defined = {(c["spec"]["group"], c["spec"]["names"]["plural"]) for c in crds}
     with_status = {(c["spec"]["group"], c["spec"]["names"]["plural"]) for c in crds
                    if any("status" in v.get("subresources", {}) for v in c["spec"]["versions"])}
@@ -530,7 +532,7 @@ def test_rbac_names_resources_the_crds_define():
         assert (group, plural) in (with_status if sub == "status" else defined), (group, resource)
     # Only our CRD is shipped by `apply -k`: NSM's come from NSM.
     shipped = [c for c in render() if c["kind"] == "CustomResourceDefinition"]
-    assert [c["spec"]["group"] for c in shipped] == ["ryu-nsm.io"]
+    assert [c["spec"]["group"] for c in shipped] == ["ryu-nsm.io", "ryu-nsm.io"]
 
 
 # --- Dockerfile ---------------------------------------------------------------------------------------

@@ -131,10 +131,10 @@ def failures(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage().split(":")[1].strip() for r in caplog.records if "listing again" in r.getMessage()]
 
 
-ALL_KINDS = {"Namespace", "NetworkService", "NetworkServiceEndpoint", "Pod"}
+ALL_KINDS = {"Namespace", "NetworkService", "NetworkServiceEndpoint", "Pod", "ServiceLevel"}
 
 
-def watching(api: Emulator, count: int = 4) -> Callable[[], bool]:
+def watching(api: Emulator, count: int = len(ALL_KINDS)) -> Callable[[], bool]:
     return lambda: len(api.watches()) >= count
 
 
@@ -248,7 +248,7 @@ def test_a_watch_that_ends_resumes_from_its_resource_version_without_a_list(api:
     lists = len(api.requests("list"))
     for round_ in range(3):
         api.hold_watches()
-        assert api.break_watches(clean=True) == 4
+        assert api.break_watches(clean=True) == len(ALL_KINDS)
         api.create(network_service(f"new{round_}"))
         api.delete("NetworkService", "a" if round_ == 0 else f"new{round_ - 1}", namespace="ns1")
         api.release_watches()
@@ -262,7 +262,7 @@ def test_watches_that_time_out_on_the_server_resume_without_a_list(api: Emulator
     source, recorder = start(watch_timeout=1)
     recorder.wait(lambda r: True, "the first delivery")
     wait_until(lambda: len(api.requests("watch")) >= 8, "every watch to time out and resume once")
-    assert len(api.requests("list")) == 4
+    assert len(api.requests("list")) == len(ALL_KINDS)
     assert {r.params["timeoutSeconds"] for r in api.requests("watch")} == {"1"}
     api.create(network_service("svc"))
     recorder.wait(lambda r: bool(r.services), "a change after the resumption")
@@ -473,3 +473,22 @@ def test_backoff_doubles_with_jitter_up_to_the_cap_and_resets() -> None:
     assert len(set(delays[4:])) == 4  # capped, but still spread
     backoff.reset()
     assert 0.05 <= backoff.next() <= 0.1
+
+
+def service_level(name: str, spec: dict, namespace: str = "ns1") -> dict:
+    return {"apiVersion": "ryu-nsm.io/v1alpha1", "kind": "ServiceLevel",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def test_service_levels_are_watched_and_a_bad_one_names_its_field(api: Emulator, start) -> None:
+    api.create(service_level("gold", {"networkService": "svc", "guaranteedBandwidth": "100M"}))
+    source, recorder = start()
+    first = recorder.wait(lambda r: r.service_levels, "the first service level")
+    assert [(lv.name, lv.network_service, lv.guaranteed_bandwidth) for lv in first.service_levels] == [
+        ("gold", "svc", 100_000_000)]
+    api.create(service_level("broken", {"networkService": "svc", "rateLimit": "fast"}))
+    broken = recorder.wait(lambda r: r.problems, "the broken level's problem")
+    assert [(p.source, p.path) for p in broken.problems] == [("ServiceLevel/ns1/broken", "spec.rateLimit")]
+    assert [lv.name for lv in broken.service_levels] == ["gold"]  # the valid one stays
+    api.delete("ServiceLevel", "gold", namespace="ns1")
+    recorder.wait(lambda r: not r.service_levels, "the level's deletion")

@@ -38,6 +38,8 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from ..model import DEFAULT_NAMESPACE, Resources
+from ..sla import API_VERSION as SLA_API_VERSION
+from ..sla import KIND as SLA_KIND
 from .documents import CLIENT_ANNOTATION, NSM_API_VERSION, Document, ObjectKey, ParseMemo, parse_keeping
 
 log = logging.getLogger("ryu_nsm.sources.kubernetes")
@@ -69,7 +71,8 @@ NAMESPACE = WatchedKind("Namespace", "v1", "namespaces", namespaced=False)
 NETWORK_SERVICE = WatchedKind("NetworkService", NSM_API_VERSION, "networkservices")
 NETWORK_SERVICE_ENDPOINT = WatchedKind("NetworkServiceEndpoint", NSM_API_VERSION, "networkserviceendpoints")
 POD = WatchedKind("Pod", "v1", "pods")
-KINDS = (NAMESPACE, NETWORK_SERVICE, NETWORK_SERVICE_ENDPOINT, POD)
+SERVICE_LEVEL = WatchedKind(SLA_KIND, SLA_API_VERSION, "servicelevels")  # ours; optional like NSM's
+KINDS = (NAMESPACE, NETWORK_SERVICE, NETWORK_SERVICE_ENDPOINT, POD, SERVICE_LEVEL)
 
 
 def object_key(kind: WatchedKind, obj: Mapping) -> ObjectKey | None:
