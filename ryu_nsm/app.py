@@ -35,9 +35,10 @@ from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_D
 from os_ken.ofproto import ofproto_common, ofproto_v1_3
 
 from . import ofwire
-from .controller import Controller, PortInfo, Program, ReadFlows
+from .controller import Controller, PortInfo, Program, ReadFlows, SendProbe
 from .fabric import Fabric
 from .flowspec import COOKIE_OWNER_MASK, PIPELINE_COOKIE
+from .measure import PROBE_ETH_TYPE
 from .model import Resources
 from .oskenrun import send_bytes
 from .reconcile import DELETE, METER_ADD, METER_DELETE, METER_MODIFY, METER_PHASES
@@ -58,6 +59,7 @@ class ShellSettings:
     barrier_timeout: float = 10.0
     audit_interval: float = 30.0
     tick_interval: float = 1.0
+    probe_interval: float = 1.0  # link probes and echo round trips; 0: none
     switch_down_after: float = 10.0
     use_bundles: bool = True
     # Called once with a function that takes a whole Resources; sources push through it.
@@ -302,6 +304,8 @@ class NsmApp(app_manager.OSKenApp):
                     self._read_flows(command)
                 elif command[0] in ("role", "role-query", "role-slave"):
                     self._send_role(*command)
+                elif command[0] == "probes":
+                    self._send_probes(command[1])
                 elif command[0] == "port-desc":
                     dp = self.datapaths.get(command[1])
                     if dp is not None:
@@ -375,10 +379,59 @@ class NsmApp(app_manager.OSKenApp):
                  (time.monotonic() - started) * 1000, len(confirmed))
         self._call(lambda now: self.core.program_done(program.id, confirmed, now))
 
+    def _send_probes(self, probes: list[SendProbe]) -> None:
+        """Echo each switch (control channel round trip), then send the link probes; note when each left."""
+        sent = []
+        for dpid in {probe.dpid for probe in probes}:
+            dp = self.datapaths.get(dpid)
+            if dp is not None:
+                echo = dp.ofproto_parser.OFPEchoRequest(dp, data=_ECHO.pack(_ECHO_MAGIC, time.monotonic()))
+                dp.send_msg(echo)
+        for probe in probes:
+            dp = self.datapaths.get(probe.dpid)
+            if dp is None:
+                continue
+            parser = dp.ofproto_parser
+            frame = _PROBE_HEAD + _PROBE.pack(_PROBE_MAGIC, probe.seq) + bytes(46 - _PROBE.size)
+            dp.send_msg(parser.OFPPacketOut(dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+                                            actions=[parser.OFPActionOutput(probe.port)], data=frame))
+            sent.append((probe.seq, time.monotonic()))
+        with self.lock:
+            for seq, at in sent:
+                self.core.probe_sent(seq, at)
+
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _packet_in(self, ev):
+        now = time.monotonic()
+        msg = ev.msg
+        data = bytes(msg.data)
+        if len(data) < 14 + _PROBE.size or struct.unpack_from("!H", data, 12)[0] != PROBE_ETH_TYPE:
+            return
+        magic, seq = _PROBE.unpack_from(data, 14)
+        if magic == _PROBE_MAGIC:
+            in_port = msg.match.get("in_port")
+            self._call(lambda _: self.core.probe_received(msg.datapath.id, in_port, seq, now) or [])
+
+    @set_ev_cls(ofp_event.EventOFPEchoReply, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
+    def _echo_reply(self, ev):
+        now = time.monotonic()
+        data = bytes(ev.msg.data or b"")
+        if len(data) == _ECHO.size:
+            magic, sent = _ECHO.unpack(data)
+            if magic == _ECHO_MAGIC:
+                self._call(lambda _: self.core.control_rtt(ev.msg.datapath.id, now - sent) or [])
+
     def _ticker(self) -> None:
         next_audit = time.monotonic() + self.settings.audit_interval
+        next_probe = time.monotonic()
         while not self._stop.wait(self.settings.tick_interval):
             self._call(self.core.tick)
+            if self.settings.probe_interval and time.monotonic() >= next_probe:
+                next_probe = time.monotonic() + self.settings.probe_interval
+                with self.lock:
+                    probes = self.core.probes(time.monotonic())
+                if probes:
+                    self.work.put(("probes", probes))
             if time.monotonic() >= next_audit:
                 next_audit = time.monotonic() + self.settings.audit_interval
                 self._release_held()
@@ -528,6 +581,14 @@ class NsmApp(app_manager.OSKenApp):
     def _switch_name(self, dpid: int) -> str:
         switch = self.core.fabric.switch_by_dpid.get(dpid)
         return switch.name if switch else f"{dpid:#x}"
+
+
+# Probe frames: locally administered addresses, our ethertype, a magic word and the sequence number.
+_PROBE_HEAD = bytes.fromhex("024e00000001" "024e00000002") + struct.pack("!H", PROBE_ETH_TYPE)
+_PROBE = struct.Struct("!II")
+_PROBE_MAGIC = 0x4E50524F  # "NPRO"
+_ECHO = struct.Struct("!Id")
+_ECHO_MAGIC = 0x4E454348  # "NECH"
 
 
 def _encode(phase: str, spec, xid: int) -> bytes:

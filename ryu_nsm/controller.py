@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 
 from .fabric import Fabric
 from .flowspec import FlowSpec, MeterSpec, Table, is_our_meter, is_ours, wire_cookie
+from .measure import LinkQuality, Measurements, path_quality
 from .model import Resources
 from .planner import PLANNED, WAITING, FabricState, Plan, make_plan
 from .reconcile import PHASES, ConflictingFlows, FlowKey, SwitchDiff, apply_keyed, diff_keyed, diff_meters
@@ -69,6 +70,16 @@ class Program:
         return out
 
 
+@dataclass(frozen=True)
+class SendProbe:
+    """Send probe ``seq`` out of ``port`` of a switch (packet-out); the far switch hands it back."""
+
+    switch: str
+    dpid: int
+    port: int
+    seq: int
+
+
 @dataclass
 class SwitchState:
     name: str
@@ -93,9 +104,19 @@ class Change:
 class Controller:
     """Desired state of the whole fabric and what each switch is known to hold."""
 
-    def __init__(self, fabric: Fabric, switch_down_after: float = 10.0):
+    def __init__(self, fabric: Fabric, switch_down_after: float = 10.0, sla_window: float = 3.0,
+                 avoid_hold: float = 60.0, probe_window: int = 5, probe_timeout: float = 1.0):
+        """``sla_window``: how long a service level must stay broken before its connection moves;
+        ``avoid_hold``: how long it then keeps away from the links that broke it."""
         self.fabric = fabric
         self.switch_down_after = switch_down_after
+        self.sla_window = sla_window
+        self.avoid_hold = avoid_hold
+        self.measurements = Measurements(probe_window, probe_timeout)
+        self._link_by_port = {(sw, link.port_on(sw)): link for link in fabric.links
+                              for sw in (link.a, link.b)}
+        self._broken_since: dict[str, float] = {}  # connection → since when its level is broken
+        self._avoid: dict[str, tuple[frozenset[str], float]] = {}  # connection → (links, until)
         self.resources = Resources()
         self.switches: dict[str, SwitchState] = {}
         self.plan: Plan = make_plan(fabric, self.resources)
@@ -117,6 +138,7 @@ class Controller:
         self._up: dict[str, str] = {}  # connection id → its last computed state, until invalidated
         self._entries: dict[str, tuple] = {}  # connection id → (planned, state, status entry)
         self._ports_state: tuple | None = None  # (ports, down links, unreported) until a port changes
+        self._avoid_map: dict[str, frozenset[str]] | None = None  # the same object while unchanged
         # Until the sources have reported once, an empty plan means "not known yet", not "remove all".
         self._declared = False
 
@@ -241,8 +263,79 @@ class Controller:
         return [ReadFlows(s.name, s.dpid, s.epoch) for s in self.switches.values() if s.connected]
 
     def tick(self, now: float) -> list:
-        """Periodic: switches away longer than ``switch_down_after`` are treated as down."""
-        return self._replan(now) if self._state(now) != self._last_state else []
+        """Periodic: switches away longer than ``switch_down_after`` are treated as down; service
+        levels are checked against what the probes measure, and broken ones move."""
+        self.measurements.expire(now)
+        moved = self._check_levels(now)
+        return self._replan(now) if moved or self._state(now) != self._last_state else []
+
+    # -- measurement and the closed loop --------------------------------------------------------
+
+    def probes(self, now: float) -> list:
+        """One probe out of each end of every link between two switches whose flows are known."""
+        ready = {name for name, s in self.switches.items() if s.connected and s.flows is not None}
+        out = []
+        for link in self.fabric.links:
+            if link.a in ready and link.b in ready:
+                for end in (link.a, link.b):
+                    seq = self.measurements.sent((link.name, end), now)
+                    out.append(SendProbe(end, self.switches[end].dpid, link.port_on(end), seq))
+        return out
+
+    def probe_sent(self, seq: int, now: float) -> None:
+        """The shell sent probe ``seq`` now (later than it was asked for, behind other work)."""
+        self.measurements.resent(seq, now)
+
+    def probe_received(self, dpid: int, in_port: int, seq: int, now: float) -> None:
+        """A probe came back as a packet-in from ``in_port`` of switch ``dpid``."""
+        switch = self.fabric.switch_by_dpid.get(dpid)
+        link = self._link_by_port.get((switch.name, in_port)) if switch else None
+        if link is not None:
+            self.measurements.received(seq, switch.name, link.peer_of(switch.name)[0], now)
+
+    def control_rtt(self, dpid: int, rtt: float) -> None:
+        """An echo round trip to switch ``dpid``: the control channel's share of a probe's time."""
+        switch = self.fabric.switch_by_dpid.get(dpid)
+        if switch is not None:
+            self.measurements.control_rtt(switch.name, rtt)
+
+    def link_quality(self) -> dict[str, LinkQuality]:
+        """Measured quality per link (the worse direction), for links that have measurements."""
+        out = {}
+        for link in self.fabric.links:
+            quality = self.measurements.link(link.name, (link.a, link.b))
+            if quality is not None:
+                out[link.name] = quality
+        return out
+
+    def _check_levels(self, now: float) -> bool:
+        """Start moving connections whose level has been broken for ``sla_window``; True if any."""
+        for cid, (_, until) in list(self._avoid.items()):
+            if now >= until:
+                del self._avoid[cid]  # it stays where it went: paths are sticky
+        measured = self.link_quality()
+        moved = False
+        for cid, pc in self.plan.connections.items():
+            level = pc.level
+            if pc.state != PLANNED or level is None or (level.max_latency is None and level.max_loss is None):
+                self._broken_since.pop(cid, None)
+                continue
+            broken = _breach(level, pc.path, measured)
+            if broken is None:
+                self._broken_since.pop(cid, None)
+                continue
+            since = self._broken_since.setdefault(cid, now)
+            if now - since < self.sla_window or cid in self._avoid:
+                continue
+            bad = _culprits(level, pc.path, measured)
+            self._avoid[cid] = (bad, now + self.avoid_hold)
+            self._broken_since.pop(cid, None)
+            what = (f"service level {level.name} broken for {now - since:.1f} s: {broken}; "
+                    f"moving off {', '.join(sorted(bad))}")
+            self.history.append(Change(now, cid, what))
+            log.warning("connection %s: %s", cid, what)
+            moved = True
+        return moved
 
     # -- planning -------------------------------------------------------------------------------
 
@@ -277,7 +370,10 @@ class Controller:
             s.name for s in self.switches.values()
             if not s.connected and now - s.since >= self.switch_down_after
         )
-        return FabricState(down_links, down_switches, ports, unreported)
+        avoid = self._avoid_map
+        if avoid is None or avoid.keys() != self._avoid.keys():
+            avoid = self._avoid_map = {cid: links for cid, (links, _) in self._avoid.items()}
+        return FabricState(down_links, down_switches, ports, unreported, avoid)
 
     def _replan(self, now: float) -> list:
         state = self._state(now)
@@ -426,17 +522,25 @@ class Controller:
                 return PENDING
         return UP
 
-    def _entry(self, pc) -> dict:
+    def _entry(self, pc, measured: dict[str, LinkQuality]) -> dict:
         """The connection's status entry, built again only when the connection or its state changed."""
         state = self.connection_state(pc.id)
         cached = self._entries.get(pc.id)
         if cached is None or cached[0] is not pc or cached[1] != state:
             cached = self._entries[pc.id] = (pc, state, connection_entry(pc, state))
-        return cached[2]
+        entry = cached[2]
+        level = pc.level
+        if level is not None and pc.path is not None and pc.state == PLANNED and measured:
+            quality = path_quality(pc.path.links, measured)
+            entry = {**entry, "measured": {"latency": quality.latency, "loss": quality.loss,
+                                           "complete": quality.measured,
+                                           "met": _breach(level, pc.path, measured) is None}}
+        return entry
 
     def status(self) -> dict:
         """A JSON-able picture: connections (with path, state, reason), switches and recent history."""
-        connections = [self._entry(pc) for pc in self.plan.connections.values()]
+        measured = self.link_quality()
+        connections = [self._entry(pc, measured) for pc in self.plan.connections.values()]
         switches = [
             {"name": s.name, "dpid": f"{s.dpid:#018x}", "connected": s.connected,
              "flows": len(s.flows) if s.flows is not None else None}
@@ -445,5 +549,29 @@ class Controller:
         history = [{"time": h.time, "connection": h.connection, "what": h.what} for h in self.history]
         problems = [str(p) for p in self.resources.problems]
         return {"fabric": self.fabric.name, "connections": connections, "switches": switches,
-                "history": history, "problems": problems, "reservations": self.plan.reservations()}
+                "history": history, "problems": problems, "reservations": self.plan.reservations(),
+                "links": [{"link": name, "latency": q.latency, "loss": q.loss, "samples": q.samples}
+                          for name, q in measured.items()]}
 
+
+def _breach(level, path, measured: dict[str, LinkQuality]) -> str | None:
+    """How ``path`` breaks ``level`` by what is measured, or None while it meets it."""
+    quality = path_quality(path.links, measured)
+    if level.max_latency is not None and not level.chain_latency and quality.latency > level.max_latency:
+        return f"latency {quality.latency * 1e3:.1f} ms > {level.max_latency * 1e3:.1f} ms"
+    if level.max_loss is not None and quality.loss > level.max_loss:
+        return f"loss {quality.loss:.1%} > {level.max_loss:.1%}"
+    return None
+
+
+def _culprits(level, path, measured: dict[str, LinkQuality]) -> frozenset[str]:
+    """The links of ``path`` to leave: those measured worse than declared (latency) or losing frames."""
+    bad = set()
+    for link in path.links:
+        q = measured.get(link.name)
+        if q is None:
+            continue
+        slow = q.latency is not None and q.latency > link.latency + 0.001 and level.max_latency is not None
+        if slow or (q.loss > 0 and level.max_loss is not None):
+            bad.add(link.name)
+    return frozenset(bad or (link.name for link in path.links))

@@ -21,7 +21,10 @@ from .flowspec import (
     Table,
     wire_cookie,
 )
+from .measure import PROBE_ETH_TYPE
 from .pathing import Path
+
+OFPP_CONTROLLER = 0xFFFFFFFD
 
 ETH_TYPE_IPV4 = 0x0800
 ETH_TYPE_IPV6 = 0x86DD
@@ -48,7 +51,11 @@ class WireEnds:
 
 
 def pipeline_flows(fabric: Fabric, switch: str) -> list[FlowSpec]:
-    """The base flows of one switch: fabric ports go on to FORWARD, everything else is dropped."""
+    """The base flows of one switch: fabric ports go on to FORWARD, everything else is dropped.
+
+    The controller's link probes (untagged, PROBE_ETH_TYPE) arriving from a fabric port go to the
+    controller; untagged, so that a client's frame of that type riding a wire's tag never does.
+    """
     flows = [
         FlowSpec.make(Table.CLASSIFY, Priority.MISS, {}),
         FlowSpec.make(Table.FORWARD, Priority.MISS, {}),
@@ -57,6 +64,9 @@ def pipeline_flows(fabric: Fabric, switch: str) -> list[FlowSpec]:
         flows.append(
             FlowSpec.make(Table.CLASSIFY, Priority.FABRIC_PORT, {"in_port": port}, goto=Table.FORWARD)
         )
+        flows.append(FlowSpec.make(Table.CLASSIFY, Priority.PROBE,
+                                   {"in_port": port, "eth_type": PROBE_ETH_TYPE, "vlan_vid": 0},
+                                   [("output", OFPP_CONTROLLER)]))
     return flows
 
 

@@ -101,6 +101,7 @@ PIPELINE: dict[Table, TableRule] = {
 class Priority(IntEnum):
     MISS = 0
     FABRIC_PORT = 100
+    PROBE = 150  # the controller's link probes, above the fabric ports' goto
     WIRE = 1000
     WIRE_IP = 1100  # IP frames of a wire whose IP header is rewritten (DSCP), above its other frames
 

@@ -38,6 +38,9 @@ class FabricState:
     ports: Mapping[tuple[str, str], int] = field(default_factory=dict, compare=False, hash=False)
     # Switches whose ports are not known yet (not connected since the controller started).
     unreported: frozenset[str] = frozenset()
+    # Connection id → links it should leave (measured to break its service level); a preference:
+    # with no other way, it stays where it is.
+    avoid: Mapping[str, frozenset[str]] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,9 @@ def make_plan(
     if basis is not None and basis.state.ports is not state.ports:
         moved_ports = {key for key, _ in basis.state.ports.items() ^ state.ports.items()}
     check_hints = basis is None or basis.hints is not hints
+    moved_away: set[str] = set()
+    if basis is not None and basis.state.avoid is not state.avoid:
+        moved_away = {cid for cid, _ in basis.state.avoid.items() ^ state.avoid.items()}
 
     def still_good(cid: str, conn: Connection) -> PlannedConnection | None:
         old = before.get(cid)
@@ -181,11 +187,13 @@ def make_plan(
             return None
         if check_hints and any(hints.get((cid, link), tag) != tag for link, tag in old.tags):
             return None
+        if cid in moved_away:
+            return None
         return old
 
     planned: dict[str, PlannedConnection] = {}
     anew = []
-    quick = same_fabric and not moved_ports and not check_hints and not anew_all
+    quick = same_fabric and not moved_ports and not check_hints and not anew_all and not moved_away
     for cid, conn in resolved.items():
         old = before.get(cid)
         if quick and old is not None and old.connection is conn and old.state == PLANNED:
@@ -311,24 +319,15 @@ class _Router:
             conn.endpoint_attachment
         ) and before.connection.client_attachment == conn.client_attachment and self.view.intact(before.path):
             current = before.path
-        backup, note, event, evicted = None, "", "", ()
-        if _admitted(level):
-            backup = before.backup if current is not None else None
-            decision = admit(self.view, self.ledger, demand_for(conn.id, src, dst, level, current, backup),
-                             preempt=preempt)
-            if not decision.admitted:
-                return refused(FAILED, decision.reason), ()
-            path, backup = decision.path, decision.backup
-            evicted = tuple(e.connection_id for e in decision.evicted)
-            event = ", ".join(map(str, decision.evicted))
-            note = decision.reason.removeprefix(event).removeprefix("; ")
-        elif current is not None:
-            path = current
-        else:
-            try:
-                path = self.view.shortest(src, dst)
-            except NoPath as exc:
-                return refused(FAILED, str(exc)), ()
+        avoid = self.state.avoid.get(conn.id, frozenset())
+        found = self._place(conn, src, dst, level, current, before, preempt, self._view_without(avoid))
+        if avoid and isinstance(found, str):  # no way around what it should leave: it stays
+            found = self._place(conn, src, dst, level, current, before, preempt, self.view)
+            if not isinstance(found, str):
+                found = (*found[:3], f"no path avoids {', '.join(sorted(avoid))}", *found[4:])
+        if isinstance(found, str):
+            return refused(FAILED, found), ()
+        path, backup, event, note, evicted = found
         try:
             held = tuple((link.name, self.tags.allocate(conn.id, link.name)) for link in path.links)
         except TagSpaceExhausted as exc:
@@ -341,6 +340,33 @@ class _Router:
         flows = tuple(wire_flows(ends, path, dict(held), qos))
         planned = PlannedConnection(conn, PLANNED, "", path, held, flows, level, backup, note, event, meters)
         return planned, evicted
+
+    def _view_without(self, avoid: frozenset[str]) -> FabricView:
+        if not avoid:
+            return self.view
+        return FabricView(self.fabric, self.view.down_links | avoid, self.view.down_switches)
+
+    def _place(self, conn: Connection, src: str, dst: str, level: ServiceLevel | None, current: Path | None,
+               before: PlannedConnection | None, preempt: bool, view: FabricView) -> tuple | str:
+        """(path, backup, event, note, preempted ids) in ``view``, or why there is none."""
+        if current is not None and not view.intact(current):
+            current = None
+        if _admitted(level):
+            backup = before.backup if current is not None else None
+            decision = admit(view, self.ledger, demand_for(conn.id, src, dst, level, current, backup),
+                             preempt=preempt)
+            if not decision.admitted:
+                return decision.reason
+            event = ", ".join(map(str, decision.evicted))
+            note = decision.reason.removeprefix(event).removeprefix("; ")
+            return (decision.path, decision.backup, event, note,
+                    tuple(e.connection_id for e in decision.evicted))
+        if current is not None:
+            return current, None, "", "", ()
+        try:
+            return view.shortest(src, dst), None, "", "", ()
+        except NoPath as exc:
+            return str(exc)
 
     def _meters(
         self, cid: str, ends: WireEnds, level: ServiceLevel | None

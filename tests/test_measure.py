@@ -1,0 +1,131 @@
+"""Link measurement from probes, and the closed loop that moves connections whose service level breaks."""
+
+from ryu_nsm.controller import Controller, SendProbe
+from ryu_nsm.measure import Measurements, path_quality
+from ryu_nsm.model import ClientRequest, Endpoint, NetworkService, Resources
+from ryu_nsm.planner import PLANNED
+from ryu_nsm.sla import ServiceLevel
+
+from .fabrics import ring
+from .flowsim import FabricSim
+from .test_controller import FakeFabric
+
+LINK = ("s1:1-s2:2", "s1")
+
+
+def test_latency_is_the_median_of_corrected_delays_and_loss_counts_what_never_came_back():
+    m = Measurements(window=5, timeout=1.0)
+    m.control_rtt("s1", 0.002)
+    m.control_rtt("s2", 0.004)
+    for i, delay in enumerate([0.013, 0.013, 0.050, 0.013]):
+        seq = m.sent(LINK, i)
+        assert abs(m.received(seq, "s2", "s1", i + delay) - (delay - 0.003)) < 1e-9
+    lost = m.sent(LINK, 10.0)
+    m.expire(10.5)
+    assert m.quality(LINK).loss == 0.0  # not yet: the timeout has not passed
+    m.expire(11.0)
+    assert m.received(lost, "s2", "s1", 11.2) is None  # too late: counted lost, not measured
+    quality = m.quality(LINK)
+    assert abs(quality.latency - 0.010) < 1e-9 and quality.loss == 1 / 5 and quality.samples == 5
+
+
+def test_path_quality_adds_latency_and_compounds_loss_and_falls_back_to_declared():
+    fabric = ring(3)
+    links = fabric.links[:2]
+    m = Measurements()
+    seq = m.sent((links[0].name, links[0].a), 0.0)
+    m.received(seq, links[0].b, links[0].a, 0.02)
+    q = path_quality(links, {links[0].name: m.link(links[0].name, (links[0].a, links[0].b))})
+    assert abs(q.latency - (0.02 + links[1].latency)) < 1e-9 and q.loss == 0.0 and not q.measured
+
+
+class Probed:
+    """Answers the controller's probes as a fabric whose link delays (s) and losses are set by the test."""
+
+    def __init__(self, ctl: Controller, fabric):
+        self.ctl, self.fabric = ctl, fabric
+        self.delay = {link.name: 0.001 for link in fabric.links}
+        self.lost: set[str] = set()
+
+    def round(self, now: float) -> None:
+        for probe in self.ctl.probes(now):
+            assert isinstance(probe, SendProbe)
+            link = next(lk for lk in self.fabric.links
+                        if probe.switch in (lk.a, lk.b) and lk.port_on(probe.switch) == probe.port)
+            if link.name in self.lost:
+                continue
+            peer, port = link.peer_of(probe.switch)
+            self.ctl.probe_received(self.fabric.switch_by_name[peer].dpid, port, probe.seq,
+                                    now + self.delay[link.name])
+
+
+def setup(bound="5ms"):
+    fabric = ring(3, {"client": ("s1",), "server": ("s2",)}, latency=0.001)
+    client = next(h for h in fabric.hosts if h.name == "client").interfaces[0]
+    server = next(h for h in fabric.hosts if h.name == "server").interfaces[0]
+    level = ServiceLevel("fast", "svc", max_latency=0.005, max_loss=0.2)
+    resources = Resources(
+        (NetworkService("svc"),),
+        (Endpoint("server", services=("svc",), attachments=(server.attachment,)),),
+        (ClientRequest("client", "nsm-1", "svc", attachment=client.attachment),),
+        service_levels=(level,))
+    ctl = Controller(fabric, sla_window=3.0, avoid_hold=30.0)
+    switches = FakeFabric(fabric)
+    switches.connect_all(ctl)
+    switches.run(ctl, ctl.set_resources(resources, 0.0))
+    return fabric, ctl, switches, client, server
+
+
+def path_of(ctl):
+    (pc,) = ctl.plan.connections.values()
+    assert pc.state == PLANNED
+    return pc.path.switches
+
+
+def run(ctl, switches, probed, start, end):
+    now = start
+    while now < end:
+        probed.round(now)
+        switches.run(ctl, ctl.tick(now + 0.5), now + 0.5)
+        now += 1.0
+    return now
+
+
+def test_a_slow_link_moves_the_connection_after_the_window_and_it_does_not_flap_back():
+    fabric, ctl, switches, client, server = setup()
+    direct = "s1:1-s2:2"
+    probed = Probed(ctl, fabric)
+    now = run(ctl, switches, probed, 0.0, 10.0)
+    assert path_of(ctl) == ("s1", "s2")
+    assert ctl.status()["connections"][0]["measured"]["met"] is True
+
+    probed.delay[direct] = 0.030  # 30 ms: the 5 ms bound breaks
+    now = run(ctl, switches, probed, now, now + 4.0)
+    assert path_of(ctl) == ("s1", "s2"), "moved before the breach was sustained"
+    now = run(ctl, switches, probed, now, now + 6.0)
+    assert path_of(ctl) == ("s1", "s3", "s2")
+    # Frames follow the new path, and the history says why it moved.
+    (delivery,) = FabricSim(fabric, switches.tables).send(client.switch, client.port)
+    assert (delivery.switch, delivery.port) == (server.switch, server.port)
+    assert any("latency" in h.what and direct in h.what for h in ctl.history)
+
+    probed.delay[direct] = 0.001  # the link recovers: the connection stays (no flapping)
+    run(ctl, switches, probed, now, now + 40.0)
+    assert path_of(ctl) == ("s1", "s3", "s2")
+
+
+def test_a_lossy_link_moves_the_connection_and_with_no_way_around_it_stays():
+    fabric, ctl, switches, *_ = setup()
+    probed = Probed(ctl, fabric)
+    now = run(ctl, switches, probed, 0.0, 6.0)
+    probed.lost.add("s1:1-s2:2")
+    now = run(ctl, switches, probed, now, now + 12.0)
+    assert path_of(ctl) == ("s1", "s3", "s2")
+    # Now every way is slow: it stays where it is, and says so.
+    for name in probed.delay:
+        probed.delay[name] = 0.050
+    probed.lost.clear()
+    run(ctl, switches, probed, now, now + 12.0)
+    (pc,) = ctl.plan.connections.values()
+    assert pc.state == PLANNED and pc.path.switches in (("s1", "s3", "s2"), ("s1", "s2"))
+    assert ctl.status()["connections"][0]["measured"]["met"] is False
