@@ -105,6 +105,8 @@ class NsmApp(app_manager.OSKenApp):
         self.no_bundles: set[int] = set()
         self._multipart: dict[tuple[int, str], list] = {}
         self._reads: dict[int, ReadFlows] = {}  # stats request xid → the read it answers
+        self._loops: dict[int, tuple[int, float]] = {}  # loop probe seq → (dpid, sent at)
+        self._loop_seq = 0
         # Meters are asked for just before the flows (the switch answers in order): meter request
         # xid → flow request xid, and flow request xid → the meters read.
         self._meter_reads: dict[int, int] = {}
@@ -380,25 +382,31 @@ class NsmApp(app_manager.OSKenApp):
         self._call(lambda now: self.core.program_done(program.id, confirmed, now))
 
     def _send_probes(self, probes: list[SendProbe]) -> None:
-        """Echo each switch (control channel round trip), then send the link probes; note when each left."""
+        """Loop a probe through each switch (packet-out straight back as packet-in: the control path's
+        own share of a link probe's time), then send the link probes; note when each left."""
         sent = []
-        for dpid in {probe.dpid for probe in probes}:
-            dp = self.datapaths.get(dpid)
-            if dp is not None:
-                echo = dp.ofproto_parser.OFPEchoRequest(dp, data=_ECHO.pack(_ECHO_MAGIC, time.monotonic()))
-                dp.send_msg(echo)
+        for dpid in sorted({probe.dpid for probe in probes}):
+            self._loop_seq = (self._loop_seq + 1) & 0xFFFFFFFF
+            if self._packet_out(dpid, ofp.OFPP_CONTROLLER, _LOOP_MAGIC, self._loop_seq):
+                self._loops[self._loop_seq] = (dpid, time.monotonic())
         for probe in probes:
-            dp = self.datapaths.get(probe.dpid)
-            if dp is None:
-                continue
-            parser = dp.ofproto_parser
-            frame = _PROBE_HEAD + _PROBE.pack(_PROBE_MAGIC, probe.seq) + bytes(46 - _PROBE.size)
-            dp.send_msg(parser.OFPPacketOut(dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
-                                            actions=[parser.OFPActionOutput(probe.port)], data=frame))
-            sent.append((probe.seq, time.monotonic()))
+            if self._packet_out(probe.dpid, probe.port, _PROBE_MAGIC, probe.seq):
+                sent.append((probe.seq, time.monotonic()))
         with self.lock:
             for seq, at in sent:
                 self.core.probe_sent(seq, at)
+        while len(self._loops) > 10_000:  # answers that never came
+            self._loops.pop(next(iter(self._loops)))
+
+    def _packet_out(self, dpid: int, port: int, magic: int, seq: int) -> bool:
+        dp = self.datapaths.get(dpid)
+        if dp is None:
+            return False
+        parser = dp.ofproto_parser
+        frame = _PROBE_HEAD + _PROBE.pack(magic, seq) + bytes(46 - _PROBE.size)
+        dp.send_msg(parser.OFPPacketOut(dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+                                        actions=[parser.OFPActionOutput(port)], data=frame))
+        return True
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev):
@@ -408,18 +416,14 @@ class NsmApp(app_manager.OSKenApp):
         if len(data) < 14 + _PROBE.size or struct.unpack_from("!H", data, 12)[0] != PROBE_ETH_TYPE:
             return
         magic, seq = _PROBE.unpack_from(data, 14)
+        dpid = msg.datapath.id
         if magic == _PROBE_MAGIC:
             in_port = msg.match.get("in_port")
-            self._call(lambda _: self.core.probe_received(msg.datapath.id, in_port, seq, now) or [])
-
-    @set_ev_cls(ofp_event.EventOFPEchoReply, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
-    def _echo_reply(self, ev):
-        now = time.monotonic()
-        data = bytes(ev.msg.data or b"")
-        if len(data) == _ECHO.size:
-            magic, sent = _ECHO.unpack(data)
-            if magic == _ECHO_MAGIC:
-                self._call(lambda _: self.core.control_rtt(ev.msg.datapath.id, now - sent) or [])
+            self._call(lambda _: self.core.probe_received(dpid, in_port, seq, now) or [])
+        elif magic == _LOOP_MAGIC and seq in self._loops:
+            looped, sent = self._loops.pop(seq)
+            if looped == dpid:
+                self._call(lambda _: self.core.control_rtt(dpid, now - sent) or [])
 
     def _ticker(self) -> None:
         next_audit = time.monotonic() + self.settings.audit_interval
@@ -586,9 +590,8 @@ class NsmApp(app_manager.OSKenApp):
 # Probe frames: locally administered addresses, our ethertype, a magic word and the sequence number.
 _PROBE_HEAD = bytes.fromhex("024e00000001" "024e00000002") + struct.pack("!H", PROBE_ETH_TYPE)
 _PROBE = struct.Struct("!II")
-_PROBE_MAGIC = 0x4E50524F  # "NPRO"
-_ECHO = struct.Struct("!Id")
-_ECHO_MAGIC = 0x4E454348  # "NECH"
+_PROBE_MAGIC = 0x4E50524F  # "NPRO": out of a fabric port, back from the far switch
+_LOOP_MAGIC = 0x4E4C4F4F  # "NLOO": straight back from the switch it was sent to
 
 
 def _encode(phase: str, spec, xid: int) -> bytes:

@@ -294,7 +294,7 @@ class Controller:
             self.measurements.received(seq, switch.name, link.peer_of(switch.name)[0], now)
 
     def control_rtt(self, dpid: int, rtt: float) -> None:
-        """An echo round trip to switch ``dpid``: the control channel's share of a probe's time."""
+        """A round trip controller → switch ``dpid`` → controller: the control path's share of a probe."""
         switch = self.fabric.switch_by_dpid.get(dpid)
         if switch is not None:
             self.measurements.control_rtt(switch.name, rtt)
@@ -468,8 +468,11 @@ class Controller:
             elif new.path != old.path and old.path is not None and new.path is not None:
                 cut = [link.name for link in old.path.links if link.name in state.down_links]
                 down = [sw for sw in old.path.switches if sw in state.down_switches]
+                avoided = self._avoid.get(cid, (frozenset(),))[0] & {link.name for link in old.path.links}
                 why = f"link {', '.join(cut)} down" if cut else (
-                    f"switch {', '.join(down)} down" if down else (new.event or "endpoint changed"))
+                    f"switch {', '.join(down)} down" if down else (
+                        f"service level: off {', '.join(sorted(avoided))}" if avoided else (
+                            new.event or "endpoint changed")))
                 what = f"moved {'-'.join(old.path.switches)} → {'-'.join(new.path.switches)} ({why})"
             if new.event and (what is None or new.event not in what):
                 what = f"{what}; {new.event}" if what else new.event

@@ -2,8 +2,11 @@
 
 Every ``interval`` the controller sends a probe frame out of each end of each fabric link
 (packet-out) and gets it back from the switch at the other end (packet-in). The time from sending
-to receiving, minus half the control-channel round trip of each of the two switches (measured
-with OpenFlow echo), is the link's one-way latency in that direction. A probe not back within
+to receiving, minus half the control path's round trip of each of the two switches, is the link's
+one-way latency in that direction. The control path's round trip is measured the same way, with a
+probe each switch hands straight back (packet-out to the controller port): it holds what a link
+probe spends in the channel, in the switch's slow path and in the controller's event queue, which
+an OpenFlow echo would not. A probe not back within
 ``timeout`` is lost. Each direction keeps its last ``window`` probes: latency is their median
 (robust to a scheduling hiccup of this userspace datapath), loss the fraction that never came back.
 
@@ -44,7 +47,7 @@ class Measurements:
         self.timeout = timeout
         self._directions: dict[tuple[str, str], _Direction] = {}
         self._outstanding: dict[int, tuple[tuple[str, str], float]] = {}  # seq → (direction, sent at)
-        self._rtt: dict[str, float] = {}  # switch → control channel round trip (s)
+        self._rtt: dict[str, deque] = {}  # switch → its last control path round trips (s)
         self._seq = 0
 
     def sent(self, direction: tuple[str, str], now: float) -> int:
@@ -61,8 +64,12 @@ class Measurements:
             self._outstanding[seq] = (known[0], now)
 
     def control_rtt(self, switch: str, rtt: float) -> None:
-        """The latest echo round trip to ``switch``."""
-        self._rtt[switch] = rtt
+        """A control path round trip to ``switch`` (its median over the window counts)."""
+        _push(self._rtt.setdefault(switch, deque()), rtt, self.window)
+
+    def _control(self, switch: str) -> float:
+        rtts = self._rtt.get(switch)
+        return statistics.median(rtts) if rtts else 0.0
 
     def received(self, seq: int, at_switch: str, from_switch: str, now: float) -> float | None:
         """A probe came back from the far switch; returns the one-way delay it measured, or None."""
@@ -70,7 +77,7 @@ class Measurements:
         if known is None:
             return None  # too late (already counted lost) or not ours
         direction, sent_at = known
-        correction = (self._rtt.get(from_switch, 0.0) + self._rtt.get(at_switch, 0.0)) / 2
+        correction = (self._control(from_switch) + self._control(at_switch)) / 2
         delay = max(0.0, now - sent_at - correction)
         state = self._directions[direction]
         _push(state.delays, delay, self.window)
