@@ -41,7 +41,7 @@ from .flowspec import COOKIE_OWNER_MASK, PIPELINE_COOKIE
 from .measure import PROBE_ETH_TYPE
 from .model import Resources
 from .oskenrun import send_bytes
-from .reconcile import DELETE, METER_ADD, METER_DELETE, METER_MODIFY, METER_PHASES
+from .reconcile import DELETE
 
 log = logging.getLogger("ryu_nsm.app")
 ofp = ofproto_v1_3
@@ -107,10 +107,10 @@ class NsmApp(app_manager.OSKenApp):
         self._reads: dict[int, ReadFlows] = {}  # stats request xid → the read it answers
         self._loops: dict[int, tuple[int, float]] = {}  # loop probe seq → (dpid, sent at)
         self._loop_seq = 0
-        # Meters are asked for just before the flows (the switch answers in order): meter request
-        # xid → flow request xid, and flow request xid → the meters read.
-        self._meter_reads: dict[int, int] = {}
-        self._read_meters: dict[int, list] = {}
+        # Meters and groups are asked for just before the flows (the switch answers in order):
+        # request xid → (kind, flow request xid), and flow request xid → kind → what was read.
+        self._object_reads: dict[int, tuple[str, int]] = {}
+        self._read_objects: dict[int, dict[str, list]] = {}
         self._waiters: dict[int, _Waiter] = {}  # barrier/bundle/flow xid → waiter of its batch
         # xid → what it was, for error messages: a text, or (phase, switch, flow) worded only if needed
         self._sent: OrderedDict[int, str | tuple] = OrderedDict()
@@ -224,20 +224,28 @@ class NsmApp(app_manager.OSKenApp):
             return
         del self._reads[msg.xid]
         specs = [stats.spec for stats in ofwire.decode_flow_stats(entries)]
-        meters = self._read_meters.pop(msg.xid, [])
-        self._call(lambda now: self.core.flows_read(read.switch, specs, now, read.epoch, meters))
+        held = self._read_objects.pop(msg.xid, {})
+        meters, groups = held.get("meter", []), held.get("group", [])
+        self._call(lambda now: self.core.flows_read(read.switch, specs, now, read.epoch, meters, groups))
 
     @set_ev_cls(ofp_event.EventOFPMeterConfigStatsReply, MAIN_DISPATCHER)
     def _meter_config(self, ev):
-        msg = ev.msg
-        flows_xid = self._meter_reads.get(msg.xid)
-        if flows_xid is None:
+        self._object_reply(ev.msg, ofwire.decode_meter_configs)
+
+    @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
+    def _group_desc(self, ev):
+        self._object_reply(ev.msg, ofwire.decode_group_descs)
+
+    def _object_reply(self, msg, decode: Callable) -> None:
+        asked = self._object_reads.get(msg.xid)
+        if asked is None:
             return
-        entries = self._gather(msg.datapath.id, f"meters-{msg.xid}", msg)
+        entries = self._gather(msg.datapath.id, f"objects-{msg.xid}", msg)
         if entries is None:
             return
-        del self._meter_reads[msg.xid]
-        self._read_meters[flows_xid] = ofwire.decode_meter_configs(entries)
+        del self._object_reads[msg.xid]
+        kind, flows_xid = asked
+        self._read_objects.setdefault(flows_xid, {})[kind] = decode(entries)
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def _port_status(self, ev):
@@ -327,10 +335,12 @@ class NsmApp(app_manager.OSKenApp):
         if dp is None:
             return
         meters_xid = self._xid(f"meter config request to {read.switch}")
+        groups_xid = self._xid(f"group description request to {read.switch}")
         xid = self._xid(f"flow stats request to {read.switch}")
-        self._meter_reads[meters_xid] = xid
+        self._object_reads[meters_xid] = ("meter", xid)
+        self._object_reads[groups_xid] = ("group", xid)
         self._reads[xid] = read
-        dp.send(ofwire.encode_meter_config_request(meters_xid)
+        dp.send(ofwire.encode_meter_config_request(meters_xid) + ofwire.encode_group_desc_request(groups_xid)
                 + ofwire.encode_flow_stats_request(xid, PIPELINE_COOKIE, COOKIE_OWNER_MASK))
 
     def _run_program(self, program: Program) -> None:
@@ -351,7 +361,7 @@ class NsmApp(app_manager.OSKenApp):
                     xid = self._xid((phase, switch, spec))
                     xids.append(xid)
                     msgs.append(_encode(phase, spec, xid))
-                if phase in METER_PHASES or dpid in self.no_bundles:  # bundles carry flow mods only
+                if "-" in phase or dpid in self.no_bundles:  # bundles carry flow mods only
                     buf = b"".join(msgs)
                 else:
                     bundle_xid = self._xid(f"bundle of {len(msgs)} {phase}s on {switch}")
@@ -596,10 +606,11 @@ _LOOP_MAGIC = 0x4E4C4F4F  # "NLOO": straight back from the switch it was sent to
 
 def _encode(phase: str, spec, xid: int) -> bytes:
     """The message of one operation of a program phase (flow or meter)."""
-    meter_command = {METER_ADD: ofwire.OFPMC_ADD, METER_MODIFY: ofwire.OFPMC_MODIFY,
-                     METER_DELETE: ofwire.OFPMC_DELETE}.get(phase)
-    if meter_command is not None:
-        return ofwire.encode_meter_mod(spec, meter_command, xid)
+    kind, _, verb = phase.rpartition("-")
+    if kind:  # ADD, MODIFY and DELETE are 0, 1, 2 for meters and groups alike
+        command = ("add", "modify", "delete").index(verb)
+        encode = ofwire.encode_meter_mod if kind == "meter" else ofwire.encode_group_mod
+        return encode(spec, command, xid)
     command = ofwire.OFPFC_DELETE_STRICT if phase == DELETE else ofwire.OFPFC_ADD
     return ofwire.encode_flow_mod(spec, command, xid)
 

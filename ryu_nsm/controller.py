@@ -22,11 +22,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from .fabric import Fabric
-from .flowspec import FlowSpec, MeterSpec, Table, is_our_meter, is_ours, wire_cookie
+from .flowspec import FlowSpec, GroupSpec, MeterSpec, Table, is_our_group, is_our_meter, is_ours, wire_cookie
 from .measure import LinkQuality, Measurements, path_quality
 from .model import Resources
 from .planner import PLANNED, WAITING, FabricState, Plan, make_plan
-from .reconcile import PHASES, ConflictingFlows, FlowKey, SwitchDiff, apply_keyed, diff_keyed, diff_meters
+from .reconcile import (
+    OBJECT_KINDS,
+    PHASES,
+    ConflictingFlows,
+    FlowKey,
+    SwitchDiff,
+    apply_keyed,
+    diff_keyed,
+    diff_objects,
+)
 from .report import connection_entry
 
 log = logging.getLogger("ryu_nsm.controller")
@@ -88,6 +97,11 @@ class SwitchState:
     ports: dict[str, PortInfo] = field(default_factory=dict)
     flows: dict[FlowKey, FlowSpec] | None = None  # ours, by key; None until read from the switch
     meters: dict[int, MeterSpec] = field(default_factory=dict)  # ours, by id; read with the flows
+    groups: dict[int, GroupSpec] = field(default_factory=dict)  # ours, by id; read with the flows
+
+    def objects(self) -> dict[str, dict[int, object]]:
+        """Meters and groups, by kind."""
+        return {"meter": self.meters, "group": self.groups}
     since: float = 0.0
     epoch: int = 0  # bumped by every program; a read answered from an older epoch is stale
 
@@ -131,8 +145,9 @@ class Controller:
         self._desired: dict[str, dict[FlowKey, FlowSpec]] = {
             sw: {f.key: f for f in flows} for sw, flows in self.plan.flows.items()}
         self._changed_keys: dict[str, set[FlowKey]] = {}
-        self._desired_meters: dict[str, dict[int, MeterSpec]] = {}
-        self._changed_meters: dict[str, set[int]] = {}
+        # Meters and groups alike: kind → switch → id → spec, and kind → switch → ids changed.
+        self._desired_objects: dict[str, dict[str, dict[int, object]]] = {kind: {} for kind in OBJECT_KINDS}
+        self._changed_objects: dict[str, dict[str, set[int]]] = {kind: {} for kind in OBJECT_KINDS}
         self._diff_whole: set[str] = set()
         self._owner: dict[int, str] = {}  # cookie → connection id, for planned connections
         self._up: dict[str, str] = {}  # connection id → its last computed state, until invalidated
@@ -197,8 +212,8 @@ class Controller:
         return self._replan(now)
 
     def flows_read(self, switch: str, flows: Iterable[FlowSpec], now: float, epoch: int = 0,
-                   meters: Iterable[MeterSpec] = ()) -> list:
-        """The switch's flows and meters (all or ours); from now on it is reconciled by diff.
+                   meters: Iterable[MeterSpec] = (), groups: Iterable[GroupSpec] = ()) -> list:
+        """The switch's flows, meters and groups (all or ours); from now on it is reconciled by diff.
 
         A read asked for before a program changed the switch is stale: it is asked again.
         """
@@ -209,6 +224,7 @@ class Controller:
             return [ReadFlows(switch, state.dpid, state.epoch)]
         state.flows = {f.key: f for f in flows if is_ours(f.cookie)}
         state.meters = {m.meter_id: m for m in meters if is_our_meter(m.meter_id)}
+        state.groups = {g.group_id: g for g in groups if is_our_group(g.group_id)}
         self._diff_whole.add(switch)
         self._up.clear()
         self._tag_hints[switch] = self._tags_in(switch, state.flows.values())
@@ -244,11 +260,11 @@ class Controller:
             if state is None or state.flows is None:
                 continue
             if sw in confirmed:
-                apply_keyed(state.flows, change, state.meters)
+                apply_keyed(state.flows, change, state.objects())
                 for flow in change.adds + change.modifies + change.deletes:
                     self._up.pop(self._owner.get(flow.cookie), None)
-                if change.meter_adds or change.meter_modifies or change.meter_deletes:
-                    self._up.clear()  # meters carry no cookie; they change seldom
+                if any(change.ops(phase) for phase in PHASES if "-" in phase):
+                    self._up.clear()  # meters and groups carry no cookie; they change seldom
             else:
                 state.flows = None
                 self._up.clear()
@@ -392,22 +408,25 @@ class Controller:
         for sw, s in self.switches.items():
             if not s.connected or s.flows is None:
                 continue  # diffed whole once its flows are read
-            desired, meters = self._desired.get(sw, {}), self._desired_meters.get(sw, {})
-            if sw in self._diff_whole:
-                change = diff_keyed(desired, s.flows, None, self.plan.keep_cookies)
-                meter_change = diff_meters(meters, s.meters)
-            elif sw in self._changed_keys or sw in self._changed_meters:
-                change = diff_keyed(desired, s.flows, self._changed_keys.get(sw, ()), self.plan.keep_cookies)
-                meter_change = diff_meters(meters, s.meters, self._changed_meters.get(sw, ()))
-            else:
+            desired = self._desired.get(sw, {})
+            whole = sw in self._diff_whole
+            if not whole and sw not in self._changed_keys and not any(
+                    sw in changed for changed in self._changed_objects.values()):
                 continue
-            if any(meter_change.values()):
-                change = replace(change, **meter_change)
+            change = diff_keyed(desired, s.flows, None if whole else self._changed_keys.get(sw, ()),
+                                self.plan.keep_cookies)
+            held = s.objects()
+            for kind in OBJECT_KINDS:
+                ids = None if whole else self._changed_objects[kind].get(sw, ())
+                found = diff_objects(kind, self._desired_objects[kind].get(sw, {}), held[kind], ids)
+                if any(found.values()):
+                    change = replace(change, **found)
             if change:
                 diffs[sw] = change
         self._diff_whole.clear()
         self._changed_keys.clear()
-        self._changed_meters.clear()
+        for changed in self._changed_objects.values():
+            changed.clear()
         if not diffs:
             return []
         self._program_seq += 1
@@ -429,10 +448,13 @@ class Controller:
                 self._owner[wire_cookie(cid)] = cid
         if after.pipeline is not before.pipeline:
             self._desired = {sw: {f.key: f for f in flows} for sw, flows in after.flows.items()}
-            self._desired_meters = {sw: {m.meter_id: m for m in ms} for sw, ms in after.meters.items()}
+            for kind in OBJECT_KINDS:
+                self._desired_objects[kind] = {sw: {spec.key: spec for spec in specs}
+                                               for sw, specs in after.objects(kind).items()}
             self._diff_whole.update(self.switches)
             return
-        self._update_meters(before, after)
+        for kind in OBJECT_KINDS:
+            self._update_objects(kind, before, after)
         changes = []
         for cid in after.touched:
             old, new = before.connections.get(cid), after.connections.get(cid)
@@ -483,24 +505,25 @@ class Controller:
             self.history.append(Change(now, cid, "removed"))
             log.info("connection %s removed", cid)
 
-    def _update_meters(self, before: Plan, after: Plan) -> None:
-        """Like the flows: the touched connections' meters leave, then come back as they are now."""
+    def _update_objects(self, kind: str, before: Plan, after: Plan) -> None:
+        """Like the flows: the touched connections' meters (or groups) leave, then come back as they are."""
+        desired, changed = self._desired_objects[kind], self._changed_objects[kind]
         changes = []
         for cid in after.touched:
             old, new = before.connections.get(cid), after.connections.get(cid)
-            old_meters, new_meters = (old.meters if old else ()), (new.meters if new else ())
-            if old_meters != new_meters:
-                changes.append((old_meters, new_meters))
-        for old_meters, _ in changes:
-            for sw, meter in old_meters:
-                table = self._desired_meters.get(sw, {})
-                if table.get(meter.meter_id) == meter:
-                    del table[meter.meter_id]
-                self._changed_meters.setdefault(sw, set()).add(meter.meter_id)
-        for _, new_meters in changes:
-            for sw, meter in new_meters:
-                self._desired_meters.setdefault(sw, {})[meter.meter_id] = meter
-                self._changed_meters.setdefault(sw, set()).add(meter.meter_id)
+            old_specs, new_specs = (old.objects(kind) if old else ()), (new.objects(kind) if new else ())
+            if old_specs != new_specs:
+                changes.append((old_specs, new_specs))
+        for old_specs, _ in changes:
+            for sw, spec in old_specs:
+                table = desired.get(sw, {})
+                if table.get(spec.key) == spec:
+                    del table[spec.key]
+                changed.setdefault(sw, set()).add(spec.key)
+        for _, new_specs in changes:
+            for sw, spec in new_specs:
+                desired.setdefault(sw, {})[spec.key] = spec
+                changed.setdefault(sw, set()).add(spec.key)
 
     # -- reporting ------------------------------------------------------------------------------
 
@@ -520,9 +543,10 @@ class Controller:
             state = self.switches.get(sw)
             if state is None or state.flows is None or state.flows.get(flow.key) != flow:
                 return PENDING
-        for sw, meter in planned.meters:
-            if self.switches[sw].meters.get(meter.meter_id) != meter:
-                return PENDING
+        for kind in OBJECT_KINDS:
+            for sw, spec in planned.objects(kind):
+                if self.switches[sw].objects()[kind].get(spec.key) != spec:
+                    return PENDING
         return UP
 
     def _entry(self, pc, measured: dict[str, LinkQuality]) -> dict:

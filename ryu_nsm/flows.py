@@ -10,13 +10,14 @@ Every flow of a wire carries ``wire_cookie(connection id)``; pipeline flows carr
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .fabric import Fabric
 from .flowspec import (
     ETH_TYPE_VLAN,
     VID_PRESENT,
     FlowSpec,
+    GroupSpec,
     Priority,
     Table,
     wire_cookie,
@@ -85,6 +86,42 @@ def wire_flows(
     flows += _one_way(path.switches[::-1], path.links[::-1], wire.b_port, wire.a_port, tags, cookie,
                       qos.meter_ba, qos.dscp)
     return flows
+
+
+def protected_wire_flows(
+    wire: WireEnds, path: Path, tags: Mapping[str, int], backup: Path, backup_tags: Mapping[str, int],
+    qos: WireQos | None, groups: tuple[int, int],
+) -> tuple[list[tuple[str, FlowSpec]], list[tuple[str, GroupSpec]]]:
+    """A wire on ``path`` with a fast-failover to ``backup`` at both ends: (flows, groups).
+
+    Each end's ingress flows hand the frame to a fast-failover group (``groups``: at the a-end,
+    at the b-end) whose first bucket takes the primary's first link and, once that port is down,
+    the second takes the backup's: the data plane heals a cut there before the controller acts.
+    Both paths carry the wire (their own tags); the far end delivers from either.
+    """
+    flows = wire_flows(wire, path, tags, qos)
+    spare = wire_flows(wire, backup, backup_tags)
+    ends = {(wire.a_switch, wire.a_port): groups[0], (wire.b_switch, wire.b_port): groups[1]}
+
+    def ingress(switch: str, flow: FlowSpec) -> tuple[str, int] | None:
+        end = (switch, flow.match_dict().get("in_port"))
+        return end if flow.table == Table.CLASSIFY and end in ends else None
+
+    buckets: dict[tuple[str, int], list] = {end: [] for end in ends}
+    out = []
+    for which in (flows, spare):
+        for switch, flow in which:
+            end = ingress(switch, flow)
+            if end is None:
+                out.append((switch, flow))
+                continue
+            if flow.priority == Priority.WIRE:  # its actions (push the tag, out) become a bucket
+                buckets[end].append((flow.actions[-1][1], flow.actions))
+            if which is flows:  # the primary's ingress flows (and their DSCP variants) go to the group
+                marks = tuple(a for a in flow.actions if a[:2] == ("set_field", "ip_dscp"))
+                out.append((switch, replace(flow, actions=(*marks, ("group", ends[end])))))
+    specs = [(end[0], GroupSpec(ends[end], tuple(buckets[end]))) for end in ends]
+    return out, specs
 
 
 def _ingress(switch: str, in_port: int, actions: list, cookie: int, meter: int | None,

@@ -47,6 +47,35 @@ def is_our_meter(meter_id: int) -> bool:
     return meter_id >> 24 == COOKIE_OWNER
 
 
+GROUP_BASE = COOKIE_OWNER << 24  # groups, like meters, are ours by the top byte of their id
+GROUP_ID_SPACE = METER_ID_SPACE
+
+
+def is_our_group(group_id: int) -> bool:
+    return group_id >> 24 == COOKIE_OWNER
+
+
+@dataclass(frozen=True, order=True)
+class GroupSpec:
+    """A fast-failover group: the first bucket whose ``watch_port`` is live forwards the frame.
+
+    ``buckets``: ((watch_port, actions), ...), actions as in FlowSpec.
+    """
+
+    group_id: int
+    buckets: tuple[tuple[int, tuple[tuple, ...]], ...]
+
+    @property
+    def key(self) -> int:
+        return self.group_id
+
+    def to_ofctl(self) -> str:
+        """The group in ``ovs-ofctl add-group`` syntax (OpenFlow 1.3)."""
+        buckets = ",".join(f"bucket=watch_port:{port},actions={','.join(_ofctl_action(a) for a in actions)}"
+                           for port, actions in self.buckets)
+        return f"group_id={self.group_id},type=ff,{buckets}"
+
+
 @dataclass(frozen=True, order=True)
 class MeterSpec:
     """One OpenFlow meter with a single drop band: ``rate_kbps`` (kbit/s), ``burst_kbits`` (kbit)."""

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .flowspec import VID_PRESENT, FlowSpec, MeterSpec, is_ours
+from .flowspec import VID_PRESENT, FlowSpec, GroupSpec, MeterSpec, is_ours
 
 LOG = logging.getLogger(__name__)
 
@@ -36,6 +36,12 @@ OFPT_FLOW_MOD = 14
 OFPT_MULTIPART_REQUEST = 18
 OFPT_BARRIER_REQUEST = 20
 OFPT_METER_MOD = 29
+OFPT_GROUP_MOD = 15
+OFPGC_ADD = 0
+OFPGC_MODIFY = 1
+OFPGC_DELETE = 2
+OFPGT_FF = 3
+OFPMP_GROUP_DESC = 7
 
 OFPFC_ADD = 0
 OFPFC_DELETE = 3
@@ -94,6 +100,9 @@ _BUNDLE_CTRL = struct.Struct("!BBHIIIIHH")
 _METER_MOD = struct.Struct("!BBHIHHI")
 _METER_BAND_DROP = struct.Struct("!HHII4x")
 _METER_CONFIG_REQUEST = struct.Struct("!BBHIHH4xI4x")
+_GROUP_MOD = struct.Struct("!BBHIHBxI")
+_BUCKET = struct.Struct("!HHII4x")
+_MULTIPART_REQUEST = struct.Struct("!BBHIHH4x")
 _BUNDLE_ADD_TAIL = struct.Struct("!III2xH")  # experimenter, exp_type, bundle_id, pad, flags
 _EMPTY_MATCH = struct.pack("!HH4x", 1, 4)
 
@@ -253,6 +262,45 @@ def encode_meter_config_request(xid: int, meter_id: int = OFPM_ALL) -> bytes:
     """OFPMP_METER_CONFIG request for one meter or all of them."""
     return _METER_CONFIG_REQUEST.pack(OFP_VERSION, OFPT_MULTIPART_REQUEST, _METER_CONFIG_REQUEST.size, xid,
                                       OFPMP_METER_CONFIG, 0, meter_id)
+
+
+def encode_group_mod(spec: GroupSpec, command: int, xid: int = 0) -> bytes:
+    """One OFPT_GROUP_MOD: add, modify (``spec`` whole) or delete (by id) a fast-failover group."""
+    buckets = b""
+    if command in (OFPGC_ADD, OFPGC_MODIFY):
+        for watch_port, actions in spec.buckets:
+            acts = b"".join(_action_blob(action) for action in actions)
+            buckets += _BUCKET.pack(_BUCKET.size + len(acts), 0, watch_port, OFPG_ANY) + acts
+    elif command != OFPGC_DELETE:
+        raise ValueError(f"encode_group_mod supports ADD, MODIFY and DELETE, not command {command}")
+    head = _GROUP_MOD.pack(OFP_VERSION, OFPT_GROUP_MOD, _GROUP_MOD.size + len(buckets), xid, command,
+                           OFPGT_FF, spec.group_id)
+    return head + buckets
+
+
+def encode_group_desc_request(xid: int) -> bytes:
+    """OFPMP_GROUP_DESC request: every group with its buckets."""
+    return _MULTIPART_REQUEST.pack(OFP_VERSION, OFPT_MULTIPART_REQUEST, _MULTIPART_REQUEST.size, xid,
+                                   OFPMP_GROUP_DESC, 0)
+
+
+def decode_group_descs(body: Iterable[object]) -> list[GroupSpec]:
+    """os-ken's parsed group descriptions (``OFPGroupDescStats``) → GroupSpecs.
+
+    A group not in ryu-nsm's shape (fast failover, actions it writes) is read without buckets, so
+    that a diff against the desired group replaces it.
+    """
+    out = []
+    for entry in body:
+        try:
+            if entry.type != OFPGT_FF:
+                raise _Undecodable(f"group type {entry.type}")
+            buckets = tuple((bucket.watch_port, tuple(_decode_action(a) for a in bucket.actions))
+                            for bucket in entry.buckets)
+        except _Undecodable:
+            buckets = ()
+        out.append(GroupSpec(entry.group_id, buckets))
+    return out
 
 
 def decode_meter_configs(body: Iterable[object]) -> list[MeterSpec]:

@@ -16,8 +16,17 @@ from functools import cached_property
 
 from .admission import Ledger, admit, demand_for
 from .fabric import Fabric
-from .flows import WireEnds, WireQos, pipeline_flows, wire_flows
-from .flowspec import METER_BASE, METER_ID_SPACE, FlowSpec, MeterSpec, wire_cookie
+from .flows import WireEnds, WireQos, pipeline_flows, protected_wire_flows, wire_flows
+from .flowspec import (
+    GROUP_BASE,
+    GROUP_ID_SPACE,
+    METER_BASE,
+    METER_ID_SPACE,
+    FlowSpec,
+    GroupSpec,
+    MeterSpec,
+    wire_cookie,
+)
 from .model import Attachment, ClientRequest, Problem, Resources
 from .pathing import FabricView, NoPath, Path, TagAllocator, TagSpaceExhausted
 from .resolver import Connection, resolve
@@ -50,6 +59,7 @@ class PlannedConnection:
     reason: str = ""
     path: Path | None = None
     tags: tuple[tuple[str, int], ...] = ()
+    backup_tags: tuple[tuple[str, int], ...] = ()  # on the links of its backup, when protected
     # (switch, flow) pairs that carry the connection, both directions; empty unless planned.
     flows: tuple[tuple[str, FlowSpec], ...] = field(default=(), compare=False)
     level: ServiceLevel | None = None  # the service level that applies, if any
@@ -59,6 +69,12 @@ class PlannedConnection:
     event: str = field(default="", compare=False)
     # (switch, meter) pairs that police the connection at its ingress switches.
     meters: tuple[tuple[str, MeterSpec], ...] = field(default=(), compare=False)
+    # (switch, group) pairs: the fast-failover groups of a protected connection at both ends.
+    groups: tuple[tuple[str, GroupSpec], ...] = field(default=(), compare=False)
+
+    def objects(self, kind: str) -> tuple[tuple[str, object], ...]:
+        """Its meters or groups."""
+        return self.meters if kind == "meter" else self.groups
 
     @property
     def id(self) -> str:
@@ -78,6 +94,7 @@ class _Basis:
     hints: Mapping[tuple[str, str], int]
     ledger: Ledger
     meters: TagAllocator
+    groups: TagAllocator
 
 
 @dataclass(frozen=True)
@@ -95,11 +112,20 @@ class Plan:
     @cached_property
     def meters(self) -> dict[str, frozenset[MeterSpec]]:
         """Desired meters per switch."""
-        desired: dict[str, set[MeterSpec]] = {}
+        return self.objects("meter")
+
+    @cached_property
+    def groups(self) -> dict[str, frozenset[GroupSpec]]:
+        """Desired groups per switch."""
+        return self.objects("group")
+
+    def objects(self, kind: str) -> dict[str, frozenset]:
+        """Desired meters or groups per switch."""
+        desired: dict[str, set] = {}
         for pc in self.connections.values():
-            for sw, meter in pc.meters:
-                desired.setdefault(sw, set()).add(meter)
-        return {sw: frozenset(meters) for sw, meters in desired.items()}
+            for sw, spec in pc.objects(kind):
+                desired.setdefault(sw, set()).add(spec)
+        return {sw: frozenset(specs) for sw, specs in desired.items()}
 
     def reservations(self) -> list[dict]:
         """Guaranteed bandwidth held per link (with residual capacity), for plan and status output."""
@@ -158,11 +184,17 @@ def make_plan(
     anew_all = basis is None or basis.resources.service_levels != levels
     if not anew_all:
         tags, meters, ledger = basis.tags.copy(), basis.meters.copy(), basis.ledger.copy()
+        groups = basis.groups.copy()
     else:  # sticky choices come from the previous connections themselves
         tags, meters, ledger = TagAllocator(fabric.tag_range), TagAllocator(METER_ID_SPACE), Ledger(fabric)
+        groups = TagAllocator(GROUP_ID_SPACE)
         tags.remember({(cid, link): tag for cid, pc in before.items() for link, tag in pc.tags})
+        tags.remember({(_backup_key(cid), link): tag for cid, pc in before.items()
+                       for link, tag in pc.backup_tags})
         meters.remember({(key, sw): m.meter_id - METER_BASE for cid, pc in before.items()
                          for key, (sw, m) in zip(_meter_keys(cid), pc.meters, strict=False)})
+        groups.remember({(key, sw): g.group_id - GROUP_BASE for cid, pc in before.items()
+                         for key, (sw, g) in zip(_meter_keys(cid), pc.groups, strict=False)})
     tags.prefer(hints)
     moved_ports: set[tuple[str, str]] = set()
     if basis is not None and basis.state.ports is not state.ports:
@@ -205,7 +237,7 @@ def make_plan(
         else:
             planned[cid] = kept
     removed = before.keys() - resolved.keys()
-    router = _Router(fabric, state, view, tags, meters, ledger)
+    router = _Router(fabric, state, view, tags, meters, groups, ledger)
     for cid in removed:
         router.release(cid)
     level_of = {cid: _level(levels, resolved[cid]) for cid in anew}
@@ -257,7 +289,7 @@ def make_plan(
         problems=resources.problems,
         keep_cookies=keep,
         touched=frozenset(touched),
-        basis=_Basis(resources, requests, resolved, state, view, tags, hints, ledger, meters),
+        basis=_Basis(resources, requests, resolved, state, view, tags, hints, ledger, meters, groups),
     )
 
 
@@ -266,8 +298,13 @@ def _level(levels: tuple[ServiceLevel, ...], conn: Connection) -> ServiceLevel |
 
 
 def _meter_keys(cid: str) -> tuple[str, str]:
-    """Meter allocation keys of a connection's two directions (client → endpoint, and back)."""
+    """Meter (and group) allocation keys of a connection's two directions (client → endpoint, back)."""
     return (f"{cid}|ab", f"{cid}|ba")
+
+
+def _backup_key(cid: str) -> str:
+    """The tag allocation key of a connection's backup path."""
+    return f"{cid}|backup"
 
 
 def _admitted(level: ServiceLevel | None) -> bool:
@@ -283,18 +320,20 @@ def _ends(fabric: Fabric, state: FabricState, conn: Connection) -> WireEnds:
 
 
 class _Router:
-    """Routes connections one at a time into the plan's tags, meters and bandwidth ledger."""
+    """Routes connections one at a time into the plan's tags, meters, groups and bandwidth ledger."""
 
     def __init__(self, fabric: Fabric, state: FabricState, view: FabricView, tags: TagAllocator,
-                 meters: TagAllocator, ledger: Ledger):
+                 meters: TagAllocator, groups: TagAllocator, ledger: Ledger):
         self.fabric, self.state, self.view = fabric, state, view
-        self.tags, self.meters, self.ledger = tags, meters, ledger
+        self.tags, self.meters, self.groups, self.ledger = tags, meters, groups, ledger
 
     def release(self, cid: str, remember: bool = False, reservation: bool = True) -> None:
         """Free what ``cid`` holds; ``remember`` keeps its tags and meter ids as its preference."""
         self.tags.release(cid, remember)
+        self.tags.release(_backup_key(cid), remember)
         for key in _meter_keys(cid):
             self.meters.release(key, remember)
+            self.groups.release(key, remember)
         if reservation:
             self.ledger.release(cid)
 
@@ -330,6 +369,8 @@ class _Router:
         path, backup, event, note, evicted = found
         try:
             held = tuple((link.name, self.tags.allocate(conn.id, link.name)) for link in path.links)
+            spare = tuple((link.name, self.tags.allocate(_backup_key(conn.id), link.name))
+                          for link in (backup.links if backup is not None else ()))
         except TagSpaceExhausted as exc:
             self.release(conn.id)
             return refused(FAILED, str(exc), path), evicted
@@ -337,8 +378,16 @@ class _Router:
         meters = self._meters(conn.id, ends, level)
         qos = WireQos(meters[0][1].meter_id if meters else None, meters[1][1].meter_id if meters else None,
                       level.dscp if level is not None else None)
-        flows = tuple(wire_flows(ends, path, dict(held), qos))
-        planned = PlannedConnection(conn, PLANNED, "", path, held, flows, level, backup, note, event, meters)
+        groups = ()
+        if backup is not None and backup.links:
+            at_ends = zip(_meter_keys(conn.id), (ends.a_switch, ends.b_switch), strict=True)
+            ids = tuple(GROUP_BASE | self.groups.allocate(key, switch) for key, switch in at_ends)
+            flows, groups = protected_wire_flows(ends, path, dict(held), backup, dict(spare), qos, ids)
+            flows, groups = tuple(flows), tuple(groups)
+        else:
+            flows = tuple(wire_flows(ends, path, dict(held), qos))
+        planned = PlannedConnection(conn, PLANNED, "", path, held, spare, flows, level, backup, note, event,
+                                    meters, groups)
         return planned, evicted
 
     def _view_without(self, avoid: frozenset[str]) -> FabricView:

@@ -8,9 +8,9 @@ switch belongs to someone else. Changes are ordered make-before-break across the
    what phase 1 built (an OpenFlow ADD replaces the flow in place, without a gap);
 3. DELETE flows that are no longer desired.
 
-Meters (the policers of rate-limited connections) are added and changed before the flows that
-use them (METER_ADD, METER_MODIFY) and removed after the flows that used them are gone
-(METER_DELETE: deleting a meter would take the flows that still use it with it).
+Meters (the policers of rate-limited connections) and groups (the fast-failover of protected
+ones) are added and changed before the flows that use them and removed after the flows that used
+them are gone (deleting either would take the flows that still use it with it).
 Each phase is confirmed by a barrier on every switch before the next starts.
 """
 
@@ -19,16 +19,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .flowspec import FlowSpec, MeterSpec, is_ours
+from .flowspec import FlowSpec, GroupSpec, MeterSpec, is_ours
 
 METER_ADD = "meter-add"
 METER_MODIFY = "meter-modify"
+GROUP_ADD = "group-add"
+GROUP_MODIFY = "group-modify"
 ADD = "add"
 MODIFY = "modify"
 DELETE = "delete"
+GROUP_DELETE = "group-delete"
 METER_DELETE = "meter-delete"
-PHASES = (METER_ADD, METER_MODIFY, ADD, MODIFY, DELETE, METER_DELETE)
-METER_PHASES = (METER_ADD, METER_MODIFY, METER_DELETE)
+PHASES = (METER_ADD, METER_MODIFY, GROUP_ADD, GROUP_MODIFY, ADD, MODIFY, DELETE, GROUP_DELETE, METER_DELETE)
+OBJECT_KINDS = ("meter", "group")  # what a switch holds besides flows, each kind keyed by id
+_FIELD_OF_PHASE = {ADD: "adds", MODIFY: "modifies", DELETE: "deletes"} | {
+    f"{kind}-{verb}": f"{kind}_{verb}s".replace("modifys", "modifies")
+    for kind in OBJECT_KINDS for verb in ("add", "modify", "delete")}
 
 
 @dataclass(frozen=True)
@@ -39,13 +45,16 @@ class SwitchDiff:
     meter_adds: tuple[MeterSpec, ...] = ()
     meter_modifies: tuple[MeterSpec, ...] = ()
     meter_deletes: tuple[MeterSpec, ...] = ()
+    group_adds: tuple[GroupSpec, ...] = ()
+    group_modifies: tuple[GroupSpec, ...] = ()
+    group_deletes: tuple[GroupSpec, ...] = ()
 
     def __bool__(self) -> bool:
         return self.size > 0
 
     def ops(self, phase: str) -> tuple:
-        return {METER_ADD: self.meter_adds, METER_MODIFY: self.meter_modifies, ADD: self.adds,
-                MODIFY: self.modifies, DELETE: self.deletes, METER_DELETE: self.meter_deletes}[phase]
+        """The operations of one phase."""
+        return getattr(self, _FIELD_OF_PHASE[phase])
 
     @property
     def size(self) -> int:
@@ -114,10 +123,10 @@ def diff_fabric(
     return out
 
 
-def diff_meters(
-    desired: Mapping[int, MeterSpec], actual: Mapping[int, MeterSpec], ids: Iterable[int] | None = None
-) -> dict[str, tuple[MeterSpec, ...]]:
-    """The meter fields of a SwitchDiff that turn ``actual`` (ours only) into ``desired``."""
+def diff_objects(
+    kind: str, desired: Mapping[int, object], actual: Mapping[int, object], ids: Iterable[int] | None = None
+) -> dict[str, tuple]:
+    """The ``kind`` (meter, group) fields of a SwitchDiff that turn ``actual`` (ours) into ``desired``."""
     if ids is None:
         ids = desired.keys() | actual.keys()
     adds, modifies, deletes = [], [], []
@@ -129,22 +138,22 @@ def diff_meters(
             modifies.append(want)
         elif want is None and have is not None:
             deletes.append(have)
-    return {"meter_adds": tuple(sorted(adds)), "meter_modifies": tuple(sorted(modifies)),
-            "meter_deletes": tuple(sorted(deletes))}
+    return {f"{kind}_adds": tuple(sorted(adds)), f"{kind}_modifies": tuple(sorted(modifies)),
+            f"{kind}_deletes": tuple(sorted(deletes))}
 
 
 def apply_keyed(actual: dict[FlowKey, FlowSpec], change: SwitchDiff,
-                meters: dict[int, MeterSpec] | None = None) -> None:
-    """Apply ``change`` in place to flows indexed by key (and meters by id)."""
+                objects: Mapping[str, dict[int, object]] | None = None) -> None:
+    """Apply ``change`` in place to flows indexed by key (and ``objects``: kind → id → spec)."""
     for flow in change.adds + change.modifies:
         actual[flow.key] = flow
     for flow in change.deletes:
         actual.pop(flow.key, None)
-    if meters is not None:
-        for meter in change.meter_adds + change.meter_modifies:
-            meters[meter.meter_id] = meter
-        for meter in change.meter_deletes:
-            meters.pop(meter.meter_id, None)
+    for kind, held in (objects or {}).items():
+        for spec in getattr(change, f"{kind}_adds") + getattr(change, f"{kind}_modifies"):
+            held[spec.key] = spec
+        for spec in getattr(change, f"{kind}_deletes"):
+            held.pop(spec.key, None)
 
 
 def apply(actual: Iterable[FlowSpec], change: SwitchDiff) -> frozenset[FlowSpec]:

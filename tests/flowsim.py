@@ -38,8 +38,12 @@ class LoopError(AssertionError):
 
 
 class FabricSim:
-    def __init__(self, fabric: Fabric, flows: Mapping[str, Iterable[FlowSpec]]):
+    def __init__(self, fabric: Fabric, flows: Mapping[str, Iterable[FlowSpec]],
+                 groups: Mapping[str, Iterable] | None = None, down_ports: Iterable[tuple[str, int]] = ()):
+        """``groups``: fast-failover groups per switch; ``down_ports``: (switch, port) whose link is cut
+        (both ends count as down, as the switches would see it)."""
         self.fabric = fabric
+        self.groups = {sw: {g.group_id: g for g in specs} for sw, specs in (groups or {}).items()}
         self.tables: dict[str, dict[int, list[FlowSpec]]] = {}
         for sw, specs in flows.items():
             by_table: dict[int, list[FlowSpec]] = {}
@@ -53,6 +57,7 @@ class FabricSim:
             self.peer[(link.a, link.a_port)] = (link.b, link.b_port)
             self.peer[(link.b, link.b_port)] = (link.a, link.a_port)
         self.hits: dict[tuple[str, FlowSpec], int] = {}
+        self.down = set(down_ports) | {self.peer[end] for end in down_ports if end in self.peer}
 
     def _matches(self, spec: FlowSpec, in_port: int, frame: Frame) -> bool:
         for name, value in spec.match:
@@ -89,21 +94,31 @@ class FabricSim:
                 if spec is None:
                     break  # table miss: dropped (OpenFlow 1.3 default)
                 self.hits[(sw, spec)] = self.hits.get((sw, spec), 0) + 1
-                for action in spec.actions:
-                    kind = action[0]
-                    if kind == "push_vlan":
-                        fr.vlans.insert(0, 0)
-                    elif kind == "pop_vlan":
-                        assert fr.vlans, f"pop_vlan on untagged frame at {sw}: {spec}"
-                        fr.vlans.pop(0)
-                    elif kind == "set_field" and action[1] == "vlan_vid":
-                        assert fr.vlans, f"set vlan on untagged frame at {sw}: {spec}"
-                        fr.vlans[0] = action[2] & 0xFFF
-                    elif kind == "output":
-                        dest = self.peer.get((sw, action[1]))
-                        if dest is None:
-                            out.append(Delivery(sw, action[1], tuple(fr.vlans), hops))
-                        else:
-                            work.append((dest[0], dest[1], fr.copy(), hops))
+                self._act(sw, spec.actions, fr, hops, out, work)
                 table = spec.goto
         return out
+
+    def _act(self, sw: str, actions, fr: Frame, hops, out: list, work: list) -> None:
+        for action in actions:
+            kind = action[0]
+            if kind == "push_vlan":
+                fr.vlans.insert(0, 0)
+            elif kind == "pop_vlan":
+                assert fr.vlans, f"pop_vlan on untagged frame at {sw}: {actions}"
+                fr.vlans.pop(0)
+            elif kind == "set_field" and action[1] == "vlan_vid":
+                assert fr.vlans, f"set vlan on untagged frame at {sw}: {actions}"
+                fr.vlans[0] = action[2] & 0xFFF
+            elif kind == "group":  # fast failover: the first bucket whose watched port is up
+                group = self.groups[sw][action[1]]
+                live = next((acts for port, acts in group.buckets if (sw, port) not in self.down), None)
+                if live is not None:
+                    self._act(sw, live, fr.copy(), hops, out, work)
+            elif kind == "output":
+                if (sw, action[1]) in self.down:
+                    continue  # the link is cut: the frame is lost
+                dest = self.peer.get((sw, action[1]))
+                if dest is None:
+                    out.append(Delivery(sw, action[1], tuple(fr.vlans), hops))
+                else:
+                    work.append((dest[0], dest[1], fr.copy(), hops))

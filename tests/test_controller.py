@@ -1,7 +1,7 @@
 """The controller core, driven like the shell drives it: connects, reads, programs, failures."""
 
 from ryu_nsm.controller import Controller, PortInfo, Program, ReadFlows
-from ryu_nsm.reconcile import METER_ADD, METER_DELETE, METER_MODIFY, SwitchDiff, apply
+from ryu_nsm.reconcile import SwitchDiff, apply
 
 from .fabrics import ring
 from .flowsim import FabricSim
@@ -17,12 +17,14 @@ FIELD_OF = {"add": "adds", "modify": "modifies", "delete": "deletes"}
 
 
 class FakeFabric:
-    """Holds each switch's flows and meters and carries out the controller's commands like the shell would."""
+    """Holds each switch's flows, meters and groups and carries out the controller's commands like
+    the shell would."""
 
     def __init__(self, fabric):
         self.fabric = fabric
         self.tables = {s.name: frozenset() for s in fabric.switches}
         self.meters = {s.name: {} for s in fabric.switches}
+        self.groups = {s.name: {} for s in fabric.switches}
         self.sent = []
 
     def run(self, ctl, commands, now=0.0, check=None):
@@ -31,16 +33,19 @@ class FakeFabric:
             cmd = queue.pop(0)
             if isinstance(cmd, ReadFlows):
                 queue += ctl.flows_read(cmd.switch, self.tables[cmd.switch], now, cmd.epoch,
-                                        self.meters[cmd.switch].values())
+                                        self.meters[cmd.switch].values(), self.groups[cmd.switch].values())
             elif isinstance(cmd, Program):
                 for phase, step in cmd.phases():
                     for sw, ops in step.items():
                         self.sent.append((phase, sw, len(ops)))
-                        if phase in (METER_ADD, METER_MODIFY):
-                            self.meters[sw].update({m.meter_id: m for m in ops})
-                        elif phase == METER_DELETE:
-                            for meter in ops:
-                                del self.meters[sw][meter.meter_id]
+                        kind, _, verb = phase.rpartition("-")
+                        if kind:
+                            held = {"meter": self.meters, "group": self.groups}[kind][sw]
+                            for spec in ops:
+                                if verb == "delete":
+                                    del held[spec.key]
+                                else:
+                                    held[spec.key] = spec
                         else:
                             part = SwitchDiff(**{FIELD_OF[phase]: ops})
                             self.tables[sw] = apply(self.tables[sw], part)

@@ -104,7 +104,7 @@ class World:
 
 
 def comparable(plan):
-    return plan.connections, plan.flows, plan.meters, plan.keep_cookies
+    return plan.connections, plan.flows, plan.meters, plan.groups, plan.keep_cookies
 
 
 def assert_never_oversubscribed(plan, fabric):
@@ -170,6 +170,7 @@ def test_controller_switches_hold_exactly_the_plan_after_every_change(data):
         for name in SWITCHES:
             assert switches.tables[name] == ctl.plan.flows.get(name, frozenset()), name
             assert frozenset(switches.meters[name].values()) == ctl.plan.meters.get(name, frozenset()), name
+            assert frozenset(switches.groups[name].values()) == ctl.plan.groups.get(name, frozenset()), name
         for cid, pc in ctl.plan.connections.items():
             expected = UP if pc.state == PLANNED else ctl._connection_state(pc)
             assert ctl.connection_state(cid) == expected

@@ -23,6 +23,7 @@ from ryu_nsm.flowspec import (
     PIPELINE_COOKIE,
     VID_PRESENT,
     FlowSpec,
+    GroupSpec,
     MeterSpec,
     Table,
     wire_cookie,
@@ -348,3 +349,39 @@ def test_a_meter_of_another_shape_is_read_so_that_it_is_replaced() -> None:
     entry = parser.OFPMeterConfigStats(flags=ofp.OFPMF_PKTPS, meter_id=7,
                                        bands=[parser.OFPMeterBandDrop(rate=5, burst_size=1)])
     assert ofwire.decode_meter_configs([entry]) == [MeterSpec(7, -1, -1)]
+
+
+# ---- fast-failover groups
+
+BUCKET_ACTIONS = [("push_vlan", 0x8100), ("pop_vlan",), ("set_field", "vlan_vid", 0x1005), ("output", 3),
+                  ("output", 7)]
+bucket_actions = st.lists(st.sampled_from(BUCKET_ACTIONS), min_size=1, max_size=4).map(tuple)
+buckets = st.lists(st.tuples(st.integers(1, 0xFFFFFF00), bucket_actions), min_size=1, max_size=3)
+group_specs = st.builds(GroupSpec, st.integers(1, 0xFFFFFF00), buckets.map(tuple))
+
+
+@given(group_specs, st.sampled_from([ofp.OFPGC_ADD, ofp.OFPGC_MODIFY, ofp.OFPGC_DELETE]), UINT32)
+def test_group_mod_is_byte_identical_to_osken(spec: GroupSpec, command: int, xid: int) -> None:
+    wanted = [] if command == ofp.OFPGC_DELETE else [
+        parser.OFPBucket(0, port, ofp.OFPG_ANY, [osken_action(a) for a in actions])
+        for port, actions in spec.buckets]
+    msg = parser.OFPGroupMod(DP, command, ofp.OFPGT_FF, spec.group_id, wanted)
+    msg.set_xid(xid)
+    assert ofwire.encode_group_mod(spec, command, xid) == serialised(msg)
+
+
+@given(UINT32)
+def test_group_desc_request_is_byte_identical_to_osken(xid: int) -> None:
+    msg = parser.OFPGroupDescStatsRequest(DP, 0)
+    msg.set_xid(xid)
+    assert ofwire.encode_group_desc_request(xid) == serialised(msg)
+
+
+@given(group_specs)
+def test_decode_of_a_parsed_group_desc_is_the_spec(spec: GroupSpec) -> None:
+    mod = ofwire.encode_group_mod(spec, ofwire.OFPGC_ADD)
+    kind, group_id = struct.unpack_from("!BxI", mod, 10)
+    body = mod[16:]
+    head = struct.pack("!HBxI", 8 + len(body), kind, group_id)
+    entry = parser.OFPGroupDescStats.parser(head + body, 0)
+    assert ofwire.decode_group_descs([entry]) == [spec]
