@@ -16,8 +16,9 @@ request it reports on; its ``status`` what became of it::
 
 The pure part (``desired_connections``, ``merge_conditions``, ``parse_problem``) turns the
 controller's status into these objects. ``StatusWriter.sync`` is the level-triggered shell: it
-lists the objects it manages, creates, patches (spec, then the status subresource) and deletes only
-what differs, and posts core/v1 Events for what happened. Call it only on the leader, and only once
+compares with the objects it manages (listed once, then kept from the answers to its own writes),
+creates, patches (spec, then the status subresource) and deletes only what differs, several objects
+at a time, and posts core/v1 Events for what happened. Call it only on the leader, and only once
 the sources have listed everything once (an empty status means "delete every object").
 """
 
@@ -27,12 +28,15 @@ import hashlib
 import logging
 import re
 import socket
+import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from kubernetes import client
 
@@ -302,6 +306,11 @@ class SyncResult:
         """How many writes succeeded (objects and Events)."""
         return sum(map(len, (self.created, self.updated, self.status_patched, self.deleted, self.events)))
 
+    def extend(self, other: SyncResult) -> None:
+        """Add what ``other`` did after what this one did."""
+        for part in ("created", "updated", "status_patched", "deleted", "events", "errors"):
+            getattr(self, part).extend(getattr(other, part))
+
 
 def _utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -320,24 +329,65 @@ class _ApiError(Exception):
         self.status = status
 
 
+@dataclass
+class _Outcome:
+    """What applying one object did, and what the server now stores of it (for the cache)."""
+
+    result: SyncResult = field(default_factory=SyncResult)
+    stored: dict | None = None  # the server's last answer about the object
+    gone: bool = False  # the object is not stored (any more)
+    stale: bool = False  # someone else changed things: the cache cannot be trusted
+    told_before: dict | None = None  # written: the status stored before, for the Events to compare
+
+    def remember(self, answer: Any) -> None:
+        if isinstance(answer, dict) and (answer.get("metadata") or {}).get("name"):
+            self.stored = answer
+        else:  # an answer without the object: only a list can tell what is stored
+            self.stale = True
+
+
 EventKey = tuple[str, str, str, str, str]  # kind, namespace, name, reason, message
+_T = TypeVar("_T")
+_UNTOLD = ("", "", "")  # a connection whose first Event failed: any state is news
+
+
+def _rank(body: dict, old: dict | None) -> int:
+    """Which writes a user waits for most: 0 a connection now Up or Failed, 1 now Pending (new
+    objects included), 2 deletes, 3 the rest (metadata, conditions, hops; most need no write)."""
+    state = body["status"]["state"]
+    if state == ((old or {}).get("status") or {}).get("state"):
+        return 3
+    return 1 if state == PENDING else 0
 
 
 class StatusWriter:
     """Keeps NetworkServiceConnections and Events in step with the controller's status.
+
+    What is stored is listed on the first ``sync``, when asked (``relist``), and after an error, a
+    404 or a 409 (someone else changed things); in between it is kept from the answers to the
+    writer's own creates, patches and deletes, so an object changed or deleted by someone else is
+    only seen at the next list: call ``sync(..., relist=True)`` now and then (``StatusLoop`` does).
+    Objects are written by up to ``workers`` threads at once, the ones whose state changed first,
+    and the Events about them after all of them. The ApiClient's
+    ``configuration.connection_pool_maxsize`` should be at least ``workers`` (plus whatever else
+    shares the client), else connections are opened and dropped for each call.
 
     Events are core/v1 Events. Both Event APIs share one store, so readers see them either way;
     core/v1 is what ``kubectl describe`` has always listed, and a recurring Event is counted with a
     merge patch of ``count`` and ``lastTimestamp`` (events.k8s.io/v1 would need ``series``,
     ``eventTime``, ``action`` and ``reportingController`` kept right for the same result).
     What was told is remembered in memory (bounded by ``remembered``); after a restart the stored
-    status stands in for it. Not thread-safe: call ``sync`` from one thread, on the leader only.
+    status stands in for it. ``sync`` may be called from several threads: one runs at a time.
     """
 
     def __init__(self, api_client: client.ApiClient, events_component: str = MANAGER, *,
                  namespaces: Iterable[str] | None = None, instance: str | None = None,
-                 clock: Callable[[], str] = _utc_now, timeout: float = 10.0, remembered: int = 4096):
-        """``namespaces``: the namespaces managed (None: all). ``clock`` gives RFC 3339 times."""
+                 clock: Callable[[], str] = _utc_now, timeout: float = 10.0, remembered: int = 4096,
+                 workers: int = 8):
+        """``namespaces``: the namespaces managed (None: all). ``clock`` gives RFC 3339 times.
+        ``workers``: how many API calls for objects may be in flight at once (1: one after the other)."""
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers}")
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.component = events_component
@@ -346,6 +396,14 @@ class StatusWriter:
         self.clock = clock
         self.timeout = timeout
         self.remembered = remembered
+        self.workers = workers
+        pool = getattr(api_client.configuration, "connection_pool_maxsize", None)
+        if pool is not None and pool < workers:
+            log.warning("the Kubernetes client keeps %d connections for %d status workers: the rest are "
+                        "opened and closed for every call (set connection_pool_maxsize)", pool, workers)
+        self._stored: dict[tuple[str, str], dict] | None = None  # None: list before the next sync
+        self._syncing = threading.Lock()
+        self._emitting = threading.Lock()  # _emitted, written by the workers
         self._emitted: OrderedDict[EventKey, _Emitted] = OrderedDict()
         self._problems_told: set[EventKey] = set()
         self._last_state: dict[str, tuple[str, str, str]] = {}
@@ -403,126 +461,173 @@ class StatusWriter:
 
     # -- sync -----------------------------------------------------------------------------------
 
-    def sync(self, status: Mapping, objects: Mapping | None = None) -> SyncResult:
+    def sync(self, status: Mapping, objects: Mapping | None = None, *, relist: bool = False) -> SyncResult:
         """Make the cluster tell what ``status`` (``Controller.status()``) says; never raises.
 
         ``objects`` ((kind, namespace, name) → raw object, from the watcher) give the Pods' uids: an
         ownerReference to its Pod lets Kubernetes collect an object with the Pod, and Events carry
-        the uid ``kubectl describe`` looks for. An unchanged status makes no write at all.
+        the uid ``kubectl describe`` looks for. An unchanged status makes no write at all, and no
+        request unless ``relist`` asks to list the stored objects again (see the class).
         """
         result = SyncResult()
         objects = objects or {}
-        try:
-            self._sync(status, objects, result)
-        except Exception as exc:  # a bug in reporting must not stop the controller
-            log.exception("status sync failed")
-            result.errors.append(f"sync: {type(exc).__name__}: {exc}")
+        with self._syncing:
+            try:
+                self._sync(status, objects, relist, result)
+            except Exception as exc:  # a bug in reporting must not stop the controller
+                log.exception("status sync failed")
+                result.errors.append(f"sync: {type(exc).__name__}: {exc}")
+            if result.errors:  # what failed may have been written or not: ask the server next time
+                self._stored = None
         return result
 
-    def _sync(self, status: Mapping, objects: Mapping, result: SyncResult) -> None:
+    def _sync(self, status: Mapping, objects: Mapping, relist: bool, result: SyncResult) -> None:
         now = self.clock()
-        stored = self._list(result)
+        if relist or self._stored is None:
+            self._stored = self._list(result)
+        stored = self._stored
         if stored is not None:
             generations = {k: (o.get("metadata") or {}).get("generation") or 1 for k, o in stored.items()}
             desired = {k: v for k, v in desired_connections(status, now, generations).items()
                        if self.namespaces is None or k[0] in self.namespaces}
+            tasks: list[tuple[int, tuple[str, str], Callable[[], _Outcome]]] = []
+            in_step = []  # need no write, only maybe an Event
             for key, body in desired.items():
-                self._apply(key, body, stored.get(key), objects, now, result)
-            for key in stored.keys() - desired.keys():
-                self._delete(key, result)
+                old = stored.get(key)
+                if old is not None and _in_step(body, old, objects, now):
+                    in_step.append((body, old.get("status") or {}))
+                else:
+                    tasks.append((_rank(body, old), key, partial(self._apply, key, body, old, objects, now)))
+            tasks += [(2, key, partial(self._delete, key)) for key in sorted(stored.keys() - desired.keys())]
+            tasks.sort(key=lambda task: task[0])  # stable: in each rank, the order of the connection ids
+            stale, written = False, []
+            for (_, key, _), outcome in zip(tasks, self._run([task for _, _, task in tasks]), strict=True):
+                result.extend(outcome.result)
+                if outcome.gone:
+                    stored.pop(key, None)
+                elif outcome.stored is not None:
+                    stored[key] = outcome.stored
+                stale = stale or outcome.stale
+                if outcome.told_before is not None:
+                    written.append((desired[key], outcome.told_before))
+            if stale:
+                self._stored = None
             ids = {body["metadata"]["annotations"][CONNECTION_ANNOTATION] for body in desired.values()}
             self._last_state = {cid: s for cid, s in self._last_state.items() if cid in ids}
+            self._tell_connections(written + in_step, objects, now, result)
         self._tell_problems(status.get("problems", []), objects, now, result)
 
-    def _apply(self, key: tuple[str, str], body: dict, old: dict | None, objects: Mapping, now: str,
-               result: SyncResult) -> None:
+    def _run(self, tasks: list[Callable[[], _T]]) -> list[_T]:
+        """Every task's answer, in the order given; up to ``workers`` run at once, started in that order."""
+        if self.workers == 1 or len(tasks) < 2:
+            return [task() for task in tasks]
+        with ThreadPoolExecutor(min(self.workers, len(tasks)), thread_name_prefix="ryu-nsm-status") as pool:
+            futures = [pool.submit(task) for task in tasks]
+            return [future.result() for future in futures]
+
+    def _apply(self, key: tuple[str, str], body: dict, old: dict | None, objects: Mapping,
+               now: str) -> _Outcome:
+        outcome = _Outcome()
+        result = outcome.result
         namespace, name = key
         what = f"{KIND} {namespace}/{name}"
         pod = body["spec"]["client"]["pod"]
         pod_object = objects.get(("Pod", namespace, pod)) or {}
         owner = _owner_reference(pod_object)
         desired = body["status"]
-        if old is None:
-            meta = dict(body["metadata"])
-            if owner:
-                meta["ownerReferences"] = [owner]
-            # The status subresource ignores .status on create: it is patched right after.
-            fresh = {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta, "spec": body["spec"]}
-            try:
-                self._call(result, f"create {what}", self.custom.create_namespaced_custom_object,
-                           GROUP, VERSION, namespace, PLURAL, fresh, expected=(409,))
+        try:
+            if old is None:
+                meta = dict(body["metadata"])
+                if owner:
+                    meta["ownerReferences"] = [owner]
+                # The status subresource ignores .status on create: it is patched right after.
+                fresh = {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta, "spec": body["spec"]}
+                outcome.remember(self._call(result, f"create {what}",
+                                            self.custom.create_namespaced_custom_object, GROUP, VERSION,
+                                            namespace, PLURAL, fresh, expected=(409,)))
                 result.created.append(f"{namespace}/{name}")
-            except _ApiError as exc:
-                if exc.status == 409:
-                    log.info("%s already exists: it is reconciled on the next sync", what)
-                return
-            old_status: dict = {}
-        else:
-            generation = (old.get("metadata") or {}).get("generation") or 1
-            patch = _metadata_patch(body, old, owner)
-            if patch:
-                try:
+                old_status: dict = {}
+            else:
+                generation = (old.get("metadata") or {}).get("generation") or 1
+                patch = _metadata_patch(body, old, owner)
+                if patch:
                     answer = self._call(result, f"patch {what}", self.custom.patch_namespaced_custom_object,
                                         GROUP, VERSION, namespace, PLURAL, name, patch, expected=(404,),
                                         _content_type=_MERGE_PATCH)
-                except _ApiError as exc:
-                    if exc.status == 404:
-                        log.info("%s vanished: it is created again on the next sync", what)
-                    return
-                result.updated.append(f"{namespace}/{name}")
-                generation = ((answer or {}).get("metadata") or {}).get("generation") or generation
-            desired = stamp_generation(desired, generation)
-            old_status = old.get("status") or {}
-        desired = {**desired, "conditions": merge_conditions(old_status.get("conditions"),
-                                                             desired["conditions"], now)}
-        if desired != old_status:
-            # A merge patch: keys we no longer write are removed with null.
-            patch = {"status": {**{k: None for k in old_status.keys() - desired.keys()}, **desired}}
-            try:
-                self._call(result, f"patch status of {what}",
-                           self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace,
-                           PLURAL, name, patch, expected=(404,), _content_type=_MERGE_PATCH)
+                    outcome.remember(answer)
+                    result.updated.append(f"{namespace}/{name}")
+                    generation = ((answer or {}).get("metadata") or {}).get("generation") or generation
+                desired = stamp_generation(desired, generation)
+                old_status = old.get("status") or {}
+            desired = _with_kept_times(desired, old_status, now)
+            if desired != old_status:
+                # A merge patch: keys we no longer write are removed with null.
+                patch = {"status": {**{k: None for k in old_status.keys() - desired.keys()}, **desired}}
+                outcome.remember(self._call(result, f"patch status of {what}",
+                                            self.custom.patch_namespaced_custom_object_status, GROUP, VERSION,
+                                            namespace, PLURAL, name, patch, expected=(404,),
+                                            _content_type=_MERGE_PATCH))
                 result.status_patched.append(f"{namespace}/{name}")
-            except _ApiError as exc:
-                if exc.status == 404:
-                    log.info("%s vanished: it is created again on the next sync", what)
-                return
-        self._tell_connection(body, old_status, pod_object, now, result)
+        except _ApiError as exc:
+            if exc.status == 409:
+                log.info("%s already exists: it is reconciled after the next list", what)
+                outcome.stale = True
+            elif exc.status == 404:
+                log.info("%s vanished: it is created again after the next list", what)
+                outcome.gone = outcome.stale = True
+            return outcome
+        outcome.told_before = old_status
+        return outcome
 
-    def _delete(self, key: tuple[str, str], result: SyncResult) -> None:
+    def _delete(self, key: tuple[str, str]) -> _Outcome:
         namespace, name = key
+        outcome = _Outcome(gone=True)
         try:
-            self._call(result, f"delete {KIND} {namespace}/{name}",
+            self._call(outcome.result, f"delete {KIND} {namespace}/{name}",
                        self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name,
                        expected=(404,))
-            result.deleted.append(f"{namespace}/{name}")
-        except _ApiError:
-            pass  # 404: already gone, which is what was wanted; other errors are logged
+            outcome.result.deleted.append(f"{namespace}/{name}")
+        except _ApiError as exc:
+            # 404: gone, as wanted, but by someone else's hand; other errors leave the object stored.
+            outcome.gone = outcome.stale = exc.status == 404
+        return outcome
 
     # -- events ---------------------------------------------------------------------------------
 
-    def _tell_connection(self, body: dict, old_status: Mapping, pod_object: Mapping, now: str,
-                         result: SyncResult) -> None:
+    def _tell_connections(self, written: list[tuple[dict, dict]], objects: Mapping, now: str,
+                          result: SyncResult) -> None:
         """Warning when a connection fails (again, or for another reason); Normal when it comes up
-        after having been failed or pending. The stored status stands in for memory after a restart."""
-        cid = body["metadata"]["annotations"][CONNECTION_ANNOTATION]
-        status = body["status"]
-        now_state = (status["state"], status["reason"], status["message"])
-        before = self._last_state.get(cid)
-        if before is None and old_status:
-            before = tuple(old_status.get(k, "") for k in ("state", "reason", "message"))
-        namespace, pod = body["metadata"]["namespace"], body["spec"]["client"]["pod"]
-        involved = _involved("Pod", namespace, pod, pod_object)
-        told = True
-        if now_state[0] == FAILED and now_state != before:
-            told = self._event(involved, "Warning", status["reason"],
-                               f"connection {cid} to network service {body['spec']['networkService']} "
-                               f"failed: {status['message']}", now, result)
-        elif now_state[0] == UP and before is not None and before[0] in (FAILED, PENDING):
-            told = self._event(involved, "Normal", "ConnectionUp",
-                               f"connection {cid} is up: {status['message']}", now, result)
-        if told:  # a failed Event is tried again on the next sync
-            self._last_state[cid] = now_state
+        after having been failed or pending. ``written``: the objects written (or found right) with
+        the status stored before; that status stands in for memory after a restart."""
+        news, posts = [], []
+        for body, old_status in written:
+            cid = body["metadata"]["annotations"][CONNECTION_ANNOTATION]
+            status = body["status"]
+            now_state = (status["state"], status["reason"], status["message"])
+            before = self._last_state.get(cid)
+            if before is None and old_status:
+                before = tuple(old_status.get(k, "") for k in ("state", "reason", "message"))
+            if now_state[0] == FAILED and now_state != before:
+                event = ("Warning", status["reason"], f"connection {cid} to network service "
+                         f"{body['spec']['networkService']} failed: {status['message']}")
+            elif now_state[0] == UP and before is not None and before[0] in (FAILED, PENDING):
+                event = ("Normal", "ConnectionUp", f"connection {cid} is up: {status['message']}")
+            else:
+                self._last_state[cid] = now_state
+                continue
+            namespace, pod = body["metadata"]["namespace"], body["spec"]["client"]["pod"]
+            involved = _involved("Pod", namespace, pod, objects.get(("Pod", namespace, pod)) or {})
+            news.append((cid, now_state, before))
+            posts.append(partial(self._post, involved, *event, now))
+        for (cid, now_state, before), (told, part) in zip(news, self._run(posts), strict=True):
+            result.extend(part)
+            # Not told: kept as it was, so the next sync tries again (the written status would not).
+            self._last_state[cid] = now_state if told else before or _UNTOLD
+
+    def _post(self, involved: dict, kind: str, reason: str, message: str,
+              now: str) -> tuple[bool, SyncResult]:
+        result = SyncResult()
+        return self._event(involved, kind, reason, message, now, result), result
 
     def _tell_problems(self, problems: Iterable[str], objects: Mapping, now: str, result: SyncResult) -> None:
         """A Warning InvalidSpec Event per problem of a Kubernetes object, once while it lasts."""
@@ -542,27 +647,40 @@ class StatusWriter:
                 self._problems_told.add(key)
         self._problems_told &= current
 
+    def _remember_event(self, key: EventKey, emitted: _Emitted) -> None:
+        with self._emitting:
+            self._emitted[key] = emitted
+            self._emitted.move_to_end(key)
+            while len(self._emitted) > self.remembered:
+                self._emitted.popitem(last=False)
+
     def _event(self, involved: dict, kind: str, reason: str, message: str, now: str,
                result: SyncResult) -> bool:
-        """Post an Event, or count one more of an Event posted before; True when it is on record."""
+        """Post an Event, or count one more of an Event posted before; True when it is on record.
+
+        Safe from several threads as long as no two post the same Event at once (each connection's
+        Events name the connection, and one sync runs at a time)."""
         key = _event_key(involved, reason, message)
         namespace = involved.get("namespace") or "default"  # Events of cluster-scoped objects
         label = f"{kind} {reason} on {involved['kind']} {'/'.join(key[1:3]).lstrip('/')}"
-        known = self._emitted.get(key)
+        with self._emitting:
+            known = self._emitted.get(key)
         if known is not None:
+            count = known.count + 1
             try:
                 self._call(result, f"patch Event {known.namespace}/{known.name} ({label})",
                            self.core.patch_namespaced_event, known.name, known.namespace,
-                           {"count": known.count + 1, "lastTimestamp": now}, expected=(404,),
+                           {"count": count, "lastTimestamp": now}, expected=(404,),
                            _content_type=_MERGE_PATCH)
-                known.count += 1
-                self._emitted.move_to_end(key)
-                result.events.append(f"{label}: {message} (x{known.count})")
-                return True
             except _ApiError as exc:
                 if exc.status != 404:
                     return False
-                del self._emitted[key]  # expired (Events live an hour): post a new one
+                with self._emitting:  # expired (Events live an hour): post a new one
+                    self._emitted.pop(key, None)
+            else:
+                self._remember_event(key, _Emitted(known.namespace, known.name, count))
+                result.events.append(f"{label}: {message} (x{count})")
+                return True
         name = f"{involved['name'][:200]}.{uuid.uuid4().hex[:16]}"
         event = {
             "apiVersion": "v1",
@@ -583,9 +701,7 @@ class StatusWriter:
             self._call(result, f"create Event ({label})", self.core.create_namespaced_event, namespace, event)
         except _ApiError:
             return False
-        self._emitted[key] = _Emitted(namespace, name, 1)
-        while len(self._emitted) > self.remembered:
-            self._emitted.popitem(last=False)
+        self._remember_event(key, _Emitted(namespace, name, 1))
         result.events.append(f"{label}: {message}")
         return True
 
@@ -596,6 +712,21 @@ def _owner_reference(pod: Mapping) -> dict | None:
     if not meta.get("uid") or not meta.get("name"):
         return None
     return {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]}
+
+
+def _with_kept_times(status: dict, old_status: Mapping, now: str) -> dict:
+    """``status`` with its conditions' transition times kept from ``old_status`` where they hold."""
+    return {**status, "conditions": merge_conditions(old_status.get("conditions"), status["conditions"], now)}
+
+
+def _in_step(body: dict, old: dict, objects: Mapping, now: str) -> bool:
+    """Whether the stored object ``old`` already says all that ``body`` does (nothing to write)."""
+    namespace, pod = body["metadata"]["namespace"], body["spec"]["client"]["pod"]
+    if _metadata_patch(body, old, _owner_reference(objects.get(("Pod", namespace, pod)) or {})):
+        return False
+    old_status = old.get("status") or {}
+    generation = (old.get("metadata") or {}).get("generation") or 1
+    return _with_kept_times(stamp_generation(body["status"], generation), old_status, now) == old_status
 
 
 def _metadata_patch(body: dict, old: dict, owner: dict | None) -> dict:

@@ -14,22 +14,32 @@ from kubernetes import client, config
 
 log = logging.getLogger("ryu_nsm.kube")
 
+POOL_SIZE = 32  # status writer workers (8), a watch per kind (4), the Lease, and room to spare
 
-def api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
-    """In-cluster configuration when running in a Pod (and nothing else is asked), else a kubeconfig."""
+
+def api_client(kubeconfig: str | None = None, context: str | None = None,
+               pool_size: int = POOL_SIZE) -> client.ApiClient:
+    """In-cluster configuration when running in a Pod (and nothing else is asked), else a kubeconfig.
+
+    The client keeps up to ``pool_size`` connections (at least): one per concurrent caller, or the
+    surplus ones are opened and closed for every request."""
     configuration = client.Configuration()
     if kubeconfig or context or not os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
     else:
         config.load_incluster_config(client_configuration=configuration)
+    configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, pool_size)
     return client.ApiClient(configuration)
 
 
 class StatusLoop:
-    """Writes the controller's status into the cluster when it changes (and every ``resync`` seconds).
+    """Writes the controller's status into the cluster when it changes, and every ``resync`` seconds
+    from a fresh list of what is stored (the writer otherwise keeps what it wrote, so changes made
+    by others are undone at the latest ``resync`` seconds later).
 
     Only while ``may_write()`` holds (the leader, once the watcher has listed everything): a
-    follower or a half-synced watcher would delete objects that are still right.
+    follower or a half-synced watcher would delete objects that are still right. Writing again after
+    a pause starts from a fresh list too: another replica may have written meanwhile.
     """
 
     def __init__(self, writer, status: Callable[[], dict], objects: Callable[[], object],
@@ -52,18 +62,22 @@ class StatusLoop:
         self._thread.join(5)
 
     def _run(self) -> None:
-        written, last = None, 0.0
+        written, listed = None, None  # the status last written; when the writer last listed
         while not self._stop.wait(self.interval):
             if not self.may_write():
-                written = None
+                written = listed = None
                 continue
             status = self.status()
             seen = {k: status.get(k) for k in ("connections", "problems")}
             digest = hashlib.sha1(json.dumps(seen, sort_keys=True).encode()).hexdigest()
-            if digest == written and time.monotonic() - last < self.resync:
+            relist = listed is None or time.monotonic() - listed >= self.resync
+            if digest == written and not relist:
                 continue
-            result = self.writer.sync(status, self.objects())
-            if result.errors:
+            started = time.monotonic()
+            result = self.writer.sync(status, self.objects(), relist=relist)
+            if result.errors:  # the writer lists again by itself after an error
                 log.warning("status sync: %d error(s), retrying: %s", len(result.errors), result.errors[:3])
                 continue
-            written, last = digest, time.monotonic()
+            written = digest
+            if relist:
+                listed = started

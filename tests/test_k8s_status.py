@@ -1,12 +1,15 @@
 """NetworkServiceConnection objects and Events: the pure part from real plans, the writer against the
 emulated API server over real HTTP with the official client."""
 
+import collections
 import queue
 import re
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import kmock
 import pytest
 import yaml
 from kubernetes import client
@@ -18,6 +21,7 @@ from ryu_nsm.k8s_status import (
     KIND,
     MANAGED_BY,
     MANAGER,
+    PLURAL,
     StatusWriter,
     connection_object_name,
     desired_connections,
@@ -25,6 +29,7 @@ from ryu_nsm.k8s_status import (
     parse_problem,
     short_reason,
 )
+from ryu_nsm.kube import POOL_SIZE, StatusLoop, api_client
 from ryu_nsm.model import Attachment, FrozenMap, Match, Resources
 from ryu_nsm.planner import FAILED, FabricState, make_plan
 from ryu_nsm.report import chains, connection_entry
@@ -442,14 +447,34 @@ def test_a_removed_request_deletes_its_object_and_nothing_of_others(api, pods, d
     assert set(stored(api)) == {"firewall-nsm-1", "dpi-nsm-1", "hand-made"}
 
 
-def test_an_object_deleted_behind_its_back_is_created_again(api, pods, demo):
+def test_an_object_deleted_behind_its_back_is_created_again_after_a_relist(api, pods, demo):
     fabric, resources = demo
     writer = writer_for(api, Clock(T0))
     status = status_of(fabric, resources)
     writer.sync(status, pods)
     api.delete(KIND, "dpi-nsm-1")
-    result = writer.sync(status, pods)
-    assert result.created == ["default/dpi-nsm-1"] and stored(api)["dpi-nsm-1"]["status"]["state"] == "Up"
+    # What the writer stored is what it remembers: not a request until it is asked to list again.
+    served = len(list(api.handler))
+    assert writer.sync(status, pods).writes == 0 and len(list(api.handler)) == served
+    result = writer.sync(status, pods, relist=True)
+    assert not result.errors and result.created == ["default/dpi-nsm-1"]
+    assert stored(api)["dpi-nsm-1"]["status"]["state"] == "Up"
+
+
+def test_a_vanished_object_found_by_a_404_is_created_again_on_the_next_sync(api, pods, demo):
+    fabric, resources = demo
+    writer = writer_for(api, Clock(T0))
+    writer.sync(status_of(fabric, resources, planned="pending"), pods)
+    api.delete(KIND, "dpi-nsm-1")
+    up = status_of(fabric, resources)
+    result = writer.sync(up, pods)  # the status patch of dpi-nsm-1 finds it gone: not an error
+    assert not result.errors and "default/dpi-nsm-1" not in result.status_patched
+    assert sorted(result.status_patched) == ["default/client-nsm-1", "default/firewall-nsm-1"]
+    lists = len(api.requests("list", PLURAL))
+    result = writer.sync(up, pods)  # unasked: the 404 said someone else changed things
+    assert len(api.requests("list", PLURAL)) == lists + 1
+    assert not result.errors and result.created == ["default/dpi-nsm-1"]
+    assert stored(api)["dpi-nsm-1"]["status"]["state"] == "Up"
 
 
 def test_a_changed_spec_or_a_recreated_pod_is_patched_on_the_main_object(api, pods, demo):
@@ -468,9 +493,9 @@ def test_a_changed_spec_or_a_recreated_pod_is_patched_on_the_main_object(api, po
     assert result.updated == ["default/client-nsm-1"]
     (owner,) = stored(api)["client-nsm-1"]["metadata"]["ownerReferences"]
     assert owner["uid"] == new_pod["metadata"]["uid"]
-    # Someone edits our spec: it is put back, and the status follows the new generation.
+    # Someone edits our spec: it is put back once listed, and the status follows the new generation.
     api.patch(KIND, "dpi-nsm-1", {"spec": {"networkService": "edited"}})
-    result = writer.sync(status, {**pods, ("Pod", "default", "client"): new_pod})
+    result = writer.sync(status, {**pods, ("Pod", "default", "client"): new_pod}, relist=True)
     assert result.updated == ["default/dpi-nsm-1"] and result.status_patched == ["default/dpi-nsm-1"]
     dpi = stored(api)["dpi-nsm-1"]
     assert dpi["spec"]["networkService"] == "secure-internet"
@@ -605,3 +630,290 @@ def test_from_the_watched_cluster_to_connections_and_events(api, demo):
         assert warning["involvedObject"]["uid"] == owner["uid"]
     finally:
         source.stop()
+
+
+# -- what is stored is remembered; objects are written concurrently, the most useful first ----------
+
+
+def keep_recent_requests(server, keep=16):
+    """kmock matches each request against every request served before (each reaction's filter is a
+    view over its log), so at a few thousand requests each one takes tens of milliseconds: tests that
+    make thousands of requests and count none of them keep only the last ``keep``."""
+    def bound():
+        server.handler._requests = collections.deque(server.handler._requests, maxlen=keep)
+    server.call(bound)
+
+
+def wait_until(predicate, what, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_a_sync_with_a_valid_cache_lists_nothing_until_a_relist_is_asked_for(api, pods, demo):
+    fabric, resources = demo
+    clock = Clock(T0)
+    writer = writer_for(api, clock)
+    assert not writer.sync(status_of(fabric, resources, planned="pending"), pods).errors
+    assert len(api.requests("list", PLURAL)) == 1
+
+    clock.now = T1
+    served = len(list(api.handler))
+    result = writer.sync(status_of(fabric, resources), pods)
+    assert not result.errors and len(result.status_patched) == 3 and len(result.events) == 3
+    assert len(api.requests("list", PLURAL)) == 1
+    assert {r.method.value for r in list(api.handler)[served:]} <= {"PATCH", "POST"}  # writes only
+    assert conditions(stored(api)["client-nsm-1"])["Ready"]["status"] == "True"
+
+    # Unchanged: not one request; the cache holds what the patches answered (generation included).
+    clock.now = T2
+    served = len(list(api.handler))
+    assert writer.sync(status_of(fabric, resources), pods).writes == 0
+    assert len(list(api.handler)) == served
+    result = writer.sync(status_of(fabric, resources), pods, relist=True)
+    assert not result.errors and result.writes == 0 and len(api.requests("list", PLURAL)) == 2
+
+
+def test_after_an_error_the_next_sync_lists_again(api, pods, demo):
+    fabric, resources = demo
+    writer = StatusWriter(api.api_client(), instance="test-0", clock=Clock(T0), timeout=2.0)
+    writer.sync(status_of(fabric, resources, planned="pending"), pods)
+    api.pause()
+    result = writer.sync(status_of(fabric, resources), pods)
+    assert result.writes == 0 and len(result.errors) == 3
+    assert all("patch status of" in e for e in result.errors)
+    api.resume()
+    lists = len(api.requests("list", PLURAL))
+    result = writer.sync(status_of(fabric, resources), pods)
+    assert not result.errors and len(result.status_patched) == 3
+    assert len(api.requests("list", PLURAL)) == lists + 1
+    assert {o["status"]["state"] for o in stored(api).values()} == {"Up"}
+
+
+def test_objects_whose_state_changed_are_written_first(api, pods, demo):
+    fabric, resources = demo
+    writer = StatusWriter(api.api_client(), instance="test-0", clock=Clock(T0), workers=1)
+    pending = status_of(fabric, resources, planned="pending")
+    writer.sync(pending, pods)
+    # Only the DPI's connection comes up: the client's and the firewall's objects change too (their
+    # hops), but their own state does not. By connection id the DPI's would be second.
+    dpi_up = {**pending, "connections": [{**e, "state": "up"} if e["id"] == "default/dpi/nsm-1" else e
+                                         for e in pending["connections"]]}
+    before = len(writes(api))
+    result = writer.sync(dpi_up, pods)
+    assert not result.errors
+    patched = [path.split("/")[-2] for _, path in writes(api)[before:] if path.endswith("/status")]
+    assert patched == ["dpi-nsm-1", "client-nsm-1", "firewall-nsm-1"]
+    assert result.status_patched == [f"default/{name}" for name in patched]
+    # The DPI's Pod is told it is up once every object says so.
+    assert [path.rpartition("/")[2] for _, path in writes(api)[before:]] == ["status"] * 3 + ["events"]
+    assert len(result.events) == 1 and "ConnectionUp on Pod default/dpi" in result.events[0]
+    assert stored(api)["client-nsm-1"]["status"]["hops"][2]["state"] == "Up"
+
+
+def test_a_failed_event_of_a_new_object_is_posted_on_the_next_sync(api, pods, demo):
+    fabric, resources = demo
+    failing = threading.Event()
+    failing.set()
+    api.call(lambda: api.handler[kmock.action.CREATE, kmock.resource("", "v1", "events"), failing] << 500)
+    writer = writer_for(api, Clock(T0))
+    broken = status_of(fabric, _drop_endpoint(resources, "dpi"))
+    result = writer.sync(broken, pods)
+    assert len(result.errors) == 1 and "create Event" in result.errors[0] and len(result.created) == 3
+    assert events(api) == []
+    failing.clear()
+    # The object already says Failed: the writer still knows the Pod was not told.
+    result = writer.sync(broken, pods)
+    assert not result.errors and result.status_patched == []
+    (warning,) = events(api)
+    assert (warning["reason"], warning["involvedObject"]["name"], warning["count"]) == (
+        "NoEndpoint", "firewall", 1)
+
+
+def chain_status(chains_of, phase):
+    """``chains_of`` chains client-i → fw-i → dpi-i → gw-i in two namespaces, as ``phase`` leaves them:
+    0 all pending; 1 thirds up / firewall hop failed / pending; 2 every fifth chain gone, the failed
+    ones up again, the pending ones failed at the DPI; 3 the firewall hops of phase 1 failed again."""
+    entries = []
+    for i in range(chains_of):
+        if phase >= 2 and i % 5 == 0:
+            continue
+        namespace = ("default", "blue")[i % 2]
+        pods_ = [f"client-{i}", f"fw-{i}", f"dpi-{i}", f"gw-{i}"]
+        for hop, (pod, endpoint) in enumerate(zip(pods_, pods_[1:], strict=False)):
+            state = {0: "pending", 1: ("up", "pending", "pending")[i % 3]}.get(phase, "up")
+            if (phase in (1, 3) and i % 3 == 1 and hop == 1) or (phase >= 2 and i % 3 == 2 and hop == 2):
+                state = "failed"
+            entry = {"id": f"{namespace}/{pod}/nsm-1", "namespace": namespace, "network_service": "svc",
+                     "client": pod, "client_attachment": f"s1/{pod}", "endpoint": endpoint,
+                     "endpoint_attachment": f"s2/{endpoint}", "path": ["s1", "s2"],
+                     "tags": {"s1-s2": 100 + i}, "state": state}
+            if state == "failed":
+                entry["reason"] = f"no endpoint is registered for network service 'svc' ({i})"
+            entries.append(entry)
+    return {"connections": entries, "problems": []}
+
+
+def run_phases(workers, chains_of, phases):
+    """Every phase synced by a writer with ``workers``: the results, the stored objects and the Events,
+    without what the API server makes up (uids, resourceVersions, creation times, Event names)."""
+    with Emulator() as server:
+        keep_recent_requests(server)
+        pod_objects = {}
+        for i in range(chains_of):
+            for pod in (f"client-{i}", f"fw-{i}", f"dpi-{i}"):
+                body = {"apiVersion": "v1", "kind": "Pod",
+                        "metadata": {"name": pod, "namespace": ("default", "blue")[i % 2]}}
+                created = server.create(body)
+                pod_objects[("Pod", created["metadata"]["namespace"], pod)] = created
+        clock = Clock()
+        writer = StatusWriter(server.api_client(), instance="test-0", clock=clock, workers=workers)
+        results = []
+        for phase, now in zip(phases, (T0, T1, T2, T3), strict=False):
+            clock.now = now
+            results.append(writer.sync(chain_status(chains_of, phase), pod_objects))
+        objects = {}
+        for obj in server.objects(KIND):
+            meta = obj["metadata"]
+            (owner,) = meta.pop("ownerReferences")
+            pod = pod_objects[("Pod", meta["namespace"], owner["name"])]
+            assert owner["uid"] == pod["metadata"]["uid"]
+            for made_up in ("uid", "resourceVersion", "creationTimestamp"):
+                meta.pop(made_up)
+            objects[(meta["namespace"], meta["name"])] = obj
+        told = sorted((e["metadata"]["namespace"], e["involvedObject"]["name"], e["type"], e["reason"],
+                       e["message"], e["count"], e["firstTimestamp"], e["lastTimestamp"])
+                      for e in server.objects("Event", api_version="v1"))
+    return results, objects, told
+
+
+def test_many_connections_written_concurrently_end_as_written_one_after_the_other():
+    chains_of = 102  # 306 connections
+    phases = (1, 2, 3)
+    one = run_phases(1, chains_of, phases)
+    eight = run_phases(8, chains_of, phases)
+    for result in (*one[0], *eight[0]):
+        assert not result.errors
+    assert one[0] == eight[0]  # the same writes, told in the same order
+    assert one[1] == eight[1] and one[2] == eight[2]
+
+    results, objects, told = eight
+    assert len(results[0].created) == len(results[0].status_patched) == 3 * chains_of
+    assert len(results[1].deleted) == 3 * len(range(0, chains_of, 5))
+    assert len(objects) == 3 * (chains_of - len(range(0, chains_of, 5)))
+    final = chain_status(chains_of, 3)
+    states = {(e["namespace"], f"{e['client']}-nsm-1"): e["state"].capitalize() for e in final["connections"]}
+    assert states == {key: obj["status"]["state"] for key, obj in objects.items()}
+    # Every Event counts what happened to its connection, no more, no less: a Warning each time it
+    # fails, a Normal each time it comes up after pending or failed (not when it first shows up).
+    expected: collections.Counter = collections.Counter()
+    last: dict[tuple[str, str], str] = {}
+    for phase in phases:
+        for e in chain_status(chains_of, phase)["connections"]:
+            key, before = (e["namespace"], e["client"]), last.get((e["namespace"], e["client"]))
+            if e["state"] == "failed" and before != "failed":
+                expected[(*key, "Warning")] += 1
+            elif e["state"] == "up" and before in ("pending", "failed"):
+                expected[(*key, "Normal")] += 1
+            last[key] = e["state"]
+    assert {(ns, pod, kind): count for ns, pod, kind, _, _, count, _, _ in told} == expected
+    assert expected[("default", "fw-4", "Warning")] == 2 and expected[("default", "fw-4", "Normal")] == 1
+
+
+def test_syncs_from_several_threads_tell_each_event_once(api):
+    keep_recent_requests(api)
+    pod_objects = {}
+    for i in range(40):
+        body = {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": f"fw-{i}", "namespace": ("default", "blue")[i % 2]}}
+        created = api.create(body)
+        pod_objects[("Pod", created["metadata"]["namespace"], f"fw-{i}")] = created
+    clock = Clock(T0)
+    writer = StatusWriter(api.api_client(), instance="test-0", clock=clock, workers=8)
+    broken, pending = chain_status(40, 1), chain_status(40, 0)
+
+    def together(status):
+        start = threading.Barrier(4)
+        results = []
+
+        def sync():
+            start.wait(10)
+            results.append(writer.sync(status, pod_objects))
+        threads = [threading.Thread(target=sync) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert len(results) == 4 and not any(r.errors for r in results)
+        return results
+
+    for now, status in ((T0, broken), (T1, pending), (T2, broken)):
+        clock.now = now
+        results = together(status)
+        # One of the four did the work; the others found it done.
+        assert sorted(r.writes > 0 for r in results) == [False, False, False, True]
+    warnings = [e for e in events(api) if e["type"] == "Warning"]
+    # Failed, pending, failed again: one Event per firewall, counted twice, on the firewall's Pod.
+    told = sorted((e["involvedObject"]["name"], e["count"], e["involvedObject"].get("uid")) for e in warnings)
+    uids = {name: pod["metadata"]["uid"] for (_, _, name), pod in pod_objects.items()}
+    assert told == sorted((f"fw-{i}", 2, uids[f"fw-{i}"]) for i in range(40) if i % 3 == 1)
+
+
+def test_status_loop_lists_again_every_resync_and_when_it_may_write_again(api, pods, demo):
+    fabric, resources = demo
+    status = status_of(fabric, resources)
+    polls = []
+    writing = threading.Event()
+    writing.set()
+    refused = threading.Event()
+
+    def may_write():
+        if writing.is_set():
+            return True
+        refused.set()
+        return False
+
+    def current():
+        polls.append(1)
+        return status
+
+    loop = StatusLoop(writer_for(api, Clock(T0)), current, lambda: pods, may_write, interval=0.01,
+                      resync=3600).start()
+    try:
+        wait_until(lambda: len(stored(api)) == 3, "the first write")
+        seen = len(polls)
+        wait_until(lambda: len(polls) >= seen + 10, "ten more rounds of the loop")
+        assert len(api.requests("list", PLURAL)) == 1  # unchanged, and resync is far: the cache serves
+        api.delete(KIND, "dpi-nsm-1")
+        writing.clear()  # leadership lost for a moment: another replica may have written meanwhile
+        wait_until(refused.is_set, "the loop to see it may not write")
+        writing.set()
+        wait_until(lambda: "dpi-nsm-1" in stored(api), "the deleted object to be created again")
+        assert len(api.requests("list", PLURAL)) == 2
+    finally:
+        loop.stop()
+
+    loop = StatusLoop(writer_for(api, Clock(T0)), lambda: status, lambda: pods, lambda: True, interval=0.01,
+                      resync=0.2).start()
+    try:
+        wait_until(lambda: len(api.requests("list", PLURAL)) >= 3, "the new loop's first list")
+        api.delete(KIND, "client-nsm-1")
+        wait_until(lambda: "client-nsm-1" in stored(api), "a resync to create the object again")
+    finally:
+        loop.stop()
+
+
+def test_the_controllers_api_client_keeps_a_connection_per_status_worker(api, tmp_path):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "emulated",
+        "clusters": [{"name": "emulated", "cluster": {"server": api.url}}],
+        "users": [{"name": "nobody", "user": {}}],
+        "contexts": [{"name": "emulated", "context": {"cluster": "emulated", "user": "nobody"}}]}))
+    built = api_client(str(kubeconfig))
+    writer = StatusWriter(built, instance="test-0")
+    # What urllib3 was given, not only the configuration: the pool is built with the client.
+    assert built.rest_client.pool_manager.connection_pool_kw["maxsize"] >= POOL_SIZE > writer.workers
+    assert writer.sync({"connections": []}).errors == [] and len(api.requests("list", PLURAL)) == 1
