@@ -95,7 +95,6 @@ TIMEOUT = 60.0
 POLL_MS = 100
 SAMPLE = 20
 LIMIT_REPEATS = 3
-FORGET_SECONDS = 0.1
 ONE_LABEL = "ovs-ofctl --bundle of one request's flows"
 ALL_LABEL = "ovs-ofctl --bundle of the same flows"
 
@@ -262,30 +261,6 @@ def write_files(workdir: Path, what: str, flows: Mapping[str, list[str]]) -> dic
         files[br] = workdir / f"{br}.{what}.flows"
         files[br].write_text("".join(line + "\n" for line in lines))
     return files
-
-
-@contextmanager
-def forgetting_requests(api: Emulator) -> Iterator[None]:
-    """Empty kmock's log of served requests every FORGET_SECONDS while the context lasts.
-
-    kmock keeps every request and, to route a new one, scans that whole log once per reaction it
-    tries: each request costs time in proportion to all before it, and the status writer's thousands
-    of writes would slow the emulated API server to tenths of a second per request. Nothing here
-    reads the log.
-    """
-    stop = threading.Event()
-
-    def forget() -> None:
-        while not stop.wait(FORGET_SECONDS):
-            api.call(api.handler._requests.clear)
-
-    thread = threading.Thread(target=forget, name="bench-forget", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 class Reports:
@@ -573,7 +548,8 @@ def measure(n: int, poll: float) -> tuple[dict[str, float], float, float, float]
             remove_bridges(bridges.values())
             try:
                 build_bridges(fabric, bridges)
-                with Emulator() as api, forgetting_requests(api):
+                with Emulator() as api:
+                    api.keep_recent_requests()  # kmock's request log slows every request down
                     reports = Reports(api).start()
                     for body in objects:
                         api.create(body)

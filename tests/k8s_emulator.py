@@ -88,6 +88,7 @@ on an ERROR event (a 410 included); ``watch.Watch(return_type="object")`` stream
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import datetime
 import re
@@ -801,6 +802,19 @@ class Emulator:
         """The last resourceVersion handed out."""
         assert self._server is not None
         return self._server.rv
+
+    def keep_recent_requests(self, keep: int = 16) -> None:
+        """Keep only the last ``keep`` served requests from now on.
+
+        kmock matches each request against every request served before it (each reaction's filter is
+        a view over that log), so after a few thousand requests each takes tens of milliseconds.
+        Benchmarks and tests that make thousands of requests and count none of them bound it.
+        """
+        assert self._server is not None
+
+        def bound() -> None:
+            self._server._requests = collections.deque(self._server._requests, maxlen=keep)
+        self._run(bound)
 
     def requests(self, action: str | None = None, kind: str | None = None) -> list[kmock.Request]:
         """The requests served so far (kmock's parsed Request: .action, .resource, .params, .url),

@@ -635,15 +635,6 @@ def test_from_the_watched_cluster_to_connections_and_events(api, demo):
 # -- what is stored is remembered; objects are written concurrently, the most useful first ----------
 
 
-def keep_recent_requests(server, keep=16):
-    """kmock matches each request against every request served before (each reaction's filter is a
-    view over its log), so at a few thousand requests each one takes tens of milliseconds: tests that
-    make thousands of requests and count none of them keep only the last ``keep``."""
-    def bound():
-        server.handler._requests = collections.deque(server.handler._requests, maxlen=keep)
-    server.call(bound)
-
-
 def wait_until(predicate, what, timeout=20.0):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -760,7 +751,7 @@ def run_phases(workers, chains_of, phases):
     """Every phase synced by a writer with ``workers``: the results, the stored objects and the Events,
     without what the API server makes up (uids, resourceVersions, creation times, Event names)."""
     with Emulator() as server:
-        keep_recent_requests(server)
+        server.keep_recent_requests()
         pod_objects = {}
         for i in range(chains_of):
             for pod in (f"client-{i}", f"fw-{i}", f"dpi-{i}"):
@@ -823,7 +814,7 @@ def test_many_connections_written_concurrently_end_as_written_one_after_the_othe
 
 
 def test_syncs_from_several_threads_tell_each_event_once(api):
-    keep_recent_requests(api)
+    api.keep_recent_requests()
     pod_objects = {}
     for i in range(40):
         body = {"apiVersion": "v1", "kind": "Pod",
