@@ -193,8 +193,22 @@ def _conditions(entry: dict, hops: list[dict], generation: int, now: str) -> lis
     else:
         ready = ("False", short_reason(blocking["state"], blocking.get("reason", "")),
                  f"connection {blocking['id']}: {_message(blocking)}")
-    return [_condition(kind, *values, generation, now)
-            for kind, values in (("Resolved", resolved), ("Admitted", admitted), ("Ready", ready))]
+    kinds = [("Resolved", resolved), ("Admitted", admitted), ("Ready", ready)]
+    level = entry.get("service_level")
+    if level is not None:
+        kinds.append(("ServiceLevelMet", _level_met(entry, level)))
+    return [_condition(kind, *values, generation, now) for kind, values in kinds]
+
+
+def _level_met(entry: dict, level: dict) -> tuple[str, str, str]:
+    """Whether the measured path meets the level; worded stably, so measurement noise writes nothing."""
+    measured = entry.get("measured")
+    if entry["state"] != "up" or measured is None:
+        return ("Unknown", "NotMeasured", f"service level {level['name']}: not measured yet")
+    if measured["met"]:
+        return ("True", "Met", f"service level {level['name']} is met: {level['summary']}")
+    return ("False", "Broken", f"service level {level['name']} is broken by what the probes measure; "
+            "the controller moves the connection when it stays broken")
 
 
 def stamp_generation(status: dict, generation: int) -> dict:
@@ -248,6 +262,10 @@ def desired_connections(status: Mapping, now: str,
                 "conditions": _conditions(e, hops, generation, now),
             },
         }
+        if e.get("service_level"):
+            body["status"]["serviceLevel"] = dict(e["service_level"])
+        if e.get("backup_path"):
+            body["status"]["backupPath"] = list(e["backup_path"])
         out[key] = body
     return out
 

@@ -908,3 +908,30 @@ def test_the_controllers_api_client_keeps_a_connection_per_status_worker(api, tm
     # What urllib3 was given, not only the configuration: the pool is built with the client.
     assert built.rest_client.pool_manager.connection_pool_kw["maxsize"] >= POOL_SIZE > writer.workers
     assert writer.sync({"connections": []}).errors == [] and len(api.requests("list", PLURAL)) == 1
+
+
+def test_a_service_level_shows_with_its_backup_and_whether_measurements_meet_it():
+    fabric = load_topology(ROOT / "topologies/demo-chain.yaml")
+    resources = load_paths([ROOT / "examples/demo-chain", ROOT / "examples/qos"])
+    ctl, switches = Controller(fabric), FakeFabric(fabric)
+    switches.connect_all(ctl)
+    switches.run(ctl, ctl.set_resources(resources, 1.0))
+    client = desired_connections(ctl.status(), T0)[("default", "client-nsm-1")]["status"]
+    assert client["serviceLevel"]["name"] == "secure-internet"
+    assert client["backupPath"][0] == client["path"][0] and client["backupPath"] != client["path"]
+    assert conditions({"status": client})["ServiceLevelMet"]["reason"] == "NotMeasured"
+
+    # Probes come back quickly: the level is met; the same again writes the same status.
+    def probe_round(now, delay):
+        for probe in ctl.probes(now):
+            link = next(lk for lk in fabric.links
+                        if probe.switch in (lk.a, lk.b) and lk.port_on(probe.switch) == probe.port)
+            peer, port = link.peer_of(probe.switch)
+            ctl.probe_received(fabric.switch_by_name[peer].dpid, port, probe.seq, now + delay)
+
+    for second in range(3):
+        probe_round(2.0 + second, 0.0001)
+    met = desired_connections(ctl.status(), T1)[("default", "client-nsm-1")]["status"]
+    assert conditions({"status": met})["ServiceLevelMet"]["status"] == "True"
+    probe_round(6.0, 0.0002)
+    assert desired_connections(ctl.status(), T1)[("default", "client-nsm-1")]["status"] == met
