@@ -208,7 +208,9 @@ def test_our_crd_spec_and_status_have_the_agreed_fields():
     assert set(spec["properties"]) == {"client", "networkService"}
     assert set(spec["properties"]["client"]["properties"]) == {"pod", "ifname"}
     assert set(status["properties"]) == {
-        "observedGeneration", "state", "reason", "message", "chain", "hops", "path", "conditions"}
+        "observedGeneration", "state", "reason", "message", "chain", "hops", "path", "conditions",
+        "serviceLevel", "backupPath"}
+    assert set(status["properties"]["serviceLevel"]["properties"]) == {"name", "summary"}
     assert status["properties"]["state"]["enum"] == ["Up", "Pending", "Failed"]
     hop = status["properties"]["hops"]["items"]["properties"]
     assert set(hop) == {"connection", "client", "endpoint", "endpointAttachment", "clientAttachment",
