@@ -165,9 +165,10 @@ def untyped(schema: dict, where: str = "") -> list[str]:
 
 
 def schema_at(schema: dict, json_path: str) -> dict:
-    """The schema node a printer column's simple JSON path points at; KeyError if it points nowhere."""
+    """The schema node a printer column's JSON path points at (an index or a filter picks an item);
+    KeyError if it points nowhere."""
     node = schema
-    for part in re.findall(r"\.([A-Za-z0-9_]+)|\[(\d+)\]", json_path):
+    for part in re.findall(r"\.([A-Za-z0-9_]+)|\[(\d+|\?\([^)]*\))\]", json_path):
         node = node["properties"][part[0]] if part[0] else node["items"]
     return node
 
@@ -230,11 +231,11 @@ def test_our_crd_spec_and_status_have_the_agreed_fields():
 def test_our_crd_printer_columns_point_into_the_schema():
     (version,) = our_crd()["spec"]["versions"]
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
-    assert list(columns) == ["Service", "Endpoint", "Path", "State", "Reason", "Age"]
+    assert list(columns) == ["Service", "Endpoint", "Path", "State", "Reason", "SLA", "Age"]
     assert columns["Path"]["jsonPath"] == ".status.path"
     assert columns["Age"] == {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
     assert {name: c.get("priority", 0) for name, c in columns.items()} == {
-        "Service": 0, "Endpoint": 0, "Path": 0, "State": 0, "Reason": 1, "Age": 0}
+        "Service": 0, "Endpoint": 0, "Path": 0, "State": 0, "Reason": 1, "SLA": 1, "Age": 0}
     for name, column in columns.items():
         if name != "Age":
             assert "type" in schema_at(our_schema(), column["jsonPath"]), name
