@@ -35,6 +35,12 @@ def path_compute(monkeypatch):
     return _load("bench_path_compute", BENCH / "path_compute.py")
 
 
+@pytest.fixture
+def admission(monkeypatch):
+    monkeypatch.setitem(sys.modules, "common", common)
+    return _load("bench_admission", BENCH / "admission.py")
+
+
 def test_figure_prints_the_documented_line():
     line = common.figure("path compute, 3-function chain, fat-tree k=16", 0.84, "ms", 0.31, "ms",
                          "one networkx BFS")
@@ -142,6 +148,57 @@ def test_quick_run_prints_figure_lines_from_any_directory(tmp_path):
         assert float(m["value"]) > 0 and float(m["limit"]) > 0
         assert m["limit_label"] == "one networkx BFS"
         assert float(m["ratio"]) == pytest.approx(float(m["value"]) / float(m["limit"]), rel=1.5e-2)
+
+
+def test_admission_workload_admits_refuses_every_kind_and_preempts(admission):
+    work = admission.workload(8, 1000)
+    _, ledger, decisions = admission.admit_once(work)
+    assert admission.invariant_violations(work, ledger, decisions) == []
+    count = admission.tally(work, decisions)
+    # The workload is meant to saturate partway: every outcome the bench reports must occur.
+    for what in ("admitted", "protected", "preemptions", "preempted, moved",
+                 *(f"refused for {kind}" for kind in admission.KINDS)):
+        assert count[what] > 0, (what, count)
+    refused = sum(count[f"refused for {kind}"] for kind in admission.KINDS)
+    dropped = sum(count[f"preempted, dropped for {kind}"] for kind in admission.KINDS)
+    assert count["admitted"] + refused + dropped == len(work.demands) == len(decisions)
+
+
+def test_admission_invariant_check_finds_oversubscription_and_lost_reservations(admission):
+    work = admission.workload(4, 200)
+    _, ledger, decisions = admission.admit_once(work)
+    assert admission.invariant_violations(work, ledger, decisions) == []
+    # The same reservations judged against links of a quarter of the capacity: oversubscribed.
+    quarter = replace(work.fabric, links=tuple(replace(link, capacity=link.capacity / 4)
+                                               for link in work.fabric.links))
+    problems = admission.invariant_violations(replace(work, fabric=quarter), ledger, decisions)
+    assert any("reserved, capacity" in p for p in problems), problems
+    ledger.release(next(iter(ledger.reservations)))
+    problems = admission.invariant_violations(work, ledger, decisions)
+    assert any("admitted but" in p for p in problems), problems
+
+
+def test_admission_refusal_kind_refuses_reasons_it_does_not_know(admission):
+    assert admission.refusal_kind("switch e3_1 is down") == "disconnected"
+    with pytest.raises(RuntimeError, match="cannot tell"):
+        admission.refusal_kind("the moon is in the wrong phase")
+
+
+def test_admission_quick_run_prints_one_rate_against_plain_shortest_paths(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "admission.py"), "--quick"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    matches = [common.FIGURE_RE.match(line) for line in lines]
+    assert len(matches) == 1 and all(matches), lines
+    (m,) = matches
+    assert m["name"] == "admission, 1000 guaranteed connections, fat-tree k=8"
+    assert m["unit"] == m["limit_unit"] == "conn/s" and float(m["value"]) > 0 and float(m["limit"]) > 0
+    assert m["limit_label"] == "FabricView.shortest of the same pairs"
+    assert float(m["ratio"]) == pytest.approx(float(m["value"]) / float(m["limit"]), rel=1.5e-2)
+    assert "invariant: held" in done.stderr and "FAILED" not in done.stderr
 
 
 @pytest.mark.ovs
