@@ -1,12 +1,23 @@
 """KERNEL mechanism plumbing: a veth pair from a client's network namespace into an OVS bridge.
 
-`plumb` creates the pair in the forwarder's namespace, turns tx checksum offload off on both ends
-(the userspace datapath does not fill in checksums), moves the peer into the target namespace,
-names and configures it there, and adds the host end to the bridge through OVSDB with the
-`ryu-nsm-*` external_ids that the controller watches. Every failure undoes what was made.
+`plumb` creates the pair with the peer born in the target namespace under its final name (moving
+a link between namespaces costs ~20 ms of kernel time, creating it there ~1 ms), turns tx checksum
+offload off on both ends (the userspace datapath does not fill in checksums), configures the peer
+and adds the host end to the bridge through OVSDB with the `ryu-nsm-*` external_ids that the
+controller watches, in one transaction. Every failure undoes what was made.
+
+It returns once that transaction is committed, without waiting for ovs-vswitchd to attach the port:
+ovs-vswitchd goes over every port of every bridge on each database or link change (0.1-0.3 s beside
+500 ports on this machine), and a new veth costs two such passes, one for the link and one for the
+port. Waiting would serialise a caller's requests on those passes; not waiting lets one pass take
+many ports. The port's ofport is None until attached; ovs-vswitchd refusing it (ofport -1, an
+error) makes `is_plumbed` false, so a refresh plumbs it anew.
 
 Netlink goes through pyroute2. Sockets inside another namespace are opened by a short-lived thread
-that enters the namespace with setns(2) (network namespaces are per thread), so nothing forks.
+that enters the namespace with setns(2) (network namespaces are per thread), so nothing forks; they
+are closed after each call, as an open socket would keep a deleted namespace alive. Sockets in the
+forwarder's own namespace are pooled. Reads of addresses, routes and neighbours ask the kernel to
+filter by interface (strict checking), so checking one interface does not dump the whole namespace.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import math
 import os
 import re
 import socket
+import struct
 import threading
 import types
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,7 +44,6 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from pyroute2 import IPRoute
-from pyroute2.ethtool.ioctl import EthtoolError, IoctlEthtool
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ovs_forwarder.ovsdb import NoSuchBridge, Ovsdb, OvsdbError, PortExists, PortInfo
@@ -48,6 +59,7 @@ NETNS_KEY = "ryu-nsm-netns"
 OWNER_KEY = "ryu-nsm-owner"
 EXPIRES_KEY = "ryu-nsm-expires"
 IFNAME_KEY = "ryu-nsm-ifname"  # additive to the contract: the interface's name inside the netns
+ENDPOINT_KEY = "ryu-nsm-endpoint"  # additive to the contract: an endpoint's name
 
 ROLES = ("client", "endpoint")
 ERROR_KINDS = ("invalid", "not-found", "exists", "internal")
@@ -56,10 +68,15 @@ NETNS_RUN_DIR = "/var/run/netns"
 _CLONE_NEWNET = 0x40000000
 _NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: which kind of namespace it is
 _IFF_UP = 0x1
+_IFF_PROMISC = 0x100
 _NUD_PERMANENT = 0x80
 _IFA_F_NODAD = 0x02
 _RT_TABLE_MAIN = 254
 _ALIAS_PREFIX = "ryu-nsm "
+_SIOCETHTOOL = 0x8946
+_ETHTOOL_STXCSUM = 0x17  # the one-flag ioctl behind `ethtool -K <if> tx off`: every tx checksum feature
+_IFREQ_SIZE = 40
+_ROOT_POOL_SIZE = 16  # idle netlink sockets kept for reuse; more are closed after use
 
 _IFNAME = re.compile(r"[^\s/:]{1,15}")
 _NETNS_NAME = re.compile(r"[A-Za-z0-9_.-]{1,255}")
@@ -74,8 +91,8 @@ _KIND_BY_ERRNO = {
 }
 
 _libc = ctypes.CDLL(None, use_errno=True)
-# Plumbing one connection id is serialised; ids hash onto a fixed set of locks.
-_LOCKS = tuple(threading.Lock() for _ in range(64))
+_root_pool: list[IPRoute] = []
+_root_pool_lock = threading.Lock()
 
 
 class PlumbingError(Exception):
@@ -89,13 +106,49 @@ class PlumbingError(Exception):
         self.message = message
 
 
+class IdLocks:
+    """A lock per key (a connection id), kept only while someone holds or waits for it: different
+    keys never wait for each other."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        """Hold the lock of `key` for the body."""
+        with self._guard:
+            lock, users = self._locks.get(key, (None, 0))
+            lock = lock or threading.Lock()
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                users = self._locks[key][1] - 1
+                if users:
+                    self._locks[key] = (lock, users)
+                else:
+                    del self._locks[key]
+
+    def users(self, key: str) -> int:
+        """How many hold or wait for the lock of `key`."""
+        with self._guard:
+            return self._locks.get(key, (None, 0))[1]
+
+
+_plumbing = IdLocks()  # plumbing one connection id is serialised
+
+
 @dataclass(frozen=True, kw_only=True)
 class KernelRequest:
     """What to plumb for one connection: a kernel interface in `netns`, wired to `bridge`.
 
     `netns` is a path (/proc/<pid>/ns/net, /var/run/netns/<name>), a URL (file:///proc/<pid>/ns/net,
     inode://<dev>/<ino>) or a plain netns name. `mtu` None or 0 and `mac` None or "" keep the kernel's
-    choice. `routes` are (prefix, nexthop or None); `neighbours` are (ip, mac).
+    choice. `routes` are (prefix, nexthop or None); `neighbours` are (ip, mac). `endpoint`, for role
+    endpoint, is recorded as the `ryu-nsm-endpoint` mark.
     """
 
     connection_id: str
@@ -112,6 +165,7 @@ class KernelRequest:
     service: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     expires: float | None = None
+    endpoint: str | None = None
 
     def __post_init__(self) -> None:
         # Freeze the containers, and read protobuf's "unset" (0, "") as None.
@@ -122,17 +176,19 @@ class KernelRequest:
         set_(self, "labels", types.MappingProxyType(dict(self.labels)))
         set_(self, "mtu", self.mtu or None)
         set_(self, "mac", self.mac or None)
+        set_(self, "endpoint", self.endpoint or None)
 
 
 @dataclass(frozen=True)
 class Plumbed:
-    """A plumbed connection: the host end's name and OpenFlow port, the inside interface's name and
-    MAC; `created` is False on a refresh that found everything in place."""
+    """A plumbed connection: the host end's name and OpenFlow port (None until ovs-vswitchd attached
+    it), the inside interface's name and MAC; `created` is False on a refresh that found everything
+    in place."""
 
     connection_id: str
     bridge: str
     host_ifname: str
-    ofport: int
+    ofport: int | None
     netns: str
     ifname: str
     mac: str
@@ -186,6 +242,8 @@ def external_ids(req: KernelRequest) -> dict[str, str]:
     }
     if req.expires is not None:
         marks[EXPIRES_KEY] = str(int(req.expires))
+    if req.endpoint is not None:
+        marks[ENDPOINT_KEY] = req.endpoint
     return marks
 
 
@@ -193,18 +251,9 @@ def _digest(connection_id: str) -> str:
     return hashlib.sha256(connection_id.encode()).hexdigest()
 
 
-def _lock(connection_id: str) -> threading.Lock:
-    return _LOCKS[int(_digest(connection_id)[:8], 16) % len(_LOCKS)]
-
-
 def _alias(connection_id: str) -> str:
     """The ifalias the host end carries, so a leftover of ours is told from someone else's link."""
     return _ALIAS_PREFIX + _digest(connection_id)
-
-
-def _peer_tmpname(connection_id: str) -> str:
-    """The peer's name between creation and its move into the netns."""
-    return "nsp" + _digest(connection_id)[:10]
 
 
 # ---- validation ------------------------------------------------------------------------------
@@ -268,6 +317,8 @@ def validate(req: KernelRequest) -> None:
     if req.expires is not None and (isinstance(req.expires, bool) or not isinstance(req.expires, int | float)
                                     or not math.isfinite(req.expires) or req.expires < 0):
         raise bad(f"expires {req.expires!r} is not a unix time")
+    if req.endpoint is not None and (not isinstance(req.endpoint, str) or not req.endpoint.isprintable()):
+        raise bad(f"endpoint must be a printable string, got {req.endpoint!r}")
     _parse_netns(req.netns)
 
 
@@ -347,19 +398,21 @@ def _netns(netns: str) -> Iterator[int]:
         os.close(fd)
 
 
-def _ipr_in(nsfd: int) -> IPRoute:
-    """An IPRoute whose netlink socket lives in the namespace `nsfd`."""
+@contextmanager
+def _inside(nsfd: int) -> Iterator[tuple[IPRoute, socket.socket]]:
+    """A netlink socket (strict checking) and an ioctl socket that live in the namespace `nsfd`."""
     made: list[socket.socket] = []
     failed: list[OSError] = []
 
     def enter() -> None:
-        # This thread alone moves into the namespace; the socket stays there after it exits.
+        # This thread alone moves into the namespace; the sockets stay there after it exits.
         if _libc.setns(nsfd, _CLONE_NEWNET) != 0:
             code = ctypes.get_errno()
             failed.append(OSError(code, f"setns: {os.strerror(code)}"))
             return
         try:
             made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE))
+            made.append(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
         except OSError as exc:
             failed.append(exc)
 
@@ -367,8 +420,46 @@ def _ipr_in(nsfd: int) -> IPRoute:
     thread.start()
     thread.join()
     if failed:
+        for sock in made:
+            sock.close()
         raise PlumbingError("internal", f"cannot enter network namespace: {failed[0]}")
-    return IPRoute(fileno=made[0].detach(), groups=0)
+    netlink, ioctl_sock = made
+    try:
+        ipr = IPRoute(fileno=netlink.fileno(), groups=0, strict_check=True)
+    except BaseException:
+        netlink.close()
+        ioctl_sock.close()
+        raise
+    netlink.detach()  # the IPRoute owns the descriptor now
+    try:
+        yield ipr, ioctl_sock
+    finally:
+        ipr.close()
+        ioctl_sock.close()
+
+
+@contextmanager
+def _root_ipr() -> Iterator[IPRoute]:
+    """A netlink socket (strict checking) in the forwarder's own namespace, from a pool: opening one
+    costs more than most requests on it."""
+    with _root_pool_lock:
+        ipr = _root_pool.pop() if _root_pool else None
+    if ipr is None:
+        ipr = IPRoute(groups=0, strict_check=True)
+    reusable = False
+    try:
+        yield ipr
+        reusable = True
+    except Exception:
+        reusable = True  # a refused request leaves the socket in order; an interrupt may not
+        raise
+    finally:
+        with _root_pool_lock:
+            if reusable and len(_root_pool) < _ROOT_POOL_SIZE:
+                _root_pool.append(ipr)
+                ipr = None
+        if ipr is not None:
+            ipr.close()
 
 
 # ---- netlink helpers -------------------------------------------------------------------------
@@ -388,7 +479,7 @@ def _doing(step: str) -> Iterator[None]:
         raise PlumbingError("not-found", f"{step}: {exc}") from exc
     except PortExists as exc:
         raise PlumbingError("exists", f"{step}: {exc}") from exc
-    except (OvsdbError, EthtoolError, OSError) as exc:
+    except (OvsdbError, OSError) as exc:
         raise PlumbingError("internal", f"{step}: {exc}") from exc
 
 
@@ -403,19 +494,11 @@ def _link(ipr: IPRoute, ifname: str) -> Any:
     return links[0] if links else None
 
 
-def _disable_tx_checksum(ifname: str) -> None:
-    """Turn off every tx-checksum feature (as `ethtool -K <if> tx off` does) through the ioctl."""
-    eth = IoctlEthtool(ifname)
-    try:
-        features = eth.get_features()
-        names = [n for n in features.keys()
-                 if n.startswith("tx-checksum") and features.is_available(n) and features.is_active(n)]
-        for name in names:
-            features[name] = False
-        if names:
-            eth.set_features(features)
-    finally:
-        eth.close()
+def _tx_checksum_off(sock: socket.socket, ifname: str) -> None:
+    """Turn off every tx-checksum feature of `ifname` in `sock`'s namespace, as `ethtool -K <if> tx off`."""
+    value = ctypes.create_string_buffer(struct.pack("=II", _ETHTOOL_STXCSUM, 0))
+    ifreq = struct.pack("16sP", ifname.encode(), ctypes.addressof(value)).ljust(_IFREQ_SIZE, b"\0")
+    fcntl.ioctl(sock.fileno(), _SIOCETHTOOL, ifreq)
 
 
 def _family(ip: ipaddress.IPv4Address | ipaddress.IPv6Address | ipaddress.IPv4Network
@@ -430,12 +513,12 @@ def plumb(req: KernelRequest, ovsdb: Ovsdb) -> Plumbed:
     """Make (or refresh) the kernel interface of `req`; PlumbingError leaves nothing behind.
 
     Same id, same netns and a correctly configured interface: nothing changes on the data plane
-    (only changed labels/expiry marks are written) and `created` is False. Same id with a different
-    request: the old plumbing is removed and made anew.
+    (only changed labels/expiry/endpoint marks are written) and `created` is False. Same id with a
+    different request: the old plumbing is removed and made anew.
     """
     validate(req)
-    with _lock(req.connection_id), _netns(req.netns) as nsfd:
-        if req.bridge not in ovsdb.bridges():
+    with _plumbing.hold(req.connection_id), _netns(req.netns) as nsfd:
+        if not ovsdb.has_bridge(req.bridge):
             raise PlumbingError("not-found", f"bridge {req.bridge} does not exist")
         mine = ovsdb.find(CONNECTION_KEY, req.connection_id)
         if mine:
@@ -452,57 +535,70 @@ def plumb(req: KernelRequest, ovsdb: Ovsdb) -> Plumbed:
 
 def _create(req: KernelRequest, nsfd: int, ovsdb: Ovsdb) -> Plumbed:
     host = host_ifname(req.connection_id)
-    tmp = _peer_tmpname(req.connection_id)
-    with IPRoute(groups=0) as ipr, _ipr_in(nsfd) as ns:
-        leftover = _link(ipr, host)
-        if leftover is not None:
-            if leftover.get("IFLA_IFALIAS") != _alias(req.connection_id):
-                raise PlumbingError("exists", f"host interface {host} exists and was not made for "
-                                              f"connection {req.connection_id}")
-            with _doing(f"removing leftover host interface {host}"):
-                ipr.link("del", index=leftover["index"])
-        if _link(ipr, tmp) is not None:
-            raise PlumbingError("exists", f"interface {tmp} (the peer's temporary name) already exists")
-        if _link(ns, req.ifname) is not None:
-            raise PlumbingError("exists", f"interface {req.ifname} already exists in netns {req.netns}")
-        if ovsdb.port(host) is not None:
-            raise PlumbingError("exists", f"OVS port {host} already exists")
-
-        host_index = None
-        port_added = False
+    if ovsdb.port(host) is not None:
+        raise PlumbingError("exists", f"OVS port {host} already exists")
+    with _root_ipr() as ipr, _inside(nsfd) as (ns, ns_ioctl):
+        host_made = port_added = False
         try:
-            peer: dict[str, Any] = {"ifname": tmp}
-            mtu = {} if req.mtu is None else {"mtu": req.mtu}
-            peer.update(mtu)
-            if req.mac is not None:
-                peer["address"] = req.mac.lower()
-            with _doing(f"creating veth pair {host}/{tmp}"):
-                ipr.link("add", ifname=host, kind="veth", peer=peer, **mtu)
-                host_index = ipr.link_lookup(ifname=host)[0]
-                ipr.link("set", index=host_index, ifalias=_alias(req.connection_id))
-            for name in (host, tmp):
-                with _doing(f"turning tx checksum offload off on {name}"):
-                    _disable_tx_checksum(name)
-            with _doing(f"moving {tmp} into netns {req.netns}"):
-                ipr.link("set", index=ipr.link_lookup(ifname=tmp)[0], net_ns_fd=nsfd)
-            with _doing(f"naming the interface {req.ifname} in netns {req.netns}"):
-                index = ns.link_lookup(ifname=tmp)[0]
-                ns.link("set", index=index, ifname=req.ifname)
-                mac = ns.link("get", index=index)[0].get("IFLA_ADDRESS")
+            _add_veth(ipr, req, host, nsfd)
+            host_made = True
+            with _doing(f"marking host interface {host}"):
+                ipr.link("set", ifname=host, ifalias=_alias(req.connection_id))
+            with _doing(f"turning tx checksum offload off on {host}"), \
+                    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as root_ioctl:
+                _tx_checksum_off(root_ioctl, host)
+            with _doing(f"turning tx checksum offload off on {req.ifname} in netns {req.netns}"):
+                _tx_checksum_off(ns_ioctl, req.ifname)
+            with _doing(f"finding {req.ifname} in netns {req.netns}"):
+                inside = ns.link("get", ifname=req.ifname)[0]
+            index, mac = inside["index"], inside.get("IFLA_ADDRESS")
             _configure_inside(ns, index, req)
+            # Every mark goes in with the port: one transaction, one reconfiguration of ovs-vswitchd.
             with _doing(f"adding {host} to bridge {req.bridge}"):
-                ofport = ovsdb.add_port(req.bridge, host, external_ids(req))
+                ofport = ovsdb.add_port(req.bridge, host, external_ids(req), wait=False)
                 port_added = True
-            with _doing(f"bringing {host} up"):
-                ipr.link("set", index=host_index, state="up")
         except BaseException as exc:
-            _undo(ipr, ovsdb, req.bridge, host, host_index, port_added)
+            _undo(ipr, ovsdb, req.bridge, host, host_made, port_added)
             if isinstance(exc, PlumbingError) or not isinstance(exc, Exception):
                 raise
             raise PlumbingError("internal", f"plumbing {req.connection_id}: {exc!r}") from exc
-    log.info("plumbed %s: %s (ofport %d on %s) <-> %s in %s", req.connection_id, host, ofport,
-             req.bridge, req.ifname, req.netns)
+    log.info("plumbed %s: %s (on %s) <-> %s in %s", req.connection_id, host, req.bridge, req.ifname,
+             req.netns)
     return Plumbed(req.connection_id, req.bridge, host, ofport, req.netns, req.ifname, mac, created=True)
+
+
+def _add_veth(ipr: IPRoute, req: KernelRequest, host: str, nsfd: int) -> None:
+    """Create the pair: `host` up in our namespace, its peer `req.ifname` in the target one. A
+    leftover host end of ours is replaced; any other clash is refused."""
+    peer: dict[str, Any] = {"ifname": req.ifname, "net_ns_fd": nsfd}
+    mtu = {} if req.mtu is None else {"mtu": req.mtu}
+    peer.update(mtu)
+    if req.mac is not None:
+        peer["address"] = req.mac.lower()
+    for attempt in range(2):
+        try:
+            # Promiscuous from the start: ovs-vswitchd turns it on when it attaches the port, and
+            # that flag change would cost one more pass over every port.
+            ipr.link("add", ifname=host, kind="veth", peer=peer, flags=_IFF_UP | _IFF_PROMISC,
+                     change=_IFF_UP | _IFF_PROMISC, **mtu)
+            break
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                kind, why = _KIND_BY_ERRNO.get(exc.code, "internal"), os.strerror(exc.code)
+                raise PlumbingError(kind, f"creating veth pair {host}/{req.ifname}: {why}") from exc
+            # Find out which name clashed: a clash inside is only known by elimination.
+            with _doing(f"looking up host interface {host}"):
+                leftover = _link(ipr, host)
+            if leftover is None:
+                raise PlumbingError("exists", f"interface {req.ifname} already exists in netns {req.netns}") \
+                    from exc
+            if leftover.get("IFLA_IFALIAS") != _alias(req.connection_id):
+                raise PlumbingError("exists", f"host interface {host} exists and was not made for "
+                                              f"connection {req.connection_id}") from exc
+            if attempt:
+                raise PlumbingError("exists", f"host interface {host} is back after removing it") from exc
+            with _doing(f"removing leftover host interface {host}"):
+                ipr.link("del", index=leftover["index"])
 
 
 def _configure_inside(ns: IPRoute, index: int, req: KernelRequest) -> None:
@@ -529,17 +625,16 @@ def _configure_inside(ns: IPRoute, index: int, req: KernelRequest) -> None:
                      state=_NUD_PERMANENT)
 
 
-def _undo(ipr: IPRoute, ovsdb: Ovsdb, bridge: str, host: str, host_index: int | None,
-          port_added: bool) -> None:
+def _undo(ipr: IPRoute, ovsdb: Ovsdb, bridge: str, host: str, host_made: bool, port_added: bool) -> None:
     """Remove what a failed plumb made; the peer goes with its host end, wherever it is."""
     if port_added:
         try:
             ovsdb.del_port(bridge, host)
         except OvsdbError:
             log.exception("could not remove OVS port %s while undoing a failed plumb", host)
-    if host_index is not None:
+    if host_made:
         try:
-            ipr.link("del", index=host_index)
+            ipr.link("del", ifname=host)
         except NetlinkError as exc:
             if exc.code != errno.ENODEV:
                 log.exception("could not remove %s while undoing a failed plumb", host)
@@ -555,7 +650,7 @@ def _refresh_marks(req: KernelRequest, port: PortInfo, ovsdb: Ovsdb) -> None:
 
 def unplumb(connection_id: str, ovsdb: Ovsdb) -> bool:
     """Remove the OVS port(s) and the veth of `connection_id`; True if anything was there."""
-    with _lock(connection_id):
+    with _plumbing.hold(connection_id):
         return _teardown(connection_id, ovsdb)
 
 
@@ -565,7 +660,7 @@ def _teardown(connection_id: str, ovsdb: Ovsdb) -> bool:
         with _doing(f"removing OVS port {port.name} from {port.bridge}"):
             removed |= ovsdb.del_port(port.bridge, port.name)
     host = host_ifname(connection_id)
-    with IPRoute(groups=0) as ipr:
+    with _root_ipr() as ipr:
         link = _link(ipr, host)
         # Never delete a link of that name that we did not make.
         if link is not None and link.get("IFLA_IFALIAS") == _alias(connection_id):
@@ -606,11 +701,11 @@ def _configured_mac(req: KernelRequest, mine: list[PortInfo], nsfd: int) -> str 
         return None
     port = mine[0]
     marks = port.external_ids
-    if (port.name != host or port.bridge != req.bridge or not port.ofport or port.ofport < 0
+    if (port.name != host or port.bridge != req.bridge or attach_refused(port)
             or marks.get(NETNS_KEY) != req.netns or marks.get(IFNAME_KEY) != req.ifname
             or marks.get(ROLE_KEY) != req.role or marks.get(SERVICE_KEY) != req.service):
         return None
-    with IPRoute(groups=0) as ipr, _ipr_in(nsfd) as ns:
+    with _root_ipr() as ipr, _inside(nsfd) as (ns, _):
         outside = _link(ipr, host)
         inside = _link(ns, req.ifname)
         if outside is None or inside is None:
@@ -628,14 +723,20 @@ def _configured_mac(req: KernelRequest, mine: list[PortInfo], nsfd: int) -> str 
 
 
 def _inside_matches(ns: IPRoute, index: int, req: KernelRequest) -> bool:
-    """Are all of req's addresses, routes and neighbours on interface `index`?"""
+    """Are all of req's addresses, routes and neighbours on interface `index`?
+
+    Each dump names the interface in the request, so a strict-checking kernel sends only its
+    records; the filters here keep that true should the kernel have ignored the request's filter.
+    """
     addresses = {ipaddress.ip_interface(f"{a.get('IFA_LOCAL') or a.get('IFA_ADDRESS')}/{a['prefixlen']}")
-                 for a in ns.get_addr(index=index)}
+                 for a in ns.addr("dump", index=index, dump_filter=lambda m: m["index"] == index)}
     if not {ipaddress.ip_interface(c) for c in req.addresses} <= addresses:
         return False
     routes = set()
     for family, anywhere in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-        for r in ns.get_routes(family=family, oif=index, table=_RT_TABLE_MAIN):
+        for r in ns.route("dump", family=family, table=_RT_TABLE_MAIN, oif=index,
+                          dump_filter=lambda m: m.get("RTA_OIF") == index
+                          and (m.get("RTA_TABLE") or m["table"]) == _RT_TABLE_MAIN):
             gateway = r.get("RTA_GATEWAY")
             routes.add((ipaddress.ip_network(f"{r.get('RTA_DST') or anywhere}/{r['dst_len']}"),
                         None if gateway is None else ipaddress.ip_address(gateway)))
@@ -644,29 +745,38 @@ def _inside_matches(ns: IPRoute, index: int, req: KernelRequest) -> bool:
     if not wanted <= routes:
         return False
     neighbours = {(ipaddress.ip_address(n.get("NDA_DST")), (n.get("NDA_LLADDR") or "").lower())
-                  for n in ns.get_neighbours(ifindex=index) if n.get("NDA_DST")}
+                  for n in ns.neigh("dump", attrs=[("NDA_IFINDEX", index)],
+                                    dump_filter=lambda m: m["ifindex"] == index)
+                  if n.get("NDA_DST")}
     return {(ipaddress.ip_address(ip), mac.lower()) for ip, mac in req.neighbours} <= neighbours
+
+
+def attach_refused(port: PortInfo) -> bool:
+    """Did ovs-vswitchd fail to attach `port`? (No ofport yet is no failure: it is on its way.)"""
+    return bool(port.error) or (port.ofport is not None and port.ofport < 0)
 
 
 def discover(ovsdb: Ovsdb, owner: str) -> Discovery:
     """Rebuild `owner`'s connections from OVSDB marks, checking each veth and its netns still exist.
 
     A connection is live when its host veth is the one we made, its peer sits in the recorded netns
-    under the recorded name, and OVS gave the port an ofport. Anything else is an orphan, with the
-    reason; `unplumb(orphan.connection_id, ovsdb)` clears it.
+    under the recorded name, and ovs-vswitchd did not refuse the port. Anything else is an orphan, with the
+    reason; `unplumb(orphan.connection_id, ovsdb)` clears it. Each namespace is entered once.
     """
-    live, orphans = [], []
-    with IPRoute(groups=0) as ipr:
-        for port in ovsdb.find(OWNER_KEY, owner):
-            connection_id = port.external_ids.get(CONNECTION_KEY)
-            if not connection_id:
-                continue
+    by_netns: dict[str, list[tuple[PortInfo, Existing]]] = {}
+    for port in ovsdb.find(OWNER_KEY, owner):
+        connection_id = port.external_ids.get(CONNECTION_KEY)
+        if connection_id:
             found = _existing(port, connection_id)
-            reason = _orphan_reason(ipr, port, found)
-            if reason is None:
-                live.append(found)
-            else:
-                orphans.append(dataclasses.replace(found, reason=reason))
+            by_netns.setdefault(found.netns, []).append((port, found))
+    live, orphans = [], []
+    with _root_ipr() as ipr:
+        for netns, ports in by_netns.items():
+            for found, reason in _orphan_reasons(ipr, netns, ports):
+                if reason is None:
+                    live.append(found)
+                else:
+                    orphans.append(dataclasses.replace(found, reason=reason))
     return Discovery(live, orphans)
 
 
@@ -687,22 +797,38 @@ def _existing(port: PortInfo, connection_id: str) -> Existing:
                     owner=marks.get(OWNER_KEY, ""), expires=expires)
 
 
-def _orphan_reason(ipr: IPRoute, port: PortInfo, found: Existing) -> str | None:
-    """Why the connection behind `port` no longer works, or None if it still does."""
-    outside = _link(ipr, port.name)
-    if outside is None:
-        return f"host veth {port.name} is gone"
-    if outside.get("IFLA_IFALIAS") != _alias(found.connection_id):
-        return f"interface {port.name} is not the veth made for this connection"
-    if outside.get("IFLA_LINK_NETNSID") is None:
-        return f"the peer of {port.name} is not in another network namespace"
+def _orphan_reasons(ipr: IPRoute, netns: str, ports: list[tuple[PortInfo, Existing]],
+                    ) -> Iterator[tuple[Existing, str | None]]:
+    """For each connection recorded in `netns`: why it no longer works, or None if it still does."""
+    outsides = {}
+    for port, found in ports:
+        outside = _link(ipr, port.name)
+        if outside is None:
+            yield found, f"host veth {port.name} is gone"
+        elif outside.get("IFLA_IFALIAS") != _alias(found.connection_id):
+            yield found, f"interface {port.name} is not the veth made for this connection"
+        elif outside.get("IFLA_LINK_NETNSID") is None:
+            yield found, f"the peer of {port.name} is not in another network namespace"
+        else:
+            outsides[port.name] = outside
+    if not outsides:
+        return
     try:
-        with _netns(found.netns) as nsfd, _ipr_in(nsfd) as ns:
-            inside = _link(ns, found.ifname) if found.ifname else None
-            if inside is None or inside.get("IFLA_LINK") != outside["index"]:
-                return f"the peer of {port.name} is not {found.ifname!r} in netns {found.netns}"
+        with _netns(netns) as nsfd, _inside(nsfd) as (ns, _):
+            insides = {port.name: _link(ns, found.ifname) if found.ifname else None
+                       for port, found in ports if port.name in outsides}
     except PlumbingError as exc:
-        return f"network namespace {found.netns} cannot be entered ({exc.message})"
-    if not port.ofport or port.ofport < 0:
-        return f"OVS port {port.name} has no ofport ({port.error or 'no error given'})"
-    return None
+        for port, found in ports:
+            if port.name in outsides:
+                yield found, f"network namespace {netns} cannot be entered ({exc.message})"
+        return
+    for port, found in ports:
+        if port.name not in outsides:
+            continue
+        inside = insides[port.name]
+        if inside is None or inside.get("IFLA_LINK") != outsides[port.name]["index"]:
+            yield found, f"the peer of {port.name} is not {found.ifname!r} in netns {netns}"
+        elif attach_refused(port):
+            yield found, f"ovs-vswitchd refused OVS port {port.name} ({port.error or 'ofport -1'})"
+        else:
+            yield found, None

@@ -24,6 +24,11 @@ ours and is reused with its id; otherwise a new one is appended and the index ad
 NOT SIGNED: NSM hops issue signed JWTs, this forwarder issues an opaque random string prefixed
 "unsigned:". Peers that verify tokens will reject it; use it only where the node is the trust boundary.
 
+The answer comes once the port is committed to OVSDB; ovs-vswitchd attaches it at its next
+reconfiguration (see `plumbing`). Should it refuse the port (ofport -1 or an interface error), or
+accept it later, monitors get an UPDATE with the connection DOWN, or UP again; a refresh of a
+refused connection plumbs it anew.
+
 Refresh (same id, same namespace, interface name and role) changes nothing on the data plane and
 only moves the expiry; a changed context (addresses, routes, MTU, ...) is plumbed anew by
 `plumbing.plumb`. The same id with another namespace, interface name or role is refused with
@@ -36,8 +41,11 @@ janitor `grace` seconds after its expiry; orphans (veth or namespace gone) are r
 seconds after start. A rebuilt connection carries only what OVSDB records (no context) until the
 client refreshes it. Stopping the forwarder never unplumbs anything.
 
-All plumbing and table changes happen under one lock: netlink and OVSDB are not raced from the gRPC
-worker threads, and monitors see events in the order they happened.
+Locking: requests, closes and expiries of one connection id are serialised by a lock of that id;
+different ids plumb concurrently (netlink and OVSDB serialise what they must themselves, and
+concurrent OVSDB transactions reach ovs-vswitchd in one reconfiguration). The table, the orphans and
+the monitors are guarded by a short table lock that is never held while plumbing; an event is
+published under it as the table changes, so monitors see the events of one id in order.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
@@ -61,16 +70,20 @@ from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2, net
 from nsm_api.connection_pb2 import Connection, ConnectionEvent, Mechanism, MonitorScopeSelector
 from nsm_api.paths import append_segment
 from nsm_api.serving import bind, clear_stale_socket
-from ovs_forwarder.ovsdb import Ovsdb, OvsdbError
+from ovs_forwarder.ovsdb import Ovsdb, PortInfo
 from ovs_forwarder.plumbing import (
     CONNECTION_KEY,
+    ENDPOINT_KEY,
     OWNER_KEY,
     ROLES,
     Existing,
+    IdLocks,
     KernelRequest,
     Plumbed,
     PlumbingError,
+    attach_refused,
     discover,
+    host_ifname,
     plumb,
     unplumb,
     validate,
@@ -86,7 +99,6 @@ NETNS_INODE_PARAM = "netnsInode"
 ROLE_PARAM = "ryu-nsm.io/role"
 ENDPOINT_PARAM = "ryu-nsm.io/endpoint"
 ATTACHMENT_PARAM = "ryu-nsm.io/attachment"
-ENDPOINT_KEY = "ryu-nsm-endpoint"  # additive to the external_ids contract: an endpoint's name
 TOKEN_PREFIX = "unsigned:"
 
 _STATUS_BY_KIND = {
@@ -215,7 +227,8 @@ def translate(request: networkservice_pb2.NetworkServiceRequest, *, bridge: str,
         ifname=params.get(IFNAME_PARAM) or DEFAULT_IFNAME, mtu=ctx.MTU, mac=mac,
         addresses=list(addresses), routes=[(r.prefix, r.nextHop) for r in routes],
         neighbours=[(n.ip, n.hardware_address) for n in ip.ip_neighbors],
-        role=role, service=conn.network_service, labels=dict(conn.labels), expires=expires)
+        role=role, service=conn.network_service, labels=dict(conn.labels), expires=expires,
+        endpoint=endpoint)
     try:
         validate(kernel)
     except PlumbingError as exc:
@@ -311,7 +324,10 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
         self.token_lifetime = token_lifetime
         self.grace = grace
         self.clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the table, the orphans and the subscribers; never held while plumbing
+        self._ids = IdLocks()
+        self._busy = 0  # requests, closes and sweeps under way, which stop() lets finish
+        self._idle = threading.Condition(self._lock)
         self._table: dict[str, _Entry] = {}
         self._orphans: dict[str, float] = {}  # connection id -> when to remove it
         self._subscribers: set[_Subscriber] = set()
@@ -338,6 +354,7 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
                 self._orphans[orphan.connection_id] = now + self.grace
             log.info("forwarder %s on %s: %d connection(s) rebuilt, %d orphan(s)", self.name, self.bridge,
                      len(found.live), len(found.orphans))
+            self.ovsdb.watch_interfaces(self._attachments_changed)
             self._janitor = threading.Thread(target=self._run_janitor, name="ovs-forwarder-janitor",
                                              daemon=True)
             self._janitor.start()
@@ -364,14 +381,16 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
     def stop(self, grace: float | None = 1.0) -> None:
         """End monitor streams, stop the gRPC server and the janitor. Connections stay plumbed."""
         self._stopping.set()
+        self.ovsdb.unwatch_interfaces(self._attachments_changed)
         with self._lock:
             for subscriber in self._subscribers:
                 subscriber.end()
         if self._server is not None:
             self._server.stop(grace).wait()
             self._server = None
-        with self._lock:
-            pass  # a handler cancelled by the server stop may still be plumbing: let it finish
+        with self._idle:
+            # A handler cancelled by the server stop may still be plumbing: let it finish.
+            self._idle.wait_for(lambda: self._busy == 0)
         for path in self._sockets:
             try:
                 clear_stale_socket(path)
@@ -392,18 +411,19 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
                 still_wanted: Callable[[], bool] = lambda: True) -> Connection:
         """Plumb (or refresh) the requested connection and return it UP; RequestError if refused.
 
-        `still_wanted` is asked once the lock is held: a caller that gave up meanwhile gets nothing
-        plumbed.
+        `still_wanted` is asked once the connection's lock is held: a caller that gave up meanwhile
+        gets nothing plumbed.
         """
         now = self.clock()
         expires = now + self.token_lifetime
         wanted = translate(request, bridge=self.bridge, owner=self.name, expires=expires)
         kernel = wanted.kernel
         cid = kernel.connection_id
-        with self._lock:
+        with self._working(), self._ids.hold(cid):
             if not still_wanted():
                 raise RequestError(grpc.StatusCode.CANCELLED, "the client went away before plumbing")
-            held = self._table.get(cid)
+            with self._lock:
+                held = self._table.get(cid)
             if held is not None and (held.netns, held.ifname, held.role) != (kernel.netns, kernel.ifname,
                                                                              kernel.role):
                 raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
@@ -418,32 +438,33 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
                                        f"(port {port.name} on {port.bridge})")
             try:
                 done = plumb(kernel, self.ovsdb)
-                if wanted.endpoint is not None:
-                    self._mark_endpoint(done, wanted.endpoint)
-            except (PlumbingError, OvsdbError) as exc:
+            except PlumbingError as exc:
                 self._forget_if_gone(cid)
-                if isinstance(exc, OvsdbError):
-                    raise RequestError(grpc.StatusCode.INTERNAL, f"marking endpoint of {cid}: {exc}") from exc
                 raise RequestError(_STATUS_BY_KIND[exc.kind], exc.message) from exc
-            self._orphans.pop(cid, None)
             answer = stamp_path(request.connection, self.name, new_token(), self.token_lifetime, now)
             answer.mechanism.CopyFrom(_answered_mechanism(wanted.mechanism, done))
             answer.state = connection_pb2.UP
-            self._table[cid] = _Entry(answer, kernel.netns, kernel.ifname, kernel.role, expires)
+            with self._lock:
+                self._orphans.pop(cid, None)
+                self._table[cid] = _Entry(answer, kernel.netns, kernel.ifname, kernel.role, expires)
+                self._publish(connection_pb2.UPDATE, [answer])
+                # ovs-vswitchd may have refused the port before the entry was there to hear of it.
+                port = self.ovsdb.port(done.host_ifname)
+                if port is not None:
+                    self._attachment_changed(cid, port)
             log.info("%s %s: %s/%s in %s", "plumbed" if done.created else "refreshed", cid, done.bridge,
                      done.host_ifname, kernel.netns)
-            self._publish(connection_pb2.UPDATE, [answer])
             return _copy(answer)
 
     def close(self, connection_id: str) -> bool:
         """Unplumb `connection_id`; False (not an error) if this forwarder does not know it."""
         if not connection_id:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "connection.id is empty")
-        with self._lock:
-            ours = (connection_id in self._table or connection_id in self._orphans
-                    or any(p.external_ids.get(OWNER_KEY) == self.name
-                           for p in self.ovsdb.find(CONNECTION_KEY, connection_id)))
-            if not ours:
+        with self._working(), self._ids.hold(connection_id):
+            with self._lock:
+                known = connection_id in self._table or connection_id in self._orphans
+            if not known and not any(p.external_ids.get(OWNER_KEY) == self.name
+                                     for p in self.ovsdb.find(CONNECTION_KEY, connection_id)):
                 return False
             self._remove(connection_id, "closed")
             return True
@@ -452,14 +473,21 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
         """Close connections `grace` past their expiry and remove due orphans; returns the ids removed."""
         now = self.clock() if now is None else now
         removed = []
-        with self._lock:
-            for cid in [c for c, e in self._table.items() if e.expires + self.grace <= now]:
-                try:
-                    self._remove(cid, "expired")
-                    removed.append(cid)
-                except RequestError as exc:
-                    log.error("could not close expired connection %s: %s", cid, exc.message)
-            due = {c for c, when in self._orphans.items() if when <= now}
+        with self._working():
+            with self._lock:
+                expired = [c for c, e in self._table.items() if e.expires + self.grace <= now]
+                due = {c for c, when in self._orphans.items() if when <= now}
+            for cid in expired:
+                with self._ids.hold(cid):
+                    with self._lock:
+                        entry = self._table.get(cid)
+                    if entry is None or entry.expires + self.grace > now:
+                        continue  # closed or refreshed since the table was read
+                    try:
+                        self._remove(cid, "expired")
+                        removed.append(cid)
+                    except RequestError as exc:
+                        log.error("could not close expired connection %s: %s", cid, exc.message)
             if due:
                 removed += self._remove_orphans(due, now)
         return removed
@@ -508,58 +536,68 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
 
     # ---- internals ---------------------------------------------------------------------------------
 
+    @contextmanager
+    def _working(self) -> Iterator[None]:
+        """Count an operation under way, for stop() to wait on."""
+        with self._lock:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy -= 1
+                self._idle.notify_all()
+
     def _remove(self, cid: str, why: str) -> None:
-        """Unplumb `cid` and drop it from the table, telling monitors (lock held)."""
+        """Unplumb `cid` and drop it from the table, telling monitors (its id lock held)."""
         try:
             unplumb(cid, self.ovsdb)
         except PlumbingError as exc:
             raise RequestError(_STATUS_BY_KIND[exc.kind], exc.message) from exc
-        self._orphans.pop(cid, None)
-        entry = self._table.pop(cid, None)
+        with self._lock:
+            self._orphans.pop(cid, None)
+            entry = self._table.pop(cid, None)
+            if entry is not None:
+                self._publish_delete(entry)
         log.info("%s %s", why, cid)
-        if entry is not None:
-            self._publish_delete(entry)
 
     def _remove_orphans(self, due: set[str], now: float) -> list[str]:
-        """Remove the due orphans that are still orphans; adopt any that came back (lock held)."""
+        """Remove the due orphans that are still orphans; adopt any that came back."""
         found = discover(self.ovsdb, owner=self.name)
-        for existing in found.live:
-            if existing.connection_id in due and existing.connection_id not in self._table:
-                log.info("orphan %s works again: keeping it", existing.connection_id)
-                self._table[existing.connection_id] = self._rebuilt(existing, now)
-                self._publish(connection_pb2.UPDATE, [self._table[existing.connection_id].connection])
+        verdicts = {e.connection_id: e for e in [*found.live, *found.orphans] if e.connection_id in due}
         removed = []
-        for orphan in found.orphans:
-            if orphan.connection_id in due and orphan.connection_id not in self._table:
-                try:
-                    unplumb(orphan.connection_id, self.ovsdb)
-                    removed.append(orphan.connection_id)
-                    log.info("removed orphan %s (%s)", orphan.connection_id, orphan.reason)
-                except PlumbingError as exc:
-                    log.error("could not remove orphan %s: %s", orphan.connection_id, exc.message)
-                    continue
         for cid in due:
-            self._orphans.pop(cid, None)
+            with self._ids.hold(cid):
+                with self._lock:
+                    # A request since the discovery made it a connection again: leave it.
+                    if self._orphans.pop(cid, None) is None or cid in self._table:
+                        continue
+                existing = verdicts.get(cid)
+                if existing is None:
+                    continue  # gone meanwhile
+                if existing.reason is None:
+                    log.info("orphan %s works again: keeping it", cid)
+                    entry = self._rebuilt(existing, now)
+                    with self._lock:
+                        self._table[cid] = entry
+                        self._publish(connection_pb2.UPDATE, [entry.connection])
+                    continue
+                try:
+                    unplumb(cid, self.ovsdb)
+                    removed.append(cid)
+                    log.info("removed orphan %s (%s)", cid, existing.reason)
+                except PlumbingError as exc:
+                    log.error("could not remove orphan %s: %s", cid, exc.message)
         return removed
 
     def _forget_if_gone(self, cid: str) -> None:
         """After a failed (re-)plumb: drop a held connection whose plumbing is no longer there."""
-        entry = self._table.get(cid)
-        if entry is not None and not self.ovsdb.find(CONNECTION_KEY, cid):
-            del self._table[cid]
-            self._publish_delete(entry)
-
-    def _mark_endpoint(self, done: Plumbed, endpoint: str) -> None:
-        """Record an endpoint's name on its OVS Interface; a fresh plumbing is undone on failure."""
-        port = self.ovsdb.port(done.host_ifname)
-        if port is not None and port.external_ids.get(ENDPOINT_KEY) == endpoint:
+        if self.ovsdb.find(CONNECTION_KEY, cid):
             return
-        try:
-            self.ovsdb.update_external_ids(done.host_ifname, {ENDPOINT_KEY: endpoint})
-        except OvsdbError:
-            if done.created:
-                unplumb(done.connection_id, self.ovsdb)
-            raise
+        with self._lock:
+            entry = self._table.pop(cid, None)
+            if entry is not None:
+                self._publish_delete(entry)
 
     def _rebuilt(self, existing: Existing, now: float) -> _Entry:
         """A table entry for a connection found in OVSDB (see the module docstring for its expiry)."""
@@ -580,7 +618,31 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
             path=connection_pb2.Path(index=0, path_segments=[segment]), state=connection_pb2.UP)
         return _Entry(connection, existing.netns, existing.ifname, existing.role, expires)
 
+    def _attachments_changed(self, ports: list[PortInfo]) -> None:
+        """The watcher of OVSDB interfaces: note ports of ours that ovs-vswitchd refused or took."""
+        with self._lock:
+            for port in ports:
+                cid = port.external_ids.get(CONNECTION_KEY)
+                if cid and port.external_ids.get(OWNER_KEY) == self.name:
+                    self._attachment_changed(cid, port)
+
+    def _attachment_changed(self, cid: str, port: PortInfo) -> None:
+        """Mark `cid` DOWN if ovs-vswitchd refused its port, UP once it has an ofport (table lock held)."""
+        entry = self._table.get(cid)
+        if entry is None or port.name != host_ifname(cid):
+            return
+        state = connection_pb2.DOWN if attach_refused(port) else connection_pb2.UP if port.ofport else None
+        if state is None or state == entry.connection.state:
+            return
+        if state == connection_pb2.DOWN:
+            log.error("ovs-vswitchd refused port %s of %s: %s", port.name, cid, port.error or "ofport -1")
+        else:
+            log.info("ovs-vswitchd attached port %s of %s", port.name, cid)
+        entry.connection.state = state
+        self._publish(connection_pb2.UPDATE, [entry.connection])
+
     def _publish_delete(self, entry: _Entry) -> None:
+        """Tell monitors that `entry` is gone (table lock held)."""
         gone = _copy(entry.connection)
         gone.state = connection_pb2.DOWN
         self._publish(connection_pb2.DELETE, [gone])

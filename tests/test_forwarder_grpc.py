@@ -31,8 +31,9 @@ from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection, ConnectionEvent, Mechanism, MonitorScopeSelector, PathSegment
 from nsm_api.connectioncontext_pb2 import ConnectionContext, EthernetContext, IPContext, Route
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from ovs_forwarder.ovsdb import Ovsdb
 from ovs_forwarder.plumbing import host_ifname
-from ovs_forwarder.server import RequestError, matches, select_mechanism, stamp_path, translate
+from ovs_forwarder.server import Forwarder, RequestError, matches, select_mechanism, stamp_path, translate
 from tests.test_nsm_api import decode, entry, msg, num, text
 
 pytestmark = pytest.mark.ovs
@@ -87,6 +88,18 @@ def ovs_by_connection(connection_id: str) -> list[dict]:
                         "Interface", f'external_ids:ryu-nsm-connection="{connection_id}"'))
     return [{"uuid": u[1], "name": name, "ofport": ofport, "external_ids": dict(marks[1])}
             for u, name, ofport, marks in out["data"]]
+
+
+def attached(connection_id: str) -> dict:
+    """The connection's OVS interface once ovs-vswitchd gave it an ofport (answers do not wait)."""
+    found: list[dict] = []
+
+    def ready() -> bool:
+        found[:] = ovs_by_connection(connection_id)
+        return len(found) == 1 and isinstance(found[0]["ofport"], int) and found[0]["ofport"] > 0
+
+    wait_for(ready, f"ovs-vswitchd to attach the port of {connection_id}")
+    return found[0]
 
 
 def bridge_ports() -> set[str]:
@@ -339,8 +352,8 @@ def test_request_refresh_close(shared, connections, namespaces, process_netns, k
     assert ("10.81.0.1", 24) in {(a["local"], a["prefixlen"]) for a in addr["addr_info"]}
     routes = {(r["dst"], r.get("gateway")) for r in ns.ip("route", "show", "dev", "nsm-1")}
     assert ("10.82.0.0/16", "10.81.0.254") in routes
-    (iface,) = ovs_by_connection(conn)
-    assert iface["name"] == host and iface["ofport"] > 0 and host in bridge_ports()
+    iface = attached(conn)
+    assert iface["name"] == host and host in bridge_ports()
     assert {k: v for k, v in iface["external_ids"].items() if k != "ryu-nsm-expires"} == {
         "ryu-nsm-connection": conn, "ryu-nsm-role": "client", "ryu-nsm-service": "echo",
         "ryu-nsm-labels": '{"app":"web"}', "ryu-nsm-netns": ns.url, "ryu-nsm-owner": shared.name,
@@ -399,6 +412,117 @@ def test_same_id_elsewhere_is_refused_until_closed(shared, connections, namespac
     shared.request(request(conn, other.url, addresses=("10.83.0.1/24",)))
     (moved,) = ovs_by_connection(conn)
     assert moved["external_ids"]["ryu-nsm-netns"] == other.url and set(other.links()) == {"lo", "nsm-1"}
+
+
+def test_a_port_ovs_refuses_is_reported_down_and_a_refresh_plumbs_it_anew(shared, connections, namespaces):
+    ns = namespaces()
+    service = f"{TAG}-refused"
+    conn = connections("refused")
+    events = shared.monitor(MonitorScopeSelector(network_services=[service]))
+    assert next_event(events).type == connection_pb2.INITIAL_STATE_TRANSFER
+    answer = shared.request(request(conn, ns.url, addresses=("10.89.0.1/24",), service=service))
+    assert next_event(events).connections[conn].state == connection_pb2.UP
+    iface = attached(conn)
+
+    # ovs-vswitchd cannot open a port of an unknown type: it sets ofport -1 and an error.
+    sh("ovs-vsctl", "set", "Interface", iface["name"], "type=no-such-type")
+    event = next_event(events)
+    assert (event.type, event.connections[conn].state) == (connection_pb2.UPDATE, connection_pb2.DOWN)
+
+    again = shared.request(refresh(answer))
+    assert again.state == connection_pb2.UP
+    assert next_event(events).connections[conn].state == connection_pb2.UP
+    renewed = attached(conn)
+    assert renewed["uuid"] != iface["uuid"] and set(ns.links()) == {"lo", "nsm-1"}
+    shared.close(again)
+
+
+# ---- concurrency (a Forwarder in this process) -----------------------------------------------
+
+
+class MeetingOvsdb(Ovsdb):
+    """The real OVSDB client, except that add_port first waits until `parties` callers are inside it
+    at once; if they never are (plumbing serialised), the wait breaks after RPC_TIMEOUT."""
+
+    def __init__(self, parties: int) -> None:
+        super().__init__()
+        self.meeting = threading.Barrier(parties, timeout=RPC_TIMEOUT)
+
+    def add_port(self, *args: object, **kwargs: object) -> int | None:
+        self.meeting.wait()
+        return super().add_port(*args, **kwargs)
+
+
+def test_requests_for_different_ids_plumb_at_the_same_time(bridge, connections, namespaces):
+    ns = namespaces()
+    conns = [connections(f"meet{k}") for k in range(4)]
+    with MeetingOvsdb(len(conns)) as db:
+        forwarder = Forwarder(db, BRIDGE, f"{TAG}-meet")
+        results: dict[str, object] = {}
+
+        def ask(k: int) -> None:
+            try:
+                results[conns[k]] = forwarder.request(
+                    request(conns[k], ns.url, addresses=(f"10.87.0.{k + 1}/24",), name=f"m{k}"))
+            except Exception as exc:  # collected and asserted on below
+                results[conns[k]] = exc
+
+        threads = [threading.Thread(target=ask, args=(k,)) for k in range(len(conns))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        assert not db.meeting.broken, results
+        assert all(isinstance(r, Connection) and r.state == connection_pb2.UP
+                   for r in results.values()), results
+        assert set(ns.links()) == {"lo", "m0", "m1", "m2", "m3"}
+        assert all(len(ovs_by_connection(c)) == 1 for c in conns)
+
+
+def test_requests_for_one_id_wait_for_each_other_and_not_for_other_ids(bridge, connections, namespaces):
+    ns = namespaces()
+    conn, other = connections("one"), connections("other")
+    with Ovsdb() as db:
+        forwarder = Forwarder(db, BRIDGE, f"{TAG}-one")
+        order: list[str] = []
+        holding, release = threading.Event(), threading.Event()
+        answers: dict[str, Connection] = {}
+
+        def first_gate() -> bool:  # called with the id's lock held
+            order.append("first")
+            holding.set()
+            return release.wait(RPC_TIMEOUT)
+
+        def second_gate() -> bool:
+            order.append("second")
+            return True
+
+        def ask(key: str, gate: Callable[[], bool]) -> None:
+            answers[key] = forwarder.request(request(conn, ns.url, addresses=("10.88.0.1/24",)), gate)
+
+        first = threading.Thread(target=ask, args=("first", first_gate))
+        first.start()
+        try:
+            assert holding.wait(RPC_TIMEOUT)
+            second = threading.Thread(target=ask, args=("second", second_gate))
+            second.start()
+            # The second request queues on the id's lock (it counts as a user of it), and stays there.
+            wait_for(lambda: forwarder._ids.users(conn) == 2, "the second request to queue")
+            # Meanwhile another id is plumbed and answered at once.
+            answered = forwarder.request(request(other, ns.url, addresses=("10.88.1.1/24",), name="nsm-2"))
+            assert answered.state == connection_pb2.UP and order == ["first"]
+        finally:
+            release.set()
+            first.join()
+        second.join()
+
+        assert order == ["first", "second"]
+        attachment = "ryu-nsm.io/attachment"
+        assert answers["first"].mechanism.parameters[attachment] == answers["second"].mechanism.parameters[
+            attachment]
+        assert len(ovs_by_connection(conn)) == 1 and set(ns.links()) == {"lo", "nsm-1", "nsm-2"}
+        assert forwarder._ids.users(conn) == forwarder._ids.users(other) == 0
 
 
 # ---- monitor ---------------------------------------------------------------------------------
@@ -559,7 +683,7 @@ def test_restart_during_traffic_keeps_connections_and_ports(forwarders, connecti
         mechanism_preferences=[kernel(ns_b.url, **{"ryu-nsm.io/role": "endpoint",
                                                     "ryu-nsm.io/endpoint": "echo-ep"})])
     answer_b = fwd.request(endpoint)
-    (port_a,), (port_b,) = ovs_by_connection(a), ovs_by_connection(b)
+    port_a, port_b = attached(a), attached(b)
     assert port_b["external_ids"]["ryu-nsm-role"] == "endpoint"
     assert port_b["external_ids"]["ryu-nsm-endpoint"] == "echo-ep"
     inside = {ns.url: ns.links()["nsm-1"]["ifindex"] for ns in (ns_a, ns_b)}
@@ -643,8 +767,8 @@ def test_restart_removes_orphans_after_grace_and_keeps_the_rest(forwarders, conn
     assert set(initial.connections) == {alive}
     wait_for(lambda: ovs_by_connection(orphan) == [], "the orphan's OVS port to be removed", timeout=10)
     assert orphan_port["name"] not in bridge_ports()
-    (port,) = ovs_by_connection(alive)
-    assert port["ofport"] > 0 and set(kept.links()) == {"lo", "nsm-1"}
+    attached(alive)
+    assert set(kept.links()) == {"lo", "nsm-1"}
     assert alive in next_event(fwd.monitor()).connections
 
 

@@ -6,6 +6,7 @@ the module under test. Names carry a random tag so parallel runs do not meet.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -81,6 +82,18 @@ def ovs_interfaces(**where: str) -> list[dict]:
 
 def ovs_by_connection(connection_id: str) -> list[dict]:
     return ovs_interfaces(**{"external_ids:ryu-nsm-connection": f'"{connection_id}"'})
+
+
+def attached(connection: str) -> dict:
+    """The connection's OVS interface once ovs-vswitchd gave it an ofport (plumb does not wait)."""
+    found: list[dict] = []
+
+    def ready() -> bool:
+        found[:] = ovs_by_connection(connection)
+        return len(found) == 1 and isinstance(found[0]["ofport"], int) and found[0]["ofport"] > 0
+
+    wait_for(ready, f"ovs-vswitchd to attach the port of {connection}")
+    return found[0]
 
 
 def bridge_ports() -> set[str]:
@@ -188,9 +201,9 @@ def test_plumb_into_named_netns_configures_interface_and_ovs_port(ovsdb, namespa
     assert tx_checksum(None, done.host_ifname).startswith("off")
     assert tx_checksum(ns, "nsm-1").startswith("off")
 
-    (iface,) = ovs_by_connection(conn)
+    assert done.ofport is None  # committed, not yet attached: plumb does not wait for ovs-vswitchd
+    iface = attached(conn)
     assert iface["name"] == done.host_ifname
-    assert iface["ofport"] == done.ofport > 0
     assert iface["external_ids"] == {
         "ryu-nsm-connection": conn, "ryu-nsm-role": "client", "ryu-nsm-service": "echo",
         "ryu-nsm-labels": '{"app":"web"}', "ryu-nsm-netns": ns, "ryu-nsm-owner": OWNER,
@@ -210,7 +223,7 @@ def test_frames_pass_between_two_plumbed_namespaces(ovsdb, namespaces, connectio
     a = plumb(request(connections("a"), ns_a, addresses=["10.64.0.1/24"]), ovsdb)
     b = plumb(request(connections("b"), ns_b, addresses=["10.64.0.2/24"], role="endpoint"), ovsdb)
     try:
-        _connect_with_flows(a.ofport, b.ofport)
+        _connect_with_flows(attached(a.connection_id)["ofport"], attached(b.connection_id)["ofport"])
         wait_for(lambda: ping(ns_a, "10.64.0.2"), "ping from a to b")
 
         # TCP is what breaks on the userspace datapath when tx checksum offload stays on.
@@ -250,13 +263,14 @@ def test_refresh_with_the_same_request_changes_nothing_but_the_marks(ovsdb, name
     first = plumb(req, ovsdb)
     host_index = root_link(first.host_ifname)["ifindex"]
     (peer,) = ip_json(ns, "link", "show", "dev", "nsm-1")
-    (iface,) = ovs_by_connection(req.connection_id)
+    iface = attached(req.connection_id)
+    wait_for(lambda: ovsdb.port(first.host_ifname).ofport == iface["ofport"], "this client to see the ofport")
 
     again = plumb(req, ovsdb)
     later = plumb(request(req.connection_id, ns, addresses=["10.65.0.1/24"], expires=1900000600), ovsdb)
 
     assert not again.created and not later.created
-    assert again.ofport == later.ofport == first.ofport
+    assert first.ofport is None and again.ofport == later.ofport == iface["ofport"]
     assert first.mac == again.mac == peer["address"]
     assert root_link(first.host_ifname)["ifindex"] == host_index
     assert ip_json(ns, "link", "show", "dev", "nsm-1")[0]["ifindex"] == peer["ifindex"]
@@ -280,6 +294,44 @@ def test_a_changed_request_with_the_same_id_is_plumbed_anew(ovsdb, namespaces, c
     assert "10.66.1.1" in addrs and "10.66.0.1" not in addrs
     assert len(ovs_by_connection(conn)) == 1
     assert is_plumbed(changed, ovsdb)
+
+
+def test_the_check_of_a_plumbing_reads_only_its_own_interface(ovsdb, namespaces, connections):
+    # Addresses, routes and neighbours are read with the kernel filtering by interface: what sits on
+    # another interface of the same namespace must not count, however many interfaces there are.
+    ns = namespaces()
+    mine = request(connections("own"), ns, ifname="own", addresses=["10.75.0.1/24"],
+                   routes=[("10.76.0.0/16", "10.75.0.254")], neighbours=[("10.75.0.2", "02:75:00:00:00:02")])
+    other = request(connections("other"), ns, ifname="other", addresses=["10.75.1.1/24"],
+                    routes=[("10.77.0.0/16", "10.75.1.254")], neighbours=[("10.75.1.2", "02:75:00:00:01:02")])
+    plumb(mine, ovsdb)
+    plumb(other, ovsdb)
+    assert is_plumbed(mine, ovsdb) and is_plumbed(other, ovsdb)
+
+    for extra in ({"addresses": [*mine.addresses, *other.addresses]},
+                  {"routes": [*mine.routes, *other.routes]},
+                  {"neighbours": [*mine.neighbours, *other.neighbours]}):
+        asks_for_more = request(mine.connection_id, ns, **{**_fields(mine), **extra})
+        assert not is_plumbed(asks_for_more, ovsdb), extra
+
+
+def _fields(req: KernelRequest) -> dict[str, object]:
+    return {"ifname": req.ifname, "addresses": req.addresses, "routes": req.routes,
+            "neighbours": req.neighbours}
+
+
+def test_an_endpoint_is_named_in_the_marks_it_is_added_with(ovsdb, namespaces, connections):
+    ns = namespaces()
+    req = request(connections("endpoint"), ns, role="endpoint", endpoint="fw-1", addresses=["10.78.0.1/24"])
+    done = plumb(req, ovsdb)
+    (iface,) = ovs_by_connection(req.connection_id)
+    assert iface["external_ids"]["ryu-nsm-endpoint"] == "fw-1"
+    assert iface["external_ids"]["ryu-nsm-role"] == "endpoint"
+
+    renamed = plumb(dataclasses.replace(req, endpoint="fw-2"), ovsdb)
+    assert not renamed.created and renamed.host_ifname == done.host_ifname
+    (after,) = ovs_by_connection(req.connection_id)
+    assert after["uuid"] == iface["uuid"] and after["external_ids"]["ryu-nsm-endpoint"] == "fw-2"
 
 
 def test_unplumb_removes_port_and_veth_and_is_idempotent(ovsdb, namespaces, connections):
@@ -350,8 +402,8 @@ def test_concurrent_plumbs_of_different_connections_all_succeed(ovsdb, namespace
 
     assert all(not isinstance(r, Exception) for r in results.values()), results
     assert link_names(ns) == {"lo", *(f"par{i}" for i in range(8))}
-    ofports = {iface["ofport"] for req in reqs for iface in ovs_by_connection(req.connection_id)}
-    assert len(ofports) == 8 and all(p > 0 for p in ofports)
+    ofports = {attached(req.connection_id)["ofport"] for req in reqs}
+    assert len(ofports) == 8
 
 
 # ---- bad requests ----------------------------------------------------------------------------
@@ -481,6 +533,7 @@ def test_discover_after_restart_finds_live_connections_and_flags_orphans(bridge,
         plumb(request(live_id, ns_live, addresses=["10.73.0.1/24"], service="echo", labels={"a": "b"},
                       expires=1900000000), first)
         doomed = plumb(request(doomed_id, ns_doomed, ifname="eth7", addresses=["10.73.0.2/24"]), first)
+        attached(live_id)
 
     # The namespace dies while the forwarder is down: the kernel takes the veth pair with it.
     sh("ip", "netns", "del", ns_doomed)
@@ -542,6 +595,36 @@ def test_ovsdb_add_port_honours_ofport_request_and_refuses_missing_devices(ovsdb
         ovsdb.add_port(BRIDGE, missing, {})
     assert ovs_interfaces(name=missing) == []
     assert missing not in bridge_ports()
+
+
+def test_ovsdb_find_follows_marks_written_by_others_and_a_fresh_client_sees_them(ovsdb):
+    names = [f"{TAG}i{k}" for k in range(3)]
+    for name in names:
+        sh("ip", "link", "add", name, "type", "veth", "peer", "name", f"{name}p")
+    try:
+        for k, name in enumerate(names):
+            sh("ovs-vsctl", "add-port", BRIDGE, name, "--", "set", "Interface", name,
+               f"external_ids:{TAG}-key=v{k % 2}")
+
+        def found(value: str, db: Ovsdb = ovsdb) -> list[str]:
+            return [p.name for p in db.find(f"{TAG}-key", value)]
+
+        wait_for(lambda: found("v0") == [names[0], names[2]] and found("v1") == [names[1]], "the marks")
+        sh("ovs-vsctl", "set", "Interface", names[0], f"external_ids:{TAG}-key=v1")
+        wait_for(lambda: found("v0") == [names[2]] and found("v1") == [names[0], names[1]], "a changed mark")
+        sh("ovs-vsctl", "remove", "Interface", names[1], "external_ids", f"{TAG}-key")
+        sh("ovs-vsctl", "del-port", names[2])
+        wait_for(lambda: found("v0") == [] and found("v1") == [names[0]], "a removed mark and port")
+        assert ovsdb.port(names[2]) is None and ovsdb.port(names[1]).external_ids == {}
+
+        with Ovsdb() as fresh:
+            assert found("v1", fresh) == [names[0]] and found("v0", fresh) == []
+            assert fresh.port(names[0]).bridge == BRIDGE and fresh.has_bridge(BRIDGE)
+            assert not fresh.has_bridge(f"{TAG}nobr")
+    finally:
+        for name in names:
+            sh("ovs-vsctl", "--if-exists", "del-port", name, check=False)
+            sh("ip", "link", "del", name, check=False)
 
 
 def test_ovsdb_writes_survive_a_dropped_connection(ovsdb, monkeypatch):

@@ -217,6 +217,65 @@ def test_changes_that_do_not_alter_the_declared_state_deliver_nothing(source):
     assert len(got.items) == before + 1, got.items[before:]
 
 
+def _uuids(value: list) -> list[str]:
+    """The uuids of an OVSDB JSON reference column (one ["uuid", u] or ["set", [...]])."""
+    return [value[1]] if value[0] == "uuid" else [u for _, u in value[1]]
+
+
+def database_interfaces(bridges: set[str]) -> list[MarkedInterface]:
+    """The marked interfaces on ``bridges``, read with ovs-vsctl (not through the source)."""
+    def rows(table: str, columns: str) -> list[list]:
+        out = sh("ovs-vsctl", "--format=json", f"--columns=_uuid,{columns}", "list", table)
+        return json.loads(out)["data"]
+
+    ports = {u[1]: (name, _uuids(ifaces)) for u, name, ifaces in rows("Port", "name,interfaces")}
+    ifaces = {u[1]: (name, dict(marks[1])) for u, name, marks in rows("Interface", "name,external_ids")}
+    return [MarkedInterface(bridge, ports[p][0], ifaces[i][0], ifaces[i][1])
+            for _, bridge, port_refs in rows("Bridge", "name,ports") if bridge in bridges
+            for p in _uuids(port_refs) for i in ports[p][1] if "ryu-nsm-role" in ifaces[i][1]]
+
+
+@pytest.mark.ovs
+def test_the_delivered_state_follows_every_change_as_a_fresh_derivation_would(bridges):
+    # The source re-reads only the interfaces that changed; after each change what it delivers must
+    # equal deriving everything afresh from what ovs-vsctl reads.
+    got = Deliveries()
+    src = OvsdbSource(got, bridges={BR, OTHER})
+    src.start()
+
+    def settled() -> Resources:
+        want = derive(database_interfaces({BR, OTHER}), "nsm")
+        state = got.wait(lambda r: r == want.resources and r.problems == want.resources.problems)
+        assert {r.id: src.connection_id_of(r.id) for r in state.requests} == want.connection_ids
+        return state
+
+    try:
+        assert src.wait_synced(10)
+        fw = {"ryu-nsm-endpoint": "fw", "ryu-nsm-labels": '{"app": "fw"}'}
+        for k in range(3):
+            add_port(BR, f"{TAG}c{k}", marks("client", **{"ryu-nsm-connection": f"{TAG}-c{k}"}))
+        add_port(BR, f"{TAG}e0", marks("endpoint", **fw))
+        add_port(OTHER, f"{TAG}e1", marks("endpoint", **fw))
+        state = settled()
+        assert len(state.requests) == 3 and [len(e.attachments) for e in state.endpoints] == [2]
+
+        set_marks(f"{TAG}e1", **{"ryu-nsm-labels": '{"app": "other"}'})  # now clashes with e0
+        assert [p.path for p in settled().problems] == ["external_ids.ryu-nsm-labels"]
+        set_marks(f"{TAG}c2", **{"ryu-nsm-connection": f"{TAG}-c1"})  # now clashes with c1
+        assert len(settled().problems) == 2
+        # The port (and its interface, same rows) moves to the other bridge in one transaction.
+        port = sh("ovs-vsctl", "get", "Port", f"{TAG}c0", "_uuid").strip()
+        sh("ovs-vsctl", "remove", "Bridge", BR, "ports", port, "--", "add", "Bridge", OTHER, "ports", port)
+        state = settled()
+        assert Attachment(OTHER, f"{TAG}c0") in {r.attachment for r in state.requests}
+        sh("ovs-vsctl", "del-port", BR, f"{TAG}c1")  # c2 no longer clashes
+        set_marks(f"{TAG}e1", **{"ryu-nsm-labels": '{"app": "fw"}'})
+        state = settled()
+        assert state.problems == () and len(state.requests) == 2
+    finally:
+        src.stop()
+
+
 @pytest.mark.ovs
 def test_a_failing_consumer_gets_the_state_again(bridges):
     calls: list[Resources] = []
