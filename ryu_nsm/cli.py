@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 from .statusapi import DEFAULT_ADDRESS
@@ -109,12 +110,49 @@ def cmd_status(args) -> int:
     from .report import render_text
     from .statusapi import fetch_status
 
+    if args.nsm:
+        return _status_from_monitor(args)
     try:
         report = fetch_status(args.url)
     except OSError as exc:
         print(f"ryu-nsm: cannot reach the controller at {args.url}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(json.dumps(report, indent=1) if args.json else render_text(report))
+    return 0
+
+
+def _status_from_monitor(args) -> int:
+    """The connections asked for over NSM gRPC, from the controller's MonitorConnections stream:
+    its initial state, then (``--watch``) every change until interrupted."""
+    import grpc
+
+    from nsm_api import connection_pb2, connection_pb2_grpc
+
+    names = {value: name for name, value in connection_pb2.ConnectionEventType.items()}
+    states = {value: name for name, value in connection_pb2.State.items()}
+    selector = connection_pb2.MonitorScopeSelector(network_services=args.service or [])
+    channel = grpc.insecure_channel(args.nsm)
+    try:
+        stream = connection_pb2_grpc.MonitorConnectionStub(channel).MonitorConnections(
+            selector, timeout=None if args.watch else 10)
+        for event in stream:
+            when = time.strftime("%H:%M:%S")
+            print(f"{when} {names.get(event.type, event.type)}: {len(event.connections)} connection(s)")
+            for cid, conn in sorted(event.connections.items()):
+                endpoint = conn.network_service_endpoint_name or "-"
+                state = states.get(conn.state, conn.state)
+                print(f"  {cid:<40} {conn.network_service:<16} {endpoint:<16} {state}")
+            sys.stdout.flush()
+            if not args.watch:
+                break
+    except grpc.RpcError as exc:
+        print(f"ryu-nsm: MonitorConnections at {args.nsm}: {exc.code().name}: {exc.details()}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        pass
+    finally:
+        channel.close()
     return 0
 
 
@@ -172,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="connections, paths and state from the running controller")
     st.add_argument("--url", default=f"http://{DEFAULT_ADDRESS[0]}:{DEFAULT_ADDRESS[1]}")
     st.add_argument("--json", action="store_true")
+    st.add_argument("--nsm", metavar="ADDRESS",
+                    help="read the controller's NSM MonitorConnections stream instead (unix:///path or "
+                         "host:port, as given to --nsm-listen): the connections asked for over gRPC")
+    st.add_argument("--service", action="append", help="with --nsm: only this network service (repeatable)")
+    st.add_argument("--watch", action="store_true", help="with --nsm: follow the stream until Ctrl-C")
     st.set_defaults(func=cmd_status)
 
     demo = sub.add_parser(

@@ -8,6 +8,9 @@ connection is asked for over gRPC.
 from __future__ import annotations
 
 import queue
+import re
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -58,6 +61,7 @@ def controller(tmp_path_factory):
         with ControllerProcess(topo, [requests], tmp / "controller.log",
                                extra_args=["--nsm-listen", f"unix://{sock}"]) as ctl:
             connect(ctl.of_port)
+            ctl.nsm_address = f"unix://{sock}"  # for `ryu-nsm status --nsm`
             assert wait_for(lambda: all(s["connected"] and s["flows"] is not None
                                         for s in ctl.status()["switches"]), 20), ctl.status()
             with grpc.insecure_channel(f"unix://{sock}") as channel:
@@ -172,6 +176,12 @@ def test_request_monitor_close(controller):
             assert initial.connections[cid].state == connection_pb2.UP
         finally:
             late.close()
+        # `ryu-nsm status --nsm` reads the same stream.
+        shown = subprocess.run([sys.executable, "-m", "ryu_nsm.cli", "status", "--nsm", ctl.nsm_address],
+                               capture_output=True, text=True, timeout=30)
+        assert shown.returncode == 0, shown.stderr
+        assert re.search(rf"INITIAL_STATE_TRANSFER: 1 connection\(s\)\n\s+{cid}\s+echo\s+server\s+UP",
+                         shown.stdout), shown.stdout
 
         # A refresh with the answer changes nothing and keeps one segment of ours.
         history = len(ctl.status()["history"])
