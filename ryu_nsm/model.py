@@ -6,6 +6,7 @@ module sees raw YAML. All objects are immutable and hashable so they can be diff
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -53,6 +54,26 @@ class FrozenMap(Mapping):
 
 
 EMPTY = FrozenMap()
+
+
+def describe_value(value: object) -> str:
+    """How a found value is shown in a problem: its YAML type and, for scalars, the value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"number {value}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        return f"string {json.dumps(shown)}"
+    if isinstance(value, list):
+        return f"a list of {len(value)} item(s)"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
 
 
 @dataclass(frozen=True)

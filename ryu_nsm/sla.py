@@ -63,7 +63,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
-from .model import DEFAULT_NAMESPACE, EMPTY, FrozenMap, Problem
+from .model import DEFAULT_NAMESPACE, EMPTY, FrozenMap, Problem, describe_value
 
 API_GROUP = "ryu-nsm.io"
 API_VERSION = f"{API_GROUP}/v1alpha1"
@@ -346,23 +346,7 @@ def parse_dscp(value: object) -> int:
 # -- validation ---------------------------------------------------------------------------------
 
 
-def _describe(value: object) -> str:
-    """How a found value is shown in a message (as the document loader shows it)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"boolean {str(value).lower()}"
-    if isinstance(value, int):
-        return f"integer {value}"
-    if isinstance(value, float):
-        return f"number {value}"
-    if isinstance(value, str):
-        return f"string {json.dumps(value if len(value) <= 80 else value[:77] + '...')}"
-    if isinstance(value, list):
-        return f"a list of {len(value)} item(s)"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
+
 
 
 def _at(path: str, name: str) -> str:
@@ -382,7 +366,7 @@ class _Errors:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.add(path, f"expected a mapping, found {_describe(value)}")
+            self.add(path, f"expected a mapping, found {describe_value(value)}")
             return None
         return value
 
@@ -399,7 +383,7 @@ class _Errors:
         try:
             return parser(value)
         except ValueError as e:
-            self.add(path, f"expected {e}, found {_describe(value)}")
+            self.add(path, f"expected {e}, found {describe_value(value)}")
             return None
 
 
@@ -409,14 +393,14 @@ def _metadata(errors: _Errors, body: dict, base: str) -> tuple[str | None, str]:
     name = meta.get("name")
     if not isinstance(name, str) or not name or len(name) > 253 or not _SUBDOMAIN.match(name):
         errors.add(_at(path, "name"), "expected a DNS-1123 subdomain (lowercase letters, digits, '-' and "
-                   f"'.', at most 253 characters), found {_describe(name)}")
+                   f"'.', at most 253 characters), found {describe_value(name)}")
         name = None
     namespace = meta.get("namespace")
     if namespace in (None, ""):
         namespace = DEFAULT_NAMESPACE
     elif not isinstance(namespace, str) or len(namespace) > 63 or not _DNS_LABEL.match(namespace):
         errors.add(_at(path, "namespace"), "expected a DNS-1123 label (lowercase letters, digits and '-', "
-                   f"at most 63 characters), found {_describe(namespace)}")
+                   f"at most 63 characters), found {describe_value(namespace)}")
         namespace = DEFAULT_NAMESPACE
     return name, namespace
 
@@ -437,11 +421,11 @@ def _selector(errors: _Errors, value: object, path: str) -> FrozenMap | None:
         if not isinstance(key, str) or (slash and not _SUBDOMAIN.match(prefix)) or len(name) > 63 or (
             not _LABEL_NAME.match(name)
         ):
-            errors.add(at, f"expected a label key ([prefix/]name), found {_describe(key)}")
+            errors.add(at, f"expected a label key ([prefix/]name), found {describe_value(key)}")
             ok = False
         elif not isinstance(label, str) or (label and (len(label) > 63 or not _LABEL_NAME.match(label))):
             errors.add(at, f"expected a label value (a string of at most 63 letters, digits, '-', '_' and "
-                       f"'.'; quote numbers in YAML), found {_describe(label)}")
+                       f"'.'; quote numbers in YAML), found {describe_value(label)}")
             ok = False
     return FrozenMap(labels) if ok else None
 
@@ -463,11 +447,11 @@ def parse_service_level(
 
 def _service_level(errors: _Errors, body: object, base: str) -> ServiceLevel | None:
     if not isinstance(body, dict):
-        errors.add(base, f"expected a {KIND} object (a mapping), found {_describe(body)}")
+        errors.add(base, f"expected a {KIND} object (a mapping), found {describe_value(body)}")
         return None
     for key, expected in (("apiVersion", API_VERSION), ("kind", KIND)):
         if body.get(key) != expected:
-            errors.add(_at(base, key), f"expected {expected}, found {_describe(body.get(key))}")
+            errors.add(_at(base, key), f"expected {expected}, found {describe_value(body.get(key))}")
     name, namespace = _metadata(errors, body, base)
     path = _at(base, "spec")
     spec = errors.mapping(body.get("spec"), path)
@@ -481,7 +465,7 @@ def _service_level(errors: _Errors, body: object, base: str) -> ServiceLevel | N
         errors.add(at["networkService"], "expected the name of a NetworkService: the field is required")
     elif not isinstance(service, str) or len(service) > 253 or not _SUBDOMAIN.match(service):
         errors.add(at["networkService"], "expected the name of a NetworkService (a DNS-1123 subdomain), "
-                   f"found {_describe(service)}")
+                   f"found {describe_value(service)}")
         service = None
     selector = EMPTY
     if fields.get("clientSelector") is not None:
@@ -502,7 +486,7 @@ def _service_level(errors: _Errors, body: object, base: str) -> ServiceLevel | N
         priority = 0
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
         errors.add(at["priority"],
-                   f"expected an integer 0..{MAX_PRIORITY} (higher wins), found {_describe(priority)}")
+                   f"expected an integer 0..{MAX_PRIORITY} (higher wins), found {describe_value(priority)}")
         priority = 0
     flags = {}
     for key in ("preemptible", "chainLatency"):
@@ -510,7 +494,7 @@ def _service_level(errors: _Errors, body: object, base: str) -> ServiceLevel | N
         if flag is None:
             flag = False
         if not isinstance(flag, bool):
-            errors.add(at[key], f"expected true or false, found {_describe(flag)}")
+            errors.add(at[key], f"expected true or false, found {describe_value(flag)}")
             flag = False
         flags[key] = flag
     protection = fields.get("protection", "none")
@@ -518,7 +502,7 @@ def _service_level(errors: _Errors, body: object, base: str) -> ServiceLevel | N
         protection = "none"
     if protection not in PROTECTIONS:
         errors.add(at["protection"],
-                   f"expected one of {', '.join(PROTECTIONS)}, found {_describe(protection)}")
+                   f"expected one of {', '.join(PROTECTIONS)}, found {describe_value(protection)}")
         protection = "none"
 
     if rate is not None and not MIN_RATE_LIMIT <= rate <= MAX_RATE_LIMIT:

@@ -33,6 +33,7 @@ from ..model import (
     NetworkService,
     Problem,
     Resources,
+    describe_value,
 )
 from ..sla import API_VERSION as SLA_API_VERSION
 from ..sla import KIND as SLA_KIND
@@ -87,24 +88,7 @@ _IFNAME_RULE = (
 )
 
 
-def _describe(value: object) -> str:
-    """How a found value is shown in a message: its YAML type and, for scalars, the value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"boolean {str(value).lower()}"
-    if isinstance(value, int):
-        return f"integer {value}"
-    if isinstance(value, float):
-        return f"number {value}"
-    if isinstance(value, str):
-        shown = value if len(value) <= 80 else value[:77] + "..."
-        return f"string {json.dumps(shown)}"
-    if isinstance(value, list):
-        return f"a list of {len(value)} item(s)"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
+
 
 
 def _q(text: str) -> str:
@@ -170,7 +154,7 @@ class _Check:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.error(path, f"expected a mapping, found {_describe(value)}")
+            self.error(path, f"expected a mapping, found {describe_value(value)}")
             return None
         return value
 
@@ -179,7 +163,7 @@ class _Check:
         if value is None:
             return []
         if not isinstance(value, list):
-            self.error(path, f"expected a list, found {_describe(value)}")
+            self.error(path, f"expected a list, found {describe_value(value)}")
             return None
         return value
 
@@ -187,7 +171,7 @@ class _Check:
         if isinstance(value, str):
             return value
         hint = " (quote it in YAML)" if isinstance(value, int | float | bool) else ""
-        self.error(path, f"expected a string{hint}, found {_describe(value)}")
+        self.error(path, f"expected a string{hint}, found {describe_value(value)}")
         return None
 
     def name(self, value: object, path: str, subdomain: bool) -> str | None:
@@ -198,7 +182,7 @@ class _Check:
         ok = is_dns1123_subdomain(text) if subdomain else is_dns1123_label(text)
         if not ok:
             rule = SUBDOMAIN_RULE if subdomain else LABEL_RULE
-            self.error(path, f"expected {rule}, found {_describe(text)}")
+            self.error(path, f"expected {rule}, found {describe_value(text)}")
             return None
         return text
 
@@ -211,7 +195,7 @@ class _Check:
         ok = True
         for key, raw in mapping.items():
             if not isinstance(key, str) or not _label_key_ok(key):
-                self.error(_key(path, str(key)), f"expected {_LABEL_KEY_RULE}, found {_describe(key)}")
+                self.error(_key(path, str(key)), f"expected {_LABEL_KEY_RULE}, found {describe_value(key)}")
                 ok = False
                 continue
             text = self.string(raw, _key(path, key))
@@ -219,7 +203,7 @@ class _Check:
                 ok = False
             elif not _label_value_ok(text, templates):
                 rule = _LABEL_VALUE_RULE + (" or one with {{.label}} templates" if templates else "")
-                self.error(_key(path, key), f"expected {rule}, found {_describe(text)}")
+                self.error(_key(path, key), f"expected {rule}, found {describe_value(text)}")
                 ok = False
             else:
                 out[key] = text
@@ -282,7 +266,7 @@ def _metadata(check: _Check, obj: _Object, namespaced: bool = True) -> _Meta:
     name_path = _at(path, "name")
     name = None
     if meta.get("name") in (None, ""):
-        check.error(name_path, f"expected a name, found {_describe(meta.get('name'))}")
+        check.error(name_path, f"expected a name, found {describe_value(meta.get('name'))}")
     else:
         # Namespaces are named by DNS-1123 labels; other objects by subdomains.
         name = check.name(meta["name"], name_path, subdomain=namespaced)
@@ -310,7 +294,7 @@ def _spec(check: _Check, obj: _Object, name: str | None) -> tuple[dict, str]:
     # The registry message has its own name; NSM fills it from metadata.name, so they must agree.
     if given not in (None, "") and name is not None and given != name:
         check.error(_at(path, "name"),
-                    f"expected {json.dumps(name)} (as metadata.name), found {_describe(given)}")
+                    f"expected {json.dumps(name)} (as metadata.name), found {describe_value(given)}")
     return spec, path
 
 
@@ -322,7 +306,7 @@ def _network_service(check: _Check, obj: _Object) -> NetworkService | None:
     if "payload" in fields and fields["payload"][0] not in (None, ""):
         value, where = fields["payload"]
         if value not in PAYLOADS:
-            check.error(where, f"expected one of {', '.join(PAYLOADS)}, found {_describe(value)}")
+            check.error(where, f"expected one of {', '.join(PAYLOADS)}, found {describe_value(value)}")
         else:
             payload = value
     matches = []
@@ -354,7 +338,7 @@ def _match(check: _Check, raw: object, path: str) -> Match | None:
     if "fallthrough" in fields and fields["fallthrough"][0] is not None:
         value, where = fields["fallthrough"]
         if not isinstance(value, bool):
-            check.error(where, f"expected true or false, found {_describe(value)}")
+            check.error(where, f"expected true or false, found {describe_value(value)}")
         else:
             fallthrough = value
     metadata = EMPTY
@@ -382,7 +366,7 @@ def _destination(check: _Check, raw: object, path: str) -> Destination | None:
     if "weight" in fields and fields["weight"][0] is not None:
         value, where = fields["weight"]
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _UINT32_MAX:
-            check.error(where, f"expected a non-negative integer (uint32), found {_describe(value)}")
+            check.error(where, f"expected a non-negative integer (uint32), found {describe_value(value)}")
             return None
         weight = value
     return None if selector is None else Destination(selector, weight)
@@ -409,7 +393,7 @@ def _endpoint(check: _Check, obj: _Object) -> Endpoint | None:
         service_path = _key(where, str(service))
         if service not in services:
             check.error(service_path, f"expected a service in network_service_names {_qs(services)}, "
-                        f"found {_describe(service)}")
+                        f"found {describe_value(service)}")
             continue
         inner = check.mapping(value, service_path)
         if inner is None:
@@ -428,7 +412,7 @@ def _endpoint(check: _Check, obj: _Object) -> Endpoint | None:
         try:
             attachment = Attachment.parse(entry.strip(), _item(where, index))
         except ModelError as e:
-            check.error(e.path, f"expected {_ATTACHMENT_FORM}, found {_describe(entry.strip())}")
+            check.error(e.path, f"expected {_ATTACHMENT_FORM}, found {describe_value(entry.strip())}")
             continue
         if attachment in attachments:
             check.note(_item(where, index), f"attachment {attachment} is listed twice")
@@ -479,24 +463,24 @@ def _client_entry(check: _Check, text: str, path: str) -> _Entry | None:
     if "://" in text:
         scheme, rest = text.split("://", 1)
         if scheme.lower() != "kernel":
-            check.error(path, f"expected mechanism kernel://, found {scheme}:// in {_describe(text)}")
+            check.error(path, f"expected mechanism kernel://, found {scheme}:// in {describe_value(text)}")
             return None
     rest, _, query = rest.partition("?")
     target, _, ifname = rest.partition("/")
     service, at, domain = target.partition("@")
     if "/" in ifname:
-        check.error(path, f"expected {_ENTRY_FORM}, found more than one '/' in {_describe(text)}")
+        check.error(path, f"expected {_ENTRY_FORM}, found more than one '/' in {describe_value(text)}")
         return None
     errors = len(check.errors)
     ifname = ifname or DEFAULT_IFNAME
     if not _IFNAME_RE.match(ifname):
-        check.error(path, f"expected {_IFNAME_RULE}, found interface {_describe(ifname)}")
+        check.error(path, f"expected {_IFNAME_RULE}, found interface {describe_value(ifname)}")
     if not service:
-        check.error(path, f"expected {_ENTRY_FORM}, found no network service in {_describe(text)}")
+        check.error(path, f"expected {_ENTRY_FORM}, found no network service in {describe_value(text)}")
     elif not is_dns1123_subdomain(service):
-        check.error(path, f"expected network service {SUBDOMAIN_RULE}, found {_describe(service)}")
+        check.error(path, f"expected network service {SUBDOMAIN_RULE}, found {describe_value(service)}")
     if at and not is_dns1123_subdomain(domain):
-        check.error(path, f"expected domain {SUBDOMAIN_RULE}, found {_describe(domain)}")
+        check.error(path, f"expected domain {SUBDOMAIN_RULE}, found {describe_value(domain)}")
     labels = _query_labels(check, query, path)
     if len(check.errors) > errors or labels is None:
         return None
@@ -508,16 +492,17 @@ def _query_labels(check: _Check, query: str, path: str) -> FrozenMap | None:
     ok = True
     for pair in query.split("&") if query else []:
         if "=" not in pair:
-            check.error(path, f"expected <label>=<value> in the query, found {_describe(pair)}")
+            check.error(path, f"expected <label>=<value> in the query, found {describe_value(pair)}")
             ok = False
             continue
         raw_key, raw_value = pair.split("=", 1)
         key, value = unquote_plus(raw_key), unquote_plus(raw_value)
         if not _label_key_ok(key):
-            check.error(path, f"expected {_LABEL_KEY_RULE} in the query, found {_describe(key)}")
+            check.error(path, f"expected {_LABEL_KEY_RULE} in the query, found {describe_value(key)}")
             ok = False
         elif not _label_value_ok(value, templates=False):
-            check.error(path, f"expected {_LABEL_VALUE_RULE} for label {_q(key)}, found {_describe(value)}")
+            check.error(path,
+                        f"expected {_LABEL_VALUE_RULE} for label {_q(key)}, found {describe_value(value)}")
             ok = False
         elif key in labels:
             check.error(path, f"expected each label once in the query, found {_q(key)} twice")
@@ -534,16 +519,16 @@ def _pod_attachments(check: _Check, text: str | None, path: str) -> dict[str, tu
         entry, where = raw.strip(), _item(path, index)
         ifname, eq, spec = entry.partition("=")
         if not eq:
-            check.error(where, f"expected <ifname>=<switch>/<port>, found {_describe(entry)}")
+            check.error(where, f"expected <ifname>=<switch>/<port>, found {describe_value(entry)}")
             continue
         ifname = ifname.strip()
         if not _IFNAME_RE.match(ifname):
-            check.error(where, f"expected {_IFNAME_RULE}, found interface {_describe(ifname)}")
+            check.error(where, f"expected {_IFNAME_RULE}, found interface {describe_value(ifname)}")
             continue
         try:
             attachment = Attachment.parse(spec.strip(), where)
         except ModelError as e:
-            check.error(e.path, f"expected <ifname>={_ATTACHMENT_FORM}, found {_describe(entry)}")
+            check.error(e.path, f"expected <ifname>={_ATTACHMENT_FORM}, found {describe_value(entry)}")
             continue
         if ifname in out:
             check.note(where, f"interface {_q(ifname)} already has attachment {out[ifname][0]}")
@@ -611,13 +596,13 @@ def _objects(doc: Document, body: object, base: str, problems: list[Problem]) ->
     if not isinstance(body, dict):
         problems.append(Problem(doc.source, doc.index, base,
                                 f"expected a Kubernetes object (a mapping with apiVersion and kind), "
-                                f"found {_describe(body)}"))
+                                f"found {describe_value(body)}"))
         return
     api, kind = body.get("apiVersion"), body.get("kind")
     for field_name, value in (("apiVersion", api), ("kind", kind)):
         if not isinstance(value, str) or not value:
             problems.append(Problem(doc.source, doc.index, _at(base, field_name),
-                                    f"expected a non-empty string, found {_describe(value)}"))
+                                    f"expected a non-empty string, found {describe_value(value)}"))
             return
     group = api.rpartition("/")[0]
     if kind.endswith("List") and "items" in body:
@@ -625,7 +610,7 @@ def _objects(doc: Document, body: object, base: str, problems: list[Problem]) ->
         items = body["items"]
         if not isinstance(items, list):
             problems.append(Problem(doc.source, doc.index, items_path,
-                                    f"expected a list, found {_describe(items)}"))
+                                    f"expected a list, found {describe_value(items)}"))
             return
         # Items of a typed list (NetworkServiceList) may leave their kind to the list.
         item_kind = kind[: -len("List")] or None
@@ -648,7 +633,7 @@ def _version_ok(check: _Check, obj: _Object) -> bool:
         return True
     expected = NSM_API_VERSION if obj.kind in _NSM_KINDS else "v1"
     check.error(_at(obj.base, "apiVersion"),
-                f"expected {expected} for kind {obj.kind}, found {_describe(api)}")
+                f"expected {expected} for kind {obj.kind}, found {describe_value(api)}")
     return False
 
 
