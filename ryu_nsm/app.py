@@ -164,6 +164,11 @@ class NsmApp(app_manager.OSKenApp):
                 status["role"] = self.role_status()
             return status
 
+    def states(self) -> dict:
+        """Only each connection's state (up, pending, failed), by id."""
+        with self.lock:
+            return {"connections": self.core.connection_states()}
+
     def set_leader(self, generation: int | None) -> None:
         """Follow the election (any thread): None → follower, an int → leader with that generation.
 

@@ -534,6 +534,10 @@ class Controller:
             known = self._up[cid] = self._connection_state(self.plan.connections[cid])
         return known
 
+    def connection_states(self) -> dict[str, str]:
+        """Every connection's state by id (cheap: states are kept until something changes them)."""
+        return {cid: self.connection_state(cid) for cid in self.plan.connections}
+
     def _connection_state(self, planned) -> str:
         if planned.state == WAITING:
             return PENDING

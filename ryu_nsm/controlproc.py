@@ -74,6 +74,10 @@ class ControllerProcess:
     def status(self) -> dict:
         return fetch_status(self.url, timeout=2.0)
 
+    def states(self) -> dict[str, str]:
+        """Each connection's state by id (the cheap ``/status/states``)."""
+        return fetch_status(self.url, timeout=2.0, what="/status/states")["connections"]
+
     def connections(self) -> dict[str, dict]:
         return {c["id"]: c for c in self.status()["connections"]}
 

@@ -115,7 +115,8 @@ def run_controller(
     handle = oskenrun.run_apps([NsmApp], of_host, of_port)
     status = None
     try:
-        status = StatusServer(lambda: running.app.status(), *status_address).start()
+        status = StatusServer(lambda: running.app.status(), *status_address,
+                              states=lambda: running.app.states()).start()
         running.status_address = status.address
         if kube_api is not None:
             stoppers.extend(_start_cluster_side(running.app, kube_api, kube_source, kubernetes))

@@ -1,4 +1,5 @@
-"""A small read-only HTTP endpoint on the controller: ``/status`` (JSON) and ``/healthz``.
+"""A small read-only HTTP endpoint on the controller: ``/status`` (JSON), ``/status/states`` (only
+each connection's state: cheap enough to poll often on a big fabric) and ``/healthz``.
 
 ``ryu-nsm status`` reads it. It binds to loopback by default: it tells which paths connections
 take, which is operator information, not something to publish.
@@ -16,15 +17,18 @@ DEFAULT_ADDRESS = ("127.0.0.1", 8181)
 
 
 class StatusServer:
-    """Serves ``status()`` as JSON until ``stop()``."""
+    """Serves ``status()`` (and ``states()``, when given) as JSON until ``stop()``."""
 
-    def __init__(self, status: Callable[[], dict], host: str, port: int):
+    def __init__(self, status: Callable[[], dict], host: str, port: int,
+                 states: Callable[[], dict] | None = None):
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server's name)
                 if self.path.rstrip("/") in ("/status", ""):
                     # Compact: json's C encoder serves only that, and pollers of a big fabric notice.
                     body = json.dumps(status(), separators=(",", ":")).encode()
                     self._reply(200, body, "application/json")
+                elif self.path.rstrip("/") == "/status/states" and states is not None:
+                    self._reply(200, json.dumps(states(), separators=(",", ":")).encode(), "application/json")
                 elif self.path == "/healthz":
                     self._reply(200, b"ok\n", "text/plain")
                 else:
@@ -57,7 +61,7 @@ class StatusServer:
         self.server.server_close()
 
 
-def fetch_status(url: str, timeout: float = 5.0) -> dict:
-    """GET the controller's status JSON."""
-    with urllib.request.urlopen(url.rstrip("/") + "/status", timeout=timeout) as reply:
+def fetch_status(url: str, timeout: float = 5.0, what: str = "/status") -> dict:
+    """GET the controller's status JSON (``what``: ``/status`` or ``/status/states``)."""
+    with urllib.request.urlopen(url.rstrip("/") + what, timeout=timeout) as reply:
         return json.loads(reply.read())
