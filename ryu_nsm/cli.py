@@ -205,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve NSM's NetworkService and MonitorConnections gRPC here (repeatable; "
                           "unix:///path or host:port): connections asked for become client requests "
                           "in namespace 'nsm'")
+    ctl.add_argument("--log", action="append", default=[], metavar="LOGGER=LEVEL",
+                     help="one logger's level, e.g. ryu_nsm.sources.kubernetes=debug (repeatable)")
     ctl.set_defaults(func=cmd_controller)
 
     st = sub.add_parser("status", help="connections, paths and state from the running controller")
@@ -232,6 +234,13 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for setting in getattr(args, "log", []):
+        name, _, level = setting.partition("=")
+        if not name or level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            print(f"ryu-nsm: --log {setting!r}: expected LOGGER=LEVEL (debug, info, warning, error)",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        logging.getLogger(name).setLevel(level.upper())
     return args.func(args)
 
 

@@ -7,7 +7,7 @@ testable without a switch and makes ``ryu-nsm plan`` the same code as the live c
 Flows on a switch are known only after the shell has read them (on every connect and reconnect);
 a switch is programmed with the diff against what it holds, so a restarted controller facing an
 unchanged fabric sends nothing. One program runs at a time; changes that arrive meanwhile are
-folded into the next one.
+planned at once and folded into the next one.
 
 A change costs what it touches: the planner reports which connections it planned anew, the desired
 flows are kept per switch and key and updated for those connections only, and only the keys they
@@ -271,7 +271,7 @@ class Controller:
                 if state.connected:
                     commands.append(ReadFlows(sw, state.dpid, state.epoch))
         if self._dirty:
-            commands += self._replan(now)
+            commands += self._program()
         return commands
 
     def audit(self) -> list:
@@ -392,16 +392,22 @@ class Controller:
         return FabricState(down_links, down_switches, ports, unreported, avoid)
 
     def _replan(self, now: float) -> list:
+        """Plan now, even while a program is in flight (planning overlaps the switches' work); the
+        diff waits for that program to be done, since it is taken against what the switches hold."""
         state = self._state(now)
-        if self._inflight is not None:
-            self._dirty = True
-            return []
-        self._dirty = False
         self._last_state = state
         before = self.plan
         self.plan = make_plan(self.fabric, self.resources, state, before, self._hints)
         self._update_desired(before, self.plan)
         self._record(before, self.plan, state, now)
+        return self._program()
+
+    def _program(self) -> list:
+        """A program of what changed since the last one, unless one is in flight (then after it)."""
+        if self._inflight is not None:
+            self._dirty = True
+            return []
+        self._dirty = False
         if not self._declared:
             return []
         diffs = {}

@@ -151,11 +151,16 @@ def test_controller_switches_hold_exactly_the_plan_after_every_change(data):
     switches.run(ctl, ctl.set_resources(world.resources(), now), now)
     for _ in range(data.draw(st.integers(1, 12))):
         now += 1.0
-        action = data.draw(st.sampled_from(["resources", "resources", "port", "reconnect"]))
-        if action == "resources":
+        action = data.draw(st.sampled_from(["resources", "resources", "overlap", "port", "reconnect"]))
+        if action in ("resources", "overlap"):
             world.step(data.draw)
             world.down, world.ports = frozenset(), {}  # the fabric's own state comes from its events
-            switches.run(ctl, ctl.set_resources(world.resources(), now), now)
+            commands = ctl.set_resources(world.resources(), now)
+            if action == "overlap":  # another change while that program is still in flight
+                world.step(data.draw)
+                world.down, world.ports = frozenset(), {}
+                commands += ctl.set_resources(world.resources(), now)
+            switches.run(ctl, commands, now)
         elif action == "port":
             sw = data.draw(st.sampled_from(SWITCHES))
             number = data.draw(st.sampled_from([1, 2]))
