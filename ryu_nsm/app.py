@@ -352,6 +352,8 @@ class NsmApp(app_manager.OSKenApp):
         confirmed = set(program.diffs)
         started = time.monotonic()
         for phase, step in program.phases():
+            if phase == DELETE and program.drain:
+                time.sleep(program.drain)  # frames in flight on left paths arrive first
             waiting: list[tuple[str, _Waiter, list[int]]] = []
             for switch, flows in step.items():
                 dpid = program.dpids[switch]

@@ -40,6 +40,9 @@ from .report import connection_entry
 
 log = logging.getLogger("ryu_nsm.controller")
 
+DRAIN_MARGIN = 0.005  # s, beyond twice a left path's latency
+MAX_DRAIN = 1.0  # s: a path slower than that is not waited for
+
 UP = "up"
 PENDING = "pending"
 FAILED = "failed"
@@ -69,6 +72,9 @@ class Program:
     id: int
     diffs: dict[str, SwitchDiff]
     dpids: dict[str, int]
+    # Seconds to wait before the delete phase: frames still on a path a connection left (a slow link
+    # holds tens of milliseconds of them) must reach the far end while its old flows are there.
+    drain: float = 0.0
 
     def phases(self) -> list[dict[str, tuple[FlowSpec, ...]]]:
         out = []
@@ -154,6 +160,7 @@ class Controller:
         self._entries: dict[str, tuple] = {}  # connection id → (planned, state, status entry)
         self._ports_state: tuple | None = None  # (ports, down links, unreported) until a port changes
         self._avoid_map: dict[str, frozenset[str]] | None = None  # the same object while unchanged
+        self._drain = 0.0  # for the next program: see Program.drain
         # Until the sources have reported once, an empty plan means "not known yet", not "remove all".
         self._declared = False
 
@@ -438,16 +445,24 @@ class Controller:
         self._program_seq += 1
         for sw in diffs:
             self.switches[sw].epoch += 1
-        program = Program(self._program_seq, diffs, {sw: self.switches[sw].dpid for sw in diffs})
+        program = Program(self._program_seq, diffs, {sw: self.switches[sw].dpid for sw in diffs},
+                          min(self._drain, MAX_DRAIN))
+        self._drain = 0.0
         self._inflight = program
         return [program]
 
     def _update_desired(self, before: Plan, after: Plan) -> None:
         """Bring the desired flows up to ``after``: whole on a new pipeline, else the touched connections."""
+        measured = None
         for cid in after.touched:
             self._up.pop(cid, None)
             self._entries.pop(cid, None)
             old, new = before.connections.get(cid), after.connections.get(cid)
+            if old is not None and new is not None and old.path is not None and new.path != old.path and (
+                    old.state == PLANNED and new.state == PLANNED):
+                measured = self.link_quality() if measured is None else measured
+                latency = path_quality(old.path.links, measured).latency
+                self._drain = max(self._drain, 2 * latency + DRAIN_MARGIN)
             if old is not None:
                 self._owner.pop(wire_cookie(cid), None)
             if new is not None and new.flows:

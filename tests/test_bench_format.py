@@ -274,3 +274,71 @@ def test_forwarder_setup_quick_run_prints_rates_and_setup_percentiles(tmp_path):
     p99 = found["forwarder set-up, request to first frame p99"]
     assert 0 < float(p50["value"]) <= float(p99["value"])
     assert p50["limit_label"] == p99["limit_label"] == "ovs-vsctl add-port + ping"
+
+
+@pytest.fixture
+def qos_failover(monkeypatch):
+    monkeypatch.setitem(sys.modules, "common", common)
+    return _load("bench_qos_failover", BENCH / "qos_failover.py")
+
+
+def _trace(qos_failover, arrivals: dict[int, float], total: int):
+    """A stream record: sequence → one-way delay (ms), sent every millisecond from t=0."""
+    seqs = sorted(arrivals)
+    sent = [s * 1_000_000 for s in seqs]
+    arrived = [t + int(arrivals[s] * 1e6) for s, t in zip(seqs, sent, strict=True)]
+    return qos_failover.Trace(tuple(seqs), tuple(sent), tuple(arrived), total)
+
+
+def test_qos_failover_loss_window_is_the_lost_stretch_of_the_stream_after_the_cut(qos_failover):
+    delivered = {s: 0.5 for s in range(20) if s not in (3, 10, 11, 12, 13)}
+    trace = _trace(qos_failover, delivered, total=22)
+    assert [(g.before, g.lost, g.span_ns) for g in qos_failover.gaps(trace)] == [
+        (2, 1, 1_000_000), (9, 4, 4_000_000)]
+    # A cut at 8.5 ms: only the run that ends after it counts.
+    assert qos_failover.loss_after(trace, 8_500_000)[:2] == (4.0, 4)
+    assert qos_failover.loss_after(trace, 0)[:2] == (5.0, 5)
+    assert qos_failover.loss_after(trace, 15_000_000)[:2] == (0, 0)
+    assert qos_failover.trailing_loss(trace) == 2  # 20 and 21 never came
+    assert qos_failover.largest_arrival_gap(trace, 0, 9_000_000) == 2.0  # 2 → 4
+
+
+def test_qos_failover_first_fast_datagram_after_the_breach(qos_failover):
+    delays = {s: (0.3 if s < 5 else 30.0 if s < 15 else 2.0) for s in range(25)}
+    trace = _trace(qos_failover, delays, total=25)
+    # Sent after 4.5 ms: 5..14 are slow; 15 is the first under 10 ms, arriving at 17 ms.
+    assert qos_failover.first_fast(trace, 4_500_000, 10.0) == (17_000_000, 2_000_000)
+    assert qos_failover.first_fast(trace, 4_500_000, 1.0) is None
+
+
+@pytest.mark.ovs
+def test_qos_failover_quick_run_prints_loss_windows_and_sla_reroute_time(tmp_path):
+    # Three netdev bridges, namespaces, the impairment element and a controller child process, rebuilt
+    # for every cut; the run itself fails when a cut does not fail over or the breach does not move.
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "qos_failover.py"), "--quick"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    matches = [common.FIGURE_RE.match(line) for line in done.stdout.splitlines()]
+    assert matches and all(matches), done.stdout
+    names = [m["name"] for m in matches]
+    assert names == [
+        f"failover loss window, {kind}, {stat} of 2 cuts" for stat in ("median", "max")
+        for kind in ("fast-failover", "controller reroute", "fast-failover with the controller gone")
+    ] + ["SLA breach to rerouted traffic, 30 ms on a 10 ms bound, median of 1"]
+    for m in matches[:6]:
+        assert m["unit"] == m["limit_unit"] == "ms" and float(m["limit"]) > 0
+        # Heals well within the 1.5 s observed (else the run fails: no failover).
+        assert 0 <= float(m["value"]) < 1500
+    assert matches[0]["limit_label"] == matches[3]["limit_label"] == "cut to port-down at the controller"
+    for median, top in zip(matches[:3], matches[3:6], strict=True):
+        # The stream sees the cut: of two cuts at least one loses what was on the wire.
+        assert 0 <= float(median["value"]) <= float(top["value"]) and float(top["value"]) > 0
+    sla = matches[6]
+    assert sla["unit"] == sla["limit_unit"] == "s" and sla["limit_label"].startswith("design bound")
+    # The controller waits for the median and the SLA window (3 s) before it moves anything.
+    assert 3 < float(sla["value"]) < 30
+    for m in matches:
+        assert float(m["ratio"]) == pytest.approx(float(m["value"]) / float(m["limit"]), rel=1.5e-2)
+    assert "whole benchmark" in done.stderr and "FAILED" not in done.stderr

@@ -129,6 +129,24 @@ def test_link_down_reroutes_make_before_break():
     assert phases == sorted(phases, key=["add", "modify", "delete"].index)
 
 
+def test_a_move_waits_before_deleting_the_old_path_for_what_is_still_on_it():
+    fab = ring(4, {"client": ("s1",), "server": ("s3",)}, latency=0.020)
+    res = resources_for([(att(fab, "client"), att(fab, "server"))])
+    ctl, sw = Controller(fab), FakeFabric(fab)
+    sw.connect_all(ctl)
+    first = ctl.set_resources(res, 0.0)
+    assert [c.drain for c in first if isinstance(c, Program)] == [0.0]  # nothing moved
+    sw.run(ctl, first)
+    path = ctl.plan.connections["default/c0/nsm-1"].path
+    link = path.links[0]
+    name = next(n for (s, n), p in fab.port_names.items() if s == link.a and p == link.a_port)
+    (program,) = [c for c in ctl.port_changed(fab.switch_by_name[link.a].dpid,
+                                              PortInfo(link.a_port, name, False), 1.0)
+                  if isinstance(c, Program)]
+    # Twice the left path's latency (two 20 ms links), and a margin.
+    assert abs(program.drain - (2 * 0.040 + 0.005)) < 1e-9
+
+
 def test_changes_during_a_program_are_folded_into_the_next():
     fab, res = setup()
     ctl, sw = Controller(fab), FakeFabric(fab)
