@@ -35,7 +35,7 @@ from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_D
 from os_ken.ofproto import ofproto_common, ofproto_v1_3
 
 from . import ofwire
-from .controller import Controller, PortInfo, Program, ReadFlows, SendProbe
+from .controller import Controller, PortInfo, Program, ReadCounters, ReadFlows, SendProbe
 from .fabric import Fabric
 from .flowspec import COOKIE_OWNER_MASK, PIPELINE_COOKIE
 from .measure import PROBE_ETH_TYPE
@@ -60,6 +60,7 @@ class ShellSettings:
     audit_interval: float = 30.0
     tick_interval: float = 1.0
     probe_interval: float = 1.0  # link probes and echo round trips; 0: none
+    counter_interval: float = 5.0  # ingress flow counters → per-connection throughput; 0: none
     switch_down_after: float = 10.0
     use_bundles: bool = True
     # Called once with a function that takes a whole Resources; sources push through it.
@@ -106,6 +107,7 @@ class NsmApp(app_manager.OSKenApp):
         self._multipart: dict[tuple[int, str], list] = {}
         self._reads: dict[int, ReadFlows] = {}  # stats request xid → the read it answers
         self._loops: dict[int, tuple[int, float]] = {}  # loop probe seq → (dpid, sent at)
+        self._counter_reads: dict[int, ReadCounters] = {}  # stats request xid → the read it answers
         self._loop_seq = 0
         # Meters and groups are asked for just before the flows (the switch answers in order):
         # request xid → (kind, flow request xid), and flow request xid → kind → what was read.
@@ -221,6 +223,9 @@ class NsmApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def _flow_stats(self, ev):
         msg = ev.msg
+        if msg.xid in self._counter_reads:
+            self._counters(msg)
+            return
         read = self._reads.get(msg.xid)
         if read is None:
             return
@@ -232,6 +237,25 @@ class NsmApp(app_manager.OSKenApp):
         held = self._read_objects.pop(msg.xid, {})
         meters, groups = held.get("meter", []), held.get("group", [])
         self._call(lambda now: self.core.flows_read(read.switch, specs, now, read.epoch, meters, groups))
+
+    def _counters(self, msg) -> None:
+        now = time.monotonic()
+        entries = self._gather(msg.datapath.id, f"counters-{msg.xid}", msg)
+        if entries is None:
+            return
+        read = self._counter_reads.pop(msg.xid)
+        stats = [(s.spec, s.bytes) for s in ofwire.decode_flow_stats(entries)]
+        self._call(lambda _: self.core.counters_read(read.switch, stats, now) or [])
+
+    def _read_counters(self, read: ReadCounters) -> None:
+        dp = self.datapaths.get(read.dpid)
+        if dp is None:
+            return
+        xid = self._xid(f"flow counters request to {read.switch}")
+        self._counter_reads[xid] = read
+        while len(self._counter_reads) > 10_000:  # answers that never came
+            self._counter_reads.pop(next(iter(self._counter_reads)))
+        dp.send(ofwire.encode_flow_stats_request(xid, PIPELINE_COOKIE, COOKIE_OWNER_MASK, table=0))
 
     @set_ev_cls(ofp_event.EventOFPMeterConfigStatsReply, MAIN_DISPATCHER)
     def _meter_config(self, ev):
@@ -317,6 +341,8 @@ class NsmApp(app_manager.OSKenApp):
                     self._program(command)
                 elif isinstance(command, ReadFlows):
                     self._read_flows(command)
+                elif isinstance(command, ReadCounters):
+                    self._read_counters(command)
                 elif command[0] in ("role", "role-query", "role-slave"):
                     self._send_role(*command)
                 elif command[0] == "probes":
@@ -444,9 +470,12 @@ class NsmApp(app_manager.OSKenApp):
 
     def _ticker(self) -> None:
         next_audit = time.monotonic() + self.settings.audit_interval
-        next_probe = time.monotonic()
+        next_probe = next_counters = time.monotonic()
         while not self._stop.wait(self.settings.tick_interval):
             self._call(self.core.tick)
+            if self.settings.counter_interval and time.monotonic() >= next_counters:
+                next_counters = time.monotonic() + self.settings.counter_interval
+                self._call(lambda _: self.core.counters_due())
             if self.settings.probe_interval and time.monotonic() >= next_probe:
                 next_probe = time.monotonic() + self.settings.probe_interval
                 with self.lock:

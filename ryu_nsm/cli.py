@@ -98,6 +98,7 @@ def cmd_controller(args) -> int:
         fabric, args.requests, host, port, (shost, sport),
         watch_interval=args.watch_interval, kubernetes=kubernetes, use_bundles=not args.no_bundles,
         audit_interval=args.audit_interval, ovsdb_remote=args.ovsdb, nsm_listen=args.nsm_listen or (),
+        counter_interval=args.counter_interval,
     ) as running:
         logging.getLogger("ryu_nsm").info(
             "controller for fabric %s: OpenFlow on %s:%d, status on http://%s:%d/status",
@@ -181,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("--status-listen", default=f"{DEFAULT_ADDRESS[0]}:{DEFAULT_ADDRESS[1]}")
     ctl.add_argument("--no-bundles", action="store_true", help="plain flow mods instead of ONF bundles")
     ctl.add_argument("--audit-interval", type=float, default=30.0, help="seconds between flow audits")
+    ctl.add_argument("--counter-interval", type=float, default=5.0,
+                     help="seconds between reads of the ingress flow counters (per-connection "
+                          "throughput; 0: never)")
     ctl.add_argument("--watch-interval", type=float, default=1.0,
                      help="seconds between polls of the request files")
     ctl.add_argument("--param", action="append", help="topology generator parameter, e.g. k=8")

@@ -86,6 +86,14 @@ class Program:
 
 
 @dataclass(frozen=True)
+class ReadCounters:
+    """Ask a switch for the counters of its CLASSIFY flows (ours): answer with ``counters_read``."""
+
+    switch: str
+    dpid: int
+
+
+@dataclass(frozen=True)
 class SendProbe:
     """Send probe ``seq`` out of ``port`` of a switch (packet-out); the far switch hands it back."""
 
@@ -161,6 +169,9 @@ class Controller:
         self._ports_state: tuple | None = None  # (ports, down links, unreported) until a port changes
         self._avoid_map: dict[str, frozenset[str]] | None = None  # the same object while unchanged
         self._drain = 0.0  # for the next program: see Program.drain
+        # (connection, switch, in_port) → (bytes, when) of its ingress flows, and the rates they give.
+        self._ingress_bytes: dict[tuple[str, str, int], tuple[int, float]] = {}
+        self._rates: dict[str, dict[str, float]] = {}  # connection → {"from_client"/"from_endpoint": bit/s}
         # Until the sources have reported once, an empty plan means "not known yet", not "remove all".
         self._declared = False
 
@@ -321,6 +332,35 @@ class Controller:
         switch = self.fabric.switch_by_dpid.get(dpid)
         if switch is not None:
             self.measurements.control_rtt(switch.name, rtt)
+
+    def counters_due(self) -> list:
+        """Read the ingress counters of every switch whose flows are known (periodic, cheap: table 0)."""
+        return [ReadCounters(s.name, s.dpid) for s in self.switches.values()
+                if s.connected and s.flows is not None]
+
+    def counters_read(self, switch: str, stats: Iterable[tuple[FlowSpec, int]], now: float) -> None:
+        """Byte counters of a switch's CLASSIFY flows: each connection's rate where it enters there."""
+        totals: dict[tuple[str, str, int], int] = {}
+        for spec, byte_count in stats:
+            cid = self._owner.get(spec.cookie)
+            if cid is None or spec.table != Table.CLASSIFY:
+                continue
+            key = (cid, switch, spec.match_dict().get("in_port"))
+            totals[key] = totals.get(key, 0) + byte_count  # a wire's IP and other frames alike
+        for key, total in totals.items():
+            cid = key[0]
+            pc = self.plan.connections.get(cid)
+            if pc is None or pc.ends is None:
+                continue
+            before = self._ingress_bytes.get(key)
+            self._ingress_bytes[key] = (total, now)
+            if before is None or now <= before[1] or total < before[0]:
+                continue  # first reading, or the flows were replaced: no rate yet
+            client_side = (switch, key[2]) == (pc.ends.a_switch, pc.ends.a_port)
+            side = "from_client" if client_side else "from_endpoint"
+            self._rates.setdefault(cid, {})[side] = (total - before[0]) * 8 / (now - before[1])
+        for cid in [c for c in self._rates if c not in self.plan.connections]:
+            del self._rates[cid]
 
     def link_quality(self) -> dict[str, LinkQuality]:
         """Measured quality per link (the worse direction), for links that have measurements."""
@@ -581,6 +621,8 @@ class Controller:
         if cached is None or cached[0] is not pc or cached[1] != state:
             cached = self._entries[pc.id] = (pc, state, connection_entry(pc, state))
         entry = cached[2]
+        if pc.id in self._rates:
+            entry = {**entry, "throughput": dict(self._rates[pc.id])}
         level = pc.level
         if level is not None and pc.path is not None and pc.state == PLANNED and measured:
             quality = path_quality(pc.path.links, measured)

@@ -237,11 +237,12 @@ def encode_barrier(xid: int) -> bytes:
     return _HEADER.pack(OFP_VERSION, OFPT_BARRIER_REQUEST, _HEADER.size, xid)
 
 
-def encode_flow_stats_request(xid: int, cookie: int, cookie_mask: int) -> bytes:
-    """OFPMP_FLOW request for the flows of all tables whose cookie matches under ``cookie_mask``."""
+def encode_flow_stats_request(xid: int, cookie: int, cookie_mask: int, table: int = OFPTT_ALL) -> bytes:
+    """OFPMP_FLOW request for the flows of ``table`` (all tables by default) whose cookie matches
+    under ``cookie_mask``."""
     return _FLOW_STATS_REQUEST.pack(
         OFP_VERSION, OFPT_MULTIPART_REQUEST, _FLOW_STATS_REQUEST.size + len(_EMPTY_MATCH), xid,
-        OFPMP_FLOW, 0, OFPTT_ALL, OFPP_ANY, OFPG_ANY, cookie, cookie_mask,
+        OFPMP_FLOW, 0, table, OFPP_ANY, OFPG_ANY, cookie, cookie_mask,
     ) + _EMPTY_MATCH
 
 

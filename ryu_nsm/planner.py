@@ -71,6 +71,8 @@ class PlannedConnection:
     meters: tuple[tuple[str, MeterSpec], ...] = field(default=(), compare=False)
     # (switch, group) pairs: the fast-failover groups of a protected connection at both ends.
     groups: tuple[tuple[str, GroupSpec], ...] = field(default=(), compare=False)
+    # Where its frames enter the fabric: a is the client's end, b the endpoint's.
+    ends: WireEnds | None = field(default=None, compare=False)
 
     def objects(self, kind: str) -> tuple[tuple[str, object], ...]:
         """Its meters or groups."""
@@ -387,7 +389,7 @@ class _Router:
         else:
             flows = tuple(wire_flows(ends, path, dict(held), qos))
         planned = PlannedConnection(conn, PLANNED, "", path, held, spare, flows, level, backup, note, event,
-                                    meters, groups)
+                                    meters, groups, ends)
         return planned, evicted
 
     def _view_without(self, avoid: frozenset[str]) -> FabricView:

@@ -67,15 +67,24 @@ def meters(bridge: str) -> dict[int, tuple[int, int]]:
     return out
 
 
-def throughput() -> float:
-    """TCP bit/s from client to server over 3 s (iperf3; the receiver's count)."""
+def throughput(during=None) -> float:
+    """TCP bit/s from client to server over 3 s (iperf3; the receiver's count); ``during()`` is
+    called every 0.5 s while it runs."""
     server = subprocess.Popen(["ip", "netns", "exec", NS_S, "iperf3", "-s", "-1", "-B", "10.9.1.2"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         def ran() -> subprocess.CompletedProcess | None:
-            proc = subprocess.run(["ip", "netns", "exec", NS_C, "iperf3", "-c", "10.9.1.2", "-t", "3", "-J"],
-                                  capture_output=True, text=True, timeout=30)
-            return proc if proc.returncode == 0 else None
+            client = ["ip", "netns", "exec", NS_C, "iperf3", "-c", "10.9.1.2", "-t", "3", "-J"]
+            proc = subprocess.Popen(client, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            while during is not None and proc.poll() is None:
+                during()
+                try:
+                    proc.wait(0.5)
+                except subprocess.TimeoutExpired:
+                    pass
+            out, err = proc.communicate(timeout=30)
+            done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+            return done if proc.returncode == 0 else None
 
         result = wait_for(ran, 10, 0.2)  # until the server listens
         assert result, "iperf3 did not run"
@@ -96,16 +105,26 @@ def test_rate_limit_and_dscp_on_real_bridges(wire, tmp_path):
                  "add rule inet qos in ip dscp ef counter"):
         sh("ip", "netns", "exec", NS_S, "nft", rule)
     (requests / "level.yaml").write_text(LEVEL)
-    with ControllerProcess(topo, [requests], tmp_path / "ctl.log") as ctl:
+    counters_every_second = ["--counter-interval", "1"]
+    with ControllerProcess(topo, [requests], tmp_path / "ctl.log", extra_args=counters_every_second) as ctl:
         for br in (A, B):
             sh("ovs-vsctl", "set-controller", br, f"tcp:127.0.0.1:{ctl.of_port}")
         ctl.wait_connections(lambda cs: cs.get(CONN, {}).get("state") == "up", 30)
         # One meter per direction, each at the switch where that direction enters the fabric.
         assert list(meters(A).values()) == [(LIMIT // 1000, LIMIT // 10_000)]  # burst: 0.1 s at the rate
         assert list(meters(B).values()) == [(LIMIT // 1000, LIMIT // 10_000)]
-        limited = throughput()
+        rates: list[float] = []
+
+        def sample() -> None:
+            for entry in ctl.status()["connections"]:
+                rates.append(entry.get("throughput", {}).get("from_client", 0.0))
+
+        limited = throughput(during=sample)
         # A policer never lets TCP above its rate; TCP reaches a good part of it.
         assert 0.1 * LIMIT < limited < 1.1 * LIMIT, limited
+        # Meanwhile the controller's own ingress counters saw the policed rate.
+        seen = [rate for rate in rates if rate > 0]
+        assert seen and max(seen) < 1.2 * LIMIT and max(seen) > 0.05 * LIMIT, rates
         assert count_ef_packets() > 100  # the receiver saw EF-marked IP packets
 
         # Without the level the same wire runs unpoliced, and the meters go.
