@@ -112,12 +112,12 @@ class SwitchState:
     flows: dict[FlowKey, FlowSpec] | None = None  # ours, by key; None until read from the switch
     meters: dict[int, MeterSpec] = field(default_factory=dict)  # ours, by id; read with the flows
     groups: dict[int, GroupSpec] = field(default_factory=dict)  # ours, by id; read with the flows
+    since: float = 0.0
+    epoch: int = 0  # bumped by every program; a read answered from an older epoch is stale
 
     def objects(self) -> dict[str, dict[int, object]]:
         """Meters and groups, by kind."""
         return {"meter": self.meters, "group": self.groups}
-    since: float = 0.0
-    epoch: int = 0  # bumped by every program; a read answered from an older epoch is stale
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ class Controller:
         if switch is None:
             log.warning("datapath %#x is not in fabric %s: left alone", dpid, self.fabric.name)
             return []
-        state = SwitchState(switch.name, dpid, True, {p.name: p for p in ports}, None, now)
+        state = SwitchState(switch.name, dpid, ports={p.name: p for p in ports}, since=now)
         self.switches[switch.name] = state
         self._fabric_changed()
         log.info("switch %s (dpid %#x) connected with %d ports", switch.name, dpid, len(state.ports))
