@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from concurrent import futures
 
 import grpc
+
+from . import connection_pb2_grpc, networkservice_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 
 def unix_path(address: str) -> str | None:
@@ -59,3 +65,26 @@ def bind(server: grpc.Server, listen: Sequence[str]) -> tuple[list[str], list[st
             sockets.append(path)
         listening.append(address if path is not None else f"{address.rsplit(':', 1)[0]}:{port}")
     return listening, sockets
+
+
+def serve_nsm(servicer: object, listen: Sequence[str], max_workers: int, thread_name_prefix: str
+              ) -> tuple[grpc.Server, list[str], list[str]]:
+    """A started server offering ``servicer`` as NSM's NetworkService and MonitorConnection on every
+    address: (server, addresses as bound, unix socket paths). Every open MonitorConnections stream
+    holds a worker thread, so ``max_workers`` should be generous."""
+    pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+    server = grpc.server(pool)
+    networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(servicer, server)
+    connection_pb2_grpc.add_MonitorConnectionServicer_to_server(servicer, server)
+    listening, sockets = bind(server, listen)
+    server.start()
+    return server, listening, sockets
+
+
+def remove_sockets(paths: Iterable[str]) -> None:
+    """Remove the socket files of a stopped server; one another process has taken is left, and said."""
+    for path in paths:
+        try:
+            clear_stale_socket(path)
+        except OSError as exc:
+            log.warning("leaving socket %s: %s", path, exc)

@@ -58,7 +58,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -69,7 +68,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2, networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection, ConnectionEvent, Mechanism, MonitorScopeSelector
 from nsm_api.paths import append_segment
-from nsm_api.serving import bind, clear_stale_socket
+from nsm_api.serving import remove_sockets, serve_nsm
 from ovs_forwarder.ovsdb import Ovsdb, PortInfo
 from ovs_forwarder.plumbing import (
     CONNECTION_KEY,
@@ -367,14 +366,9 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
         if not listen:
             raise ValueError("nothing to listen on")
         self.start()
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
-                                                        thread_name_prefix="ovs-forwarder-grpc"))
-        networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(self, server)
-        connection_pb2_grpc.add_MonitorConnectionServicer_to_server(self, server)
-        listening, sockets = bind(server, listen)
+        server, listening, sockets = serve_nsm(self, listen, max_workers, "ovs-forwarder-grpc")
         self.listening.extend(listening)
         self._sockets.extend(sockets)
-        server.start()
         self._server = server
         return server
 
@@ -391,11 +385,7 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
         with self._idle:
             # A handler cancelled by the server stop may still be plumbing: let it finish.
             self._idle.wait_for(lambda: self._busy == 0)
-        for path in self._sockets:
-            try:
-                clear_stale_socket(path)
-            except OSError as exc:
-                log.warning("leaving socket %s: %s", path, exc)
+        remove_sockets(self._sockets)
         self._sockets.clear()
         if self._janitor is not None and self._janitor is not threading.current_thread():
             self._janitor.join()

@@ -21,13 +21,11 @@ prefixed "unsigned:". Peers that verify tokens will reject it.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
@@ -36,7 +34,7 @@ from google.protobuf import empty_pb2
 from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2, networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection, ConnectionEvent, MonitorScopeSelector
 from nsm_api.paths import append_segment
-from nsm_api.serving import bind
+from nsm_api.serving import remove_sockets, serve_nsm
 
 from .model import Attachment, ClientRequest, FrozenMap, ModelError, Resources
 from .sources.ovsdb import dns_label
@@ -198,14 +196,9 @@ class NsmServer(networkservice_pb2_grpc.NetworkServiceServicer,
 
     def serve(self, listen: Sequence[str], max_workers: int = 32) -> grpc.Server:
         """Serve on each address (`unix:///path` or `host:port`); each monitor stream holds a worker."""
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
-                                                        thread_name_prefix="ryu-nsm-grpc"))
-        networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(self, server)
-        connection_pb2_grpc.add_MonitorConnectionServicer_to_server(self, server)
-        listening, sockets = bind(server, listen)
+        server, listening, sockets = serve_nsm(self, listen, max_workers, "ryu-nsm-grpc")
         self.listening.extend(listening)
         self._sockets.extend(sockets)
-        server.start()
         self._server = server
         return server
 
@@ -215,11 +208,7 @@ class NsmServer(networkservice_pb2_grpc.NetworkServiceServicer,
         if self._server is not None:
             self._server.stop(grace).wait()
             self._server = None
-        for path in self._sockets:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        remove_sockets(self._sockets)
         self._sockets.clear()
 
     # ---- plain API ---------------------------------------------------------------------------------
