@@ -6,17 +6,20 @@ import textwrap
 from pathlib import Path
 
 
+def echo_service(namespace: str | None = None) -> str:
+    """The NetworkService ``echo`` (payload ETHERNET) as YAML, in ``namespace`` if given."""
+    where = f", namespace: {namespace}" if namespace else ""
+    return f"apiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {{name: echo{where}}}\n" \
+           "spec: {payload: ETHERNET}\n"
+
+
 def write_echo_requests(directory: Path, client: str, server: str) -> Path:
     """Write service.yaml (service + endpoint at ``server``) and client.yaml (Pod at ``client``).
 
     ``client`` and ``server`` are attachments, "bridge/port". Returns ``directory``.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "service.yaml").write_text(textwrap.dedent(f"""\
-        apiVersion: networkservicemesh.io/v1
-        kind: NetworkService
-        metadata: {{name: echo}}
-        spec: {{payload: ETHERNET}}
+    (directory / "service.yaml").write_text(echo_service() + textwrap.dedent(f"""\
         ---
         apiVersion: networkservicemesh.io/v1
         kind: NetworkServiceEndpoint

@@ -25,6 +25,7 @@ from nsm_api.connection_pb2 import Connection, Mechanism, MonitorScopeSelector
 from ryu_nsm.controlproc import ControllerProcess, wait_for
 from ryu_nsm.nsm_grpc import ATTACHMENT_PARAM, SEGMENT_NAME, TOKEN_PREFIX
 
+from .echo_requests import echo_service
 from .test_controller_ovs import A, B, build, connect, ping, teardown
 
 pytestmark = pytest.mark.ovs
@@ -33,11 +34,7 @@ pytestmark = pytest.mark.ovs
 def write_requests(directory: Path) -> Path:
     """Service echo and endpoint server (at B's server port), both in namespace nsm."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "service.yaml").write_text(textwrap.dedent(f"""\
-        apiVersion: networkservicemesh.io/v1
-        kind: NetworkService
-        metadata: {{name: echo, namespace: nsm}}
-        spec: {{payload: ETHERNET}}
+    (directory / "service.yaml").write_text(echo_service("nsm") + textwrap.dedent(f"""\
         ---
         apiVersion: networkservicemesh.io/v1
         kind: NetworkServiceEndpoint

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from ryu_nsm.controlproc import ControllerProcess, wait_for
 from ryu_nsm.flowspec import wire_cookie
 
+from .echo_requests import echo_service
 from .two_bridges import link_bridges, remove, sh, write_topology
 
 pytestmark = pytest.mark.ovs
@@ -49,12 +49,7 @@ def fabric(tmp_path):
         topology = write_topology(tmp_path / "topo.yaml", "nsm-e2e", A, B, 0xE1, 0xE2)
         requests = tmp_path / "requests"
         requests.mkdir()
-        (requests / "service.yaml").write_text(textwrap.dedent("""\
-            apiVersion: networkservicemesh.io/v1
-            kind: NetworkService
-            metadata: {name: echo, namespace: nsm}
-            spec: {payload: ETHERNET}
-            """))
+        (requests / "service.yaml").write_text(echo_service("nsm"))
         yield topology, requests
     finally:
         teardown()

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import subprocess
-import textwrap
 import threading
 import time
 import uuid
@@ -32,6 +31,7 @@ from ryu_nsm.sources.ovsdb import (
     dns_label,
 )
 
+from .echo_requests import echo_service
 from .two_bridges import add_host, link_bridges, remove, sh, write_topology
 
 TAG = f"o{os.getpid() % 10000:04d}"  # unique names: bridges, ports and namespaces of this run
@@ -401,12 +401,7 @@ def fabric(tmp_path):
         topo = write_topology(tmp_path / "topo.yaml", "two-bridges", A, B, 0xA1, 0xB1)
         requests = tmp_path / "requests"
         requests.mkdir()
-        (requests / "service.yaml").write_text(textwrap.dedent("""\
-            apiVersion: networkservicemesh.io/v1
-            kind: NetworkService
-            metadata: {name: echo, namespace: nsm}
-            spec: {payload: ETHERNET}
-            """))
+        (requests / "service.yaml").write_text(echo_service("nsm"))
         yield topo, requests
     finally:
         teardown_fabric()
