@@ -11,7 +11,6 @@ import pytest
 
 from ryu_nsm.controlproc import ControllerProcess, wait_for
 
-from .echo_requests import write_echo_requests
 from .triangle import Triangle
 from .two_bridges import sh
 
@@ -31,14 +30,8 @@ LEVEL = textwrap.dedent("""\
 
 @pytest.fixture
 def triangle(tmp_path):
-    NET.remove()
-    try:
-        topo, _ = NET.build(tmp_path, impaired=False)
-        requests = write_echo_requests(tmp_path / "requests", f"{A}/{A}-c", f"{B}/{B}-s")
-        (requests / "level.yaml").write_text(LEVEL)
+    with NET.echo(tmp_path, LEVEL) as (topo, requests, _):
         yield topo, requests
-    finally:
-        NET.remove()
 
 
 def groups(bridge: str) -> list[str]:
@@ -49,8 +42,7 @@ def groups(bridge: str) -> list[str]:
 def test_a_cut_primary_link_heals_in_the_data_plane_without_the_controller(triangle, tmp_path):
     topo, requests = triangle
     with ControllerProcess(topo, [requests], tmp_path / "ctl.log") as ctl:
-        for br in (A, B, C):
-            sh("ovs-vsctl", "set-controller", br, f"tcp:127.0.0.1:{ctl.of_port}")
+        NET.connect(ctl.of_port)
         shown = ctl.wait_connections(lambda cs: cs.get(CONN, {}).get("state") == "up", 30)[CONN]
         assert shown["path"] == [A, B] and shown["backup_path"] == [A, C, B]
         assert len(groups(A)) == len(groups(B)) == 1

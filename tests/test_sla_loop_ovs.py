@@ -18,9 +18,7 @@ import pytest
 
 from ryu_nsm.controlproc import ControllerProcess, wait_for
 
-from .echo_requests import write_echo_requests
 from .triangle import Triangle
-from .two_bridges import sh
 
 pytestmark = pytest.mark.ovs
 
@@ -38,17 +36,8 @@ LEVEL = textwrap.dedent("""\
 
 @pytest.fixture
 def triangle(tmp_path):
-    NET.remove()
-    element = None
-    try:
-        topo, element = NET.build(tmp_path, impaired=True)
-        requests = write_echo_requests(tmp_path / "requests", f"{A}/{A}-c", f"{B}/{B}-s")
-        (requests / "level.yaml").write_text(LEVEL)
-        yield topo, requests, element
-    finally:
-        if element is not None:
-            element.stop()
-        NET.remove()
+    with NET.echo(tmp_path, LEVEL, impaired=True) as built:
+        yield built
 
 
 def path(ctl) -> list[str]:
@@ -58,8 +47,7 @@ def path(ctl) -> list[str]:
 def test_a_link_that_gets_slow_during_traffic_loses_the_connection_and_traffic_goes_on(triangle, tmp_path):
     topo, requests, element = triangle
     with ControllerProcess(topo, [requests], tmp_path / "ctl.log") as ctl:
-        for br in (A, B, C):
-            sh("ovs-vsctl", "set-controller", br, f"tcp:127.0.0.1:{ctl.of_port}")
+        NET.connect(ctl.of_port)
         ctl.wait_connections(lambda cs: cs.get(CONN, {}).get("state") == "up", 30)
         assert path(ctl) == [A, B]
         # Measured and met before anything happens.

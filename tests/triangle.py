@@ -4,11 +4,14 @@ server on B, and their topology. The direct link may run through the impairment 
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from ryu_nsm.impairment import Impairment, start_in_netns
 
+from .echo_requests import write_echo_requests
 from .two_bridges import add_host, sh
 
 
@@ -40,6 +43,29 @@ class Triangle:
         a, b, c = self.bridges
         for link in (f"{a}-2", f"{c}-2", f"{a}-1", f"{b}-1"):
             sh("ip", "link", "del", link, check=False)
+
+    @contextmanager
+    def echo(self, tmp: Path, level: str, impaired: bool = False
+             ) -> Iterator[tuple[Path, Path, Impairment | None]]:
+        """The triangle, the echo requests (client on A, server on B) with ``level`` (ServiceLevel
+        YAML) beside them: (topology, requests directory, element). Everything is removed after."""
+        self.remove()
+        element = None
+        try:
+            topo, element = self.build(tmp, impaired)
+            a, b, _ = self.bridges
+            requests = write_echo_requests(tmp / "requests", f"{a}/{a}-c", f"{b}/{b}-s")
+            (requests / "level.yaml").write_text(level)
+            yield topo, requests, element
+        finally:
+            if element is not None:
+                element.stop()
+            self.remove()
+
+    def connect(self, of_port: int) -> None:
+        """Point every bridge at the controller listening on ``of_port``."""
+        for br in self.bridges:
+            sh("ovs-vsctl", "set-controller", br, f"tcp:127.0.0.1:{of_port}")
 
     def build(self, tmp: Path, impaired: bool, direct: str = "latency: 1ms", pairs: int = 1
               ) -> tuple[Path, Impairment | None]:
@@ -73,8 +99,11 @@ class Triangle:
         hosts = []
         for i in range(pairs):
             suffix = str(i) if i else ""
-            add_host(f"{ns_c}{suffix}", f"{a}-c{suffix}", f"10.9.2.{2 * i + 1}/24", bridge=a, ofport=10 + i)
-            add_host(f"{ns_s}{suffix}", f"{b}-s{suffix}", f"10.9.2.{2 * i + 2}/24", bridge=b, ofport=10 + i)
+            # No IPv6: its own chatter (router solicitations, MLD) would cross the wires unasked.
+            add_host(f"{ns_c}{suffix}", f"{a}-c{suffix}", f"10.9.2.{2 * i + 1}/24", bridge=a, ofport=10 + i,
+                     ipv6=False)
+            add_host(f"{ns_s}{suffix}", f"{b}-s{suffix}", f"10.9.2.{2 * i + 2}/24", bridge=b, ofport=10 + i,
+                     ipv6=False)
             for role, br, port in (("client", a, "c"), ("server", b, "s")):
                 hosts += [f"  - name: {role}{suffix}",
                           f"    interfaces: [{{name: eth0, switch: {br}, port: {10 + i}, "

@@ -23,12 +23,17 @@ def link_bridges(a: str, b: str, dpid_a: int, dpid_b: int) -> None:
         sh("ip", "link", "set", link, "up")
 
 
-def add_host(netns: str, port: str, cidr: str, bridge: str | None = None, ofport: int | None = None) -> None:
+def add_host(netns: str, port: str, cidr: str, bridge: str | None = None, ofport: int | None = None,
+             ipv6: bool = True) -> None:
     """A new namespace whose eth0 (address ``cidr``, tx offload off) is the veth peer of ``port``.
 
     With ``bridge``, ``port`` joins it (at ``ofport`` if given); else the caller attaches it.
+    Without ``ipv6`` the namespace sends no IPv6 of its own (solicitations, MLD) to count against.
     """
     sh("ip", "netns", "add", netns)
+    if not ipv6:
+        for scope in ("default", "all"):
+            sh("ip", "netns", "exec", netns, "sysctl", "-qw", f"net.ipv6.conf.{scope}.disable_ipv6=1")
     sh("ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", netns)
     sh("ip", "netns", "exec", netns, "ip", "addr", "add", cidr, "dev", "eth0")
     sh("ip", "netns", "exec", netns, "ip", "link", "set", "eth0", "up")
