@@ -6,6 +6,11 @@ Hosts with role ``"function"`` bridge their two interfaces with a Linux bridge a
 optionally drop) what passes with an nftables bridge-family table, so tests can see that traffic
 really went through a service function.
 
+A link named in ``build_network(impaired=...)`` runs through an impairment element (see
+``ryu_nsm.impairment``): a Mininet host between the two switches that relays frames in user space
+and delays, drops or rate-limits them on command (these kernels have no netem). The switches still
+see one link with the declared ports; ``FabricNet.impairment(link)`` returns the element's client.
+
 Everything this module creates is marked with its owner (pid and start time): OVS bridges in
 ``external_ids``, root-namespace veths in their interface alias. ``cleanup()`` removes only marked
 state whose owner is gone (or, on request, this process's own), never anyone else's, and it ends no
@@ -28,11 +33,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from mininet.link import Intf, Link, TCIntf
+from mininet.link import Intf, TCIntf
+from mininet.link import Link as MnLink
 from mininet.net import Mininet
 from mininet.node import Node, OVSSwitch, RemoteController
 
-from .fabric import Fabric, Host
+from .fabric import Fabric, Host, Link
+from .impairment import Impairment, start_in_netns
 
 # Importing Mininet makes every logger created afterwards a MininetLogger at level OUTPUT (25) with a
 # console handler of its own, which silences INFO of any module imported later in this process.
@@ -248,12 +255,32 @@ def _switch_side_names(fabric: Fabric) -> list[tuple[str, str, int]]:
     return names
 
 
-def _validate(fabric: Fabric) -> None:
+def find_link(fabric: Fabric, name: str) -> Link:
+    """The fabric's link called ``name``: its full name (``s1:3-s3:2``) or, when only one link joins
+    the two switches, ``s1-s3`` (either order). Raises FabricNetError naming the choices otherwise."""
+    for link in fabric.links:
+        if link.name == name:
+            return link
+    ends = name.split("-")
+    pair = [link for link in fabric.links if len(ends) == 2 and {link.a, link.b} == set(ends)]
+    if len(pair) == 1:
+        return pair[0]
+    known = ", ".join(f"{lk.a}-{lk.b}" for lk in fabric.links)
+    why = "several links join these switches: use the full name" if pair else f"links: {known}"
+    raise FabricNetError(f"fabric {fabric.name}: no single link {name!r} ({why})")
+
+
+def impairment_host(link: Link) -> str:
+    """The name of the Mininet host that carries the impairment element of ``link``."""
+    return f"imp-{link.a}-{link.b}-{link.a_port}"
+
+
+def _validate(fabric: Fabric, impaired: Iterable[Link] = ()) -> None:
     problems = []
     switches = {s.name for s in fabric.switches}
     if len(switches) != len(fabric.switches):
         problems.append("duplicate switch names")
-    hosts = [h.name for h in fabric.hosts]
+    hosts = [h.name for h in fabric.hosts] + [impairment_host(link) for link in impaired]
     if len(set(hosts)) != len(hosts) or switches & set(hosts):
         problems.append("host names must be unique and differ from switch names")
     seen_names: set[str] = set()
@@ -356,10 +383,12 @@ class FabricNet:
 
     wait_until = staticmethod(wait_until)
 
-    def __init__(self, fabric: Fabric, net: Mininet, owner: str):
+    def __init__(self, fabric: Fabric, net: Mininet, owner: str, impaired: Iterable[Link] = ()):
         self.fabric = fabric
         self.net = net
         self.owner = owner
+        self.impaired = tuple(impaired)
+        self._elements: dict[str, Impairment] = {}
         self._procs: list[subprocess.Popen[str]] = []
         self._stopped = False
         _LIVE.add(self)
@@ -392,19 +421,32 @@ class FabricNet:
             # Interfaces created later inherit "default", so no IPv6 frame ever leaves a host.
             _run(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
                   "net.ipv6.conf.default.disable_ipv6=1", "net.ipv6.conf.lo.disable_ipv6=1"], node)
+        impaired = {link.name for link in self.impaired}
         for link in self.fabric.links:
             intf_cls, params = _PreparedIntf, {}
             # Mininet's tc shaping stops at 1000 Mbit/s; faster links stay unshaped.
             if shape and link.capacity <= 1e9:
                 intf_cls, params = _PreparedTCIntf, {"bw": link.capacity / 1e6}
-            net.addLink(link.a, link.b, port1=link.a_port, port2=link.b_port, cls=Link,
-                        intfName1=f"{link.a}-eth{link.a_port}", intfName2=f"{link.b}-eth{link.b_port}",
-                        cls1=intf_cls, cls2=intf_cls, params1=params, params2=dict(params))
+            side_a, side_b = f"{link.a}-eth{link.a_port}", f"{link.b}-eth{link.b_port}"
+            if link.name not in impaired:
+                net.addLink(link.a, link.b, port1=link.a_port, port2=link.b_port, cls=MnLink,
+                            intfName1=side_a, intfName2=side_b,
+                            cls1=intf_cls, cls2=intf_cls, params1=params, params2=dict(params))
+                continue
+            # switch a – element (a, b) – switch b; each switch keeps its declared port and name.
+            element = net.addHost(impairment_host(link), ip=None)
+            _run(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+                  "net.ipv6.conf.default.disable_ipv6=1"], element)
+            for switch, port, side, inner in ((link.a, link.a_port, side_a, "a"),
+                                              (link.b, link.b_port, side_b, "b")):
+                net.addLink(switch, element.name, port1=port, port2=0 if inner == "a" else 1, cls=MnLink,
+                            intfName1=side, intfName2=inner, cls1=intf_cls, cls2=_PreparedIntf,
+                            params1=dict(params))
         for host in self.fabric.hosts:
             for index, intf in enumerate(host.interfaces):
                 params2 = {"ip": intf.ip} if intf.ip else {}
                 extra = {"addr2": intf.mac} if intf.mac else {}
-                net.addLink(intf.switch, host.name, port1=intf.port, port2=index, cls=Link,
+                net.addLink(intf.switch, host.name, port1=intf.port, port2=index, cls=MnLink,
                             intfName1=intf.port_name, intfName2=intf.name,
                             cls1=_PreparedIntf, cls2=_PreparedIntf, params2=params2, **extra)
         net.build()
@@ -413,6 +455,26 @@ class FabricNet:
                 self._make_function(host)
         net.start()
         self.check_ports()
+        for link in self.impaired:
+            node = self.host(impairment_host(link))
+            control = f"/tmp/ryu-nsm-{self.owner.replace(':', '-')}-{node.name}.sock"
+            # Seeded, so a run's losses repeat; the element stops with this process at the latest.
+            self._elements[link.name] = start_in_netns(node, "a", "b", control, seed=1)
+
+    def impairment(self, link: str) -> Impairment:
+        """The impairment element on ``link`` (a name ``find_link`` accepts), to delay or drop frames."""
+        found = find_link(self.fabric, link)
+        if found.name not in self._elements:
+            raise FabricNetError(f"link {found.a}-{found.b} has no impairment element "
+                                 "(name it in build_network(impaired=...))")
+        return self._elements[found.name]
+
+    def set_link(self, link: str, up: bool) -> None:
+        """Cut (``up=False``) or restore a link: both switch-side interfaces go down or up, so each
+        switch sees its port lose carrier, as on a pulled cable (also through an element)."""
+        found = find_link(self.fabric, link)
+        for switch, port in ((found.a, found.a_port), (found.b, found.b_port)):
+            _run(["ip", "link", "set", "dev", f"{switch}-eth{port}", "up" if up else "down"])
 
     def _make_function(self, host: Host) -> None:
         node = self.host(host.name)
@@ -473,6 +535,9 @@ class FabricNet:
         for proc in self._procs:
             _reap(proc)
         self._procs.clear()
+        for element in self._elements.values():
+            element.stop()
+        self._elements.clear()
         nodes = self.net.hosts + self.net.switches + self.net.controllers
         shells = [n.shell for n in nodes if n.shell is not None]
         try:
@@ -544,20 +609,38 @@ class FabricNet:
 
     def iperf_tcp(self, src: str, dst: str, dst_ip: str, seconds: int = 2, port: int = 5201) -> float:
         """TCP throughput in bit/s from ``src`` to ``dst_ip`` on host ``dst``, measured by iperf3."""
+        return self.iperf_tcp_together([(src, dst, dst_ip, port)], seconds)[0]
+
+    def iperf_tcp_together(self, runs: Iterable[tuple[str, str, str, int]], seconds: int = 2) -> list[float]:
+        """TCP throughput in bit/s of several iperf3 runs at the same time, each (src, dst, dst_ip,
+        port): servers on ``dst`` listen on ``port`` first, then every client starts at once."""
+        runs = list(runs)
         limit = str(seconds + 20)
-        server = self._spawn(dst, ["timeout", limit, "iperf3", "-s", "-1", "-B", dst_ip, "-p", str(port)])
+        servers, clients = [], []
         try:
-            listening = wait_until(lambda: self._listening(dst, port) or server.poll() is not None, 10)
-            if not listening or server.poll() is not None:
-                raise FabricNetError(f"iperf3 server on {dst} did not start: {_drain(server)}")
-            proc = _run(["iperf3", "-c", dst_ip, "-p", str(port), "-t", str(seconds), "-J"],
-                        self.host(src), timeout=seconds + 20, check=False)
-            report = json.loads(proc.stdout or "{}")
-            if proc.returncode != 0 or "error" in report:
-                raise FabricNetError(f"iperf3 {src} → {dst_ip}: {report.get('error', proc.stderr.strip())}")
-            return float(report["end"]["sum_received"]["bits_per_second"])
+            for _src, dst, dst_ip, port in runs:
+                servers.append(self._spawn(dst, ["timeout", limit, "iperf3", "-s", "-1", "-B", dst_ip,
+                                                 "-p", str(port)]))
+            for (_src, dst, _ip, port), server in zip(runs, servers, strict=True):
+                listening = wait_until(
+                    lambda d=dst, p=port, s=server: self._listening(d, p) or s.poll() is not None, 10)
+                if not listening or server.poll() is not None:
+                    raise FabricNetError(f"iperf3 server on {dst} did not start: {_drain(server)}")
+            for src, _dst, dst_ip, port in runs:
+                clients.append(self._spawn(src, ["timeout", limit, "iperf3", "-c", dst_ip, "-p", str(port),
+                                                 "-t", str(seconds), "-J"]))
+            rates = []
+            for (src, _dst, dst_ip, _port), client in zip(runs, clients, strict=True):
+                out, err = client.communicate(timeout=seconds + 25)
+                report = json.loads(out or "{}")
+                # With -J iperf3 may exit 0 and report only an error.
+                if client.returncode != 0 or "error" in report or "end" not in report:
+                    raise FabricNetError(f"iperf3 {src} → {dst_ip}: {report.get('error', err.strip())}")
+                rates.append(float(report["end"]["sum_received"]["bits_per_second"]))
+            return rates
         finally:
-            _reap(server)
+            for proc in servers + clients:
+                _reap(proc)
 
     def dump_flows(self) -> dict[str, str]:
         """``ovs-ofctl dump-flows`` text per switch of this network."""
@@ -605,15 +688,17 @@ def _drain(proc: subprocess.Popen[str]) -> str:
 
 
 def build_network(fabric: Fabric, controller_port: int | None, controller_ip: str = "127.0.0.1",
-                  *, shape: bool = False) -> FabricNet:
+                  *, shape: bool = False, impaired: Iterable[str] = ()) -> FabricNet:
     """Build and start a Mininet network for ``fabric``; every declared port name and number is checked.
 
     With ``controller_port`` the switches connect to a remote OpenFlow controller; with None they have
     none (flows can be pushed with ovs-ofctl). ``shape=True`` limits each switch link of at most
-    1 Gbit/s to its capacity with tc (htb, both directions). On any failure everything built so far
-    is removed before the error is raised.
+    1 Gbit/s to its capacity with tc (htb, both directions). ``impaired`` names links (see
+    ``find_link``) that run through an impairment element, which relays frames unchanged until told
+    otherwise. On any failure everything built so far is removed before the error is raised.
     """
-    _validate(fabric)
+    links = tuple(dict.fromkeys(find_link(fabric, name) for name in impaired))
+    _validate(fabric, links)
     _require_ovs()
     cleanup()
     _check_free(fabric)
@@ -621,7 +706,7 @@ def build_network(fabric: Fabric, controller_port: int | None, controller_ip: st
     assert owner is not None  # our own process is alive
     net = Mininet(topo=None, build=False, controller=None, autoSetMacs=False, autoStaticArp=False,
                   waitConnected=False)
-    fnet = FabricNet(fabric, net, owner)
+    fnet = FabricNet(fabric, net, owner, links)
     try:
         fnet._build(controller_port, controller_ip, shape)
     except BaseException:
