@@ -9,10 +9,7 @@ client2 for silver (server2); each test puts its ServiceLevels beside the reques
 
 from __future__ import annotations
 
-import re
 import shutil
-import signal
-import subprocess
 import textwrap
 import time
 from collections.abc import Iterator
@@ -85,25 +82,6 @@ def qos(tmp_path, clean_mininet, request) -> Iterator[Qos]:
             assert ctl.errors() == [], "the switches rejected messages"
 
 
-class Pinger:
-    """A ping running in the background from a host (``-i`` seconds apart); ``stop()`` gives the
-    round-trip times of the replies, in order, and the number sent."""
-
-    def __init__(self, net: FabricNet, src: str, dst_ip: str, interval: float):
-        node = net.host(src)
-        self.proc = subprocess.Popen(["mnexec", "-a", str(node.pid), "timeout", "120", "ping", "-n", "-i",
-                                      str(interval), "-W", "1", dst_ip],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-
-    def stop(self) -> tuple[list[float], int]:
-        self.proc.send_signal(signal.SIGINT)  # ping sums up on SIGINT
-        out, _ = self.proc.communicate(timeout=10)
-        replies = [float(m[1]) for m in re.finditer(r"time=([\d.]+) ms", out)]
-        sent = re.search(r"(\d+) packets transmitted", out)
-        assert sent is not None, out
-        return replies, int(sent[1])
-
-
 @pytest.mark.levels(level("gold-limited", "gold", rateLimit="20M"))
 def test_a_rate_limited_connection_stays_within_its_limit(qos):
     # The same run measures what the link gives a connection without a limit.
@@ -147,9 +125,9 @@ def test_without_guarantees_both_share_the_short_link(qos):
 def test_a_latency_bound_keeps_the_connection_off_the_slow_link(qos):
     qos.element.set(delay_ms=20)  # the short link really is as slow as declared
     assert qos.path(GOLD) == LONG and qos.path(SILVER) == SHORT
-    gold, silver = Pinger(qos.net, "client1", SERVER1, 0.2), Pinger(qos.net, "client2", SERVER2, 0.2)
+    gold, silver = qos.net.start_ping("client1", SERVER1, 0.2), qos.net.start_ping("client2", SERVER2, 0.2)
     time.sleep(2)  # a sample of round trips, not a wait for readiness
-    (gold_rtt, _), (silver_rtt, _) = gold.stop(), silver.stop()
+    gold_rtt, silver_rtt = gold.stop().rtts, silver.stop().rtts
     assert gold_rtt and max(gold_rtt) < 20, gold_rtt
     assert silver_rtt and min(silver_rtt) > 40, silver_rtt
 
@@ -160,7 +138,7 @@ def test_delay_then_loss_on_a_link_during_traffic_moves_the_connections_they_bre
     assert qos.path(GOLD) == qos.path(SILVER) == SHORT
     for cid in (GOLD, SILVER):
         assert wait_until(lambda c=cid: qos.ctl.connections()[c].get("measured", {}).get("met") is True, 20)
-    gold, silver = Pinger(qos.net, "client1", SERVER1, 0.05), Pinger(qos.net, "client2", SERVER2, 0.05)
+    gold, silver = qos.net.start_ping("client1", SERVER1, 0.05), qos.net.start_ping("client2", SERVER2, 0.05)
     try:
         # 30 ms of delay breaks gold's bound, not silver's (it has none).
         qos.element.set(delay_ms=30)
@@ -194,7 +172,8 @@ def test_a_protected_connection_survives_a_link_cut_without_the_controller(qos):
     assert qos.ctl.connections()[GOLD].get("backup_path") == LONG
     qos.ctl.stop()  # fail_mode secure keeps the flows: only the data plane can heal the cut
     interval = 0.01
-    gold, silver = Pinger(qos.net, "client1", SERVER1, interval), Pinger(qos.net, "client2", SERVER2, 0.05)
+    gold = qos.net.start_ping("client1", SERVER1, interval)
+    silver = qos.net.start_ping("client2", SERVER2, 0.05)
     try:
         time.sleep(1)  # echoes before the cut
         qos.net.set_link("s1-s2", up=False)

@@ -1,8 +1,10 @@
 """``ryu-nsm demo``: a Mininet fabric, the controller, and the chain client → firewall → dpi → gateway.
 
 Shows in plain words that the client's traffic passes each service function in order, that the
-firewall really filters (telnet is dropped), that a host without a request reaches nothing, and
-that deleting the request stops the traffic. Cleans up after itself, also on Ctrl-C.
+firewall really filters (telnet is dropped), that a host without a request reaches nothing, that a
+service level limits the chain's rate and keeps its latency bound when a link gets slow (the link
+s1–s2 runs through an impairment element), and that deleting the request stops the traffic. Cleans
+up after itself, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -19,6 +21,21 @@ from .report import render_text
 
 CLIENT, INTRUDER, GATEWAY, GATEWAY_IP = "client", "intruder", "gateway", "10.0.0.254"
 FUNCTIONS = ("firewall", "dpi")
+CLIENT_WIRE = f"default/{CLIENT}/nsm-1"
+SLOW_LINK = "s1-s2"  # the client's wire to the firewall; it runs through the impairment element
+RATE_LIMIT = 20e6
+# What the operator adds in step 6: each wire of the chain at most 20 Mbit/s each way, 10 ms of fabric
+# latency, EF-marked.
+SERVICE_LEVEL = """\
+apiVersion: ryu-nsm.io/v1alpha1
+kind: ServiceLevel
+metadata: {name: secure-internet-gold}
+spec:
+  networkService: secure-internet
+  rateLimit: 20M
+  maxLatency: 10ms
+  dscp: EF
+"""
 
 
 def say(text: str = "") -> None:
@@ -65,7 +82,7 @@ def run_demo(args) -> int:
             f"{len(fabric.switches)} switches, {len(fabric.links)} links")
         say(f"controller log: {controller.log_path}")
         controller.start()
-        net = build_network(fabric, controller.of_port)
+        net = build_network(fabric, controller.of_port, impaired=[SLOW_LINK])
         net.set_function_filter("firewall", drop_tcp_ports=[23])
         say("waiting for the chain to come up …")
         controller.wait_connections(
@@ -103,7 +120,9 @@ def run_demo(args) -> int:
         check(ping.received == 0, "no reply: a host without a connection reaches nothing",
               f"the intruder got {ping.received} replies")
 
-        say(f"5. the {CLIENT} Pod's request is deleted")
+        _service_level_steps(controller, net, requests, check)
+
+        say(f"8. the {CLIENT} Pod's request is deleted")
         (requests / "pods.yaml").write_text(_without_pod((requests / "pods.yaml").read_text(), CLIENT))
         controller.wait_connections(lambda cs: f"default/{CLIENT}/nsm-1" not in cs, timeout=30)
         deadline = time.monotonic() + 10
@@ -128,6 +147,46 @@ def run_demo(args) -> int:
     say()
     say("demo: all steps passed" if not failures else f"demo: {len(failures)} step(s) failed")
     return 0 if not failures else 1
+
+
+def _service_level_steps(controller, net, requests: Path, check) -> None:
+    """Steps 5-7: a rate limit measured with iperf3, then a link that gets slow during a ping."""
+    say(f"5. {CLIENT} sends TCP to the gateway with iperf3 (no service level yet)")
+    free = net.iperf_tcp(CLIENT, GATEWAY, GATEWAY_IP, seconds=3)
+    say(f"  {free / 1e6:.0f} Mbit/s")
+
+    say("6. the operator adds a ServiceLevel for secure-internet: 20 Mbit/s, 10 ms per wire, EF")
+    (requests / "levels.yaml").write_text(SERVICE_LEVEL)
+    conns = controller.wait_connections(
+        lambda cs: cs.get(CLIENT_WIRE, {}).get("service_level") and all(
+            c["state"] == "up" for c in cs.values()), timeout=30)
+    say(f"  {CLIENT_WIRE}: {conns[CLIENT_WIRE]['service_level']['summary']}; meters at "
+        f"{', '.join(sorted(conns[CLIENT_WIRE].get('meters', {})))}")
+    limited = net.iperf_tcp(CLIENT, GATEWAY, GATEWAY_IP, seconds=3)
+    check(limited <= RATE_LIMIT * 1.1 and free > 2 * limited,
+          f"{limited / 1e6:.1f} Mbit/s now: the ingress switches' meters hold it under 20 Mbit/s",
+          f"{limited / 1e6:.1f} Mbit/s with the limit (free: {free / 1e6:.0f} Mbit/s)")
+
+    before = controller.connections()[CLIENT_WIRE]["path"]
+    say(f"7. the link {SLOW_LINK} ({CLIENT} → firewall, path {'-'.join(before)}) gets 30 ms slower "
+        "while the client pings")
+    ping = net.start_ping(CLIENT, GATEWAY_IP, interval=0.05)
+    try:
+        net.impairment(SLOW_LINK).set(delay_ms=30)
+        moved = controller.wait_connections(
+            lambda cs: cs[CLIENT_WIRE]["path"] != before and cs[CLIENT_WIRE]["state"] == "up", timeout=30)
+        time.sleep(1)  # a second of echoes on the new path
+    finally:
+        replies = ping.stop()
+    history = [h["what"] for h in controller.status()["history"] if h["connection"] == CLIENT_WIRE]
+    why = next((h for h in reversed(history) if "broken" in h), history[-1])
+    say(f"  the controller measured it and moved the wire to {'-'.join(moved[CLIENT_WIRE]['path'])}")
+    say(f"  ({why})")
+    rtts = replies.rtts or [0.0]
+    check(replies.lost <= 0.1 * replies.sent and max(rtts) > 60 and min(rtts[-10:]) < 30,
+          f"the ping went on: {len(replies.rtts)}/{replies.sent} replies, the slowest {max(rtts):.0f} ms "
+          f"(over the slow link), the last {rtts[-1]:.1f} ms",
+          f"the ping suffered: {len(replies.rtts)}/{replies.sent} replies, the slowest {max(rtts):.0f} ms")
 
 
 def _without_pod(text: str, name: str) -> str:

@@ -64,6 +64,17 @@ class PingResult(NamedTuple):
     received: int
 
 
+class PingReplies(NamedTuple):
+    """What a background ping saw: round-trip times (ms) of the replies in order, and echoes sent."""
+
+    rtts: list[float]
+    sent: int
+
+    @property
+    def lost(self) -> int:
+        return self.sent - len(self.rtts)
+
+
 class CounterValue(NamedTuple):
     packets: int
     bytes: int
@@ -595,6 +606,14 @@ class FabricNet:
             raise FabricNetError(f"ping from {src} to {dst_ip} gave no summary: {proc.stdout}{proc.stderr}")
         return PingResult(int(match[1]), int(match[2]))
 
+    def start_ping(self, src: str, dst_ip: str, interval: float = 0.05,
+                   limit: float = 120.0) -> BackgroundPing:
+        """Start pinging ``dst_ip`` from ``src`` every ``interval`` seconds (for at most ``limit``);
+        ``stop()`` on the result ends it and says what came back."""
+        ipaddress.ip_address(dst_ip)
+        proc = self._spawn(src, ["timeout", str(limit), "ping", "-n", "-i", str(interval), "-W", "1", dst_ip])
+        return BackgroundPing(proc)
+
     def tcp_check(self, src: str, dst: str, dst_ip: str, port: int, timeout: float = 3.0) -> bool:
         """True when ``src`` connects to ``dst_ip:port`` (listener on host ``dst``) and bytes go both ways."""
         server = self._spawn(dst, [sys.executable, "-c", _TCP_SERVER, dst_ip, str(port), str(timeout + 2)])
@@ -668,6 +687,23 @@ class FabricNet:
         got = proc.stdout.readline().strip() if ready and proc.stdout else ""
         if got != line:
             raise FabricNetError(f"{what} not ready: {got!r} {_drain(proc)}")
+
+
+class BackgroundPing:
+    """A ping running in a host (see ``FabricNet.start_ping``)."""
+
+    def __init__(self, proc: subprocess.Popen[str]):
+        self.proc = proc
+
+    def stop(self) -> PingReplies:
+        """End the ping (it sums up on SIGINT) and return its replies."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        out, err = self.proc.communicate(timeout=10)
+        sent = re.search(r"(\d+) packets transmitted", out)
+        if sent is None:
+            raise FabricNetError(f"ping gave no summary: {out}{err}")
+        return PingReplies([float(m[1]) for m in re.finditer(r"time=([\d.]+) ms", out)], int(sent[1]))
 
 
 def _reap(proc: subprocess.Popen[str]) -> None:
