@@ -1,5 +1,8 @@
 """Three netdev bridges in a triangle (A–B direct, A–C–B the other way), a client namespace on A and a
-server on B, and their topology. The direct link may run through the impairment element."""
+server on B, and their topology. The direct link may run through the impairment element.
+
+(The Mininet QoS tests use topologies/qos-triangle.yaml; this one serves the netdev tests and
+bench/qos_failover.py, which need no Mininet.)"""
 
 from __future__ import annotations
 
@@ -38,8 +41,7 @@ class Triangle:
         for br in self.bridges:
             sh("ovs-vsctl", "--if-exists", "del-br", br, check=False)
         for ns in self.namespaces:
-            for suffix in ("", "1", "2"):
-                sh("ip", "netns", "del", f"{ns}{suffix}", check=False)
+            sh("ip", "netns", "del", ns, check=False)
         a, b, c = self.bridges
         for link in (f"{a}-2", f"{c}-2", f"{a}-1", f"{b}-1"):
             sh("ip", "link", "del", link, check=False)
@@ -67,15 +69,9 @@ class Triangle:
         for br in self.bridges:
             sh("ovs-vsctl", "set-controller", br, f"tcp:127.0.0.1:{of_port}")
 
-    def build(self, tmp: Path, impaired: bool, direct: str = "latency: 1ms", pairs: int = 1
-              ) -> tuple[Path, Impairment | None]:
-        """Bridges, links, hosts, topology.yaml; the element if ``impaired``.
-
-        ``direct``: the A–B link's attributes in the topology (e.g. ``latency: 20ms, capacity: 100M``).
-        ``pairs``: client i on A port 10+i (10.9.2.<2i+1>) and server i on B port 10+i (10.9.2.<2i+2>),
-        one subnet, as a client may be wired to any server; the first pair is named client and
-        server, the others client<i> and server<i>.
-        """
+    def build(self, tmp: Path, impaired: bool) -> tuple[Path, Impairment | None]:
+        """Bridges, links, the client (A port 10, 10.9.2.1) and server (B port 10, 10.9.2.2), and
+        topology.yaml; the element on the direct link if ``impaired``."""
         a, b, c = self.bridges
         ns_c, ns_s, ns_i = self.namespaces
         for br, dpid in ((a, 0xA3), (b, 0xB3), (c, 0xC3)):
@@ -96,18 +92,9 @@ class Triangle:
         _veth(f"{c}-2", f"{b}-2")
         for br, port, number in ((a, f"{a}-2", 2), (c, f"{c}-1", 1), (c, f"{c}-2", 2), (b, f"{b}-2", 2)):
             _attach(br, port, number)
-        hosts = []
-        for i in range(pairs):
-            suffix = str(i) if i else ""
-            # No IPv6: its own chatter (router solicitations, MLD) would cross the wires unasked.
-            add_host(f"{ns_c}{suffix}", f"{a}-c{suffix}", f"10.9.2.{2 * i + 1}/24", bridge=a, ofport=10 + i,
-                     ipv6=False)
-            add_host(f"{ns_s}{suffix}", f"{b}-s{suffix}", f"10.9.2.{2 * i + 2}/24", bridge=b, ofport=10 + i,
-                     ipv6=False)
-            for role, br, port in (("client", a, "c"), ("server", b, "s")):
-                hosts += [f"  - name: {role}{suffix}",
-                          f"    interfaces: [{{name: eth0, switch: {br}, port: {10 + i}, "
-                          f"port_name: {br}-{port}{suffix}}}]"]
+        # No IPv6: its own chatter (router solicitations, MLD) would cross the wires unasked.
+        add_host(ns_c, f"{a}-c", "10.9.2.1/24", bridge=a, ofport=10, ipv6=False)
+        add_host(ns_s, f"{b}-s", "10.9.2.2/24", bridge=b, ofport=10, ipv6=False)
         if impaired:
             element = start_in_netns(ns_i, f"{self.tag}ia", f"{self.tag}ib", str(tmp / "imp.sock"), seed=1)
         topo = tmp / "topo.yaml"
@@ -118,11 +105,15 @@ class Triangle:
               - {{name: {b}, dpid: 0xb3}}
               - {{name: {c}, dpid: 0xc3}}
             links:
-              - {{a: {a}, b: {b}, a_port: 1, b_port: 1, {direct}}}
+              - {{a: {a}, b: {b}, a_port: 1, b_port: 1, latency: 1ms}}
               - {{a: {a}, b: {c}, a_port: 2, b_port: 1, latency: 1ms}}
               - {{a: {c}, b: {b}, a_port: 2, b_port: 2, latency: 1ms}}
             hosts:
-            """) + "\n".join(hosts) + "\n")
+              - name: client
+                interfaces: [{{name: eth0, switch: {a}, port: 10, port_name: {a}-c}}]
+              - name: server
+                interfaces: [{{name: eth0, switch: {b}, port: 10, port_name: {b}-s}}]
+            """))
         return topo, element
 
 
