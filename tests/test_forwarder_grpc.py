@@ -34,7 +34,18 @@ from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from ovs_forwarder.ovsdb import Ovsdb
 from ovs_forwarder.plumbing import host_ifname
 from ovs_forwarder.server import Forwarder, RequestError, matches, select_mechanism, stamp_path, translate
+from tests.forwarder_support import (
+    attached,
+    bridge_ports,
+    connection_ids,
+    netdev_bridge,
+    netns_names,
+    ovs_by_connection,
+    root_links,
+    wait_for,
+)
 from tests.test_nsm_api import decode, entry, msg, num, text
+from tests.two_bridges import sh
 
 pytestmark = pytest.mark.ovs
 
@@ -47,18 +58,6 @@ FORWARDER_NUMBERS = itertools.count()
 
 
 # ---- system helpers --------------------------------------------------------------------------
-
-
-def sh(*cmd: str, check: bool = True) -> str:
-    return subprocess.run(cmd, check=check, capture_output=True, text=True).stdout
-
-
-def wait_for(ready: Callable[[], object], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @dataclass(frozen=True)
@@ -77,33 +76,6 @@ class Netns:
 
     def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([*self.enter, *cmd], check=check, capture_output=True, text=True)
-
-
-def root_links() -> set[str]:
-    return {link["ifname"] for link in json.loads(sh("ip", "-j", "link", "show"))}
-
-
-def ovs_by_connection(connection_id: str) -> list[dict]:
-    out = json.loads(sh("ovs-vsctl", "--format=json", "--columns=_uuid,name,ofport,external_ids", "find",
-                        "Interface", f'external_ids:ryu-nsm-connection="{connection_id}"'))
-    return [{"uuid": u[1], "name": name, "ofport": ofport, "external_ids": dict(marks[1])}
-            for u, name, ofport, marks in out["data"]]
-
-
-def attached(connection_id: str) -> dict:
-    """The connection's OVS interface once ovs-vswitchd gave it an ofport (answers do not wait)."""
-    found: list[dict] = []
-
-    def ready() -> bool:
-        found[:] = ovs_by_connection(connection_id)
-        return len(found) == 1 and isinstance(found[0]["ofport"], int) and found[0]["ofport"] > 0
-
-    wait_for(ready, f"ovs-vswitchd to attach the port of {connection_id}")
-    return found[0]
-
-
-def bridge_ports() -> set[str]:
-    return set(sh("ovs-vsctl", "list-ports", BRIDGE).split())
 
 
 def ping(ns: Netns, address: str) -> bool:
@@ -227,12 +199,8 @@ def next_event(events: queue.Queue, timeout: float = RPC_TIMEOUT) -> ConnectionE
 
 @pytest.fixture(scope="module")
 def bridge() -> Iterator[str]:
-    sh("ovs-vsctl", "add-br", BRIDGE, "--", "set", "bridge", BRIDGE, "datapath_type=netdev",
-       "fail_mode=secure")
-    try:
-        yield BRIDGE
-    finally:
-        sh("ovs-vsctl", "--if-exists", "del-br", BRIDGE, check=False)
+    with netdev_bridge(BRIDGE) as name:
+        yield name
 
 
 @contextmanager
@@ -271,33 +239,15 @@ def forwarders(bridge: str, tmp_path: Path) -> Iterator[Callable[..., Client]]:
 @pytest.fixture
 def connections() -> Iterator[Callable[[str], str]]:
     """Unique connection ids; their OVS ports and host veths are removed after the test."""
-    made: list[str] = []
-
-    def new(name: str) -> str:
-        made.append(f"{TAG}/{name}/{uuid.uuid4().hex[:6]}")
-        return made[-1]
-
-    yield new
-    for connection in made:
-        for iface in ovs_by_connection(connection):
-            sh("ovs-vsctl", "--if-exists", "del-port", iface["name"], check=False)
-        sh("ip", "link", "del", host_ifname(connection), check=False)
+    with connection_ids(TAG) as new:
+        yield new
 
 
 @pytest.fixture
 def namespaces() -> Iterator[Callable[[], Netns]]:
     """Named network namespaces (inodeURL file:///var/run/netns/<name>), deleted after the test."""
-    made: list[str] = []
-
-    def new() -> Netns:
-        name = f"{TAG}-{len(made)}"
-        sh("ip", "netns", "add", name)
-        made.append(name)
-        return Netns(f"file:///var/run/netns/{name}", ("ip", "netns", "exec", name))
-
-    yield new
-    for name in made:
-        sh("ip", "netns", "del", name, check=False)
+    with netns_names(TAG) as new:
+        yield lambda: Netns(f"file:///var/run/netns/{(name := new())}", ("ip", "netns", "exec", name))
 
 
 @pytest.fixture
@@ -353,7 +303,7 @@ def test_request_refresh_close(shared, connections, namespaces, process_netns, k
     routes = {(r["dst"], r.get("gateway")) for r in ns.ip("route", "show", "dev", "nsm-1")}
     assert ("10.82.0.0/16", "10.81.0.254") in routes
     iface = attached(conn)
-    assert iface["name"] == host and host in bridge_ports()
+    assert iface["name"] == host and host in bridge_ports(BRIDGE)
     assert {k: v for k, v in iface["external_ids"].items() if k != "ryu-nsm-expires"} == {
         "ryu-nsm-connection": conn, "ryu-nsm-role": "client", "ryu-nsm-service": "echo",
         "ryu-nsm-labels": '{"app":"web"}', "ryu-nsm-netns": ns.url, "ryu-nsm-owner": shared.name,
@@ -374,7 +324,7 @@ def test_request_refresh_close(shared, connections, namespaces, process_netns, k
     shared.close(again)
 
     assert set(ns.links()) == {"lo"}
-    assert ovs_by_connection(conn) == [] and host not in bridge_ports() and host not in root_links()
+    assert ovs_by_connection(conn) == [] and host not in bridge_ports(BRIDGE) and host not in root_links()
     shared.close(Connection(id=f"{TAG}/never-requested"))
     shared.close(again)
 
@@ -605,14 +555,14 @@ def test_bad_requests_get_a_clear_status_and_leave_nothing(shared, connections, 
     ns = namespaces()
     ns.run("ip", "link", "add", "taken0", "type", "veth", "peer", "name", "taken1")  # no dummy module here
     conn = connections(case.replace(" ", "-"))
-    links, ports, host_side = ns.links(), bridge_ports(), root_links()
+    links, ports, host_side = ns.links(), bridge_ports(BRIDGE), root_links()
 
     failed = shared.refused(build(conn, ns))
 
     assert failed.code() == code, failed.details()
     assert re.search(message, failed.details()), failed.details()
     assert ns.links() == links
-    assert bridge_ports() == ports and ovs_by_connection(conn) == []
+    assert bridge_ports(BRIDGE) == ports and ovs_by_connection(conn) == []
     assert root_links() == host_side
 
 
@@ -691,7 +641,7 @@ def test_restart_during_traffic_keeps_connections_and_ports(forwarders, connecti
         sh("ovs-ofctl", "add-flow", BRIDGE, f"in_port={src['ofport']},actions=output:{dst['ofport']}")
     try:
         wait_for(lambda: ping(ns_a, "10.87.0.2"), "a first ping from a to b")
-        ports = bridge_ports()
+        ports = bridge_ports(BRIDGE)
         pinger = subprocess.Popen([*ns_a.enter, "ping", "-i", "0.05", "-c", "60", "-W", "1", "10.87.0.2"],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
@@ -715,7 +665,7 @@ def test_restart_during_traffic_keeps_connections_and_ports(forwarders, connecti
         assert rebuilt.mechanism.parameters["ryu-nsm.io/attachment"] == f"{BRIDGE}/{host_ifname(b)}"
         assert rebuilt.path.path_segments[-1].name == fwd.name
         assert int(expiry(rebuilt.path.path_segments[-1])) == int(expiry(answer_b.path.path_segments[-1]))
-        assert bridge_ports() == ports
+        assert bridge_ports(BRIDGE) == ports
         assert ovs_by_connection(a) == [port_a] and ovs_by_connection(b) == [port_b]
 
         again = fwd.request(refresh(answer_a))
@@ -724,7 +674,7 @@ def test_restart_during_traffic_keeps_connections_and_ports(forwarders, connecti
         assert ovs_by_connection(a) == [{**port_a, "external_ids": {
             **port_a["external_ids"], "ryu-nsm-expires": str(int(expiry(again.path.path_segments[-1])))}}]
         assert {ns.url: ns.links()["nsm-1"]["ifindex"] for ns in (ns_a, ns_b)} == inside
-        assert bridge_ports() == ports
+        assert bridge_ports(BRIDGE) == ports
         assert ping(ns_a, "10.87.0.2")
     finally:
         sh("ovs-ofctl", "del-flows", BRIDGE, check=False)
@@ -766,7 +716,7 @@ def test_restart_removes_orphans_after_grace_and_keeps_the_rest(forwarders, conn
 
     assert set(initial.connections) == {alive}
     wait_for(lambda: ovs_by_connection(orphan) == [], "the orphan's OVS port to be removed", timeout=10)
-    assert orphan_port["name"] not in bridge_ports()
+    assert orphan_port["name"] not in bridge_ports(BRIDGE)
     attached(alive)
     assert set(kept.links()) == {"lo", "nsm-1"}
     assert alive in next_event(fwd.monitor()).connections

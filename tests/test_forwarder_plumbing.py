@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -32,6 +31,18 @@ from ovs_forwarder.plumbing import (
     validate,
 )
 
+from .forwarder_support import (
+    attached,
+    bridge_ports,
+    connection_ids,
+    netdev_bridge,
+    netns_names,
+    ovs_by_connection,
+    wait_for,
+)
+from .forwarder_support import ping_in as ping
+from .two_bridges import sh
+
 pytestmark = pytest.mark.ovs
 
 TAG = "fp" + uuid.uuid4().hex[:6]
@@ -40,18 +51,6 @@ OWNER = f"{TAG}-forwarder"
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-
-
-def sh(*cmd: str, check: bool = True) -> str:
-    return subprocess.run(cmd, check=check, capture_output=True, text=True).stdout
-
-
-def wait_for(ready: Callable[[], object], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def ip_json(netns: str | None, *args: str) -> list[dict]:
@@ -80,26 +79,6 @@ def ovs_interfaces(**where: str) -> list[dict]:
     return rows
 
 
-def ovs_by_connection(connection_id: str) -> list[dict]:
-    return ovs_interfaces(**{"external_ids:ryu-nsm-connection": f'"{connection_id}"'})
-
-
-def attached(connection: str) -> dict:
-    """The connection's OVS interface once ovs-vswitchd gave it an ofport (plumb does not wait)."""
-    found: list[dict] = []
-
-    def ready() -> bool:
-        found[:] = ovs_by_connection(connection)
-        return len(found) == 1 and isinstance(found[0]["ofport"], int) and found[0]["ofport"] > 0
-
-    wait_for(ready, f"ovs-vswitchd to attach the port of {connection}")
-    return found[0]
-
-
-def bridge_ports() -> set[str]:
-    return set(sh("ovs-vsctl", "list-ports", BRIDGE).split())
-
-
 def tx_checksum(netns: str | None, ifname: str) -> str:
     prefix = ("ip", "netns", "exec", netns) if netns else ()
     out = sh(*prefix, "ethtool", "-k", ifname)
@@ -111,22 +90,13 @@ def request(connection: str, netns: str, **fields: object) -> KernelRequest:
     return KernelRequest(connection_id=connection, netns=netns, bridge=BRIDGE, owner=OWNER, **fields)
 
 
-def ping(netns: str, address: str) -> bool:
-    return subprocess.run(["ip", "netns", "exec", netns, "ping", "-c", "1", "-W", "1", address],
-                          capture_output=True).returncode == 0
-
-
 # ---- fixtures --------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def bridge() -> Iterator[str]:
-    sh("ovs-vsctl", "add-br", BRIDGE, "--", "set", "bridge", BRIDGE, "datapath_type=netdev",
-       "fail_mode=secure")
-    try:
-        yield BRIDGE
-    finally:
-        sh("ovs-vsctl", "--if-exists", "del-br", BRIDGE, check=False)
+    with netdev_bridge(BRIDGE) as name:
+        yield name
 
 
 @pytest.fixture
@@ -138,33 +108,15 @@ def ovsdb(bridge: str) -> Iterator[Ovsdb]:
 @pytest.fixture
 def connections() -> Iterator[Callable[[str], str]]:
     """Unique connection ids; their host veths and OVS ports are removed after the test."""
-    made: list[str] = []
-
-    def new(name: str) -> str:
-        made.append(f"{TAG}/{name}/{uuid.uuid4().hex[:8]}")
-        return made[-1]
-
-    yield new
-    for connection in made:
-        for iface in ovs_by_connection(connection):
-            sh("ovs-vsctl", "--if-exists", "del-port", iface["name"], check=False)
-        sh("ip", "link", "del", host_ifname(connection), check=False)
+    with connection_ids(TAG) as new:
+        yield new
 
 
 @pytest.fixture
 def namespaces() -> Iterator[Callable[[], str]]:
     """Fresh named network namespaces, deleted after the test."""
-    made: list[str] = []
-
-    def new() -> str:
-        name = f"{TAG}-{len(made)}-{uuid.uuid4().hex[:4]}"
-        sh("ip", "netns", "add", name)
-        made.append(name)
-        return name
-
-    yield new
-    for name in made:
-        sh("ip", "netns", "del", name, check=False)
+    with netns_names(TAG) as new:
+        yield new
 
 
 # ---- plumbing --------------------------------------------------------------------------------
@@ -338,12 +290,12 @@ def test_unplumb_removes_port_and_veth_and_is_idempotent(ovsdb, namespaces, conn
     ns = namespaces()
     req = request(connections("gone"), ns, addresses=["10.67.0.1/24"])
     done = plumb(req, ovsdb)
-    assert done.host_ifname in bridge_ports()
+    assert done.host_ifname in bridge_ports(BRIDGE)
 
     assert unplumb(req.connection_id, ovsdb) is True
 
     assert root_link(done.host_ifname) is None
-    assert done.host_ifname not in bridge_ports()
+    assert done.host_ifname not in bridge_ports(BRIDGE)
     assert ovs_by_connection(req.connection_id) == []
     assert link_names(ns) == {"lo"}
     assert not is_plumbed(req, ovsdb)
@@ -411,7 +363,7 @@ def test_concurrent_plumbs_of_different_connections_all_succeed(ovsdb, namespace
 
 def _state(ns: str | None, connection: str) -> tuple:
     """What a failed plumb must not change: the netns's links, the bridge's ports, our marks."""
-    return (link_names(ns) if ns else None, bridge_ports(), ovs_by_connection(connection),
+    return (link_names(ns) if ns else None, bridge_ports(BRIDGE), ovs_by_connection(connection),
             root_link(host_ifname(connection)))
 
 
@@ -594,7 +546,7 @@ def test_ovsdb_add_port_honours_ofport_request_and_refuses_missing_devices(ovsdb
     with pytest.raises(OvsdbError, match="could not"):
         ovsdb.add_port(BRIDGE, missing, {})
     assert ovs_interfaces(name=missing) == []
-    assert missing not in bridge_ports()
+    assert missing not in bridge_ports(BRIDGE)
 
 
 def test_ovsdb_find_follows_marks_written_by_others_and_a_fresh_client_sees_them(ovsdb):
