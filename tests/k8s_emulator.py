@@ -104,26 +104,16 @@ import kmock
 import kubernetes.client
 from kmock._internal import parsing as kmock_parsing
 
+from ryu_nsm.sources.kubernetes import WatchedKind
+
 _DEFAULT_NAMESPACE = "default"
 
 
 @dataclass(frozen=True)
-class Kind:
-    """One served resource: its apiVersion, kind, plural, scope and whether it has a status subresource."""
+class Kind(WatchedKind):
+    """One served resource: a kind as the watcher names it, and whether it has a status subresource."""
 
-    api_version: str
-    kind: str
-    plural: str
-    namespaced: bool = True
     status: bool = False
-
-    @property
-    def group(self) -> str:
-        return self.api_version.rpartition("/")[0]
-
-    @property
-    def version(self) -> str:
-        return self.api_version.rpartition("/")[2]
 
     @property
     def resource(self) -> kmock.resource:
@@ -131,16 +121,16 @@ class Kind:
 
 
 KINDS = (
-    Kind("v1", "Pod", "pods"),
-    Kind("v1", "Namespace", "namespaces", namespaced=False),
-    Kind("v1", "Event", "events"),
-    Kind("v1", "ConfigMap", "configmaps"),
-    Kind("events.k8s.io/v1", "Event", "events"),
-    Kind("coordination.k8s.io/v1", "Lease", "leases"),
-    Kind("networkservicemesh.io/v1", "NetworkService", "networkservices"),
-    Kind("networkservicemesh.io/v1", "NetworkServiceEndpoint", "networkserviceendpoints"),
-    Kind("ryu-nsm.io/v1alpha1", "NetworkServiceConnection", "networkserviceconnections", status=True),
-    Kind("ryu-nsm.io/v1alpha1", "ServiceLevel", "servicelevels"),
+    Kind("Pod", "v1", "pods"),
+    Kind("Namespace", "v1", "namespaces", namespaced=False),
+    Kind("Event", "v1", "events"),
+    Kind("ConfigMap", "v1", "configmaps"),
+    Kind("Event", "events.k8s.io/v1", "events"),
+    Kind("Lease", "coordination.k8s.io/v1", "leases"),
+    Kind("NetworkService", "networkservicemesh.io/v1", "networkservices"),
+    Kind("NetworkServiceEndpoint", "networkservicemesh.io/v1", "networkserviceendpoints"),
+    Kind("NetworkServiceConnection", "ryu-nsm.io/v1alpha1", "networkserviceconnections", status=True),
+    Kind("ServiceLevel", "ryu-nsm.io/v1alpha1", "servicelevels"),
 )
 
 
