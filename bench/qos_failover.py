@@ -1,6 +1,6 @@
 """Failover loss window (fast-failover against controller reroute) and SLA breach to rerouted traffic.
 
-On real netdev bridges: the triangle of the tests (tests/triangle.py: bridges A, B, C; the direct
+On real netdev bridges: the triangle of the tests (tests/bridge_fabric.py: bridges A, B, C; the direct
 link A–B, the other way A–C–B; a client namespace on A, a server namespace on B) driven by
 ``ryu-nsm controller`` in a child process, one connection (service ``echo``) from client to server.
 
@@ -85,7 +85,7 @@ sys.path.insert(0, str(ROOT))  # the triangle and the echo requests live with th
 if TYPE_CHECKING:
     from ryu_nsm.controlproc import ControllerProcess
     from ryu_nsm.impairment import Impairment
-    from tests.triangle import Triangle
+    from tests.bridge_fabric import BridgeFabric
 
 SERVER_IP = "10.9.2.2"
 PORT = 5599
@@ -280,7 +280,7 @@ def _read_line(proc: subprocess.Popen, want: str, timeout: float, what: str) -> 
 class Stream:
     """The datagram stream from the client namespace to the server namespace of ``net``."""
 
-    def __init__(self, net: Triangle, tmp: Path):
+    def __init__(self, net: BridgeFabric, tmp: Path):
         self.net = net
         self.out = tmp / "stream.json"
         self.sender: subprocess.Popen | None = None
@@ -333,7 +333,7 @@ def tx_packets(bridge: str, port: int) -> int:
     return int(found[1])
 
 
-def static_neighbour(net: Triangle) -> None:
+def static_neighbour(net: BridgeFabric) -> None:
     """The client knows the server's MAC for good: no ARP before, during or after a cut."""
     client, server, _ = net.namespaces
     link = json.loads(sh("ip", "-n", server, "-j", "link", "show", "eth0"))
@@ -358,7 +358,7 @@ def set_link(name: str, up: bool) -> tuple[int, int]:
 class Fabric:
     """A built triangle with its controller and stream."""
 
-    net: Triangle
+    net: BridgeFabric
     ctl: ControllerProcess
     stream: Stream
     element: Impairment | None
@@ -392,10 +392,10 @@ class Fabric:
 def fabric(tag: str, level: str | None, impaired: bool) -> Iterator[Fabric]:
     """The triangle, the controller with the echo requests (and ``level``), the connection up on A–B."""
     from ryu_nsm.controlproc import ControllerProcess
+    from tests.bridge_fabric import triangle
     from tests.echo_requests import write_echo_requests
-    from tests.triangle import Triangle
 
-    net = Triangle(tag)
+    net = triangle(tag)
     net.remove()
     element = None
     with tempfile.TemporaryDirectory(prefix="qos-failover-") as tmp_name:
@@ -472,7 +472,7 @@ def one_cut(f: Fabric, wait: Callable[[], None], what: str) -> Cut:
     f.stream.start()
     f.baseline()
     wall = time.time()
-    cut, cut_done = set_link(f.net.direct[0], up=False)
+    cut, cut_done = set_link(f.net.ends[0][0], up=False)
     wait()
     trace = f.stream.stop()
     window, lost, after = loss_after(trace, cut)
@@ -540,7 +540,7 @@ def cuts_without_controller(tag: str, n: int) -> list[Cut]:
     with fabric(tag, PROTECTED, impaired=False) as f:
         check_protected(f)
         f.ctl.stop()
-        end = f.net.direct[0]
+        end = f.net.ends[0][0]
         for i in range(n):
             # Nothing to wait for but the groups: the stream runs on for a fixed time.
             out.append(one_cut(f, lambda: time.sleep(ALONE_OBSERVE_S), f"controller gone {i + 1}"))

@@ -3,14 +3,16 @@
 A wire is an L2 pseudowire between two attachments. Across the fabric it is carried with a VLAN
 tag per link (label swapping): the ingress switch classifies by in_port and pushes the first link's
 tag, each transit switch matches (in_port, tag) and swaps to the next link's tag, and the egress
-switch pops the tag and delivers. A wire whose ends share a switch needs no tag.
+switch pops the tag and delivers. A wire whose ends share a switch needs no tag. A protected wire
+also rides a link-disjoint backup on its own tags, and fast-failover groups move it there in the
+data plane when a primary link is cut (see ``protected_wire_flows``).
 Every flow of a wire carries ``wire_cookie(connection id)``; pipeline flows carry PIPELINE_COOKIE.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from .fabric import Fabric
 from .flowspec import (
@@ -26,6 +28,12 @@ from .measure import PROBE_ETH_TYPE
 from .pathing import Path
 
 OFPP_CONTROLLER = 0xFFFFFFFD
+OFPP_IN_PORT = 0xFFFFFFF8  # OpenFlow sends a frame back where it came from only through this port
+
+# Crankback flows (see protected_wire_flows) sit at a priority of their own: their matches never
+# overlap the wire's, but whoever reads tags off the switches can tell them from the primary's.
+CRANKBACK = Priority.WIRE - 10
+_PUSH = ("push_vlan", ETH_TYPE_VLAN)
 
 ETH_TYPE_IPV4 = 0x0800
 ETH_TYPE_IPV6 = 0x86DD
@@ -90,38 +98,89 @@ def wire_flows(
 
 def protected_wire_flows(
     wire: WireEnds, path: Path, tags: Mapping[str, int], backup: Path, backup_tags: Mapping[str, int],
-    qos: WireQos | None, groups: tuple[int, int],
+    qos: WireQos | None, groups: tuple[Sequence[int], Sequence[int]], crank_tags: Mapping[str, int],
 ) -> tuple[list[tuple[str, FlowSpec]], list[tuple[str, GroupSpec]]]:
-    """A wire on ``path`` with a fast-failover to ``backup`` at both ends: (flows, groups).
+    """A wire on ``path`` that heals a cut of any primary link in the data plane: (flows, groups).
 
-    Each end's ingress flows hand the frame to a fast-failover group (``groups``: at the a-end,
-    at the b-end) whose first bucket takes the primary's first link and, once that port is down,
-    the second takes the backup's: the data plane heals a cut there before the controller acts.
-    Both paths carry the wire (their own tags); the far end delivers from either.
+    Each direction has a fast-failover group at every switch it leaves along the primary
+    (``groups``: the ids for a→b at ``path.switches[:-1]``, then for b→a at ``path.switches[:0:-1]``).
+    The first bucket takes the next primary link. While that link is down, the second bucket at the
+    end where the direction enters takes the backup instead; at a transit switch it cranks the
+    frame back: out the port it came in on, tagged with ``crank_tags`` of that link (one per primary
+    link, both directions: each direction's crankback frames arrive at the other end of the link).
+    Upstream switches carry crankback frames to the entry end, which puts them on the backup. The
+    backup carries the wire in both directions on its own tags; the far end delivers from either.
     """
-    flows = wire_flows(wire, path, tags, qos)
-    spare = wire_flows(wire, backup, backup_tags)
-    ends = {(wire.a_switch, wire.a_port): groups[0], (wire.b_switch, wire.b_port): groups[1]}
+    cookie = wire_cookie(wire.id)
+    qos = qos or WireQos()
+    # The backup's own ingress flows give way to the groups' second buckets.
+    flows = [(sw, f) for sw, f in wire_flows(wire, backup, backup_tags) if f.table != Table.CLASSIFY]
+    specs: list[tuple[str, GroupSpec]] = []
+    ways = ((path.switches, path.links, backup.links[0], wire.a_port, wire.b_port, qos.meter_ab, groups[0]),
+            (path.switches[::-1], path.links[::-1], backup.links[-1], wire.b_port, wire.a_port, qos.meter_ba,
+             groups[1]))
+    for switches, links, detour, in_port, out_port, meter, ids in ways:
+        head = switches[0]
+        to_backup = (detour.port_on(head), backup_tags[detour.name])
+        more, groups_of_way = _protected_one_way(switches, links, in_port, out_port, tags, to_backup,
+                                                 crank_tags, ids, cookie, meter, qos.dscp)
+        flows += more
+        specs += groups_of_way
+    return flows, specs
 
-    def ingress(switch: str, flow: FlowSpec) -> tuple[str, int] | None:
-        end = (switch, flow.match_dict().get("in_port"))
-        return end if flow.table == Table.CLASSIFY and end in ends else None
 
-    buckets: dict[tuple[str, int], list] = {end: [] for end in ends}
-    out = []
-    for which in (flows, spare):
-        for switch, flow in which:
-            end = ingress(switch, flow)
-            if end is None:
-                out.append((switch, flow))
-                continue
-            if flow.priority == Priority.WIRE:  # its actions (push the tag, out) become a bucket
-                buckets[end].append((flow.actions[-1][1], flow.actions))
-            if which is flows:  # the primary's ingress flows (and their DSCP variants) go to the group
-                marks = tuple(a for a in flow.actions if a[:2] == ("set_field", "ip_dscp"))
-                out.append((switch, replace(flow, actions=(*marks, ("group", ends[end])))))
-    specs = [(end[0], GroupSpec(ends[end], tuple(buckets[end]))) for end in ends]
-    return out, specs
+def _protected_one_way(switches, links, in_port: int, out_port: int, tags, to_backup: tuple[int, int],
+                       crank_tags, ids: Sequence[int], cookie: int, meter: int | None, dscp: int | None
+                       ) -> tuple[list[tuple[str, FlowSpec]], list[tuple[str, GroupSpec]]]:
+    """One direction of a protected wire: its group-forwarding flows, crankback flows and groups."""
+    flows: list[tuple[str, FlowSpec]] = []
+    specs = []
+    backup_port, backup_tag = to_backup
+    for i, group_id in enumerate(ids):  # switches[i] leaves on links[i]
+        here, leave = switches[i], links[i]
+        tag = tags[leave.name]
+        if i == 0:
+            flows += _ingress(here, in_port, [("group", group_id)], cookie, meter, dscp)
+            primary = (_PUSH, _vid(tag), ("output", leave.port_on(here)))
+            spare = (backup_port, (_PUSH, _vid(backup_tag), ("output", backup_port)))
+        else:
+            arrived = links[i - 1]
+            match = {"in_port": arrived.port_on(here), "vlan_vid": VID_PRESENT | tags[arrived.name]}
+            flows.append((here, FlowSpec.make(Table.FORWARD, Priority.WIRE, match, [("group", group_id)],
+                                              cookie=cookie)))
+            primary = (*_retag(tags[arrived.name], tag), ("output", leave.port_on(here)))
+            spare = (arrived.port_on(here), (_vid(crank_tags[arrived.name]), ("output", OFPP_IN_PORT)))
+            flows.append(_crankback(switches, links, i - 1, crank_tags, to_backup, cookie))
+        specs.append((here, GroupSpec(group_id, ((leave.port_on(here), primary), spare))))
+    last, arrived = switches[-1], links[-1]
+    match = {"in_port": arrived.port_on(last), "vlan_vid": VID_PRESENT | tags[arrived.name]}
+    flows.append((last, FlowSpec.make(Table.FORWARD, Priority.WIRE, match,
+                                      [("pop_vlan",), ("output", out_port)], cookie=cookie)))
+    return flows, specs
+
+
+def _crankback(switches, links, i: int, crank_tags, to_backup: tuple[int, int], cookie: int
+               ) -> tuple[str, FlowSpec]:
+    """At ``switches[i]``: crankback frames coming back on ``links[i]`` go on back, or onto the backup."""
+    here, came = switches[i], links[i]
+    tag = crank_tags[came.name]
+    if i == 0:
+        backup_port, backup_tag = to_backup
+        actions = [*_retag(tag, backup_tag), ("output", backup_port)]
+    else:
+        back = links[i - 1]
+        actions = [*_retag(tag, crank_tags[back.name]), ("output", back.port_on(here))]
+    match = {"in_port": came.port_on(here), "vlan_vid": VID_PRESENT | tag}
+    return here, FlowSpec.make(Table.FORWARD, CRANKBACK, match, actions, cookie=cookie)
+
+
+def _vid(tag: int) -> tuple:
+    return ("set_field", "vlan_vid", VID_PRESENT | tag)
+
+
+def _retag(old: int, new: int) -> tuple[tuple, ...]:
+    """The actions that change a frame's tag from ``old`` to ``new`` (none when they are equal)."""
+    return () if old == new else (_vid(new),)
 
 
 def _ingress(switch: str, in_port: int, actions: list, cookie: int, meter: int | None,

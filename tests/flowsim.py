@@ -2,7 +2,8 @@
 
 It answers "where would this frame go?" so tests assert on behaviour, not on flow strings.
 Only what the pipeline uses is modelled: matches on in_port / vlan_vid / eth fields, actions
-push_vlan / pop_vlan / set_field vlan_vid / output, goto_table, highest priority wins.
+push_vlan / pop_vlan / set_field vlan_vid / output / group (fast failover), goto_table, highest
+priority wins. As in OpenFlow, a frame leaves by the port it came in on only through OFPP_IN_PORT.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 
 from ryu_nsm.fabric import Fabric
 from ryu_nsm.flowspec import VID_PRESENT, FlowSpec
+
+OFPP_IN_PORT = 0xFFFFFFF8
 
 
 @dataclass
@@ -94,11 +97,11 @@ class FabricSim:
                 if spec is None:
                     break  # table miss: dropped (OpenFlow 1.3 default)
                 self.hits[(sw, spec)] = self.hits.get((sw, spec), 0) + 1
-                self._act(sw, spec.actions, fr, hops, out, work)
+                self._act(sw, port, spec.actions, fr, hops, out, work)
                 table = spec.goto
         return out
 
-    def _act(self, sw: str, actions, fr: Frame, hops, out: list, work: list) -> None:
+    def _act(self, sw: str, in_port: int, actions, fr: Frame, hops, out: list, work: list) -> None:
         for action in actions:
             kind = action[0]
             if kind == "push_vlan":
@@ -113,12 +116,15 @@ class FabricSim:
                 group = self.groups[sw][action[1]]
                 live = next((acts for port, acts in group.buckets if (sw, port) not in self.down), None)
                 if live is not None:
-                    self._act(sw, live, fr.copy(), hops, out, work)
+                    self._act(sw, in_port, live, fr.copy(), hops, out, work)
             elif kind == "output":
-                if (sw, action[1]) in self.down:
+                if action[1] == in_port:
+                    continue  # OpenFlow drops a plain output to the frame's own in_port
+                port = in_port if action[1] == OFPP_IN_PORT else action[1]
+                if (sw, port) in self.down:
                     continue  # the link is cut: the frame is lost
-                dest = self.peer.get((sw, action[1]))
+                dest = self.peer.get((sw, port))
                 if dest is None:
-                    out.append(Delivery(sw, action[1], tuple(fr.vlans), hops))
+                    out.append(Delivery(sw, port, tuple(fr.vlans), hops))
                 else:
                     work.append((dest[0], dest[1], fr.copy(), hops))
