@@ -21,11 +21,21 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from .fabric import Fabric
-from .flowspec import FlowSpec, GroupSpec, MeterSpec, Table, is_our_group, is_our_meter, is_ours, wire_cookie
+from .fabric import Fabric, Link
+from .flowspec import (
+    FlowSpec,
+    GroupSpec,
+    MeterSpec,
+    Priority,
+    Table,
+    is_our_group,
+    is_our_meter,
+    is_ours,
+    wire_cookie,
+)
 from .measure import LinkQuality, Measurements, path_quality
 from .model import Resources
-from .planner import PLANNED, WAITING, FabricState, Plan, make_plan
+from .planner import PLANNED, WAITING, FabricState, Plan, PlannedConnection, make_plan
 from .reconcile import (
     OBJECT_KINDS,
     PHASES,
@@ -258,7 +268,9 @@ class Controller:
             match = flow.match_dict()
             cid = by_cookie.get(flow.cookie)
             link = links.get(match.get("in_port"))
-            if flow.table == Table.FORWARD and cid and link and match.get("vlan_vid"):
+            # Only the wire's own flows: a crankback flow arrives on the same port with another tag.
+            if flow.table == Table.FORWARD and flow.priority == Priority.WIRE and cid and link and match.get(
+                    "vlan_vid"):
                 hints[(cid, link)] = match["vlan_vid"] & 0xFFF
         return hints
 
@@ -383,22 +395,35 @@ class Controller:
             if pc.state != PLANNED or level is None or (level.max_latency is None and level.max_loss is None):
                 self._broken_since.pop(cid, None)
                 continue
-            broken = _breach(level, pc.path, measured)
+            # A chain-wide level is kept or broken by the chain's wires together.
+            wires = self._chain_wires(pc)
+            links = [link for wire in wires for link in wire.path.links]
+            broken = _breach(level, links, measured)
             if broken is None:
                 self._broken_since.pop(cid, None)
                 continue
             since = self._broken_since.setdefault(cid, now)
-            if now - since < self.sla_window or cid in self._avoid:
+            if now - since < self.sla_window or any(wire.id in self._avoid for wire in wires):
                 continue
-            bad = _culprits(level, pc.path, measured)
-            self._avoid[cid] = (bad, now + self.avoid_hold)
+            bad = _culprits(level, links, measured)
+            movers = [wire.id for wire in wires if wire.path.uses(bad)]
+            for mover in movers:
+                self._avoid[mover] = (bad, now + self.avoid_hold)
             self._broken_since.pop(cid, None)
+            which = f"moving {', '.join(movers)} " if pc.chain is not None else "moving "
             what = (f"service level {level.name} broken for {now - since:.1f} s: {broken}; "
-                    f"moving off {', '.join(sorted(bad))}")
+                    f"{which}off {', '.join(sorted(bad))}")
             self.history.append(Change(now, cid, what))
             log.warning("connection %s: %s", cid, what)
             moved = True
         return moved
+
+    def _chain_wires(self, pc: PlannedConnection) -> list[PlannedConnection]:
+        """The planned wires a connection's level covers: its chain's under a chain-wide bound, else it."""
+        if pc.chain is None:
+            return [pc]
+        planned = (self.plan.connections.get(wire) for wire in pc.chain.wires)
+        return [wire for wire in planned if wire is not None and wire.state == PLANNED]
 
     # -- planning -------------------------------------------------------------------------------
 
@@ -626,9 +651,14 @@ class Controller:
         level = pc.level
         if level is not None and pc.path is not None and pc.state == PLANNED and measured:
             quality = path_quality(pc.path.links, measured)
+            links = [link for wire in self._chain_wires(pc) for link in wire.path.links]
+            met = _breach(level, links, measured) is None
             entry = {**entry, "measured": {"latency": quality.latency, "loss": quality.loss,
-                                           "complete": quality.measured,
-                                           "met": _breach(level, pc.path, measured) is None}}
+                                           "complete": quality.measured, "met": met}}
+            if "chain_latency" in entry:
+                chain = path_quality(links, measured)
+                entry["chain_latency"] = {**entry["chain_latency"], "measured": {
+                    "latency": chain.latency, "loss": chain.loss, "complete": chain.measured, "met": met}}
         return entry
 
     def status(self) -> dict:
@@ -648,24 +678,26 @@ class Controller:
                           for name, q in measured.items()]}
 
 
-def _breach(level, path, measured: dict[str, LinkQuality]) -> str | None:
-    """How ``path`` breaks ``level`` by what is measured, or None while it meets it."""
-    quality = path_quality(path.links, measured)
-    if level.max_latency is not None and not level.chain_latency and quality.latency > level.max_latency:
-        return f"latency {quality.latency * 1e3:.1f} ms > {level.max_latency * 1e3:.1f} ms"
+def _breach(level, links: list[Link], measured: dict[str, LinkQuality]) -> str | None:
+    """How the path of ``links`` (a wire's, or a whole chain's under ``chain_latency``) breaks
+    ``level`` by what is measured, or None while it meets it."""
+    quality = path_quality(links, measured)
+    scope = "chain " if level.chain_latency else ""
+    if level.max_latency is not None and quality.latency > level.max_latency:
+        return f"{scope}latency {quality.latency * 1e3:.1f} ms > {level.max_latency * 1e3:.1f} ms"
     if level.max_loss is not None and quality.loss > level.max_loss:
-        return f"loss {quality.loss:.1%} > {level.max_loss:.1%}"
+        return f"{scope}loss {quality.loss:.1%} > {level.max_loss:.1%}"
     return None
 
 
-def _culprits(level, path, measured: dict[str, LinkQuality]) -> frozenset[str]:
-    """The links of ``path`` to leave: those measured worse than declared (latency) or losing frames."""
+def _culprits(level, links: list[Link], measured: dict[str, LinkQuality]) -> frozenset[str]:
+    """The ``links`` to leave: those measured worse than declared (latency) or losing frames."""
     bad = set()
-    for link in path.links:
+    for link in links:
         q = measured.get(link.name)
         if q is None:
             continue
         slow = q.latency is not None and q.latency > link.latency + 0.001 and level.max_latency is not None
         if slow or (q.loss > 0 and level.max_loss is not None):
             bad.add(link.name)
-    return frozenset(bad or (link.name for link in path.links))
+    return frozenset(bad or (link.name for link in links))

@@ -5,16 +5,30 @@ keeps endpoints, paths and tags of connections that are still valid, so a change
 connections it concerns. It also costs only what it touches: a connection whose request, endpoint
 side, path and ports are unchanged is carried over as it was, flows included, and ``touched`` says
 which connections were planned anew, so the controller diffs only their flows.
+
+Each connection is routed on its own first; then chain-wide latency bounds (``chainLatency: true``)
+are met by routing a chain's wires again together where their paths add up to too much (see
+``_ChainPass``), and each bounded connection carries what its chain comes to (``ChainBound``).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
-from .admission import Ledger, admit, demand_for
+from .admission import (
+    Demand,
+    Ledger,
+    Leg,
+    NoFeasiblePath,
+    Reservation,
+    admit,
+    constrained_chain,
+    demand_for,
+    meets_latency,
+)
 from .fabric import Fabric
 from .flows import WireEnds, WireQos, pipeline_flows, protected_wire_flows, wire_flows
 from .flowspec import (
@@ -30,7 +44,7 @@ from .flowspec import (
 from .model import Attachment, ClientRequest, Problem, Resources
 from .pathing import FabricView, NoPath, Path, TagAllocator, TagSpaceExhausted
 from .resolver import Connection, resolve
-from .sla import ServiceLevel, select
+from .sla import ServiceLevel, format_duration, select
 
 PLANNED = "planned"
 FAILED = "failed"
@@ -53,6 +67,21 @@ class FabricState:
 
 
 @dataclass(frozen=True)
+class ChainBound:
+    """A chain-wide latency bound as planned: the wires of the chain (the connection whose level
+    bounds it first, then each service function's own request in turn) and the summed declared
+    path latency of those of them that are planned."""
+
+    wires: tuple[str, ...]
+    latency: float
+    bound: float
+
+    @property
+    def met(self) -> bool:
+        return meets_latency(self.latency, self.bound)
+
+
+@dataclass(frozen=True)
 class PlannedConnection:
     connection: Connection
     state: str
@@ -69,10 +98,15 @@ class PlannedConnection:
     event: str = field(default="", compare=False)
     # (switch, meter) pairs that police the connection at its ingress switches.
     meters: tuple[tuple[str, MeterSpec], ...] = field(default=(), compare=False)
-    # (switch, group) pairs: the fast-failover groups of a protected connection at both ends.
+    # (switch, group) pairs: the fast-failover groups of a protected connection, at each switch a
+    # direction leaves along its primary: the a→b direction's in path order, then the b→a one's.
     groups: tuple[tuple[str, GroupSpec], ...] = field(default=(), compare=False)
     # Where its frames enter the fabric: a is the client's end, b the endpoint's.
     ends: WireEnds | None = field(default=None, compare=False)
+    # On the links of its primary, when protected: the tags of frames cranked back towards the backup.
+    crank_tags: tuple[tuple[str, int], ...] = ()
+    # When planned under a chain-wide latency bound (``chainLatency: true``): what the chain comes to.
+    chain: ChainBound | None = None
 
     def objects(self, kind: str) -> tuple[tuple[str, object], ...]:
         """Its meters or groups."""
@@ -193,10 +227,12 @@ def make_plan(
         tags.remember({(cid, link): tag for cid, pc in before.items() for link, tag in pc.tags})
         tags.remember({(_backup_key(cid), link): tag for cid, pc in before.items()
                        for link, tag in pc.backup_tags})
+        tags.remember({(_crank_key(cid), link): tag for cid, pc in before.items()
+                       for link, tag in pc.crank_tags})
         meters.remember({(key, sw): m.meter_id - METER_BASE for cid, pc in before.items()
                          for key, (sw, m) in zip(_meter_keys(cid), pc.meters, strict=False)})
-        groups.remember({(key, sw): g.group_id - GROUP_BASE for cid, pc in before.items()
-                         for key, (sw, g) in zip(_meter_keys(cid), pc.groups, strict=False)})
+        groups.remember({(key, sw): g.group_id - GROUP_BASE for pc in before.values()
+                         for key, (sw, g) in zip(_group_keys(pc), pc.groups, strict=False)})
     tags.prefer(hints)
     moved_ports: set[tuple[str, str]] = set()
     if basis is not None and basis.state.ports is not state.ports:
@@ -278,6 +314,8 @@ def make_plan(
             preempted[victim] = f"preempted by {cid} (priority {level.priority})"
             touched.add(victim)
             queue.append(victim)
+    if any(level.chain_latency for level in levels):
+        _ChainPass(router, resolved, planned, before, touched, anew_all).run()
     if same_fabric:
         pipeline = previous.pipeline
     else:
@@ -295,6 +333,185 @@ def make_plan(
     )
 
 
+def _follow(head: str, resolved: Mapping[str, Connection], by_client: Mapping[tuple, str]) -> tuple[str, ...]:
+    """The wires of the chain from ``head`` on: a service function's Pod shares its endpoint's name,
+    so its own request for the same service (the lowest id, as ``report.chains`` takes it) is next."""
+    wires, step = [], head
+    while step is not None and step not in wires:
+        wires.append(step)
+        conn = resolved[step]
+        step = by_client.get((conn.namespace, conn.network_service, conn.endpoint)) if conn.endpoint else None
+    return tuple(wires)
+
+
+class _ChainPass:
+    """Chain-wide latency bounds, after every connection is routed on its own.
+
+    Each planned connection whose level has ``chain_latency`` heads a chain; when the planned paths
+    of the chain's planned wires add up to more than its bound, those wires are routed again
+    together: the cheapest set of paths within the bound (each wire with its own guarantee and
+    own bound), found by ``constrained_chain``. Chains go by priority, then id. A chain within its
+    bound moves nothing; a move must not break another chain that met its bound (the wires it
+    shares stay where they are and the rest try again); a chain that cannot be met fails its head,
+    and its other wires stay as they were. Only chains that a touched wire or a change of membership
+    concern are looked at: every other chain met its bound (or failed its head) in the plan before.
+    """
+
+    def __init__(self, router: _Router, resolved: Mapping[str, Connection],
+                 planned: dict[str, PlannedConnection], before: Mapping[str, PlannedConnection],
+                 touched: set[str], everything: bool):
+        self.router, self.resolved, self.planned = router, resolved, planned
+        self.before, self.touched, self.everything = before, touched, everything
+        self.chains: dict[str, tuple[str, ...]] = {}
+        self.member_of: dict[str, list[str]] = {}
+
+    def run(self) -> None:
+        """Bound every chain that needs it, then record what each chain comes to on its head."""
+        by_client: dict[tuple, str] = {}
+        for cid, conn in self.resolved.items():
+            key = (conn.namespace, conn.network_service, conn.client)
+            if key not in by_client or cid < by_client[key]:
+                by_client[key] = cid
+        for cid, pc in self.planned.items():
+            level = pc.level
+            if pc.state == PLANNED and level is not None and level.chain_latency and (
+                    level.max_latency is not None):
+                self.chains[cid] = _follow(cid, self.resolved, by_client)
+        for head, wires in self.chains.items():
+            for wire in wires:
+                self.member_of.setdefault(wire, []).append(head)
+        due = [head for head, wires in self.chains.items() if self._concerned(head, wires)]
+        for head in sorted(due, key=lambda h: (-self.planned[h].level.priority, h)):
+            if self.planned[head].state == PLANNED:
+                self._bound(head)
+        for head, wires in self.chains.items():
+            pc = self.planned[head]
+            if pc.state != PLANNED or not self._concerned(head, wires):
+                continue
+            summary = ChainBound(wires, self._latency(wires), pc.level.max_latency)
+            if pc.chain != summary:
+                self.planned[head] = replace(pc, chain=summary)
+                self.touched.add(head)
+
+    def _concerned(self, head: str, wires: tuple[str, ...]) -> bool:
+        old = self.before.get(head)
+        return (self.everything or old is None or old.chain is None or old.chain.wires != wires
+                or any(wire in self.touched for wire in wires))
+
+    def _latency(self, wires: Iterable[str], paths: Mapping[str, Path] | None = None) -> float:
+        """Summed path latency of the planned ``wires``, with ``paths`` instead of their own."""
+        paths = paths or {}
+        return sum((paths[w] if w in paths else self.planned[w].path).latency for w in wires
+                   if self.planned[w].state == PLANNED)
+
+    def _meets(self, head: str, paths: Mapping[str, Path] | None = None) -> bool:
+        return meets_latency(self._latency(self.chains[head], paths), self.planned[head].level.max_latency)
+
+    def _bound(self, head: str) -> None:
+        if self._meets(head):
+            return
+        ledger, avoid = self.router.ledger, self.router.state.avoid
+        live = [w for w in self.chains[head] if self.planned[w].state == PLANNED]
+        bound = self.planned[head].level.max_latency
+        # Links any wire of the chain should leave (measured to break a level) are bad for all of them.
+        leave = frozenset().union(*(avoid.get(w, frozenset()) for w in live))
+        pinned: set[str] = set()
+        released: dict[str, Reservation | None] = {}
+        while True:
+            for wire in pinned & released.keys():
+                _reserve_again(ledger, released.pop(wire))
+            free = [w for w in live if w not in pinned]
+            for wire in free:
+                if wire not in released:
+                    released[wire] = ledger.release(wire)
+            kept = sum(self.planned[w].path.latency for w in pinned)
+            try:
+                paths = self._search(free, bound - kept, leave)
+            except NoFeasiblePath as exc:
+                for reservation in released.values():
+                    _reserve_again(ledger, reservation)
+                self._fail(head, exc, kept, pinned)
+                return
+            moved = {w: p for w, p in zip(free, paths, strict=True) if p != self.planned[w].path}
+            broken = {h for w in moved for h in self.member_of[w]
+                      if h != head and self.planned[h].state == PLANNED and self._meets(h)
+                      and not self._meets(h, moved)}
+            if not broken:
+                break
+            pinned |= {w for w in moved if any(w in self.chains[h] for h in broken)}
+        self._place(head, dict(zip(free, paths, strict=True)))
+
+    def _legs(self, wires: list[str], leave: frozenset[str]) -> list[Leg]:
+        legs = []
+        for wire in wires:
+            pc = self.planned[wire]
+            level, conn = pc.level, pc.connection
+            own = level.max_latency if level is not None and not level.chain_latency else None
+            bandwidth = (level.guaranteed_bandwidth or 0) if level is not None else 0
+            ends = (conn.client_attachment.switch, conn.endpoint_attachment.switch)
+            legs.append(Leg(*ends, bandwidth, own, leave))
+        return legs
+
+    def _search(self, wires: list[str], budget: float, leave: frozenset[str]) -> tuple[Path, ...]:
+        """The cheapest paths for ``wires`` within ``budget``, off ``leave`` if that can be done."""
+        if not wires:  # every wire stays where another chain needs it: the chain is as fast as it gets
+            raise NoFeasiblePath("no wire of the chain may move", "latency", best_latency=0.0)
+        view, ledger = self.router.view, self.router.ledger
+        if leave:
+            try:
+                return constrained_chain(view, self._legs(wires, leave), max_latency=budget, ledger=ledger)
+            except NoFeasiblePath:
+                pass  # like one wire, a chain with no way around a bad link stays on it
+        return constrained_chain(view, self._legs(wires, frozenset()), max_latency=budget, ledger=ledger)
+
+    def _place(self, head: str, paths: dict[str, Path]) -> None:
+        """Route each wire on its path, as admission would (tags, meters, backups), in chain order."""
+        router, ledger = self.router, self.router.ledger
+        legs = dict(zip(paths, self._legs(list(paths), frozenset()), strict=True))
+        # Every primary holds its room first, so that no wire's backup takes the room of another's path.
+        for wire, path in paths.items():
+            ledger.reserve(Demand(wire, legs[wire].src, legs[wire].dst, legs[wire].bandwidth), path)
+        # Each wire keeps away from what it should leave, except what its path takes (no way around).
+        kept_off = {w: router.state.avoid.get(w, frozenset()) - {link.name for link in p.links}
+                    for w, p in paths.items()}
+        placing = _Router(router.fabric, replace(router.state, avoid=kept_off), router.view, router.tags,
+                          router.meters, router.groups, ledger)
+        why = f"to bring chain {head} within {format_duration(self.planned[head].level.max_latency)}"
+        for wire, path in paths.items():
+            ledger.release(wire)
+            router.release(wire, remember=True, reservation=False)
+            old = self.planned[wire]
+            result, _ = placing.route(old.connection, replace(old, path=path), old.level, preempt=False)
+            previous = self.before.get(wire)
+            if result.state == PLANNED and previous is not None and previous.path not in (None, result.path):
+                result = replace(result, event="; ".join(filter(None, (why, result.event))))
+            self.planned[wire] = result
+            self.touched.add(wire)
+
+    def _fail(self, head: str, exc: NoFeasiblePath, kept: float, pinned: set[str]) -> None:
+        pc = self.planned[head]
+        conn = pc.connection
+        names = " → ".join([conn.client, *(self.resolved[w].endpoint or "?" for w in self.chains[head])])
+        bound = format_duration(pc.level.max_latency)
+        if exc.kind == "latency" and exc.leg is None:
+            why = (f"no set of paths is within {bound}: the fastest takes "
+                   f"{format_duration(exc.best_latency + kept)} in all")
+        else:
+            why = f"{exc} (bound {bound})"
+        if pinned:
+            why += f", with {', '.join(sorted(pinned))} kept where other chains' bounds need them"
+        self.router.release(head, remember=True)
+        reason = f"chain {names} cannot meet its latency bound: {why}"
+        self.planned[head] = PlannedConnection(conn, FAILED, reason, level=pc.level)
+        self.touched.add(head)
+
+
+def _reserve_again(ledger: Ledger, reservation: Reservation | None) -> None:
+    """Put back a reservation taken out of ``ledger`` (None: it held none)."""
+    if reservation is not None:
+        ledger.reserve(reservation.demand, reservation.path, reservation.backup)
+
+
 def _level(levels: tuple[ServiceLevel, ...], conn: Connection) -> ServiceLevel | None:
     return select(levels, conn.network_service, conn.namespace, conn.labels) if levels else None
 
@@ -307,6 +524,18 @@ def _meter_keys(cid: str) -> tuple[str, str]:
 def _backup_key(cid: str) -> str:
     """The tag allocation key of a connection's backup path."""
     return f"{cid}|backup"
+
+
+def _crank_key(cid: str) -> str:
+    """The tag allocation key of a protected connection's crankback tags (one per primary link)."""
+    return f"{cid}|crank"
+
+
+def _group_keys(pc: PlannedConnection) -> tuple[str, ...]:
+    """The allocation key of each of ``pc.groups``: its direction's, one group per primary link each way."""
+    hops = len(pc.path.links) if pc.path is not None else 0
+    ab, ba = _meter_keys(pc.id)
+    return (ab,) * hops + (ba,) * hops
 
 
 def _admitted(level: ServiceLevel | None) -> bool:
@@ -333,6 +562,7 @@ class _Router:
         """Free what ``cid`` holds; ``remember`` keeps its tags and meter ids as its preference."""
         self.tags.release(cid, remember)
         self.tags.release(_backup_key(cid), remember)
+        self.tags.release(_crank_key(cid), remember)
         for key in _meter_keys(cid):
             self.meters.release(key, remember)
             self.groups.release(key, remember)
@@ -380,16 +610,24 @@ class _Router:
         meters = self._meters(conn.id, ends, level)
         qos = WireQos(meters[0][1].meter_id if meters else None, meters[1][1].meter_id if meters else None,
                       level.dscp if level is not None else None)
-        groups = ()
+        groups, crank = (), ()
         if backup is not None and backup.links:
-            at_ends = zip(_meter_keys(conn.id), (ends.a_switch, ends.b_switch), strict=True)
-            ids = tuple(GROUP_BASE | self.groups.allocate(key, switch) for key, switch in at_ends)
-            flows, groups = protected_wire_flows(ends, path, dict(held), backup, dict(spare), qos, ids)
+            try:  # with a transit switch, every primary link may carry frames cranked back
+                crank = tuple((link.name, self.tags.allocate(_crank_key(conn.id), link.name))
+                              for link in (path.links if len(path.links) > 1 else ()))
+            except TagSpaceExhausted as exc:
+                self.release(conn.id)
+                return refused(FAILED, str(exc), path), evicted
+            ab, ba = _meter_keys(conn.id)
+            ids = ([GROUP_BASE | self.groups.allocate(ab, switch) for switch in path.switches[:-1]],
+                   [GROUP_BASE | self.groups.allocate(ba, switch) for switch in path.switches[:0:-1]])
+            flows, groups = protected_wire_flows(ends, path, dict(held), backup, dict(spare), qos, ids,
+                                                 dict(crank))
             flows, groups = tuple(flows), tuple(groups)
         else:
             flows = tuple(wire_flows(ends, path, dict(held), qos))
         planned = PlannedConnection(conn, PLANNED, "", path, held, spare, flows, level, backup, note, event,
-                                    meters, groups, ends)
+                                    meters, groups, ends, crank_tags=crank)
         return planned, evicted
 
     def _view_without(self, avoid: frozenset[str]) -> FabricView:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .planner import PLANNED, PlannedConnection
+from .sla import format_duration
 
 
 def connection_entry(pc: PlannedConnection, state: str) -> dict:
@@ -28,6 +29,9 @@ def connection_entry(pc: PlannedConnection, state: str) -> dict:
             entry["backup_path"] = list(pc.backup.switches)
         if pc.path is not None and pc.state == PLANNED:
             entry["path_latency"] = pc.path.latency
+        if pc.chain is not None and pc.state == PLANNED:
+            entry["chain_latency"] = {"latency": pc.chain.latency, "bound": pc.chain.bound,
+                                      "wires": list(pc.chain.wires), "met": pc.chain.met}
         if pc.meters:
             entry["meters"] = {sw: meter.meter_id for sw, meter in pc.meters}
         if pc.note:
@@ -60,6 +64,20 @@ def chains(entries: list[dict]) -> list[list[str]]:
     return out
 
 
+def _chain_line(chain: dict) -> str:
+    """'chain of 3 wires: 4ms of ≤ 5ms declared (met), 6.2ms measured (NOT met)'."""
+    def verdict(met: bool) -> str:
+        return "met" if met else "NOT met"
+
+    wires = len(chain["wires"])
+    line = (f"chain of {wires} wire{'' if wires == 1 else 's'}: {format_duration(chain['latency'])} of ≤ "
+            f"{format_duration(chain['bound'])} declared ({verdict(chain['met'])})")
+    measured = chain.get("measured")
+    if measured is not None:
+        line += f", {format_duration(measured['latency'])} measured ({verdict(measured['met'])})"
+    return line
+
+
 def render_text(report: dict) -> str:
     """A plain-text picture of a plan or status report."""
     lines = [f"fabric {report['fabric']}"]
@@ -81,6 +99,8 @@ def render_text(report: dict) -> str:
             level = e["service_level"]
             backup = f"; backup {'-'.join(e['backup_path'])}" if e.get("backup_path") else ""
             lines.append(f"      service level {level['name']}: {level['summary']}{backup}")
+        if e.get("chain_latency"):
+            lines.append("      " + _chain_line(e["chain_latency"]))
         if e.get("note"):
             lines.append(f"      note: {e['note']}")
     if report.get("reservations"):

@@ -18,6 +18,7 @@ from ryu_nsm.admission import (
     AdmissionError,
     Demand,
     Ledger,
+    Leg,
     NoBackup,
     NoFeasiblePath,
     admit,
@@ -699,6 +700,84 @@ def test_constrained_chain_is_the_cheapest_set_within_the_budget(fabric, data):
     assert all(chained(p, a, b) for p, (a, b) in zip(found, legs, strict=True))
     assert meets_latency(sum(p.latency for p in found), bound)
     assert sum(p.cost for p in found) == pytest.approx(min(sum(q.cost for q in p) for p in options), abs=1e-9)
+
+
+def test_each_leg_of_a_chain_has_its_own_guarantee_bound_and_links_to_leave():
+    # Two parallel links s1-s2: slow and wide (3 ms, 100), fast and narrow (1 ms, 50, dearer).
+    fabric = build(3, [("s1", "s2", 100, 3 * MS, 1), ("s1", "s2", 50, 1 * MS, 2),
+                       ("s2", "s3", 100, 1 * MS, 1)])
+    view, ledger = FabricView(fabric), Ledger(fabric)
+    slow, fast, last = fabric.links
+    # Both legs cross s1-s2 and the chain's 5 ms allow one on the slow link: the one that needs 60
+    # cannot take the fast link, so the one that needs 40 does.
+    legs = [Leg("s1", "s2", 60), Leg("s1", "s2", 40)]
+    paths = constrained_chain(view, legs, max_latency=5 * MS, ledger=ledger)
+    assert [p.links for p in paths] == [(slow,), (fast,)]
+    # A leg's own bound holds besides the chain's.
+    paths = constrained_chain(view, [Leg("s1", "s2", max_latency=2 * MS), ("s2", "s3")], max_latency=9 * MS)
+    assert paths[0].links == (fast,)
+    # Its bound and its guarantee together: the fast link is too narrow.
+    with pytest.raises(NoFeasiblePath, match=r"wire 1 of the chain \(s1 to s2\): no path from s1 to s2 "
+                                             "within 2ms has 60bit/s free"):
+        constrained_chain(view, [Leg("s1", "s2", 60, max_latency=2 * MS)], ledger=ledger)
+    # Links a leg must leave: the best total is reckoned without them.
+    leave = frozenset({fast.name})
+    assert constrained_chain(view, [Leg("s1", "s2", exclude_links=leave)]) == (Path(("s1", "s2"), (slow,)),)
+    with pytest.raises(NoFeasiblePath, match="within 2ms: the fastest takes 4ms in all"):
+        constrained_chain(view, [Leg("s1", "s2", exclude_links=leave), ("s2", "s3")], max_latency=2 * MS)
+    # A leg without a bandwidth of its own takes the chain's.
+    with pytest.raises(NoFeasiblePath, match="wire 1 of the chain"):
+        constrained_chain(view, [Leg("s1", "s2")], bandwidth=200, ledger=ledger)
+
+
+@settings(max_examples=150, deadline=None)
+@given(fabrics(max_switches=4, max_links=6), st.data())
+def test_constrained_chain_with_own_bounds_and_left_links_is_the_cheapest_that_qualifies(fabric, data):
+    names = [s.name for s in fabric.switches]
+    link_names = [link.name for link in fabric.links]
+    legs = [Leg(data.draw(st.sampled_from(names)), data.draw(st.sampled_from(names)),
+                max_latency=data.draw(st.sampled_from([None, MS, 3 * MS])),
+                exclude_links=frozenset(data.draw(st.sets(st.sampled_from(link_names), max_size=2))))
+            for _ in range(data.draw(st.integers(1, 3)))]
+    bound = data.draw(st.sampled_from([None, 2 * MS, 6 * MS]))
+
+    def allowed(path: Path, leg: Leg) -> bool:
+        return meets_latency(path.latency, leg.max_latency) and not path.uses(leg.exclude_links)
+
+    options = [combo for combo in itertools.product(*(
+        [p for p in simple_paths(fabric, leg.src, leg.dst) if allowed(p, leg)] for leg in legs))
+        if meets_latency(sum(p.latency for p in combo), bound)]
+    try:
+        found = constrained_chain(FabricView(fabric), legs, max_latency=bound)
+    except NoFeasiblePath:
+        assert not options
+        return
+    assert all(chained(p, leg.src, leg.dst) and allowed(p, leg) for p, leg in zip(found, legs, strict=True))
+    assert meets_latency(sum(p.latency for p in found), bound)
+    assert sum(p.cost for p in found) == pytest.approx(min(sum(q.cost for q in c) for c in options), abs=1e-9)
+
+
+@settings(max_examples=150, deadline=None)
+@given(fabrics(max_switches=4, max_links=6), st.data())
+def test_a_chain_never_takes_more_room_than_is_free(fabric, data):
+    names = [s.name for s in fabric.switches]
+    ledger = Ledger(fabric)
+    for link in fabric.links:  # some room already taken, on a one-link path
+        taken = data.draw(st.sampled_from([0, 10]))
+        if taken and taken <= link.capacity:
+            ledger.reserve(Demand(f"x-{link.name}", link.a, link.b, taken), Path((link.a, link.b), (link,)))
+    legs = [Leg(data.draw(st.sampled_from(names)), data.draw(st.sampled_from(names)),
+                data.draw(st.sampled_from([0, 5, 10, 20]))) for _ in range(data.draw(st.integers(1, 3)))]
+    try:
+        bound = data.draw(st.sampled_from([None, 4 * MS]))
+        found = constrained_chain(FabricView(fabric), legs, max_latency=bound, ledger=ledger)
+    except NoFeasiblePath:
+        return
+    need: Counter[str] = Counter()
+    for path, leg in zip(found, legs, strict=True):
+        for link in path.links:
+            need[link.name] += leg.bandwidth
+    assert all(bits <= ledger.available(name) for name, bits in need.items())
 
 
 def test_the_routing_graph_is_built_once_per_view():
