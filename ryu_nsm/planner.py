@@ -64,6 +64,9 @@ class FabricState:
     # Connection id → links it should leave (measured to break its service level); a preference:
     # with no other way, it stays where it is.
     avoid: Mapping[str, frozenset[str]] = field(default_factory=dict, compare=False, hash=False)
+    # Link name → one-way latency (s) measured to last above the declared one: paths are planned with
+    # it. Pass the same object again while it has not changed; a new one re-plans every connection.
+    latency: Mapping[str, float] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ class _Basis:
     ledger: Ledger
     meters: TagAllocator
     groups: TagAllocator
+    measured_view: FabricView  # ``view`` with measured latencies, for new placements
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,14 @@ def make_plan(
     same_fabric = basis is not None and (basis.state.down_links, basis.state.down_switches) == (
         state.down_links, state.down_switches)
     view = basis.view if same_fabric else FabricView(fabric, state.down_links, state.down_switches)
+    # New placements are chosen with the latency links measure; placements that exist are judged by
+    # the declared latency here and by the measured one in the controller's closed loop.
+    if same_fabric and (basis.state.latency is state.latency or basis.state.latency == state.latency):
+        measured_view = basis.measured_view
+    else:
+        routed = _measured(fabric, state.latency)
+        measured_view = view if routed is fabric else FabricView(
+            routed, state.down_links, state.down_switches)
     levels = resources.service_levels
     # New service levels may change any connection: everything is planned anew (a rare event).
     anew_all = basis is None or basis.resources.service_levels != levels
@@ -275,19 +287,25 @@ def make_plan(
         else:
             planned[cid] = kept
     removed = before.keys() - resolved.keys()
-    router = _Router(fabric, state, view, tags, meters, groups, ledger)
+    router = _Router(fabric, state, view, tags, meters, groups, ledger, measured_view)
     for cid in removed:
         router.release(cid)
     level_of = {cid: _level(levels, resolved[cid]) for cid in anew}
     # Unchanged connections planned before on paths still up go first (they keep tags, paths and
     # reservations; displacing one takes preemption), then the higher priorities.
+    def held(cid: str) -> bool:
+        old = before.get(cid)
+        return (old is not None and old.state == PLANNED and view.intact(old.path)
+                and old.connection == resolved[cid] and old.level == level_of[cid])
+
     def order(cid: str) -> tuple:
-        old, level = before.get(cid), level_of[cid]
-        held = (old is not None and old.state == PLANNED and view.intact(old.path)
-                and old.connection == resolved[cid] and old.level == level)
-        return (not held, -(level.priority if level else 0), cid)
+        level = level_of[cid]
+        return (not held(cid), -(level.priority if level else 0), cid)
 
     anew.sort(key=order)
+    # A held connection that had no backup looks for one only after every other is placed again
+    # (``_BackupPass``): here it would take room that a kept backup held before it.
+    unbacked = {cid for cid in anew if held(cid) and before[cid].backup is None}
     for cid in anew:
         router.release(cid, remember=True)
     queue = deque(anew)
@@ -301,7 +319,7 @@ def make_plan(
             continue
         level = level_of[cid] if cid in level_of else _level(levels, conn)
         result, evicted = router.route(conn, before.get(cid) or planned.get(cid), level,
-                                       preempt=cid not in preempted)
+                                       preempt=cid not in preempted, find_backup=cid not in unbacked)
         if cid in preempted:
             why = preempted[cid]
             if result.state == PLANNED:
@@ -316,6 +334,8 @@ def make_plan(
             queue.append(victim)
     if any(level.chain_latency for level in levels):
         _ChainPass(router, resolved, planned, before, touched, anew_all).run()
+    if touched or not same_fabric:  # else the ledger is as it was, and so is every backup search
+        _find_backups(router, resolved, planned, touched)
     if same_fabric:
         pipeline = previous.pipeline
     else:
@@ -329,8 +349,33 @@ def make_plan(
         problems=resources.problems,
         keep_cookies=keep,
         touched=frozenset(touched),
-        basis=_Basis(resources, requests, resolved, state, view, tags, hints, ledger, meters, groups),
+        basis=_Basis(resources, requests, resolved, state, view, tags, hints, ledger, meters, groups,
+                     measured_view),
     )
+
+
+def _find_backups(router: _Router, resolved: Mapping[str, Connection], planned: dict[str, PlannedConnection],
+                  touched: set[str]) -> None:
+    """Protected connections without a backup look for one, higher priority first, then by id.
+
+    Last, when every primary and every backup that could be kept is in the ledger: so planning
+    anew gives what planning step by step gave (a backup never takes the room of one held before),
+    and room that a change freed goes to those still without one.
+    """
+    def wanting(pc: PlannedConnection) -> bool:
+        return (pc.state == PLANNED and pc.level is not None and pc.level.protected and pc.backup is None
+                and bool(pc.path.links))
+
+    for cid in sorted((c for c, pc in planned.items() if wanting(pc)),
+                      key=lambda c: (-planned[c].level.priority, c)):
+        old = planned[cid]
+        router.release(cid, remember=True)
+        new, _ = router.route(resolved[cid], old, old.level, preempt=False)
+        # Placed again as it was (same tags: they were remembered), it stays the same object.
+        if (new.path, new.backup, new.tags, new.flows, new.groups, new.note, new.state) != (
+                old.path, old.backup, old.tags, old.flows, old.groups, old.note, old.state):
+            planned[cid] = new
+            touched.add(cid)
 
 
 def _follow(head: str, resolved: Mapping[str, Connection], by_client: Mapping[tuple, str]) -> tuple[str, ...]:
@@ -512,6 +557,24 @@ def _reserve_again(ledger: Ledger, reservation: Reservation | None) -> None:
         ledger.reserve(reservation.demand, reservation.path, reservation.backup)
 
 
+def _measured(fabric: Fabric, latency: Mapping[str, float]) -> Fabric:
+    """``fabric`` with each link's latency raised to what is measured (never below the declared)."""
+    if not any(latency.get(link.name, 0.0) > link.latency for link in fabric.links):
+        return fabric
+    return replace(fabric, links=tuple(
+        replace(link, latency=latency[link.name]) if latency.get(link.name, 0.0) > link.latency else link
+        for link in fabric.links))
+
+
+def _on(fabric: Fabric, path: Path | None) -> Path | None:
+    """``path`` with the links of ``fabric`` (declared latency), matched by name: a path placed with
+    measured latency is judged by the declared one from then on."""
+    if path is None or not path.links:
+        return path
+    links = fabric.link_by_name
+    return Path(path.switches, tuple(links.get(link.name, link) for link in path.links))
+
+
 def _level(levels: tuple[ServiceLevel, ...], conn: Connection) -> ServiceLevel | None:
     return select(levels, conn.network_service, conn.namespace, conn.labels) if levels else None
 
@@ -554,9 +617,11 @@ class _Router:
     """Routes connections one at a time into the plan's tags, meters, groups and bandwidth ledger."""
 
     def __init__(self, fabric: Fabric, state: FabricState, view: FabricView, tags: TagAllocator,
-                 meters: TagAllocator, groups: TagAllocator, ledger: Ledger):
+                 meters: TagAllocator, groups: TagAllocator, ledger: Ledger,
+                 measured_view: FabricView | None = None):
         self.fabric, self.state, self.view = fabric, state, view
         self.tags, self.meters, self.groups, self.ledger = tags, meters, groups, ledger
+        self.measured_view = measured_view or view
 
     def release(self, cid: str, remember: bool = False, reservation: bool = True) -> None:
         """Free what ``cid`` holds; ``remember`` keeps its tags and meter ids as its preference."""
@@ -570,8 +635,9 @@ class _Router:
             self.ledger.release(cid)
 
     def route(self, conn: Connection, before: PlannedConnection | None, level: ServiceLevel | None,
-              preempt: bool = True) -> tuple[PlannedConnection, tuple[str, ...]]:
-        """The connection's plan, and the connections its admission preempted."""
+              preempt: bool = True, find_backup: bool = True) -> tuple[PlannedConnection, tuple[str, ...]]:
+        """The connection's plan, and the connections its admission preempted; without
+        ``find_backup`` a protected connection gets no backup (``_find_backups`` looks later)."""
         fabric, state = self.fabric, self.state
 
         def refused(state: str, reason: str, path: Path | None = None) -> PlannedConnection:
@@ -589,11 +655,18 @@ class _Router:
         if before is not None and before.path is not None and before.connection.endpoint_attachment == (
             conn.endpoint_attachment
         ) and before.connection.client_attachment == conn.client_attachment and self.view.intact(before.path):
-            current = before.path
+            current = _on(self.fabric, before.path)
         avoid = self.state.avoid.get(conn.id, frozenset())
-        found = self._place(conn, src, dst, level, current, before, preempt, self._view_without(avoid))
+        if not find_backup and level is not None and level.protected:
+            level_here = replace(level, protection="none")
+        else:
+            level_here = level
+        # A connection placed anew (none to keep) is placed by the latency links measure.
+        base = self.view if current is not None else self.measured_view
+        found = self._place(conn, src, dst, level_here, current, before, preempt,
+                            self._view_without(avoid, base))
         if avoid and isinstance(found, str):  # no way around what it should leave: it stays
-            found = self._place(conn, src, dst, level, current, before, preempt, self.view)
+            found = self._place(conn, src, dst, level_here, current, before, preempt, base)
             if not isinstance(found, str):
                 found = (*found[:3], f"no path avoids {', '.join(sorted(avoid))}", *found[4:])
         if isinstance(found, str):
@@ -630,10 +703,10 @@ class _Router:
                                     meters, groups, ends, crank_tags=crank)
         return planned, evicted
 
-    def _view_without(self, avoid: frozenset[str]) -> FabricView:
+    def _view_without(self, avoid: frozenset[str], base: FabricView) -> FabricView:
         if not avoid:
-            return self.view
-        return FabricView(self.fabric, self.view.down_links | avoid, self.view.down_switches)
+            return base
+        return FabricView(base.fabric, base.down_links | avoid, base.down_switches)
 
     def _place(self, conn: Connection, src: str, dst: str, level: ServiceLevel | None, current: Path | None,
                before: PlannedConnection | None, preempt: bool, view: FabricView) -> tuple | str:
@@ -641,7 +714,7 @@ class _Router:
         if current is not None and not view.intact(current):
             current = None
         if _admitted(level):
-            backup = before.backup if current is not None else None
+            backup = _on(self.fabric, before.backup) if current is not None else None
             decision = admit(view, self.ledger, demand_for(conn.id, src, dst, level, current, backup),
                              preempt=preempt)
             if not decision.admitted:
