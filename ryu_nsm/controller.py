@@ -17,6 +17,7 @@ touched are diffed — except on a switch whose flows were just read, which is d
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -52,6 +53,7 @@ log = logging.getLogger("ryu_nsm.controller")
 
 DRAIN_MARGIN = 0.005  # s, beyond twice a left path's latency
 MAX_DRAIN = 1.0  # s: a path slower than that is not waited for
+SLOW_MARGIN = 0.001  # s: a link measured this much above its declared latency is slower than declared
 
 UP = "up"
 PENDING = "pending"
@@ -155,6 +157,11 @@ class Controller:
                               for sw in (link.a, link.b)}
         self._broken_since: dict[str, float] = {}  # connection → since when its level is broken
         self._avoid: dict[str, tuple[frozenset[str], float]] = {}  # connection → (links, until)
+        # Link → latency paths are planned with (a new dict per change), and since when it measures
+        # slower than declared, or back within the margin.
+        self._latency: dict[str, float] = {}
+        self._slow_since: dict[str, float] = {}
+        self._fast_since: dict[str, float] = {}
         self.resources = Resources()
         self.switches: dict[str, SwitchState] = {}
         self.plan: Plan = make_plan(fabric, self.resources)
@@ -313,7 +320,8 @@ class Controller:
         levels are checked against what the probes measure, and broken ones move."""
         self.measurements.expire(now)
         moved = self._check_levels(now)
-        return self._replan(now) if moved or self._state(now) != self._last_state else []
+        slower = self._track_latency(now)
+        return self._replan(now) if moved or slower or self._state(now) != self._last_state else []
 
     # -- measurement and the closed loop --------------------------------------------------------
 
@@ -382,6 +390,43 @@ class Controller:
             if quality is not None:
                 out[link.name] = quality
         return out
+
+    def _track_latency(self, now: float) -> bool:
+        """Plan paths with the latency of links measured slower than declared; True when that changed.
+
+        A link counts as slower once it measures above its declared latency (by more than
+        ``SLOW_MARGIN``) for ``sla_window``; it is planned with what it measures (whole ms, up), updated
+        when that moves by more than a quarter; it counts as declared again after ``avoid_hold`` back
+        within the margin. So admission of new connections sees measured latency, and a few probes of
+        noise re-plan nothing (a change re-plans every connection, keeping their paths where they can).
+        """
+        measured = self.link_quality()
+        planned = dict(self._latency)
+        for link in self.fabric.links:
+            q = measured.get(link.name)
+            if q is None or q.latency is None:
+                continue
+            held = planned.get(link.name)
+            if q.latency > link.latency + SLOW_MARGIN:
+                self._fast_since.pop(link.name, None)
+                since = self._slow_since.setdefault(link.name, now)
+                value = math.ceil(q.latency * 1000) / 1000
+                if now - since >= self.sla_window and (held is None or abs(value - held) > 0.25 * held):
+                    planned[link.name] = value
+            else:
+                self._slow_since.pop(link.name, None)
+                if held is not None and now - self._fast_since.setdefault(link.name, now) >= self.avoid_hold:
+                    del planned[link.name]
+                    del self._fast_since[link.name]
+        if planned == self._latency:
+            return False
+        for name in sorted(planned.keys() | self._latency.keys()):
+            if planned.get(name) != self._latency.get(name):
+                declared = self.fabric.link_by_name[name].latency
+                log.warning("link %s is planned with %s ms (declared %s ms)", name,
+                            round(planned.get(name, declared) * 1e3, 3), round(declared * 1e3, 3))
+        self._latency = planned
+        return True
 
     def _check_levels(self, now: float) -> bool:
         """Start moving connections whose level has been broken for ``sla_window``; True if any."""
@@ -461,7 +506,7 @@ class Controller:
         avoid = self._avoid_map
         if avoid is None or avoid.keys() != self._avoid.keys():
             avoid = self._avoid_map = {cid: links for cid, (links, _) in self._avoid.items()}
-        return FabricState(down_links, down_switches, ports, unreported, avoid)
+        return FabricState(down_links, down_switches, ports, unreported, avoid, self._latency)
 
     def _replan(self, now: float) -> list:
         """Plan now, even while a program is in flight (planning overlaps the switches' work); the
@@ -674,7 +719,8 @@ class Controller:
         problems = [str(p) for p in self.resources.problems]
         return {"fabric": self.fabric.name, "connections": connections, "switches": switches,
                 "history": history, "problems": problems, "reservations": self.plan.reservations(),
-                "links": [{"link": name, "latency": q.latency, "loss": q.loss, "samples": q.samples}
+                "links": [{"link": name, "latency": q.latency, "loss": q.loss, "samples": q.samples,
+                           **({"planned_latency": self._latency[name]} if name in self._latency else {})}
                           for name, q in measured.items()]}
 
 
@@ -697,7 +743,8 @@ def _culprits(level, links: list[Link], measured: dict[str, LinkQuality]) -> fro
         q = measured.get(link.name)
         if q is None:
             continue
-        slow = q.latency is not None and q.latency > link.latency + 0.001 and level.max_latency is not None
+        slow = (q.latency is not None and q.latency > link.latency + SLOW_MARGIN
+                and level.max_latency is not None)
         if slow or (q.loss > 0 and level.max_loss is not None):
             bad.add(link.name)
     return frozenset(bad or (link.name for link in links))

@@ -95,6 +95,10 @@ class Fabric:
         return {s.dpid: s for s in self.switches}
 
     @cached_property
+    def link_by_name(self) -> dict[str, Link]:
+        return {link.name: link for link in self.links}
+
+    @cached_property
     def link_ports(self) -> frozenset[tuple[str, int]]:
         """(switch, port) pairs that face another switch."""
         return frozenset(p for link in self.links for p in ((link.a, link.a_port), (link.b, link.b_port)))

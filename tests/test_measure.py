@@ -148,3 +148,44 @@ def test_throughput_comes_from_the_ingress_counters_of_each_direction():
     # Counters that go back (flows replaced) give no rate, not a negative one.
     ctl.counters_read(client.switch, [(f, 10) for f in at_client], 14.0)
     assert ctl.status()["connections"][0]["throughput"]["from_client"] == 500_000.0 * len(at_client)
+
+
+def test_a_new_connection_is_placed_by_measured_latency_and_placements_that_exist_are_not_failed_by_it():
+    fabric = ring(3, {"client": ("s1",), "client2": ("s1",), "server": ("s2", "s2")}, latency=0.001)
+    at = {h.name: h.interfaces for h in fabric.hosts}
+    direct = "s1:1-s2:2"
+    levels = (ServiceLevel("fast", "svc", max_latency=0.005),)
+    service = (NetworkService("svc"),)
+    endpoint = (Endpoint("server", services=("svc",), attachments=tuple(i.attachment for i in at["server"])),)
+    first = ClientRequest("client", "nsm-1", "svc", attachment=at["client"][0].attachment)
+    second = ClientRequest("client2", "nsm-1", "svc", attachment=at["client2"][0].attachment)
+    ctl = Controller(fabric, sla_window=3.0, avoid_hold=30.0)
+    switches = FakeFabric(fabric)
+    switches.connect_all(ctl)
+    switches.run(ctl, ctl.set_resources(Resources(service, endpoint, (first,), service_levels=levels), 0.0))
+    probed = Probed(ctl, fabric)
+    now = run(ctl, switches, probed, 0.0, 6.0)
+    assert path_of(ctl) == ("s1", "s2")
+    assert all("planned_latency" not in link for link in ctl.status()["links"])
+
+    probed.delay[direct] = 0.030  # slower than declared, for longer than the window
+    now = run(ctl, switches, probed, now, now + 8.0)
+    (planned,) = [link["planned_latency"] for link in ctl.status()["links"] if link["link"] == direct]
+    assert planned == 0.03
+    # The second client arrives: it is placed around the slow link at once, not moved there later.
+    switches.run(ctl, ctl.set_resources(Resources(service, endpoint, (first, second), service_levels=levels),
+                                        now), now)
+    new = ctl.plan.connections["default/client2/nsm-1"]
+    assert new.state == PLANNED and new.path.switches == ("s1", "s3", "s2")
+    assert not any("client2" in h.connection and "broken" in h.what for h in ctl.history)
+
+    # Every way slow: nothing is failed for it; the connections stay and the status says so.
+    for name in probed.delay:
+        probed.delay[name] = 0.050
+    now = run(ctl, switches, probed, now, now + 12.0)
+    assert all(pc.state == PLANNED for pc in ctl.plan.connections.values())
+    # The links measure as declared again: after avoid_hold they are planned as declared.
+    for name in probed.delay:
+        probed.delay[name] = 0.001
+    run(ctl, switches, probed, now, now + 40.0)
+    assert all("planned_latency" not in link for link in ctl.status()["links"])
