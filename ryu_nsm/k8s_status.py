@@ -266,6 +266,13 @@ def desired_connections(status: Mapping, now: str,
             body["status"]["serviceLevel"] = dict(e["service_level"])
         if e.get("backup_path"):
             body["status"]["backupPath"] = list(e["backup_path"])
+        if e.get("chain_latency"):
+            # What is planned, not what is measured: measurements move all the time, and each
+            # change would be a write (ServiceLevelMet says whether the measured chain keeps it).
+            chain = e["chain_latency"]
+            body["status"]["chainLatency"] = {
+                "plannedSeconds": chain["latency"], "boundSeconds": chain["bound"],
+                "connections": list(chain["wires"])}
         out[key] = body
     return out
 

@@ -920,6 +920,13 @@ def test_a_service_level_shows_with_its_backup_and_whether_measurements_meet_it(
     assert client["serviceLevel"]["name"] == "secure-internet"
     assert client["backupPath"][0] == client["path"][0] and client["backupPath"] != client["path"]
     assert conditions({"status": client})["ServiceLevelMet"]["reason"] == "NotMeasured"
+    # The whole chain is bounded (chainLatency: true in examples/qos): its planned total, wire by wire.
+    chain = client["chainLatency"]
+    assert chain["connections"][0] == "default/client/nsm-1" and len(chain["connections"]) == 3
+    planned = {e["id"]: e for e in ctl.status()["connections"]}
+    wires = chain["connections"]
+    assert chain["plannedSeconds"] == pytest.approx(sum(planned[c]["path_latency"] for c in wires))
+    assert chain["plannedSeconds"] <= chain["boundSeconds"] == 0.005
 
     # Probes come back quickly: the level is met; the same again writes the same status.
     def probe_round(now, delay):
