@@ -75,17 +75,23 @@ def test_connect_then_declare_installs_and_reports_up():
     assert (d.switch, d.port) == port(fab, "server")
 
 
-def test_restarted_controller_with_unchanged_fabric_sends_nothing():
-    fab, res = setup()
+def restarted(fab, res) -> Controller:
+    """A controller that programmed the fabric, then a fresh one on the same fabric and resources:
+    asserts that the fresh one sent nothing and changed nothing, and returns it."""
     ctl, sw = Controller(fab), FakeFabric(fab)
-    sw.run(ctl, ctl.set_resources(res, 0.0))
     sw.connect_all(ctl)
+    sw.run(ctl, ctl.set_resources(res, 0.0))
     before = dict(sw.tables)
     sw.sent.clear()
     fresh = Controller(fab)
     sw.run(fresh, fresh.set_resources(res, 5.0))
     sw.connect_all(fresh, 5.0)
     assert sw.sent == [] and sw.tables == before
+    return fresh
+
+
+def test_restarted_controller_with_unchanged_fabric_sends_nothing():
+    fresh = restarted(*setup())
     assert fresh.status()["connections"][0]["state"] == "up"
 
 

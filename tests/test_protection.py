@@ -9,7 +9,6 @@ from dataclasses import replace
 
 import pytest
 
-from ryu_nsm.controller import Controller
 from ryu_nsm.flowspec import is_our_group
 from ryu_nsm.model import ClientRequest, Endpoint, FrozenMap, NetworkService, Resources
 from ryu_nsm.planner import PLANNED, make_plan
@@ -17,7 +16,7 @@ from ryu_nsm.sla import ServiceLevel
 
 from .fabrics import ring
 from .flowsim import FabricSim
-from .test_controller import FakeFabric
+from .test_controller import restarted
 from .test_planner import att, resources_for
 
 
@@ -194,13 +193,4 @@ def test_a_plan_from_the_connections_alone_keeps_tags_chosen_in_arrival_order():
 
 def test_a_restarted_controller_keeps_a_protected_long_wire_as_it_is():
     fabric, plan = long_plan()
-    ctl, switches = Controller(fabric), FakeFabric(fabric)
-    switches.connect_all(ctl)
-    resources = plan.basis.resources
-    switches.run(ctl, ctl.set_resources(resources, 0.0))
-    before = dict(switches.tables)
-    switches.sent.clear()
-    fresh = Controller(fabric)
-    switches.run(fresh, fresh.set_resources(resources, 5.0))
-    switches.connect_all(fresh, 5.0)
-    assert switches.sent == [] and switches.tables == before
+    restarted(fabric, plan.basis.resources)
