@@ -326,8 +326,14 @@ class Controller:
     # -- measurement and the closed loop --------------------------------------------------------
 
     def probes(self, now: float) -> list:
-        """One probe out of each end of every link between two switches whose flows are known."""
-        ready = {name for name, s in self.switches.items() if s.connected and s.flows is not None}
+        """One probe out of each end of every link between two switches that hold their pipeline.
+
+        A probe towards a switch whose probe flows are not in place yet would be lost, and counted as
+        loss for the whole measurement window.
+        """
+        pipeline = self.plan.pipeline
+        ready = {name for name, s in self.switches.items() if s.connected and s.flows is not None
+                 and all(s.flows.get(f.key) == f for f in pipeline.get(name, ()))}
         out = []
         for link in self.fabric.links:
             if link.a in ready and link.b in ready:

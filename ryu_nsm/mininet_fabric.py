@@ -464,13 +464,15 @@ class FabricNet:
         for host in self.fabric.hosts:
             if host.role == "function":
                 self._make_function(host)
-        net.start()
-        self.check_ports()
         for link in self.impaired:
             node = self.host(impairment_host(link))
             control = f"/tmp/ryu-nsm-{self.owner.replace(':', '-')}-{node.name}.sock"
-            # Seeded, so a run's losses repeat; the element stops with this process at the latest.
+            # Before the switches start: frames (the controller's first link probes too) must not
+            # meet a link that is not relaying yet. Seeded, so a run's losses repeat; the element
+            # stops with this process at the latest.
             self._elements[link.name] = start_in_netns(node, "a", "b", control, seed=1)
+        net.start()
+        self.check_ports()
 
     def impairment(self, link: str) -> Impairment:
         """The impairment element on ``link`` (a name ``find_link`` accepts), to delay or drop frames."""

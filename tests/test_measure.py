@@ -1,6 +1,6 @@
 """Link measurement from probes, and the closed loop that moves connections whose service level breaks."""
 
-from ryu_nsm.controller import Controller, SendProbe
+from ryu_nsm.controller import Controller, ReadFlows, SendProbe
 from ryu_nsm.measure import Measurements, path_quality
 from ryu_nsm.model import ClientRequest, Endpoint, NetworkService, Resources
 from ryu_nsm.planner import PLANNED
@@ -8,7 +8,7 @@ from ryu_nsm.sla import ServiceLevel
 
 from .fabrics import ring
 from .flowsim import FabricSim
-from .test_controller import FakeFabric
+from .test_controller import FakeFabric, ports_of
 
 LINK = ("s1:1-s2:2", "s1")
 
@@ -189,3 +189,20 @@ def test_a_new_connection_is_placed_by_measured_latency_and_placements_that_exis
         probed.delay[name] = 0.001
     run(ctl, switches, probed, now, now + 40.0)
     assert all("planned_latency" not in link for link in ctl.status()["links"])
+
+
+def test_no_probe_goes_towards_a_switch_before_its_probe_flows_are_in_place():
+    fabric = ring(3)
+    ctl, switches = Controller(fabric), FakeFabric(fabric)
+    held = ctl.set_resources(Resources(), 0.0)
+    for s in fabric.switches:  # connected and read, but the programs are held back
+        for cmd in ctl.switch_connected(s.dpid, ports_of(fabric, s.name), 0.0):
+            if isinstance(cmd, ReadFlows):
+                held += ctl.flows_read(cmd.switch, switches.tables[cmd.switch], 0.0, cmd.epoch)
+            else:
+                held.append(cmd)
+    assert ctl.probes(1.0) == []
+    switches.run(ctl, held, 1.0)
+    probes = ctl.probes(2.0)
+    assert {(p.switch, p.port) for p in probes} == {
+        (end, link.port_on(end)) for link in fabric.links for end in (link.a, link.b)}
