@@ -672,6 +672,8 @@ class _Router:
         if isinstance(found, str):
             return refused(FAILED, found), ()
         path, backup, event, note, evicted = found
+        # Stored with declared latency: measured latency chose the path, the plan judges it as declared.
+        path, backup = _on(fabric, path), _on(fabric, backup)
         try:
             held = tuple((link.name, self.tags.allocate(conn.id, link.name)) for link in path.links)
             spare = tuple((link.name, self.tags.allocate(_backup_key(conn.id), link.name))
