@@ -403,8 +403,8 @@ class Controller:
         A link counts as slower once it measures above its declared latency (by more than
         ``SLOW_MARGIN``) for ``sla_window``; it is planned with what it measures (whole ms, up), updated
         when that moves by more than a quarter; it counts as declared again after ``avoid_hold`` back
-        within the margin. So admission of new connections sees measured latency, and a few probes of
-        noise re-plan nothing (a change re-plans every connection, keeping their paths where they can).
+        within the margin. New placements are chosen with it (the planner's measured view); placements
+        that exist are judged by declared latency there and by measured latency in ``_check_levels``.
         """
         measured = self.link_quality()
         planned = dict(self._latency)
