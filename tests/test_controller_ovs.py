@@ -9,15 +9,13 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from ryu_nsm.controlproc import ControllerProcess, wait_for
 from ryu_nsm.flowspec import PIPELINE_COOKIE, wire_cookie
 
-from .echo_requests import write_echo_requests
-from .two_bridges import add_host, link_bridges, remove, sh, write_topology
+from .two_bridges import build_echo, remove, sh
 
 pytestmark = pytest.mark.ovs
 
@@ -25,20 +23,6 @@ TAG = f"r{os.getpid() % 10000:04d}"  # unique names: bridges, veths and namespac
 A, B = f"{TAG}a", f"{TAG}b"
 NS_C, NS_S = f"{TAG}-c", f"{TAG}-s"
 CONN = "default/client/nsm-1"
-
-
-def build(tmp: Path) -> tuple[Path, Path]:
-    link_bridges(A, B, 0xA1, 0xB1)
-    add_host(NS_C, f"{A}-c", "10.9.0.1/24", bridge=A, ofport=10)
-    add_host(NS_S, f"{B}-s", "10.9.0.2/24", bridge=B, ofport=10)
-    topo = write_topology(tmp / "topo.yaml", "two-bridges", A, B, 0xA1, 0xB1, f"""\
-        - name: client
-          interfaces: [{{name: eth0, switch: {A}, port: 10, port_name: {A}-c}}]
-        - name: server
-          interfaces: [{{name: eth0, switch: {B}, port: 10, port_name: {B}-s}}]
-        """)
-    requests = write_echo_requests(tmp / "requests", f"{A}/{A}-c", f"{B}/{B}-s")
-    return topo, requests
 
 
 def teardown():
@@ -49,7 +33,7 @@ def teardown():
 def bridges(tmp_path):
     teardown()
     try:
-        yield build(tmp_path)
+        yield build_echo(tmp_path, "two-bridges", A, B, (0xA1, 0xB1), (NS_C, NS_S), "10.9.0")
     finally:
         teardown()
 

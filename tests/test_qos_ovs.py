@@ -17,8 +17,7 @@ import pytest
 from ryu_nsm.controlproc import ControllerProcess, wait_for
 from ryu_nsm.flowspec import is_our_meter
 
-from .echo_requests import write_echo_requests
-from .two_bridges import add_host, link_bridges, remove, sh, write_topology
+from .two_bridges import build_echo, remove, sh
 
 pytestmark = pytest.mark.ovs
 
@@ -42,17 +41,7 @@ LEVEL = textwrap.dedent(f"""\
 def wire(tmp_path):
     remove(A, B, (NS_C, NS_S))
     try:
-        link_bridges(A, B, 0xA2, 0xB2)
-        add_host(NS_C, f"{A}-c", "10.9.1.1/24", bridge=A, ofport=10)
-        add_host(NS_S, f"{B}-s", "10.9.1.2/24", bridge=B, ofport=10)
-        topo = write_topology(tmp_path / "topo.yaml", "qos", A, B, 0xA2, 0xB2, f"""\
-            - name: client
-              interfaces: [{{name: eth0, switch: {A}, port: 10, port_name: {A}-c}}]
-            - name: server
-              interfaces: [{{name: eth0, switch: {B}, port: 10, port_name: {B}-s}}]
-            """)
-        requests = write_echo_requests(tmp_path / "requests", f"{A}/{A}-c", f"{B}/{B}-s")
-        yield topo, requests
+        yield build_echo(tmp_path, "qos", A, B, (0xA2, 0xB2), (NS_C, NS_S), "10.9.1")
     finally:
         remove(A, B, (NS_C, NS_S))
 

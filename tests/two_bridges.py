@@ -6,6 +6,8 @@ import subprocess
 import textwrap
 from pathlib import Path
 
+from .echo_requests import write_echo_requests
+
 
 def sh(*cmd: str, check: bool = True) -> str:
     return subprocess.run(cmd, check=check, capture_output=True, text=True).stdout
@@ -67,3 +69,19 @@ def write_topology(path: Path, name: str, a: str, b: str, dpid_a: int, dpid_b: i
         text += "hosts:\n" + textwrap.indent(textwrap.dedent(hosts), "  ")
     path.write_text(text)
     return path
+
+
+def build_echo(tmp: Path, name: str, a: str, b: str, dpids: tuple[int, int], namespaces: tuple[str, str],
+               subnet: str) -> tuple[Path, Path]:
+    """The two bridges with a client namespace on ``a`` (``subnet``.1) and a server on ``b`` (.2),
+    both at port 10, their topology and the echo requests: (topology, requests directory)."""
+    link_bridges(a, b, *dpids)
+    add_host(namespaces[0], f"{a}-c", f"{subnet}.1/24", bridge=a, ofport=10)
+    add_host(namespaces[1], f"{b}-s", f"{subnet}.2/24", bridge=b, ofport=10)
+    topo = write_topology(tmp / "topo.yaml", name, a, b, *dpids, f"""\
+        - name: client
+          interfaces: [{{name: eth0, switch: {a}, port: 10, port_name: {a}-c}}]
+        - name: server
+          interfaces: [{{name: eth0, switch: {b}, port: 10, port_name: {b}-s}}]
+        """)
+    return topo, write_echo_requests(tmp / "requests", f"{a}/{a}-c", f"{b}/{b}-s")
