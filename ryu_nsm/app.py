@@ -226,13 +226,10 @@ class NsmApp(app_manager.OSKenApp):
         if msg.xid in self._counter_reads:
             self._counters(msg)
             return
-        read = self._reads.get(msg.xid)
-        if read is None:
+        answered = self._answered(self._reads, "flows", msg)
+        if answered is None:
             return
-        entries = self._gather(msg.datapath.id, f"flows-{msg.xid}", msg)
-        if entries is None:
-            return
-        del self._reads[msg.xid]
+        read, entries = answered
         specs = [stats.spec for stats in ofwire.decode_flow_stats(entries)]
         held = self._read_objects.pop(msg.xid, {})
         meters, groups = held.get("meter", []), held.get("group", [])
@@ -240,10 +237,10 @@ class NsmApp(app_manager.OSKenApp):
 
     def _counters(self, msg) -> None:
         now = time.monotonic()
-        entries = self._gather(msg.datapath.id, f"counters-{msg.xid}", msg)
-        if entries is None:
+        answered = self._answered(self._counter_reads, "counters", msg)
+        if answered is None:
             return
-        read = self._counter_reads.pop(msg.xid)
+        read, entries = answered
         stats = [(s.spec, s.bytes) for s in ofwire.decode_flow_stats(entries)]
         self._call(lambda _: self.core.counters_read(read.switch, stats, now) or [])
 
@@ -266,15 +263,23 @@ class NsmApp(app_manager.OSKenApp):
         self._object_reply(ev.msg, ofwire.decode_group_descs)
 
     def _object_reply(self, msg, decode: Callable) -> None:
-        asked = self._object_reads.get(msg.xid)
-        if asked is None:
+        answered = self._answered(self._object_reads, "objects", msg)
+        if answered is None:
             return
-        entries = self._gather(msg.datapath.id, f"objects-{msg.xid}", msg)
-        if entries is None:
-            return
-        del self._object_reads[msg.xid]
-        kind, flows_xid = asked
+        (kind, flows_xid), entries = answered
         self._read_objects.setdefault(flows_xid, {})[kind] = decode(entries)
+
+    def _answered(self, pending: dict, label: str, msg) -> tuple | None:
+        """(what ``msg`` answers, all its entries) once its last part came, taken out of ``pending``;
+        None for a part before the last, or for an answer to nothing ``pending`` holds."""
+        asked = pending.get(msg.xid)
+        if asked is None:
+            return None
+        entries = self._gather(msg.datapath.id, f"{label}-{msg.xid}", msg)
+        if entries is None:
+            return None
+        del pending[msg.xid]
+        return asked, entries
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def _port_status(self, ev):
