@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -206,3 +207,19 @@ def log_breakdown(log: str, t0_wall: float) -> list[str]:
         out.insert(0, f"  +{created[0] * 1000:.0f} ms to +{created[-1] * 1000:.0f} ms: {len(created)} "
                       "connections logged as created (read, parsed, resolved, routed, compiled before)")
     return out
+
+
+def print_figures(name: str, produce: Callable[[], list[str]],
+                  failures: tuple[type[BaseException], ...]) -> int:
+    """Run ``produce`` and print its figure lines: 0; or the reason on stderr when it raises one of
+    ``failures``: 1. bench/run's timeout sends SIGTERM: it exits through the finally blocks, so the
+    benchmark leaves nothing behind."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"{name} benchmark: terminated"))
+    try:
+        lines = produce()
+    except failures as exc:
+        print(f"{name} benchmark FAILED: {exc}", file=sys.stderr)
+        return 1
+    for line in lines:
+        print(line)
+    return 0

@@ -52,7 +52,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
-from common import BenchFailure, figure, percentile, sh
+from common import BenchFailure, figure, percentile, print_figures, sh
 
 from nsm_api import networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection, Mechanism
@@ -422,16 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=500, help="connections (default 500)")
     opts = parser.parse_args(argv)
     n = 20 if opts.quick else opts.connections
-    # bench/run's timeout sends SIGTERM: exit through the finally blocks so nothing is left behind.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit("forwarder set-up benchmark: terminated"))
-    try:
-        lines = bench(n, min(SAMPLE, n - 1))
-    except (RuntimeError, OSError, AssertionError, grpc.RpcError, subprocess.TimeoutExpired) as exc:
-        print(f"forwarder set-up benchmark FAILED: {exc}", file=sys.stderr)
-        return 1
-    for line in lines:
-        print(line)
-    return 0
+    return print_figures("forwarder set-up", lambda: bench(n, min(SAMPLE, n - 1)),
+                         (RuntimeError, OSError, AssertionError, grpc.RpcError, subprocess.TimeoutExpired))
 
 
 if __name__ == "__main__":

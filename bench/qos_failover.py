@@ -76,7 +76,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from common import BenchFailure, figure, sh
+from common import BenchFailure, figure, print_figures, sh
 
 # The stream's two ends run this file too, inside the namespaces, on the standard library alone: what
 # drives the fabric is imported where it is used (a stream end starts in 0.07 s instead of 0.7 s).
@@ -685,16 +685,8 @@ def main(argv: list[str] | None = None) -> int:
     if opts.receive:
         run_receiver(opts.receive, opts.out)
         return 0
-    # bench/run's timeout sends SIGTERM: exit through the finally blocks so nothing is left behind.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit("qos failover benchmark: terminated"))
-    try:
-        lines = bench(2, 1) if opts.quick else bench(5, 3)
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-        print(f"qos failover benchmark FAILED: {exc}", file=sys.stderr)
-        return 1
-    for line in lines:
-        print(line)
-    return 0
+    return print_figures("qos failover", lambda: bench(2, 1) if opts.quick else bench(5, 3),
+                         (RuntimeError, OSError, subprocess.TimeoutExpired))
 
 
 if __name__ == "__main__":
