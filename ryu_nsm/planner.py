@@ -334,7 +334,9 @@ def make_plan(
             queue.append(victim)
     if any(level.chain_latency for level in levels):
         _ChainPass(router, resolved, planned, before, touched, anew_all).run()
-    if touched or not same_fabric:  # else the ledger is as it was, and so is every backup search
+    # Without protection nothing looks (a plan costs what it touches); with no change neither: the
+    # ledger is as it was, and so is every backup search.
+    if (touched or not same_fabric) and any(level.protected for level in levels):
         _find_backups(router, resolved, planned, touched)
     if same_fabric:
         pipeline = previous.pipeline
