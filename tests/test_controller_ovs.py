@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,11 @@ NS_C, NS_S = f"{TAG}-c", f"{TAG}-s"
 CONN = "default/client/nsm-1"
 
 
+def build(tmp: Path) -> tuple[Path, Path]:
+    """The two bridges with client and server, as (topology, requests); test_controller_grpc too."""
+    return build_echo(tmp, "two-bridges", A, B, (0xA1, 0xB1), (NS_C, NS_S), "10.9.0")
+
+
 def teardown():
     remove(A, B, (NS_C, NS_S))
 
@@ -33,7 +39,7 @@ def teardown():
 def bridges(tmp_path):
     teardown()
     try:
-        yield build_echo(tmp_path, "two-bridges", A, B, (0xA1, 0xB1), (NS_C, NS_S), "10.9.0")
+        yield build(tmp_path)
     finally:
         teardown()
 
