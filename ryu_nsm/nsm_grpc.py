@@ -21,6 +21,7 @@ prefixed "unsigned:". Peers that verify tokens will reject it.
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import secrets
 import threading
@@ -68,6 +69,14 @@ class Held:
     request: ClientRequest
 
 
+@dataclass(frozen=True)
+class Change:
+    """A connection put (``held`` is what is held now) or withdrawn (``held`` is None)."""
+
+    connection_id: str
+    held: Held | None
+
+
 def _parameters(request: networkservice_pb2.NetworkServiceRequest) -> dict[str, str]:
     # The connection's own mechanism wins (a refresh or a forwarder's answer carries it); else the
     # first preference that names an attachment.
@@ -108,23 +117,26 @@ def to_client_request(request: networkservice_pb2.NetworkServiceRequest,
 class GrpcRequests:
     """The source of connections asked for over gRPC; reports its whole state on every change.
 
-    Reports an empty state at once, so it never holds the merged sources back.
+    Reports an empty state at once, so it never holds the merged sources back. Subscribers get
+    every change in order, so a connection held for a moment is not missed by a monitor.
     """
 
     def __init__(self, report: Callable[[Resources], None]) -> None:
         self._report = report
         self._lock = threading.Lock()
         self._held: dict[str, Held] = {}
+        self._subscribers: list[queue.SimpleQueue[Change]] = []
         report(Resources())
 
     def put(self, connection: Connection, request: ClientRequest) -> bool:
         """Hold (or refresh) a connection; True when what is declared changed."""
         with self._lock:
             before = self._held.get(connection.id)
-            self._held[connection.id] = Held(_copy(connection), request)
+            held = self._held[connection.id] = Held(_copy(connection), request)
             if before is not None and before.request == request:
                 return False
             self._publish()
+            self._tell(Change(connection.id, held))
             return True
 
     def withdraw(self, connection_id: str) -> bool:
@@ -133,7 +145,19 @@ class GrpcRequests:
             if self._held.pop(connection_id, None) is None:
                 return False
             self._publish()
+            self._tell(Change(connection_id, None))
             return True
+
+    def subscribe(self) -> tuple[dict[str, Held], queue.SimpleQueue[Change]]:
+        """What is held now and a queue of every change after it (nothing falls between)."""
+        changes: queue.SimpleQueue[Change] = queue.SimpleQueue()
+        with self._lock:
+            self._subscribers.append(changes)
+            return dict(self._held), changes
+
+    def unsubscribe(self, changes: queue.SimpleQueue[Change]) -> None:
+        with self._lock:
+            self._subscribers.remove(changes)
 
     def held(self) -> dict[str, Held]:
         """Every connection held now, by NSM connection id."""
@@ -143,6 +167,10 @@ class GrpcRequests:
     def _publish(self) -> None:
         # Under the lock: reports reach the controller in the order the changes happened.
         self._report(Resources(requests=tuple(h.request for h in self._held.values())))
+
+    def _tell(self, change: Change) -> None:
+        for changes in self._subscribers:
+            changes.put(change)
 
 
 def new_token() -> str:
@@ -253,20 +281,12 @@ class NsmServer(networkservice_pb2_grpc.NetworkServiceServicer,
 
     def connections(self, selector: MonitorScopeSelector | None = None) -> dict[str, Connection]:
         """The gRPC-requested connections as Connection messages, state from the controller."""
+        return self._view(self.source.held(), selector)
+
+    def _view(self, held: dict[str, Held], selector: MonitorScopeSelector | None) -> dict[str, Connection]:
         by_id = {c["id"]: c for c in self.status()["connections"]}
-        out = {}
-        for cid, held in self.source.held().items():
-            if selector is not None and selector.network_services and (
-                    held.connection.network_service not in selector.network_services):
-                continue
-            entry = by_id.get(held.request.id) or {}
-            out[cid] = Connection(
-                id=cid, network_service=held.connection.network_service,
-                labels=dict(held.connection.labels),
-                network_service_endpoint_name=entry.get("endpoint") or "",
-                state=connection_pb2.UP if entry.get("state") == "up" else connection_pb2.DOWN,
-            )
-        return out
+        return {cid: _as_connection(h, by_id.get(h.request.id) or {})
+                for cid, h in held.items() if _in_scope(h, selector)}
 
     # ---- gRPC methods ------------------------------------------------------------------------------
 
@@ -288,21 +308,69 @@ class NsmServer(networkservice_pb2_grpc.NetworkServiceServicer,
 
     def MonitorConnections(self, request: MonitorScopeSelector,
                            context: grpc.ServicerContext) -> Iterator[ConnectionEvent]:
-        """connection.MonitorConnection/MonitorConnections: initial state, then UPDATE/DELETE by polling."""
-        known = self.connections(request)
-        yield ConnectionEvent(type=connection_pb2.INITIAL_STATE_TRANSFER, connections=known)
-        while context.is_active() and not self._stopping.wait(self.monitor_interval):
-            now = self.connections(request)
-            gone = {cid: known[cid] for cid in known.keys() - now.keys()}
-            changed = {cid: c for cid, c in now.items() if known.get(cid) != c}
-            if gone:
-                yield ConnectionEvent(type=connection_pb2.DELETE, connections=gone)
-            if changed:
-                yield ConnectionEvent(type=connection_pb2.UPDATE, connections=changed)
-            known = now
+        """connection.MonitorConnection/MonitorConnections: initial state, then UPDATE/DELETE.
+
+        Puts and withdrawals arrive as they happen (a connection refused a second after it was
+        asked for is still seen, DOWN, then deleted); the controller's state is read every
+        `monitor_interval`.
+        """
+        held, changes = self.source.subscribe()
+        try:
+            known = self._view(held, request)
+            yield ConnectionEvent(type=connection_pb2.INITIAL_STATE_TRANSFER, connections=known)
+            while context.is_active() and not self._stopping.is_set():
+                passing: dict[str, Held] = {}  # put and withdrawn again since the last look
+                for change in _drain(changes, self.monitor_interval):
+                    if change.held is not None:
+                        held[change.connection_id] = change.held
+                        continue
+                    gone = held.pop(change.connection_id, None)
+                    if gone is not None and change.connection_id not in known:
+                        passing[change.connection_id] = gone
+                if passing:
+                    seen = self._view(passing, request)
+                    if seen:
+                        yield ConnectionEvent(type=connection_pb2.UPDATE, connections=seen)
+                        known = {**known, **seen}
+                now = self._view(held, request)
+                gone = {cid: known[cid] for cid in known.keys() - now.keys()}
+                changed = {cid: c for cid, c in now.items() if known.get(cid) != c}
+                if gone:
+                    yield ConnectionEvent(type=connection_pb2.DELETE, connections=gone)
+                if changed:
+                    yield ConnectionEvent(type=connection_pb2.UPDATE, connections=changed)
+                known = now
+        finally:
+            self.source.unsubscribe(changes)
 
     def _entry(self, request_id: str) -> dict | None:
         return next((c for c in self.status()["connections"] if c["id"] == request_id), None)
+
+
+def _in_scope(held: Held, selector: MonitorScopeSelector | None) -> bool:
+    return (selector is None or not selector.network_services
+            or held.connection.network_service in selector.network_services)
+
+
+def _as_connection(held: Held, entry: dict) -> Connection:
+    """What monitors see of a held connection: UP when the controller has it up, else DOWN."""
+    return Connection(id=held.connection.id, network_service=held.connection.network_service,
+                      labels=dict(held.connection.labels),
+                      network_service_endpoint_name=entry.get("endpoint") or "",
+                      state=connection_pb2.UP if entry.get("state") == "up" else connection_pb2.DOWN)
+
+
+def _drain(changes: queue.SimpleQueue[Change], wait: float) -> list[Change]:
+    """The changes queued now, waiting up to ``wait`` seconds for the first."""
+    try:
+        out = [changes.get(timeout=wait)]
+    except queue.Empty:
+        return []
+    while True:
+        try:
+            out.append(changes.get_nowait())
+        except queue.Empty:
+            return out
 
 
 def _copy(connection: Connection) -> Connection:

@@ -128,6 +128,7 @@ def test_bad_requests_get_clear_codes(controller):
 
     monitor = Monitor(channel)
     try:
+        monitor.next(lambda e: e.type == connection_pb2.INITIAL_STATE_TRANSFER)  # subscribed
         ghost = nsm_request("echo", {ATTACHMENT_PARAM: f"{A}/ghost"})
         nowhere = refused(channel, ghost)
         assert nowhere.code() == grpc.StatusCode.FAILED_PRECONDITION
