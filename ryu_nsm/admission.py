@@ -339,6 +339,8 @@ class Ledger:
                 "link": link.name, "capacity": link.capacity,
                 "reserved": {f"{link.a}->{link.b}": ab, f"{link.b}->{link.a}": ba},
                 "residual": link.capacity - max(ab, ba), "connections": sorted(ids),
+                # The switch's queue for guaranteed wires needs at least max(reserved) of min-rate.
+                **({"queue": link.queue} if link.queue is not None else {}),
             })
         return out
 

@@ -22,7 +22,12 @@ class Switch:
 
 @dataclass(frozen=True)
 class Link:
-    """A bidirectional switch-to-switch link. ``capacity`` in bit/s, ``latency`` one-way in seconds."""
+    """A bidirectional switch-to-switch link. ``capacity`` in bit/s, ``latency`` one-way in seconds.
+
+    ``queue``: the egress queue, at both ends, that carries wires with a guaranteed bandwidth
+    (OpenFlow set_queue). The switch owns the queue (e.g. OVS QoS linux-htb with a min-rate); None
+    when the link has none and guarantees rest on admission and meters alone.
+    """
 
     a: str
     a_port: int
@@ -31,6 +36,7 @@ class Link:
     capacity: float = 1e9
     latency: float = 0.0
     cost: float = 1.0
+    queue: int | None = None
 
     @property
     def name(self) -> str:

@@ -12,7 +12,7 @@ Every flow of a wire carries ``wire_cookie(connection id)``; pipeline flows carr
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .fabric import Fabric
 from .flowspec import (
@@ -157,6 +157,49 @@ def _protected_one_way(switches, links, in_port: int, out_port: int, tags, to_ba
     flows.append((last, FlowSpec.make(Table.FORWARD, Priority.WIRE, match,
                                       [("pop_vlan",), ("output", out_port)], cookie=cookie)))
     return flows, specs
+
+
+def link_queues(fabric: Fabric) -> dict[tuple[str, int], int]:
+    """(switch, port) → the egress queue for guaranteed wires, for both ends of every link with one."""
+    out: dict[tuple[str, int], int] = {}
+    for link in fabric.links:
+        if link.queue is not None:
+            out[(link.a, link.a_port)] = link.queue
+            out[(link.b, link.b_port)] = link.queue
+    return out
+
+
+def queued(flows: Sequence[tuple[str, FlowSpec]], groups: Sequence[tuple[str, GroupSpec]],
+           queues: Mapping[tuple[str, int], int]
+           ) -> tuple[list[tuple[str, FlowSpec]], list[tuple[str, GroupSpec]]]:
+    """A guaranteed wire's flows and groups with every output onto a queued link port put in its queue.
+
+    Frames sent back where they came from (OFPP_IN_PORT) leave by the flow's in_port, or a bucket's
+    watched port; ports to attachments have no queue and stay as they are.
+    """
+    if not queues:
+        return list(flows), list(groups)
+    out_flows = []
+    for switch, flow in flows:
+        actions = _queue_outputs(switch, flow.actions, dict(flow.match).get("in_port"), queues)
+        out_flows.append((switch, replace(flow, actions=actions)))
+    out_groups = [(switch, GroupSpec(group.group_id, tuple(
+        (watch, _queue_outputs(switch, tuple(actions), watch, queues)) for watch, actions in group.buckets)))
+        for switch, group in groups]
+    return out_flows, out_groups
+
+
+def _queue_outputs(switch: str, actions: tuple[tuple, ...], in_port: int | None,
+                   queues: Mapping[tuple[str, int], int]) -> tuple[tuple, ...]:
+    out: list[tuple] = []
+    for action in actions:
+        if action[0] == "output":
+            port = in_port if action[1] == OFPP_IN_PORT else action[1]
+            queue = queues.get((switch, port))
+            if queue is not None:
+                out.append(("set_queue", queue))
+        out.append(action)
+    return tuple(out)
 
 
 def _crankback(switches, links, i: int, crank_tags, to_backup: tuple[int, int], cookie: int

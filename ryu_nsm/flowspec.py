@@ -8,7 +8,7 @@ Match fields (name → value):
   eth_type: int; eth_src / eth_dst: "aa:bb:cc:dd:ee:ff"; ip_proto: int
 Actions (apply-actions, in order):
   ("output", port) · ("push_vlan", ethertype) · ("pop_vlan",) · ("set_field", "vlan_vid", value)
-  · ("set_field", "ip_dscp", value) · ("group", group_id)
+  · ("set_field", "ip_dscp", value) · ("group", group_id) · ("set_queue", queue_id)
 """
 
 from __future__ import annotations
@@ -116,12 +116,12 @@ class TableRule:
 PIPELINE: dict[Table, TableRule] = {
     Table.CLASSIFY: TableRule(
         frozenset({"in_port", "vlan_vid", "eth_type", "eth_src", "eth_dst", "ip_proto"}),
-        frozenset({"output", "push_vlan", "set_field", "group"}),
+        frozenset({"output", "push_vlan", "set_field", "group", "set_queue"}),
         frozenset({Table.FORWARD}),
     ),
     Table.FORWARD: TableRule(
         frozenset({"in_port", "vlan_vid"}),
-        frozenset({"output", "pop_vlan", "set_field", "group"}),
+        frozenset({"output", "pop_vlan", "set_field", "group", "set_queue"}),
         frozenset(),
     ),
 }
@@ -230,6 +230,8 @@ def _ofctl_action(action: tuple) -> str:
         return "pop_vlan"
     if kind == "group":
         return f"group:{action[1]}"
+    if kind == "set_queue":
+        return f"set_queue:{action[1]}"
     if kind == "set_field":
         _, name, value = action
         if name == "vlan_vid":

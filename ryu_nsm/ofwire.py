@@ -88,6 +88,7 @@ _OFPIT_METER = 6
 _OFPAT_OUTPUT = 0
 _OFPAT_PUSH_VLAN = 17
 _OFPAT_POP_VLAN = 18
+_OFPAT_SET_QUEUE = 21
 _OFPAT_GROUP = 22
 _OFPAT_SET_FIELD = 25
 
@@ -173,6 +174,8 @@ def _action_blob(action: tuple) -> bytes:
         return struct.pack("!HH4x", _OFPAT_POP_VLAN, 8)
     if kind == "group":
         return struct.pack("!HHI", _OFPAT_GROUP, 8, int(action[1]))
+    if kind == "set_queue":
+        return struct.pack("!HHI", _OFPAT_SET_QUEUE, 8, int(action[1]))
     if kind == "set_field":
         oxm = _oxm(_SET_FIELDS, action[1], action[2])
         length = 4 + len(oxm)
@@ -373,6 +376,8 @@ def _decode_action(action: object) -> tuple:
         return ("pop_vlan",)
     if kind == _OFPAT_GROUP:
         return ("group", action.group_id)
+    if kind == _OFPAT_SET_QUEUE:
+        return ("set_queue", action.queue_id)
     if kind == _OFPAT_SET_FIELD and action.key in _SET_FIELDS:
         if isinstance(action.value, tuple):
             raise _Undecodable(f"masked set_field {action.key}")

@@ -107,8 +107,9 @@ def render_text(report: dict) -> str:
         lines.append("reserved bandwidth (bit/s, each way):")
         for r in report["reservations"]:
             held = ", ".join(f"{way} {bits:.0f}" for way, bits in r["reserved"].items())
+            queue = f"  in queue {r['queue']}" if "queue" in r else ""
             lines.append(f"  {r['link']:<24} capacity {r['capacity']:.0f}  {held}  "
-                         f"residual {r['residual']:.0f}")
+                         f"residual {r['residual']:.0f}{queue}")
     if "switches" in report:
         lines.append("switches:")
         for s in report["switches"]:

@@ -4,6 +4,7 @@ YAML format (every key optional except what the fabric needs)::
 
     name: demo-chain                    # default: the file name without extension
     defaults: {capacity: 1Gbit, latency: 1ms, cost: 1}   # for links that do not set their own
+                                        # (also `queue: N`: see Link.queue)
     tags: 2-4094                        # VLAN ids for per-link tags (or [2, 4094]) -> Fabric.tag_range
     switches:
       - s1                              # dpid = 1-based position among all switches unless given
@@ -26,7 +27,7 @@ bit/s here, unlike tc); durations are seconds or strings like ``2ms``, ``150us``
 (a number, or ``120km`` / ``800m``) and gives ``latency = distance / (2/3 c)`` when no latency is set.
 
 Order of things: switches and links from ``import``/``generator`` come first, then the YAML's own.
-``overrides`` then sets capacity, latency, distance or cost on every link between two switches (named
+``overrides`` then sets capacity, latency, distance, cost or queue on every link between two switches (named
 by switch name or, for imported ones, by their original label); ``defaults`` fill whatever is left.
 
 Ports, per switch: explicit ports (``a_port``, ``b_port``, interface ``port``) are reserved first; every
@@ -88,7 +89,8 @@ _DISTANCE = re.compile(rf"^\s*{_NUMBER}\s*(km|m)?\s*$")
 _PREFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _SECONDS = {None: 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ns": 1e-9}
 _FORMATS = {".graphml": "graphml", ".xml": "graphml", ".json": "node-link"}
-_LINK_ATTRS = ("capacity", "latency", "distance", "cost")
+_LINK_ATTRS = ("capacity", "latency", "distance", "cost", "queue")
+_MAX_QUEUE = 0xFFFFFFFE  # OFPQ_ALL (0xffffffff) is not a queue
 
 
 class TopologyError(ValueError):
@@ -167,8 +169,14 @@ def _parse_cost(value: Any) -> float:
     return number
 
 
+def _parse_queue(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_QUEUE:
+        raise ValueError(f"expected an OpenFlow queue id (an integer 0-{_MAX_QUEUE}), got {value!r}")
+    return value
+
+
 _PARSERS = {"capacity": parse_bandwidth, "latency": parse_duration, "distance": _parse_distance,
-            "cost": _parse_cost}
+            "cost": _parse_cost, "queue": _parse_queue}
 
 
 def _parse(at: _At, parser, value: Any) -> Any:
@@ -196,7 +204,7 @@ class _LinkDraft:
     at: _At
     a_port: int | None = None
     b_port: int | None = None
-    attrs: dict[str, float] = field(default_factory=dict)  # capacity/latency/distance/cost when given
+    attrs: dict[str, float] = field(default_factory=dict)  # capacity/latency/distance/cost/queue when given
 
 
 @dataclass
@@ -360,7 +368,8 @@ class _Builder:
 
     def _link_values(self, link: _LinkDraft, defaults: dict[str, float]) -> dict[str, float]:
         values = {"capacity": link.attrs.get("capacity", defaults["capacity"]),
-                  "cost": link.attrs.get("cost", defaults["cost"])}
+                  "cost": link.attrs.get("cost", defaults["cost"]),
+                  "queue": link.attrs.get("queue", defaults["queue"])}
         distance = link.attrs.get("distance")
         if distance is None and link.a in self.coordinates and link.b in self.coordinates:
             distance = _great_circle_km(self.coordinates[link.a], self.coordinates[link.b])
@@ -600,9 +609,9 @@ def load_topology(path: str | Path, params: dict | None = None) -> Fabric:
 
 
 def _defaults(at: _At, value: Any) -> dict[str, float]:
-    defaults = {"capacity": Link.capacity, "latency": Link.latency, "cost": Link.cost}
+    defaults = {"capacity": Link.capacity, "latency": Link.latency, "cost": Link.cost, "queue": Link.queue}
     if value is not None:
-        defaults.update(_link_attrs(at, _mapping(at, value, ("capacity", "latency", "cost"))))
+        defaults.update(_link_attrs(at, _mapping(at, value, ("capacity", "latency", "cost", "queue"))))
     return defaults
 
 

@@ -2,8 +2,9 @@
 
 It answers "where would this frame go?" so tests assert on behaviour, not on flow strings.
 Only what the pipeline uses is modelled: matches on in_port / vlan_vid / eth fields, actions
-push_vlan / pop_vlan / set_field vlan_vid / output / group (fast failover), goto_table, highest
-priority wins. As in OpenFlow, a frame leaves by the port it came in on only through OFPP_IN_PORT.
+push_vlan / pop_vlan / set_field vlan_vid / set_queue / output / group (fast failover), goto_table,
+highest priority wins. As in OpenFlow, a frame leaves by the port it came in on only through
+OFPP_IN_PORT. ``egress`` records every (switch, port, queue) a frame left by (queue None: none set).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class FabricSim:
             self.peer[(link.a, link.a_port)] = (link.b, link.b_port)
             self.peer[(link.b, link.b_port)] = (link.a, link.a_port)
         self.hits: dict[tuple[str, FlowSpec], int] = {}
+        self.egress: list[tuple[str, int, int | None]] = []
         self.down = set(down_ports) | {self.peer[end] for end in down_ports if end in self.peer}
 
     def _matches(self, spec: FlowSpec, in_port: int, frame: Frame) -> bool:
@@ -101,10 +103,13 @@ class FabricSim:
                 table = spec.goto
         return out
 
-    def _act(self, sw: str, in_port: int, actions, fr: Frame, hops, out: list, work: list) -> None:
+    def _act(self, sw: str, in_port: int, actions, fr: Frame, hops, out: list, work: list,
+             queue: int | None = None) -> None:
         for action in actions:
             kind = action[0]
-            if kind == "push_vlan":
+            if kind == "set_queue":
+                queue = action[1]
+            elif kind == "push_vlan":
                 fr.vlans.insert(0, 0)
             elif kind == "pop_vlan":
                 assert fr.vlans, f"pop_vlan on untagged frame at {sw}: {actions}"
@@ -116,13 +121,14 @@ class FabricSim:
                 group = self.groups[sw][action[1]]
                 live = next((acts for port, acts in group.buckets if (sw, port) not in self.down), None)
                 if live is not None:
-                    self._act(sw, in_port, live, fr.copy(), hops, out, work)
+                    self._act(sw, in_port, live, fr.copy(), hops, out, work, queue)
             elif kind == "output":
                 if action[1] == in_port:
                     continue  # OpenFlow drops a plain output to the frame's own in_port
                 port = in_port if action[1] == OFPP_IN_PORT else action[1]
                 if (sw, port) in self.down:
                     continue  # the link is cut: the frame is lost
+                self.egress.append((sw, port, queue))
                 dest = self.peer.get((sw, port))
                 if dest is None:
                     out.append(Delivery(sw, port, tuple(fr.vlans), hops))

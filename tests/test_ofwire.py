@@ -57,6 +57,7 @@ ACTIONS = {
         st.integers(0, 63).map(lambda v: ("set_field", "ip_dscp", v)),
     ),
     "group": st.integers(0, ofp.OFPG_MAX).map(lambda g: ("group", g)),
+    "set_queue": st.integers(0, 0xFFFFFFFE).map(lambda q: ("set_queue", q)),
 }
 
 
@@ -93,6 +94,8 @@ def osken_action(action: tuple) -> parser.OFPAction:
         return parser.OFPActionPopVlan()
     if kind == "group":
         return parser.OFPActionGroup(action[1])
+    if kind == "set_queue":
+        return parser.OFPActionSetQueue(action[1])
     _, name, value = action
     if name == "vlan_vid":
         value |= ofp.OFPVID_PRESENT
@@ -284,7 +287,7 @@ def undecodable_entries(cookie: int) -> list[parser.OFPFlowStats]:
         entry(parser.OFPMatch(vlan_vid=(VID_PRESENT, VID_PRESENT)), [out]),  # masked
         entry(parser.OFPMatch(ipv4_dst="10.0.0.1"), [out]),  # field outside the pipeline
         entry(parser.OFPMatch(in_port=1), [parser.OFPInstructionActions(
-            ofp.OFPIT_APPLY_ACTIONS, [parser.OFPActionSetQueue(1)])]),  # action ryu-nsm never uses
+            ofp.OFPIT_APPLY_ACTIONS, [parser.OFPActionSetMplsTtl(5)])]),  # action ryu-nsm never uses
         entry(parser.OFPMatch(in_port=1), [parser.OFPInstructionActions(ofp.OFPIT_WRITE_ACTIONS, [])]),
         entry(parser.OFPMatch(in_port=1), [out], table=7),  # table outside the pipeline
         entry(parser.OFPMatch(eth_type=0x800), [out], table=1),  # field not allowed in FORWARD

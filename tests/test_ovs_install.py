@@ -121,7 +121,8 @@ def sample_specs() -> list[FlowSpec]:
                       [("output", ofwire.OFPP_CONTROLLER)], cookie=c1),
         FlowSpec.make(classify, Priority.MISS, {}),
         FlowSpec.make(forward, Priority.WIRE, {"in_port": 2, "vlan_vid": VID_PRESENT | 100},
-                      [("set_field", "vlan_vid", VID_PRESENT | 200), ("output", 3)], cookie=c1),
+                      [("set_field", "vlan_vid", VID_PRESENT | 200), ("set_queue", 1), ("output", 3)],
+                      cookie=c1),
         FlowSpec.make(forward, Priority.WIRE, {"in_port": 2, "vlan_vid": VID_PRESENT | 101},
                       [("pop_vlan",), ("output", 1)], cookie=c2),
     ]
@@ -175,8 +176,8 @@ def _action(token: str) -> tuple:
         return ("push_vlan", int(arg, 0))
     if kind == "pop_vlan":
         return ("pop_vlan",)
-    if kind == "group":
-        return ("group", int(arg))
+    if kind in ("group", "set_queue"):
+        return (kind, int(arg))
     if kind == "set_field":
         value, _, field = arg.partition("->")
         return ("set_field", field, int(value, 0))
