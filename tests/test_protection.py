@@ -152,6 +152,21 @@ def test_unrelated_wires_on_the_same_links_are_unaffected():
         assert sent(fabric, plan, "c2", "e2", cut(link)) == []  # unprotected c2 crosses every one
 
 
+@pytest.mark.parametrize("hop", [0, 1, 2])
+def test_while_cranked_back_each_link_direction_carries_one_direction_of_the_wire(hop):
+    # So a healed guaranteed wire stays within what admission reserved for it, each way.
+    fabric, plan = long_plan()
+    down = cut(plan.connections["default/c0/nsm-1"].path.links[hop])
+    users: dict[tuple[str, int], list[str]] = {}
+    for src in ("c0", "e0"):
+        sim = FabricSim(fabric, plan.flows, plan.groups, down)
+        start = host(fabric, src)
+        assert len(sim.send(start.switch, start.port)) == 1
+        for switch, port, _ in sim.egress:
+            users.setdefault((switch, port), []).append(src)
+    assert users and all(len(sources) == 1 for sources in users.values()), users
+
+
 def test_tags_are_unique_on_every_link_with_crankback_in_a_crowded_tag_space():
     # Eight tags per link for three wires' primary, backup and crankback tags: hashes collide.
     fabric, plan = long_plan(tag_range=(2, 9))
