@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
@@ -166,6 +166,11 @@ class Controller:
         self.switches: dict[str, SwitchState] = {}
         self.plan: Plan = make_plan(fabric, self.resources)
         self.history: deque[Change] = deque(maxlen=500)
+        # Since start, for metrics: moves by why (link_down, switch_down, service_level, other),
+        # connections that went to failed, and service level breaches acted on, by level.
+        self.moves: Counter[str] = Counter()
+        self.failures = 0
+        self.breaches: Counter[str] = Counter()
         self._program_seq = 0
         self._inflight: Program | None = None
         self._dirty = False
@@ -465,6 +470,7 @@ class Controller:
             what = (f"service level {level.name} broken for {now - since:.1f} s: {broken}; "
                     f"{which}off {', '.join(sorted(bad))}")
             self.history.append(Change(now, cid, what))
+            self.breaches[level.name] += 1
             log.warning("connection %s: %s", cid, what)
             moved = True
         return moved
@@ -620,6 +626,8 @@ class Controller:
                 continue
             old = before.connections.get(cid)
             what = None
+            if new.state == FAILED and (old is None or old.state != FAILED):
+                self.failures += 1
             if old is None:
                 what = f"created: {new.state}" + (f" ({new.reason})" if new.reason else "")
             elif old.state != new.state or old.reason != new.reason:
@@ -632,6 +640,8 @@ class Controller:
                     f"switch {', '.join(down)} down" if down else (
                         f"service level: off {', '.join(sorted(avoided))}" if avoided else (
                             new.event or "endpoint changed")))
+                self.moves["link_down" if cut else "switch_down" if down else
+                           "service_level" if avoided else "other"] += 1
                 what = f"moved {'-'.join(old.path.switches)} → {'-'.join(new.path.switches)} ({why})"
             if new.event and (what is None or new.event not in what):
                 what = f"{what}; {new.event}" if what else new.event
@@ -723,8 +733,10 @@ class Controller:
         ]
         history = [{"time": h.time, "connection": h.connection, "what": h.what} for h in self.history]
         problems = [str(p) for p in self.resources.problems]
+        counters = {"moves": dict(self.moves), "failures": self.failures, "breaches": dict(self.breaches)}
         return {"fabric": self.fabric.name, "connections": connections, "switches": switches,
                 "history": history, "problems": problems, "reservations": self.plan.reservations(),
+                "counters": counters,
                 "links": [{"link": name, "latency": q.latency, "loss": q.loss, "samples": q.samples,
                            **({"planned_latency": self._latency[name]} if name in self._latency else {})}
                           for name, q in measured.items()]}

@@ -1,5 +1,6 @@
 """A small read-only HTTP endpoint on the controller: ``/status`` (JSON), ``/status/states`` (only
-each connection's state: cheap enough to poll often on a big fabric) and ``/healthz``.
+each connection's state: cheap enough to poll often on a big fabric), ``/metrics`` (the same status
+for Prometheus, see ``metrics``) and ``/healthz``.
 
 ``ryu-nsm status`` reads it. It binds to loopback by default: it tells which paths connections
 take, which is operator information, not something to publish.
@@ -12,6 +13,8 @@ import threading
 import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from . import metrics
 
 DEFAULT_ADDRESS = ("127.0.0.1", 8181)
 
@@ -29,6 +32,8 @@ class StatusServer:
                     self._reply(200, body, "application/json")
                 elif self.path.rstrip("/") == "/status/states" and states is not None:
                     self._reply(200, json.dumps(states(), separators=(",", ":")).encode(), "application/json")
+                elif self.path.rstrip("/") == "/metrics":
+                    self._reply(200, metrics.exposition(status), metrics.CONTENT_TYPE)
                 elif self.path == "/healthz":
                     self._reply(200, b"ok\n", "text/plain")
                 else:

@@ -11,8 +11,10 @@ import os
 import re
 import subprocess
 import textwrap
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ryu_nsm.controlproc import ControllerProcess, wait_for
 from ryu_nsm.flowspec import is_our_meter
@@ -84,6 +86,14 @@ def throughput(during=None) -> float:
         server.wait()
 
 
+def scrape(url: str, name: str) -> dict[tuple, float]:
+    """The samples of one metric from the controller's /metrics: sorted labels → value."""
+    with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return {tuple(sorted(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples if s.name == name}
+
+
 def count_ef_packets() -> int:
     text = sh("ip", "netns", "exec", NS_S, "nft", "list", "chain", "inet", "qos", "in")
     return int(re.search(r"counter packets (\d+)", text)[1])
@@ -104,10 +114,14 @@ def test_rate_limit_and_dscp_on_real_bridges(wire, tmp_path):
         assert list(meters(A).values()) == [(LIMIT // 1000, LIMIT // 10_000)]  # burst: 0.1 s at the rate
         assert list(meters(B).values()) == [(LIMIT // 1000, LIMIT // 10_000)]
         rates: list[float] = []
+        scraped: list[float] = []
+        from_client = (("connection", CONN), ("from", "client"), ("network_service", "echo"))
 
         def sample() -> None:
             for entry in ctl.status()["connections"]:
                 rates.append(entry.get("throughput", {}).get("from_client", 0.0))
+            rate_metric = scrape(ctl.url, "ryu_nsm_connection_throughput_bits_per_second")
+            scraped.append(rate_metric.get(from_client, 0.0))
 
         limited = throughput(during=sample)
         # A policer never lets TCP above its rate; TCP reaches a good part of it.
@@ -115,6 +129,11 @@ def test_rate_limit_and_dscp_on_real_bridges(wire, tmp_path):
         # Meanwhile the controller's own ingress counters saw the policed rate.
         seen = [rate for rate in rates if rate > 0]
         assert seen and max(seen) < 1.2 * LIMIT and max(seen) > 0.05 * LIMIT, rates
+        # Prometheus scrapes of /metrics saw the same.
+        assert 0.05 * LIMIT < max(scraped) < 1.2 * LIMIT, scraped
+        up = (("connection", CONN), ("network_service", "echo"), ("state", "up"))
+        assert scrape(ctl.url, "ryu_nsm_connection_up")[up] == 1.0
+        assert wait_for(lambda: scrape(ctl.url, "ryu_nsm_link_latency_seconds"), 10), "no link measured"
         assert count_ef_packets() > 100  # the receiver saw EF-marked IP packets
 
         # Without the level the same wire runs unpoliced, and the meters go.

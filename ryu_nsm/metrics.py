@@ -1,0 +1,124 @@
+"""Prometheus metrics from the controller's status: what `ryu-nsm status` shows, for a time series.
+
+One collector reads ``status()`` at each scrape (the same snapshot `/status` serves), so a metric
+can never disagree with the status and the controller keeps no second set of books. Served on the
+status endpoint as ``/metrics``.
+
+Per connection (labels ``connection``, ``network_service``, ``service_level`` where one applies):
+up, the planned path's latency, measured latency and loss, whether its level is met, throughput
+each way. Per link: measured latency and loss, guaranteed bandwidth reserved each way and the
+capacity. Per switch: connected, flows. Since start: moves by why, failures, service level breaches.
+With leader election: whether this replica leads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_CONNECTION = ["connection", "network_service"]
+
+
+class StatusCollector(Collector):
+    """Metric families from one ``status()`` snapshot per scrape."""
+
+    def __init__(self, status: Callable[[], dict]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        status = self.status()
+        yield from _connections(status.get("connections", []))
+        yield from _links(status.get("links", []), status.get("reservations", []))
+        yield from _switches(status.get("switches", []))
+        yield from _counters(status.get("counters", {}))
+        if "role" in status:  # with leader election
+            leader = _gauge("leader", "1 while this replica leads and programs the switches", [])
+            leader.add_metric([], 1.0 if status["role"]["leader"] else 0.0)
+            yield leader
+
+
+def exposition(status: Callable[[], dict]) -> bytes:
+    """The text exposition of ``status()`` (a registry of its own: no process-wide state)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(status))
+    return generate_latest(registry)
+
+
+def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"ryu_nsm_{name}", doc, labels=labels)
+
+
+def _connections(entries: list[dict]) -> Iterator[Metric]:
+    up = _gauge("connection_up", "1 when the connection's flows are installed and its ends are up",
+                _CONNECTION + ["state"])
+    planned = _gauge("connection_path_latency_seconds", "Declared one-way latency of the planned path",
+                     _CONNECTION + ["service_level"])
+    latency = _gauge("connection_latency_seconds", "Measured one-way latency of the path",
+                     _CONNECTION + ["service_level"])
+    loss = _gauge("connection_loss_ratio", "Measured loss along the path", _CONNECTION + ["service_level"])
+    met = _gauge("connection_service_level_met", "1 while measurements meet the connection's service level",
+                 _CONNECTION + ["service_level"])
+    rate = _gauge("connection_throughput_bits_per_second", "Rate entering the fabric at each end",
+                  _CONNECTION + ["from"])
+    for e in entries:
+        ids = [e["id"], e["network_service"]]
+        up.add_metric(ids + [e["state"]], 1.0 if e["state"] == "up" else 0.0)
+        level = (e.get("service_level") or {}).get("name")
+        if level is not None and e.get("path_latency") is not None:
+            planned.add_metric(ids + [level], e["path_latency"])
+        measured = e.get("measured")
+        if level is not None and measured:
+            if measured.get("latency") is not None:
+                latency.add_metric(ids + [level], measured["latency"])
+            if measured.get("loss") is not None:
+                loss.add_metric(ids + [level], measured["loss"])
+            met.add_metric(ids + [level], 1.0 if measured["met"] else 0.0)
+        for side, bits in (e.get("throughput") or {}).items():
+            rate.add_metric(ids + [side.removeprefix("from_")], bits)
+    yield from (up, planned, latency, loss, met, rate)
+
+
+def _links(measured: list[dict], reservations: list[dict]) -> Iterator[Metric]:
+    latency = _gauge("link_latency_seconds", "Measured one-way latency (the worse direction)", ["link"])
+    loss = _gauge("link_loss_ratio", "Measured probe loss (the worse direction)", ["link"])
+    for q in measured:
+        if q.get("latency") is not None:
+            latency.add_metric([q["link"]], q["latency"])
+        if q.get("loss") is not None:
+            loss.add_metric([q["link"]], q["loss"])
+    reserved = _gauge("link_reserved_bits_per_second", "Guaranteed bandwidth reserved", ["link", "direction"])
+    capacity = _gauge("link_capacity_bits_per_second", "Capacity of links holding reservations", ["link"])
+    for r in reservations:
+        capacity.add_metric([r["link"]], r["capacity"])
+        for direction, bits in r["reserved"].items():
+            reserved.add_metric([r["link"], direction], bits)
+    yield from (latency, loss, reserved, capacity)
+
+
+def _switches(switches: list[dict]) -> Iterator[Metric]:
+    connected = _gauge("switch_connected", "1 while the switch's OpenFlow channel is up", ["switch"])
+    flows = _gauge("switch_flows", "Flows the controller last read from the switch", ["switch"])
+    for s in switches:
+        connected.add_metric([s["name"]], 1.0 if s["connected"] else 0.0)
+        if s.get("flows") is not None:
+            flows.add_metric([s["name"]], s["flows"])
+    yield from (connected, flows)
+
+
+def _counters(counters: dict) -> Iterator[Metric]:
+    moves = CounterMetricFamily("ryu_nsm_connection_moves", "Connections moved to another path, by why",
+                                labels=["why"])
+    for why, count in sorted(counters.get("moves", {}).items()):
+        moves.add_metric([why], count)
+    failures = CounterMetricFamily("ryu_nsm_connection_failures", "Connections that went to failed")
+    failures.add_metric([], counters.get("failures", 0))
+    breaches = CounterMetricFamily("ryu_nsm_service_level_breaches",
+                                   "Sustained service level breaches the closed loop acted on",
+                                   labels=["service_level"])
+    for level, count in sorted(counters.get("breaches", {}).items()):
+        breaches.add_metric([level], count)
+    yield from (moves, failures, breaches)
