@@ -64,7 +64,11 @@ def cmd_plan(args) -> int:
         "meters": {sw: [m.to_ofctl() for m in sorted(meters)] for sw, meters in sorted(plan.meters.items())},
     }
     report["chains"] = chains(report["connections"])
-    if args.json:
+    if args.dot:
+        from .picture import fabric_description, to_dot
+
+        print(to_dot(fabric_description(fabric), report), end="")
+    elif args.json:
         print(json.dumps(report, indent=1))
     else:
         print(render_text(report))
@@ -115,10 +119,16 @@ def cmd_status(args) -> int:
         return _status_from_monitor(args)
     try:
         report = fetch_status(args.url)
+        fabric = fetch_status(args.url, what="/status/fabric") if args.dot else None
     except OSError as exc:
         print(f"ryu-nsm: cannot reach the controller at {args.url}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(json.dumps(report, indent=1) if args.json else render_text(report))
+    if fabric is not None:
+        from .picture import to_dot
+
+        print(to_dot(fabric, report), end="")
+    else:
+        print(json.dumps(report, indent=1) if args.json else render_text(report))
     return 0
 
 
@@ -172,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("topology", help="topology YAML")
     plan.add_argument("requests", nargs="+", help="YAML files or directories of NSM resources and Pods")
     plan.add_argument("--json", action="store_true", help="one JSON object")
+    plan.add_argument("--dot", action="store_true", help="the fabric with the chains drawn on it (Graphviz)")
     plan.add_argument("--param", action="append", help="topology generator parameter, e.g. k=8")
     plan.set_defaults(func=cmd_plan)
 
@@ -216,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="connections, paths and state from the running controller")
     st.add_argument("--url", default=f"http://{DEFAULT_ADDRESS[0]}:{DEFAULT_ADDRESS[1]}")
     st.add_argument("--json", action="store_true")
+    st.add_argument("--dot", action="store_true", help="the fabric with the chains drawn on it (Graphviz)")
     st.add_argument("--nsm", metavar="ADDRESS",
                     help="read the controller's NSM MonitorConnections stream instead (unix:///path or "
                          "host:port, as given to --nsm-listen): the connections asked for over gRPC")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from .app import NsmApp, ShellSettings
 from .fabric import Fabric
 from .model import Resources
+from .picture import fabric_description
 from .statusapi import StatusServer
 
 
@@ -116,7 +117,7 @@ def run_controller(
     status = None
     try:
         status = StatusServer(lambda: running.app.status(), *status_address,
-                              states=lambda: running.app.states()).start()
+                              states=lambda: running.app.states(), fabric=fabric_description(fabric)).start()
         running.status_address = status.address
         if kube_api is not None:
             stoppers.extend(_start_cluster_side(running.app, kube_api, kube_source, kubernetes))

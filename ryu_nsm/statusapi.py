@@ -1,6 +1,7 @@
 """A small read-only HTTP endpoint on the controller: ``/status`` (JSON), ``/status/states`` (only
-each connection's state: cheap enough to poll often on a big fabric), ``/metrics`` (the same status
-for Prometheus, see ``metrics``) and ``/healthz``.
+each connection's state: cheap enough to poll often on a big fabric), ``/status/fabric`` (switches
+and links, for `status --dot`), ``/metrics`` (the same status for Prometheus, see ``metrics``) and
+``/healthz``.
 
 ``ryu-nsm status`` reads it. It binds to loopback by default: it tells which paths connections
 take, which is operator information, not something to publish.
@@ -23,7 +24,7 @@ class StatusServer:
     """Serves ``status()`` (and ``states()``, when given) as JSON until ``stop()``."""
 
     def __init__(self, status: Callable[[], dict], host: str, port: int,
-                 states: Callable[[], dict] | None = None):
+                 states: Callable[[], dict] | None = None, fabric: dict | None = None):
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server's name)
                 if self.path.rstrip("/") in ("/status", ""):
@@ -32,6 +33,8 @@ class StatusServer:
                     self._reply(200, body, "application/json")
                 elif self.path.rstrip("/") == "/status/states" and states is not None:
                     self._reply(200, json.dumps(states(), separators=(",", ":")).encode(), "application/json")
+                elif self.path.rstrip("/") == "/status/fabric" and fabric is not None:
+                    self._reply(200, json.dumps(fabric, separators=(",", ":")).encode(), "application/json")
                 elif self.path.rstrip("/") == "/metrics":
                     self._reply(200, metrics.exposition(status), metrics.CONTENT_TYPE)
                 elif self.path == "/healthz":
@@ -67,6 +70,6 @@ class StatusServer:
 
 
 def fetch_status(url: str, timeout: float = 5.0, what: str = "/status") -> dict:
-    """GET the controller's status JSON (``what``: ``/status`` or ``/status/states``)."""
+    """GET the controller's status JSON (``what``: ``/status``, ``/status/states``, ``/status/fabric``)."""
     with urllib.request.urlopen(url.rstrip("/") + what, timeout=timeout) as reply:
         return json.loads(reply.read())
