@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from ovs_forwarder.ovsdb import DEFAULT_REMOTE, Ovsdb, OvsdbError
 from ovs_forwarder.server import Forwarder
+from ryu_nsm.logs import configure
 
 DEFAULT_LISTEN = "unix:///run/ovs-forwarder.sock"
 
@@ -53,13 +54,15 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds past expiry (or past start, for orphans) before removal (default 30)")
     p.add_argument("--ovsdb", default=DEFAULT_REMOTE, help=f"OVSDB remote (default {DEFAULT_REMOTE})")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="json: one object per line (time, level, logger, message) for log collectors")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the forwarder until SIGTERM/SIGINT; 0 on a clean stop, 1 if it could not start."""
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(args.log_level, args.log_format)
     listen = args.listen or [DEFAULT_LISTEN]
     stopping = threading.Event()
     handlers = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -176,6 +176,8 @@ def cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ryu-nsm", description=__doc__)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="json: one object per line (time, level, logger, message) for log collectors")
     sub = p.add_subparsers(dest="command", required=True)
 
     plan = sub.add_parser("plan", help="dry run: chains, paths and flows; touches nothing")
@@ -246,10 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from .logs import configure
+
+    configure(args.log_level, args.log_format)
     for setting in getattr(args, "log", []):
         name, _, level = setting.partition("=")
         if not name or level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
