@@ -174,7 +174,8 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ryu-nsm", description=__doc__)
+    # No abbreviations here: argparse would read a subcommand's `--log` as an ambiguous `--log-…`.
+    p = argparse.ArgumentParser(prog="ryu-nsm", description=__doc__, allow_abbrev=False)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="text", choices=["text", "json"],
                    help="json: one object per line (time, level, logger, message) for log collectors")

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ryu_nsm import cli
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -60,3 +62,9 @@ def test_unreadable_topology_is_a_usage_error():
 def test_status_without_a_controller_says_so():
     out = ryu_nsm("status", "--url", "http://127.0.0.1:9")
     assert out.returncode == 2 and "cannot reach the controller" in out.stderr
+
+
+def test_controller_options_are_not_taken_for_the_global_log_options():
+    args = cli.build_parser().parse_args(["--log-format", "json", "controller", "--topology", "t.yaml",
+                                          "--log", "ryu_nsm.sources.kubernetes=debug"])
+    assert args.log == ["ryu_nsm.sources.kubernetes=debug"] and args.log_format == "json"
