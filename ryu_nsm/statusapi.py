@@ -15,8 +15,6 @@ import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from . import metrics
-
 DEFAULT_ADDRESS = ("127.0.0.1", 8181)
 
 
@@ -36,6 +34,8 @@ class StatusServer:
                 elif self.path.rstrip("/") == "/status/fabric" and fabric is not None:
                     self._reply(200, json.dumps(fabric, separators=(",", ":")).encode(), "application/json")
                 elif self.path.rstrip("/") == "/metrics":
+                    from . import metrics  # here: every `ryu-nsm` command imports this module
+
                     self._reply(200, metrics.exposition(status), metrics.CONTENT_TYPE)
                 elif self.path == "/healthz":
                     self._reply(200, b"ok\n", "text/plain")
