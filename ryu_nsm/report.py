@@ -115,6 +115,11 @@ def render_text(report: dict) -> str:
         for s in report["switches"]:
             state = "connected" if s["connected"] else "disconnected"
             lines.append(f"  {s['name']:<8} {s['dpid']}  {state}  flows={s['flows']}")
+    if "counters" in report:
+        c = report["counters"]
+        moves = ", ".join(f"{why} {n}" for why, n in sorted(c["moves"].items()))
+        lines.append(f"since start: {sum(c['moves'].values())} moves{f' ({moves})' if moves else ''}, "
+                     f"{c['failures']} failures, {sum(c['breaches'].values())} service level breaches")
     if report.get("history"):
         lines.append("recent changes:")
         for h in report["history"][-10:]:

@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ryu_nsm.controller import Controller, PortInfo
 from ryu_nsm.metrics import exposition
 from ryu_nsm.model import ClientRequest
+from ryu_nsm.report import render_text
 from ryu_nsm.sla import ServiceLevel
 
 from .fabrics import ring
@@ -40,6 +41,14 @@ def running():
     return fab, res, ctl, sw
 
 
+def cut_first_link(fab, ctl: Controller, sw: FakeFabric, now: float) -> None:
+    """The first link of the connection's path goes down (its a-end port reports it)."""
+    link = ctl.plan.connections[ID].path.links[0]
+    name = next(n for (s, n), p in fab.port_names.items() if (s, p) == (link.a, link.a_port))
+    sw.run(ctl, ctl.port_changed(fab.switch_by_name[link.a].dpid, PortInfo(link.a_port, name, False), now),
+           now)
+
+
 def test_an_up_connection_its_reservations_and_the_switches():
     fab, _, ctl, _ = running()
     samples = scrape(ctl)
@@ -59,10 +68,7 @@ def test_an_up_connection_its_reservations_and_the_switches():
 
 def test_moves_failures_and_a_lost_switch_are_counted():
     fab, res, ctl, sw = running()
-    link = ctl.plan.connections[ID].path.links[0]
-    name = next(n for (s, n), p in fab.port_names.items() if (s, p) == (link.a, link.a_port))
-    sw.run(ctl, ctl.port_changed(fab.switch_by_name[link.a].dpid, PortInfo(link.a_port, name, False), 2.0),
-           2.0)
+    cut_first_link(fab, ctl, sw, 2.0)
     assert value(scrape(ctl), "ryu_nsm_connection_moves_total", why="link_down") == 1.0
 
     stray = ClientRequest("stray", "nsm-1", "nowhere", attachment=att(fab, "c0"))
@@ -85,3 +91,10 @@ def test_a_replica_under_leader_election_says_whether_it_leads():
         (sample,) = [s for family in text_string_to_metric_families(text) for s in family.samples
                      if s.name == "ryu_nsm_leader"]
         assert sample.value == (1.0 if leading else 0.0)
+
+
+def test_status_text_sums_up_the_counters():
+    fab, _, ctl, sw = running()
+    assert "since start: 0 moves, 0 failures, 0 service level breaches" in render_text(ctl.status())
+    cut_first_link(fab, ctl, sw, 2.0)
+    assert "since start: 1 moves (link_down 1), 0 failures" in render_text(ctl.status())
