@@ -279,11 +279,8 @@ class NsmServer(networkservice_pb2_grpc.NetworkServiceServicer,
         """Withdraw a connection; False when it was not held."""
         return self.source.withdraw(connection_id)
 
-    def connections(self, selector: MonitorScopeSelector | None = None) -> dict[str, Connection]:
-        """The gRPC-requested connections as Connection messages, state from the controller."""
-        return self._view(self.source.held(), selector)
-
     def _view(self, held: dict[str, Held], selector: MonitorScopeSelector | None) -> dict[str, Connection]:
+        """``held`` connections in scope as Connection messages, state from the controller."""
         by_id = {c["id"]: c for c in self.status()["connections"]}
         return {cid: _as_connection(h, by_id.get(h.request.id) or {})
                 for cid, h in held.items() if _in_scope(h, selector)}
