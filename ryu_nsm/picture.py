@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 
+from .controller import SLOW_MARGIN
 from .fabric import Fabric
+from .report import chain_entries
 
 _PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#bcbd22")
-SLOW_MARGIN = 0.001  # seconds above declared before a link is drawn as slow (the controller's margin)
 
 
 def fabric_description(fabric: Fabric) -> dict:
@@ -88,17 +89,9 @@ def _wire(e: dict, colour: str) -> list[str]:
 
 
 def _chain_colours(entries: list[dict]) -> dict[str, str]:
-    """Connection id → its chain's colour: a function's own request continues the chain that reached it."""
-    by_client = {(e["namespace"], e["network_service"], e["client"]): e for e in entries}
-    reached = {(e["namespace"], e["network_service"], e["endpoint"]) for e in entries if e["endpoint"]}
-    out: dict[str, str] = {}
-    heads = [e for e in entries if (e["namespace"], e["network_service"], e["client"]) not in reached]
-    for index, head in enumerate(heads):
-        step = head
-        while step is not None and step["id"] not in out:
-            out[step["id"]] = _PALETTE[index % len(_PALETTE)]
-            step = by_client.get((step["namespace"], step["network_service"], step["endpoint"]))
-    return out
+    """Connection id → its chain's colour (the chains of ``report.chain_entries``)."""
+    return {e["id"]: _PALETTE[index % len(_PALETTE)]
+            for index, chain in enumerate(chain_entries(entries)) for e in chain}
 
 
 def _pod(namespace: str, name: str) -> str:

@@ -39,11 +39,12 @@ def connection_entry(pc: PlannedConnection, state: str) -> dict:
     return entry
 
 
-def chains(entries: list[dict]) -> list[list[str]]:
-    """Chains as lists of names: client → endpoint → endpoint …
+def chain_entries(entries: list[dict]) -> list[list[dict]]:
+    """Chains as their connection entries in order, from the client's on.
 
     A service function's Pod and its NetworkServiceEndpoint share a name (see examples/README.md),
-    so the connection a function asks for continues the chain that reached it.
+    so the connection a function asks for continues the chain that reached it. A chain ends at an
+    entry without an endpoint (unresolved), or where it would come back to one it passed.
     """
     by_client: dict[tuple[str, str, str], dict] = {}
     for e in entries:
@@ -53,14 +54,25 @@ def chains(entries: list[dict]) -> list[list[str]]:
     for e in entries:
         if (e["namespace"], e["network_service"], e["client"]) in reached:
             continue
-        chain, seen, step = [e["client"]], set(), e
-        while step is not None and step["endpoint"] and step["id"] not in seen:
+        chain, seen, step = [], set(), e
+        while step is not None and step["id"] not in seen:
             seen.add(step["id"])
-            chain.append(step["endpoint"])
+            chain.append(step)
+            if not step["endpoint"]:
+                break
             step = by_client.get((step["namespace"], step["network_service"], step["endpoint"]))
-        if step is not None and not step.get("endpoint"):
-            chain.append(f"✗ ({step.get('reason', 'unresolved')})")
         out.append(chain)
+    return out
+
+
+def chains(entries: list[dict]) -> list[list[str]]:
+    """Chains as lists of names: client → endpoint → endpoint … (→ ✗ (reason) when unresolved)."""
+    out = []
+    for chain in chain_entries(entries):
+        names = [chain[0]["client"], *(e["endpoint"] for e in chain if e["endpoint"])]
+        if not chain[-1]["endpoint"]:
+            names.append(f"✗ ({chain[-1].get('reason', 'unresolved')})")
+        out.append(names)
     return out
 
 
