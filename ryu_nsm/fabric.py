@@ -110,6 +110,12 @@ class Fabric:
         return frozenset(p for link in self.links for p in ((link.a, link.a_port), (link.b, link.b_port)))
 
     @cached_property
+    def queue_by_port(self) -> dict[tuple[str, int], int]:
+        """(switch, port) → the egress queue for guaranteed wires, at both ends of each link with one."""
+        return {end: link.queue for link in self.links if link.queue is not None
+                for end in ((link.a, link.a_port), (link.b, link.b_port))}
+
+    @cached_property
     def link_ports_by_switch(self) -> dict[str, tuple[int, ...]]:
         """Switch name → its ports that face other switches, sorted."""
         by_switch: dict[str, list[int]] = {s.name: [] for s in self.switches}

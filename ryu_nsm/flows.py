@@ -159,16 +159,6 @@ def _protected_one_way(switches, links, in_port: int, out_port: int, tags, to_ba
     return flows, specs
 
 
-def link_queues(fabric: Fabric) -> dict[tuple[str, int], int]:
-    """(switch, port) → the egress queue for guaranteed wires, for both ends of every link with one."""
-    out: dict[tuple[str, int], int] = {}
-    for link in fabric.links:
-        if link.queue is not None:
-            out[(link.a, link.a_port)] = link.queue
-            out[(link.b, link.b_port)] = link.queue
-    return out
-
-
 def queued(flows: Sequence[tuple[str, FlowSpec]], groups: Sequence[tuple[str, GroupSpec]],
            queues: Mapping[tuple[str, int], int]
            ) -> tuple[list[tuple[str, FlowSpec]], list[tuple[str, GroupSpec]]]:

@@ -30,7 +30,7 @@ from .admission import (
     meets_latency,
 )
 from .fabric import Fabric
-from .flows import WireEnds, WireQos, link_queues, pipeline_flows, protected_wire_flows, queued, wire_flows
+from .flows import WireEnds, WireQos, pipeline_flows, protected_wire_flows, queued, wire_flows
 from .flowspec import (
     GROUP_BASE,
     GROUP_ID_SPACE,
@@ -624,7 +624,6 @@ class _Router:
         self.fabric, self.state, self.view = fabric, state, view
         self.tags, self.meters, self.groups, self.ledger = tags, meters, groups, ledger
         self.measured_view = measured_view or view
-        self.queues = link_queues(fabric)
 
     def release(self, cid: str, remember: bool = False, reservation: bool = True) -> None:
         """Free what ``cid`` holds; ``remember`` keeps its tags and meter ids as its preference."""
@@ -704,7 +703,7 @@ class _Router:
         else:
             flows = wire_flows(ends, path, dict(held), qos)
         if level is not None and level.guaranteed_bandwidth:
-            flows, groups = queued(flows, groups, self.queues)
+            flows, groups = queued(flows, groups, fabric.queue_by_port)
         flows, groups = tuple(flows), tuple(groups)
         planned = PlannedConnection(conn, PLANNED, "", path, held, spare, flows, level, backup, note, event,
                                     meters, groups, ends, crank_tags=crank)
