@@ -48,11 +48,11 @@ from dataclasses import dataclass, replace
 
 from common import figure
 
-from ryu_nsm.admission import Decision, Demand, Ledger, admit_all, demand_for, meets_latency
-from ryu_nsm.fabric import Fabric
-from ryu_nsm.pathing import FabricView, NoPath
-from ryu_nsm.sla import ServiceLevel, parse_service_level
-from ryu_nsm.topology import fat_tree
+from ryu_nsm.core.fabric import Fabric
+from ryu_nsm.core.pathing import FabricView, NoPath
+from ryu_nsm.qos.admission import Decision, Demand, Ledger, admit_all, demand_for, meets_latency
+from ryu_nsm.qos.service_level import ServiceLevel, parse_service_level
+from ryu_nsm.sources.topology import fat_tree
 
 SEED = 6
 US = 1e-6

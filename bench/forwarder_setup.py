@@ -58,7 +58,7 @@ from nsm_api import networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection, Mechanism
 from nsm_api.connectioncontext_pb2 import ConnectionContext, EthernetContext, IPContext, IpNeighbor
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
-from ryu_nsm.controlproc import ControllerProcess, wait_for
+from ryu_nsm.lab.controller_process import ControllerProcess, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = "fwdbench"

@@ -24,9 +24,9 @@ from collections.abc import Callable
 from common import BenchFailure, flow_count, ofctl, sh
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from ryu_nsm import ofwire
-from ryu_nsm.flowspec import VID_PRESENT, FlowSpec, Priority, Table, wire_cookie
-from ryu_nsm.oskenrun import ProbeApp, run_apps, send_bytes
+from ryu_nsm.core.flowspec import VID_PRESENT, FlowSpec, Priority, Table, wire_cookie
+from ryu_nsm.openflow import wire as ofwire
+from ryu_nsm.openflow.launch import ProbeApp, run_apps, send_bytes
 
 TIMEOUT = 60.0
 VIDS = 4000

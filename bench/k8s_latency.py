@@ -80,11 +80,11 @@ from common import (
     sh,
 )
 
-from ryu_nsm import k8s_status
-from ryu_nsm.controlproc import ControllerProcess, wait_for
-from ryu_nsm.fabric import Fabric
-from ryu_nsm.flowspec import wire_cookie
-from ryu_nsm.topology import load_topology
+from ryu_nsm.core.fabric import Fabric
+from ryu_nsm.core.flowspec import wire_cookie
+from ryu_nsm.k8s import status as k8s_status
+from ryu_nsm.lab.controller_process import ControllerProcess, wait_for
+from ryu_nsm.sources.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the API server emulator lives with the tests

@@ -23,11 +23,19 @@ from dataclasses import dataclass, replace
 import networkx as nx
 from common import figure, measure
 
-from ryu_nsm.fabric import Fabric, Host, HostInterface
-from ryu_nsm.model import ClientRequest, Destination, Endpoint, FrozenMap, Match, NetworkService, Resources
-from ryu_nsm.pathing import FabricView
-from ryu_nsm.planner import PLANNED, Plan, make_plan
-from ryu_nsm.topology import fat_tree
+from ryu_nsm.core.fabric import Fabric, Host, HostInterface
+from ryu_nsm.core.model import (
+    ClientRequest,
+    Destination,
+    Endpoint,
+    FrozenMap,
+    Match,
+    NetworkService,
+    Resources,
+)
+from ryu_nsm.core.pathing import FabricView
+from ryu_nsm.core.planner import PLANNED, Plan, make_plan
+from ryu_nsm.sources.topology import fat_tree
 
 SERVICE = "secure-internet"
 FUNCTIONS = ("firewall", "dpi", "gateway")

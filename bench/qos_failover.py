@@ -35,7 +35,7 @@ of the protected cuts. Stderr also has the stream's own floor: the largest gap b
 in the second before each cut (scheduling noise of sender, receiver and datapath).
 
 4. *SLA breach to rerouted traffic*: the direct link runs through the impairment element
-   (ryu_nsm/impairment.py), the connection has a ServiceLevel with ``maxLatency: 10ms`` and takes
+   (ryu_nsm/lab/impairment.py), the connection has a ServiceLevel with ``maxLatency: 10ms`` and takes
    A–B. At T the element's delay becomes 30 ms each way; the figure is the time from T until the
    first datagram sent after T arrives with a one-way delay under 10 ms (it can only have come the
    other way). The limit is the controller's design bound: a link's latency is the median of its
@@ -83,8 +83,8 @@ from common import BenchFailure, figure, print_figures, sh
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the triangle and the echo requests live with the tests
 if TYPE_CHECKING:
-    from ryu_nsm.controlproc import ControllerProcess
-    from ryu_nsm.impairment import Impairment
+    from ryu_nsm.lab.controller_process import ControllerProcess
+    from ryu_nsm.lab.impairment import Impairment
     from tests.bridge_fabric import BridgeFabric
 
 SERVER_IP = "10.9.2.2"
@@ -374,7 +374,7 @@ class Fabric:
 
     def wait(self, predicate: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
         """Poll ``predicate`` until it holds (True) or ``timeout`` passes (False)."""
-        from ryu_nsm.controlproc import wait_for
+        from ryu_nsm.lab.controller_process import wait_for
 
         return bool(wait_for(predicate, timeout, interval))
 
@@ -391,7 +391,7 @@ class Fabric:
 @contextmanager
 def fabric(tag: str, level: str | None, impaired: bool) -> Iterator[Fabric]:
     """The triangle, the controller with the echo requests (and ``level``), the connection up on A–B."""
-    from ryu_nsm.controlproc import ControllerProcess
+    from ryu_nsm.lab.controller_process import ControllerProcess
     from tests.bridge_fabric import triangle
     from tests.echo_requests import write_echo_requests
 
@@ -554,8 +554,8 @@ def cuts_without_controller(tag: str, n: int) -> list[Cut]:
 
 def design_bound() -> tuple[float, str]:
     """probe interval × probe window + SLA window from the code's defaults (s), and how it is made."""
-    from ryu_nsm.app import ShellSettings
-    from ryu_nsm.controller import Controller
+    from ryu_nsm.core.controller import Controller
+    from ryu_nsm.openflow.shell import ShellSettings
 
     interval = {f.name: f.default for f in dataclasses.fields(ShellSettings)}["probe_interval"]
     params = inspect.signature(Controller).parameters

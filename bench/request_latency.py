@@ -47,8 +47,8 @@ from common import (
     sh,
 )
 
-from ryu_nsm.controlproc import ControllerProcess, wait_for
-from ryu_nsm.flowspec import PIPELINE_COOKIE
+from ryu_nsm.core.flowspec import PIPELINE_COOKIE
+from ryu_nsm.lab.controller_process import ControllerProcess, wait_for
 
 SERVICE = "bench"
 LIMIT_LABEL = "ovs-ofctl --bundle of the same flows"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ryu_nsm.fabric import Fabric
-from ryu_nsm.mininet_fabric import cleanup, dump_all_flows
-from ryu_nsm.topology import load_topology
+from ryu_nsm.core.fabric import Fabric
+from ryu_nsm.lab.mininet_fabric import cleanup, dump_all_flows
+from ryu_nsm.sources.topology import load_topology
 
 DEMO_TOPOLOGY = Path(__file__).resolve().parents[1] / "topologies" / "demo-chain.yaml"
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from ryu_nsm.fabric import Fabric, Host, HostInterface, Link, Switch
-from ryu_nsm.mininet_fabric import FabricNet, FabricNetError, build_network, cleanup, wait_until
+from ryu_nsm.core.fabric import Fabric, Host, HostInterface, Link, Switch
+from ryu_nsm.lab.mininet_fabric import FabricNet, FabricNetError, build_network, cleanup, wait_until
 
 pytestmark = pytest.mark.mininet
 
@@ -279,7 +279,7 @@ CRASHING_BUILDER = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
 from test_fabric_builder import two_switches
-from ryu_nsm.mininet_fabric import build_network
+from ryu_nsm.lab.mininet_fabric import build_network
 net = build_network(two_switches("cr", function=True), None)
 print("up", flush=True)
 time.sleep(30)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ryu_nsm.controlproc import ControllerProcess
-from ryu_nsm.mininet_fabric import build_network, wait_until
-from ryu_nsm.topology import load_topology
+from ryu_nsm.lab.controller_process import ControllerProcess
+from ryu_nsm.lab.mininet_fabric import build_network, wait_until
+from ryu_nsm.sources.topology import load_topology
 from tests.k8s_emulator import Emulator
 
 pytestmark = pytest.mark.mininet

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from ryu_nsm.controlproc import ControllerProcess
-from ryu_nsm.mininet_fabric import FabricNet, build_network, wait_until
-from ryu_nsm.topology import load_topology
+from ryu_nsm.lab.controller_process import ControllerProcess
+from ryu_nsm.lab.mininet_fabric import FabricNet, build_network, wait_until
+from ryu_nsm.sources.topology import load_topology
 
 pytestmark = pytest.mark.mininet
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from ovs_forwarder.ovsdb import DEFAULT_REMOTE, Ovsdb, OvsdbError
 from ovs_forwarder.server import Forwarder
-from ryu_nsm.logs import configure
+from ryu_nsm.observe.logs import configure
 
 DEFAULT_LISTEN = "unix:///run/ovs-forwarder.sock"
 

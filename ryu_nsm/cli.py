@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from .statusapi import DEFAULT_ADDRESS
+from ryu_nsm.observe.status_api import DEFAULT_ADDRESS
 
 REPO = Path(__file__).resolve().parent.parent
 # Open vSwitch's own database socket (also ryu_nsm.sources.ovsdb.DEFAULT_REMOTE, not imported here:
@@ -38,7 +38,7 @@ def _params(pairs: list[str]) -> dict:
 
 
 def _load_fabric(args):
-    from .topology import TopologyError, load_topology
+    from ryu_nsm.sources.topology import TopologyError, load_topology
 
     try:
         return load_topology(args.topology, _params(args.param))
@@ -48,9 +48,9 @@ def _load_fabric(args):
 
 
 def cmd_plan(args) -> int:
-    from .planner import make_plan
-    from .report import chains, connection_entry, render_text
-    from .sources.files import load_paths
+    from ryu_nsm.core.planner import make_plan
+    from ryu_nsm.observe.report import chains, connection_entry, render_text
+    from ryu_nsm.sources.files import load_paths
 
     fabric = _load_fabric(args)
     resources = load_paths(args.requests)
@@ -65,7 +65,7 @@ def cmd_plan(args) -> int:
     }
     report["chains"] = chains(report["connections"])
     if args.dot:
-        from .picture import fabric_description, to_dot
+        from ryu_nsm.observe.picture import fabric_description, to_dot
 
         print(to_dot(fabric_description(fabric), report), end="")
     elif args.json:
@@ -78,7 +78,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_controller(args) -> int:
-    from .runner import KubernetesOptions, run_controller
+    from ryu_nsm.wiring import KubernetesOptions, run_controller
 
     fabric = _load_fabric(args)
     kubernetes = None
@@ -112,8 +112,8 @@ def cmd_controller(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .report import render_text
-    from .statusapi import fetch_status
+    from ryu_nsm.observe.report import render_text
+    from ryu_nsm.observe.status_api import fetch_status
 
     if args.nsm:
         return _status_from_monitor(args)
@@ -124,7 +124,7 @@ def cmd_status(args) -> int:
         print(f"ryu-nsm: cannot reach the controller at {args.url}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if fabric is not None:
-        from .picture import to_dot
+        from ryu_nsm.observe.picture import to_dot
 
         print(to_dot(fabric, report), end="")
     else:
@@ -168,7 +168,7 @@ def _status_from_monitor(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from ryu_nsm.lab.demo import run_demo
 
     return run_demo(args)
 
@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .logs import configure
+    from ryu_nsm.observe.logs import configure
 
     configure(args.log_level, args.log_format)
     for setting in getattr(args, "log", []):

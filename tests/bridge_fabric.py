@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ryu_nsm.impairment import Impairment, start_in_netns
+from ryu_nsm.lab.impairment import Impairment, start_in_netns
 
 from .echo_requests import write_echo_requests
 from .two_bridges import add_host, sh

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ryu_nsm.fabric import Fabric, Host, HostInterface, Link, Switch
+from ryu_nsm.core.fabric import Fabric, Host, HostInterface, Link, Switch
 
 
 def ring(

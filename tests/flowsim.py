@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ryu_nsm.fabric import Fabric
-from ryu_nsm.flowspec import VID_PRESENT, FlowSpec
+from ryu_nsm.core.fabric import Fabric
+from ryu_nsm.core.flowspec import VID_PRESENT, FlowSpec
 
 OFPP_IN_PORT = 0xFFFFFFF8
 

@@ -14,7 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ryu_nsm.admission import (
+from ryu_nsm.core.fabric import Fabric, Link, Switch
+from ryu_nsm.core.pathing import FabricView, NoPath, Path
+from ryu_nsm.qos.admission import (
     AdmissionError,
     Demand,
     Ledger,
@@ -31,10 +33,8 @@ from ryu_nsm.admission import (
     protected_pair,
     routing_graph,
 )
-from ryu_nsm.fabric import Fabric, Link, Switch
-from ryu_nsm.pathing import FabricView, NoPath, Path
-from ryu_nsm.sla import ServiceLevel, parse_duration
-from ryu_nsm.topology import fat_tree
+from ryu_nsm.qos.service_level import ServiceLevel, parse_duration
+from ryu_nsm.sources.topology import fat_tree
 from tests.fabrics import ring
 
 MS = 0.001

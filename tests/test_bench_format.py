@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ryu_nsm.planner import make_plan
+from ryu_nsm.core.planner import make_plan
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 

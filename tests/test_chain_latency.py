@@ -15,13 +15,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ryu_nsm.admission import meets_latency
-from ryu_nsm.controller import Controller
-from ryu_nsm.fabric import Fabric, Host, HostInterface, Link, Switch
-from ryu_nsm.model import ClientRequest, Destination, Endpoint, FrozenMap, Match, NetworkService, Resources
-from ryu_nsm.planner import FAILED, PLANNED, FabricState, make_plan
-from ryu_nsm.report import connection_entry, render_text
-from ryu_nsm.sla import ServiceLevel
+from ryu_nsm.core.controller import Controller
+from ryu_nsm.core.fabric import Fabric, Host, HostInterface, Link, Switch
+from ryu_nsm.core.model import (
+    ClientRequest,
+    Destination,
+    Endpoint,
+    FrozenMap,
+    Match,
+    NetworkService,
+    Resources,
+)
+from ryu_nsm.core.planner import FAILED, PLANNED, FabricState, make_plan
+from ryu_nsm.observe.report import connection_entry, render_text
+from ryu_nsm.qos.admission import meets_latency
+from ryu_nsm.qos.service_level import ServiceLevel
 
 from .flowsim import FabricSim
 from .test_admission import fabrics, simple_paths

@@ -1,7 +1,7 @@
 """The controller core, driven like the shell drives it: connects, reads, programs, failures."""
 
-from ryu_nsm.controller import Controller, PortInfo, Program, ReadFlows
-from ryu_nsm.reconcile import SwitchDiff, apply
+from ryu_nsm.core.controller import Controller, PortInfo, Program, ReadFlows
+from ryu_nsm.core.reconcile import SwitchDiff, apply
 
 from .fabrics import ring
 from .flowsim import FabricSim
@@ -101,7 +101,7 @@ def test_request_removed_leaves_only_pipeline_flows():
     sw.connect_all(ctl)
     sw.run(ctl, ctl.set_resources(res, 0.0))
     sw.run(ctl, ctl.set_resources(type(res)(res.services, res.endpoints, ()), 1.0))
-    from ryu_nsm.flowspec import PIPELINE_COOKIE
+    from ryu_nsm.core.flowspec import PIPELINE_COOKIE
     assert all(f.cookie == PIPELINE_COOKIE for flows in sw.tables.values() for f in flows)
 
 
@@ -117,7 +117,7 @@ def test_link_down_reroutes_make_before_break():
     cut_port = link.port_on(path[0])
     name = f"{path[0]}-eth{cut_port}"
     alive = [l2 for l2 in fab.links if l2 is not link]
-    from ryu_nsm.fabric import Fabric
+    from ryu_nsm.core.fabric import Fabric
     survived = Fabric(fab.name, fab.switches, tuple(alive), fab.hosts)
 
     def still_delivers(tables):
@@ -160,7 +160,7 @@ def test_changes_during_a_program_are_folded_into_the_next():
     (program,) = [c for c in ctl.set_resources(res, 0.0) if isinstance(c, Program)]
     assert ctl.set_resources(type(res)(), 0.5) == []  # held back: a program is in flight
     sw.run(ctl, [program])
-    from ryu_nsm.flowspec import PIPELINE_COOKIE
+    from ryu_nsm.core.flowspec import PIPELINE_COOKIE
     assert all(f.cookie == PIPELINE_COOKIE for flows in sw.tables.values() for f in flows)
 
 
@@ -217,7 +217,7 @@ def test_audit_repairs_drift():
 def test_restart_keeps_tags_chosen_in_arrival_order():
     # Four tags for three wires on the same link: preferred tags collide, so which wire got which
     # tag depends on the order requests arrived. A fresh controller must adopt them, not re-sort.
-    from ryu_nsm.fabric import Fabric
+    from ryu_nsm.core.fabric import Fabric
 
     base = ring(2, {f"c{i}": ("s1",) for i in range(3)} | {f"e{i}": ("s2",) for i in range(3)})
     fab = Fabric(base.name, base.switches, base.links[:1], base.hosts, (10, 13))
@@ -258,7 +258,7 @@ def test_restart_with_live_only_ports_keeps_flows_until_every_end_reports():
     # Attachment ports that only the switches know (made by the forwarder, not declared): after a
     # restart, the first switch to connect must not lose the flows of a wire whose other end is on a
     # switch that has not reported yet.
-    from ryu_nsm.fabric import Fabric
+    from ryu_nsm.core.fabric import Fabric
 
     declared = ring(2, {"client": ("s1",), "server": ("s2",)})
     res = resources_for([(att(declared, "client"), att(declared, "server"))])

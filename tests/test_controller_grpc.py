@@ -1,4 +1,4 @@
-"""The controller's NSM gRPC API (ryu_nsm.nsm_grpc) on real netdev OVS bridges and namespaces.
+"""The controller's NSM gRPC API (ryu_nsm.sources.nsm_grpc) on real netdev OVS bridges and namespaces.
 
 The fabric is the one of test_controller_ovs (two bridges, a client and a server namespace); the
 request files declare only the service `echo` and its endpoint `server` in namespace nsm: the client
@@ -22,8 +22,8 @@ import pytest
 
 from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2, networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection, Mechanism, MonitorScopeSelector
-from ryu_nsm.controlproc import ControllerProcess, wait_for
-from ryu_nsm.nsm_grpc import ATTACHMENT_PARAM, SEGMENT_NAME, TOKEN_PREFIX
+from ryu_nsm.lab.controller_process import ControllerProcess, wait_for
+from ryu_nsm.sources.nsm_grpc import ATTACHMENT_PARAM, SEGMENT_NAME, TOKEN_PREFIX
 
 from .echo_requests import echo_service
 from .test_controller_ovs import A, B, build, connect, ping, teardown

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ryu_nsm.controlproc import ControllerProcess, wait_for
-from ryu_nsm.flowspec import PIPELINE_COOKIE, wire_cookie
+from ryu_nsm.core.flowspec import PIPELINE_COOKIE, wire_cookie
+from ryu_nsm.lab.controller_process import ControllerProcess, wait_for
 
 from .two_bridges import build_echo, remove, sh
 

@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from ryu_nsm.topology import load_topology
+from ryu_nsm.sources.topology import load_topology
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -257,8 +257,8 @@ metadata:
 def written_connections(tmp_path: Path) -> list[dict]:
     """The NetworkServiceConnections the status writer makes of a real controller's status: the demo
     chain (pending, no switch is connected) and a Pod asking for a service that does not exist."""
-    from ryu_nsm.controller import Controller
-    from ryu_nsm.k8s_status import desired_connections
+    from ryu_nsm.core.controller import Controller
+    from ryu_nsm.k8s.status import desired_connections
     from ryu_nsm.sources.files import load_paths
 
     (tmp_path / "lost.yaml").write_text(LOST_POD)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from ryu_nsm.impairment import (
+from ryu_nsm.lab.impairment import (
     COUNTERS,
     Impairment,
     ImpairmentError,
@@ -479,7 +479,7 @@ def test_sigterm_ends_the_element_cleanly_and_leaves_nothing(net, element, contr
 
 def test_the_element_stops_by_itself_when_its_launcher_is_gone(net, control):
     launcher = subprocess.Popen(["sleep", "600"])
-    command = [sys.executable, "-m", "ryu_nsm.impairment", "--a", "ia", "--b", "ib", "--control", control,
+    command = [sys.executable, "-m", "ryu_nsm.lab.impairment", "--a", "ia", "--b", "ib", "--control", control,
                "--watch-pid", str(launcher.pid)]
     proc = subprocess.Popen(["ip", "netns", "exec", net.ns_i, *command],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -9,11 +9,11 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ryu_nsm.controller import UP, Controller, PortInfo
-from ryu_nsm.fabric import Link
-from ryu_nsm.model import ClientRequest, Endpoint, FrozenMap, NetworkService, Resources
-from ryu_nsm.planner import PLANNED, FabricState, make_plan
-from ryu_nsm.sla import ServiceLevel
+from ryu_nsm.core.controller import UP, Controller, PortInfo
+from ryu_nsm.core.fabric import Link
+from ryu_nsm.core.model import ClientRequest, Endpoint, FrozenMap, NetworkService, Resources
+from ryu_nsm.core.planner import PLANNED, FabricState, make_plan
+from ryu_nsm.qos.service_level import ServiceLevel
 
 from .fabrics import ring
 from .test_controller import FakeFabric, ports_of

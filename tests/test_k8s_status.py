@@ -14,8 +14,11 @@ import pytest
 import yaml
 from kubernetes import client
 
-from ryu_nsm.controller import Controller
-from ryu_nsm.k8s_status import (
+from ryu_nsm.core.controller import Controller
+from ryu_nsm.core.model import Attachment, FrozenMap, Match, Resources
+from ryu_nsm.core.planner import FAILED, FabricState, make_plan
+from ryu_nsm.k8s.client import POOL_SIZE, StatusLoop, api_client
+from ryu_nsm.k8s.status import (
     API_VERSION,
     CONNECTION_ANNOTATION,
     KIND,
@@ -29,14 +32,11 @@ from ryu_nsm.k8s_status import (
     parse_problem,
     short_reason,
 )
-from ryu_nsm.kube import POOL_SIZE, StatusLoop, api_client
-from ryu_nsm.model import Attachment, FrozenMap, Match, Resources
-from ryu_nsm.planner import FAILED, FabricState, make_plan
-from ryu_nsm.report import chains, connection_entry
+from ryu_nsm.observe.report import chains, connection_entry
 from ryu_nsm.sources import Document, load_paths, parse_located
 from ryu_nsm.sources.kubernetes import KINDS as WATCHED_KINDS
 from ryu_nsm.sources.kubernetes import KubernetesSource, document_source, object_key
-from ryu_nsm.topology import load_topology
+from ryu_nsm.sources.topology import load_topology
 
 from .fabrics import ring
 from .k8s_emulator import Emulator

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import kmock
 import pytest
 
-from ryu_nsm.model import Resources
+from ryu_nsm.core.model import Resources
 from ryu_nsm.sources.kubernetes import Backoff, KubernetesSource
 from tests.k8s_emulator import Emulator
 

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ryu_nsm.controlproc import free_port, wait_for
-from ryu_nsm.leader import LeaderElector
+from ryu_nsm.k8s.leader import LeaderElector
+from ryu_nsm.lab.controller_process import free_port, wait_for
 from tests.k8s_emulator import Emulator
 
 NS, LEASE = "ryu-nsm", "ryu-nsm-leader"

@@ -6,10 +6,10 @@ import sys
 
 SCRIPT = """
 import logging
-from ryu_nsm.logs import configure
+from ryu_nsm.observe.logs import configure
 configure("info", "json")
-logging.getLogger("ryu_nsm.controller").warning("connection %s: %s", "default/c/nsm-1", "moved → s1-s3")
-logging.getLogger("ryu_nsm.controller").debug("not shown at info")
+logging.getLogger("ryu_nsm.core.controller").warning("connection %s: %s", "default/c/nsm-1", "moved → s1-s3")
+logging.getLogger("ryu_nsm.core.controller").debug("not shown at info")
 try:
     1 / 0
 except ZeroDivisionError:
@@ -21,7 +21,7 @@ def test_json_lines_carry_level_logger_message_and_traceback():
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     first, second = [json.loads(line) for line in out.stderr.splitlines()]
-    assert first["level"] == "warning" and first["logger"] == "ryu_nsm.controller"
+    assert first["level"] == "warning" and first["logger"] == "ryu_nsm.core.controller"
     assert first["message"] == "connection default/c/nsm-1: moved → s1-s3"
     assert first["time"].endswith("Z") and "T" in first["time"]
     assert second["level"] == "error" and "ZeroDivisionError" in second["exception"]

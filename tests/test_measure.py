@@ -1,10 +1,10 @@
 """Link measurement from probes, and the closed loop that moves connections whose service level breaks."""
 
-from ryu_nsm.controller import Controller, ReadFlows, SendProbe
-from ryu_nsm.measure import Measurements, path_quality
-from ryu_nsm.model import ClientRequest, Endpoint, NetworkService, Resources
-from ryu_nsm.planner import PLANNED
-from ryu_nsm.sla import ServiceLevel
+from ryu_nsm.core.controller import Controller, ReadFlows, SendProbe
+from ryu_nsm.core.model import ClientRequest, Endpoint, NetworkService, Resources
+from ryu_nsm.core.planner import PLANNED
+from ryu_nsm.qos.measure import Measurements, path_quality
+from ryu_nsm.qos.service_level import ServiceLevel
 
 from .fabrics import ring
 from .flowsim import FabricSim

@@ -6,11 +6,11 @@ from dataclasses import replace
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ryu_nsm.controller import Controller, PortInfo
-from ryu_nsm.metrics import exposition
-from ryu_nsm.model import ClientRequest
-from ryu_nsm.report import render_text
-from ryu_nsm.sla import ServiceLevel
+from ryu_nsm.core.controller import Controller, PortInfo
+from ryu_nsm.core.model import ClientRequest
+from ryu_nsm.observe.metrics import exposition
+from ryu_nsm.observe.report import render_text
+from ryu_nsm.qos.service_level import ServiceLevel
 
 from .fabrics import ring
 from .test_controller import FakeFabric

@@ -19,8 +19,8 @@ from nsm_api import networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection, Mechanism
 from nsm_api.connectioncontext_pb2 import ConnectionContext, IPContext
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
-from ryu_nsm.controlproc import ControllerProcess, wait_for
-from ryu_nsm.flowspec import wire_cookie
+from ryu_nsm.core.flowspec import wire_cookie
+from ryu_nsm.lab.controller_process import ControllerProcess, wait_for
 
 from .echo_requests import echo_service
 from .two_bridges import link_bridges, remove, sh, write_topology

@@ -12,9 +12,9 @@ import threading
 from nsm_api import connection_pb2
 from nsm_api.connection_pb2 import Connection, Mechanism, MonitorScopeSelector
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
-from ryu_nsm.controlproc import wait_for
-from ryu_nsm.nsm_grpc import ATTACHMENT_PARAM, GrpcRequests, NsmServer
-from ryu_nsm.nsm_grpc import to_client_request as client_of
+from ryu_nsm.lab.controller_process import wait_for
+from ryu_nsm.sources.nsm_grpc import ATTACHMENT_PARAM, GrpcRequests, NsmServer
+from ryu_nsm.sources.nsm_grpc import to_client_request as client_of
 
 
 class Context:

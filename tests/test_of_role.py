@@ -25,14 +25,14 @@ from pathlib import Path
 
 import pytest
 
-from ryu_nsm import ofwire
-from ryu_nsm.app import NsmApp, ShellSettings
-from ryu_nsm.controlproc import free_port, wait_for
-from ryu_nsm.flowspec import FlowSpec, Priority, Table, wire_cookie
-from ryu_nsm.oskenrun import run_apps, send_bytes
+from ryu_nsm.core.flowspec import FlowSpec, Priority, Table, wire_cookie
+from ryu_nsm.lab.controller_process import free_port, wait_for
+from ryu_nsm.observe.status_api import StatusServer, fetch_status
+from ryu_nsm.openflow import wire as ofwire
+from ryu_nsm.openflow.launch import run_apps, send_bytes
+from ryu_nsm.openflow.shell import NsmApp, ShellSettings
 from ryu_nsm.sources.files import DirectoryWatcher
-from ryu_nsm.statusapi import StatusServer, fetch_status
-from ryu_nsm.topology import load_topology
+from ryu_nsm.sources.topology import load_topology
 
 from .echo_requests import write_echo_requests
 

@@ -16,8 +16,7 @@ from os_ken.ofproto import ofproto_common, ofproto_protocol
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from ryu_nsm import ofwire
-from ryu_nsm.flowspec import (
+from ryu_nsm.core.flowspec import (
     COOKIE_OWNER_MASK,
     PIPELINE,
     PIPELINE_COOKIE,
@@ -28,6 +27,7 @@ from ryu_nsm.flowspec import (
     Table,
     wire_cookie,
 )
+from ryu_nsm.openflow import wire as ofwire
 
 DP = ofproto_protocol.ProtocolDesc(ofp.OFP_VERSION)
 ALL_ONES_64 = 2**64 - 1
@@ -296,14 +296,14 @@ def undecodable_entries(cookie: int) -> list[parser.OFPFlowStats]:
 
 def test_undecodable_flows_of_ours_are_left_out_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     entries = undecodable_entries(wire_cookie("mine"))
-    with caplog.at_level(logging.DEBUG, logger="ryu_nsm.ofwire"):
+    with caplog.at_level(logging.DEBUG, logger="ryu_nsm.openflow.wire"):
         assert ofwire.decode_flow_stats(entries) == []
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == len(entries)
 
 
 def test_undecodable_foreign_flows_are_left_out_quietly(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.DEBUG, logger="ryu_nsm.ofwire"):
+    with caplog.at_level(logging.DEBUG, logger="ryu_nsm.openflow.wire"):
         assert ofwire.decode_flow_stats(undecodable_entries(0x1234)) == []
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 

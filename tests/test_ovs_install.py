@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ryu_nsm import ofwire
-from ryu_nsm.flowspec import (
+from ryu_nsm.core.flowspec import (
     COOKIE_OWNER_MASK,
     ETH_TYPE_VLAN,
     PIPELINE_COOKIE,
@@ -28,7 +27,8 @@ from ryu_nsm.flowspec import (
     Table,
     wire_cookie,
 )
-from ryu_nsm.oskenrun import OsKenRun, ProbeApp, run_apps, send_bytes
+from ryu_nsm.openflow import wire as ofwire
+from ryu_nsm.openflow.launch import OsKenRun, ProbeApp, run_apps, send_bytes
 
 pytestmark = pytest.mark.ovs
 

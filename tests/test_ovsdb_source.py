@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from ryu_nsm.cli import build_parser
-from ryu_nsm.controlproc import ControllerProcess, wait_for
-from ryu_nsm.flowspec import PIPELINE_COOKIE, wire_cookie
-from ryu_nsm.model import Attachment, ClientRequest, Endpoint, FrozenMap, Problem, Resources
+from ryu_nsm.core.flowspec import PIPELINE_COOKIE, wire_cookie
+from ryu_nsm.core.model import Attachment, ClientRequest, Endpoint, FrozenMap, Problem, Resources
+from ryu_nsm.lab.controller_process import ControllerProcess, wait_for
 from ryu_nsm.sources.ovsdb import (
     DEFAULT_REMOTE,
     MarkedInterface,

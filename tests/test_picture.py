@@ -10,12 +10,12 @@ import pydot
 import pytest
 
 from ryu_nsm import cli
-from ryu_nsm.model import FrozenMap
-from ryu_nsm.picture import fabric_description, to_dot
-from ryu_nsm.planner import make_plan
-from ryu_nsm.report import connection_entry
-from ryu_nsm.sla import ServiceLevel
-from ryu_nsm.statusapi import StatusServer
+from ryu_nsm.core.model import FrozenMap
+from ryu_nsm.core.planner import make_plan
+from ryu_nsm.observe.picture import fabric_description, to_dot
+from ryu_nsm.observe.report import connection_entry
+from ryu_nsm.observe.status_api import StatusServer
+from ryu_nsm.qos.service_level import ServiceLevel
 
 from .fabrics import ring
 from .test_cli import ryu_nsm

@@ -5,11 +5,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ryu_nsm.fabric import Fabric, Host, HostInterface, Link, Switch
-from ryu_nsm.flowspec import PIPELINE_COOKIE, FlowSpec, PipelineError, Table, wire_cookie
-from ryu_nsm.model import Attachment, ClientRequest, Endpoint, FrozenMap, NetworkService, Resources
-from ryu_nsm.planner import FAILED, PLANNED, FabricState, make_plan
-from ryu_nsm.reconcile import apply, diff
+from ryu_nsm.core.fabric import Fabric, Host, HostInterface, Link, Switch
+from ryu_nsm.core.flowspec import PIPELINE_COOKIE, FlowSpec, PipelineError, Table, wire_cookie
+from ryu_nsm.core.model import Attachment, ClientRequest, Endpoint, FrozenMap, NetworkService, Resources
+from ryu_nsm.core.planner import FAILED, PLANNED, FabricState, make_plan
+from ryu_nsm.core.reconcile import apply, diff
 
 from .fabrics import ring
 from .flowsim import FabricSim, Frame
@@ -23,7 +23,7 @@ def resources_for(pairs, service="svc"):
                             service_labels=FrozenMap({service: FrozenMap(n=str(i))}),
                             attachments=(server,)))
         reqs.append(ClientRequest(f"c{i}", "nsm-1", service, labels=FrozenMap(n=str(i)), attachment=client))
-    from ryu_nsm.model import Destination, Match
+    from ryu_nsm.core.model import Destination, Match
     match = Match(FrozenMap(n="{{.n}}"), (Destination(FrozenMap(n="{{.n}}")),))
     return Resources((NetworkService(service, matches=(match,)),), tuple(eps), tuple(reqs))
 

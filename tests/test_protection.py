@@ -9,10 +9,10 @@ from dataclasses import replace
 
 import pytest
 
-from ryu_nsm.flowspec import is_our_group
-from ryu_nsm.model import ClientRequest, Endpoint, FrozenMap, NetworkService, Resources
-from ryu_nsm.planner import PLANNED, make_plan
-from ryu_nsm.sla import ServiceLevel
+from ryu_nsm.core.flowspec import is_our_group
+from ryu_nsm.core.model import ClientRequest, Endpoint, FrozenMap, NetworkService, Resources
+from ryu_nsm.core.planner import PLANNED, make_plan
+from ryu_nsm.qos.service_level import ServiceLevel
 
 from .fabrics import ring
 from .flowsim import FabricSim

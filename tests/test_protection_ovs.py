@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 
-from ryu_nsm.controlproc import ControllerProcess, wait_for
-from ryu_nsm.flows import CRANKBACK
+from ryu_nsm.core.flows import CRANKBACK
+from ryu_nsm.lab.controller_process import ControllerProcess, wait_for
 
 from .bridge_fabric import square, triangle
 from .two_bridges import sh

@@ -16,8 +16,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ryu_nsm.controlproc import ControllerProcess, wait_for
-from ryu_nsm.flowspec import is_our_meter
+from ryu_nsm.core.flowspec import is_our_meter
+from ryu_nsm.lab.controller_process import ControllerProcess, wait_for
 
 from .two_bridges import build_echo, remove, sh
 

@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import pytest
 
-from ryu_nsm.model import FrozenMap
-from ryu_nsm.planner import PLANNED, make_plan
-from ryu_nsm.sla import ServiceLevel
-from ryu_nsm.topology import TopologyError, load_topology
+from ryu_nsm.core.model import FrozenMap
+from ryu_nsm.core.planner import PLANNED, make_plan
+from ryu_nsm.qos.service_level import ServiceLevel
+from ryu_nsm.sources.topology import TopologyError, load_topology
 
 from .fabrics import ring
 from .flowsim import FabricSim

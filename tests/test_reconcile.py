@@ -2,8 +2,8 @@
 
 import pytest
 
-from ryu_nsm.flowspec import PIPELINE_COOKIE, FlowSpec, Table, wire_cookie
-from ryu_nsm.reconcile import ConflictingFlows, apply, diff, diff_fabric
+from ryu_nsm.core.flowspec import PIPELINE_COOKIE, FlowSpec, Table, wire_cookie
+from ryu_nsm.core.reconcile import ConflictingFlows, apply, diff, diff_fabric
 
 
 def flow(port, out, cookie=None, table=Table.CLASSIFY):

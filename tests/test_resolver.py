@@ -2,7 +2,7 @@
 
 from collections import Counter
 
-from ryu_nsm.model import (
+from ryu_nsm.core.model import (
     Attachment,
     ClientRequest,
     Destination,
@@ -12,7 +12,7 @@ from ryu_nsm.model import (
     NetworkService,
     Resources,
 )
-from ryu_nsm.resolver import render_selector, resolve
+from ryu_nsm.core.resolver import render_selector, resolve
 
 
 def ep(name, labels, service="svc", n=1):

@@ -11,8 +11,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ryu_nsm.model import FrozenMap
-from ryu_nsm.sla import (
+from ryu_nsm.core.model import FrozenMap
+from ryu_nsm.qos.service_level import (
     DSCP_NAMES,
     MAX_RATE_LIMIT,
     ServiceLevel,

@@ -11,7 +11,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ryu_nsm.model import (
+from ryu_nsm.core.model import (
     Attachment,
     ClientRequest,
     Destination,
@@ -21,9 +21,9 @@ from ryu_nsm.model import (
     NetworkService,
     Resources,
 )
-from ryu_nsm.resolver import resolve
+from ryu_nsm.core.resolver import resolve
 from ryu_nsm.sources import DirectoryWatcher, dump_documents, files, load_paths, parse_documents
-from ryu_nsm.topology import load_topology
+from ryu_nsm.sources.topology import load_topology
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sources"

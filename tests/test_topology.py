@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ryu_nsm.fabric import Fabric
-from ryu_nsm.topology import TopologyError, fat_tree, load_topology, parse_bandwidth, parse_duration
+from ryu_nsm.core.fabric import Fabric
+from ryu_nsm.sources.topology import TopologyError, fat_tree, load_topology, parse_bandwidth, parse_duration
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPOLOGIES = ROOT / "topologies"

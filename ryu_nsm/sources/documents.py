@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from urllib.parse import quote, unquote_plus
 
-from ..model import (
+from ryu_nsm.core.model import (
     DEFAULT_NAMESPACE,
     EMPTY,
     Attachment,
@@ -35,9 +35,9 @@ from ..model import (
     Resources,
     describe_value,
 )
-from ..sla import API_VERSION as SLA_API_VERSION
-from ..sla import KIND as SLA_KIND
-from ..sla import ServiceLevel, parse_service_level
+from ryu_nsm.qos.service_level import API_VERSION as SLA_API_VERSION
+from ryu_nsm.qos.service_level import KIND as SLA_KIND
+from ryu_nsm.qos.service_level import ServiceLevel, parse_service_level
 
 NSM_GROUP = "networkservicemesh.io"
 NSM_API_VERSION = f"{NSM_GROUP}/v1"

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from ..model import Problem, Resources
-from .documents import Document, ObjectKey, parse_keeping
+from ryu_nsm.core.model import Problem, Resources
+from ryu_nsm.sources.documents import Document, ObjectKey, parse_keeping
 
 log = logging.getLogger("ryu_nsm.sources.files")
 

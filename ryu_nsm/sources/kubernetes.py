@@ -37,10 +37,17 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from ..model import DEFAULT_NAMESPACE, Resources
-from ..sla import API_VERSION as SLA_API_VERSION
-from ..sla import KIND as SLA_KIND
-from .documents import CLIENT_ANNOTATION, NSM_API_VERSION, Document, ObjectKey, ParseMemo, parse_keeping
+from ryu_nsm.core.model import DEFAULT_NAMESPACE, Resources
+from ryu_nsm.qos.service_level import API_VERSION as SLA_API_VERSION
+from ryu_nsm.qos.service_level import KIND as SLA_KIND
+from ryu_nsm.sources.documents import (
+    CLIENT_ANNOTATION,
+    NSM_API_VERSION,
+    Document,
+    ObjectKey,
+    ParseMemo,
+    parse_keeping,
+)
 
 log = logging.getLogger("ryu_nsm.sources.kubernetes")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from ..model import Resources
+from ryu_nsm.core.model import Resources
 
 
 class MergedSources:

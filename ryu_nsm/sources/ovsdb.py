@@ -52,8 +52,17 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from ..model import EMPTY, Attachment, ClientRequest, Endpoint, FrozenMap, ModelError, Problem, Resources
-from .documents import is_dns1123_label, is_dns1123_subdomain
+from ryu_nsm.core.model import (
+    EMPTY,
+    Attachment,
+    ClientRequest,
+    Endpoint,
+    FrozenMap,
+    ModelError,
+    Problem,
+    Resources,
+)
+from ryu_nsm.sources.documents import is_dns1123_label, is_dns1123_subdomain
 
 with warnings.catch_warnings():
     # ovs.poller probes for eventlet at import; eventlet (an os-ken dependency) warns on import.

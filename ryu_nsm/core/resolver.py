@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from .model import (
+from ryu_nsm.core.model import (
     EMPTY,
     Attachment,
     ClientRequest,

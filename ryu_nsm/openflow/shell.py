@@ -34,16 +34,16 @@ from os_ken.controller import ofp_event
 from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from os_ken.ofproto import ofproto_common, ofproto_v1_3
 
-from . import ofwire
-from .controller import Controller, PortInfo, Program, ReadCounters, ReadFlows, SendProbe
-from .fabric import Fabric
-from .flowspec import COOKIE_OWNER_MASK, PIPELINE_COOKIE
-from .measure import PROBE_ETH_TYPE
-from .model import Resources
-from .oskenrun import send_bytes
-from .reconcile import DELETE
+from ryu_nsm.core.controller import Controller, PortInfo, Program, ReadCounters, ReadFlows, SendProbe
+from ryu_nsm.core.fabric import Fabric
+from ryu_nsm.core.flowspec import COOKIE_OWNER_MASK, PIPELINE_COOKIE
+from ryu_nsm.core.model import Resources
+from ryu_nsm.core.reconcile import DELETE
+from ryu_nsm.openflow import wire as ofwire
+from ryu_nsm.openflow.launch import send_bytes
+from ryu_nsm.qos.measure import PROBE_ETH_TYPE
 
-log = logging.getLogger("ryu_nsm.app")
+log = logging.getLogger("ryu_nsm.openflow.shell")
 ofp = ofproto_v1_3
 ONF_ET_ROLE_STATUS = 1911  # ONF extension 191: role status for OpenFlow 1.3, as Open vSwitch sends it
 _NO_GENERATION = 0xFFFFFFFFFFFFFFFF  # a role reply's generation_id when the switch has none yet

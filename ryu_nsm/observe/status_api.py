@@ -34,7 +34,7 @@ class StatusServer:
                 elif self.path.rstrip("/") == "/status/fabric" and fabric is not None:
                     self._reply(200, json.dumps(fabric, separators=(",", ":")).encode(), "application/json")
                 elif self.path.rstrip("/") == "/metrics":
-                    from . import metrics  # here: every `ryu-nsm` command imports this module
+                    from ryu_nsm.observe import metrics  # here: every `ryu-nsm` command imports this module
 
                     self._reply(200, metrics.exposition(status), metrics.CONTENT_TYPE)
                 elif self.path == "/healthz":

@@ -11,7 +11,7 @@ from functools import cached_property
 
 import networkx as nx
 
-from .model import Attachment
+from ryu_nsm.core.model import Attachment
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .flowspec import VID_PRESENT, FlowSpec, GroupSpec, MeterSpec, is_ours
+from ryu_nsm.core.flowspec import VID_PRESENT, FlowSpec, GroupSpec, MeterSpec, is_ours
 
 LOG = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from .fabric import Fabric
-from .flowspec import (
+from ryu_nsm.core.fabric import Fabric
+from ryu_nsm.core.flowspec import (
     ETH_TYPE_VLAN,
     VID_PRESENT,
     FlowSpec,
@@ -24,8 +24,8 @@ from .flowspec import (
     Table,
     wire_cookie,
 )
-from .measure import PROBE_ETH_TYPE
-from .pathing import Path
+from ryu_nsm.core.pathing import Path
+from ryu_nsm.qos.measure import PROBE_ETH_TYPE
 
 OFPP_CONTROLLER = 0xFFFFFFFD
 OFPP_IN_PORT = 0xFFFFFFF8  # OpenFlow sends a frame back where it came from only through this port

@@ -22,8 +22,8 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from .fabric import Fabric, Link
-from .flowspec import (
+from ryu_nsm.core.fabric import Fabric, Link
+from ryu_nsm.core.flowspec import (
     FlowSpec,
     GroupSpec,
     MeterSpec,
@@ -34,10 +34,9 @@ from .flowspec import (
     is_ours,
     wire_cookie,
 )
-from .measure import LinkQuality, Measurements, path_quality
-from .model import Resources
-from .planner import PLANNED, WAITING, FabricState, Plan, PlannedConnection, make_plan
-from .reconcile import (
+from ryu_nsm.core.model import Resources
+from ryu_nsm.core.planner import PLANNED, WAITING, FabricState, Plan, PlannedConnection, make_plan
+from ryu_nsm.core.reconcile import (
     OBJECT_KINDS,
     PHASES,
     ConflictingFlows,
@@ -47,9 +46,10 @@ from .reconcile import (
     diff_keyed,
     diff_objects,
 )
-from .report import connection_entry
+from ryu_nsm.observe.report import connection_entry
+from ryu_nsm.qos.measure import LinkQuality, Measurements, path_quality
 
-log = logging.getLogger("ryu_nsm.controller")
+log = logging.getLogger("ryu_nsm.core.controller")
 
 DRAIN_MARGIN = 0.005  # s, beyond twice a left path's latency
 MAX_DRAIN = 1.0  # s: a path slower than that is not waited for

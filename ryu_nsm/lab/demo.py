@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .controlproc import ControllerProcess
-from .report import render_text
+from ryu_nsm.lab.controller_process import ControllerProcess
+from ryu_nsm.observe.report import render_text
 
 CLIENT, INTRUDER, GATEWAY, GATEWAY_IP = "client", "intruder", "gateway", "10.0.0.254"
 FUNCTIONS = ("firewall", "dpi")
@@ -56,8 +56,8 @@ def _delta(before: dict[str, int], after: dict[str, int]) -> str:
 
 def run_demo(args) -> int:
     """Run the demo; returns 0 when every step showed what it should."""
-    from .mininet_fabric import build_network, cleanup
-    from .topology import load_topology
+    from ryu_nsm.lab.mininet_fabric import build_network, cleanup
+    from ryu_nsm.sources.topology import load_topology
 
     def interrupted(*_):
         raise KeyboardInterrupt
@@ -199,6 +199,6 @@ def _without_pod(text: str, name: str) -> str:
 
 
 if __name__ == "__main__":
-    from .cli import main
+    from ryu_nsm.cli import main
 
     sys.exit(main(["demo", *sys.argv[1:]]))

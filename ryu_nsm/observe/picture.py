@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 
-from .controller import SLOW_MARGIN
-from .fabric import Fabric
-from .report import chain_entries
+from ryu_nsm.core.controller import SLOW_MARGIN
+from ryu_nsm.core.fabric import Fabric
+from ryu_nsm.observe.report import chain_entries
 
 _PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#bcbd22")
 

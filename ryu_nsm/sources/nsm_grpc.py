@@ -36,9 +36,8 @@ from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2, net
 from nsm_api.connection_pb2 import Connection, ConnectionEvent, MonitorScopeSelector
 from nsm_api.paths import append_segment
 from nsm_api.serving import remove_sockets, serve_nsm
-
-from .model import Attachment, ClientRequest, FrozenMap, ModelError, Resources
-from .sources.ovsdb import dns_label
+from ryu_nsm.core.model import Attachment, ClientRequest, FrozenMap, ModelError, Resources
+from ryu_nsm.sources.ovsdb import dns_label
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ ATTACHMENT_PARAM = "ryu-nsm.io/attachment"
 SEGMENT_NAME = "ryu-nsm-controller"
 TOKEN_PREFIX = "unsigned:"
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
-# The resolver's words for a service that no source declares (ryu_nsm.resolver.resolve).
+# The resolver's words for a service that no source declares (ryu_nsm.core.resolver.resolve).
 _UNKNOWN_SERVICE = re.compile(r"^network service .* not found")
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from .fabric import Fabric, Link
+from ryu_nsm.core.fabric import Fabric, Link
 
 
 @dataclass(frozen=True)

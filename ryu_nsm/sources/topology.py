@@ -69,7 +69,7 @@ from typing import Any
 import networkx as nx
 import yaml
 
-from .fabric import Fabric, Host, HostInterface, Link, Switch
+from ryu_nsm.core.fabric import Fabric, Host, HostInterface, Link, Switch
 
 MAX_IFNAME = 15  # Linux IFNAMSIZ - 1: port names are interface names
 MAX_PORT = 0xFEFF  # highest OpenFlow port number OVS assigns

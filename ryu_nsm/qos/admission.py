@@ -52,9 +52,9 @@ from types import MappingProxyType
 
 import networkx as nx
 
-from .fabric import Fabric, Link
-from .pathing import FabricView, NoPath, Path
-from .sla import ServiceLevel, format_bandwidth, format_duration
+from ryu_nsm.core.fabric import Fabric, Link
+from ryu_nsm.core.pathing import FabricView, NoPath, Path
+from ryu_nsm.qos.service_level import ServiceLevel, format_bandwidth, format_duration
 
 LATENCY_TOLERANCE = 1e-9
 # Costs enter the min-cost flow as integers (network simplex is exact only on integers).

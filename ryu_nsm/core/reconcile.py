@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .flowspec import FlowSpec, GroupSpec, MeterSpec, is_ours
+from ryu_nsm.core.flowspec import FlowSpec, GroupSpec, MeterSpec, is_ours
 
 METER_ADD = "meter-add"
 METER_MODIFY = "meter-modify"

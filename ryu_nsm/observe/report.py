@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .planner import PLANNED, PlannedConnection
-from .sla import format_duration
+from ryu_nsm.core.planner import PLANNED, PlannedConnection
+from ryu_nsm.qos.service_level import format_duration
 
 
 def connection_entry(pc: PlannedConnection, state: str) -> dict:

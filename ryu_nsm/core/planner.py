@@ -18,7 +18,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
-from .admission import (
+from ryu_nsm.core.fabric import Fabric
+from ryu_nsm.core.flows import WireEnds, WireQos, pipeline_flows, protected_wire_flows, queued, wire_flows
+from ryu_nsm.core.flowspec import (
+    GROUP_BASE,
+    GROUP_ID_SPACE,
+    METER_BASE,
+    METER_ID_SPACE,
+    FlowSpec,
+    GroupSpec,
+    MeterSpec,
+    wire_cookie,
+)
+from ryu_nsm.core.model import Attachment, ClientRequest, Problem, Resources
+from ryu_nsm.core.pathing import FabricView, NoPath, Path, TagAllocator, TagSpaceExhausted
+from ryu_nsm.core.resolver import Connection, resolve
+from ryu_nsm.qos.admission import (
     Demand,
     Ledger,
     Leg,
@@ -29,22 +44,7 @@ from .admission import (
     demand_for,
     meets_latency,
 )
-from .fabric import Fabric
-from .flows import WireEnds, WireQos, pipeline_flows, protected_wire_flows, queued, wire_flows
-from .flowspec import (
-    GROUP_BASE,
-    GROUP_ID_SPACE,
-    METER_BASE,
-    METER_ID_SPACE,
-    FlowSpec,
-    GroupSpec,
-    MeterSpec,
-    wire_cookie,
-)
-from .model import Attachment, ClientRequest, Problem, Resources
-from .pathing import FabricView, NoPath, Path, TagAllocator, TagSpaceExhausted
-from .resolver import Connection, resolve
-from .sla import ServiceLevel, format_duration, select
+from ryu_nsm.qos.service_level import ServiceLevel, format_duration, select
 
 PLANNED = "planned"
 FAILED = "failed"

@@ -14,7 +14,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # sla.py builds on this module
-    from .sla import ServiceLevel
+    from ryu_nsm.qos.service_level import ServiceLevel
 
 DEFAULT_NAMESPACE = "default"
 

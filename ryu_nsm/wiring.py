@@ -9,11 +9,11 @@ import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .app import NsmApp, ShellSettings
-from .fabric import Fabric
-from .model import Resources
-from .picture import fabric_description
-from .statusapi import StatusServer
+from ryu_nsm.core.fabric import Fabric
+from ryu_nsm.core.model import Resources
+from ryu_nsm.observe.picture import fabric_description
+from ryu_nsm.observe.status_api import StatusServer
+from ryu_nsm.openflow.shell import NsmApp, ShellSettings
 
 
 @dataclass
@@ -61,16 +61,16 @@ def run_controller(
     from files or Kubernetes: NSM keeps services in its registry, OVSDB only knows interfaces.
 
     With ``nsm_listen`` (``unix:///path`` or ``host:port`` each), NSM's NetworkService and
-    MonitorConnection are served there (ryu_nsm.nsm_grpc); requested connections are one more source.
+    MonitorConnection are served there (ryu_nsm.sources.nsm_grpc); requested connections are one more source.
     """
-    from . import oskenrun
-    from .sources.files import DirectoryWatcher
-    from .sources.merge import MergedSources
+    from ryu_nsm.openflow import launch as oskenrun
+    from ryu_nsm.sources.files import DirectoryWatcher
+    from ryu_nsm.sources.merge import MergedSources
 
     stoppers: list[Callable[[], None]] = []
     kube_api = kube_source = grpc_source = None
     if kubernetes is not None:
-        from .kube import api_client
+        from ryu_nsm.k8s.client import api_client
 
         kube_api = api_client(kubernetes.kubeconfig, kubernetes.context)
 
@@ -86,20 +86,20 @@ def run_controller(
             watcher.start()
             stoppers.append(watcher.stop)
         if kube_api is not None:
-            from .sources.kubernetes import KubernetesSource
+            from ryu_nsm.sources.kubernetes import KubernetesSource
 
             kube_source = KubernetesSource(kube_api, merged.part("kubernetes"), kubernetes.namespaces)
             kube_source.start()
             stoppers.append(kube_source.stop)
         if ovsdb_remote is not None:
-            from .sources.ovsdb import OvsdbSource
+            from ryu_nsm.sources.ovsdb import OvsdbSource
 
             ovsdb_source = OvsdbSource(merged.part("ovsdb"), ovsdb_remote,
                                        bridges=[switch.name for switch in fabric.switches])
             ovsdb_source.start()
             stoppers.append(ovsdb_source.stop)
         if nsm_listen:
-            from .nsm_grpc import GrpcRequests
+            from ryu_nsm.sources.nsm_grpc import GrpcRequests
 
             grpc_source = GrpcRequests(merged.part("grpc"))
 
@@ -122,7 +122,7 @@ def run_controller(
         if kube_api is not None:
             stoppers.extend(_start_cluster_side(running.app, kube_api, kube_source, kubernetes))
         if grpc_source is not None:
-            from .nsm_grpc import NsmServer
+            from ryu_nsm.sources.nsm_grpc import NsmServer
 
             nsm_server = NsmServer(grpc_source, running.app.status)
             nsm_server.serve(nsm_listen)
@@ -138,12 +138,12 @@ def run_controller(
 
 def _start_cluster_side(app: NsmApp, api, source, options: KubernetesOptions) -> list[Callable[[], None]]:
     """Status writer loop, and the leader elector when asked; returns their stop functions."""
-    from .k8s_status import StatusWriter
-    from .kube import StatusLoop
+    from ryu_nsm.k8s.client import StatusLoop
+    from ryu_nsm.k8s.status import StatusWriter
 
     elector = None
     if options.leader_elect:
-        from .leader import LeaderElector
+        from ryu_nsm.k8s.leader import LeaderElector
 
         elector = LeaderElector(
             api, options.lease_namespace, options.lease_name, options.identity,

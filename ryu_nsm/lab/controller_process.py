@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .statusapi import fetch_status
+from ryu_nsm.observe.status_api import fetch_status
 
 
 def free_port() -> int:

@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 from kubernetes import client
 
-log = logging.getLogger("ryu_nsm.k8s_status")
+log = logging.getLogger("ryu_nsm.k8s.status")
 
 GROUP = "ryu-nsm.io"
 VERSION = "v1alpha1"

@@ -38,7 +38,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-log = logging.getLogger("ryu_nsm.leader")
+log = logging.getLogger("ryu_nsm.k8s.leader")
 
 _JITTER = 0.2  # followers retry after retry_period × (1 … 1.2), so replicas do not move in lockstep
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from kubernetes import client, config
 
-log = logging.getLogger("ryu_nsm.kube")
+log = logging.getLogger("ryu_nsm.k8s.client")
 
 POOL_SIZE = 32  # status writer workers (8), a watch per kind (4), the Lease, and room to spare
 

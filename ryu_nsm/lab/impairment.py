@@ -16,7 +16,7 @@ way) has its own impairment:
   (``overflow``). The queue holds the frames in flight (rate × delay) and, with a rate cap, the
   backlog: lower it with a rate cap (e.g. 100) unless a bloated buffer is what you want.
 
-Run it as ``python -m ryu_nsm.impairment --a IF1 --b IF2 --control PATH``; ``start_in_netns()`` does
+Run it as ``python -m ryu_nsm.lab.impairment --a IF1 --b IF2 --control PATH``; ``start_in_netns()`` does
 that in a named netns or a Mininet host and returns an ``Impairment`` client. The control socket is a
 unix stream socket speaking one JSON object per line, answered by one JSON line:
 
@@ -524,7 +524,8 @@ def prepare_interface(ifname: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry: run the element until SIGTERM/SIGINT, the watched process ends, or lifetime."""
-    parser = argparse.ArgumentParser(prog="python -m ryu_nsm.impairment", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ryu_nsm.lab.impairment",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--a", required=True, help="first interface")
     parser.add_argument("--b", required=True, help="second interface")
     parser.add_argument("--control", required=True, help="path of the unix control socket")
@@ -651,7 +652,7 @@ def start_in_netns(where: str | MininetHost, a: str, b: str, control_path: str, 
     when this process ends or after ``lifetime`` seconds. Raises ImpairmentError, with the element's
     stderr, when it exits or does not answer within ``timeout`` seconds.
     """
-    command = [sys.executable, "-m", "ryu_nsm.impairment", "--a", a, "--b", b, "--control", control_path,
+    command = [sys.executable, "-m", "ryu_nsm.lab.impairment", "--a", a, "--b", b, "--control", control_path,
                "--watch-pid", str(os.getpid())]
     if seed is not None:
         command += ["--seed", str(seed)]

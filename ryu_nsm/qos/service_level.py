@@ -63,7 +63,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
-from .model import DEFAULT_NAMESPACE, EMPTY, FrozenMap, Problem, describe_value
+from ryu_nsm.core.model import DEFAULT_NAMESPACE, EMPTY, FrozenMap, Problem, describe_value
 
 API_GROUP = "ryu-nsm.io"
 API_VERSION = f"{API_GROUP}/v1alpha1"

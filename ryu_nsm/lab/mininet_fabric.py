@@ -7,7 +7,7 @@ optionally drop) what passes with an nftables bridge-family table, so tests can 
 really went through a service function.
 
 A link named in ``build_network(impaired=...)`` runs through an impairment element (see
-``ryu_nsm.impairment``): a Mininet host between the two switches that relays frames in user space
+``ryu_nsm.lab.impairment``): a Mininet host between the two switches that relays frames in user space
 and delays, drops or rate-limits them on command (these kernels have no netem). The switches still
 see one link with the declared ports; ``FabricNet.impairment(link)`` returns the element's client.
 
@@ -38,8 +38,8 @@ from mininet.link import Link as MnLink
 from mininet.net import Mininet
 from mininet.node import Node, OVSSwitch, RemoteController
 
-from .fabric import Fabric, Host, Link
-from .impairment import Impairment, start_in_netns
+from ryu_nsm.core.fabric import Fabric, Host, Link
+from ryu_nsm.lab.impairment import Impairment, start_in_netns
 
 # Importing Mininet makes every logger created afterwards a MininetLogger at level OUTPUT (25) with a
 # console handler of its own, which silences INFO of any module imported later in this process.
