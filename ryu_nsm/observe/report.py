@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ryu_nsm.core.chains import follow
 from ryu_nsm.core.planner import PLANNED, PlannedConnection
 from ryu_nsm.qos.service_level import format_duration
 
@@ -49,20 +50,18 @@ def chain_entries(entries: list[dict]) -> list[list[dict]]:
     by_client: dict[tuple[str, str, str], dict] = {}
     for e in entries:
         by_client.setdefault((e["namespace"], e["network_service"], e["client"]), e)
+    by_id = {e["id"]: e for e in entries}
     reached = {(e["namespace"], e["network_service"], e["endpoint"]) for e in entries if e["endpoint"]}
-    out = []
-    for e in entries:
-        if (e["namespace"], e["network_service"], e["client"]) in reached:
-            continue
-        chain, seen, step = [], set(), e
-        while step is not None and step["id"] not in seen:
-            seen.add(step["id"])
-            chain.append(step)
-            if not step["endpoint"]:
-                break
-            step = by_client.get((step["namespace"], step["network_service"], step["endpoint"]))
-        out.append(chain)
-    return out
+
+    def next_hop(cid: str) -> str | None:
+        step = by_id[cid]
+        if not step["endpoint"]:
+            return None
+        after = by_client.get((step["namespace"], step["network_service"], step["endpoint"]))
+        return None if after is None else after["id"]
+
+    return [[by_id[cid] for cid in follow(e["id"], next_hop)] for e in entries
+            if (e["namespace"], e["network_service"], e["client"]) not in reached]
 
 
 def chains(entries: list[dict]) -> list[list[str]]:
