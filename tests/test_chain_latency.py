@@ -27,7 +27,7 @@ from ryu_nsm.core.model import (
     Resources,
 )
 from ryu_nsm.core.planner import FAILED, PLANNED, FabricState, make_plan
-from ryu_nsm.observe.report import connection_entry, render_text
+from ryu_nsm.observe.report import connection_entry, render_text, status_json
 from ryu_nsm.qos.admission import meets_latency
 from ryu_nsm.qos.service_level import ServiceLevel
 
@@ -329,7 +329,7 @@ def test_a_chain_measured_over_its_bound_moves_off_the_slow_link_and_reports_it(
     probed.delay = {link.name: link.latency for link in fabric.links}
     now = run(ctl, fake, probed, 0.0, 8.0)
     assert (switches(ctl.plan, CLIENT), switches(ctl.plan, FW)) == (("s1", "s4", "s2"), ("s2", "s3"))
-    entry = next(e for e in ctl.status()["connections"] if e["id"] == CLIENT)
+    entry = next(e for e in status_json(ctl.status())["connections"] if e["id"] == CLIENT)
     chain = entry["chain_latency"]
     assert chain["wires"] == [CLIENT, FW] and chain["bound"] == 5.5 * MS and chain["met"]
     assert chain["measured"]["latency"] == pytest.approx(4 * MS) and chain["measured"]["met"]
@@ -338,7 +338,7 @@ def test_a_chain_measured_over_its_bound_moves_off_the_slow_link_and_reports_it(
     probed.delay[slowed] = 10 * MS  # 13.5 ms measured over the chain
     now = run(ctl, fake, probed, now, now + 3.0)  # the median of five probes is slow from the third on
     assert switches(ctl.plan, CLIENT) == ("s1", "s4", "s2"), "moved before the breach was sustained"
-    entry = next(e for e in ctl.status()["connections"] if e["id"] == CLIENT)
+    entry = next(e for e in status_json(ctl.status())["connections"] if e["id"] == CLIENT)
     assert not entry["chain_latency"]["measured"]["met"] and not entry["measured"]["met"]
     now = run(ctl, fake, probed, now, now + 6.0)
     # Off the slow link, the client's wire takes the direct one, so the firewall's wire detours.
@@ -347,7 +347,7 @@ def test_a_chain_measured_over_its_bound_moves_off_the_slow_link_and_reports_it(
                for h in ctl.history)
     assert any(h.connection == FW and f"to bring chain {CLIENT} within 5.5ms" in h.what for h in ctl.history)
     run(ctl, fake, probed, now, now + 6.0)
-    entry = next(e for e in ctl.status()["connections"] if e["id"] == CLIENT)
+    entry = next(e for e in status_json(ctl.status())["connections"] if e["id"] == CLIENT)
     assert entry["chain_latency"]["measured"]["latency"] == pytest.approx(5 * MS)
     assert entry["chain_latency"]["measured"]["met"] and entry["state"] == "up"
     # The switches carry the chain where the plan says.

@@ -2,6 +2,7 @@
 
 from ryu_nsm.core.controller import Controller, PortInfo, Program, ReadFlows
 from ryu_nsm.core.reconcile import SwitchDiff, apply
+from ryu_nsm.observe.report import status_json
 
 from .fabrics import ring
 from .flowsim import FabricSim
@@ -69,7 +70,7 @@ def test_connect_then_declare_installs_and_reports_up():
     ctl, sw = Controller(fab), FakeFabric(fab)
     sw.connect_all(ctl)
     sw.run(ctl, ctl.set_resources(res, 1.0))
-    (conn,) = ctl.status()["connections"]
+    (conn,) = status_json(ctl.status())["connections"]
     assert conn["state"] == "up" and conn["path"][0] == "s1" and conn["path"][-1] == "s3"
     (d,) = FabricSim(fab, sw.tables).send(*port(fab, "client"))
     assert (d.switch, d.port) == port(fab, "server")
@@ -92,7 +93,7 @@ def restarted(fab, res) -> Controller:
 
 def test_restarted_controller_with_unchanged_fabric_sends_nothing():
     fresh = restarted(*setup())
-    assert fresh.status()["connections"][0]["state"] == "up"
+    assert status_json(fresh.status())["connections"][0]["state"] == "up"
 
 
 def test_request_removed_leaves_only_pipeline_flows():
@@ -110,7 +111,7 @@ def test_link_down_reroutes_make_before_break():
     ctl, sw = Controller(fab), FakeFabric(fab)
     sw.connect_all(ctl)
     sw.run(ctl, ctl.set_resources(res, 0.0))
-    path = ctl.status()["connections"][0]["path"]
+    path = status_json(ctl.status())["connections"][0]["path"]
     # Cut the first link of the path: take s1's port on it down.
     link = next(lk for lk in fab.links if {lk.a, lk.b} == {path[0], path[1]})
     s1 = fab.switch_by_name[path[0]]
@@ -126,11 +127,11 @@ def test_link_down_reroutes_make_before_break():
         assert [(d.switch, d.port) for d in deliveries] == [port(fab, "server")]
 
     sw.run(ctl, ctl.port_changed(s1.dpid, PortInfo(cut_port, name, False), 2.0), 2.0, check=still_delivers)
-    new = ctl.status()["connections"][0]
+    new = status_json(ctl.status())["connections"][0]
     assert new["state"] == "up" and new["path"] != path
     (d,) = FabricSim(survived, sw.tables).send(*port(fab, "client"))
     assert (d.switch, d.port) == port(fab, "server")
-    assert any("moved" in h["what"] and "down" in h["what"] for h in ctl.status()["history"])
+    assert any("moved" in h["what"] and "down" in h["what"] for h in status_json(ctl.status())["history"])
     phases = [p for p, _, _ in sw.sent]
     assert phases == sorted(phases, key=["add", "modify", "delete"].index)
 
@@ -179,11 +180,11 @@ def test_switch_away_too_long_is_routed_around():
     ctl, sw = Controller(fab, switch_down_after=5.0), FakeFabric(fab)
     sw.connect_all(ctl)
     sw.run(ctl, ctl.set_resources(res, 0.0))
-    transit = ctl.status()["connections"][0]["path"][1]
+    transit = status_json(ctl.status())["connections"][0]["path"][1]
     ctl.switch_disconnected(fab.switch_by_name[transit].dpid, 1.0)
     assert ctl.tick(3.0) == []
     sw.run(ctl, ctl.tick(7.0), 7.0)
-    assert transit not in ctl.status()["connections"][0]["path"]
+    assert transit not in status_json(ctl.status())["connections"][0]["path"]
 
 
 def test_unknown_datapath_is_left_alone():
@@ -200,7 +201,7 @@ def test_read_overtaken_by_a_program_is_asked_again():
     touched = [c for c in stale if c.switch in {"s1", "s3"}]
     again = ctl.flows_read(touched[0].switch, frozenset(), 1.0, touched[0].epoch)
     assert [type(c) for c in again] == [ReadFlows]
-    assert ctl.status()["connections"][0]["state"] == "up"
+    assert status_json(ctl.status())["connections"][0]["state"] == "up"
 
 
 def test_audit_repairs_drift():
@@ -236,7 +237,7 @@ def test_restart_keeps_tags_chosen_in_arrival_order():
         sw.run(fresh, fresh.set_resources(full, 9.0))
         sw.connect_all(fresh, 9.0)
         assert sw.sent == [], f"restart changed flows after arrival order {order}"
-        assert all(c["state"] == "up" for c in fresh.status()["connections"])
+        assert all(c["state"] == "up" for c in status_json(fresh.status())["connections"])
 
 
 def test_nothing_is_programmed_before_the_sources_have_reported():
@@ -251,7 +252,7 @@ def test_nothing_is_programmed_before_the_sources_have_reported():
     assert sw.sent == []
     sw.run(fresh, fresh.set_resources(res, 6.0))
     assert sw.sent == []
-    assert fresh.status()["connections"][0]["state"] == "up"
+    assert status_json(fresh.status())["connections"][0]["state"] == "up"
 
 
 def test_restart_with_live_only_ports_keeps_flows_until_every_end_reports():
@@ -272,12 +273,12 @@ def test_restart_with_live_only_ports_keeps_flows_until_every_end_reports():
     sw.run(ctl, ctl.set_resources(res, 0.0))
     connect(ctl, "s1", 0.0)
     connect(ctl, "s2", 0.0)
-    assert ctl.status()["connections"][0]["state"] == "up"
+    assert status_json(ctl.status())["connections"][0]["state"] == "up"
     sw.sent.clear()
     fresh = Controller(bare)
     sw.run(fresh, fresh.set_resources(res, 5.0))
     connect(fresh, "s1", 5.0)
-    assert fresh.status()["connections"][0]["state"] == "pending"
+    assert status_json(fresh.status())["connections"][0]["state"] == "pending"
     connect(fresh, "s2", 5.1)
     assert sw.sent == []
-    assert fresh.status()["connections"][0]["state"] == "up"
+    assert status_json(fresh.status())["connections"][0]["state"] == "up"

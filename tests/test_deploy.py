@@ -259,12 +259,13 @@ def written_connections(tmp_path: Path) -> list[dict]:
     chain (pending, no switch is connected) and a Pod asking for a service that does not exist."""
     from ryu_nsm.core.controller import Controller
     from ryu_nsm.k8s.status import desired_connections
+    from ryu_nsm.observe.report import status_json
     from ryu_nsm.sources.files import load_paths
 
     (tmp_path / "lost.yaml").write_text(LOST_POD)
     controller = Controller(load_topology(ROOT / "topologies" / "demo-chain.yaml"))
     controller.set_resources(load_paths([str(ROOT / "examples" / "demo-chain"), str(tmp_path)]), 0.0)
-    return list(desired_connections(controller.status(), "2026-01-01T00:00:00Z").values())
+    return list(desired_connections(status_json(controller.status()), "2026-01-01T00:00:00Z").values())
 
 
 def schema_errors(obj: dict) -> list[str]:

@@ -227,5 +227,5 @@ def test_controller_switches_hold_exactly_the_plan_after_every_change(data):
             assert frozenset(switches.meters[name].values()) == ctl.plan.meters.get(name, frozenset()), name
             assert frozenset(switches.groups[name].values()) == ctl.plan.groups.get(name, frozenset()), name
         for cid, pc in ctl.plan.connections.items():
-            expected = UP if pc.state == PLANNED else ctl._connection_state(pc)
+            expected = UP if pc.state == PLANNED else ctl.switches._connection_state(pc)
             assert ctl.connection_state(cid) == expected

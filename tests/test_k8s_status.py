@@ -32,7 +32,7 @@ from ryu_nsm.k8s.status import (
     parse_problem,
     short_reason,
 )
-from ryu_nsm.observe.report import chains, connection_entry
+from ryu_nsm.observe.report import chains, connection_entry, status_json
 from ryu_nsm.sources import Document, load_paths, parse_located
 from ryu_nsm.sources.kubernetes import KINDS as WATCHED_KINDS
 from ryu_nsm.sources.kubernetes import KubernetesSource, document_source, object_key
@@ -88,7 +88,7 @@ def test_demo_chain_through_the_real_controller_reports_every_hop_up(demo):
     ctl, switches = Controller(fabric), FakeFabric(fabric)
     switches.connect_all(ctl)
     switches.run(ctl, ctl.set_resources(resources, 1.0))
-    status = ctl.status()
+    status = status_json(ctl.status())
     assert {c["state"] for c in status["connections"]} == {"up"}
 
     objects = desired_connections(status, T0)
@@ -122,7 +122,7 @@ def test_pending_connections_are_admitted_but_not_ready(demo):
     fabric, resources = demo
     ctl = Controller(fabric)
     ctl.set_resources(resources, 1.0)  # no switch connected: nothing can be installed
-    objects = desired_connections(ctl.status(), T0)
+    objects = desired_connections(status_json(ctl.status()), T0)
     for obj in objects.values():
         cond = conditions(obj)
         assert obj["status"]["state"] == "Pending"
@@ -607,7 +607,7 @@ def test_from_the_watched_cluster_to_connections_and_events(api, demo):
         switches.connect_all(ctl)
         switches.run(ctl, ctl.set_resources(resources, 1.0))
         writer = writer_for(api, Clock(T0))
-        result = writer.sync(ctl.status(), source.objects())
+        result = writer.sync(status_json(ctl.status()), source.objects())
         assert not result.errors and len(result.created) == 3
         client_obj = stored(api)["client-nsm-1"]
         assert client_obj["status"]["chain"] == ["client", "firewall", "dpi", "vpn-gateway"]
@@ -623,7 +623,7 @@ def test_from_the_watched_cluster_to_connections_and_events(api, demo):
         while any(e.name == "firewall" for e in resources.endpoints):
             resources = delivered.get(timeout=max(0.0, deadline - time.monotonic()))
         switches.run(ctl, ctl.set_resources(resources, 2.0))
-        result = writer.sync(ctl.status(), source.objects())
+        result = writer.sync(status_json(ctl.status()), source.objects())
         assert not result.errors and "default/client-nsm-1" in result.status_patched
         assert stored(api)["client-nsm-1"]["status"]["reason"] == "NoEndpoint"
         warning = next(e for e in events(api) if e["reason"] == "NoEndpoint")
@@ -916,14 +916,14 @@ def test_a_service_level_shows_with_its_backup_and_whether_measurements_meet_it(
     ctl, switches = Controller(fabric), FakeFabric(fabric)
     switches.connect_all(ctl)
     switches.run(ctl, ctl.set_resources(resources, 1.0))
-    client = desired_connections(ctl.status(), T0)[("default", "client-nsm-1")]["status"]
+    client = desired_connections(status_json(ctl.status()), T0)[("default", "client-nsm-1")]["status"]
     assert client["serviceLevel"]["name"] == "secure-internet"
     assert client["backupPath"][0] == client["path"][0] and client["backupPath"] != client["path"]
     assert conditions({"status": client})["ServiceLevelMet"]["reason"] == "NotMeasured"
     # The whole chain is bounded (chainLatency: true in examples/qos): its planned total, wire by wire.
     chain = client["chainLatency"]
     assert chain["connections"][0] == "default/client/nsm-1" and len(chain["connections"]) == 3
-    planned = {e["id"]: e for e in ctl.status()["connections"]}
+    planned = {e["id"]: e for e in status_json(ctl.status())["connections"]}
     wires = chain["connections"]
     assert chain["plannedSeconds"] == pytest.approx(sum(planned[c]["path_latency"] for c in wires))
     assert chain["plannedSeconds"] <= chain["boundSeconds"] == 0.005
@@ -938,7 +938,7 @@ def test_a_service_level_shows_with_its_backup_and_whether_measurements_meet_it(
 
     for second in range(3):
         probe_round(2.0 + second, 0.0001)
-    met = desired_connections(ctl.status(), T1)[("default", "client-nsm-1")]["status"]
+    met = desired_connections(status_json(ctl.status()), T1)[("default", "client-nsm-1")]["status"]
     assert conditions({"status": met})["ServiceLevelMet"]["status"] == "True"
     probe_round(6.0, 0.0002)
-    assert desired_connections(ctl.status(), T1)[("default", "client-nsm-1")]["status"] == met
+    assert desired_connections(status_json(ctl.status()), T1)[("default", "client-nsm-1")]["status"] == met

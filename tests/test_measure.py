@@ -3,6 +3,7 @@
 from ryu_nsm.core.controller import Controller, ReadFlows, SendProbe
 from ryu_nsm.core.model import ClientRequest, Endpoint, NetworkService, Resources
 from ryu_nsm.core.planner import PLANNED
+from ryu_nsm.observe.report import status_json
 from ryu_nsm.qos.measure import Measurements, path_quality
 from ryu_nsm.qos.service_level import ServiceLevel
 
@@ -97,7 +98,7 @@ def test_a_slow_link_moves_the_connection_after_the_window_and_it_does_not_flap_
     probed = Probed(ctl, fabric)
     now = run(ctl, switches, probed, 0.0, 10.0)
     assert path_of(ctl) == ("s1", "s2")
-    assert ctl.status()["connections"][0]["measured"]["met"] is True
+    assert status_json(ctl.status())["connections"][0]["measured"]["met"] is True
 
     probed.delay[direct] = 0.030  # 30 ms: the 5 ms bound breaks
     now = run(ctl, switches, probed, now, now + 4.0)
@@ -128,7 +129,7 @@ def test_a_lossy_link_moves_the_connection_and_with_no_way_around_it_stays():
     run(ctl, switches, probed, now, now + 12.0)
     (pc,) = ctl.plan.connections.values()
     assert pc.state == PLANNED and pc.path.switches in (("s1", "s3", "s2"), ("s1", "s2"))
-    assert ctl.status()["connections"][0]["measured"]["met"] is False
+    assert status_json(ctl.status())["connections"][0]["measured"]["met"] is False
 
 
 def test_throughput_comes_from_the_ingress_counters_of_each_direction():
@@ -140,14 +141,15 @@ def test_throughput_comes_from_the_ingress_counters_of_each_direction():
     assert at_client and at_server
     ctl.counters_read(client.switch, [(f, 1_000) for f in at_client], 10.0)
     ctl.counters_read(server.switch, [(f, 5_000) for f in at_server], 10.0)
-    assert "throughput" not in ctl.status()["connections"][0]  # one reading gives no rate yet
+    assert "throughput" not in status_json(ctl.status())["connections"][0]  # one reading gives no rate yet
     ctl.counters_read(client.switch, [(f, 1_000 + 125_000) for f in at_client], 12.0)  # 1 MB in 2 s
     ctl.counters_read(server.switch, [(f, 5_000) for f in at_server], 12.0)
-    assert ctl.status()["connections"][0]["throughput"] == {"from_client": 500_000.0 * len(at_client),
-                                                            "from_endpoint": 0.0}
+    (entry,) = status_json(ctl.status())["connections"]
+    assert entry["throughput"] == {"from_client": 500_000.0 * len(at_client), "from_endpoint": 0.0}
     # Counters that go back (flows replaced) give no rate, not a negative one.
     ctl.counters_read(client.switch, [(f, 10) for f in at_client], 14.0)
-    assert ctl.status()["connections"][0]["throughput"]["from_client"] == 500_000.0 * len(at_client)
+    (entry,) = status_json(ctl.status())["connections"]
+    assert entry["throughput"]["from_client"] == 500_000.0 * len(at_client)
 
 
 def test_a_new_connection_is_placed_by_measured_latency_and_placements_that_exist_are_not_failed_by_it():
@@ -166,11 +168,12 @@ def test_a_new_connection_is_placed_by_measured_latency_and_placements_that_exis
     probed = Probed(ctl, fabric)
     now = run(ctl, switches, probed, 0.0, 6.0)
     assert path_of(ctl) == ("s1", "s2")
-    assert all("planned_latency" not in link for link in ctl.status()["links"])
+    assert all("planned_latency" not in link for link in status_json(ctl.status())["links"])
 
     probed.delay[direct] = 0.030  # slower than declared, for longer than the window
     now = run(ctl, switches, probed, now, now + 8.0)
-    (planned,) = [link["planned_latency"] for link in ctl.status()["links"] if link["link"] == direct]
+    links = status_json(ctl.status())["links"]
+    (planned,) = [link["planned_latency"] for link in links if link["link"] == direct]
     assert planned == 0.03
     # The second client arrives: it is placed around the slow link at once, not moved there later.
     switches.run(ctl, ctl.set_resources(Resources(service, endpoint, (first, second), service_levels=levels),
@@ -188,7 +191,7 @@ def test_a_new_connection_is_placed_by_measured_latency_and_placements_that_exis
     for name in probed.delay:
         probed.delay[name] = 0.001
     run(ctl, switches, probed, now, now + 40.0)
-    assert all("planned_latency" not in link for link in ctl.status()["links"])
+    assert all("planned_latency" not in link for link in status_json(ctl.status())["links"])
 
 
 def test_no_probe_goes_towards_a_switch_before_its_probe_flows_are_in_place():

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ryu_nsm.core.controller import Controller, PortInfo
 from ryu_nsm.core.model import ClientRequest
 from ryu_nsm.observe.metrics import exposition
-from ryu_nsm.observe.report import render_text
+from ryu_nsm.observe.report import render_text, status_json
 from ryu_nsm.qos.service_level import ServiceLevel
 
 from .fabrics import ring
@@ -22,7 +22,7 @@ ID = "default/c0/nsm-1"
 
 def scrape(ctl: Controller) -> dict[tuple[str, tuple], float]:
     """(sample name, sorted labels) → value, from the text a scraper gets."""
-    text = exposition(ctl.status).decode()
+    text = exposition(lambda: status_json(ctl.status())).decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
 
@@ -86,7 +86,7 @@ def test_a_replica_under_leader_election_says_whether_it_leads():
     _, _, ctl, _ = running()
     assert value(scrape(ctl), "ryu_nsm_leader") is None  # no election: no such metric
     for leading in (True, False):
-        status = {**ctl.status(), "role": {"leader": leading, "generation": 3, "switches": {}}}
+        status = {**status_json(ctl.status()), "role": {"leader": leading, "generation": 3, "switches": {}}}
         text = exposition(lambda s=status: s).decode()
         (sample,) = [s for family in text_string_to_metric_families(text) for s in family.samples
                      if s.name == "ryu_nsm_leader"]
@@ -95,6 +95,7 @@ def test_a_replica_under_leader_election_says_whether_it_leads():
 
 def test_status_text_sums_up_the_counters():
     fab, _, ctl, sw = running()
-    assert "since start: 0 moves, 0 failures, 0 service level breaches" in render_text(ctl.status())
+    text = render_text(status_json(ctl.status()))
+    assert "since start: 0 moves, 0 failures, 0 service level breaches" in text
     cut_first_link(fab, ctl, sw, 2.0)
-    assert "since start: 1 moves (link_down 1), 0 failures" in render_text(ctl.status())
+    assert "since start: 1 moves (link_down 1), 0 failures" in render_text(status_json(ctl.status()))

@@ -40,6 +40,8 @@ from typing import Any, TypeVar
 
 from kubernetes import client
 
+from ryu_nsm.core.chains import follow
+
 log = logging.getLogger("ryu_nsm.k8s.status")
 
 GROUP = "ryu-nsm.io"
@@ -130,17 +132,18 @@ def merge_conditions(old_conditions: Iterable[Mapping] | None, new_conditions: I
     return merged
 
 
-def _follow(entry: dict, by_client: Mapping[tuple[str, str, str], dict]) -> list[dict]:
-    """The hops of the chain from ``entry`` on, the same way ``report.chains`` follows them: a service
-    function's Pod shares its endpoint's name, so its own request (same service) continues the chain."""
-    hops, seen, step = [], set(), entry
-    while step is not None and step["id"] not in seen:
-        seen.add(step["id"])
-        hops.append(step)
+def _follow(entry: dict, by_client: Mapping[tuple[str, str, str], dict], by_id: Mapping[str, dict]
+            ) -> list[dict]:
+    """The hops of the chain from ``entry`` on, as ``report.chains`` has them (``chains.follow``)."""
+
+    def next_hop(cid: str) -> str | None:
+        step = by_id[cid]
         if not step.get("endpoint"):
-            break
-        step = by_client.get((step["namespace"], step["network_service"], step["endpoint"]))
-    return hops
+            return None
+        after = by_client.get((step["namespace"], step["network_service"], step["endpoint"]))
+        return None if after is None else after["id"]
+
+    return [by_id[cid] for cid in follow(entry["id"], next_hop)]
 
 
 def _hop(entry: dict) -> dict:
@@ -230,6 +233,7 @@ def desired_connections(status: Mapping, now: str,
     by_client: dict[tuple[str, str, str], dict] = {}
     for e in status.get("connections", []):  # first declared wins, as in report.chains
         by_client.setdefault((e["namespace"], e["network_service"], e["client"]), e)
+    by_id = {e["id"]: e for e in entries}
     generations = generations or {}
     out: dict[tuple[str, str], dict] = {}
     for e in entries:
@@ -239,7 +243,7 @@ def desired_connections(status: Mapping, now: str,
             name = connection_object_name(name, _hash(e["id"]))
         key = (e["namespace"], name)
         generation = generations.get(key, 1)
-        hops = _follow(e, by_client)
+        hops = _follow(e, by_client, by_id)
         body = {
             "apiVersion": API_VERSION,
             "kind": KIND,

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 
-from ryu_nsm.core.controller import SLOW_MARGIN
 from ryu_nsm.core.fabric import Fabric
+from ryu_nsm.core.status import SLOW_MARGIN
 from ryu_nsm.observe.report import chain_entries
 
 _PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#bcbd22")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from ryu_nsm.core.chains import follow
 from ryu_nsm.core.planner import PLANNED, PlannedConnection
+from ryu_nsm.core.status import ConnectionStatus, PathMeasurement, Status
 from ryu_nsm.qos.service_level import format_duration
 
 
@@ -39,6 +41,52 @@ def connection_entry(pc: PlannedConnection, state: str) -> dict:
     return entry
 
 
+# Connection id → (planned connection, state, its entry): a status poll of a big fabric renders again
+# only the connections that changed (the shell renders under its lock).
+_entries: dict[str, tuple[PlannedConnection, str, dict]] = {}
+
+
+def status_json(status: Status) -> dict:
+    """The JSON form of the controller's status (``/status``): connections, switches, recent history."""
+    connections = [_status_entry(c) for c in status.connections]
+    if len(_entries) > len(connections):
+        live = {c.planned.id for c in status.connections}
+        for cid in [cid for cid in _entries if cid not in live]:
+            del _entries[cid]
+    c = status.counters
+    return {
+        "fabric": status.fabric, "connections": connections,
+        "switches": [{"name": s.name, "dpid": f"{s.dpid:#018x}", "connected": s.connected, "flows": s.flows}
+                     for s in status.switches],
+        "history": [{"time": h.time, "connection": h.connection, "what": h.what} for h in status.history],
+        "problems": list(status.problems), "reservations": list(status.reservations),
+        "counters": {"moves": dict(c.moves), "failures": c.failures, "breaches": dict(c.breaches)},
+        "links": [{"link": q.name, "latency": q.quality.latency, "loss": q.quality.loss,
+                   "samples": q.quality.samples,
+                   **({"planned_latency": q.planned_latency} if q.planned_latency is not None else {})}
+                  for q in status.links],
+    }
+
+
+def _status_entry(status: ConnectionStatus) -> dict:
+    pc = status.planned
+    cached = _entries.get(pc.id)
+    if cached is None or cached[0] is not pc or cached[1] != status.state:
+        cached = _entries[pc.id] = (pc, status.state, connection_entry(pc, status.state))
+    entry = cached[2]
+    if status.throughput is not None:
+        entry = {**entry, "throughput": dict(status.throughput)}
+    if status.measured is not None:
+        entry = {**entry, "measured": _measured(status.measured)}
+        if status.chain_measured is not None:
+            entry["chain_latency"] = {**entry["chain_latency"], "measured": _measured(status.chain_measured)}
+    return entry
+
+
+def _measured(m: PathMeasurement) -> dict:
+    return {"latency": m.latency, "loss": m.loss, "complete": m.complete, "met": m.met}
+
+
 def chain_entries(entries: list[dict]) -> list[list[dict]]:
     """Chains as their connection entries in order, from the client's on.
 
@@ -49,20 +97,18 @@ def chain_entries(entries: list[dict]) -> list[list[dict]]:
     by_client: dict[tuple[str, str, str], dict] = {}
     for e in entries:
         by_client.setdefault((e["namespace"], e["network_service"], e["client"]), e)
+    by_id = {e["id"]: e for e in entries}
     reached = {(e["namespace"], e["network_service"], e["endpoint"]) for e in entries if e["endpoint"]}
-    out = []
-    for e in entries:
-        if (e["namespace"], e["network_service"], e["client"]) in reached:
-            continue
-        chain, seen, step = [], set(), e
-        while step is not None and step["id"] not in seen:
-            seen.add(step["id"])
-            chain.append(step)
-            if not step["endpoint"]:
-                break
-            step = by_client.get((step["namespace"], step["network_service"], step["endpoint"]))
-        out.append(chain)
-    return out
+
+    def next_hop(cid: str) -> str | None:
+        step = by_id[cid]
+        if not step["endpoint"]:
+            return None
+        after = by_client.get((step["namespace"], step["network_service"], step["endpoint"]))
+        return None if after is None else after["id"]
+
+    return [[by_id[cid] for cid in follow(e["id"], next_hop)] for e in entries
+            if (e["namespace"], e["network_service"], e["client"]) not in reached]
 
 
 def chains(entries: list[dict]) -> list[list[str]]:

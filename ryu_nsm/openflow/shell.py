@@ -39,6 +39,7 @@ from ryu_nsm.core.fabric import Fabric
 from ryu_nsm.core.flowspec import COOKIE_OWNER_MASK, PIPELINE_COOKIE
 from ryu_nsm.core.model import Resources
 from ryu_nsm.core.reconcile import DELETE
+from ryu_nsm.observe.report import status_json
 from ryu_nsm.openflow import wire as ofwire
 from ryu_nsm.openflow.launch import send_bytes
 from ryu_nsm.qos.measure import PROBE_ETH_TYPE
@@ -161,7 +162,7 @@ class NsmApp(app_manager.OSKenApp):
 
     def status(self) -> dict:
         with self.lock:
-            status = self.core.status()
+            status = status_json(self.core.status())
             if self.settings.role_election:
                 status["role"] = self.role_status()
             return status
