@@ -41,46 +41,55 @@ def connection_entry(pc: PlannedConnection, state: str) -> dict:
     return entry
 
 
-# Connection id → (planned connection, state, its entry): a status poll of a big fabric renders again
-# only the connections that changed (the shell renders under its lock).
-_entries: dict[str, tuple[PlannedConnection, str, dict]] = {}
+class StatusRenderer:
+    """Renders the controller's status to JSON, keeping each connection's entry between renders: a
+    status poll of a big fabric renders again only the connections that changed. Not thread-safe:
+    the shell renders under its lock."""
+
+    def __init__(self) -> None:
+        # Connection id → (planned connection, state, its entry); identity is enough for a memo.
+        self._entries: dict[str, tuple[PlannedConnection, str, dict]] = {}
+
+    def render(self, status: Status) -> dict:
+        """The JSON form of the controller's status (``/status``): connections, switches, history."""
+        connections = [self._entry(c) for c in status.connections]
+        if len(self._entries) > len(connections):
+            live = {c.planned.id for c in status.connections}
+            for cid in [cid for cid in self._entries if cid not in live]:
+                del self._entries[cid]
+        c = status.counters
+        return {
+            "fabric": status.fabric, "connections": connections,
+            "switches": [{"name": s.name, "dpid": f"{s.dpid:#018x}", "connected": s.connected,
+                          "flows": s.flows} for s in status.switches],
+            "history": [{"time": h.time, "connection": h.connection, "what": h.what} for h in status.history],
+            "problems": list(status.problems), "reservations": list(status.reservations),
+            "counters": {"moves": dict(c.moves), "failures": c.failures, "breaches": dict(c.breaches)},
+            "links": [{"link": q.name, "latency": q.quality.latency, "loss": q.quality.loss,
+                       "samples": q.quality.samples,
+                       **({"planned_latency": q.planned_latency} if q.planned_latency is not None else {})}
+                      for q in status.links],
+        }
+
+    def _entry(self, status: ConnectionStatus) -> dict:
+        pc = status.planned
+        cached = self._entries.get(pc.id)
+        if cached is None or cached[0] is not pc or cached[1] != status.state:
+            cached = self._entries[pc.id] = (pc, status.state, connection_entry(pc, status.state))
+        entry = cached[2]
+        if status.throughput is not None:
+            entry = {**entry, "throughput": dict(status.throughput)}
+        if status.measured is not None:
+            entry = {**entry, "measured": _measured(status.measured)}
+            if status.chain_measured is not None:
+                chain = entry["chain_latency"]
+                entry["chain_latency"] = {**chain, "measured": _measured(status.chain_measured)}
+        return entry
 
 
 def status_json(status: Status) -> dict:
-    """The JSON form of the controller's status (``/status``): connections, switches, recent history."""
-    connections = [_status_entry(c) for c in status.connections]
-    if len(_entries) > len(connections):
-        live = {c.planned.id for c in status.connections}
-        for cid in [cid for cid in _entries if cid not in live]:
-            del _entries[cid]
-    c = status.counters
-    return {
-        "fabric": status.fabric, "connections": connections,
-        "switches": [{"name": s.name, "dpid": f"{s.dpid:#018x}", "connected": s.connected, "flows": s.flows}
-                     for s in status.switches],
-        "history": [{"time": h.time, "connection": h.connection, "what": h.what} for h in status.history],
-        "problems": list(status.problems), "reservations": list(status.reservations),
-        "counters": {"moves": dict(c.moves), "failures": c.failures, "breaches": dict(c.breaches)},
-        "links": [{"link": q.name, "latency": q.quality.latency, "loss": q.quality.loss,
-                   "samples": q.quality.samples,
-                   **({"planned_latency": q.planned_latency} if q.planned_latency is not None else {})}
-                  for q in status.links],
-    }
-
-
-def _status_entry(status: ConnectionStatus) -> dict:
-    pc = status.planned
-    cached = _entries.get(pc.id)
-    if cached is None or cached[0] is not pc or cached[1] != status.state:
-        cached = _entries[pc.id] = (pc, status.state, connection_entry(pc, status.state))
-    entry = cached[2]
-    if status.throughput is not None:
-        entry = {**entry, "throughput": dict(status.throughput)}
-    if status.measured is not None:
-        entry = {**entry, "measured": _measured(status.measured)}
-        if status.chain_measured is not None:
-            entry["chain_latency"] = {**entry["chain_latency"], "measured": _measured(status.chain_measured)}
-    return entry
+    """The JSON form of one status, rendered from scratch (tests, one-off calls)."""
+    return StatusRenderer().render(status)
 
 
 def _measured(m: PathMeasurement) -> dict:

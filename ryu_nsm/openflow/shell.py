@@ -39,7 +39,7 @@ from ryu_nsm.core.fabric import Fabric
 from ryu_nsm.core.flowspec import COOKIE_OWNER_MASK, PIPELINE_COOKIE
 from ryu_nsm.core.model import Resources
 from ryu_nsm.core.reconcile import DELETE
-from ryu_nsm.observe.report import status_json
+from ryu_nsm.observe.report import StatusRenderer
 from ryu_nsm.openflow import wire as ofwire
 from ryu_nsm.openflow.launch import send_bytes
 from ryu_nsm.qos.measure import PROBE_ETH_TYPE
@@ -102,6 +102,7 @@ class NsmApp(app_manager.OSKenApp):
         s = self.settings
         self.core = Controller(s.fabric, switch_down_after=s.switch_down_after)
         self.lock = threading.RLock()
+        self._status_renderer = StatusRenderer()  # used under the lock
         self.work: queue.Queue = queue.Queue()
         self.datapaths: dict[int, object] = {}
         self.no_bundles: set[int] = set()
@@ -162,7 +163,7 @@ class NsmApp(app_manager.OSKenApp):
 
     def status(self) -> dict:
         with self.lock:
-            status = status_json(self.core.status())
+            status = self._status_renderer.render(self.core.status())
             if self.settings.role_election:
                 status["role"] = self.role_status()
             return status
