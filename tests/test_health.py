@@ -168,3 +168,82 @@ def test_the_worker_survives_a_failing_queue(app, server, caplog, monkeypatch):
     fault = Fault(app.work.get)
     monkeypatch.setattr(app.work, "get", fault)
     assert_supervised(server, "ryu-nsm-worker", fault, caplog)
+
+
+# -- sources and the cluster side ----------------------------------------------------------------
+
+
+def test_the_file_watcher_survives_a_failing_consumer(loops, server, caplog, tmp_path):
+    from ryu_nsm.sources.files import DirectoryWatcher
+
+    (tmp_path / "requests.yaml").write_text("")
+    fault = Fault()
+    watcher = DirectoryWatcher([tmp_path], fault, interval=0.02)
+    watcher.start()
+    try:
+        assert_supervised(server, "ryu-nsm-file-watcher", fault, caplog)
+    finally:
+        watcher.stop(5)
+    assert loops.loops() == []
+
+
+def test_the_kubernetes_deliver_loop_survives_a_failing_consumer(loops, server, caplog, monkeypatch):
+    from ryu_nsm.sources import kubernetes
+    from tests.k8s_emulator import Emulator
+
+    monkeypatch.setattr(kubernetes, "_DELIVER_PERIOD", 0.05)
+    fault = Fault()
+    with Emulator() as api:
+        source = kubernetes.KubernetesSource(api.api_client(), fault, watch_timeout=30, coalesce=0.01)
+        source.start()
+        try:
+            assert_supervised(server, "ryu-nsm-k8s-deliver", fault, caplog)
+        finally:
+            source.stop()
+    assert loops.loops() == []
+
+
+def test_the_ovsdb_source_survives_a_failing_replica(loops, server, caplog, monkeypatch, tmp_path):
+    from ryu_nsm.sources import ovsdb
+
+    monkeypatch.setattr(ovsdb, "_BEAT", 0.05)
+    fault = Fault(ovsdb.idl.Idl)
+    monkeypatch.setattr(ovsdb.idl, "Idl", fault)
+    source = ovsdb.OvsdbSource(lambda resources: None, f"unix:{tmp_path}/none.sock")
+    source.start()
+    try:
+        assert_supervised(server, "ryu-nsm-ovsdb", fault, caplog)
+    finally:
+        source.stop()
+    assert not source._thread.is_alive() and loops.loops() == []
+
+
+def test_the_status_writer_loop_survives_a_failing_writer(loops, server, caplog):
+    from ryu_nsm.k8s.client import StatusLoop
+
+    class Writer:
+        sync = Fault(lambda status, objects, relist: type("Result", (), {"errors": []})())
+
+    loop = StatusLoop(Writer(), lambda: {}, lambda: {}, lambda: True, interval=0.01, resync=0.01).start()
+    try:
+        assert_supervised(server, "ryu-nsm-k8s-status", Writer.sync, caplog)
+    finally:
+        loop.stop()
+    assert loops.loops() == []
+
+
+def test_the_leader_elector_survives_a_failing_round(loops, server, caplog, monkeypatch):
+    from kubernetes import client
+
+    from ryu_nsm.k8s.leader import LeaderElector
+
+    elector = LeaderElector(client.ApiClient(), "ns", "lease", "me", lease_duration=0.05,
+                            renew_deadline=0.02, retry_period=0.01)
+    fault = Fault()
+    monkeypatch.setattr(elector, "_try_acquire", fault)
+    elector.start()
+    try:
+        assert_supervised(server, "leader-lease", fault, caplog)
+    finally:
+        elector.stop()
+    assert loops.loops() == []
