@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ryu_nsm.core.fabric import Fabric
 from ryu_nsm.core.model import Resources
+from ryu_nsm.observe import health
 from ryu_nsm.observe.picture import fabric_description
 from ryu_nsm.observe.status_api import StatusServer
 from ryu_nsm.openflow.shell import NsmApp, ShellSettings
@@ -64,45 +65,15 @@ def run_controller(
     MonitorConnection are served there (ryu_nsm.sources.nsm_grpc); requested connections are one more source.
     """
     from ryu_nsm.openflow import launch as oskenrun
-    from ryu_nsm.sources.files import DirectoryWatcher
-    from ryu_nsm.sources.merge import MergedSources
 
     stoppers: list[Callable[[], None]] = []
-    kube_api = kube_source = grpc_source = None
+    kube_api = None
     if kubernetes is not None:
         from ryu_nsm.k8s.client import api_client
 
         kube_api = api_client(kubernetes.kubeconfig, kubernetes.context)
-
-    def attach_sources(push: Callable[[Resources], None]) -> None:
-        nonlocal kube_source, grpc_source
-        if not request_paths and kube_api is None and ovsdb_remote is None and not nsm_listen:
-            push(Resources())
-            return
-        merged = MergedSources(push)
-        if request_paths:
-            watcher = DirectoryWatcher(list(request_paths), merged.part("files"), interval=watch_interval)
-            watcher.poll_once()  # the files' first state is known before any switch is touched
-            watcher.start()
-            stoppers.append(watcher.stop)
-        if kube_api is not None:
-            from ryu_nsm.sources.kubernetes import KubernetesSource
-
-            kube_source = KubernetesSource(kube_api, merged.part("kubernetes"), kubernetes.namespaces)
-            kube_source.start()
-            stoppers.append(kube_source.stop)
-        if ovsdb_remote is not None:
-            from ryu_nsm.sources.ovsdb import OvsdbSource
-
-            ovsdb_source = OvsdbSource(merged.part("ovsdb"), ovsdb_remote,
-                                       bridges=[switch.name for switch in fabric.switches])
-            ovsdb_source.start()
-            stoppers.append(ovsdb_source.stop)
-        if nsm_listen:
-            from ryu_nsm.sources.nsm_grpc import GrpcRequests
-
-            grpc_source = GrpcRequests(merged.part("grpc"))
-
+    sources = _Sources(fabric, request_paths, watch_interval, kube_api, kubernetes, ovsdb_remote, nsm_listen,
+                       stoppers)
     running = RunningController(None, status_address)
 
     def on_ready(app: NsmApp) -> None:
@@ -110,23 +81,20 @@ def run_controller(
 
     role_election = bool(kubernetes and kubernetes.leader_elect)
     NsmApp.settings = ShellSettings(
-        fabric=fabric, attach_sources=attach_sources, on_ready=on_ready, role_election=role_election,
+        fabric=fabric, attach_sources=sources.attach, on_ready=on_ready, role_election=role_election,
         **settings,
     )
     handle = oskenrun.run_apps([NsmApp], of_host, of_port)
     status = None
     try:
         status = StatusServer(lambda: running.app.status(), *status_address,
-                              states=lambda: running.app.states(), fabric=fabric_description(fabric)).start()
+                              states=lambda: running.app.states(), fabric=fabric_description(fabric),
+                              loops=health.LOOPS).start()
         running.status_address = status.address
         if kube_api is not None:
-            stoppers.extend(_start_cluster_side(running.app, kube_api, kube_source, kubernetes))
-        if grpc_source is not None:
-            from ryu_nsm.sources.nsm_grpc import NsmServer
-
-            nsm_server = NsmServer(grpc_source, running.app.status)
-            nsm_server.serve(nsm_listen)
-            stoppers.append(nsm_server.stop)
+            stoppers.extend(_start_cluster_side(running.app, kube_api, sources.kube_source, kubernetes))
+        if sources.grpc_source is not None:
+            stoppers.append(_serve_nsm(sources.grpc_source, running.app, nsm_listen))
         yield running
     finally:
         for stop in reversed(stoppers):
@@ -134,6 +102,65 @@ def run_controller(
         if status is not None:
             status.stop()
         handle.stop()
+
+
+@dataclass
+class _Sources:
+    """The request sources run_controller was asked for; ``attach`` starts them once the app runs."""
+
+    fabric: Fabric
+    request_paths: Sequence[str]
+    watch_interval: float
+    kube_api: object
+    kubernetes: KubernetesOptions | None
+    ovsdb_remote: str | None
+    nsm_listen: Sequence[str]
+    stoppers: list[Callable[[], None]]
+    kube_source: object = None
+    grpc_source: object = None
+
+    def attach(self, push: Callable[[Resources], None]) -> None:
+        from ryu_nsm.sources.files import DirectoryWatcher
+        from ryu_nsm.sources.merge import MergedSources
+
+        if not (self.request_paths or self.kube_api is not None or self.ovsdb_remote is not None
+                or self.nsm_listen):
+            push(Resources())
+            return
+        merged = MergedSources(push)
+        if self.request_paths:
+            watcher = DirectoryWatcher(list(self.request_paths), merged.part("files"),
+                                       interval=self.watch_interval)
+            watcher.poll_once()  # the files' first state is known before any switch is touched
+            watcher.start()
+            self.stoppers.append(watcher.stop)
+        if self.kube_api is not None:
+            from ryu_nsm.sources.kubernetes import KubernetesSource
+
+            self.kube_source = KubernetesSource(self.kube_api, merged.part("kubernetes"),
+                                                self.kubernetes.namespaces)
+            self.kube_source.start()
+            self.stoppers.append(self.kube_source.stop)
+        if self.ovsdb_remote is not None:
+            from ryu_nsm.sources.ovsdb import OvsdbSource
+
+            ovsdb_source = OvsdbSource(merged.part("ovsdb"), self.ovsdb_remote,
+                                       bridges=[switch.name for switch in self.fabric.switches])
+            ovsdb_source.start()
+            self.stoppers.append(ovsdb_source.stop)
+        if self.nsm_listen:
+            from ryu_nsm.sources.nsm_grpc import GrpcRequests
+
+            self.grpc_source = GrpcRequests(merged.part("grpc"))
+
+
+def _serve_nsm(source, app: NsmApp, listen: Sequence[str]) -> Callable[[], None]:
+    """Serve NSM's gRPC APIs for ``source``; returns the stop function."""
+    from ryu_nsm.sources.nsm_grpc import NsmServer
+
+    nsm_server = NsmServer(source, app.status)
+    nsm_server.serve(listen)
+    return nsm_server.stop
 
 
 def _start_cluster_side(app: NsmApp, api, source, options: KubernetesOptions) -> list[Callable[[], None]]:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 from kubernetes import client, config
 
+from ryu_nsm.observe.health import Loop, Supervised, supervise
+
 log = logging.getLogger("ryu_nsm.k8s.client")
 
 POOL_SIZE = 32  # status writer workers (8), a watch per kind (4), the Lease, and room to spare
@@ -51,33 +53,37 @@ class StatusLoop:
         self.interval = interval
         self.resync = resync
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ryu-nsm-k8s-status", daemon=True)
+        self._thread: Supervised | None = None
 
     def start(self) -> StatusLoop:
-        self._thread.start()
+        # A sync may take a while on a big cluster: a resync's time is what a round may take.
+        self._thread = supervise("ryu-nsm-k8s-status", self._run, max(self.interval, self.resync), self._stop)
         return self
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(5)
+        if self._thread is not None:
+            self._thread.join(5)
 
-    def _run(self) -> None:
-        written, listed = None, None  # the status last written; when the writer last listed
+    def _run(self, loop: Loop) -> None:
+        last: tuple[str | None, float | None] = (None, None)  # the status last written; when last listed
         while not self._stop.wait(self.interval):
-            if not self.may_write():
-                written = listed = None
-                continue
-            status = self.status()
-            seen = {k: status.get(k) for k in ("connections", "problems")}
-            digest = hashlib.sha1(json.dumps(seen, sort_keys=True).encode()).hexdigest()
-            relist = listed is None or time.monotonic() - listed >= self.resync
-            if digest == written and not relist:
-                continue
-            started = time.monotonic()
-            result = self.writer.sync(status, self.objects(), relist=relist)
-            if result.errors:  # the writer lists again by itself after an error
-                log.warning("status sync: %d error(s), retrying: %s", len(result.errors), result.errors[:3])
-                continue
-            written = digest
-            if relist:
-                listed = started
+            last = self._round(*last)
+            loop.beat()  # a round done (an exception out of it is a failed round)
+
+    def _round(self, written: str | None, listed: float | None) -> tuple[str | None, float | None]:
+        """Write the status if it changed or a resync is due; returns the new (written, listed)."""
+        if not self.may_write():
+            return None, None
+        status = self.status()
+        seen = {k: status.get(k) for k in ("connections", "problems")}
+        digest = hashlib.sha1(json.dumps(seen, sort_keys=True).encode()).hexdigest()
+        relist = listed is None or time.monotonic() - listed >= self.resync
+        if digest == written and not relist:
+            return written, listed
+        started = time.monotonic()
+        result = self.writer.sync(status, self.objects(), relist=relist)
+        if result.errors:  # the writer lists again by itself after an error
+            log.warning("status sync: %d error(s), retrying: %s", len(result.errors), result.errors[:3])
+            return written, listed
+        return digest, started if relist else listed

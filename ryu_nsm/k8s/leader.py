@@ -38,6 +38,8 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from ryu_nsm.observe.health import Loop, Supervised, supervise
+
 log = logging.getLogger("ryu_nsm.k8s.leader")
 
 _JITTER = 0.2  # followers retry after retry_period × (1 … 1.2), so replicas do not move in lockstep
@@ -80,7 +82,7 @@ class LeaderElector:
         self._clock = clock
         self._stop = threading.Event()
         self._release_on_stop = True
-        self._thread: threading.Thread | None = None
+        self._thread: Supervised | None = None
         self._leading = False
         self._generation: int | None = None
         self._renewed_at = 0.0  # start of the last successful write of the lease as its holder
@@ -103,8 +105,8 @@ class LeaderElector:
         """Start campaigning in a daemon thread."""
         if self._thread is not None:
             raise RuntimeError("elector already started")
-        self._thread = threading.Thread(target=self._run, name=f"leader-{self.name}", daemon=True)
-        self._thread.start()
+        # A round waits at most retry_period, and its calls time out within the lease's duration.
+        self._thread = supervise(f"leader-{self.name}", self._run, self.lease_duration, self._stop)
         return self
 
     def stop(self, release: bool = True, timeout: float = 10.0) -> None:
@@ -122,7 +124,7 @@ class LeaderElector:
 
     # -- the loop -------------------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, loop: Loop) -> None:
         while not self._stop.is_set():
             if self._leading:
                 self._renew()
@@ -132,6 +134,7 @@ class LeaderElector:
             else:
                 self._try_acquire()
                 wait = self.retry_period * (1 + random.uniform(0, _JITTER))
+            loop.beat()  # a round done: an exception out of it is a failed round
             self._stop.wait(wait)
         if self._leading:
             self._step_down("stopping")

@@ -1,7 +1,8 @@
 """A small read-only HTTP endpoint on the controller: ``/status`` (JSON), ``/status/states`` (only
 each connection's state: cheap enough to poll often on a big fabric), ``/status/fabric`` (switches
 and links, for `status --dot`), ``/metrics`` (the same status for Prometheus, see ``metrics``) and
-``/healthz``.
+``/healthz`` (503 naming the stale loops when a supervised loop has stopped making progress, see
+``health``).
 
 ``ryu-nsm status`` reads it. It binds to loopback by default: it tells which paths connections
 take, which is operator information, not something to publish.
@@ -15,14 +16,18 @@ import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from ryu_nsm.observe import health
+
 DEFAULT_ADDRESS = ("127.0.0.1", 8181)
 
 
 class StatusServer:
-    """Serves ``status()`` (and ``states()``, when given) as JSON until ``stop()``."""
+    """Serves ``status()`` (and ``states()``, when given) as JSON until ``stop()``; with ``loops``, their
+    health on ``/healthz`` and their restarts and progress on ``/metrics``."""
 
     def __init__(self, status: Callable[[], dict], host: str, port: int,
-                 states: Callable[[], dict] | None = None, fabric: dict | None = None):
+                 states: Callable[[], dict] | None = None, fabric: dict | None = None,
+                 loops: health.Registry | None = None):
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server's name)
                 if self.path.rstrip("/") in ("/status", ""):
@@ -36,9 +41,14 @@ class StatusServer:
                 elif self.path.rstrip("/") == "/metrics":
                     from ryu_nsm.observe import metrics  # here: every `ryu-nsm` command imports this module
 
-                    self._reply(200, metrics.exposition(status), metrics.CONTENT_TYPE)
+                    text = metrics.exposition(status) + (health.exposition(loops) if loops else b"")
+                    self._reply(200, text, metrics.CONTENT_TYPE)
                 elif self.path == "/healthz":
-                    self._reply(200, b"ok\n", "text/plain")
+                    stale = loops.stale() if loops else []
+                    if stale:
+                        self._reply(503, json.dumps({"stale": stale}).encode() + b"\n", "application/json")
+                    else:
+                        self._reply(200, b"ok\n", "text/plain")
                 else:
                     self._reply(404, b"not found\n", "text/plain")
 

@@ -32,24 +32,22 @@ from typing import ClassVar
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
 from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
-from os_ken.ofproto import ofproto_common, ofproto_v1_3
+from os_ken.ofproto import ofproto_v1_3
 
 from ryu_nsm.core.controller import Controller, PortInfo, Program, ReadCounters, ReadFlows, SendProbe
 from ryu_nsm.core.fabric import Fabric
 from ryu_nsm.core.flowspec import COOKIE_OWNER_MASK, PIPELINE_COOKIE
 from ryu_nsm.core.model import Resources
 from ryu_nsm.core.reconcile import DELETE
+from ryu_nsm.observe.health import Loop, supervise
 from ryu_nsm.observe.report import StatusRenderer
 from ryu_nsm.openflow import wire as ofwire
 from ryu_nsm.openflow.launch import send_bytes
+from ryu_nsm.openflow.roles import RoleKeeper, describe_error
 from ryu_nsm.qos.measure import PROBE_ETH_TYPE
 
 log = logging.getLogger("ryu_nsm.openflow.shell")
 ofp = ofproto_v1_3
-ONF_ET_ROLE_STATUS = 1911  # ONF extension 191: role status for OpenFlow 1.3, as Open vSwitch sends it
-_NO_GENERATION = 0xFFFFFFFFFFFFFFFF  # a role reply's generation_id when the switch has none yet
-_ROLE_NAMES = {ofp.OFPCR_ROLE_NOCHANGE: "nochange", ofp.OFPCR_ROLE_EQUAL: "equal",
-               ofp.OFPCR_ROLE_MASTER: "master", ofp.OFPCR_ROLE_SLAVE: "slave"}
 
 
 @dataclass
@@ -70,16 +68,6 @@ class ShellSettings:
     extra: dict = field(default_factory=dict)
     # Off: the only controller, no role messages. On: start as follower; ``set_leader`` follows the election.
     role_election: bool = False
-
-
-@dataclass(frozen=True)
-class _RoleAsk:
-    """A role request in flight: to which switch, what we asked, in which term (``set_leader`` call)."""
-
-    dpid: int
-    role: int
-    generation: int
-    epoch: int
 
 
 class _Waiter:
@@ -121,23 +109,18 @@ class NsmApp(app_manager.OSKenApp):
         self._xids = itertools.count(0x70000000)
         self._bundle_ids = itertools.count(1)
         self._stop = threading.Event()
+        self._beat: Callable[[], None] = lambda: None  # the worker's progress, once it runs
         self.started = time.monotonic()
-        # Roles (role_election only); all under self.lock.
-        self._leading = False
-        self._generation = 0
-        self._role_epoch = 0  # bumped by set_leader: replies to requests of an older term are ignored
-        self._roles: dict[int, tuple[str, int]] = {}  # dpid → (role the switch confirmed, epoch)
-        self._role_asks: dict[int, _RoleAsk] = {}  # role request xid → what it asked
-        self._held: Program | None = None  # a Program not run because we may not program its switches
+        self.roles = RoleKeeper(self)  # used with role_election only
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self):
         thread = super().start()
-        self.threads.append(threading.Thread(target=self._worker, name="ryu-nsm-worker", daemon=True))
-        self.threads.append(threading.Thread(target=self._ticker, name="ryu-nsm-ticker", daemon=True))
-        for t in self.threads[-2:]:
-            t.start()
+        # The worker blocks on barriers for up to barrier_timeout and beats after each.
+        loops = [supervise("ryu-nsm-worker", self._worker, self.settings.barrier_timeout, self._stop),
+                 supervise("ryu-nsm-ticker", self._ticker, self.settings.tick_interval, self._stop)]
+        self.threads.extend(loop.thread for loop in loops)  # os-ken joins them on stop
         if self.settings.attach_sources:
             self.settings.attach_sources(self.set_resources)
         if self.settings.on_ready:
@@ -182,22 +165,11 @@ class NsmApp(app_manager.OSKenApp):
         """
         if not self.settings.role_election:
             raise RuntimeError("set_leader needs ShellSettings.role_election")
-        with self.lock:
-            self._leading = generation is not None
-            if generation is not None:
-                self._generation = generation
-            self._role_epoch += 1
-            epoch = self._role_epoch
-            dpids = list(self.datapaths)
-        log.info("now %s", f"leader (generation {generation})" if generation is not None else "follower")
-        for dpid in dpids:
-            self.work.put(("role", dpid, epoch))
+        self.roles.set_leader(generation)
 
     def role_status(self) -> dict:
         """Whether we lead, our generation, and each switch's last confirmed role for us."""
-        with self.lock:
-            switches = {self._switch_name(dpid): role for dpid, (role, _) in sorted(self._roles.items())}
-            return {"leader": self._leading, "generation": self._generation, "switches": switches}
+        return self.roles.status()
 
     # -- OpenFlow events ------------------------------------------------------------------------
 
@@ -207,10 +179,7 @@ class NsmApp(app_manager.OSKenApp):
         self.datapaths[dp.id] = dp
         self._multipart.pop((dp.id, "ports"), None)
         if self.settings.role_election:
-            with self.lock:
-                self._roles.pop(dp.id, None)  # a new connection starts with the EQUAL role
-                epoch = self._role_epoch
-            self.work.put(("role", dp.id, epoch))  # before anything else, so a leader is MASTER first
+            self.roles.connected(dp.id)  # before anything else, so a leader is MASTER first
         self.work.put(("port-desc", dp.id))
 
     @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
@@ -326,7 +295,7 @@ class NsmApp(app_manager.OSKenApp):
         if isinstance(what, tuple):
             phase, switch, spec = what
             what = f"{phase} on {switch}: {spec.to_ofctl()}"
-        log.error("switch %s rejected %s: %s", self._switch_name(dpid), what, _describe_error(msg))
+        log.error("switch %s rejected %s: %s", self._switch_name(dpid), what, describe_error(msg))
         # IS_SLAVE is about our role, not about bundles.
         no_bundles = msg.type == ofp.OFPET_BAD_REQUEST and msg.code != ofp.OFPBRC_IS_SLAVE
         if what.startswith("bundle") and no_bundles:
@@ -338,11 +307,18 @@ class NsmApp(app_manager.OSKenApp):
 
     # -- the worker: the only thread that sends ------------------------------------------------
 
-    def _worker(self) -> None:
+    def _worker(self, loop: Loop) -> None:
+        self._beat = loop.beat
         while not self._stop.is_set():
-            command = self.work.get()
+            try:
+                command = self.work.get(timeout=self.settings.tick_interval)
+            except queue.Empty:
+                command = ()
+            loop.beat()
             if command is None:
                 return
+            if not command:
+                continue
             try:
                 if isinstance(command, Program):
                     self._program(command)
@@ -351,7 +327,7 @@ class NsmApp(app_manager.OSKenApp):
                 elif isinstance(command, ReadCounters):
                     self._read_counters(command)
                 elif command[0] in ("role", "role-query", "role-slave"):
-                    self._send_role(*command)
+                    self.roles.send(*command)
                 elif command[0] == "probes":
                     self._send_probes(command[1])
                 elif command[0] == "port-desc":
@@ -387,6 +363,7 @@ class NsmApp(app_manager.OSKenApp):
         for phase, step in program.phases():
             if phase == DELETE and program.drain:
                 time.sleep(program.drain)  # frames in flight on left paths arrive first
+                self._beat()
             waiting: list[tuple[str, _Waiter, list[int]]] = []
             for switch, flows in step.items():
                 dpid = program.dpids[switch]
@@ -422,6 +399,7 @@ class NsmApp(app_manager.OSKenApp):
                     log.error("switch %s did not confirm %s phase within %.0fs",
                               switch, phase, self.settings.barrier_timeout)
                     waiter.failed = True
+                self._beat()
                 if waiter.failed:
                     confirmed.discard(switch)
                 for xid in xids:
@@ -475,7 +453,7 @@ class NsmApp(app_manager.OSKenApp):
             if looped == dpid:
                 self._call(lambda _: self.core.control_rtt(dpid, now - sent) or [])
 
-    def _ticker(self) -> None:
+    def _ticker(self, loop: Loop) -> None:
         next_audit = time.monotonic() + self.settings.audit_interval
         next_probe = next_counters = time.monotonic()
         while not self._stop.wait(self.settings.tick_interval):
@@ -491,139 +469,39 @@ class NsmApp(app_manager.OSKenApp):
                     self.work.put(("probes", probes))
             if time.monotonic() >= next_audit:
                 next_audit = time.monotonic() + self.settings.audit_interval
-                self._release_held()
+                self.roles.release_held()
                 self._call(lambda now: self.core.audit())
+            loop.beat()  # a whole round done: an exception above is a failed round
 
-    # -- roles (role_election) ------------------------------------------------------------------
+    # -- roles (role_election): see roles.RoleKeeper --------------------------------------------
 
     def _may_program(self, dpid: int) -> bool:
         """True if we may change the switch's flows: always without roles, else MASTER for this term."""
-        if not self.settings.role_election:
-            return True
-        with self.lock:
-            return self._leading and self._roles.get(dpid) == ("master", self._role_epoch)
+        return not self.settings.role_election or self.roles.may_program(dpid)
 
     def _program(self, program: Program) -> None:
         """Run a Program, or hold it when we may program none of its switches (see the module doc)."""
-        if self.settings.role_election:
-            with self.lock:
-                if not any(self._may_program(program.dpids[sw]) for sw in program.diffs):
-                    self._held = program
-                    log.info("program %d held: not MASTER on %s", program.id,
-                             ", ".join(sorted(program.diffs)))
-                    return
-        self._run_program(program)
-
-    def _release_held(self) -> None:
-        """Give a held Program back to the core as confirmed nowhere: it reads those switches again."""
-        with self.lock:
-            held, self._held = self._held, None
-        if held is not None:
-            self._call(lambda now: self.core.program_done(held.id, (), now))
-
-    def _send_role(self, kind: str, dpid: int, epoch: int, generation: int | None = None) -> None:
-        """Worker: ask a switch for MASTER ("role" while leading), for its generation ("role-query", or
-        "role" while following: NOCHANGE), or for SLAVE at a given generation ("role-slave")."""
-        dp = self.datapaths.get(dpid)
-        with self.lock:
-            if dp is None or epoch != self._role_epoch:
-                return  # gone, or a later set_leader has asked every switch again
-            if kind == "role" and self._leading:
-                role, generation = ofp.OFPCR_ROLE_MASTER, self._generation
-            elif kind == "role-slave":
-                role = ofp.OFPCR_ROLE_SLAVE
-            else:  # a follower first asks the switch's generation, so that its SLAVE is never stale
-                role, generation = ofp.OFPCR_ROLE_NOCHANGE, 0
-            xid = self._xid(f"role request {_ROLE_NAMES[role]} (generation {generation}) to "
-                            f"{self._switch_name(dpid)}")
-            self._role_asks[xid] = _RoleAsk(dpid, role, generation, epoch)
-        request = dp.ofproto_parser.OFPRoleRequest(dp, role, generation & 0xFFFFFFFFFFFFFFFF)
-        request.xid = xid
-        dp.send_msg(request)
+        if not (self.settings.role_election and self.roles.hold(program)):
+            self._run_program(program)
 
     @set_ev_cls(ofp_event.EventOFPRoleReply, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _role_reply(self, ev):
-        msg = ev.msg
-        dpid = msg.datapath.id
-        role = _ROLE_NAMES.get(msg.role, str(msg.role))
-        with self.lock:
-            asked = self._role_asks.pop(msg.xid, None)
-            if asked is None or self.datapaths.get(dpid) is not msg.datapath:
-                return
-            current = asked.epoch == self._role_epoch
-            if asked.role != ofp.OFPCR_ROLE_NOCHANGE:
-                self._roles[dpid] = (role, asked.epoch)
-            master = current and self._leading and role == "master"
-        log.log(logging.DEBUG if asked.role == ofp.OFPCR_ROLE_NOCHANGE else logging.INFO,
-                "switch %s: this controller is %s (switch generation %s)", self._switch_name(dpid), role,
-                "none" if msg.generation_id == _NO_GENERATION else msg.generation_id)
-        if asked.role == ofp.OFPCR_ROLE_NOCHANGE:
-            if current and not master:
-                with self.lock:
-                    generation = self._generation
-                if msg.generation_id != _NO_GENERATION:
-                    generation = _newer(generation, msg.generation_id)
-                self.work.put(("role-slave", dpid, asked.epoch, generation))
-        elif master:
-            self._release_held()
-            self._call(lambda now: [read for read in self.core.audit() if read.dpid == dpid])
+        self.roles.reply(ev.msg)
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _role_error(self, ev):
-        if not self.settings.role_election:
-            return
-        msg = ev.msg
-        dpid = msg.datapath.id
-        name = self._switch_name(dpid)
-        if msg.type == ofp.OFPET_BAD_REQUEST and msg.code == ofp.OFPBRC_IS_SLAVE:
-            with self.lock:
-                role, epoch = self._roles.get(dpid, ("equal", -1))
-                self._roles[dpid] = ("slave", epoch)
-            if role != "slave":  # once, not for every message of a rejected batch
-                log.error("switch %s takes this controller for a slave (another one is master): not "
-                          "programming it", name)
-            return
-        with self.lock:
-            asked = self._role_asks.pop(msg.xid, None)
-        if asked is None:
-            return
-        if msg.type == ofp.OFPET_ROLE_REQUEST_FAILED and msg.code == ofp.OFPRRFC_STALE:
-            if asked.role == ofp.OFPCR_ROLE_MASTER:
-                log.error("switch %s refused MASTER for generation %d as stale: a newer leader has claimed "
-                          "it; following there", name, asked.generation)
-            else:  # a race with a new leader's MASTER: ask the generation again
-                log.info("switch %s has moved past generation %d", name, asked.generation)
-            # Become SLAVE (not stay EQUAL, which could write) at the generation the switch holds.
-            self.work.put(("role-query", dpid, asked.epoch))
-        else:
-            log.error("switch %s refused role %s: %s", name, _ROLE_NAMES[asked.role], _describe_error(msg))
+        if self.settings.role_election:
+            self.roles.error(ev.msg)
 
     @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
     def _role_gone(self, ev):
-        if not self.settings.role_election:
-            return
-        dpid = ev.datapath.id
-        with self.lock:
-            if dpid is None or self.datapaths.get(dpid) not in (ev.datapath, None):
-                return  # the switch is back on a new connection, with its own role
-            self._roles.pop(dpid, None)
-            self._role_asks = {xid: ask for xid, ask in self._role_asks.items() if ask.dpid != dpid}
+        if self.settings.role_election:
+            self.roles.gone(ev.datapath)
 
     @set_ev_cls(ofp_event.EventOFPExperimenter, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _role_status(self, ev):
-        """Open vSwitch tells a demoted master at once (ONF role status for OpenFlow 1.3)."""
-        msg = ev.msg
-        if not self.settings.role_election or (msg.experimenter, msg.exp_type) != (
-                ofproto_common.ONF_EXPERIMENTER_ID, ONF_ET_ROLE_STATUS):
-            return
-        role, _reason, generation = struct.unpack_from("!IB3xQ", bytes(msg.data))
-        dpid = msg.datapath.id
-        with self.lock:
-            if self.datapaths.get(dpid) is not msg.datapath or dpid not in self._roles:
-                return
-            self._roles[dpid] = (_ROLE_NAMES.get(role, str(role)), self._roles[dpid][1])
-        log.warning("switch %s: another controller took MASTER with generation %d; this controller is %s "
-                    "there now", self._switch_name(dpid), generation, _ROLE_NAMES.get(role, role))
+        if self.settings.role_election:
+            self.roles.role_status(ev.msg)
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -666,22 +544,3 @@ def _name(desc) -> str:
 def _port_info(desc) -> PortInfo:
     up = not (desc.state & ofp.OFPPS_LINK_DOWN) and not (desc.config & ofp.OFPPC_PORT_DOWN)
     return PortInfo(desc.port_no, _name(desc), up)
-
-
-def _newer(a: int, b: int) -> int:
-    """The later of two generation ids, compared as a wrapping 64-bit counter (as switches do)."""
-    return a if (a - b) & 0xFFFFFFFFFFFFFFFF < 1 << 63 else b
-
-
-def _describe_error(msg) -> str:
-    """An OpenFlow error in words: type and code names from os-ken's constants."""
-    types = {v: k for k, v in vars(ofp).items() if k.startswith("OFPET_") and isinstance(v, int)}
-    type_name = types.get(msg.type, str(msg.type))
-    prefix = {"OFPET_BAD_REQUEST": "OFPBRC_", "OFPET_BAD_ACTION": "OFPBAC_", "OFPET_BAD_MATCH": "OFPBMC_",
-              "OFPET_FLOW_MOD_FAILED": "OFPFMFC_", "OFPET_BAD_INSTRUCTION": "OFPBIC_",
-              "OFPET_METER_MOD_FAILED": "OFPMMFC_", "OFPET_GROUP_MOD_FAILED": "OFPGMFC_",
-              "OFPET_ROLE_REQUEST_FAILED": "OFPRRFC_"}.get(type_name)
-    code = str(msg.code)
-    if prefix:
-        code = next((k for k, v in vars(ofp).items() if k.startswith(prefix) and v == msg.code), code)
-    return f"{type_name}/{code}"

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from ryu_nsm.core.model import Problem, Resources
+from ryu_nsm.observe.health import Loop, Supervised, supervise
 from ryu_nsm.sources.documents import Document, ObjectKey, parse_keeping
 
 log = logging.getLogger("ryu_nsm.sources.files")
@@ -204,7 +205,7 @@ class DirectoryWatcher:
         self._last_valid: dict[ObjectKey, dict] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: Supervised | None = None
 
     def poll_once(self) -> bool:
         """Look once; call ``on_change`` and return True if anything changed since the last report.
@@ -263,21 +264,19 @@ class DirectoryWatcher:
         if self._thread is not None:
             raise RuntimeError("watcher already started")
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="ryu-nsm-file-watcher", daemon=True)
-        self._thread.start()
+        # A failed poll (a consumer's failure) is retried after an interval, then less often.
+        self._thread = supervise("ryu-nsm-file-watcher", self._run, self.interval, self._stop,
+                                 initial_backoff=self.interval)
 
-    def _run(self) -> None:
+    def _run(self, loop: Loop) -> None:
         while not self._stop.is_set():
-            try:
-                self.poll_once()
-            except Exception:
-                # The consumer's failure must not end the watch; the state is offered again next poll.
-                log.exception("file source %s: reporting a change failed", ", ".join(map(str, self.paths)))
+            self.poll_once()  # the state is offered again by the next poll after a failure
+            loop.beat()
             self._stop.wait(self.interval)
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop polling and wait for the thread to end (unless called from ``on_change`` itself)."""
         self._stop.set()
         thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
+        if thread is not None:
             thread.join(timeout)

@@ -38,6 +38,7 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from ryu_nsm.core.model import DEFAULT_NAMESPACE, Resources
+from ryu_nsm.observe.health import Loop, Supervised, supervise
 from ryu_nsm.qos.service_level import API_VERSION as SLA_API_VERSION
 from ryu_nsm.qos.service_level import KIND as SLA_KIND
 from ryu_nsm.sources.documents import (
@@ -53,6 +54,7 @@ log = logging.getLogger("ryu_nsm.sources.kubernetes")
 
 # Annotations under these prefixes are ours (NSM's client annotation, ryu-nsm's own); others are
 # dropped from documents, so that an unrelated annotation change costs no re-parse.
+_DELIVER_PERIOD = 5.0  # the deliver loop wakes this often when nothing changes, to show it is alive
 _OUR_ANNOTATIONS = ("networkservicemesh.io", "ryu-nsm.io/")
 
 
@@ -170,7 +172,7 @@ class _Reflector:
         self.fresh = False  # listed, and no watch event since
         self.current: watch.Watch | None = None
         self.name = kind.kind + (f"/{namespace}" if namespace else "")
-        self.thread = threading.Thread(target=self.run, name=f"ryu-nsm-k8s-{self.name}", daemon=True)
+        self.thread: Supervised | None = None
 
     def in_scope(self, key: ObjectKey) -> bool:
         if key[0] != self.kind.kind:
@@ -193,15 +195,22 @@ class _Reflector:
         return (source.custom.list_namespaced_custom_object,
                 (kind.group, kind.version, self.namespace, kind.plural), {})
 
-    def run(self) -> None:
+    def start(self) -> None:
+        source = self.source
+        # Wakes at least when a watch times out, or after a failed call and its back-off.
+        period = max(source.watch_timeout + 10 + source.request_timeout, source.max_backoff)
+        self.thread = supervise(f"ryu-nsm-k8s-{self.name}", self.run, period, source._stopping)
+
+    def run(self, loop: Loop) -> None:
         stopping = self.source._stopping
         backoff = Backoff(self.source.initial_backoff, self.source.max_backoff)
         while not stopping.is_set():
+            loop.beat()  # a failure handled here is the loop working, not stuck
             try:
                 if self.resource_version is None:
                     self.relist()
                     self.fresh = True
-                self.follow(backoff)
+                self.follow(backoff, loop)
                 continue  # a watch that ended normally resumes from where it was
             except _Gone:
                 log.info("kubernetes source: %s: resourceVersion %s is gone, listing again",
@@ -239,7 +248,7 @@ class _Reflector:
         self.resource_version = (answer.get("metadata") or {}).get("resourceVersion") or None
         self.source._replace(self, [item for item in items if isinstance(item, dict)])
 
-    def follow(self, backoff: Backoff) -> None:
+    def follow(self, backoff: Backoff, loop: Loop) -> None:
         fn, args, kwargs = self.call()
         timeout = self.source.watch_timeout
         stream = watch.Watch(return_type="object")  # raw dicts, for core and custom kinds alike
@@ -253,6 +262,7 @@ class _Reflector:
         try:
             for event in stream.stream(fn, *args, **kwargs):
                 self.apply(event["type"], event["raw_object"])
+                loop.beat()
                 self.fresh = False
                 backoff.reset()
                 if self.source._stopping.is_set():
@@ -326,7 +336,7 @@ class KubernetesSource:
         self._memo = ParseMemo()  # unchanged objects are not validated again
         scopes: Sequence[str | None] = self.namespaces if self.namespaces is not None else (None,)
         self._reflectors = [_Reflector(self, kind, scope) for kind in KINDS for scope in scopes]
-        self._thread: threading.Thread | None = None
+        self._thread: Supervised | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -334,10 +344,11 @@ class KubernetesSource:
         """List and watch in background threads; deliver from another."""
         if self._thread is not None:
             raise RuntimeError("kubernetes source already started")
-        self._thread = threading.Thread(target=self._deliver_loop, name="ryu-nsm-k8s-deliver", daemon=True)
         for reflector in self._reflectors:
-            reflector.thread.start()
-        self._thread.start()
+            reflector.start()
+        # A failed delivery is offered again after a second, then less often.
+        self._thread = supervise("ryu-nsm-k8s-deliver", self._deliver_loop, _DELIVER_PERIOD, self._stopping,
+                                 initial_backoff=1.0)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop every thread: open watch streams are closed, waits end at once."""
@@ -347,10 +358,10 @@ class KubernetesSource:
         end = time.monotonic() + timeout
         for reflector in self._reflectors:
             # A watch that is just being opened has no socket to close yet: close it again.
-            while reflector.thread.is_alive() and time.monotonic() < end:
+            while reflector.thread is not None and reflector.thread.is_alive() and time.monotonic() < end:
                 reflector.stop_watch()
                 reflector.thread.join(0.05)
-        if self._thread is not None and self._thread is not threading.current_thread():
+        if self._thread is not None:
             self._thread.join(max(0.0, end - time.monotonic()))
 
     def synced(self) -> bool:
@@ -430,11 +441,12 @@ class KubernetesSource:
             return [Document(document_source(key), 0, self._documents[key])
                     for key in sorted(self._documents) if self._counts(key, self._documents[key])]
 
-    def _deliver_loop(self) -> None:
+    def _deliver_loop(self, loop: Loop) -> None:
         while not self._stopping.is_set():
             with self._lock:
                 while not (self._dirty and self.synced()) and not self._stopping.is_set():
-                    self._lock.wait()
+                    loop.beat()
+                    self._lock.wait(_DELIVER_PERIOD)
             if self._stopping.wait(self.coalesce):
                 return
             with self._lock:
@@ -442,11 +454,10 @@ class KubernetesSource:
             try:
                 self._deliver()
             except Exception:
-                # The consumer's failure must not end the source; the same state is offered again.
-                log.exception("kubernetes source: reporting a change failed")
                 with self._lock:
-                    self._dirty = True
-                self._stopping.wait(1.0)
+                    self._dirty = True  # the same state is offered again when the loop restarts
+                raise
+            loop.beat()
 
     def _deliver(self) -> None:
         resources, valid = parse_keeping(self.documents(), self._last_valid, self._memo)

@@ -310,6 +310,8 @@ class NsmServer(networkservice_pb2_grpc.NetworkServiceServicer,
         asked for is still seen, DOWN, then deleted); the controller's state is read every
         `monitor_interval`.
         """
+        # Not a supervised loop (observe.health): it lives as long as its client's stream, on a gRPC
+        # worker thread, and an exception ends that stream with an error the client sees and retries.
         held, changes = self.source.subscribe()
         try:
             known = self._view(held, request)

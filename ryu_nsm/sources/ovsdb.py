@@ -62,6 +62,7 @@ from ryu_nsm.core.model import (
     Problem,
     Resources,
 )
+from ryu_nsm.observe.health import Loop, Supervised, supervise
 from ryu_nsm.sources.documents import is_dns1123_label, is_dns1123_subdomain
 
 with warnings.catch_warnings():
@@ -74,6 +75,7 @@ log = logging.getLogger("ryu_nsm.sources.ovsdb")
 
 DEFAULT_REMOTE = "unix:/var/run/openvswitch/db.sock"
 DEFAULT_NAMESPACE = "nsm"
+_BEAT = 5.0  # the watcher wakes at least this often (seconds), to show it is alive
 DEFAULT_IFNAME = "nsm-1"  # NSM's default interface name in a client
 
 # The marks of the forwarder's contract.
@@ -410,23 +412,21 @@ class OvsdbSource:
         self._connection_ids: Mapping[str, str] = {}
         self._delivered: tuple | None = None
         self._synced = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: Supervised | None = None
 
     def start(self) -> None:
         """Connect and watch in a background thread (which also calls ``on_change``)."""
         if self._thread is not None:
             raise RuntimeError("ovsdb source already started")
-        wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._thread = threading.Thread(target=self._run, args=(wake_r,), name="ryu-nsm-ovsdb", daemon=True)
-        self._thread.start()
+        # Starting over from a fresh replica is always correct (the state is level-triggered).
+        self._thread = supervise("ryu-nsm-ovsdb", self._run, _BEAT, self._stopping, initial_backoff=1.0)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop watching and wait for the thread to end (unless called from ``on_change`` itself)."""
         self._stopping.set()
         self._wake()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def synced(self) -> bool:
         """True once a complete state of the database has been delivered."""
@@ -450,22 +450,19 @@ class OvsdbSource:
                 except BlockingIOError:
                     pass  # the pipe is full, so the thread wakes anyway
 
-    def _run(self, wake_r: int) -> None:
+    def _run(self, loop: Loop) -> None:
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        with self._lock:
+            self._wake_w = wake_w
         try:
-            while not self._stopping.is_set():
-                try:
-                    self._watch(wake_r)
-                except Exception:
-                    # Starting over from a fresh replica is always correct (the state is level-triggered).
-                    log.exception("ovsdb source: watching %s failed; starting over", self.remote)
-                    self._stopping.wait(1.0)
+            self._watch(wake_r, loop)
         finally:
             with self._lock:
-                os.close(self._wake_w)
+                os.close(wake_w)
                 self._wake_w = None
             os.close(wake_r)
 
-    def _watch(self, wake_r: int) -> None:
+    def _watch(self, wake_r: int, loop: Loop) -> None:
         helper = idl.SchemaHelper(schema_json=_SCHEMA)
         helper.register_all()
         tables = _Tables(self.namespace)
@@ -502,10 +499,12 @@ class OvsdbSource:
                 poller = ovs.poller.Poller()
                 replica.wait(poller)
                 poller.fd_wait(wake_r, select.POLLIN)
+                poller.timer_wait(int(_BEAT * 1000))  # wake to beat when the database is quiet
                 for due, waiting in ((derive_at, dirty), (retry_at, pending is not None)):
                     if waiting:
                         poller.timer_wait(max(0, math.ceil((due - time.monotonic()) * 1000)))
                 poller.block()
+                loop.beat()
                 try:
                     while os.read(wake_r, 512):
                         pass
