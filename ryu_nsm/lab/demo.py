@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -197,8 +196,3 @@ def _without_pod(text: str, name: str) -> str:
     keep = [d for d in docs if not (d.get("kind") == "Pod" and d.get("metadata", {}).get("name") == name)]
     return yaml.safe_dump_all(keep, sort_keys=False)
 
-
-if __name__ == "__main__":
-    from ryu_nsm.cli import main
-
-    sys.exit(main(["demo", *sys.argv[1:]]))
