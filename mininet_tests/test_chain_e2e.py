@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from ryu_nsm.lab.controller_process import ControllerProcess
-from ryu_nsm.lab.mininet_fabric import build_network, wait_until
+from ryu_nsm.lab.mininet_commands import wait_until
+from ryu_nsm.lab.mininet_fabric import build_network
 from ryu_nsm.sources.topology import load_topology
 
 pytestmark = pytest.mark.mininet

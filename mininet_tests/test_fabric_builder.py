@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from ryu_nsm.core.fabric import Fabric, Host, HostInterface, Link, Switch
-from ryu_nsm.lab.mininet_fabric import FabricNet, FabricNetError, build_network, cleanup, wait_until
+from ryu_nsm.lab.mininet_commands import FabricNetError, wait_until
+from ryu_nsm.lab.mininet_fabric import FabricNet, build_network, cleanup
 
 pytestmark = pytest.mark.mininet
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from ryu_nsm.lab.controller_process import ControllerProcess
-from ryu_nsm.lab.mininet_fabric import FabricNet, build_network, wait_until
+from ryu_nsm.lab.mininet_commands import wait_until
+from ryu_nsm.lab.mininet_fabric import FabricNet, build_network
 from ryu_nsm.sources.topology import load_topology
 
 pytestmark = pytest.mark.mininet

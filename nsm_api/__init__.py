@@ -18,4 +18,5 @@ Modules:
     registry_pb2_grpc       services ``registry.NetworkServiceRegistry`` and
                             ``registry.NetworkServiceEndpointRegistry`` (Register, Find, Unregister).
     paths                   hand-written helpers: append a hop's PathSegment, expiry of a connection.
+    errors                  hand-written: RequestError, a refusal with its gRPC status code.
 """

@@ -67,6 +67,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2, networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection, ConnectionEvent, Mechanism, MonitorScopeSelector
+from nsm_api.errors import RequestError
 from nsm_api.paths import append_segment
 from nsm_api.serving import remove_sockets, serve_nsm
 from ovs_forwarder.ovsdb import Ovsdb, PortInfo
@@ -109,15 +110,6 @@ _STATUS_BY_KIND = {
 _MONITOR_BACKLOG = 10_000  # events queued for one monitor before it is cut off as too slow
 _JANITOR_MAX_SLEEP = 1.0
 _JANITOR_MIN_SLEEP = 0.05
-
-
-class RequestError(Exception):
-    """A request or close that is refused, with the gRPC status code to answer it with."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(f"{code.name}: {message}")
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

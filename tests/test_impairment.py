@@ -25,14 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from ryu_nsm.lab.impairment import (
-    COUNTERS,
-    Impairment,
-    ImpairmentError,
-    Schedule,
-    Settings,
-    start_in_netns,
-)
+from ryu_nsm.lab.impairment import Impairment, start_in_netns
+from ryu_nsm.lab.impairment_relay import COUNTERS, ImpairmentError, Schedule, Settings
 
 IP_A, IP_B = "10.66.0.1", "10.66.0.2"
 REPLY = re.compile(r"(?:\[(?P<ts>[\d.]+)\] )?\d+ bytes from [\d.]+: icmp_seq=\d+ .*time=(?P<rtt>[\d.]+) ms")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -90,47 +89,9 @@ def run_demo(args) -> int:
         say(render_text(controller.status()))
         say()
 
-        say(f"1. {CLIENT} pings the gateway {GATEWAY_IP} through the chain")
-        before = _seen(net)
-        ping = net.ping(CLIENT, GATEWAY_IP, count=5, timeout=10)
-        after = _seen(net)
-        check(ping.received == ping.sent,
-              f"{ping.received}/{ping.sent} replies; frames seen by each function: {_delta(before, after)}",
-              f"only {ping.received}/{ping.sent} ping replies")
-        check(all(after[f] - before[f] >= 2 * ping.sent for f in FUNCTIONS),
-              "both functions saw every echo request and reply",
-              "a function did not see the pings")
-
-        say(f"2. {CLIENT} opens a TCP connection to port 80 on the gateway")
-        before = _seen(net)
-        ok = net.tcp_check(CLIENT, GATEWAY, GATEWAY_IP, 80)
-        check(ok, f"connected and exchanged data; {_delta(before, _seen(net))}", "TCP to port 80 failed")
-
-        say(f"3. {CLIENT} tries telnet (TCP port 23): the firewall drops it")
-        before, dropped = _seen(net), _dropped(net)
-        ok = net.tcp_check(CLIENT, GATEWAY, GATEWAY_IP, 23, timeout=2)
-        after = _seen(net)
-        check(not ok and _dropped(net) > dropped and after["dpi"] == before["dpi"],
-              f"blocked: firewall dropped {_dropped(net) - dropped} frame(s), dpi saw none of them "
-              "(so traffic meets the firewall before dpi)",
-              "telnet was not stopped by the firewall")
-
-        say(f"4. {INTRUDER} (no request) pings the gateway")
-        ping = net.ping(INTRUDER, GATEWAY_IP, count=3, timeout=4)
-        check(ping.received == 0, "no reply: a host without a connection reaches nothing",
-              f"the intruder got {ping.received} replies")
-
+        _traffic_steps(net, check)
         _service_level_steps(controller, net, requests, check)
-
-        say(f"8. the {CLIENT} Pod's request is deleted")
-        (requests / "pods.yaml").write_text(_without_pod((requests / "pods.yaml").read_text(), CLIENT))
-        controller.wait_connections(lambda cs: f"default/{CLIENT}/nsm-1" not in cs, timeout=30)
-        deadline = time.monotonic() + 10
-        ping = net.ping(CLIENT, GATEWAY_IP, count=2, timeout=3)
-        while ping.received and time.monotonic() < deadline:
-            ping = net.ping(CLIENT, GATEWAY_IP, count=2, timeout=3)
-        check(ping.received == 0, "the connection is gone and so is the traffic",
-              "traffic still flows after the request was deleted")
+        _deletion_step(controller, net, requests, check)
         errors = controller.errors()
         check(not errors, "no switch rejected anything the controller sent", f"switch errors: {errors}")
         if args.keep:
@@ -147,6 +108,39 @@ def run_demo(args) -> int:
     say()
     say("demo: all steps passed" if not failures else f"demo: {len(failures)} step(s) failed")
     return 0 if not failures else 1
+
+
+def _traffic_steps(net, check) -> None:
+    """Steps 1-4: ping and TCP through the chain in order, telnet dropped, nothing for the intruder."""
+    say(f"1. {CLIENT} pings the gateway {GATEWAY_IP} through the chain")
+    before = _seen(net)
+    ping = net.ping(CLIENT, GATEWAY_IP, count=5, timeout=10)
+    after = _seen(net)
+    check(ping.received == ping.sent,
+          f"{ping.received}/{ping.sent} replies; frames seen by each function: {_delta(before, after)}",
+          f"only {ping.received}/{ping.sent} ping replies")
+    check(all(after[f] - before[f] >= 2 * ping.sent for f in FUNCTIONS),
+          "both functions saw every echo request and reply",
+          "a function did not see the pings")
+
+    say(f"2. {CLIENT} opens a TCP connection to port 80 on the gateway")
+    before = _seen(net)
+    ok = net.tcp_check(CLIENT, GATEWAY, GATEWAY_IP, 80)
+    check(ok, f"connected and exchanged data; {_delta(before, _seen(net))}", "TCP to port 80 failed")
+
+    say(f"3. {CLIENT} tries telnet (TCP port 23): the firewall drops it")
+    before, dropped = _seen(net), _dropped(net)
+    ok = net.tcp_check(CLIENT, GATEWAY, GATEWAY_IP, 23, timeout=2)
+    after = _seen(net)
+    check(not ok and _dropped(net) > dropped and after["dpi"] == before["dpi"],
+          f"blocked: firewall dropped {_dropped(net) - dropped} frame(s), dpi saw none of them "
+          "(so traffic meets the firewall before dpi)",
+          "telnet was not stopped by the firewall")
+
+    say(f"4. {INTRUDER} (no request) pings the gateway")
+    ping = net.ping(INTRUDER, GATEWAY_IP, count=3, timeout=4)
+    check(ping.received == 0, "no reply: a host without a connection reaches nothing",
+          f"the intruder got {ping.received} replies")
 
 
 def _service_level_steps(controller, net, requests: Path, check) -> None:
@@ -189,6 +183,19 @@ def _service_level_steps(controller, net, requests: Path, check) -> None:
           f"the ping suffered: {len(replies.rtts)}/{replies.sent} replies, the slowest {max(rtts):.0f} ms")
 
 
+def _deletion_step(controller, net, requests: Path, check) -> None:
+    """Step 8: deleting the client's request removes its connection, and its traffic stops."""
+    say(f"8. the {CLIENT} Pod's request is deleted")
+    (requests / "pods.yaml").write_text(_without_pod((requests / "pods.yaml").read_text(), CLIENT))
+    controller.wait_connections(lambda cs: f"default/{CLIENT}/nsm-1" not in cs, timeout=30)
+    deadline = time.monotonic() + 10
+    ping = net.ping(CLIENT, GATEWAY_IP, count=2, timeout=3)
+    while ping.received and time.monotonic() < deadline:
+        ping = net.ping(CLIENT, GATEWAY_IP, count=2, timeout=3)
+    check(ping.received == 0, "the connection is gone and so is the traffic",
+          "traffic still flows after the request was deleted")
+
+
 def _without_pod(text: str, name: str) -> str:
     """The YAML documents of ``text`` minus the Pod called ``name``."""
     import yaml
@@ -197,8 +204,3 @@ def _without_pod(text: str, name: str) -> str:
     keep = [d for d in docs if not (d.get("kind") == "Pod" and d.get("metadata", {}).get("name") == name)]
     return yaml.safe_dump_all(keep, sort_keys=False)
 
-
-if __name__ == "__main__":
-    from ryu_nsm.cli import main
-
-    sys.exit(main(["demo", *sys.argv[1:]]))

@@ -34,6 +34,7 @@ from google.protobuf import empty_pb2
 
 from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2, networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection, ConnectionEvent, MonitorScopeSelector
+from nsm_api.errors import RequestError
 from nsm_api.paths import append_segment
 from nsm_api.serving import remove_sockets, serve_nsm
 from ryu_nsm.core.model import Attachment, ClientRequest, FrozenMap, ModelError, Resources
@@ -49,15 +50,6 @@ TOKEN_PREFIX = "unsigned:"
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 # The resolver's words for a service that no source declares (ryu_nsm.core.resolver.resolve).
 _UNKNOWN_SERVICE = re.compile(r"^network service .* not found")
-
-
-class RequestError(Exception):
-    """A Request refused with a gRPC status code and a message for the client."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
