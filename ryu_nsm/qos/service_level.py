@@ -57,13 +57,26 @@ then the name in alphabetical order. So a level for one kind of client overrides
 from __future__ import annotations
 
 import json
-import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
 from ryu_nsm.core.model import DEFAULT_NAMESPACE, EMPTY, FrozenMap, Problem, describe_value
+from ryu_nsm.core.units import (
+    BANDWIDTH_FORM,
+    BYTES_FORM,
+    DURATION_FORM,
+    NUMBER,
+    UnitError,
+    decimal,
+    format_bandwidth,
+    format_bytes,
+    format_duration,
+    parse_bandwidth,
+    parse_bytes,
+    parse_duration,
+)
 
 API_GROUP = "ryu-nsm.io"
 API_VERSION = f"{API_GROUP}/v1alpha1"
@@ -87,17 +100,7 @@ _SPEC_FIELDS = (
     "networkService", "clientSelector", "guaranteedBandwidth", "rateLimit", "burst", "maxLatency",
     "maxLoss", "dscp", "priority", "preemptible", "protection", "chainLatency",
 )
-_NUMBER = r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE]([+-]?[0-9]+))?"
-# The same grammar as the CRD's patterns (deploy/crds/servicelevels.yaml), prefixes checked after.
-_BANDWIDTH = re.compile(rf"^ *{_NUMBER} *([A-Za-z]{{0,2}}) *(bit/s|bps|bit)? *$")
-_BYTES = re.compile(rf"^ *{_NUMBER} *([A-Za-z]{{0,2}}?) *(B)? *$")
-_DURATION = re.compile(rf"^ *{_NUMBER} *(s|ms|us|µs|μs|ns) *$")
-_LOSS = re.compile(rf"^ *{_NUMBER} *(%?) *$")
-_DECIMAL_PREFIX = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
-_BYTE_PREFIX = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9,
-                "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
-_SECONDS = {"s": Decimal(1), "ms": Decimal("1e-3"), "us": Decimal("1e-6"), "µs": Decimal("1e-6"),
-            "μs": Decimal("1e-6"), "ns": Decimal("1e-9")}
+_LOSS = re.compile(rf"^ *{NUMBER} *(%?) *$")
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
@@ -196,34 +199,6 @@ class ServiceLevel:
 # -- formatting ---------------------------------------------------------------------------------
 
 
-def _trim(value: float) -> str:
-    return f"{value:.3f}".rstrip("0").rstrip(".")
-
-
-def format_bandwidth(bits: float) -> str:
-    """'1.5Gbit/s', '64kbit/s', '900bit/s'."""
-    for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(bits) >= scale:
-            return f"{_trim(bits / scale)}{prefix}bit/s"
-    return f"{_trim(bits)}bit/s"
-
-
-def format_bytes(count: int) -> str:
-    """'64KiB', '1.5MiB', '1500B'."""
-    for prefix, scale in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
-        if count >= scale:
-            return f"{_trim(count / scale)}{prefix}B"
-    return f"{count}B"
-
-
-def format_duration(seconds: float) -> str:
-    """'5ms', '1.2s', '300us'."""
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        if seconds >= scale:
-            return f"{_trim(seconds / scale)}{unit}"
-    return f"{_trim(seconds / 1e-9)}ns"
-
-
 def format_loss(fraction: float) -> str:
     """'0.5%'."""
     return f"{fraction * 100:.6g}%"
@@ -237,99 +212,40 @@ def dscp_name(value: int) -> str:
 # -- quantities ---------------------------------------------------------------------------------
 
 
-class _Invalid(ValueError):
-    """A value that does not parse; the message is what was expected."""
-
-
-def _decimal(match: re.Match, form: str) -> Decimal:
-    exponent = int(match.group(2) or 0)
-    if abs(exponent) > 400:
-        raise _Invalid(f"{form}, of a reasonable size")
-    return Decimal(match.group(1)) * Decimal(10) ** exponent
-
-
-_BANDWIDTH_FORM = 'a bandwidth in bit/s: an integer or a string like "500k", "10M", "1.5G" or "10Mbit/s"'
-_BYTES_FORM = 'a size in bytes: an integer or a string like "1500", "64Ki", "1.5M" or "2MiB"'
-_DURATION_FORM = 'a duration: a string like "5ms", "300us" or "1.2s", or an integer of seconds'
 _LOSS_FORM = 'a loss: a percentage like "0.5%" or a fraction like "0.005" (less than 100%)'
 
 
-def _whole(value: object, form: str) -> Decimal | None:
-    """An integer value as a Decimal; None for a string; _Invalid for anything else."""
-    if isinstance(value, bool) or value is None or isinstance(value, dict | list):
-        raise _Invalid(form)
-    if isinstance(value, float):
-        raise _Invalid(f"{form} (quote fractional values in YAML: Kubernetes takes integers or strings here)")
-    if isinstance(value, int):
-        return Decimal(value)
-    if not isinstance(value, str):
-        raise _Invalid(form)
-    return None
+def _int_or_string(parse: Callable[[object], object], form: str) -> Callable[[object], object]:
+    """``parse`` for the CRD's int-or-string fields: a YAML float is refused before it is read."""
+
+    def parse_field(value: object) -> object:
+        if isinstance(value, float):
+            raise UnitError(f"{form} (quote fractional values in YAML: Kubernetes takes integers or "
+                            "strings here)")
+        return parse(value)
+
+    return parse_field
 
 
-def parse_bandwidth(value: object) -> int:
-    """Bit/s from an integer or a string with a decimal prefix; raises ValueError saying what is expected."""
-    number = _whole(value, _BANDWIDTH_FORM)
-    if number is None:
-        match = _BANDWIDTH.match(value)
-        if not match:
-            raise _Invalid(_BANDWIDTH_FORM)
-        prefix = match.group(3)
-        if prefix == "m":
-            raise _Invalid(f'{_BANDWIDTH_FORM}; "m" is milli in Kubernetes quantities, write "M" for mega')
-        if prefix not in _DECIMAL_PREFIX:
-            hint = " (binary prefixes are for bytes; line rates are decimal)" if prefix.endswith("i") else ""
-            raise _Invalid(f"{_BANDWIDTH_FORM}{hint}")
-        number = _decimal(match, _BANDWIDTH_FORM) * _DECIMAL_PREFIX[prefix]
-    if number <= 0:
-        raise _Invalid(f"{_BANDWIDTH_FORM}, more than zero")
-    if number != number.to_integral_value():
-        raise _Invalid(f"{_BANDWIDTH_FORM}, a whole number of bit/s")
-    return int(number)
-
-
-def parse_bytes(value: object) -> int:
-    """Bytes from an integer or a string with a k/M/G or Ki/Mi/Gi prefix; raises ValueError."""
-    number = _whole(value, _BYTES_FORM)
-    if number is None:
-        match = _BYTES.match(value)
-        if not match or match.group(3) not in _BYTE_PREFIX:
-            raise _Invalid(_BYTES_FORM)
-        number = _decimal(match, _BYTES_FORM) * _BYTE_PREFIX[match.group(3)]
-    if number <= 0:
-        raise _Invalid(f"{_BYTES_FORM}, more than zero")
-    if number != number.to_integral_value():
-        raise _Invalid(f"{_BYTES_FORM}, a whole number of bytes")
-    return int(number)
-
-
-def parse_duration(value: object) -> float:
-    """Seconds (> 0) from a string with a unit or an integer of seconds; raises ValueError."""
-    number = _whole(value, _DURATION_FORM)
-    if number is None:
-        match = _DURATION.match(value)
-        if not match:
-            raise _Invalid(_DURATION_FORM)
-        number = _decimal(match, _DURATION_FORM) * _SECONDS[match.group(3)]
-    seconds = float(number)
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise _Invalid(f"{_DURATION_FORM}, more than zero")
-    return seconds
+def _positive_duration(value: object) -> float:
+    return parse_duration(value, positive=True)
 
 
 def parse_loss(value: object) -> float:
     """A loss fraction in [0, 1) from "0.5%", "0.005" or the integer 0; raises ValueError."""
-    number, percent = _whole(value, _LOSS_FORM), False
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise UnitError(_LOSS_FORM)
+    number, percent = Decimal(value) if isinstance(value, int) else None, False
     if number is None:
         match = _LOSS.match(value)
         if not match:
-            raise _Invalid(_LOSS_FORM)
-        number, percent = _decimal(match, _LOSS_FORM), bool(match.group(3))
+            raise UnitError(_LOSS_FORM)
+        number, percent = decimal(match, _LOSS_FORM), bool(match.group(3))
     fraction = number / 100 if percent else number
     if not 0 <= fraction < 1:
         # A fraction of 1 to 99 is most likely a percentage without its sign.
         hint = f'; for {number}% write "{number}%"' if not percent and 1 <= number < 100 else ""
-        raise _Invalid(f"{_LOSS_FORM}{hint}")
+        raise UnitError(f"{_LOSS_FORM}{hint}")
     return float(fraction)
 
 
@@ -340,7 +256,7 @@ def parse_dscp(value: object) -> int:
         return DSCP_NAMES[value.upper()]
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 63:
         return value
-    raise _Invalid(form)
+    raise UnitError(form)
 
 
 # -- validation ---------------------------------------------------------------------------------
@@ -475,11 +391,11 @@ def _service_level(errors: _Errors, body: object, base: str) -> ServiceLevel | N
         value = fields.get(key)
         return None if value is None else errors.value(parser, value, at[key])
 
-    guaranteed = optional("guaranteedBandwidth", parse_bandwidth)
-    rate = optional("rateLimit", parse_bandwidth)
-    burst = optional("burst", parse_bytes)
-    latency = optional("maxLatency", parse_duration)
-    loss = optional("maxLoss", parse_loss)
+    guaranteed = optional("guaranteedBandwidth", _int_or_string(parse_bandwidth, BANDWIDTH_FORM))
+    rate = optional("rateLimit", _int_or_string(parse_bandwidth, BANDWIDTH_FORM))
+    burst = optional("burst", _int_or_string(parse_bytes, BYTES_FORM))
+    latency = optional("maxLatency", _int_or_string(_positive_duration, DURATION_FORM))
+    loss = optional("maxLoss", _int_or_string(parse_loss, _LOSS_FORM))
     dscp = optional("dscp", parse_dscp)
     priority = fields.get("priority", 0)
     if priority is None:

@@ -70,6 +70,8 @@ import networkx as nx
 import yaml
 
 from ryu_nsm.core.fabric import Fabric, Host, HostInterface, Link, Switch
+from ryu_nsm.core.model import describe_value
+from ryu_nsm.core.units import UnitError, parse_bandwidth, parse_distance, parse_duration
 
 MAX_IFNAME = 15  # Linux IFNAMSIZ - 1: port names are interface names
 MAX_PORT = 0xFEFF  # highest OpenFlow port number OVS assigns
@@ -82,12 +84,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _FALLBACK_NAME = re.compile(r"^s\d+$")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
-_NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)"
-_BANDWIDTH = re.compile(rf"^\s*{_NUMBER}\s*([kmgt]?)(bit/s|bits|bit|bps|b/s)?\s*$", re.IGNORECASE)
-_DURATION = re.compile(rf"^\s*{_NUMBER}\s*(s|ms|us|µs|μs|ns)?\s*$")
-_DISTANCE = re.compile(rf"^\s*{_NUMBER}\s*(km|m)?\s*$")
-_PREFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-_SECONDS = {None: 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ns": 1e-9}
 _FORMATS = {".graphml": "graphml", ".xml": "graphml", ".json": "node-link"}
 _LINK_ATTRS = ("capacity", "latency", "distance", "cost", "queue")
 _MAX_QUEUE = 0xFFFFFFFE  # OFPQ_ALL (0xffffffff) is not a queue
@@ -127,34 +123,8 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def parse_bandwidth(value: str | float) -> float:
-    """Bit/s from a number of bit/s or text like '100Mbit', '1G', '10Gbps', '1e9'; must be > 0."""
-    number = _number(value)
-    if number is None and isinstance(value, str) and (m := _BANDWIDTH.match(value)):
-        number = float(m.group(1)) * _PREFIX[m.group(2).lower()]
-    if number is None or not math.isfinite(number) or number <= 0:
-        raise ValueError(f"expected a bandwidth like '100Mbit' or a number of bit/s, got {value!r}")
-    return number
-
-
-def parse_duration(value: str | float) -> float:
-    """Seconds from a number of seconds or text like '2ms', '150us', '1.5s'; must be >= 0."""
-    number = _number(value)
-    if number is None and isinstance(value, str) and (m := _DURATION.match(value)):
-        number = float(m.group(1)) * _SECONDS[m.group(2)]
-    if number is None or not math.isfinite(number) or number < 0:
-        raise ValueError(f"expected a duration like '2ms' or a number of seconds, got {value!r}")
-    return number
-
-
-def _parse_distance(value: Any) -> float:
-    """Kilometres from a number of km or text like '120km' / '800m'."""
-    number = _number(value)
-    if number is None and isinstance(value, str) and (m := _DISTANCE.match(value)):
-        number = float(m.group(1)) / (1000.0 if m.group(2) == "m" else 1.0)
-    if number is None or not math.isfinite(number) or number < 0:
-        raise ValueError(f"expected a distance like '120km' or a number of km, got {value!r}")
-    return number
+def _capacity(value: object) -> float:
+    return float(parse_bandwidth(value))  # Link.capacity is a float, as ever
 
 
 def _parse_cost(value: Any) -> float:
@@ -175,7 +145,7 @@ def _parse_queue(value: Any) -> int:
     return value
 
 
-_PARSERS = {"capacity": parse_bandwidth, "latency": parse_duration, "distance": _parse_distance,
+_PARSERS = {"capacity": _capacity, "latency": parse_duration, "distance": parse_distance,
             "cost": _parse_cost, "queue": _parse_queue}
 
 
@@ -183,6 +153,8 @@ def _parse(at: _At, parser, value: Any) -> Any:
     """Run ``parser`` on ``value``; a failure becomes a TopologyError at ``at``."""
     try:
         return parser(value)
+    except UnitError as e:
+        raise at.error(f"expected {e}, found {describe_value(value)}") from None
     except ValueError as e:
         raise at.error(str(e)) from None
 
@@ -793,12 +765,12 @@ def _edge_attrs(at: _At, data: dict) -> dict[str, float]:
     present = {k: v for k, v in data.items() if v not in (None, "")}
     for key in ("capacity", "bandwidth", "LinkSpeedRaw"):
         if key in present:
-            attrs["capacity"] = _parse(at.key(key), parse_bandwidth, present[key])
+            attrs["capacity"] = _parse(at.key(key), _capacity, present[key])
             break
     else:
         if "LinkSpeed" in present:
             text = f"{present['LinkSpeed']}{present.get('LinkSpeedUnits', '')}"
-            attrs["capacity"] = _parse(at.key("LinkSpeed"), parse_bandwidth, text)
+            attrs["capacity"] = _parse(at.key("LinkSpeed"), _capacity, text)
     for key in ("latency", "distance", "cost"):
         if key in present:
             attrs[key] = _parse(at.key(key), _PARSERS[key], present[key])
