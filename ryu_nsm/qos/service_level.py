@@ -56,13 +56,11 @@ then the name in alphabetical order. So a level for one kind of client overrides
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
-from ryu_nsm.core.model import DEFAULT_NAMESPACE, EMPTY, FrozenMap, Problem, describe_value
 from ryu_nsm.core.units import (
     BANDWIDTH_FORM,
     BYTES_FORM,
@@ -77,6 +75,8 @@ from ryu_nsm.core.units import (
     parse_bytes,
     parse_duration,
 )
+from ryu_nsm.core.validation import Check, Problem, expected, field_path, key_path
+from ryu_nsm.core.values import DEFAULT_NAMESPACE, EMPTY, FrozenMap
 
 API_GROUP = "ryu-nsm.io"
 API_VERSION = f"{API_GROUP}/v1alpha1"
@@ -262,86 +262,45 @@ def parse_dscp(value: object) -> int:
 # -- validation ---------------------------------------------------------------------------------
 
 
-
-
-
-def _at(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
-class _Errors:
-    """Errors of one object, as (field path, message)."""
-
-    def __init__(self) -> None:
-        self.found: list[tuple[str, str]] = []
-
-    def add(self, path: str, message: str) -> None:
-        self.found.append((path, message))
-
-    def mapping(self, value: object, path: str) -> dict | None:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.add(path, f"expected a mapping, found {describe_value(value)}")
-            return None
-        return value
-
-    def fields(self, mapping: dict, path: str, known: tuple[str, ...]) -> dict[str, object]:
-        """The known fields; an unknown one is an error, so a misspelt field never means 'not set'."""
-        for key in mapping:
-            if key not in known:
-                self.add(_at(path, str(key)), f"expected one of the fields {', '.join(known)}, "
-                         f"found unknown field {json.dumps(str(key))}")
-        return {key: value for key, value in mapping.items() if key in known}
-
-    def value(self, parser, value: object, path: str) -> object:
-        """``parser(value)``, or None with an error at ``path`` when it does not parse."""
-        try:
-            return parser(value)
-        except ValueError as e:
-            self.add(path, f"expected {e}, found {describe_value(value)}")
-            return None
-
-
-def _metadata(errors: _Errors, body: dict, base: str) -> tuple[str | None, str]:
-    path = _at(base, "metadata")
-    meta = errors.mapping(body.get("metadata"), path) or {}
+def _metadata(check: Check, body: dict, base: str) -> tuple[str | None, str]:
+    path = field_path(base, "metadata")
+    meta = check.mapping(body.get("metadata"), path) or {}
     name = meta.get("name")
     if not isinstance(name, str) or not name or len(name) > 253 or not _SUBDOMAIN.match(name):
-        errors.add(_at(path, "name"), "expected a DNS-1123 subdomain (lowercase letters, digits, '-' and "
-                   f"'.', at most 253 characters), found {describe_value(name)}")
+        check.error(field_path(path, "name"), expected("a DNS-1123 subdomain (lowercase letters, digits, '-' "
+                                                       "and '.', at most 253 characters)", name))
         name = None
     namespace = meta.get("namespace")
     if namespace in (None, ""):
         namespace = DEFAULT_NAMESPACE
     elif not isinstance(namespace, str) or len(namespace) > 63 or not _DNS_LABEL.match(namespace):
-        errors.add(_at(path, "namespace"), "expected a DNS-1123 label (lowercase letters, digits and '-', "
-                   f"at most 63 characters), found {describe_value(namespace)}")
+        check.error(field_path(path, "namespace"), expected("a DNS-1123 label (lowercase letters, digits and "
+                                                            "'-', at most 63 characters)", namespace))
         namespace = DEFAULT_NAMESPACE
     return name, namespace
 
 
-def _selector(errors: _Errors, value: object, path: str) -> FrozenMap | None:
-    mapping = errors.mapping(value, path)
+def _selector(check: Check, value: object, path: str) -> FrozenMap | None:
+    mapping = check.mapping(value, path)
     if mapping is None:
         return None
-    fields = errors.fields(mapping, path, ("matchLabels",))
-    where = _at(path, "matchLabels")
-    labels = errors.mapping(fields.get("matchLabels"), where)
+    fields = check.fields(mapping, path, ("matchLabels",))
+    where = field_path(path, "matchLabels")
+    labels = check.mapping(fields.get("matchLabels", (None, ""))[0], where)
     if labels is None:
         return None
     ok = True
     for key, label in labels.items():
-        at = f"{where}[{json.dumps(str(key))}]"
+        at = key_path(where, str(key))
         prefix, slash, name = str(key).rpartition("/")
         if not isinstance(key, str) or (slash and not _SUBDOMAIN.match(prefix)) or len(name) > 63 or (
             not _LABEL_NAME.match(name)
         ):
-            errors.add(at, f"expected a label key ([prefix/]name), found {describe_value(key)}")
+            check.error(at, expected("a label key ([prefix/]name)", key))
             ok = False
         elif not isinstance(label, str) or (label and (len(label) > 63 or not _LABEL_NAME.match(label))):
-            errors.add(at, f"expected a label value (a string of at most 63 letters, digits, '-', '_' and "
-                       f"'.'; quote numbers in YAML), found {describe_value(label)}")
+            check.error(at, expected("a label value (a string of at most 63 letters, digits, '-', '_' and "
+                                     "'.'; quote numbers in YAML)", label))
             ok = False
     return FrozenMap(labels) if ok else None
 
@@ -355,101 +314,102 @@ def parse_service_level(
     problems name fields like ``spec.guaranteedBandwidth``; ``source`` and ``index`` (file and
     document index) go into every Problem. All-or-nothing, like the loader's other kinds.
     """
-    errors = _Errors()
-    level = _service_level(errors, body, path)
-    problems = [Problem(source, index, where, message) for where, message in errors.found]
+    check = Check()
+    level = _service_level(check, body, path)
+    problems = check.problems(source, index)
     return (None if problems else level), problems
 
 
-def _service_level(errors: _Errors, body: object, base: str) -> ServiceLevel | None:
+_BANDWIDTH_FIELD = _int_or_string(parse_bandwidth, BANDWIDTH_FORM)
+_QUANTITIES = {
+    "guaranteedBandwidth": _BANDWIDTH_FIELD, "rateLimit": _BANDWIDTH_FIELD,
+    "burst": _int_or_string(parse_bytes, BYTES_FORM),
+    "maxLatency": _int_or_string(_positive_duration, DURATION_FORM),
+    "maxLoss": _int_or_string(parse_loss, _LOSS_FORM), "dscp": parse_dscp,
+}
+_PROMISES = ("guaranteedBandwidth", "rateLimit", "maxLatency", "maxLoss", "dscp")
+
+
+def _choice(check: Check, fields: dict, key: str, default: object, ok, what: str) -> object:
+    """The value of ``key`` (null or absent = ``default``) if ``ok(value)``; else an error and the default."""
+    value = fields.get(key, (None, ""))[0]
+    if value is None:
+        return default
+    if not ok(value):
+        check.error(fields[key][1], expected(what, value))
+        return default
+    return value
+
+
+def _service_level(check: Check, body: object, base: str) -> ServiceLevel | None:
     if not isinstance(body, dict):
-        errors.add(base, f"expected a {KIND} object (a mapping), found {describe_value(body)}")
+        check.error(base, expected(f"a {KIND} object (a mapping)", body))
         return None
-    for key, expected in (("apiVersion", API_VERSION), ("kind", KIND)):
-        if body.get(key) != expected:
-            errors.add(_at(base, key), f"expected {expected}, found {describe_value(body.get(key))}")
-    name, namespace = _metadata(errors, body, base)
-    path = _at(base, "spec")
-    spec = errors.mapping(body.get("spec"), path)
+    for key, version in (("apiVersion", API_VERSION), ("kind", KIND)):
+        if body.get(key) != version:
+            check.error(field_path(base, key), expected(version, body.get(key)))
+    name, namespace = _metadata(check, body, base)
+    path = field_path(base, "spec")
+    spec = check.mapping(body.get("spec"), path)
     if spec is None:
         return None
-    fields = errors.fields(spec, path, _SPEC_FIELDS)
-    at = {key: _at(path, key) for key in _SPEC_FIELDS}
-
-    service = fields.get("networkService")
+    fields = check.fields(spec, path, _SPEC_FIELDS)
+    at = {key: field_path(path, key) for key in _SPEC_FIELDS}
+    service = fields.get("networkService", (None, ""))[0]
     if service is None:
-        errors.add(at["networkService"], "expected the name of a NetworkService: the field is required")
+        check.error(at["networkService"], "expected the name of a NetworkService: the field is required")
     elif not isinstance(service, str) or len(service) > 253 or not _SUBDOMAIN.match(service):
-        errors.add(at["networkService"], "expected the name of a NetworkService (a DNS-1123 subdomain), "
-                   f"found {describe_value(service)}")
+        check.error(at["networkService"],
+                    expected("the name of a NetworkService (a DNS-1123 subdomain)", service))
         service = None
     selector = EMPTY
-    if fields.get("clientSelector") is not None:
-        selector = _selector(errors, fields["clientSelector"], at["clientSelector"])
-
-    def optional(key: str, parser) -> object:
-        value = fields.get(key)
-        return None if value is None else errors.value(parser, value, at[key])
-
-    guaranteed = optional("guaranteedBandwidth", _int_or_string(parse_bandwidth, BANDWIDTH_FORM))
-    rate = optional("rateLimit", _int_or_string(parse_bandwidth, BANDWIDTH_FORM))
-    burst = optional("burst", _int_or_string(parse_bytes, BYTES_FORM))
-    latency = optional("maxLatency", _int_or_string(_positive_duration, DURATION_FORM))
-    loss = optional("maxLoss", _int_or_string(parse_loss, _LOSS_FORM))
-    dscp = optional("dscp", parse_dscp)
-    priority = fields.get("priority", 0)
-    if priority is None:
-        priority = 0
-    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
-        errors.add(at["priority"],
-                   f"expected an integer 0..{MAX_PRIORITY} (higher wins), found {describe_value(priority)}")
-        priority = 0
-    flags = {}
-    for key in ("preemptible", "chainLatency"):
-        flag = fields.get(key, False)
-        if flag is None:
-            flag = False
-        if not isinstance(flag, bool):
-            errors.add(at[key], f"expected true or false, found {describe_value(flag)}")
-            flag = False
-        flags[key] = flag
-    protection = fields.get("protection", "none")
-    if protection is None:
-        protection = "none"
-    if protection not in PROTECTIONS:
-        errors.add(at["protection"],
-                   f"expected one of {', '.join(PROTECTIONS)}, found {describe_value(protection)}")
-        protection = "none"
-
-    if rate is not None and not MIN_RATE_LIMIT <= rate <= MAX_RATE_LIMIT:
-        errors.add(at["rateLimit"], f"expected a rate from {format_bandwidth(MIN_RATE_LIMIT)} to "
-                   f"{format_bandwidth(MAX_RATE_LIMIT)} (an OpenFlow meter counts kbit/s in 32 bits), "
-                   f"found {format_bandwidth(rate)}")
-    elif rate is not None and guaranteed is not None and rate < guaranteed:
-        errors.add(at["rateLimit"], f"expected at least {at['guaranteedBandwidth']} "
-                   f"({format_bandwidth(guaranteed)}), found {format_bandwidth(rate)}: a limit below the "
-                   "guarantee drops traffic the fabric reserved room for")
-    if burst is not None and fields.get("rateLimit") is None:
-        errors.add(at["burst"], f"expected {at['rateLimit']} beside it: burst is how far the rate limit "
-                   "may be exceeded, and no rateLimit is set")
-    if flags["chainLatency"] and fields.get("maxLatency") is None:
-        errors.add(at["chainLatency"], f"expected {at['maxLatency']} beside it: chainLatency says what the "
-                   "latency bound applies to, and no maxLatency is set")
-    if flags["preemptible"] and fields.get("guaranteedBandwidth") is None:
-        errors.add(at["preemptible"], f"expected {at['guaranteedBandwidth']} beside it: only guaranteed "
-                   "bandwidth is preempted, and none is set")
-    promises = ("guaranteedBandwidth", "rateLimit", "maxLatency", "maxLoss", "dscp")
-    if all(fields.get(key) is None for key in promises) and fields.get("protection") in (None, "none"):
-        errors.add(path, f"expected at least one of {', '.join(promises)} or protection: disjoint; "
-                   "this ServiceLevel promises nothing")
-    if errors.found or name is None or service is None or selector is None:
+    if fields.get("clientSelector", (None, ""))[0] is not None:
+        selector = _selector(check, *fields["clientSelector"])
+    values = {key: None if fields.get(key, (None, ""))[0] is None else check.value(parse, *fields[key])
+              for key, parse in _QUANTITIES.items()}
+    priority = _choice(check, fields, "priority", 0,
+                       lambda v: not isinstance(v, bool) and isinstance(v, int) and 0 <= v <= MAX_PRIORITY,
+                       f"an integer 0..{MAX_PRIORITY} (higher wins)")
+    flags = {key: _choice(check, fields, key, False, lambda v: isinstance(v, bool), "true or false")
+             for key in ("preemptible", "chainLatency")}
+    protection = _choice(check, fields, "protection", "none", lambda v: v in PROTECTIONS,
+                         f"one of {', '.join(PROTECTIONS)}")
+    _cross_field_rules(check, path, {key: value for key, (value, _) in fields.items()}, values, flags)
+    if check.errors or name is None or service is None or selector is None:
         return None
     return ServiceLevel(
         name=name, namespace=namespace, network_service=service, client_selector=selector,
-        guaranteed_bandwidth=guaranteed, rate_limit=rate, burst=burst, max_latency=latency, max_loss=loss,
-        dscp=dscp, priority=priority, preemptible=flags["preemptible"], protection=protection,
+        guaranteed_bandwidth=values["guaranteedBandwidth"], rate_limit=values["rateLimit"],
+        burst=values["burst"], max_latency=values["maxLatency"], max_loss=values["maxLoss"],
+        dscp=values["dscp"], priority=priority, preemptible=flags["preemptible"], protection=protection,
         chain_latency=flags["chainLatency"],
     )
+
+
+def _cross_field_rules(check: Check, path: str, given: dict, values: dict, flags: dict) -> None:
+    """The rules between fields (docs/service-levels.md), each reported at the field it concerns."""
+    at = {key: field_path(path, key) for key in _SPEC_FIELDS}
+    rate, guaranteed = values["rateLimit"], values["guaranteedBandwidth"]
+    if rate is not None and not MIN_RATE_LIMIT <= rate <= MAX_RATE_LIMIT:
+        check.error(at["rateLimit"], f"expected a rate from {format_bandwidth(MIN_RATE_LIMIT)} to "
+                    f"{format_bandwidth(MAX_RATE_LIMIT)} (an OpenFlow meter counts kbit/s in 32 bits), "
+                    f"found {format_bandwidth(rate)}")
+    elif rate is not None and guaranteed is not None and rate < guaranteed:
+        check.error(at["rateLimit"], f"expected at least {at['guaranteedBandwidth']} "
+                    f"({format_bandwidth(guaranteed)}), found {format_bandwidth(rate)}: a limit below the "
+                    "guarantee drops traffic the fabric reserved room for")
+    if values["burst"] is not None and given.get("rateLimit") is None:
+        check.error(at["burst"], f"expected {at['rateLimit']} beside it: burst is how far the rate limit "
+                    "may be exceeded, and no rateLimit is set")
+    if flags["chainLatency"] and given.get("maxLatency") is None:
+        check.error(at["chainLatency"], f"expected {at['maxLatency']} beside it: chainLatency says what the "
+                    "latency bound applies to, and no maxLatency is set")
+    if flags["preemptible"] and given.get("guaranteedBandwidth") is None:
+        check.error(at["preemptible"], f"expected {at['guaranteedBandwidth']} beside it: only guaranteed "
+                    "bandwidth is preempted, and none is set")
+    if all(given.get(key) is None for key in _PROMISES) and given.get("protection") in (None, "none"):
+        check.error(path, f"expected at least one of {', '.join(_PROMISES)} or protection: disjoint; "
+                    "this ServiceLevel promises nothing")
 
 
 def select(

@@ -70,8 +70,8 @@ import networkx as nx
 import yaml
 
 from ryu_nsm.core.fabric import Fabric, Host, HostInterface, Link, Switch
-from ryu_nsm.core.model import describe_value
 from ryu_nsm.core.units import UnitError, parse_bandwidth, parse_distance, parse_duration
+from ryu_nsm.core.validation import expected, field_path, item_path
 
 MAX_IFNAME = 15  # Linux IFNAMSIZ - 1: port names are interface names
 MAX_PORT = 0xFEFF  # highest OpenFlow port number OVS assigns
@@ -101,16 +101,16 @@ class TopologyError(ValueError):
 
 @dataclass(frozen=True)
 class _At:
-    """A place in a file, to build field paths and errors that name it."""
+    """A place in a file: field paths built by the validation kit; the first error stops the load."""
 
     file: str
     field: str = ""
 
     def key(self, name: str) -> _At:
-        return _At(self.file, f"{self.field}.{name}" if self.field else name)
+        return _At(self.file, field_path(self.field, name))
 
     def index(self, i: int) -> _At:
-        return _At(self.file, f"{self.field}[{i}]")
+        return _At(self.file, item_path(self.field, i))
 
     def error(self, problem: str) -> TopologyError:
         return TopologyError(self.file, self.field or TOP, problem)
@@ -154,7 +154,7 @@ def _parse(at: _At, parser, value: Any) -> Any:
     try:
         return parser(value)
     except UnitError as e:
-        raise at.error(f"expected {e}, found {describe_value(value)}") from None
+        raise at.error(expected(str(e), value)) from None
     except ValueError as e:
         raise at.error(str(e)) from None
 
