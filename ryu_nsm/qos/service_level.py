@@ -1,57 +1,7 @@
 """ServiceLevel: what quality a network service promises its clients, validated into frozen objects.
 
-A ``ServiceLevel`` (``ryu-nsm.io/v1alpha1``, namespaced) selects a network service in its own
-namespace, and optionally the clients whose request labels match ``clientSelector.matchLabels``::
-
-    apiVersion: ryu-nsm.io/v1alpha1
-    kind: ServiceLevel
-    metadata: {name: gold, namespace: prod}
-    spec:
-      networkService: secure-internet
-      clientSelector: {matchLabels: {tier: gold}}
-      guaranteedBandwidth: 100M      # bit/s reserved on every link of the path, each direction
-      rateLimit: 200M                # bit/s, OpenFlow meter at the ingress switch, each direction
-      burst: 64Ki                    # bytes the meter lets through above the rate
-      maxLatency: 5ms                # one-way, summed link latency of the path
-      chainLatency: true             # maxLatency bounds the whole chain, not each wire
-      maxLoss: "0.1%"                # measured loss that still meets the SLA
-      dscp: EF                       # marked on IP payload
-      priority: 100                  # 0..1000, higher wins
-      preemptible: false             # may a higher priority take this connection's guarantee
-      protection: disjoint           # none | disjoint (a link-disjoint backup path)
-
-Units and spellings (the same YAML works in request files and as a custom resource, so every value
-is an integer or a string, as the CRD's int-or-string fields take them):
-
-- bandwidths (``guaranteedBandwidth``, ``rateLimit``): bit/s. An integer, or a string of a number
-  with an optional decimal prefix ``k``/``K``, ``M``, ``G``, ``T`` and an optional unit ``bit/s``,
-  ``bps`` or ``bit``: ``"500k"``, ``"1.5G"``, ``"10Mbit/s"``. Binary prefixes (``Mi``) and ``m``
-  (milli in Kubernetes quantities) are refused: line rates are decimal. The result must be a whole
-  number of bit/s; ``rateLimit`` is at least 1 kbit/s and at most what an OpenFlow meter holds.
-- ``burst``: bytes. An integer, or a number with ``k``, ``M``, ``G`` (powers of 1000) or ``Ki``,
-  ``Mi``, ``Gi`` (powers of 1024) and an optional ``B``: ``"64Ki"``, ``"1.5MB"``.
-- ``maxLatency``: a string of a number and a unit ``s``, ``ms``, ``us`` (or ``µs``), ``ns``:
-  ``"5ms"``, ``"300us"``, ``"1.2s"``; an integer means seconds. It must be more than zero.
-- ``maxLoss``: a percentage ``"0.5%"`` or a fraction ``"0.005"`` (or the integer 0); less than 100%.
-- ``dscp``: 0..63 or a name: ``DF``/``BE`` (0), ``CS0``..``CS7``, ``AF11``..``AF43``, ``EF`` (46),
-  ``VA`` (44), ``LE`` (1); any case.
-
-``chainLatency``: a client's request is served by a chain of wires (client → firewall → … → last
-endpoint; each service function's own request is the next wire). With ``chainLatency: false`` (the
-default) ``maxLatency`` bounds each wire this level applies to on its own. With ``true`` it bounds
-the sum over the whole chain that starts with the client this level was selected for: from the
-client's attachment to the last endpoint's, counting fabric links only (time spent inside the
-service functions is theirs, not the fabric's).
-
-Cross-field rules: ``rateLimit`` is at least ``guaranteedBandwidth`` (a lower limit would drop
-traffic the fabric reserved room for); ``burst`` needs ``rateLimit``; ``chainLatency: true`` needs
-``maxLatency``; ``preemptible: true`` needs ``guaranteedBandwidth`` (only guarantees are preempted);
-and a level must promise something (a bandwidth, a bound, a DSCP mark or protection).
-
-Which level applies: ``select`` picks among the levels of the request's namespace that name its
-network service and whose selector is contained in the request's labels (NSM's request labels, not
-the Pod's): the most specific selector (most ``matchLabels``) first, then the higher ``priority``,
-then the name in alphabetical order. So a level for one kind of client overrides a service-wide one.
+The fields, their units, the cross-field rules and which level applies are in
+docs/service-levels.md; bandwidths, sizes and durations follow docs/units.md.
 """
 
 from __future__ import annotations

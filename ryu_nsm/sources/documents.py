@@ -1,15 +1,6 @@
-"""Kubernetes-shaped documents (NSM's CRDs, Pods, Namespaces) → validated model objects. No I/O.
+"""Kubernetes-shaped documents (NSM's CRDs, Pods, Namespaces, ServiceLevels) → validated model objects.
 
-Understood kinds: ``networkservicemesh.io/v1`` NetworkService and NetworkServiceEndpoint (spec is
-NSM's registry message in JSON with proto field names), ``v1`` Pod and Namespace carrying NSM's
-client annotation, and lists of these. Other kinds are not ours and are skipped.
-
-Where interfaces meet the fabric is ryu-nsm's own annotation ``ryu-nsm.io/attachments``:
-``switch/port[,switch/port…]`` on an endpoint, ``ifname=switch/port[,…]`` on a pod.
-
-Every object is all-or-nothing: one error discards it with a Problem at a precise field path, and
-all other objects still apply. Duplicates are reported on the later one; the first wins.
-``parse_keeping`` can put the last valid version of an object in place of a discarded one.
+No I/O. The kinds understood, the annotations and how problems are reported are in docs/requests.md.
 """
 
 from __future__ import annotations

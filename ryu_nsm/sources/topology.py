@@ -1,57 +1,7 @@
 """Load a fabric from a topology file: our YAML, GraphML, or node-link JSON; or generate a fat-tree.
 
-YAML format (every key optional except what the fabric needs)::
-
-    name: demo-chain                    # default: the file name without extension
-    defaults: {capacity: 1Gbit, latency: 1ms, cost: 1}   # for links that do not set their own
-                                        # (also `queue: N`: see Link.queue)
-    tags: 2-4094                        # VLAN ids for per-link tags (or [2, 4094]) -> Fabric.tag_range
-    switches:
-      - s1                              # dpid = 1-based position among all switches unless given
-      - {name: s2, dpid: 0x2}
-    links:
-      - [s1, s2]
-      - {a: s2, b: s3, capacity: 100Mbit, latency: 5ms, cost: 2, a_port: 7, distance: 120}
-    hosts:
-      - name: client
-        role: host                      # or "function": a service function bridging its interfaces
-        interfaces:
-          - {name: eth0, switch: s1, ip: 10.0.0.1/24, mac: "02:00:00:00:00:01", port_name: s1-client}
-    import: {file: research.graphml, format: graphml}   # or just `import: research.graphml`
-    generator: {fat_tree: {k: 4, hosts_per_edge: 0}}   # alternative to import
-    overrides:
-      links: [{a: Seattle, b: Denver, capacity: 10Gbit}]
-
-Values: bandwidths are bit/s numbers or strings like ``100Mbit``, ``1G``, ``10Gbps`` (``bps`` means
-bit/s here, unlike tc); durations are seconds or strings like ``2ms``, ``150us``; ``distance`` is km
-(a number, or ``120km`` / ``800m``) and gives ``latency = distance / (2/3 c)`` when no latency is set.
-
-Order of things: switches and links from ``import``/``generator`` come first, then the YAML's own.
-``overrides`` then sets capacity, latency, distance, cost or queue on every link between two switches (named
-by switch name or, for imported ones, by their original label); ``defaults`` fill whatever is left.
-
-Ports, per switch: explicit ports (``a_port``, ``b_port``, interface ``port``) are reserved first; every
-other port takes the lowest free number from 1, in this order: links (imported/generated, then YAML;
-``a`` end before ``b`` end), then host interfaces (hosts and interfaces in declaration order).
-Switch-to-switch ports are named ``{switch}-eth{port}`` (Mininet's convention); host interfaces get
-``port_name`` or else the same pattern. Port names become Linux interface names, so they must be unique
-across the fabric and at most 15 characters.
-
-Imported graphs (GraphML, or node-link JSON with either a ``links`` or an ``edges`` list):
-
-- Nodes become switches in file order. A node is named after its ``label`` (else its id), with every
-  run of characters outside ``[A-Za-z0-9_-]`` replaced by ``_``, when that name has 1-8 characters,
-  starts with a letter, is not of the form ``s<digits>`` and was not taken by an earlier node; otherwise
-  it is named ``s<n>``, n being its 1-based position in the file. Eight characters leave room for
-  ``-eth999``. ``Fabric.extra['labels']`` maps every imported switch name to its original label or id.
-- Edge capacity comes from ``capacity``, ``bandwidth``, Topology Zoo's ``LinkSpeedRaw`` (bit/s) or
-  ``LinkSpeed`` + ``LinkSpeedUnits``; latency from ``latency``, else ``distance`` (km), else the
-  great-circle distance between the nodes' ``Latitude``/``Longitude``; cost from ``cost``.
-- In a directed graph an edge whose reverse was already taken is the other direction of that link.
-
-A path ending in ``.graphml``/``.xml`` or ``.json`` is imported directly with no YAML around it.
-``Fabric.extra`` also holds ``source`` (the file), ``coordinates`` (switch -> (lat, lon)) and
-``generator`` (the generator parameters used), when they apply.
+The file format, port numbering and the import rules are in docs/topology.md; quantities follow
+docs/units.md. Every mistake is a TopologyError naming the file and the field.
 """
 
 from __future__ import annotations
