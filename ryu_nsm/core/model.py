@@ -6,88 +6,13 @@ module sees raw YAML. All objects are immutable and hashable so they can be diff
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # sla.py builds on this module
-    from ryu_nsm.qos.service_level import ServiceLevel
-
-DEFAULT_NAMESPACE = "default"
-
-
-class FrozenMap(Mapping):
-    """An immutable, hashable str → value mapping (labels, selectors)."""
-
-    __slots__ = ("_items", "_hash")
-
-    def __init__(self, items: Mapping | None = None, /, **kwargs: Any):
-        merged = dict(items or {}, **kwargs)
-        self._items = dict(sorted(merged.items()))
-        self._hash = hash(tuple(self._items.items()))
-
-    def __getitem__(self, key: str) -> Any:
-        return self._items[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, FrozenMap):
-            return self._items == other._items
-        return isinstance(other, Mapping) and self._items == dict(other)
-
-    def __repr__(self) -> str:
-        return f"FrozenMap({self._items!r})"
-
-    def to_dict(self) -> dict:
-        return {k: (v.to_dict() if isinstance(v, FrozenMap) else v) for k, v in self._items.items()}
-
-
-EMPTY = FrozenMap()
-
-
-def describe_value(value: object) -> str:
-    """How a found value is shown in a problem: its YAML type and, for scalars, the value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"boolean {str(value).lower()}"
-    if isinstance(value, int):
-        return f"integer {value}"
-    if isinstance(value, float):
-        return f"number {value}"
-    if isinstance(value, str):
-        shown = value if len(value) <= 80 else value[:77] + "..."
-        return f"string {json.dumps(shown)}"
-    if isinstance(value, list):
-        return f"a list of {len(value)} item(s)"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with one document: where (file, document index, field path) and what."""
-
-    source: str
-    index: int
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.source}[{self.index}]" if self.index >= 0 else self.source
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+from ryu_nsm.core.validation import Problem
+from ryu_nsm.core.values import DEFAULT_NAMESPACE, EMPTY, FrozenMap
+from ryu_nsm.qos.service_level import ServiceLevel
 
 
 class ModelError(ValueError):
@@ -212,7 +137,7 @@ class Resources:
     endpoints: tuple[Endpoint, ...] = ()
     requests: tuple[ClientRequest, ...] = ()
     problems: tuple[Problem, ...] = field(default=(), compare=False)
-    service_levels: tuple[ServiceLevel, ...] = ()  # QoS promises (sla.py)
+    service_levels: tuple[ServiceLevel, ...] = ()  # QoS promises (qos/service_level.py)
 
     def merged(self, other: Resources) -> Resources:
         return Resources(

@@ -1,69 +1,32 @@
 """ServiceLevel: what quality a network service promises its clients, validated into frozen objects.
 
-A ``ServiceLevel`` (``ryu-nsm.io/v1alpha1``, namespaced) selects a network service in its own
-namespace, and optionally the clients whose request labels match ``clientSelector.matchLabels``::
-
-    apiVersion: ryu-nsm.io/v1alpha1
-    kind: ServiceLevel
-    metadata: {name: gold, namespace: prod}
-    spec:
-      networkService: secure-internet
-      clientSelector: {matchLabels: {tier: gold}}
-      guaranteedBandwidth: 100M      # bit/s reserved on every link of the path, each direction
-      rateLimit: 200M                # bit/s, OpenFlow meter at the ingress switch, each direction
-      burst: 64Ki                    # bytes the meter lets through above the rate
-      maxLatency: 5ms                # one-way, summed link latency of the path
-      chainLatency: true             # maxLatency bounds the whole chain, not each wire
-      maxLoss: "0.1%"                # measured loss that still meets the SLA
-      dscp: EF                       # marked on IP payload
-      priority: 100                  # 0..1000, higher wins
-      preemptible: false             # may a higher priority take this connection's guarantee
-      protection: disjoint           # none | disjoint (a link-disjoint backup path)
-
-Units and spellings (the same YAML works in request files and as a custom resource, so every value
-is an integer or a string, as the CRD's int-or-string fields take them):
-
-- bandwidths (``guaranteedBandwidth``, ``rateLimit``): bit/s. An integer, or a string of a number
-  with an optional decimal prefix ``k``/``K``, ``M``, ``G``, ``T`` and an optional unit ``bit/s``,
-  ``bps`` or ``bit``: ``"500k"``, ``"1.5G"``, ``"10Mbit/s"``. Binary prefixes (``Mi``) and ``m``
-  (milli in Kubernetes quantities) are refused: line rates are decimal. The result must be a whole
-  number of bit/s; ``rateLimit`` is at least 1 kbit/s and at most what an OpenFlow meter holds.
-- ``burst``: bytes. An integer, or a number with ``k``, ``M``, ``G`` (powers of 1000) or ``Ki``,
-  ``Mi``, ``Gi`` (powers of 1024) and an optional ``B``: ``"64Ki"``, ``"1.5MB"``.
-- ``maxLatency``: a string of a number and a unit ``s``, ``ms``, ``us`` (or ``µs``), ``ns``:
-  ``"5ms"``, ``"300us"``, ``"1.2s"``; an integer means seconds. It must be more than zero.
-- ``maxLoss``: a percentage ``"0.5%"`` or a fraction ``"0.005"`` (or the integer 0); less than 100%.
-- ``dscp``: 0..63 or a name: ``DF``/``BE`` (0), ``CS0``..``CS7``, ``AF11``..``AF43``, ``EF`` (46),
-  ``VA`` (44), ``LE`` (1); any case.
-
-``chainLatency``: a client's request is served by a chain of wires (client → firewall → … → last
-endpoint; each service function's own request is the next wire). With ``chainLatency: false`` (the
-default) ``maxLatency`` bounds each wire this level applies to on its own. With ``true`` it bounds
-the sum over the whole chain that starts with the client this level was selected for: from the
-client's attachment to the last endpoint's, counting fabric links only (time spent inside the
-service functions is theirs, not the fabric's).
-
-Cross-field rules: ``rateLimit`` is at least ``guaranteedBandwidth`` (a lower limit would drop
-traffic the fabric reserved room for); ``burst`` needs ``rateLimit``; ``chainLatency: true`` needs
-``maxLatency``; ``preemptible: true`` needs ``guaranteedBandwidth`` (only guarantees are preempted);
-and a level must promise something (a bandwidth, a bound, a DSCP mark or protection).
-
-Which level applies: ``select`` picks among the levels of the request's namespace that name its
-network service and whose selector is contained in the request's labels (NSM's request labels, not
-the Pod's): the most specific selector (most ``matchLabels``) first, then the higher ``priority``,
-then the name in alphabetical order. So a level for one kind of client overrides a service-wide one.
+The fields, their units, the cross-field rules and which level applies are in
+docs/service-levels.md; bandwidths, sizes and durations follow docs/units.md.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
-from ryu_nsm.core.model import DEFAULT_NAMESPACE, EMPTY, FrozenMap, Problem, describe_value
+from ryu_nsm.core.units import (
+    BANDWIDTH_FORM,
+    BYTES_FORM,
+    DURATION_FORM,
+    NUMBER,
+    UnitError,
+    decimal,
+    format_bandwidth,
+    format_bytes,
+    format_duration,
+    parse_bandwidth,
+    parse_bytes,
+    parse_duration,
+)
+from ryu_nsm.core.validation import Check, Problem, expected, field_path, key_path
+from ryu_nsm.core.values import DEFAULT_NAMESPACE, EMPTY, FrozenMap
 
 API_GROUP = "ryu-nsm.io"
 API_VERSION = f"{API_GROUP}/v1alpha1"
@@ -87,17 +50,7 @@ _SPEC_FIELDS = (
     "networkService", "clientSelector", "guaranteedBandwidth", "rateLimit", "burst", "maxLatency",
     "maxLoss", "dscp", "priority", "preemptible", "protection", "chainLatency",
 )
-_NUMBER = r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE]([+-]?[0-9]+))?"
-# The same grammar as the CRD's patterns (deploy/crds/servicelevels.yaml), prefixes checked after.
-_BANDWIDTH = re.compile(rf"^ *{_NUMBER} *([A-Za-z]{{0,2}}) *(bit/s|bps|bit)? *$")
-_BYTES = re.compile(rf"^ *{_NUMBER} *([A-Za-z]{{0,2}}?) *(B)? *$")
-_DURATION = re.compile(rf"^ *{_NUMBER} *(s|ms|us|µs|μs|ns) *$")
-_LOSS = re.compile(rf"^ *{_NUMBER} *(%?) *$")
-_DECIMAL_PREFIX = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
-_BYTE_PREFIX = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9,
-                "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
-_SECONDS = {"s": Decimal(1), "ms": Decimal("1e-3"), "us": Decimal("1e-6"), "µs": Decimal("1e-6"),
-            "μs": Decimal("1e-6"), "ns": Decimal("1e-9")}
+_LOSS = re.compile(rf"^ *{NUMBER} *(%?) *$")
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
@@ -196,34 +149,6 @@ class ServiceLevel:
 # -- formatting ---------------------------------------------------------------------------------
 
 
-def _trim(value: float) -> str:
-    return f"{value:.3f}".rstrip("0").rstrip(".")
-
-
-def format_bandwidth(bits: float) -> str:
-    """'1.5Gbit/s', '64kbit/s', '900bit/s'."""
-    for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(bits) >= scale:
-            return f"{_trim(bits / scale)}{prefix}bit/s"
-    return f"{_trim(bits)}bit/s"
-
-
-def format_bytes(count: int) -> str:
-    """'64KiB', '1.5MiB', '1500B'."""
-    for prefix, scale in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
-        if count >= scale:
-            return f"{_trim(count / scale)}{prefix}B"
-    return f"{count}B"
-
-
-def format_duration(seconds: float) -> str:
-    """'5ms', '1.2s', '300us'."""
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        if seconds >= scale:
-            return f"{_trim(seconds / scale)}{unit}"
-    return f"{_trim(seconds / 1e-9)}ns"
-
-
 def format_loss(fraction: float) -> str:
     """'0.5%'."""
     return f"{fraction * 100:.6g}%"
@@ -237,99 +162,40 @@ def dscp_name(value: int) -> str:
 # -- quantities ---------------------------------------------------------------------------------
 
 
-class _Invalid(ValueError):
-    """A value that does not parse; the message is what was expected."""
-
-
-def _decimal(match: re.Match, form: str) -> Decimal:
-    exponent = int(match.group(2) or 0)
-    if abs(exponent) > 400:
-        raise _Invalid(f"{form}, of a reasonable size")
-    return Decimal(match.group(1)) * Decimal(10) ** exponent
-
-
-_BANDWIDTH_FORM = 'a bandwidth in bit/s: an integer or a string like "500k", "10M", "1.5G" or "10Mbit/s"'
-_BYTES_FORM = 'a size in bytes: an integer or a string like "1500", "64Ki", "1.5M" or "2MiB"'
-_DURATION_FORM = 'a duration: a string like "5ms", "300us" or "1.2s", or an integer of seconds'
 _LOSS_FORM = 'a loss: a percentage like "0.5%" or a fraction like "0.005" (less than 100%)'
 
 
-def _whole(value: object, form: str) -> Decimal | None:
-    """An integer value as a Decimal; None for a string; _Invalid for anything else."""
-    if isinstance(value, bool) or value is None or isinstance(value, dict | list):
-        raise _Invalid(form)
-    if isinstance(value, float):
-        raise _Invalid(f"{form} (quote fractional values in YAML: Kubernetes takes integers or strings here)")
-    if isinstance(value, int):
-        return Decimal(value)
-    if not isinstance(value, str):
-        raise _Invalid(form)
-    return None
+def _int_or_string(parse: Callable[[object], object], form: str) -> Callable[[object], object]:
+    """``parse`` for the CRD's int-or-string fields: a YAML float is refused before it is read."""
+
+    def parse_field(value: object) -> object:
+        if isinstance(value, float):
+            raise UnitError(f"{form} (quote fractional values in YAML: Kubernetes takes integers or "
+                            "strings here)")
+        return parse(value)
+
+    return parse_field
 
 
-def parse_bandwidth(value: object) -> int:
-    """Bit/s from an integer or a string with a decimal prefix; raises ValueError saying what is expected."""
-    number = _whole(value, _BANDWIDTH_FORM)
-    if number is None:
-        match = _BANDWIDTH.match(value)
-        if not match:
-            raise _Invalid(_BANDWIDTH_FORM)
-        prefix = match.group(3)
-        if prefix == "m":
-            raise _Invalid(f'{_BANDWIDTH_FORM}; "m" is milli in Kubernetes quantities, write "M" for mega')
-        if prefix not in _DECIMAL_PREFIX:
-            hint = " (binary prefixes are for bytes; line rates are decimal)" if prefix.endswith("i") else ""
-            raise _Invalid(f"{_BANDWIDTH_FORM}{hint}")
-        number = _decimal(match, _BANDWIDTH_FORM) * _DECIMAL_PREFIX[prefix]
-    if number <= 0:
-        raise _Invalid(f"{_BANDWIDTH_FORM}, more than zero")
-    if number != number.to_integral_value():
-        raise _Invalid(f"{_BANDWIDTH_FORM}, a whole number of bit/s")
-    return int(number)
-
-
-def parse_bytes(value: object) -> int:
-    """Bytes from an integer or a string with a k/M/G or Ki/Mi/Gi prefix; raises ValueError."""
-    number = _whole(value, _BYTES_FORM)
-    if number is None:
-        match = _BYTES.match(value)
-        if not match or match.group(3) not in _BYTE_PREFIX:
-            raise _Invalid(_BYTES_FORM)
-        number = _decimal(match, _BYTES_FORM) * _BYTE_PREFIX[match.group(3)]
-    if number <= 0:
-        raise _Invalid(f"{_BYTES_FORM}, more than zero")
-    if number != number.to_integral_value():
-        raise _Invalid(f"{_BYTES_FORM}, a whole number of bytes")
-    return int(number)
-
-
-def parse_duration(value: object) -> float:
-    """Seconds (> 0) from a string with a unit or an integer of seconds; raises ValueError."""
-    number = _whole(value, _DURATION_FORM)
-    if number is None:
-        match = _DURATION.match(value)
-        if not match:
-            raise _Invalid(_DURATION_FORM)
-        number = _decimal(match, _DURATION_FORM) * _SECONDS[match.group(3)]
-    seconds = float(number)
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise _Invalid(f"{_DURATION_FORM}, more than zero")
-    return seconds
+def _positive_duration(value: object) -> float:
+    return parse_duration(value, positive=True)
 
 
 def parse_loss(value: object) -> float:
     """A loss fraction in [0, 1) from "0.5%", "0.005" or the integer 0; raises ValueError."""
-    number, percent = _whole(value, _LOSS_FORM), False
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise UnitError(_LOSS_FORM)
+    number, percent = Decimal(value) if isinstance(value, int) else None, False
     if number is None:
         match = _LOSS.match(value)
         if not match:
-            raise _Invalid(_LOSS_FORM)
-        number, percent = _decimal(match, _LOSS_FORM), bool(match.group(3))
+            raise UnitError(_LOSS_FORM)
+        number, percent = decimal(match, _LOSS_FORM), bool(match.group(3))
     fraction = number / 100 if percent else number
     if not 0 <= fraction < 1:
         # A fraction of 1 to 99 is most likely a percentage without its sign.
         hint = f'; for {number}% write "{number}%"' if not percent and 1 <= number < 100 else ""
-        raise _Invalid(f"{_LOSS_FORM}{hint}")
+        raise UnitError(f"{_LOSS_FORM}{hint}")
     return float(fraction)
 
 
@@ -340,92 +206,51 @@ def parse_dscp(value: object) -> int:
         return DSCP_NAMES[value.upper()]
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 63:
         return value
-    raise _Invalid(form)
+    raise UnitError(form)
 
 
 # -- validation ---------------------------------------------------------------------------------
 
 
-
-
-
-def _at(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
-class _Errors:
-    """Errors of one object, as (field path, message)."""
-
-    def __init__(self) -> None:
-        self.found: list[tuple[str, str]] = []
-
-    def add(self, path: str, message: str) -> None:
-        self.found.append((path, message))
-
-    def mapping(self, value: object, path: str) -> dict | None:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.add(path, f"expected a mapping, found {describe_value(value)}")
-            return None
-        return value
-
-    def fields(self, mapping: dict, path: str, known: tuple[str, ...]) -> dict[str, object]:
-        """The known fields; an unknown one is an error, so a misspelt field never means 'not set'."""
-        for key in mapping:
-            if key not in known:
-                self.add(_at(path, str(key)), f"expected one of the fields {', '.join(known)}, "
-                         f"found unknown field {json.dumps(str(key))}")
-        return {key: value for key, value in mapping.items() if key in known}
-
-    def value(self, parser, value: object, path: str) -> object:
-        """``parser(value)``, or None with an error at ``path`` when it does not parse."""
-        try:
-            return parser(value)
-        except ValueError as e:
-            self.add(path, f"expected {e}, found {describe_value(value)}")
-            return None
-
-
-def _metadata(errors: _Errors, body: dict, base: str) -> tuple[str | None, str]:
-    path = _at(base, "metadata")
-    meta = errors.mapping(body.get("metadata"), path) or {}
+def _metadata(check: Check, body: dict, base: str) -> tuple[str | None, str]:
+    path = field_path(base, "metadata")
+    meta = check.mapping(body.get("metadata"), path) or {}
     name = meta.get("name")
     if not isinstance(name, str) or not name or len(name) > 253 or not _SUBDOMAIN.match(name):
-        errors.add(_at(path, "name"), "expected a DNS-1123 subdomain (lowercase letters, digits, '-' and "
-                   f"'.', at most 253 characters), found {describe_value(name)}")
+        check.error(field_path(path, "name"), expected("a DNS-1123 subdomain (lowercase letters, digits, '-' "
+                                                       "and '.', at most 253 characters)", name))
         name = None
     namespace = meta.get("namespace")
     if namespace in (None, ""):
         namespace = DEFAULT_NAMESPACE
     elif not isinstance(namespace, str) or len(namespace) > 63 or not _DNS_LABEL.match(namespace):
-        errors.add(_at(path, "namespace"), "expected a DNS-1123 label (lowercase letters, digits and '-', "
-                   f"at most 63 characters), found {describe_value(namespace)}")
+        check.error(field_path(path, "namespace"), expected("a DNS-1123 label (lowercase letters, digits and "
+                                                            "'-', at most 63 characters)", namespace))
         namespace = DEFAULT_NAMESPACE
     return name, namespace
 
 
-def _selector(errors: _Errors, value: object, path: str) -> FrozenMap | None:
-    mapping = errors.mapping(value, path)
+def _selector(check: Check, value: object, path: str) -> FrozenMap | None:
+    mapping = check.mapping(value, path)
     if mapping is None:
         return None
-    fields = errors.fields(mapping, path, ("matchLabels",))
-    where = _at(path, "matchLabels")
-    labels = errors.mapping(fields.get("matchLabels"), where)
+    fields = check.fields(mapping, path, ("matchLabels",))
+    where = field_path(path, "matchLabels")
+    labels = check.mapping(fields.get("matchLabels", (None, ""))[0], where)
     if labels is None:
         return None
     ok = True
     for key, label in labels.items():
-        at = f"{where}[{json.dumps(str(key))}]"
+        at = key_path(where, str(key))
         prefix, slash, name = str(key).rpartition("/")
         if not isinstance(key, str) or (slash and not _SUBDOMAIN.match(prefix)) or len(name) > 63 or (
             not _LABEL_NAME.match(name)
         ):
-            errors.add(at, f"expected a label key ([prefix/]name), found {describe_value(key)}")
+            check.error(at, expected("a label key ([prefix/]name)", key))
             ok = False
         elif not isinstance(label, str) or (label and (len(label) > 63 or not _LABEL_NAME.match(label))):
-            errors.add(at, f"expected a label value (a string of at most 63 letters, digits, '-', '_' and "
-                       f"'.'; quote numbers in YAML), found {describe_value(label)}")
+            check.error(at, expected("a label value (a string of at most 63 letters, digits, '-', '_' and "
+                                     "'.'; quote numbers in YAML)", label))
             ok = False
     return FrozenMap(labels) if ok else None
 
@@ -439,101 +264,102 @@ def parse_service_level(
     problems name fields like ``spec.guaranteedBandwidth``; ``source`` and ``index`` (file and
     document index) go into every Problem. All-or-nothing, like the loader's other kinds.
     """
-    errors = _Errors()
-    level = _service_level(errors, body, path)
-    problems = [Problem(source, index, where, message) for where, message in errors.found]
+    check = Check()
+    level = _service_level(check, body, path)
+    problems = check.problems(source, index)
     return (None if problems else level), problems
 
 
-def _service_level(errors: _Errors, body: object, base: str) -> ServiceLevel | None:
+_BANDWIDTH_FIELD = _int_or_string(parse_bandwidth, BANDWIDTH_FORM)
+_QUANTITIES = {
+    "guaranteedBandwidth": _BANDWIDTH_FIELD, "rateLimit": _BANDWIDTH_FIELD,
+    "burst": _int_or_string(parse_bytes, BYTES_FORM),
+    "maxLatency": _int_or_string(_positive_duration, DURATION_FORM),
+    "maxLoss": _int_or_string(parse_loss, _LOSS_FORM), "dscp": parse_dscp,
+}
+_PROMISES = ("guaranteedBandwidth", "rateLimit", "maxLatency", "maxLoss", "dscp")
+
+
+def _choice(check: Check, fields: dict, key: str, default: object, ok, what: str) -> object:
+    """The value of ``key`` (null or absent = ``default``) if ``ok(value)``; else an error and the default."""
+    value = fields.get(key, (None, ""))[0]
+    if value is None:
+        return default
+    if not ok(value):
+        check.error(fields[key][1], expected(what, value))
+        return default
+    return value
+
+
+def _service_level(check: Check, body: object, base: str) -> ServiceLevel | None:
     if not isinstance(body, dict):
-        errors.add(base, f"expected a {KIND} object (a mapping), found {describe_value(body)}")
+        check.error(base, expected(f"a {KIND} object (a mapping)", body))
         return None
-    for key, expected in (("apiVersion", API_VERSION), ("kind", KIND)):
-        if body.get(key) != expected:
-            errors.add(_at(base, key), f"expected {expected}, found {describe_value(body.get(key))}")
-    name, namespace = _metadata(errors, body, base)
-    path = _at(base, "spec")
-    spec = errors.mapping(body.get("spec"), path)
+    for key, version in (("apiVersion", API_VERSION), ("kind", KIND)):
+        if body.get(key) != version:
+            check.error(field_path(base, key), expected(version, body.get(key)))
+    name, namespace = _metadata(check, body, base)
+    path = field_path(base, "spec")
+    spec = check.mapping(body.get("spec"), path)
     if spec is None:
         return None
-    fields = errors.fields(spec, path, _SPEC_FIELDS)
-    at = {key: _at(path, key) for key in _SPEC_FIELDS}
-
-    service = fields.get("networkService")
+    fields = check.fields(spec, path, _SPEC_FIELDS)
+    at = {key: field_path(path, key) for key in _SPEC_FIELDS}
+    service = fields.get("networkService", (None, ""))[0]
     if service is None:
-        errors.add(at["networkService"], "expected the name of a NetworkService: the field is required")
+        check.error(at["networkService"], "expected the name of a NetworkService: the field is required")
     elif not isinstance(service, str) or len(service) > 253 or not _SUBDOMAIN.match(service):
-        errors.add(at["networkService"], "expected the name of a NetworkService (a DNS-1123 subdomain), "
-                   f"found {describe_value(service)}")
+        check.error(at["networkService"],
+                    expected("the name of a NetworkService (a DNS-1123 subdomain)", service))
         service = None
     selector = EMPTY
-    if fields.get("clientSelector") is not None:
-        selector = _selector(errors, fields["clientSelector"], at["clientSelector"])
-
-    def optional(key: str, parser) -> object:
-        value = fields.get(key)
-        return None if value is None else errors.value(parser, value, at[key])
-
-    guaranteed = optional("guaranteedBandwidth", parse_bandwidth)
-    rate = optional("rateLimit", parse_bandwidth)
-    burst = optional("burst", parse_bytes)
-    latency = optional("maxLatency", parse_duration)
-    loss = optional("maxLoss", parse_loss)
-    dscp = optional("dscp", parse_dscp)
-    priority = fields.get("priority", 0)
-    if priority is None:
-        priority = 0
-    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
-        errors.add(at["priority"],
-                   f"expected an integer 0..{MAX_PRIORITY} (higher wins), found {describe_value(priority)}")
-        priority = 0
-    flags = {}
-    for key in ("preemptible", "chainLatency"):
-        flag = fields.get(key, False)
-        if flag is None:
-            flag = False
-        if not isinstance(flag, bool):
-            errors.add(at[key], f"expected true or false, found {describe_value(flag)}")
-            flag = False
-        flags[key] = flag
-    protection = fields.get("protection", "none")
-    if protection is None:
-        protection = "none"
-    if protection not in PROTECTIONS:
-        errors.add(at["protection"],
-                   f"expected one of {', '.join(PROTECTIONS)}, found {describe_value(protection)}")
-        protection = "none"
-
-    if rate is not None and not MIN_RATE_LIMIT <= rate <= MAX_RATE_LIMIT:
-        errors.add(at["rateLimit"], f"expected a rate from {format_bandwidth(MIN_RATE_LIMIT)} to "
-                   f"{format_bandwidth(MAX_RATE_LIMIT)} (an OpenFlow meter counts kbit/s in 32 bits), "
-                   f"found {format_bandwidth(rate)}")
-    elif rate is not None and guaranteed is not None and rate < guaranteed:
-        errors.add(at["rateLimit"], f"expected at least {at['guaranteedBandwidth']} "
-                   f"({format_bandwidth(guaranteed)}), found {format_bandwidth(rate)}: a limit below the "
-                   "guarantee drops traffic the fabric reserved room for")
-    if burst is not None and fields.get("rateLimit") is None:
-        errors.add(at["burst"], f"expected {at['rateLimit']} beside it: burst is how far the rate limit "
-                   "may be exceeded, and no rateLimit is set")
-    if flags["chainLatency"] and fields.get("maxLatency") is None:
-        errors.add(at["chainLatency"], f"expected {at['maxLatency']} beside it: chainLatency says what the "
-                   "latency bound applies to, and no maxLatency is set")
-    if flags["preemptible"] and fields.get("guaranteedBandwidth") is None:
-        errors.add(at["preemptible"], f"expected {at['guaranteedBandwidth']} beside it: only guaranteed "
-                   "bandwidth is preempted, and none is set")
-    promises = ("guaranteedBandwidth", "rateLimit", "maxLatency", "maxLoss", "dscp")
-    if all(fields.get(key) is None for key in promises) and fields.get("protection") in (None, "none"):
-        errors.add(path, f"expected at least one of {', '.join(promises)} or protection: disjoint; "
-                   "this ServiceLevel promises nothing")
-    if errors.found or name is None or service is None or selector is None:
+    if fields.get("clientSelector", (None, ""))[0] is not None:
+        selector = _selector(check, *fields["clientSelector"])
+    values = {key: None if fields.get(key, (None, ""))[0] is None else check.value(parse, *fields[key])
+              for key, parse in _QUANTITIES.items()}
+    priority = _choice(check, fields, "priority", 0,
+                       lambda v: not isinstance(v, bool) and isinstance(v, int) and 0 <= v <= MAX_PRIORITY,
+                       f"an integer 0..{MAX_PRIORITY} (higher wins)")
+    flags = {key: _choice(check, fields, key, False, lambda v: isinstance(v, bool), "true or false")
+             for key in ("preemptible", "chainLatency")}
+    protection = _choice(check, fields, "protection", "none", lambda v: v in PROTECTIONS,
+                         f"one of {', '.join(PROTECTIONS)}")
+    _cross_field_rules(check, path, {key: value for key, (value, _) in fields.items()}, values, flags)
+    if check.errors or name is None or service is None or selector is None:
         return None
     return ServiceLevel(
         name=name, namespace=namespace, network_service=service, client_selector=selector,
-        guaranteed_bandwidth=guaranteed, rate_limit=rate, burst=burst, max_latency=latency, max_loss=loss,
-        dscp=dscp, priority=priority, preemptible=flags["preemptible"], protection=protection,
+        guaranteed_bandwidth=values["guaranteedBandwidth"], rate_limit=values["rateLimit"],
+        burst=values["burst"], max_latency=values["maxLatency"], max_loss=values["maxLoss"],
+        dscp=values["dscp"], priority=priority, preemptible=flags["preemptible"], protection=protection,
         chain_latency=flags["chainLatency"],
     )
+
+
+def _cross_field_rules(check: Check, path: str, given: dict, values: dict, flags: dict) -> None:
+    """The rules between fields (docs/service-levels.md), each reported at the field it concerns."""
+    at = {key: field_path(path, key) for key in _SPEC_FIELDS}
+    rate, guaranteed = values["rateLimit"], values["guaranteedBandwidth"]
+    if rate is not None and not MIN_RATE_LIMIT <= rate <= MAX_RATE_LIMIT:
+        check.error(at["rateLimit"], f"expected a rate from {format_bandwidth(MIN_RATE_LIMIT)} to "
+                    f"{format_bandwidth(MAX_RATE_LIMIT)} (an OpenFlow meter counts kbit/s in 32 bits), "
+                    f"found {format_bandwidth(rate)}")
+    elif rate is not None and guaranteed is not None and rate < guaranteed:
+        check.error(at["rateLimit"], f"expected at least {at['guaranteedBandwidth']} "
+                    f"({format_bandwidth(guaranteed)}), found {format_bandwidth(rate)}: a limit below the "
+                    "guarantee drops traffic the fabric reserved room for")
+    if values["burst"] is not None and given.get("rateLimit") is None:
+        check.error(at["burst"], f"expected {at['rateLimit']} beside it: burst is how far the rate limit "
+                    "may be exceeded, and no rateLimit is set")
+    if flags["chainLatency"] and given.get("maxLatency") is None:
+        check.error(at["chainLatency"], f"expected {at['maxLatency']} beside it: chainLatency says what the "
+                    "latency bound applies to, and no maxLatency is set")
+    if flags["preemptible"] and given.get("guaranteedBandwidth") is None:
+        check.error(at["preemptible"], f"expected {at['guaranteedBandwidth']} beside it: only guaranteed "
+                    "bandwidth is preempted, and none is set")
+    if all(given.get(key) is None for key in _PROMISES) and given.get("protection") in (None, "none"):
+        check.error(path, f"expected at least one of {', '.join(_PROMISES)} or protection: disjoint; "
+                    "this ServiceLevel promises nothing")
 
 
 def select(

@@ -1,15 +1,6 @@
-"""Kubernetes-shaped documents (NSM's CRDs, Pods, Namespaces) → validated model objects. No I/O.
+"""Kubernetes-shaped documents (NSM's CRDs, Pods, Namespaces, ServiceLevels) → validated model objects.
 
-Understood kinds: ``networkservicemesh.io/v1`` NetworkService and NetworkServiceEndpoint (spec is
-NSM's registry message in JSON with proto field names), ``v1`` Pod and Namespace carrying NSM's
-client annotation, and lists of these. Other kinds are not ours and are skipped.
-
-Where interfaces meet the fabric is ryu-nsm's own annotation ``ryu-nsm.io/attachments``:
-``switch/port[,switch/port…]`` on an endpoint, ``ifname=switch/port[,…]`` on a pod.
-
-Every object is all-or-nothing: one error discards it with a Problem at a precise field path, and
-all other objects still apply. Duplicates are reported on the later one; the first wins.
-``parse_keeping`` can put the last valid version of an object in place of a discarded one.
+No I/O. The kinds understood, the annotations and how problems are reported are in docs/requests.md.
 """
 
 from __future__ import annotations
@@ -21,20 +12,17 @@ from dataclasses import dataclass, replace
 from urllib.parse import quote, unquote_plus
 
 from ryu_nsm.core.model import (
-    DEFAULT_NAMESPACE,
-    EMPTY,
     Attachment,
     ClientRequest,
     Destination,
     Endpoint,
-    FrozenMap,
     Match,
     ModelError,
     NetworkService,
-    Problem,
     Resources,
-    describe_value,
 )
+from ryu_nsm.core.validation import Check, Problem, describe_value, expected, field_path, item_path, key_path
+from ryu_nsm.core.values import DEFAULT_NAMESPACE, EMPTY, FrozenMap
 from ryu_nsm.qos.service_level import API_VERSION as SLA_API_VERSION
 from ryu_nsm.qos.service_level import KIND as SLA_KIND
 from ryu_nsm.qos.service_level import ServiceLevel, parse_service_level
@@ -99,18 +87,6 @@ def _qs(texts: Iterable[str]) -> str:
     return "[" + ", ".join(map(_q, texts)) + "]"
 
 
-def _at(path: str, field_name: str) -> str:
-    return f"{path}.{field_name}" if path else field_name
-
-
-def _key(path: str, key: str) -> str:
-    return f"{path}[{json.dumps(key)}]"
-
-
-def _item(path: str, index: int) -> str:
-    return f"{path}[{index}]"
-
-
 def is_dns1123_label(text: str) -> bool:
     """True if ``text`` is a valid Kubernetes namespace name."""
     return len(text) <= 63 and bool(_LABEL_RE.match(text))
@@ -136,43 +112,8 @@ def _label_value_ok(value: str, templates: bool) -> bool:
     return value == "" or (len(value) <= 63 and bool(_LABEL_NAME_RE.match(value)))
 
 
-class _Check:
-    """What is wrong with one object: errors discard the object, notes (duplicates) do not."""
-
-    def __init__(self) -> None:
-        self.errors: list[tuple[str, str]] = []
-        self.notes: list[tuple[str, str]] = []
-
-    def error(self, path: str, message: str) -> None:
-        self.errors.append((path, message))
-
-    def note(self, path: str, message: str) -> None:
-        self.notes.append((path, message))
-
-    def mapping(self, value: object, path: str) -> dict | None:
-        """A mapping, with null meaning empty; None if it is something else."""
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.error(path, f"expected a mapping, found {describe_value(value)}")
-            return None
-        return value
-
-    def sequence(self, value: object, path: str) -> list | None:
-        """A list, with null meaning empty; None if it is something else."""
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            self.error(path, f"expected a list, found {describe_value(value)}")
-            return None
-        return value
-
-    def string(self, value: object, path: str) -> str | None:
-        if isinstance(value, str):
-            return value
-        hint = " (quote it in YAML)" if isinstance(value, int | float | bool) else ""
-        self.error(path, f"expected a string{hint}, found {describe_value(value)}")
-        return None
+class _Check(Check):
+    """The validation kit's Check, knowing Kubernetes names and labels."""
 
     def name(self, value: object, path: str, subdomain: bool) -> str | None:
         """A Kubernetes name: a DNS-1123 subdomain (object names) or label (namespaces)."""
@@ -182,7 +123,7 @@ class _Check:
         ok = is_dns1123_subdomain(text) if subdomain else is_dns1123_label(text)
         if not ok:
             rule = SUBDOMAIN_RULE if subdomain else LABEL_RULE
-            self.error(path, f"expected {rule}, found {describe_value(text)}")
+            self.error(path, expected(rule, text))
             return None
         return text
 
@@ -195,15 +136,15 @@ class _Check:
         ok = True
         for key, raw in mapping.items():
             if not isinstance(key, str) or not _label_key_ok(key):
-                self.error(_key(path, str(key)), f"expected {_LABEL_KEY_RULE}, found {describe_value(key)}")
+                self.error(key_path(path, str(key)), expected(_LABEL_KEY_RULE, key))
                 ok = False
                 continue
-            text = self.string(raw, _key(path, key))
+            text = self.string(raw, key_path(path, key))
             if text is None:
                 ok = False
             elif not _label_value_ok(text, templates):
                 rule = _LABEL_VALUE_RULE + (" or one with {{.label}} templates" if templates else "")
-                self.error(_key(path, key), f"expected {rule}, found {describe_value(text)}")
+                self.error(key_path(path, key), expected(rule, text))
                 ok = False
             else:
                 out[key] = text
@@ -212,30 +153,8 @@ class _Check:
     def fields(
         self, mapping: dict, path: str, known: tuple[str, ...], ignored: tuple[str, ...] = ()
     ) -> dict[str, tuple[object, str]]:
-        """Field name → (value, path as written). Accepts proto JSON's lowerCamelCase spelling too.
-
-        Unknown fields are errors: a misspelt ``matches`` must not silently mean "no matches".
-        """
-        aliases = {n: n for n in known + ignored} | {_camel(n): n for n in known + ignored}
-        found: dict[str, tuple[object, str]] = {}
-        for key, value in mapping.items():
-            name = aliases.get(key) if isinstance(key, str) else None
-            if name is None:
-                expected = ", ".join(known)
-                self.error(_at(path, str(key)),
-                           f"expected one of the fields {expected}, found unknown field {_q(str(key))}")
-            elif name in found:
-                self.error(_at(path, key), f"field {_q(name)} is given twice")
-            elif name in known:
-                found[name] = (value, _at(path, key))
-            else:
-                found[name] = (None, _at(path, key))  # ignored: kept only to catch a second spelling
-        return {name: found[name] for name in known if name in found}
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.capitalize() for part in rest)
+        """Fields of NSM's registry messages: proto JSON's lowerCamelCase spelling is taken too."""
+        return super().fields(mapping, path, known, ignored, camel_case=True)
 
 
 # -- objects ------------------------------------------------------------------------------------
@@ -259,27 +178,27 @@ class _Meta:
 
 
 def _metadata(check: _Check, obj: _Object, namespaced: bool = True) -> _Meta:
-    path = _at(obj.base, "metadata")
+    path = field_path(obj.base, "metadata")
     meta = check.mapping(obj.body.get("metadata"), path)
     if meta is None:
         return _Meta(None, DEFAULT_NAMESPACE, {})
-    name_path = _at(path, "name")
+    name_path = field_path(path, "name")
     name = None
     if meta.get("name") in (None, ""):
-        check.error(name_path, f"expected a name, found {describe_value(meta.get('name'))}")
+        check.error(name_path, expected("a name", meta.get('name')))
     else:
         # Namespaces are named by DNS-1123 labels; other objects by subdomains.
         name = check.name(meta["name"], name_path, subdomain=namespaced)
     namespace = DEFAULT_NAMESPACE
     if namespaced and meta.get("namespace") not in (None, ""):
-        namespace = check.name(meta["namespace"], _at(path, "namespace"), subdomain=False) or namespace
-    annotations = check.mapping(meta.get("annotations"), _at(path, "annotations")) or {}
+        namespace = check.name(meta["namespace"], field_path(path, "namespace"), subdomain=False) or namespace
+    annotations = check.mapping(meta.get("annotations"), field_path(path, "annotations")) or {}
     return _Meta(name, namespace, annotations)
 
 
 def _annotation(check: _Check, meta: _Meta, obj: _Object, key: str) -> tuple[str | None, str]:
     """The value of one annotation (None if absent or blank) and its path."""
-    path = _key(_at(_at(obj.base, "metadata"), "annotations"), key)
+    path = key_path(field_path(field_path(obj.base, "metadata"), "annotations"), key)
     value = meta.annotations.get(key)
     if value is None:
         return None, path
@@ -288,12 +207,12 @@ def _annotation(check: _Check, meta: _Meta, obj: _Object, key: str) -> tuple[str
 
 
 def _spec(check: _Check, obj: _Object, name: str | None) -> tuple[dict, str]:
-    path = _at(obj.base, "spec")
+    path = field_path(obj.base, "spec")
     spec = check.mapping(obj.body.get("spec"), path) or {}
     given = spec.get("name")
     # The registry message has its own name; NSM fills it from metadata.name, so they must agree.
     if given not in (None, "") and name is not None and given != name:
-        check.error(_at(path, "name"),
+        check.error(field_path(path, "name"),
                     f"expected {json.dumps(name)} (as metadata.name), found {describe_value(given)}")
     return spec, path
 
@@ -310,9 +229,9 @@ def _network_service(check: _Check, obj: _Object) -> NetworkService | None:
         else:
             payload = value
     matches = []
-    raw_matches, where = fields.get("matches", (None, _at(path, "matches")))
+    raw_matches, where = fields.get("matches", (None, field_path(path, "matches")))
     for index, raw in enumerate(check.sequence(raw_matches, where) or []):
-        match = _match(check, raw, _item(where, index))
+        match = _match(check, raw, item_path(where, index))
         if match is not None:
             matches.append(match)
     if check.errors or meta.name is None:
@@ -329,16 +248,16 @@ def _match(check: _Check, raw: object, path: str) -> Match | None:
     if "source_selector" in fields:
         source = check.labels(*fields["source_selector"], templates=True)
     routes = []
-    raw_routes, where = fields.get("routes", (None, _at(path, "routes")))
+    raw_routes, where = fields.get("routes", (None, field_path(path, "routes")))
     for index, route in enumerate(check.sequence(raw_routes, where) or []):
-        destination = _destination(check, route, _item(where, index))
+        destination = _destination(check, route, item_path(where, index))
         if destination is not None:
             routes.append(destination)
     fallthrough = False
     if "fallthrough" in fields and fields["fallthrough"][0] is not None:
         value, where = fields["fallthrough"]
         if not isinstance(value, bool):
-            check.error(where, f"expected true or false, found {describe_value(value)}")
+            check.error(where, expected("true or false", value))
         else:
             fallthrough = value
     metadata = EMPTY
@@ -366,7 +285,7 @@ def _destination(check: _Check, raw: object, path: str) -> Destination | None:
     if "weight" in fields and fields["weight"][0] is not None:
         value, where = fields["weight"]
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _UINT32_MAX:
-            check.error(where, f"expected a non-negative integer (uint32), found {describe_value(value)}")
+            check.error(where, expected("a non-negative integer (uint32)", value))
             return None
         weight = value
     return None if selector is None else Destination(selector, weight)
@@ -380,17 +299,17 @@ def _endpoint(check: _Check, obj: _Object) -> Endpoint | None:
         ignored=("expiration_time", "initial_registration_time", "path_ids"),
     )
     services: list[str] = []
-    raw, where = fields.get("network_service_names", (None, _at(path, "network_service_names")))
+    raw, where = fields.get("network_service_names", (None, field_path(path, "network_service_names")))
     for index, value in enumerate(check.sequence(raw, where) or []):
-        service = check.name(value, _item(where, index), subdomain=True)
+        service = check.name(value, item_path(where, index), subdomain=True)
         if service is not None and service in services:
-            check.note(_item(where, index), f"network service {_q(service)} is listed twice")
+            check.note(item_path(where, index), f"network service {_q(service)} is listed twice")
         elif service is not None:
             services.append(service)
     service_labels: dict[str, FrozenMap] = {}
-    raw, where = fields.get("network_service_labels", (None, _at(path, "network_service_labels")))
+    raw, where = fields.get("network_service_labels", (None, field_path(path, "network_service_labels")))
     for service, value in (check.mapping(raw, where) or {}).items():
-        service_path = _key(where, str(service))
+        service_path = key_path(where, str(service))
         if service not in services:
             check.error(service_path, f"expected a service in network_service_names {_qs(services)}, "
                         f"found {describe_value(service)}")
@@ -410,12 +329,12 @@ def _endpoint(check: _Check, obj: _Object) -> Endpoint | None:
     text, where = _annotation(check, meta, obj, ATTACHMENTS_ANNOTATION)
     for index, entry in enumerate(text.split(",") if text else []):
         try:
-            attachment = Attachment.parse(entry.strip(), _item(where, index))
+            attachment = Attachment.parse(entry.strip(), item_path(where, index))
         except ModelError as e:
-            check.error(e.path, f"expected {_ATTACHMENT_FORM}, found {describe_value(entry.strip())}")
+            check.error(e.path, expected(_ATTACHMENT_FORM, entry.strip()))
             continue
         if attachment in attachments:
-            check.note(_item(where, index), f"attachment {attachment} is listed twice")
+            check.note(item_path(where, index), f"attachment {attachment} is listed twice")
         else:
             attachments.append(attachment)
     if check.errors or meta.name is None:
@@ -444,7 +363,7 @@ def _client_entries(check: _Check, text: str | None, path: str) -> list[_Entry]:
     """Parse NSM's client annotation; a repeated interface name is noted and dropped (first wins)."""
     entries: list[_Entry] = []
     for index, raw in enumerate(text.split(",") if text else []):
-        entry = _client_entry(check, raw.strip(), _item(path, index))
+        entry = _client_entry(check, raw.strip(), item_path(path, index))
         if entry is None:
             continue
         clash = next((e for e in entries if e.ifname == entry.ifname), None)
@@ -492,7 +411,7 @@ def _query_labels(check: _Check, query: str, path: str) -> FrozenMap | None:
     ok = True
     for pair in query.split("&") if query else []:
         if "=" not in pair:
-            check.error(path, f"expected <label>=<value> in the query, found {describe_value(pair)}")
+            check.error(path, expected("<label>=<value> in the query", pair))
             ok = False
             continue
         raw_key, raw_value = pair.split("=", 1)
@@ -516,10 +435,10 @@ def _pod_attachments(check: _Check, text: str | None, path: str) -> dict[str, tu
     """``ifname=switch/port,…`` → ifname → (attachment, entry path)."""
     out: dict[str, tuple[Attachment, str]] = {}
     for index, raw in enumerate(text.split(",") if text else []):
-        entry, where = raw.strip(), _item(path, index)
+        entry, where = raw.strip(), item_path(path, index)
         ifname, eq, spec = entry.partition("=")
         if not eq:
-            check.error(where, f"expected <ifname>=<switch>/<port>, found {describe_value(entry)}")
+            check.error(where, expected("<ifname>=<switch>/<port>", entry))
             continue
         ifname = ifname.strip()
         if not _IFNAME_RE.match(ifname):
@@ -601,23 +520,23 @@ def _objects(doc: Document, body: object, base: str, problems: list[Problem]) ->
     api, kind = body.get("apiVersion"), body.get("kind")
     for field_name, value in (("apiVersion", api), ("kind", kind)):
         if not isinstance(value, str) or not value:
-            problems.append(Problem(doc.source, doc.index, _at(base, field_name),
-                                    f"expected a non-empty string, found {describe_value(value)}"))
+            problems.append(Problem(doc.source, doc.index, field_path(base, field_name),
+                                    expected("a non-empty string", value)))
             return
     group = api.rpartition("/")[0]
     if kind.endswith("List") and "items" in body:
-        items_path = _at(base, "items")
+        items_path = field_path(base, "items")
         items = body["items"]
         if not isinstance(items, list):
             problems.append(Problem(doc.source, doc.index, items_path,
-                                    f"expected a list, found {describe_value(items)}"))
+                                    expected("a list", items)))
             return
         # Items of a typed list (NetworkServiceList) may leave their kind to the list.
         item_kind = kind[: -len("List")] or None
         for index, item in enumerate(items):
             if isinstance(item, dict) and item_kind and "kind" not in item:
                 item = {"apiVersion": api, "kind": item_kind, **item}
-            yield from _objects(doc, item, _item(items_path, index), problems)
+            yield from _objects(doc, item, item_path(items_path, index), problems)
         return
     if (group == NSM_GROUP and kind in _NSM_KINDS) or (group == "" and kind in _CORE_KINDS) or (
             group == _OUR_GROUP and kind in _OUR_KINDS):
@@ -631,15 +550,13 @@ def _version_ok(check: _Check, obj: _Object) -> bool:
         return True  # parse_service_level checks its own version
     if api.rpartition("/")[2] == "v1":
         return True
-    expected = NSM_API_VERSION if obj.kind in _NSM_KINDS else "v1"
-    check.error(_at(obj.base, "apiVersion"),
-                f"expected {expected} for kind {obj.kind}, found {describe_value(api)}")
+    version = NSM_API_VERSION if obj.kind in _NSM_KINDS else "v1"
+    check.error(field_path(obj.base, "apiVersion"), expected(f"{version} for kind {obj.kind}", api))
     return False
 
 
 def _report(obj: _Object, check: _Check, problems: list[Problem]) -> None:
-    for path, message in check.errors + check.notes:
-        problems.append(Problem(obj.doc.source, obj.doc.index, path, message))
+    problems.extend(check.problems(obj.doc.source, obj.doc.index))
 
 
 def _duplicate(obj: _Object, key: tuple, seen: dict[tuple, _Object], problems: list[Problem]) -> bool:
@@ -648,7 +565,7 @@ def _duplicate(obj: _Object, key: tuple, seen: dict[tuple, _Object], problems: l
     if first is obj:
         return False
     where = f"{first.doc.source}[{first.doc.index}]" + (f" {first.base}" if first.base else "")
-    problems.append(Problem(obj.doc.source, obj.doc.index, _at(obj.base, "metadata.name"),
+    problems.append(Problem(obj.doc.source, obj.doc.index, field_path(obj.base, "metadata.name"),
                             f"duplicate {obj.kind} {'/'.join(key[1:])}: first declared at {where}, "
                             "which wins"))
     return True
@@ -658,7 +575,7 @@ ObjectKey = tuple[str, ...]
 """An object's identity: (kind, namespace, name), or (kind, name) for a Namespace."""
 
 
-def _raw_key(obj: _Object) -> ObjectKey | None:
+def _rawkey_path(obj: _Object) -> ObjectKey | None:
     """The object's key read before validation, so a broken object can be matched; None if unreadable."""
     meta = obj.body.get("metadata")
     meta = meta if isinstance(meta, dict) else {}
@@ -752,7 +669,7 @@ class _Parser:
         for obj in objects:
             check, result = self._validate(obj, validate, context(obj))
             _report(obj, check, self.problems)
-            key = _raw_key(obj)
+            key = _rawkey_path(obj)
             if check.errors:
                 if key in self.last_valid:
                     broken.append((key, obj))

@@ -62,6 +62,7 @@ from ryu_nsm.core.model import (
     Problem,
     Resources,
 )
+from ryu_nsm.core.validation import field_path
 from ryu_nsm.observe.health import Loop, Supervised, supervise
 from ryu_nsm.sources.documents import is_dns1123_label, is_dns1123_subdomain
 
@@ -140,7 +141,7 @@ def dns_label(text: str) -> str:
 
 
 def _at(key: str) -> str:
-    return f"external_ids.{key}"
+    return field_path("external_ids", key)
 
 
 def _labels(text: str | None) -> FrozenMap:

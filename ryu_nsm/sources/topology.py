@@ -1,57 +1,7 @@
 """Load a fabric from a topology file: our YAML, GraphML, or node-link JSON; or generate a fat-tree.
 
-YAML format (every key optional except what the fabric needs)::
-
-    name: demo-chain                    # default: the file name without extension
-    defaults: {capacity: 1Gbit, latency: 1ms, cost: 1}   # for links that do not set their own
-                                        # (also `queue: N`: see Link.queue)
-    tags: 2-4094                        # VLAN ids for per-link tags (or [2, 4094]) -> Fabric.tag_range
-    switches:
-      - s1                              # dpid = 1-based position among all switches unless given
-      - {name: s2, dpid: 0x2}
-    links:
-      - [s1, s2]
-      - {a: s2, b: s3, capacity: 100Mbit, latency: 5ms, cost: 2, a_port: 7, distance: 120}
-    hosts:
-      - name: client
-        role: host                      # or "function": a service function bridging its interfaces
-        interfaces:
-          - {name: eth0, switch: s1, ip: 10.0.0.1/24, mac: "02:00:00:00:00:01", port_name: s1-client}
-    import: {file: research.graphml, format: graphml}   # or just `import: research.graphml`
-    generator: {fat_tree: {k: 4, hosts_per_edge: 0}}   # alternative to import
-    overrides:
-      links: [{a: Seattle, b: Denver, capacity: 10Gbit}]
-
-Values: bandwidths are bit/s numbers or strings like ``100Mbit``, ``1G``, ``10Gbps`` (``bps`` means
-bit/s here, unlike tc); durations are seconds or strings like ``2ms``, ``150us``; ``distance`` is km
-(a number, or ``120km`` / ``800m``) and gives ``latency = distance / (2/3 c)`` when no latency is set.
-
-Order of things: switches and links from ``import``/``generator`` come first, then the YAML's own.
-``overrides`` then sets capacity, latency, distance, cost or queue on every link between two switches (named
-by switch name or, for imported ones, by their original label); ``defaults`` fill whatever is left.
-
-Ports, per switch: explicit ports (``a_port``, ``b_port``, interface ``port``) are reserved first; every
-other port takes the lowest free number from 1, in this order: links (imported/generated, then YAML;
-``a`` end before ``b`` end), then host interfaces (hosts and interfaces in declaration order).
-Switch-to-switch ports are named ``{switch}-eth{port}`` (Mininet's convention); host interfaces get
-``port_name`` or else the same pattern. Port names become Linux interface names, so they must be unique
-across the fabric and at most 15 characters.
-
-Imported graphs (GraphML, or node-link JSON with either a ``links`` or an ``edges`` list):
-
-- Nodes become switches in file order. A node is named after its ``label`` (else its id), with every
-  run of characters outside ``[A-Za-z0-9_-]`` replaced by ``_``, when that name has 1-8 characters,
-  starts with a letter, is not of the form ``s<digits>`` and was not taken by an earlier node; otherwise
-  it is named ``s<n>``, n being its 1-based position in the file. Eight characters leave room for
-  ``-eth999``. ``Fabric.extra['labels']`` maps every imported switch name to its original label or id.
-- Edge capacity comes from ``capacity``, ``bandwidth``, Topology Zoo's ``LinkSpeedRaw`` (bit/s) or
-  ``LinkSpeed`` + ``LinkSpeedUnits``; latency from ``latency``, else ``distance`` (km), else the
-  great-circle distance between the nodes' ``Latitude``/``Longitude``; cost from ``cost``.
-- In a directed graph an edge whose reverse was already taken is the other direction of that link.
-
-A path ending in ``.graphml``/``.xml`` or ``.json`` is imported directly with no YAML around it.
-``Fabric.extra`` also holds ``source`` (the file), ``coordinates`` (switch -> (lat, lon)) and
-``generator`` (the generator parameters used), when they apply.
+The file format, port numbering and the import rules are in docs/topology.md; quantities follow
+docs/units.md. Every mistake is a TopologyError naming the file and the field.
 """
 
 from __future__ import annotations
@@ -70,6 +20,8 @@ import networkx as nx
 import yaml
 
 from ryu_nsm.core.fabric import Fabric, Host, HostInterface, Link, Switch
+from ryu_nsm.core.units import UnitError, parse_bandwidth, parse_distance, parse_duration
+from ryu_nsm.core.validation import expected, field_path, item_path
 
 MAX_IFNAME = 15  # Linux IFNAMSIZ - 1: port names are interface names
 MAX_PORT = 0xFEFF  # highest OpenFlow port number OVS assigns
@@ -82,12 +34,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _FALLBACK_NAME = re.compile(r"^s\d+$")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
-_NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)"
-_BANDWIDTH = re.compile(rf"^\s*{_NUMBER}\s*([kmgt]?)(bit/s|bits|bit|bps|b/s)?\s*$", re.IGNORECASE)
-_DURATION = re.compile(rf"^\s*{_NUMBER}\s*(s|ms|us|µs|μs|ns)?\s*$")
-_DISTANCE = re.compile(rf"^\s*{_NUMBER}\s*(km|m)?\s*$")
-_PREFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-_SECONDS = {None: 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ns": 1e-9}
 _FORMATS = {".graphml": "graphml", ".xml": "graphml", ".json": "node-link"}
 _LINK_ATTRS = ("capacity", "latency", "distance", "cost", "queue")
 _MAX_QUEUE = 0xFFFFFFFE  # OFPQ_ALL (0xffffffff) is not a queue
@@ -105,16 +51,16 @@ class TopologyError(ValueError):
 
 @dataclass(frozen=True)
 class _At:
-    """A place in a file, to build field paths and errors that name it."""
+    """A place in a file: field paths built by the validation kit; the first error stops the load."""
 
     file: str
     field: str = ""
 
     def key(self, name: str) -> _At:
-        return _At(self.file, f"{self.field}.{name}" if self.field else name)
+        return _At(self.file, field_path(self.field, name))
 
     def index(self, i: int) -> _At:
-        return _At(self.file, f"{self.field}[{i}]")
+        return _At(self.file, item_path(self.field, i))
 
     def error(self, problem: str) -> TopologyError:
         return TopologyError(self.file, self.field or TOP, problem)
@@ -127,34 +73,8 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def parse_bandwidth(value: str | float) -> float:
-    """Bit/s from a number of bit/s or text like '100Mbit', '1G', '10Gbps', '1e9'; must be > 0."""
-    number = _number(value)
-    if number is None and isinstance(value, str) and (m := _BANDWIDTH.match(value)):
-        number = float(m.group(1)) * _PREFIX[m.group(2).lower()]
-    if number is None or not math.isfinite(number) or number <= 0:
-        raise ValueError(f"expected a bandwidth like '100Mbit' or a number of bit/s, got {value!r}")
-    return number
-
-
-def parse_duration(value: str | float) -> float:
-    """Seconds from a number of seconds or text like '2ms', '150us', '1.5s'; must be >= 0."""
-    number = _number(value)
-    if number is None and isinstance(value, str) and (m := _DURATION.match(value)):
-        number = float(m.group(1)) * _SECONDS[m.group(2)]
-    if number is None or not math.isfinite(number) or number < 0:
-        raise ValueError(f"expected a duration like '2ms' or a number of seconds, got {value!r}")
-    return number
-
-
-def _parse_distance(value: Any) -> float:
-    """Kilometres from a number of km or text like '120km' / '800m'."""
-    number = _number(value)
-    if number is None and isinstance(value, str) and (m := _DISTANCE.match(value)):
-        number = float(m.group(1)) / (1000.0 if m.group(2) == "m" else 1.0)
-    if number is None or not math.isfinite(number) or number < 0:
-        raise ValueError(f"expected a distance like '120km' or a number of km, got {value!r}")
-    return number
+def _capacity(value: object) -> float:
+    return float(parse_bandwidth(value))  # Link.capacity is a float, as ever
 
 
 def _parse_cost(value: Any) -> float:
@@ -175,7 +95,7 @@ def _parse_queue(value: Any) -> int:
     return value
 
 
-_PARSERS = {"capacity": parse_bandwidth, "latency": parse_duration, "distance": _parse_distance,
+_PARSERS = {"capacity": _capacity, "latency": parse_duration, "distance": parse_distance,
             "cost": _parse_cost, "queue": _parse_queue}
 
 
@@ -183,6 +103,8 @@ def _parse(at: _At, parser, value: Any) -> Any:
     """Run ``parser`` on ``value``; a failure becomes a TopologyError at ``at``."""
     try:
         return parser(value)
+    except UnitError as e:
+        raise at.error(expected(str(e), value)) from None
     except ValueError as e:
         raise at.error(str(e)) from None
 
@@ -793,12 +715,12 @@ def _edge_attrs(at: _At, data: dict) -> dict[str, float]:
     present = {k: v for k, v in data.items() if v not in (None, "")}
     for key in ("capacity", "bandwidth", "LinkSpeedRaw"):
         if key in present:
-            attrs["capacity"] = _parse(at.key(key), parse_bandwidth, present[key])
+            attrs["capacity"] = _parse(at.key(key), _capacity, present[key])
             break
     else:
         if "LinkSpeed" in present:
             text = f"{present['LinkSpeed']}{present.get('LinkSpeedUnits', '')}"
-            attrs["capacity"] = _parse(at.key("LinkSpeed"), parse_bandwidth, text)
+            attrs["capacity"] = _parse(at.key("LinkSpeed"), _capacity, text)
     for key in ("latency", "distance", "cost"):
         if key in present:
             attrs[key] = _parse(at.key(key), _PARSERS[key], present[key])
