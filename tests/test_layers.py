@@ -18,14 +18,6 @@ PACKAGE = ROOT / "ryu_nsm"
 FIRST_PARTY = {"ryu_nsm", "nsm_api", "ovs_forwarder", "tests", "mininet_tests", "bench"}
 PURE_THIRD_PARTY = {"networkx", "yaml"}
 
-# Today's imports against the table below, being removed in issue 11. The list may only shrink:
-# test_known_violations_still_occur fails once a pair is gone, so that it is deleted here too.
-KNOWN = {
-    ("ryu_nsm.core.controller", "ryu_nsm.observe.report"),
-    # core.model <-> qos.service_level: each direction is allowed, together they are a cycle.
-    ("ryu_nsm.core.model", "ryu_nsm.qos.service_level"),
-}
-
 QOS_FROM_CORE = ("ryu_nsm.qos", "ryu_nsm.qos.service_level", "ryu_nsm.qos.admission*", "ryu_nsm.qos.measure")
 CORE_DATA = tuple(f"ryu_nsm.core.{name}" for name in ("model", "fabric", "pathing", "units", "validation",
                                                       "values"))
@@ -114,23 +106,14 @@ def _breach(module: str, imported: str) -> str | None:
 def test_packages_import_only_what_their_layer_may():
     breaches = [f"{module} imports {imported}: {reason}"
                 for module, imported in sorted(GRAPH.edges)
-                if (module, imported) not in KNOWN and (reason := _breach(module, imported))]
+                if (reason := _breach(module, imported))]
     assert not breaches, "\n".join(breaches)
 
 
 def test_no_import_cycle():
     graph = GRAPH.subgraph(MODULES).copy()
-    graph.remove_edges_from(KNOWN)
     cycles = sorted(" -> ".join([*cycle, cycle[0]]) for cycle in nx.simple_cycles(graph))
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
-
-
-def test_known_violations_still_occur():
-    modules = GRAPH.subgraph(MODULES)
-    gone = sorted((module, imported) for module, imported in KNOWN
-                  if not GRAPH.has_edge(module, imported)
-                  or not (_breach(module, imported) or nx.has_path(modules, imported, module)))
-    assert not gone, f"no longer imported, delete from KNOWN: {gone}"
 
 
 def test_rules_catch_a_breach_and_a_cycle():

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from os_ken.ofproto import ofproto_common, ofproto_v1_3
 
-from ryu_nsm.core.controller import Program
-
-if TYPE_CHECKING:
-    from ryu_nsm.openflow.shell import NsmApp
+from ryu_nsm.core.controller import Controller, Program
 
 log = logging.getLogger("ryu_nsm.openflow.shell")
 ofp = ofproto_v1_3
@@ -38,10 +36,24 @@ class _RoleAsk:
     epoch: int
 
 
+class RoleApp(Protocol):
+    """What ``RoleKeeper`` uses of the os-ken app (``shell.NsmApp``), named here so that this module
+    does not import the shell that imports it."""
+
+    lock: Any
+    datapaths: dict[int, Any]
+    work: Any
+    core: Controller
+
+    def _switch_name(self, dpid: int) -> str: ...
+    def _xid(self, what: str | tuple) -> int: ...
+    def _call(self, fn: Callable[[float], list]) -> None: ...
+
+
 class RoleKeeper:
     """The app's roles; every field is guarded by the app's lock."""
 
-    def __init__(self, app: NsmApp):
+    def __init__(self, app: RoleApp):
         self.app = app
         self.leading = False
         self.generation = 0
