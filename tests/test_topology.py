@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -527,14 +526,12 @@ def test_fat_tree_rejects_bad_k():
         fat_tree(4, colour="blue")
 
 
-def test_fat_tree_k32_loads_quickly_through_params_with_short_port_names():
-    start = time.perf_counter()
+def test_fat_tree_k32_loads_through_params_with_short_port_names():
+    # How fast it loads is bench/path_compute.py's figure, not a timed assert here (shared machines).
     fabric = load_topology(TOPOLOGIES / "fat-tree.yaml", {"k": 32, "hosts_per_edge": 16})
-    elapsed = time.perf_counter() - start
     assert len(fabric.switches) == 1280 and len(fabric.links) == 16384
     assert len(fabric.hosts) == 4 + 32 * 16 * 16
     assert max(len(name) for used in ports_by_switch(fabric).values() for _, name in used) <= 15
-    assert elapsed < 2.0, f"k=32 took {elapsed:.2f}s"
 
 
 def test_params_override_the_generator_and_are_checked(tmp_path):
