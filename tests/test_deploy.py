@@ -1,10 +1,13 @@
 """deploy/ and the Dockerfile, checked offline: every manifest is valid for the Kubernetes versions we
 support, the CRDs are structural, RBAC grants exactly what deploy/README.md explains, the controller's
-flags are ones ``ryu-nsm controller`` accepts, and the kustomization renders into a consistent set."""
+and the forwarder's flags are ones their commands accept, the forwarder has the host paths and
+capabilities it needs and no more, each Dockerfile target copies and installs every package, and the
+kustomization renders into a consistent set."""
 
 import copy
 import fnmatch
 import functools
+import importlib.metadata
 import json
 import re
 import shlex
@@ -27,6 +30,8 @@ K8S_VERSIONS = ("1.30", "1.37")
 NSM_OPTIONAL = "crds/nsm-optional.yaml"
 OUR_CRD = "crds/networkserviceconnections.yaml"
 LEVEL_CRD = "crds/servicelevels.yaml"
+FORWARDER = "forwarder.yaml"
+FORWARDER_NAMESPACE = "ryu-nsm-forwarder"
 CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
 
 # Flags other work is adding to `ryu-nsm controller`: each stays an expected failure until it lands,
@@ -495,6 +500,128 @@ def test_configmap_topology_is_the_demo_chain_fabric(tmp_path):
     assert fabric.name == "demo-chain"
 
 
+# --- the forwarder DaemonSet -------------------------------------------------------------------------
+
+# Every host path the forwarder mounts: what for.
+FORWARDER_HOST_PATHS = {
+    "/var/run/openvswitch": "OVSDB's socket",
+    "/var/run/netns": "named network namespaces",
+    "/var/lib/networkservicemesh": "NSM's node-local sockets",
+}
+FORWARDER_CAPABILITIES = {"NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"}
+
+
+def forwarder_pod() -> dict:
+    """The forwarder DaemonSet's Pod spec."""
+    return one(render(), "DaemonSet", "ryu-nsm-forwarder")["spec"]["template"]["spec"]
+
+
+def forwarder_container() -> dict:
+    """The forwarder's only container."""
+    (container,) = forwarder_pod()["containers"]
+    return container
+
+
+def forwarder_mounts() -> dict[str, str]:
+    """Where each host path is mounted in the forwarder's container: {host path: mount path}."""
+    volumes = {v["name"]: v for v in forwarder_pod()["volumes"]}
+    mounts = forwarder_container()["volumeMounts"]
+    return {volumes[m["name"]]["hostPath"]["path"]: m["mountPath"] for m in mounts}
+
+
+def forwarder_args() -> dict:
+    """The forwarder's command line as `ovs-forwarder` parses it, $(VAR) from the container's env."""
+    from ovs_forwarder.cli import parser
+
+    container = forwarder_container()
+    assert container["command"] == ["ovs-forwarder"]
+    env = {e["name"]: e for e in container["env"]}
+    args = [re.sub(r"\$\((\w+)\)", lambda m: f"<{m.group(1)}>" if m.group(1) in env else m.group(0), arg)
+            for arg in container["args"]]
+    assert not any("$(" in arg for arg in args), "an argument names a variable the container does not set"
+    return vars(parser().parse_args(args))
+
+
+def test_forwarder_lives_alone_in_its_privileged_namespace():
+    docs = load_docs(FORWARDER)
+    assert [(d["kind"], d["metadata"].get("namespace")) for d in docs] == [
+        ("Namespace", None), ("DaemonSet", FORWARDER_NAMESPACE)]
+    assert docs[0]["metadata"]["name"] == FORWARDER_NAMESPACE
+    assert docs[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    # The controller's namespace keeps refusing anything privileged.
+    (namespace,) = load_docs("namespace.yaml")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_forwarder_command_is_accepted_by_its_cli():
+    args = forwarder_args()
+    assert args["name"] == "<NODE_NAME>" and args["bridge"]
+    env = {e["name"]: e for e in forwarder_container()["env"]}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+
+
+def test_forwarder_image_and_selector():
+    daemonset = one(render(), "DaemonSet", "ryu-nsm-forwarder")
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert forwarder_container()["image"] == f"ryu-nsm-forwarder:{version}"
+    labels = daemonset["spec"]["template"]["metadata"]["labels"]
+    assert daemonset["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert forwarder_pod()["nodeSelector"] == {"ryu-nsm.io/forwarder": "true"}
+
+
+def test_forwarder_reaches_ovsdb_namespaces_and_nsm_through_host_paths():
+    from ovs_forwarder.ovsdb import DEFAULT_REMOTE
+    from ovs_forwarder.plumbing import NETNS_RUN_DIR
+
+    args = forwarder_args()
+    mounts = forwarder_mounts()
+    assert mounts.keys() == FORWARDER_HOST_PATHS.keys()
+    # Each at its host path, so the addresses mean the same inside and out.
+    assert all(host == inside for host, inside in mounts.items())
+    assert args["ovsdb"] == DEFAULT_REMOTE
+    assert str(Path(args["ovsdb"].removeprefix("unix:")).parent) in mounts
+    assert NETNS_RUN_DIR in mounts
+    (listen,) = args["listen"]
+    socket_path = Path(listen.removeprefix("unix://"))
+    assert listen.startswith("unix:///") and str(socket_path.parent) == "/var/lib/networkservicemesh"
+    volumes = {v["name"]: v["hostPath"] for v in forwarder_pod()["volumes"]}
+    netns_mount = next(m for m in forwarder_container()["volumeMounts"] if m["mountPath"] == NETNS_RUN_DIR)
+    # Namespaces named after the Pod started are bind mounts that must propagate into it.
+    assert netns_mount["mountPropagation"] == "HostToContainer"
+    assert volumes[netns_mount["name"]]["type"] == "DirectoryOrCreate"
+
+
+def test_forwarder_has_the_privileges_it_needs_and_no_more():
+    pod = forwarder_pod()
+    container = forwarder_container()
+    security = container["securityContext"]
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert set(security["capabilities"]["add"]) == FORWARDER_CAPABILITIES
+    assert security["privileged"] is False and security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    # Root, as the image says, so that the added capabilities take effect.
+    assert security["runAsUser"] == target_user("forwarder") == 0
+    # The host's network (the veth's host end meets ovs-vswitchd) and PIDs (/proc/<pid>/ns/net); no IPC.
+    assert pod["hostNetwork"] is True and pod["hostPID"] is True and not pod.get("hostIPC")
+    for mount in container["volumeMounts"]:
+        assert mount.get("readOnly", False) == (mount["mountPath"] != "/var/lib/networkservicemesh"), mount
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= container["resources"][kind].keys(), kind
+    # Each capability is explained where it is granted and in deploy/README.md.
+    manifest = (DEPLOY / FORWARDER).read_text()
+    readme = (DEPLOY / "README.md").read_text()
+    for capability in FORWARDER_CAPABILITIES:
+        assert f"# {capability}: " in manifest and f"`{capability}`" in readme, capability
+
+
+def test_forwarder_reads_no_api():
+    pod = forwarder_pod()
+    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+    assert not any(d["kind"] in ("ServiceAccount", "Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
+                   for d in load_docs(FORWARDER))
+
+
 # --- dry-run render -----------------------------------------------------------------------------------
 
 def test_kustomization_lists_every_manifest_but_nsms_own():
@@ -508,12 +635,13 @@ def test_render_is_a_consistent_set():
     docs = render()
     keys = [(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs]
     assert len(keys) == len(set(keys)), "an object is defined twice"
-    namespace = one(docs, "Namespace")["metadata"]["name"]
+    forwarder = {(d["kind"], d["metadata"]["name"]) for d in load_docs(FORWARDER)}
     for kind, ns, name in keys:
-        assert ns == (None if kind in CLUSTER_SCOPED else namespace), (kind, name)
+        expected = "ryu-nsm" if (kind, name) not in forwarder else FORWARDER_NAMESPACE
+        assert ns == (None if kind in CLUSTER_SCOPED else expected), (kind, name)
     index = set(keys)
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
-    assert ("ServiceAccount", namespace, pod["serviceAccountName"]) in index
+    assert ("ServiceAccount", "ryu-nsm", pod["serviceAccountName"]) in index
     for volume in pod["volumes"]:
         if "configMap" in volume:
             config = one(docs, "ConfigMap", volume["configMap"]["name"])
@@ -558,10 +686,86 @@ def dockerfile() -> list[tuple[str, str]]:
     return lines
 
 
+def dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
+    """Each stage's instructions (its FROM first) by the name it is given with `AS`."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    for instruction, args in dockerfile():
+        if instruction == "FROM":
+            words = args.split()
+            assert len(words) == 3 and words[1].upper() == "AS", f"an unnamed stage: FROM {args}"
+            stages[words[2]] = []
+        stages[next(reversed(stages))].append((instruction, args))
+    return stages
+
+
+def stage_parents(stage: str) -> list[str]:
+    """The stages `stage` starts from (FROM) or takes files from (COPY --from, RUN --mount from=)."""
+    stages = dockerfile_stages()
+    parents = []
+    for instruction, args in stages[stage]:
+        words = args.split()
+        if instruction == "FROM":
+            parents.append(words[0])
+        elif instruction == "COPY":
+            parents += [w.removeprefix("--from=") for w in words if w.startswith("--from=")]
+        elif instruction == "RUN":
+            parents += re.findall(r"--mount=\S*\bfrom=([^,\s]+)", args)
+    return [p for p in parents if p in stages]
+
+
+def target_stages(target: str) -> list[str]:
+    """`target` and every stage it needs, in Dockerfile order (BuildKit builds no other)."""
+    needed, todo = set(), [target]
+    while todo:
+        stage = todo.pop()
+        if stage not in needed:
+            needed.add(stage)
+            todo += stage_parents(stage)
+    return [stage for stage in dockerfile_stages() if stage in needed]
+
+
+def target_instructions(target: str, kind: str) -> list[str]:
+    """The arguments of every `kind` instruction of the stages `target` needs."""
+    stages = dockerfile_stages()
+    return [args for stage in target_stages(target) for instruction, args in stages[stage]
+            if instruction == kind]
+
+
+def target_image(target: str) -> list[tuple[str, str]]:
+    """The instructions that make the image of `target`: its own and its FROM ancestors', oldest first."""
+    stages = dockerfile_stages()
+    chain = [target]
+    while (base := stages[chain[-1]][0][1].split()[0]) in stages:
+        chain.append(base)
+    return [line for stage in reversed(chain) for line in stages[stage]]
+
+
+def context_sources(target: str) -> list[str]:
+    """Paths of the build context that the stages of `target` COPY (COPY --from takes from a stage)."""
+    sources = []
+    for args in target_instructions(target, "COPY"):
+        words = shlex.split(args)
+        if not any(w.startswith("--from=") for w in words):
+            sources += [w for w in words[:-1] if not w.startswith("--")]
+    return sources
+
+
+def target_user(target: str) -> int:
+    """The UID the image of `target` runs as (root when no USER says otherwise)."""
+    users = [args for instruction, args in target_image(target) if instruction == "USER"]
+    return int(users[-1].split(":")[0]) if users else 0
+
+
 def dockerfile_user() -> int:
-    users = [args for instruction, args in dockerfile() if instruction == "USER"]
-    assert users, "the image runs as root: no USER"
-    return int(users[-1].split(":")[0])
+    """The controller image's UID."""
+    return target_user("controller")
+
+
+def packaged_dirs() -> set[str]:
+    """The top-level packages pyproject.toml's setuptools find includes."""
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    return {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()
+            and any(fnmatch.fnmatchcase(p.name, pattern) for pattern in include["include"])}
 
 
 def docker_included(relpath: str) -> bool:
@@ -579,32 +783,80 @@ def docker_included(relpath: str) -> bool:
     return included
 
 
-def test_dockerfile_starts_from_python_slim_and_ends_unprivileged():
-    instructions = dockerfile()
-    assert instructions[0][0] == "FROM"
-    assert all(args.split()[0] == "python:3.11-slim" for instruction, args in instructions
-               if instruction == "FROM")
+def pinned(requirement: str, args: str) -> str | None:
+    """The version a command line pins `requirement` to (NAME==VERSION), or None."""
+    match = re.search(rf"(?<![\w.-]){re.escape(requirement)}==([\w.]+)", args)
+    return match.group(1) if match else None
+
+
+def test_dockerfile_starts_from_python_slim_or_an_earlier_stage():
+    seen = []
+    for stage, lines in dockerfile_stages().items():
+        base = lines[0][1].split()[0]
+        assert base == "python:3.11-slim" or base in seen, f"{stage} starts from {base}"
+        seen.append(stage)
+
+
+def test_dockerfile_has_a_target_per_role_and_builds_the_controller_by_default():
+    stages = list(dockerfile_stages())
+    assert {"controller", "forwarder"} <= set(stages)
+    assert stages[-1] == "controller"
+    readme = (DEPLOY / "README.md").read_text()
+    for target, tag in (("controller", "ryu-nsm:0.1.0"), ("forwarder", "ryu-nsm-forwarder:0.1.0")):
+        assert f"docker build --target {target} -t {tag} ." in readme, target
+
+
+@pytest.mark.parametrize(("target", "script"), [("controller", "ryu-nsm"), ("forwarder", "ovs-forwarder")])
+def test_dockerfile_entrypoint_is_the_console_script_in_exec_form(target, script):
+    (entrypoint,) = [args for instruction, args in dockerfile_stages()[target] if instruction == "ENTRYPOINT"]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert json.loads(entrypoint) == [script] and script in scripts
+
+
+def test_controller_image_ends_unprivileged():
     assert dockerfile_user() != 0
-    last_user = [args for instruction, args in instructions if instruction == "USER"][-1]
+    last_user = [args for instruction, args in target_image("controller") if instruction == "USER"][-1]
     assert last_user.split(":")[0] not in ("root", "0")
 
 
-def test_dockerfile_entrypoint_is_the_console_script_in_exec_form():
-    (entrypoint,) = [args for instruction, args in dockerfile() if instruction == "ENTRYPOINT"]
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert json.loads(entrypoint) == ["ryu-nsm"] and "ryu-nsm" in scripts
+def test_forwarder_image_is_root_on_purpose():
+    # Said, not inherited: its capabilities reach only a root process (see the Dockerfile's comment).
+    users = [args for instruction, args in dockerfile_stages()["forwarder"] if instruction == "USER"]
+    assert users == ["0:0"]
 
 
-def test_dockerfile_installs_the_package_from_the_build_context():
-    runs = " ".join(args for instruction, args in dockerfile() if instruction == "RUN")
-    assert re.search(r"pip (wheel|install) [^&]*\.(\s|$)", runs), "the package itself is not installed"
-    copied = [shlex.split(args)[:-1] for instruction, args in dockerfile()
-              if instruction == "COPY" and "--from" not in args]
-    sources = [src for srcs in copied for src in srcs if not src.startswith("--")]
-    assert {"pyproject.toml", "README.md", "ryu_nsm"} <= set(sources)
+@pytest.mark.parametrize("target", ["controller", "forwarder"])
+def test_dockerfile_installs_every_package_from_the_build_context(target):
+    runs = " ".join(target_instructions(target, "RUN"))
+    assert re.search(r"pip wheel [^&]*\.(\s|$)", runs), "the package itself is not built"
+    assert re.search(r"pip install [^&]*ryu-nsm", runs), "the package itself is not installed"
+    sources = context_sources(target)
+    assert {"pyproject.toml", "README.md"} | packaged_dirs() <= set(sources)
+    assert packaged_dirs() == {"ryu_nsm", "nsm_api", "ovs_forwarder"}
     for src in sources:
         assert (ROOT / src).exists() and docker_included(src), src
-    for module in (ROOT / "ryu_nsm").rglob("*.py"):
-        assert docker_included(str(module.relative_to(ROOT))), module
+    for package in packaged_dirs():
+        for module in (ROOT / package).rglob("*.py"):
+            assert docker_included(str(module.relative_to(ROOT))), module
     for kept_out in (".venv/bin/python", ".git/HEAD", "tests/test_deploy.py", "ryu_nsm/__pycache__/cli.pyc"):
         assert not docker_included(kept_out), kept_out
+
+
+@pytest.mark.parametrize("target", ["controller", "forwarder"])
+def test_dockerfile_installs_the_ovs_library_the_tests_run_against(target):
+    # ryu_nsm.sources.ovsdb and ovs_forwarder.ovsdb import it; pyproject.toml does not list it.
+    wheel = [pinned("ovs", args) for args in target_instructions(target, "RUN") if "pip wheel" in args]
+    install = [pinned("ovs", args) for args in target_instructions(target, "RUN") if "pip install" in args]
+    assert len(set(wheel + install)) == 1 and None not in wheel + install, (wheel, install)
+    tested = importlib.metadata.version("ovs").split(".")[:2]
+    assert wheel[0].split(".")[:2] == tested, f"the image's ovs {wheel[0]}, the tests' {tested}"
+
+
+def test_forwarder_image_has_the_schema_its_ovsdb_idl_reads():
+    from ovs_forwarder.ovsdb import DEFAULT_SCHEMA
+
+    copies = [shlex.split(args) for args in target_instructions("forwarder", "COPY") if "--from=" in args]
+    assert any(words[-1] == DEFAULT_SCHEMA and words[-2] == DEFAULT_SCHEMA for words in copies), copies
+    (schema_stage,) = [words[0].removeprefix("--from=") for words in copies if words[-1] == DEFAULT_SCHEMA]
+    runs = " ".join(args for instruction, args in dockerfile_stages()[schema_stage] if instruction == "RUN")
+    assert f".{DEFAULT_SCHEMA}" in runs and "apt-get download openvswitch-switch" in runs
