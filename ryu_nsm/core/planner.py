@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
+from ryu_nsm.core.chains import follow
 from ryu_nsm.core.fabric import Fabric
 from ryu_nsm.core.flows import WireEnds, WireQos, pipeline_flows, protected_wire_flows, queued, wire_flows
 from ryu_nsm.core.flowspec import (
@@ -32,7 +33,7 @@ from ryu_nsm.core.flowspec import (
 )
 from ryu_nsm.core.model import Attachment, ClientRequest, Problem, Resources
 from ryu_nsm.core.pathing import FabricView, NoPath, Path, TagAllocator, TagSpaceExhausted
-from ryu_nsm.core.resolver import Connection, resolve
+from ryu_nsm.core.resolver import FAILED, Connection, resolve
 from ryu_nsm.qos.admission import (
     Demand,
     Ledger,
@@ -47,7 +48,6 @@ from ryu_nsm.qos.admission import (
 from ryu_nsm.qos.service_level import ServiceLevel, format_duration, select
 
 PLANNED = "planned"
-FAILED = "failed"
 WAITING = "waiting"  # an end is on a switch that has not reported its ports yet
 
 
@@ -380,17 +380,6 @@ def _find_backups(router: _Router, resolved: Mapping[str, Connection], planned: 
             touched.add(cid)
 
 
-def _follow(head: str, resolved: Mapping[str, Connection], by_client: Mapping[tuple, str]) -> tuple[str, ...]:
-    """The wires of the chain from ``head`` on: a service function's Pod shares its endpoint's name,
-    so its own request for the same service (the lowest id, as ``report.chains`` takes it) is next."""
-    wires, step = [], head
-    while step is not None and step not in wires:
-        wires.append(step)
-        conn = resolved[step]
-        step = by_client.get((conn.namespace, conn.network_service, conn.endpoint)) if conn.endpoint else None
-    return tuple(wires)
-
-
 class _ChainPass:
     """Chain-wide latency bounds, after every connection is routed on its own.
 
@@ -411,19 +400,27 @@ class _ChainPass:
         self.before, self.touched, self.everything = before, touched, everything
         self.chains: dict[str, tuple[str, ...]] = {}
         self.member_of: dict[str, list[str]] = {}
+        self.by_client: dict[tuple[str, str, str], str] = {}  # (namespace, service, client) → wire
+
+    def _next(self, wire: str) -> str | None:
+        """The chain's wire after ``wire``: its endpoint's own request for the same service (the
+        lowest id, as ``report.chains`` takes it)."""
+        conn = self.resolved[wire]
+        if not conn.endpoint:
+            return None
+        return self.by_client.get((conn.namespace, conn.network_service, conn.endpoint))
 
     def run(self) -> None:
         """Bound every chain that needs it, then record what each chain comes to on its head."""
-        by_client: dict[tuple, str] = {}
         for cid, conn in self.resolved.items():
             key = (conn.namespace, conn.network_service, conn.client)
-            if key not in by_client or cid < by_client[key]:
-                by_client[key] = cid
+            if key not in self.by_client or cid < self.by_client[key]:
+                self.by_client[key] = cid
         for cid, pc in self.planned.items():
             level = pc.level
             if pc.state == PLANNED and level is not None and level.chain_latency and (
                     level.max_latency is not None):
-                self.chains[cid] = _follow(cid, self.resolved, by_client)
+                self.chains[cid] = follow(cid, self._next)
         for head, wires in self.chains.items():
             for wire in wires:
                 self.member_of.setdefault(wire, []).append(head)
