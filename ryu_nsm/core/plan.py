@@ -33,7 +33,7 @@ class FabricState:
     # with no other way, it stays where it is.
     avoid: Mapping[str, frozenset[str]] = field(default_factory=dict, compare=False, hash=False)
     # Link name → one-way latency (s) measured to last above the declared one: paths are planned with
-    # it. Pass the same object again while it has not changed; a new one re-plans every connection.
+    # it. New placements are chosen by it; placements that exist stay (the closed loop judges them).
     latency: Mapping[str, float] = field(default_factory=dict, compare=False, hash=False)
 
 

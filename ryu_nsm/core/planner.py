@@ -48,8 +48,9 @@ def make_plan(
 
     ``tag_hints`` ((connection id, link name) → tag) are tags found on the switches: they win over
     the previous plan's, so a fresh controller keeps whatever tags the fabric already carries.
-    Pass the same mapping object again while it has not changed: only a new one is checked against
-    the tags connections hold.
+    Inputs are compared with the previous plan's by equality: a caller may rebuild an equal one
+    freely, and changes one by passing a new one (the plan keeps the mappings it was given, so one
+    changed in place afterwards looks unchanged).
     """
     state = state or FabricState()
     hints = tag_hints if tag_hints is not None else {}
@@ -109,13 +110,17 @@ def _changes(basis: Basis | None, state: FabricState, hints: Mapping[tuple[str, 
         return _Changes(True, False, frozenset(), True, frozenset())
     was = basis.state
     same_fabric = (was.down_links, was.down_switches) == (state.down_links, state.down_switches)
-    moved_ports = frozenset(key for key, _ in was.ports.items() ^ state.ports.items()) if (
-        was.ports is not state.ports) else frozenset()
-    moved_away = frozenset(cid for cid, _ in was.avoid.items() ^ state.avoid.items()) if (
-        was.avoid is not state.avoid) else frozenset()
-    # New service levels may change any connection: everything is planned anew (a rare event).
-    return _Changes(basis.resources.service_levels != levels, same_fabric, moved_ports,
-                    basis.hints is not hints, moved_away)
+    # By equality: a mapping rebuilt as it was changes nothing.
+    return _Changes(basis.resources.service_levels != levels, same_fabric,
+                    _changed_keys(was.ports, state.ports), not _same(basis.hints, hints),
+                    _changed_keys(was.avoid, state.avoid))
+
+
+def _changed_keys(old: Mapping, new: Mapping) -> frozenset:
+    """The keys whose value came, went or changed from ``old`` to ``new``."""
+    if _same(old, new):  # the common case, cheaper than the difference
+        return frozenset()
+    return frozenset(key for key, _ in old.items() ^ new.items())
 
 
 def _resolve(resources: Resources, basis: Basis | None, before: Mapping[str, PlannedConnection],
@@ -127,7 +132,7 @@ def _resolve(resources: Resources, basis: Basis | None, before: Mapping[str, Pla
     if basis is not None and (basis.resources.services == resources.services
                               and basis.resources.endpoints == resources.endpoints):
         old = basis.requests
-        settled = frozenset(cid for cid, r in requests.items() if (o := old.get(cid)) is r or o == r)
+        settled = frozenset(cid for cid, r in requests.items() if _same(old.get(cid), r))
     previous = basis.resolved if basis else {c: pc.connection for c, pc in before.items()}
     return requests, resolve(resources, previous, settled)
 
@@ -137,7 +142,7 @@ def _views(fabric: Fabric, state: FabricState, basis: Basis | None,
     """The fabric as it is (what placements are judged by) and with measured latency (what new
     placements are chosen by; the controller's closed loop judges existing ones by it)."""
     view = basis.view if same_fabric else FabricView(fabric, state.down_links, state.down_switches)
-    if same_fabric and (basis.state.latency is state.latency or basis.state.latency == state.latency):
+    if same_fabric and _same(basis.state.latency, state.latency):
         return view, basis.measured_view
     slower = _measured(fabric, state.latency)
     return view, view if slower is None else FabricView(slower, state.down_links, state.down_switches)
@@ -186,7 +191,7 @@ def _keep(before: Mapping[str, PlannedConnection], resolved: Mapping[str, Connec
     quick = changes.quick
     for cid, conn in resolved.items():
         old = before.get(cid)
-        if quick and old is not None and old.connection is conn and old.state == PLANNED:
+        if quick and old is not None and old.state == PLANNED and _same(old.connection, conn):
             planned[cid] = old  # the common case, without a call
         elif _still_good(old, conn, view, hints, changes):
             planned[cid] = old
@@ -200,7 +205,7 @@ def _still_good(old: PlannedConnection | None, conn: Connection, view: FabricVie
     """True when ``old`` is still how ``conn`` should be planned."""
     if changes.anew_all or old is None or old.state != PLANNED:
         return False
-    if not (old.connection is conn or old.connection == conn):
+    if not _same(old.connection, conn):
         return False
     if not changes.same_fabric:
         if not all(view.intact(path) for path in (old.path, old.backup) if path):
@@ -296,6 +301,11 @@ def _pipeline(fabric: Fabric, state: FabricState) -> dict[str, tuple[FlowSpec, .
     """The base flows of every switch that is not down."""
     return {s.name: tuple(pipeline_flows(fabric, s.name)) for s in fabric.switches
             if s.name not in state.down_switches}
+
+
+def _same(old: object, new: object) -> bool:
+    """Equality, tried by identity first: most of what a plan compares is the very object it saw."""
+    return old is new or old == new
 
 
 def _level(levels: tuple[ServiceLevel, ...], conn: Connection) -> ServiceLevel | None:
