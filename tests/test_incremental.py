@@ -17,6 +17,7 @@ from ryu_nsm.qos.service_level import ServiceLevel
 
 from .fabrics import ring
 from .test_controller import FakeFabric, ports_of
+from .test_planner import resources_for
 
 CLIENTS = 6
 SWITCHES = ("s1", "s2", "s3", "s4", "s5")
@@ -229,3 +230,62 @@ def test_controller_switches_hold_exactly_the_plan_after_every_change(data):
         for cid, pc in ctl.plan.connections.items():
             expected = UP if pc.state == PLANNED else ctl.switches._connection_state(pc)
             assert ctl.connection_state(cid) == expected
+
+
+def _rebuilt_world():
+    """A small plan, and a function rebuilding its inputs: equal, but new objects throughout."""
+    fabric = ring(4, {"c0": ("s1",), "c1": ("s1",), "e0": ("s3",), "e1": ("s3",)}, latency=0.001)
+    atts = {h: attachment(fabric, h) for h in ("c0", "c1", "e0", "e1")}
+    resources = resources_for([(atts["c0"], atts["e0"]), (atts["c1"], atts["e1"])])
+    resources = replace(resources, service_levels=(
+        ServiceLevel("guaranteed", "svc", guaranteed_bandwidth=10_000_000, priority=1),))
+    ports = {(a.switch, a.port): fabric.attachment_port(a) for a in atts.values()}
+    state = FabricState(ports=ports, avoid={"default/c0/nsm-1": frozenset()},
+                        latency={fabric.links[0].name: 0.002})
+    plan = make_plan(fabric, resources, state, None, {})
+    hints = {(cid, link): tag for cid, pc in plan.connections.items() for link, tag in pc.tags}
+    # A tag found on a switch that c1 cannot have (c0 holds it): c1 keeps disagreeing with the hints.
+    c0, c1 = (plan.connections[f"default/{c}/nsm-1"] for c in ("c0", "c1"))
+    shared = next(link for link, _ in c1.tags if link in dict(c0.tags))
+    hints[(c1.id, shared)] = dict(c0.tags)[shared]
+    plan = make_plan(fabric, resources, state, plan, hints)
+    assert plan.touched == {c1.id} and dict(plan.connections[c1.id].tags)[shared] != hints[(c1.id, shared)]
+
+    def rebuilt(**changes):
+        """The inputs again, as new equal objects, with ``changes`` (requests, ports, avoid, hints)."""
+        requests = changes.get("requests", tuple(replace(r) for r in resources.requests))
+        state_again = FabricState(frozenset(state.down_links), frozenset(state.down_switches),
+                                  changes.get("ports", dict(ports)), frozenset(state.unreported),
+                                  changes.get("avoid", dict(state.avoid)), dict(state.latency))
+        return (replace(resources, requests=requests), state_again, changes.get("hints", dict(hints)))
+
+    return fabric, plan, rebuilt
+
+
+def test_inputs_rebuilt_equal_plan_as_the_same_objects_do():
+    """Equal inputs are unchanged inputs, whatever their identity: nothing is planned anew."""
+    fabric, plan, rebuilt = _rebuilt_world()
+    resources, state, hints = rebuilt()
+    again = make_plan(fabric, resources, state, plan, hints)
+    assert again.touched == frozenset()
+    assert all(again.connections[cid] is pc for cid, pc in plan.connections.items())
+    assert again.basis.measured_view is plan.basis.measured_view
+
+
+def test_a_changed_input_is_planned_anew():
+    """The other side of the test above: each kind of change reaches the connections it concerns."""
+    fabric, plan, rebuilt = _rebuilt_world()
+    c0, c1 = "default/c0/nsm-1", "default/c1/nsm-1"
+    before = plan.basis
+    client = plan.connections[c0].connection.client_attachment
+    link, tag = plan.connections[c1].tags[0]
+    changes = [
+        (dict(requests=tuple(replace(r, labels=FrozenMap(n="1", x="y")) if r.id == c1 else r
+                             for r in before.resources.requests)), {c1}),
+        (dict(ports={**before.state.ports, (client.switch, client.port): 99}), {c0}),
+        (dict(avoid={c1: frozenset({"nowhere"})}), {c0, c1}),  # c0's entry went, c1's came
+        (dict(hints={**before.hints, (c1, link): tag + 1}), {c1}),
+    ]
+    for change, expected in changes:
+        resources, state, hints = rebuilt(**change)
+        assert make_plan(fabric, resources, state, plan, hints).touched == expected, change
