@@ -21,7 +21,7 @@ from ryu_nsm.core.flowspec import FlowSpec, GroupSpec, MeterSpec
 from ryu_nsm.core.model import Resources
 from ryu_nsm.core.planner import FabricState, Plan, make_plan
 from ryu_nsm.core.quality import QualityManager, ReadCounters, SendProbe
-from ryu_nsm.core.status import Change, Counters, History, Status, SwitchStatus
+from ryu_nsm.core.status import Counters, History, HistoryEntry, Status, SwitchStatus
 from ryu_nsm.core.switches import FAILED, PENDING, UP, PortInfo, Program, ReadFlows, SwitchManager
 from ryu_nsm.qos.measure import LinkQuality
 
@@ -51,11 +51,11 @@ class Controller:
         self._declared = False
 
     @property
-    def history(self) -> deque[Change]:
+    def history(self) -> deque[HistoryEntry]:
         """Recent changes to connections, oldest first."""
         return self.records.changes
 
-    def _note(self, change: Change) -> None:
+    def _note(self, change: HistoryEntry) -> None:
         self.records.add(change)
 
     # -- inputs ---------------------------------------------------------------------------------

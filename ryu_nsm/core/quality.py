@@ -18,7 +18,7 @@ from ryu_nsm.core.fabric import Fabric, Link
 from ryu_nsm.core.flowspec import FlowSpec, Table
 from ryu_nsm.core.manager import Manager
 from ryu_nsm.core.planner import PLANNED, FabricState, Plan, PlannedConnection
-from ryu_nsm.core.status import SLOW_MARGIN, Change, ConnectionStatus, LinkStatus, PathMeasurement
+from ryu_nsm.core.status import SLOW_MARGIN, ConnectionStatus, HistoryEntry, LinkStatus, PathMeasurement
 from ryu_nsm.core.switches import SwitchState
 from ryu_nsm.qos.measure import LinkQuality, Measurements, path_quality
 
@@ -48,7 +48,7 @@ class SendProbe:
 class QualityManager(Manager):
     """Measurements, rates, service level checks, and the links connections and paths keep off."""
 
-    def __init__(self, fabric: Fabric, plan: Plan, note: Callable[[Change], None], sla_window: float,
+    def __init__(self, fabric: Fabric, plan: Plan, note: Callable[[HistoryEntry], None], sla_window: float,
                  avoid_hold: float, probe_window: int, probe_timeout: float):
         """``note``: where a breach acted on is written down (the history)."""
         self.fabric = fabric
@@ -237,7 +237,7 @@ class QualityManager(Manager):
             which = f"moving {', '.join(movers)} " if pc.chain is not None else "moving "
             what = (f"service level {level.name} broken for {now - since:.1f} s: {broken}; "
                     f"{which}off {', '.join(sorted(bad))}")
-            self.note(Change(now, cid, what))
+            self.note(HistoryEntry(now, cid, what))
             self.breaches[level.name] += 1
             log.warning("connection %s: %s", cid, what)
             moved = True

@@ -21,7 +21,7 @@ SLOW_MARGIN = 0.001  # s: a link measured this much above its declared latency i
 
 
 @dataclass(frozen=True)
-class Change:
+class HistoryEntry:
     """A line of history: what happened to a connection, when and why."""
 
     time: float
@@ -81,7 +81,7 @@ class Status:
     fabric: str
     connections: tuple[ConnectionStatus, ...]
     switches: tuple[SwitchStatus, ...]
-    history: tuple[Change, ...]
+    history: tuple[HistoryEntry, ...]
     problems: tuple[str, ...]
     reservations: tuple[dict, ...]  # the admission ledger's own description, per link
     counters: Counters
@@ -94,12 +94,12 @@ class History(Manager):
     def __init__(self, avoided: Callable[[str], frozenset[str]]):
         """``avoided``: the links a connection is kept away from (the QoS loop's), to tell why it moved."""
         self.avoided = avoided
-        self.changes: deque[Change] = deque(maxlen=500)
+        self.changes: deque[HistoryEntry] = deque(maxlen=500)
         # Moves by why (link_down, switch_down, service_level, other); connections gone to failed.
         self.moves: Counter[str] = Counter()
         self.failures = 0
 
-    def add(self, change: Change) -> None:
+    def add(self, change: HistoryEntry) -> None:
         self.changes.append(change)
 
     def plan_changed(self, before: Plan, after: Plan, state: FabricState, now: float) -> None:
@@ -115,10 +115,10 @@ class History(Manager):
             if new.event and (what is None or new.event not in what):
                 what = f"{what}; {new.event}" if what else new.event
             if what:
-                self.changes.append(Change(now, cid, what))
+                self.changes.append(HistoryEntry(now, cid, what))
                 log.info("connection %s %s", cid, what)
         for cid in before.connections.keys() - after.connections.keys():
-            self.changes.append(Change(now, cid, "removed"))
+            self.changes.append(HistoryEntry(now, cid, "removed"))
             log.info("connection %s removed", cid)
 
     def _what(self, old: PlannedConnection | None, new: PlannedConnection, state: FabricState) -> str | None:

@@ -40,6 +40,7 @@ from ryu_nsm.core.reconcile import (
     diff_keyed,
     diff_objects,
 )
+from ryu_nsm.core.resolver import FAILED
 
 log = logging.getLogger("ryu_nsm.core.controller")
 
@@ -47,7 +48,6 @@ MAX_DRAIN = 1.0  # s: a path slower than that is not waited for
 
 UP = "up"
 PENDING = "pending"
-FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class ReadFlows:
 
 @dataclass(frozen=True)
 class Program:
-    """Change switches in phases (add, modify, delete); each phase is barrier-confirmed on every
+    """HistoryEntry switches in phases (add, modify, delete); each phase is barrier-confirmed on every
     switch before the next one starts. Answer with ``program_done``."""
 
     id: int

@@ -61,7 +61,7 @@ class Held:
 
 
 @dataclass(frozen=True)
-class Change:
+class HeldChange:
     """A connection put (``held`` is what is held now) or withdrawn (``held`` is None)."""
 
     connection_id: str
@@ -116,7 +116,7 @@ class GrpcRequests:
         self._report = report
         self._lock = threading.Lock()
         self._held: dict[str, Held] = {}
-        self._subscribers: list[queue.SimpleQueue[Change]] = []
+        self._subscribers: list[queue.SimpleQueue[HeldChange]] = []
         report(Resources())
 
     def put(self, connection: Connection, request: ClientRequest) -> bool:
@@ -127,7 +127,7 @@ class GrpcRequests:
             if before is not None and before.request == request:
                 return False
             self._publish()
-            self._tell(Change(connection.id, held))
+            self._tell(HeldChange(connection.id, held))
             return True
 
     def withdraw(self, connection_id: str) -> bool:
@@ -136,17 +136,17 @@ class GrpcRequests:
             if self._held.pop(connection_id, None) is None:
                 return False
             self._publish()
-            self._tell(Change(connection_id, None))
+            self._tell(HeldChange(connection_id, None))
             return True
 
-    def subscribe(self) -> tuple[dict[str, Held], queue.SimpleQueue[Change]]:
+    def subscribe(self) -> tuple[dict[str, Held], queue.SimpleQueue[HeldChange]]:
         """What is held now and a queue of every change after it (nothing falls between)."""
-        changes: queue.SimpleQueue[Change] = queue.SimpleQueue()
+        changes: queue.SimpleQueue[HeldChange] = queue.SimpleQueue()
         with self._lock:
             self._subscribers.append(changes)
             return dict(self._held), changes
 
-    def unsubscribe(self, changes: queue.SimpleQueue[Change]) -> None:
+    def unsubscribe(self, changes: queue.SimpleQueue[HeldChange]) -> None:
         with self._lock:
             self._subscribers.remove(changes)
 
@@ -159,7 +159,7 @@ class GrpcRequests:
         # Under the lock: reports reach the controller in the order the changes happened.
         self._report(Resources(requests=tuple(h.request for h in self._held.values())))
 
-    def _tell(self, change: Change) -> None:
+    def _tell(self, change: HeldChange) -> None:
         for changes in self._subscribers:
             changes.put(change)
 
@@ -350,7 +350,7 @@ def _as_connection(held: Held, entry: dict) -> Connection:
                       state=connection_pb2.UP if entry.get("state") == "up" else connection_pb2.DOWN)
 
 
-def _drain(changes: queue.SimpleQueue[Change], wait: float) -> list[Change]:
+def _drain(changes: queue.SimpleQueue[HeldChange], wait: float) -> list[HeldChange]:
     """The changes queued now, waiting up to ``wait`` seconds for the first."""
     try:
         out = [changes.get(timeout=wait)]
