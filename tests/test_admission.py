@@ -16,18 +16,13 @@ from hypothesis import strategies as st
 
 from ryu_nsm.core.fabric import Fabric, Link, Switch
 from ryu_nsm.core.pathing import FabricView, NoPath, Path
-from ryu_nsm.qos.admission import (
-    AdmissionError,
-    Demand,
-    Ledger,
-    Leg,
+from ryu_nsm.qos.admission import admit, admit_all, demand_for
+from ryu_nsm.qos.chain_routing import Leg, constrained_chain
+from ryu_nsm.qos.ledger import AdmissionError, Demand, Ledger
+from ryu_nsm.qos.routing import (
     NoBackup,
     NoFeasiblePath,
-    admit,
-    admit_all,
-    constrained_chain,
     constrained_path,
-    demand_for,
     disjoint_backup,
     meets_latency,
     protected_pair,

@@ -33,17 +33,10 @@ from ryu_nsm.core.flowspec import (
 from ryu_nsm.core.model import Attachment, ClientRequest, Problem, Resources
 from ryu_nsm.core.pathing import FabricView, NoPath, Path, TagAllocator, TagSpaceExhausted
 from ryu_nsm.core.resolver import Connection, resolve
-from ryu_nsm.qos.admission import (
-    Demand,
-    Ledger,
-    Leg,
-    NoFeasiblePath,
-    Reservation,
-    admit,
-    constrained_chain,
-    demand_for,
-    meets_latency,
-)
+from ryu_nsm.qos.admission import admit, demand_for
+from ryu_nsm.qos.chain_routing import Leg, constrained_chain
+from ryu_nsm.qos.ledger import Demand, Ledger, Reservation
+from ryu_nsm.qos.routing import NoFeasiblePath, meets_latency
 from ryu_nsm.qos.service_level import ServiceLevel, format_duration, select
 
 PLANNED = "planned"
