@@ -777,5 +777,5 @@ def test_a_chain_never_takes_more_room_than_is_free(fabric, data):
 
 def test_the_routing_graph_is_built_once_per_view():
     view = FabricView(ring(4))
-    assert routing_graph(view) is routing_graph(view)
+    assert routing_graph(view) is routing_graph(view) is view.routing
     assert routing_graph(routing_graph(view)) is routing_graph(view)

@@ -11,12 +11,11 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from ryu_nsm.core.pathing import FabricView, Path
+from ryu_nsm.core.pathing import FabricView, Path, RoutingGraph
 from ryu_nsm.qos.ledger import Demand, Direction, Ledger, Reservation, directions
 from ryu_nsm.qos.routing import (
     NoBackup,
     NoFeasiblePath,
-    RoutingGraph,
     constrained_path,
     disjoint_backup,
     meets_latency,

@@ -15,12 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ryu_nsm.core.fabric import Link
-from ryu_nsm.core.pathing import FabricView, Path
+from ryu_nsm.core.pathing import FabricView, Path, RoutingGraph
 from ryu_nsm.qos.ledger import Ledger, whole_bits
 from ryu_nsm.qos.routing import (
     LATENCY_TOLERANCE,
     NoFeasiblePath,
-    RoutingGraph,
     constrained_path,
     fastest_from,
     meets_latency,

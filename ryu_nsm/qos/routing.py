@@ -1,6 +1,6 @@
 """Constrained routing: the cheapest path that has room and meets a latency bound, and disjoint backups.
 
-An exact resource-constrained shortest path search (A* over cost and latency labels) on a
+An exact resource-constrained shortest path search (A* over cost and latency labels) on the view's
 RoutingGraph, the usable fabric as adjacency lists; a min-cost flow for disjoint pairs when the
 cheapest primary leaves no backup. A failed search says why. See docs/admission.md.
 """
@@ -11,13 +11,11 @@ import functools
 import heapq
 import itertools
 import math
-import weakref
 from collections.abc import Iterable
 
 import networkx as nx
 
-from ryu_nsm.core.fabric import Link
-from ryu_nsm.core.pathing import FabricView, NoPath, Path
+from ryu_nsm.core.pathing import FabricView, NoPath, Path, RoutingGraph
 from ryu_nsm.qos.ledger import Bottleneck, Ledger, path_text, whole_bits
 from ryu_nsm.qos.service_level import format_bandwidth, format_duration
 
@@ -31,63 +29,9 @@ def meets_latency(latency: float, bound: float | None) -> bool:
     return bound is None or latency <= bound * (1 + LATENCY_TOLERANCE)
 
 
-# -- the routing graph --------------------------------------------------------------------------
-
-
-class RoutingGraph:
-    """The usable fabric of a FabricView as adjacency lists (parallel links kept, declaration order),
-    with lower bounds of cost and latency to each destination, computed once per destination."""
-
-    def __init__(self, view: FabricView):
-        self.view = view
-        up = [s.name for s in view.fabric.switches if s.name not in view.down_switches]
-        # switch → (neighbour, link, link name); the name is kept because Link.name is computed.
-        self.adjacency: dict[str, list[tuple[str, Link, str]]] = {name: [] for name in up}
-        self.links: dict[str, Link] = {}
-        for link in view.fabric.links:
-            name = link.name
-            if name in view.down_links or link.a == link.b:
-                continue
-            if link.a in self.adjacency and link.b in self.adjacency:
-                self.links[name] = link
-                self.adjacency[link.a].append((link.b, link, name))
-                self.adjacency[link.b].append((link.a, link, name))
-        self._bounds: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
-
-    def bounds(self, dst: str) -> tuple[dict[str, float], dict[str, float]]:
-        """(least cost, least latency) from every switch that reaches ``dst`` to ``dst``."""
-        if dst not in self._bounds:
-            self._bounds[dst] = (self._dijkstra(dst, "cost"), self._dijkstra(dst, "latency"))
-        return self._bounds[dst]
-
-    def _dijkstra(self, origin: str, weight: str) -> dict[str, float]:
-        dist = {origin: 0.0}
-        heap = [(0.0, origin)]
-        done: set[str] = set()
-        while heap:
-            d, node = heapq.heappop(heap)
-            if node in done:
-                continue
-            done.add(node)
-            for nb, link, _ in self.adjacency[node]:
-                nd = d + getattr(link, weight)
-                if nd < dist.get(nb, math.inf):
-                    dist[nb] = nd
-                    heapq.heappush(heap, (nd, nb))
-        return dist
-
-
-_GRAPHS: weakref.WeakKeyDictionary[FabricView, RoutingGraph] = weakref.WeakKeyDictionary()
-
-
 def routing_graph(view: FabricView | RoutingGraph) -> RoutingGraph:
-    """The RoutingGraph of a view, built once per view (a view is one state of the fabric)."""
-    if isinstance(view, RoutingGraph):
-        return view
-    graph = _GRAPHS.get(view)
-    if graph is None:
-        graph = _GRAPHS[view] = RoutingGraph(view)
-    return graph
+    """The RoutingGraph of a view (built once per view: a view is one state of the fabric)."""
+    return view if isinstance(view, RoutingGraph) else view.routing
 
 
 # -- constrained paths --------------------------------------------------------------------------
