@@ -50,7 +50,9 @@ from common import figure
 
 from ryu_nsm.core.fabric import Fabric
 from ryu_nsm.core.pathing import FabricView, NoPath
-from ryu_nsm.qos.admission import Decision, Demand, Ledger, admit_all, demand_for, meets_latency
+from ryu_nsm.qos.admission import Decision, admit_all, demand_for
+from ryu_nsm.qos.ledger import Demand, Ledger
+from ryu_nsm.qos.routing import meets_latency
 from ryu_nsm.qos.service_level import ServiceLevel, parse_service_level
 from ryu_nsm.sources.topology import fat_tree
 

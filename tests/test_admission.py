@@ -16,18 +16,13 @@ from hypothesis import strategies as st
 
 from ryu_nsm.core.fabric import Fabric, Link, Switch
 from ryu_nsm.core.pathing import FabricView, NoPath, Path
-from ryu_nsm.qos.admission import (
-    AdmissionError,
-    Demand,
-    Ledger,
-    Leg,
+from ryu_nsm.qos.admission import admit, admit_all, demand_for
+from ryu_nsm.qos.chain_routing import Leg, constrained_chain
+from ryu_nsm.qos.ledger import AdmissionError, Demand, Ledger
+from ryu_nsm.qos.routing import (
     NoBackup,
     NoFeasiblePath,
-    admit,
-    admit_all,
-    constrained_chain,
     constrained_path,
-    demand_for,
     disjoint_backup,
     meets_latency,
     protected_pair,
@@ -782,5 +777,5 @@ def test_a_chain_never_takes_more_room_than_is_free(fabric, data):
 
 def test_the_routing_graph_is_built_once_per_view():
     view = FabricView(ring(4))
-    assert routing_graph(view) is routing_graph(view)
+    assert routing_graph(view) is routing_graph(view) is view.routing
     assert routing_graph(routing_graph(view)) is routing_graph(view)

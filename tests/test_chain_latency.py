@@ -28,7 +28,7 @@ from ryu_nsm.core.model import (
 )
 from ryu_nsm.core.planner import FAILED, PLANNED, FabricState, make_plan
 from ryu_nsm.observe.report import connection_entry, render_text, status_json
-from ryu_nsm.qos.admission import meets_latency
+from ryu_nsm.qos.routing import meets_latency
 from ryu_nsm.qos.service_level import ServiceLevel
 
 from .flowsim import FabricSim

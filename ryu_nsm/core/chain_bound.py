@@ -11,15 +11,9 @@ from ryu_nsm.core.pathing import Path
 from ryu_nsm.core.plan import PLANNED, ChainBound, PlannedConnection
 from ryu_nsm.core.resolver import FAILED, Connection
 from ryu_nsm.core.router import Router
-from ryu_nsm.qos.admission import (
-    Demand,
-    Ledger,
-    Leg,
-    NoFeasiblePath,
-    Reservation,
-    constrained_chain,
-    meets_latency,
-)
+from ryu_nsm.qos.chain_routing import Leg, constrained_chain
+from ryu_nsm.qos.ledger import Demand, Ledger, Reservation
+from ryu_nsm.qos.routing import NoFeasiblePath, meets_latency
 from ryu_nsm.qos.service_level import format_duration
 
 

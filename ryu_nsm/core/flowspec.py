@@ -139,20 +139,17 @@ class PipelineError(ValueError):
     """A flow that does not fit its table's declaration: a bug in the compiler, caught at build time."""
 
 
-_CHECKED_SHAPES: set[tuple] = set()
-
-
-def _check_shape(table: int, fields: tuple[str, ...], actions: tuple[str, ...], goto: int | None) -> None:
-    """PipelineError unless a flow of this shape fits its table's declaration."""
+def _check_fits(table: int, fields: list[str], actions: list[str], goto: int | None) -> None:
+    """PipelineError unless a flow with these match fields, action kinds and goto fits its table."""
     rule = PIPELINE.get(table)
     if rule is None:
         raise PipelineError(f"table {table} is not in the pipeline")
-    bad = set(fields) - rule.match_fields
-    if bad:
-        raise PipelineError(f"table {Table(table).name} may not match {sorted(bad)}")
-    bad = set(actions) - rule.actions
-    if bad:
-        raise PipelineError(f"table {Table(table).name} may not {sorted(bad)}")
+    # Subset tests on the declared frozensets: nothing is built unless there is an error to word.
+    if not rule.match_fields.issuperset(fields):
+        bad = sorted(set(fields) - rule.match_fields)
+        raise PipelineError(f"table {Table(table).name} may not match {bad}")
+    if not rule.actions.issuperset(actions):
+        raise PipelineError(f"table {Table(table).name} may not {sorted(set(actions) - rule.actions)}")
     if goto is not None and goto not in rule.may_goto:
         raise PipelineError(f"table {Table(table).name} may not go to table {goto}")
 
@@ -170,12 +167,8 @@ class FlowSpec:
     meter: int | None = None
 
     def __post_init__(self) -> None:
-        # Flows come in few shapes (table, match fields, action kinds, goto): each is checked once.
-        fields = tuple(name for name, _ in self.match)
-        shape = (self.table, fields, tuple(a[0] for a in self.actions), self.goto)
-        if shape not in _CHECKED_SHAPES:
-            _check_shape(*shape)
-            _CHECKED_SHAPES.add(shape)
+        # Checked every time: cheaper than looking the flow's shape up in a cache of shapes seen.
+        _check_fits(self.table, [name for name, _ in self.match], [a[0] for a in self.actions], self.goto)
         if len(self.match) > 1 and list(self.match) != sorted(self.match):
             object.__setattr__(self, "match", tuple(sorted(self.match)))
 

@@ -3,12 +3,16 @@
 Paths are cheapest by link ``cost`` (networkx Dijkstra over the switches that are up, with links
 that are down removed); ties break deterministically by the fabric's declaration order, so the same
 fabric always gives the same paths. A path that is still intact is kept (sticky), so a link coming
-back does not move connections again.
+back does not move connections again. A view also holds the routing graph that qos's constrained
+path searches run on.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import heapq
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -62,6 +66,13 @@ class FabricView:
         self.graph = graph
         self._shortest: dict[tuple[str, str], Path | NoPath] = {}
 
+    # The routing graph of qos's constrained searches lives here, not in qos, so that the view can
+    # own it without core importing qos (qos imports pathing); one per view, gone with the view.
+    @functools.cached_property
+    def routing(self) -> RoutingGraph:
+        """This view as adjacency lists for constrained path searches, built on first use."""
+        return RoutingGraph(self)
+
     def forget_paths(self) -> None:
         """Drop the paths found so far (benchmarks time the searches, not the lookups)."""
         self._shortest.clear()
@@ -97,6 +108,49 @@ class FabricView:
             raise NoPath(f"no path from {src} to {dst} with the links that are up") from None
         links = tuple(self.graph.edges[u, v]["link"] for u, v in zip(nodes, nodes[1:], strict=False))
         return Path(tuple(nodes), links)
+
+
+class RoutingGraph:
+    """The usable fabric of a FabricView as adjacency lists (parallel links kept, declaration order),
+    with lower bounds of cost and latency to each destination, computed once per destination."""
+
+    def __init__(self, view: FabricView):
+        self.view = view
+        up = [s.name for s in view.fabric.switches if s.name not in view.down_switches]
+        # switch → (neighbour, link, link name); the name is kept because Link.name is computed.
+        self.adjacency: dict[str, list[tuple[str, Link, str]]] = {name: [] for name in up}
+        self.links: dict[str, Link] = {}
+        for link in view.fabric.links:
+            name = link.name
+            if name in view.down_links or link.a == link.b:
+                continue
+            if link.a in self.adjacency and link.b in self.adjacency:
+                self.links[name] = link
+                self.adjacency[link.a].append((link.b, link, name))
+                self.adjacency[link.b].append((link.a, link, name))
+        self._bounds: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
+
+    def bounds(self, dst: str) -> tuple[dict[str, float], dict[str, float]]:
+        """(least cost, least latency) from every switch that reaches ``dst`` to ``dst``."""
+        if dst not in self._bounds:
+            self._bounds[dst] = (self._dijkstra(dst, "cost"), self._dijkstra(dst, "latency"))
+        return self._bounds[dst]
+
+    def _dijkstra(self, origin: str, weight: str) -> dict[str, float]:
+        dist = {origin: 0.0}
+        heap = [(0.0, origin)]
+        done: set[str] = set()
+        while heap:
+            d, node = heapq.heappop(heap)
+            if node in done:
+                continue
+            done.add(node)
+            for nb, link, _ in self.adjacency[node]:
+                nd = d + getattr(link, weight)
+                if nd < dist.get(nb, math.inf):
+                    dist[nb] = nd
+                    heapq.heappush(heap, (nd, nb))
+        return dist
 
 
 class TagSpaceExhausted(Exception):

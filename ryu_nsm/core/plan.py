@@ -12,7 +12,8 @@ from ryu_nsm.core.flowspec import FlowSpec, GroupSpec, MeterSpec
 from ryu_nsm.core.model import ClientRequest, Problem, Resources
 from ryu_nsm.core.pathing import FabricView, Path, TagAllocator
 from ryu_nsm.core.resolver import FAILED, Connection
-from ryu_nsm.qos.admission import Ledger, meets_latency
+from ryu_nsm.qos.ledger import Ledger
+from ryu_nsm.qos.routing import meets_latency
 from ryu_nsm.qos.service_level import ServiceLevel
 
 PLANNED = "planned"

@@ -33,7 +33,7 @@ from ryu_nsm.core.pathing import FabricView, TagAllocator
 from ryu_nsm.core.plan import PLANNED, WAITING, Basis, FabricState, Plan, PlannedConnection
 from ryu_nsm.core.resolver import FAILED, Connection, resolve
 from ryu_nsm.core.router import Router, backup_key, crank_key, group_keys, meter_keys
-from ryu_nsm.qos.admission import Ledger
+from ryu_nsm.qos.ledger import Ledger
 from ryu_nsm.qos.service_level import ServiceLevel, select
 
 

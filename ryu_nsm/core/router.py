@@ -12,7 +12,8 @@ from ryu_nsm.core.model import Attachment
 from ryu_nsm.core.pathing import FabricView, NoPath, Path, TagAllocator, TagSpaceExhausted
 from ryu_nsm.core.plan import PLANNED, WAITING, FabricState, PlannedConnection
 from ryu_nsm.core.resolver import FAILED, Connection
-from ryu_nsm.qos.admission import Ledger, admit, demand_for
+from ryu_nsm.qos.admission import admit, demand_for
+from ryu_nsm.qos.ledger import Ledger
 from ryu_nsm.qos.service_level import ServiceLevel
 
 
