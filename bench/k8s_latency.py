@@ -82,7 +82,7 @@ from common import (
 
 from ryu_nsm.core.fabric import Fabric
 from ryu_nsm.core.flowspec import wire_cookie
-from ryu_nsm.k8s import status as k8s_status
+from ryu_nsm.k8s import connection_status
 from ryu_nsm.lab.controller_process import ControllerProcess, wait_for
 from ryu_nsm.sources.topology import load_topology
 
@@ -288,12 +288,12 @@ class Reports:
     def _follow(self) -> None:
         stream = kubernetes.watch.Watch(return_type="object")
         try:
-            for event in stream.stream(self.custom.list_cluster_custom_object, k8s_status.GROUP,
-                                       k8s_status.VERSION, k8s_status.PLURAL):
+            for event in stream.stream(self.custom.list_cluster_custom_object, connection_status.GROUP,
+                                       connection_status.VERSION, connection_status.PLURAL):
                 seen = time.perf_counter()
                 obj = event["object"]
                 annotations = obj.get("metadata", {}).get("annotations") or {}
-                cid = annotations.get(k8s_status.CONNECTION_ANNOTATION)
+                cid = annotations.get(connection_status.CONNECTION_ANNOTATION)
                 up = obj.get("status", {}).get("state") == "Up"
                 if event["type"] in ("ADDED", "MODIFIED") and cid and up:
                     with self.changed:

@@ -166,7 +166,7 @@ def _serve_nsm(source, app: NsmApp, listen: Sequence[str]) -> Callable[[], None]
 def _start_cluster_side(app: NsmApp, api, source, options: KubernetesOptions) -> list[Callable[[], None]]:
     """Status writer loop, and the leader elector when asked; returns their stop functions."""
     from ryu_nsm.k8s.client import StatusLoop
-    from ryu_nsm.k8s.status import StatusWriter
+    from ryu_nsm.k8s.status_writer import StatusWriter
 
     elector = None
     if options.leader_elect:

@@ -263,7 +263,7 @@ def written_connections(tmp_path: Path) -> list[dict]:
     """The NetworkServiceConnections the status writer makes of a real controller's status: the demo
     chain (pending, no switch is connected) and a Pod asking for a service that does not exist."""
     from ryu_nsm.core.controller import Controller
-    from ryu_nsm.k8s.status import desired_connections
+    from ryu_nsm.k8s.connection_status import desired_connections
     from ryu_nsm.observe.report import status_json
     from ryu_nsm.sources.files import load_paths
 

@@ -23,8 +23,9 @@ OURS = ("ryu_nsm", "nsm_api", "ovs_forwarder")
 # OpenFlow shell) or that the forwarder serves with. ryu_nsm.lab is not among them: it drives Mininet.
 LAZY_IMPORTS = (
     "ryu_nsm.wiring", "ryu_nsm.openflow.shell", "ryu_nsm.openflow.launch", "ryu_nsm.sources.kubernetes",
-    "ryu_nsm.sources.ovsdb", "ryu_nsm.sources.nsm_grpc", "ryu_nsm.k8s.client", "ryu_nsm.k8s.status",
-    "ryu_nsm.k8s.leader", "ryu_nsm.observe.status_api", "ryu_nsm.observe.metrics", "nsm_api.serving",
+    "ryu_nsm.sources.ovsdb", "ryu_nsm.sources.nsm_grpc", "ryu_nsm.k8s.client",
+    "ryu_nsm.k8s.connection_status", "ryu_nsm.k8s.status_writer", "ryu_nsm.k8s.leader",
+    "ryu_nsm.observe.status_api", "ryu_nsm.observe.metrics", "nsm_api.serving",
     "nsm_api.registry_pb2_grpc", "ovs_forwarder.server", "ovs_forwarder.plumbing", "ovs_forwarder.ovsdb",
 )
 

@@ -18,20 +18,20 @@ from ryu_nsm.core.controller import Controller
 from ryu_nsm.core.model import Attachment, FrozenMap, Match, Resources
 from ryu_nsm.core.planner import FAILED, FabricState, make_plan
 from ryu_nsm.k8s.client import POOL_SIZE, StatusLoop, api_client
-from ryu_nsm.k8s.status import (
+from ryu_nsm.k8s.connection_status import (
     API_VERSION,
     CONNECTION_ANNOTATION,
     KIND,
     MANAGED_BY,
     MANAGER,
     PLURAL,
-    StatusWriter,
     connection_object_name,
     desired_connections,
     merge_conditions,
     parse_problem,
     short_reason,
 )
+from ryu_nsm.k8s.status_writer import StatusWriter
 from ryu_nsm.observe.report import chains, connection_entry, status_json
 from ryu_nsm.sources import Document, load_paths, parse_located
 from ryu_nsm.sources.kubernetes import KINDS as WATCHED_KINDS
