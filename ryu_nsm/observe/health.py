@@ -115,9 +115,10 @@ class Supervised:
                     if time.monotonic() - started > self.max_backoff:
                         delay = self.initial_backoff  # it ran a good while: a new failure, not the same one
                     wait = delay * (1 + random.random() * 0.5) if self.jitter else delay
-                    self.loop.restarts += 1
+                    # Logged before it is counted: whoever sees the count finds the log line.
                     log.exception("loop %s failed; restart %d in %.1f s", self.loop.name,
-                                  self.loop.restarts, wait)
+                                  self.loop.restarts + 1, wait)
+                    self.loop.restarts += 1
                     delay = min(self.max_backoff, delay * 2)
                     self.stop_event.wait(wait)
         finally:
