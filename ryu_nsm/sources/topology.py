@@ -35,10 +35,11 @@ from ryu_nsm.sources.topology_build import (
 from ryu_nsm.sources.topology_fat_tree import _add_fat_tree, _generator_params, fat_tree
 from ryu_nsm.sources.topology_graph import _FORMATS, _import_graph, _import_section
 
-__all__ = ["TopologyError", "fat_tree", "load_topology"]
+__all__ = ["TopologyError", "fabric_warnings", "fat_tree", "load_topology"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_NAMED_LINKS = 10  # a warning names this many links, then counts the rest
 
 
 def _name(at: _At, value: Any, what: str, limit: int | None = None) -> str:
@@ -205,3 +206,14 @@ def load_topology(path: str | Path, params: dict | None = None) -> Fabric:
         raise at.key("switches").error("no switches: give switches, import or generator")
     tags = _tag_range(at.key("tags"), doc["tags"]) if "tags" in doc else (2, 4094)
     return builder.build(name, tags, _defaults(at.key("defaults"), doc.get("defaults")))
+
+
+def fabric_warnings(fabric: Fabric) -> list[str]:
+    """What is legal in a fabric but likely a mistake, in words: links that plan at 0 ms."""
+    links = fabric.undeclared_latency
+    if not links:
+        return []
+    named = ", ".join(links[:_NAMED_LINKS]) + (f" and {len(links) - _NAMED_LINKS} more"
+                                               if len(links) > _NAMED_LINKS else "")
+    return [f"fabric {fabric.name}: {len(links)} link(s) without latency (no latency, distance, coordinates "
+            f"or default latency) plan at 0 ms, so any path meets a latency bound: {named}"]

@@ -174,11 +174,13 @@ class _Builder:
                 raise link.at.error(f"a link from {link.a!r} to itself")
         ports = self._number_ports()
         self._check_port_names(ports)
+        values = [self._link_values(link, defaults) for link in self.links]
         links = tuple(
-            Link(link.a, ports[id(link), "a"], link.b, ports[id(link), "b"],
-                 **self._link_values(link, defaults))
-            for link in self.links
+            Link(link.a, ports[id(link), "a"], link.b, ports[id(link), "b"], **given)
+            for link, given in zip(self.links, values, strict=True)
         )
+        undeclared = tuple(made.name for made, given in zip(links, values, strict=True)
+                           if "latency" not in given)
         hosts = tuple(
             Host(host.name, tuple(
                 HostInterface(host.name, intf.name, intf.switch, ports[id(intf), ""],
@@ -192,7 +194,7 @@ class _Builder:
             extra["labels"] = dict(self.labels)
         if self.coordinates:
             extra["coordinates"] = dict(self.coordinates)
-        return Fabric(name, tuple(switches.values()), links, hosts, tag_range, extra)
+        return Fabric(name, tuple(switches.values()), links, hosts, tag_range, extra, undeclared)
 
     def _switches(self) -> dict[str, Switch]:
         by_name: dict[str, Switch] = {}
@@ -276,6 +278,7 @@ class _Builder:
             owners[port_name] = at.field
 
     def _link_values(self, link: _LinkDraft, defaults: dict[str, float]) -> dict[str, float]:
+        """Capacity, cost, queue and, when any source gives it, latency."""
         values = {"capacity": link.attrs.get("capacity", defaults["capacity"]),
                   "cost": link.attrs.get("cost", defaults["cost"]),
                   "queue": link.attrs.get("queue", defaults["queue"])}
@@ -286,7 +289,7 @@ class _Builder:
             values["latency"] = link.attrs["latency"]
         elif distance is not None:
             values["latency"] = distance * 1000.0 / FIBRE_SPEED
-        else:
+        elif "latency" in defaults:
             values["latency"] = defaults["latency"]
         return values
 
@@ -334,7 +337,8 @@ def _link_attrs(at: _At, raw: dict) -> dict[str, float]:
 
 
 def _defaults(at: _At, value: Any) -> dict[str, float]:
-    defaults = {"capacity": Link.capacity, "latency": Link.latency, "cost": Link.cost, "queue": Link.queue}
+    """Link defaults; latency only when given, so that a link with none is known (undeclared_latency)."""
+    defaults = {"capacity": Link.capacity, "cost": Link.cost, "queue": Link.queue}
     if value is not None:
         defaults.update(_link_attrs(at, _mapping(at, value, ("capacity", "latency", "cost", "queue"))))
     return defaults

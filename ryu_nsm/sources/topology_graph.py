@@ -33,6 +33,8 @@ MAX_IMPORTED_NAME = MAX_IFNAME - len("-eth999")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _FALLBACK_NAME = re.compile(r"^s\d+$")
 _FORMATS = {".graphml": "graphml", ".xml": "graphml", ".json": "node-link"}
+# (edge key, link attribute), first found wins: topology collections publish distance as `dist` (km)
+_EDGE_KEYS = (("latency", "latency"), ("distance", "distance"), ("dist", "distance"), ("cost", "cost"))
 
 
 def _import_section(builder: _Builder, yaml_path: Path, at: _At, value: Any) -> None:
@@ -173,6 +175,31 @@ def _coordinate(at: _At, data: dict, names: tuple[str, str], limit: float) -> fl
     return value
 
 
+def _position(at: _At, data: dict) -> tuple[float, float] | None:
+    """(latitude, longitude) from Topology Zoo's Latitude/Longitude, else from ``pos``.
+
+    ``pos`` is [longitude, latitude], GeoJSON's order, as the node-link files of topology
+    collections give it.
+    """
+    lat = _coordinate(at, data, ("Latitude", "latitude"), 90.0)
+    lon = _coordinate(at, data, ("Longitude", "longitude"), 180.0)
+    if lat is not None and lon is not None:
+        return lat, lon
+    pos = data.get("pos")
+    if pos is None:
+        return None
+    lon, lat = (_number(v) for v in pos) if isinstance(pos, list | tuple) and len(pos) == 2 else (None, None)
+    if lon is None or lat is None or not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
+        raise at.key("pos").error(f"expected [longitude, latitude] in degrees, got {pos!r}")
+    return lat, lon
+
+
+def _label(node: Any, data: dict) -> str:
+    """What an imported node is called: its ``label``, else its ``name``, else its id."""
+    given = [data.get(key) for key in ("label", "name")]
+    return next((str(text) for text in given if text not in (None, "")), str(node))
+
+
 def _add_graph(builder: _Builder, graph: nx.Graph, src: _At) -> None:
     if not graph.number_of_nodes():
         raise src.key("nodes").error("the graph has no nodes")
@@ -180,16 +207,15 @@ def _add_graph(builder: _Builder, graph: nx.Graph, src: _At) -> None:
     taken: set[str] = set()
     for index, (node, data) in enumerate(graph.nodes(data=True), 1):
         at = src.key(f"node {node}")
-        label = str(data["label"]) if data.get("label") not in (None, "") else str(node)
+        label = _label(node, data)
         name = _imported_name(label, index, taken)
         taken.add(name)
         names[node] = name
         builder.switches.append((name, None, at))
         builder.labels[name] = label
-        lat = _coordinate(at, data, ("Latitude", "latitude"), 90.0)
-        lon = _coordinate(at, data, ("Longitude", "longitude"), 180.0)
-        if lat is not None and lon is not None:
-            builder.coordinates[name] = (lat, lon)
+        position = _position(at, data)
+        if position is not None:
+            builder.coordinates[name] = position
     pending: Counter[tuple] = Counter()  # directed edges waiting for their reverse
     edges = graph.edges(keys=True, data=True) if graph.is_multigraph() else graph.edges(data=True)
     for u, v, *rest in edges:
@@ -216,7 +242,7 @@ def _edge_attrs(at: _At, data: dict) -> dict[str, float]:
         if "LinkSpeed" in present:
             text = f"{present['LinkSpeed']}{present.get('LinkSpeedUnits', '')}"
             attrs["capacity"] = _parse(at.key("LinkSpeed"), _capacity, text)
-    for key in ("latency", "distance", "cost"):
-        if key in present:
-            attrs[key] = _parse(at.key(key), _PARSERS[key], present[key])
+    for key, attr in _EDGE_KEYS:
+        if key in present and attr not in attrs:
+            attrs[attr] = _parse(at.key(key), _PARSERS[attr], present[key])
     return attrs
