@@ -51,8 +51,10 @@ def cmd_plan(args) -> int:
     from ryu_nsm.core.planner import make_plan
     from ryu_nsm.observe.report import chains, connection_entry, render_text
     from ryu_nsm.sources.files import load_paths
+    from ryu_nsm.sources.topology import fabric_warnings
 
     fabric = _load_fabric(args)
+    warnings = fabric_warnings(fabric)  # printed, but they do not change the exit status
     resources = load_paths(args.requests)
     plan = make_plan(fabric, resources)
     report = {
@@ -72,6 +74,8 @@ def cmd_plan(args) -> int:
         print(json.dumps(report, indent=1))
     else:
         print(render_text(report))
+    for warning in warnings:
+        print(f"ryu-nsm: warning: {warning}", file=sys.stderr)
     for problem in plan.problems:
         print(f"ryu-nsm: invalid: {problem}", file=sys.stderr)
     return EXIT_INVALID if plan.problems else 0

@@ -5,6 +5,7 @@ forwarder the OVSDB watcher."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from ryu_nsm.observe import health
 from ryu_nsm.observe.picture import fabric_description
 from ryu_nsm.observe.status_api import StatusServer
 from ryu_nsm.openflow.shell import NsmApp, ShellSettings
+from ryu_nsm.sources.topology import fabric_warnings
 
 
 @dataclass
@@ -66,6 +68,8 @@ def run_controller(
     """
     from ryu_nsm.openflow import launch as oskenrun
 
+    for warning in fabric_warnings(fabric):
+        logging.getLogger("ryu_nsm.wiring").warning("%s", warning)
     stoppers: list[Callable[[], None]] = []
     kube_api = None
     if kubernetes is not None:

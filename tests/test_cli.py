@@ -68,3 +68,20 @@ def test_controller_options_are_not_taken_for_the_global_log_options():
     args = cli.build_parser().parse_args(["--log-format", "json", "controller", "--topology", "t.yaml",
                                           "--log", "ryu_nsm.sources.kubernetes=debug"])
     assert args.log == ["ryu_nsm.sources.kubernetes=debug"] and args.log_format == "json"
+
+
+def test_plan_warns_of_links_without_latency_and_still_exits_zero(tmp_path):
+    doc = json.loads((ROOT / "topologies" / "europe.json").read_text())
+    for item in doc["nodes"] + doc["links"]:
+        item.pop("pos", None)
+        item.pop("dist", None)
+    topology = tmp_path / "europe.json"
+    topology.write_text(json.dumps(doc))
+    requests = tmp_path / "requests"
+    requests.mkdir()
+    out = ryu_nsm("plan", "--json", str(topology), str(requests))
+    assert out.returncode == 0, out.stderr
+    assert "ryu-nsm: warning: fabric europe: 12 link(s) without latency" in out.stderr
+    assert "London:1-Paris:1" in out.stderr and out.stderr.rstrip().endswith("and 2 more")
+    shipped = ryu_nsm("plan", "topologies/europe.json", str(requests))
+    assert shipped.returncode == 0 and "warning" not in shipped.stderr

@@ -13,7 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ryu_nsm.core.fabric import Fabric
-from ryu_nsm.sources.topology import TopologyError, fat_tree, load_topology
+from ryu_nsm.core.pathing import FabricView
+from ryu_nsm.qos.admission import constrained_path
+from ryu_nsm.sources.topology import TopologyError, fabric_warnings, fat_tree, load_topology
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPOLOGIES = ROOT / "topologies"
@@ -417,6 +419,79 @@ def test_directed_node_link_pairs_the_two_directions_of_a_link(tmp_path):
     assert sorted(link.capacity for link in fabric.links) == [1e9, 5e9]
 
 
+# --- node-link files as topology collections publish them ----------------------------------------
+
+
+EUROPE = TOPOLOGIES / "europe.json"
+
+
+def _europe_dist() -> dict[frozenset[str], float]:
+    """The shipped europe.json's ``dist`` by the names of a link's ends."""
+    doc = json.loads(EUROPE.read_text())
+    names = [node["name"] for node in doc["nodes"]]
+    return {frozenset((names[edge["source"]], names[edge["target"]])): edge["dist"] for edge in doc["links"]}
+
+
+def _europe_without(tmp_path: Path, *keys: str) -> Path:
+    """A copy of the shipped europe.json with ``keys`` taken off every node and link."""
+    doc = json.loads(EUROPE.read_text())
+    for item in doc["nodes"] + doc["links"]:
+        for key in keys:
+            item.pop(key, None)
+    return write(tmp_path, "europe.json", json.dumps(doc))
+
+
+def test_published_node_link_file_takes_names_from_name_and_latency_from_dist():
+    fabric = load_topology(EUROPE)
+    assert [s.name for s in fabric.switches] == ["London", "Paris", "Brussels", "Cologne", "Lyon", "Zurich",
+                                                 "Munich", "Milan"]
+    dist = _europe_dist()
+    assert {frozenset((link.a, link.b)) for link in fabric.links} == set(dist)
+    for link in fabric.links:
+        assert link.latency == pytest.approx(dist[frozenset((link.a, link.b))] / FIBRE_KM_PER_S)
+    assert fabric.extra["coordinates"]["London"] == (51.5072, -0.1276)  # pos is [longitude, latitude]
+    assert fabric.undeclared_latency == () and fabric_warnings(fabric) == []
+    view = FabricView(fabric)
+    # Fewest hops is the long haul through Munich (6.3 ms); within 5.3 ms only the way by Paris
+    # and Zurich (5.25 ms) is left, not the one by Lyon (5.38 ms).
+    assert constrained_path(view, "London", "Milan").switches == ("London", "Munich", "Milan")
+    short = constrained_path(view, "London", "Milan", max_latency=5.3e-3)
+    assert short.switches == ("London", "Paris", "Zurich", "Milan")
+
+
+def test_pos_without_dist_is_read_as_longitude_then_latitude(tmp_path):
+    fabric = load_topology(_europe_without(tmp_path, "dist"))
+    dist = _europe_dist()  # the great circle, to 0.1 km
+    for link in fabric.links:
+        assert link.latency == pytest.approx(dist[frozenset((link.a, link.b))] / FIBRE_KM_PER_S, rel=1e-3)
+    assert fabric_warnings(fabric) == []
+
+
+def test_label_wins_over_name_and_distance_over_dist(tmp_path):
+    doc = {"nodes": [{"id": 0, "label": "Here", "name": "Ignored"}, {"id": 1, "name": "There"}],
+           "links": [{"source": 0, "target": 1, "distance": 299.792458, "dist": 1}]}
+    fabric = load_topology(write(tmp_path, "both.json", json.dumps(doc)))
+    assert [s.name for s in fabric.switches] == ["Here", "There"]
+    assert fabric.links[0].latency == pytest.approx(1.5e-3)
+
+
+def test_links_with_no_latency_from_any_source_are_named_in_a_warning(tmp_path):
+    fabric = load_topology(_europe_without(tmp_path, "dist", "pos"))
+    assert fabric.undeclared_latency == tuple(link.name for link in fabric.links)
+    assert all(link.latency == 0.0 for link in fabric.links)
+    (warning,) = fabric_warnings(fabric)
+    assert "12 link(s) without latency" in warning and "plan at 0 ms" in warning
+    assert all(link.name in warning for link in fabric.links[:10])
+    assert fabric.links[10].name not in warning and warning.endswith("and 2 more")
+    # A default latency, or one on the link, is a declared latency.
+    yaml_path = write(tmp_path, "europe.yaml", "import: europe.json\ndefaults: {latency: 1ms}\n")
+    assert load_topology(yaml_path).undeclared_latency == ()
+    partly = write(tmp_path, "partly.yaml", "switches: [s1, s2, s3]\n"
+                   "links: [{a: s1, b: s2, latency: 0}, [s2, s3]]\n")
+    assert load_topology(partly).undeclared_latency == ("s2:2-s3:1",)
+    assert fat_tree(2, latency="1ms").undeclared_latency == ()
+
+
 @pytest.mark.parametrize("name, text, field, problem", [
     ("a.graphml", "hello", "line 1, column 1", "not well-formed XML"),
     ("b.graphml", "<foo/>", "(top level)", "expected a <graphml> document"),
@@ -453,6 +528,14 @@ def test_directed_node_link_pairs_the_two_directions_of_a_link(tmp_path):
     ("j.json", '{"nodes": [], "links": []}', "nodes", "no nodes"),
     ("i.json", '{"nodes": [{"id": "a"}], "edges": [{"source": "a", "target": "a"}]}',
      "edge a-a", "to itself"),
+    ("k.json", '{"nodes": [{"id": "a", "pos": [10, 95]}], "links": []}',
+     "node a.pos", "expected [longitude, latitude] in degrees, got [10, 95]"),
+    ("l.json", '{"nodes": [{"id": "a", "pos": [-181, 0]}], "links": []}',
+     "node a.pos", "expected [longitude"),
+    ("m.json", '{"nodes": [{"id": "a", "pos": "51.5,-0.1"}], "links": []}',
+     "node a.pos", "expected [longitude"),
+    ("n.json", '{"nodes": [{"id": "a"}, {"id": "b"}], '
+     '"links": [{"source": "a", "target": "b", "dist": "far"}]}', "edge a-b.dist", "expected a distance"),
 ])
 def test_broken_graph_files_name_file_and_field(tmp_path, name, text, field, problem):
     path = write(tmp_path, name, text)

@@ -91,6 +91,9 @@ class Fabric:
     hosts: tuple[Host, ...] = ()
     tag_range: tuple[int, int] = (2, 4094)  # VLAN ids usable as per-link tags, inclusive
     extra: dict = field(default_factory=dict, compare=False, hash=False)
+    # Names of the links whose latency no source declared: they plan at Link.latency's 0 s, so any
+    # path meets a latency bound; sources.topology.fabric_warnings says so.
+    undeclared_latency: tuple[str, ...] = field(default=(), compare=False)
 
     @cached_property
     def switch_by_name(self) -> dict[str, Switch]:
