@@ -31,3 +31,18 @@ def test_code_is_ruff_clean():
         cwd=ROOT, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_how_it_works_table_matches_the_tree():
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## How it works"):text.index("**Pipeline.**")]
+    listed: dict[str, set[str]] = {}
+    for row in re.findall(r"^\| `ryu_nsm/([\w/]*)` \| ([^|]*) \|", section, re.M):
+        package, modules = row
+        listed[package.rstrip("/")] = set(re.findall(r"`(\w+\.py)`", modules))
+    package_dir = ROOT / "ryu_nsm"
+    tree = {"": {p.name for p in package_dir.glob("*.py") if p.name != "__init__.py"}}
+    for sub in package_dir.iterdir():
+        if (sub / "__init__.py").exists():
+            tree[sub.name] = {p.name for p in sub.glob("*.py") if p.name != "__init__.py"}
+    assert listed == tree
