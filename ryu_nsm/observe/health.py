@@ -136,7 +136,8 @@ def supervise(name: str, body: Callable[[Loop], None], period: float, stop: thre
 
 
 def exposition(registry: Registry | None = None) -> bytes:
-    """``/metrics`` text for the loops: restarts, and seconds since each loop's last progress."""
+    """``/metrics`` text for the loops: restarts, seconds since each loop's last progress, and whether
+    it is stale (the judgement ``/healthz`` makes)."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.exposition import generate_latest
     from prometheus_client.registry import CollectorRegistry
@@ -149,10 +150,14 @@ def exposition(registry: Registry | None = None) -> bytes:
                                            labels=["loop"])
             age = GaugeMetricFamily("ryu_nsm_loop_progress_age_seconds",
                                     "Seconds since the loop last made progress", labels=["loop"])
+            stale = GaugeMetricFamily("ryu_nsm_loop_stale",
+                                      "1 while the loop has made no progress within its period (/healthz)",
+                                      labels=["loop"])
             for loop in loops:
                 restarts.add_metric([loop.name], loop.restarts)
                 age.add_metric([loop.name], loop.age())
-            yield from (restarts, age)
+                stale.add_metric([loop.name], 1.0 if loop.stale() else 0.0)
+            yield from (restarts, age, stale)
 
     collectors = CollectorRegistry(auto_describe=False)
     collectors.register(LoopCollector())
