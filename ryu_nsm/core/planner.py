@@ -195,13 +195,14 @@ def make_plan(
     state: FabricState | None = None,
     previous: Plan | None = None,
     tag_hints: Mapping[tuple[str, str], int] | None = None,
+    now: float | None = None,
 ) -> Plan:
     """Resolve every request, route every connection and compile the desired flows of every switch.
 
     ``tag_hints`` ((connection id, link name) → tag) are tags found on the switches: they win over
     the previous plan's, so a fresh controller keeps whatever tags the fabric already carries.
     Pass the same mapping object again while it has not changed: only a new one is checked against
-    the tags connections hold.
+    the tags connections hold. Endpoints that have expired by ``now`` are no candidates.
     """
     state = state or FabricState()
     hints = tag_hints if tag_hints is not None else {}
@@ -214,7 +215,7 @@ def make_plan(
         old = basis.requests
         settled = frozenset(cid for cid, r in requests.items() if (o := old.get(cid)) is r or o == r)
     resolved = resolve(resources, basis.resolved if basis else {c: pc.connection for c, pc in before.items()},
-                       settled)
+                       settled, now)
 
     same_fabric = basis is not None and (basis.state.down_links, basis.state.down_switches) == (
         state.down_links, state.down_switches)

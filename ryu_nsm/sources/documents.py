@@ -8,6 +8,7 @@ docs/requests.md.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from urllib.parse import quote
@@ -36,8 +37,11 @@ _OUR_GROUP = SLA_API_VERSION.rpartition("/")[0]
 _OUR_KINDS = (SLA_KIND,)
 
 
-def _objects(doc: Document, body: object, base: str, problems: list[Problem]) -> Iterator[KubeObject]:
-    """The objects of ours in one document, Lists flattened; what is not an object is a Problem."""
+def _objects(
+    doc: Document, body: object, base: str, problems: list[Problem], skipped: list[Problem]
+) -> Iterator[KubeObject]:
+    """The objects of ours in one document, Lists flattened; what is not an object is a Problem and
+    an object of a kind not read here is noted in ``skipped`` (a misspelt kind must not vanish)."""
     if body is None and not base:
         return
     if not isinstance(body, dict):
@@ -64,11 +68,14 @@ def _objects(doc: Document, body: object, base: str, problems: list[Problem]) ->
         for index, item in enumerate(items):
             if isinstance(item, dict) and item_kind and "kind" not in item:
                 item = {"apiVersion": api, "kind": item_kind, **item}
-            yield from _objects(doc, item, item_path(items_path, index), problems)
+            yield from _objects(doc, item, item_path(items_path, index), problems, skipped)
         return
     if (group == NSM_GROUP and kind in _NSM_KINDS) or (group == "" and kind in _CORE_KINDS) or (
             group == _OUR_GROUP and kind in _OUR_KINDS):
         yield KubeObject(doc, base, body, kind)
+    else:
+        skipped.append(Problem(doc.source, doc.index, base, f"skipped: kind {kind!r} of apiVersion {api!r} "
+                               "is not one ryu-nsm reads"))
 
 
 def _version_ok(check: KubeCheck, obj: KubeObject) -> bool:
@@ -161,6 +168,7 @@ class _Parser:
         self.valid: dict[ObjectKey, dict] = {}
         self.seen: dict[tuple, KubeObject] = {}
         self.problems: list[Problem] = []
+        self.skipped: list[Problem] = []
 
     def _validate(
         self, obj: KubeObject, validate: Callable[[KubeCheck, KubeObject], object], context: object
@@ -225,7 +233,8 @@ def parse_keeping(
     """
     documents = list(documents)
     parser = _Parser(last_valid, memo)
-    objects = [obj for doc in documents for obj in _objects(doc, doc.body, "", parser.problems)]
+    objects = [obj for doc in documents
+               for obj in _objects(doc, doc.body, "", parser.problems, parser.skipped)]
     namespaces = parser.accept([obj for obj in objects if obj.kind == "Namespace"], parse_namespace)
     inherited = {key[1]: entries for key, entries in namespaces}
 
@@ -264,7 +273,8 @@ def parse_keeping(
     # Namespaces are read first, but their problems belong in document order like all others.
     order = {(doc.source, doc.index): position for position, doc in enumerate(documents)}
     problems = sorted(parser.problems, key=lambda p: order[(p.source, p.index)])
-    resources = Resources(tuple(services), tuple(endpoints), tuple(requests), tuple(problems), tuple(levels))
+    resources = Resources(tuple(services), tuple(endpoints), tuple(requests), tuple(problems), tuple(levels),
+                          tuple(parser.skipped))
     return resources, parser.valid
 
 
@@ -307,7 +317,7 @@ def dump_documents(resources: Resources) -> list[dict]:
             }
             if match.fallthrough:
                 item["fallthrough"] = True
-            if match.metadata:
+            if match.metadata is not None:
                 item["metadata"] = {"labels": match.metadata.to_dict()}
             matches.append(item)
         docs.append({
@@ -326,6 +336,9 @@ def dump_documents(resources: Resources) -> list[dict]:
         }
         if endpoint.url:
             spec["url"] = endpoint.url
+        if endpoint.expires is not None:
+            seconds = math.floor(endpoint.expires)
+            spec["expiration_time"] = {"seconds": seconds, "nanos": round((endpoint.expires - seconds) * 1e9)}
         docs.append({"apiVersion": NSM_API_VERSION, "kind": "NetworkServiceEndpoint",
                      "metadata": metadata, "spec": spec})
     pods: dict[tuple[str, str], list[ClientRequest]] = {}

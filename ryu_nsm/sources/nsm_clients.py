@@ -20,13 +20,11 @@ from ryu_nsm.sources.kube_objects import (
     IFNAME_RE,
     IFNAME_RULE,
     LABEL_KEY_RULE,
-    LABEL_VALUE_RULE,
     SUBDOMAIN_RULE,
     KubeCheck,
     KubeObject,
     is_dns1123_subdomain,
     label_key_ok,
-    label_value_ok,
     quoted,
     quoted_list,
     read_annotation,
@@ -109,10 +107,6 @@ def _query_labels(check: KubeCheck, query: str, path: str) -> FrozenMap | None:
         key, value = unquote_plus(raw_key), unquote_plus(raw_value)
         if not label_key_ok(key):
             check.error(path, f"expected {LABEL_KEY_RULE} in the query, found {describe_value(key)}")
-            ok = False
-        elif not label_value_ok(value, templates=False):
-            check.error(path,
-                        f"expected {LABEL_VALUE_RULE} for label {quoted(key)}, found {describe_value(value)}")
             ok = False
         elif key in labels:
             check.error(path, f"expected each label once in the query, found {quoted(key)} twice")

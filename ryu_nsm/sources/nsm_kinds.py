@@ -6,6 +6,7 @@ No I/O; fields and their checks are in docs/requests.md.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 from ryu_nsm.core.model import Attachment, Destination, Endpoint, Match, ModelError, NetworkService
 from ryu_nsm.core.validation import describe_value, expected, field_path, item_path, key_path
@@ -23,6 +24,7 @@ from ryu_nsm.sources.kube_objects import (
 )
 
 _UINT32_MAX = 2**32 - 1
+_TIMESTAMP_FORM = "an RFC 3339 time with a zone (2030-01-01T00:00:00Z) or {seconds, nanos}"
 
 
 def _spec(check: KubeCheck, obj: KubeObject, name: str | None) -> tuple[dict, str]:
@@ -65,7 +67,7 @@ def _match(check: KubeCheck, raw: object, path: str) -> Match | None:
     fields = check.fields(mapping, path, ("source_selector", "routes", "fallthrough", "metadata"))
     source = EMPTY
     if "source_selector" in fields:
-        source = check.labels(*fields["source_selector"], templates=True)
+        source = check.labels(*fields["source_selector"])
     routes = []
     raw_routes, where = fields.get("routes", (None, field_path(path, "routes")))
     for index, route in enumerate(check.sequence(raw_routes, where) or []):
@@ -79,17 +81,56 @@ def _match(check: KubeCheck, raw: object, path: str) -> Match | None:
             check.error(where, expected("true or false", value))
         else:
             fallthrough = value
-    metadata = EMPTY
-    if "metadata" in fields:
-        value, where = fields["metadata"]
-        inner = check.mapping(value, where)
-        if inner is not None:
-            labels = check.fields(inner, where, ("labels",))
-            if "labels" in labels:
-                metadata = check.labels(*labels["labels"])
-    if source is None or metadata is None:
+    metadata = _match_metadata(check, *fields.get("metadata", (None, "")))
+    if source is None or metadata is False:
         return None
     return Match(source, tuple(routes), fallthrough, metadata)
+
+
+def _match_metadata(check: KubeCheck, value: object, where: str) -> FrozenMap | None | bool:
+    """A match's metadata labels: None when it has none (absent or null, as protojson reads it), which
+    NSM tells apart from an empty one; False when invalid."""
+    if value is None:
+        return None
+    inner = check.mapping(value, where)
+    if inner is None:
+        return False
+    labels = check.fields(inner, where, ("labels",))
+    if "labels" not in labels:
+        return EMPTY
+    parsed = check.labels(*labels["labels"])
+    return False if parsed is None else parsed
+
+
+def _timestamp(check: KubeCheck, value: object, where: str) -> float | None:
+    """A protobuf Timestamp as protojson writes it (RFC 3339 text) or as a {seconds, nanos} mapping
+    (NSM's Kubernetes registry), in seconds since the epoch; None when unset or invalid."""
+    if isinstance(value, datetime):  # YAML reads an unquoted timestamp; without a zone it is UTC
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is None or parsed.tzinfo is None:
+            check.error(where, expected(_TIMESTAMP_FORM, value))
+            return None
+        return parsed.timestamp()
+    mapping = check.mapping(value, where)
+    if mapping is None or value is None:
+        return None
+    fields = check.fields(mapping, where, ("seconds", "nanos"))
+    parts = []
+    for name in ("seconds", "nanos"):
+        raw, at = fields.get(name, (0, where))
+        number = raw if isinstance(raw, int) and not isinstance(raw, bool) else None
+        if isinstance(raw, str) and raw.lstrip("-").isdigit():  # protojson writes int64 as text
+            number = int(raw)
+        if number is None:
+            check.error(at, expected("an integer", raw))
+            return None
+        parts.append(number)
+    return parts[0] + parts[1] / 1e9
 
 
 def _destination(check: KubeCheck, raw: object, path: str) -> Destination | None:
@@ -99,7 +140,7 @@ def _destination(check: KubeCheck, raw: object, path: str) -> Destination | None
     fields = check.fields(mapping, path, ("destination_selector", "weight"))
     selector = EMPTY
     if "destination_selector" in fields:
-        selector = check.labels(*fields["destination_selector"], templates=True)
+        selector = check.labels(*fields["destination_selector"])
     weight = 1
     if "weight" in fields and fields["weight"][0] is not None:
         value, where = fields["weight"]
@@ -114,8 +155,8 @@ def parse_endpoint(check: KubeCheck, obj: KubeObject) -> Endpoint | None:
     meta = read_metadata(check, obj)
     spec, path = _spec(check, obj, meta.name)
     fields = check.fields(
-        spec, path, ("name", "network_service_names", "network_service_labels", "url"),
-        ignored=("expiration_time", "initial_registration_time", "path_ids"),
+        spec, path, ("name", "network_service_names", "network_service_labels", "url", "expiration_time"),
+        ignored=("initial_registration_time", "path_ids"),
     )
     services: list[str] = []
     raw, where = fields.get("network_service_names", (None, field_path(path, "network_service_names")))
@@ -144,6 +185,7 @@ def parse_endpoint(check: KubeCheck, obj: KubeObject) -> Endpoint | None:
     url = ""
     if "url" in fields and fields["url"][0] is not None:
         url = check.string(*fields["url"]) or ""
+    expires = _timestamp(check, *fields.get("expiration_time", (None, "")))
     attachments: list[Attachment] = []
     text, where = read_annotation(check, meta, obj, ATTACHMENTS_ANNOTATION)
     for index, entry in enumerate(text.split(",") if text else []):
@@ -159,5 +201,6 @@ def parse_endpoint(check: KubeCheck, obj: KubeObject) -> Endpoint | None:
     if check.errors or meta.name is None:
         return None
     return Endpoint(
-        meta.name, meta.namespace, tuple(services), FrozenMap(service_labels), tuple(attachments), url
+        meta.name, meta.namespace, tuple(services), FrozenMap(service_labels), tuple(attachments), url,
+        expires,
     )
