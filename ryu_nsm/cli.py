@@ -56,7 +56,7 @@ def cmd_plan(args) -> int:
     fabric = _load_fabric(args)
     warnings = fabric_warnings(fabric)  # printed, but they do not change the exit status
     resources = load_paths(args.requests)
-    plan = make_plan(fabric, resources)
+    plan = make_plan(fabric, resources, now=time.time())  # endpoints expire by the wall clock
     report = {
         "fabric": fabric.name,
         "connections": [connection_entry(pc, pc.state) for pc in plan.connections.values()],
@@ -74,7 +74,7 @@ def cmd_plan(args) -> int:
         print(json.dumps(report, indent=1))
     else:
         print(render_text(report))
-    for warning in warnings:
+    for warning in [*warnings, *resources.warnings]:  # said, but not a reason to fail
         print(f"ryu-nsm: warning: {warning}", file=sys.stderr)
     for problem in plan.problems:
         print(f"ryu-nsm: invalid: {problem}", file=sys.stderr)

@@ -85,3 +85,66 @@ def test_plan_warns_of_links_without_latency_and_still_exits_zero(tmp_path):
     assert "London:1-Paris:1" in out.stderr and out.stderr.rstrip().endswith("and 2 more")
     shipped = ryu_nsm("plan", "topologies/europe.json", str(requests))
     assert shipped.returncode == 0 and "warning" not in shipped.stderr
+
+
+# -- issue 12: endpoint selection as NSM's MatchEndpoint, seen from `plan` ------------------------
+
+
+def _plan_of(tmp_path, matches: str, client_labels: str = "", extra: str = "",
+             firewall_spec: str = "") -> tuple[subprocess.CompletedProcess, dict]:
+    """`plan --json` of one service ``svc`` with ``matches``, endpoints fw (app: node[1]) and dpi
+    (app: dpi), and one client asking with ``client_labels`` (a query string)."""
+    nse = ("apiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {{name: {name}, "
+           "annotations: {{ryu-nsm.io/attachments: {att}}}}}\nspec: {{network_service_names: [svc], "
+           "network_service_labels: {{svc: {{labels: {{app: '{app}'}}}}}}{more}}}\n")
+    (tmp_path / "r.yaml").write_text(
+        f"apiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {{name: svc}}\n"
+        f"spec: {{matches: {matches}}}\n---\n"
+        + nse.format(name="fw", att="s2/s2-fw-in", app="node[1]", more=firewall_spec) + "---\n"
+        + nse.format(name="dpi", att="s3/s3-dpi-in", app="dpi", more="") + "---\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: client, annotations: {networkservicemesh.io: "
+        f"'kernel://svc/nsm-1{client_labels}', ryu-nsm.io/attachments: nsm-1=s1/s1-client}}}}\n" + extra)
+    out = ryu_nsm("plan", "--json", "topologies/demo-chain.yaml", str(tmp_path))
+    (conn,) = json.loads(out.stdout)["connections"]
+    return out, conn
+
+
+def test_plan_missing_template_label_selects_nothing(tmp_path):
+    out, conn = _plan_of(tmp_path, "[{routes: [{destination_selector: {app: '{{.app}}'}}]}]")
+    assert out.returncode == 0 and conn["state"] == "failed"
+    assert "match #0 of 'svc': destination selector template needs label(s) ['app']" in conn["reason"]
+    out, conn = _plan_of(tmp_path, "[{routes: [{destination_selector: {app: '{{.app}}'}}], "
+                                   "fallthrough: true}, {routes: [{destination_selector: {app: dpi}}]}]")
+    assert conn["endpoint"] == "dpi"
+
+
+def test_plan_metadata_without_routes_selects_every_endpoint(tmp_path):
+    out, conn = _plan_of(tmp_path, "[{metadata: {}}]")
+    assert out.returncode == 0 and conn["state"] == "planned" and conn["endpoint"] in ("fw", "dpi")
+    out, conn = _plan_of(tmp_path, "[{source_selector: {}}]")
+    assert conn["state"] == "failed" and "no endpoint matches" in conn["reason"]
+
+
+def test_plan_drops_expired_endpoints_by_the_wall_clock(tmp_path):
+    matches = "[{routes: [{destination_selector: {app: 'node[1]'}}]}]"
+    out, conn = _plan_of(tmp_path, matches, firewall_spec=", expiration_time: '2001-01-01T00:00:00Z'")
+    assert out.returncode == 0 and conn["state"] == "failed" and "endpoint expired: fw" in conn["reason"]
+    out, conn = _plan_of(tmp_path, matches, firewall_spec=", expiration_time: {seconds: 32503680000}")
+    assert conn["endpoint"] == "fw"
+
+
+def test_plan_accepts_the_label_values_nsm_accepts(tmp_path):
+    out, conn = _plan_of(tmp_path, "[{routes: [{destination_selector: {app: '{{.app}}'}}]}]",
+                         client_labels="?app=node%5B1%5D")
+    assert out.returncode == 0, out.stderr
+    assert conn["endpoint"] == "fw"
+
+
+def test_plan_warns_of_documents_it_does_not_read_without_failing(tmp_path):
+    extra = ("---\napiVersion: networkservicemesh.io/v1\nkind: NetworkServce\nmetadata: {name: typo}\n"
+             "---\napiVersion: nsm.example/v1\nkind: NetworkService\nmetadata: {name: elsewhere}\n")
+    out, conn = _plan_of(tmp_path, "[{metadata: {}}]", extra=extra)
+    assert out.returncode == 0 and conn["state"] == "planned"
+    assert f"ryu-nsm: warning: {tmp_path / 'r.yaml'}[4]: skipped: kind 'NetworkServce' of apiVersion " \
+           "'networkservicemesh.io/v1'" in out.stderr
+    assert "[5]: skipped: kind 'NetworkService' of apiVersion 'nsm.example/v1'" in out.stderr

@@ -282,3 +282,22 @@ def test_restart_with_live_only_ports_keeps_flows_until_every_end_reports():
     connect(fresh, "s2", 5.1)
     assert sw.sent == []
     assert status_json(fresh.status())["connections"][0]["state"] == "up"
+
+
+def test_tick_replans_when_an_endpoint_expires():
+    """The core keeps the earliest expiry ahead and replans at the first tick past it (pure: ``now``)."""
+    from dataclasses import replace
+
+    fab, res = setup()
+    (endpoint,) = res.endpoints
+    res = replace(res, endpoints=(replace(endpoint, expires=10.0),))
+    ctl, sw = Controller(fab), FakeFabric(fab)
+    sw.connect_all(ctl)
+    sw.run(ctl, ctl.set_resources(res, 1.0), 1.0)
+    assert status_json(ctl.status())["connections"][0]["state"] == "up"
+    assert ctl.tick(9.0) == []
+    sw.run(ctl, ctl.tick(10.0), 10.0)
+    (conn,) = status_json(ctl.status())["connections"]
+    assert conn["state"] == "failed" and "endpoint expired: e0" in conn["reason"]
+    assert FabricSim(fab, sw.tables).send(*port(fab, "client")) == []
+    assert ctl.tick(11.0) == []  # nothing further ahead: no more replanning

@@ -1,6 +1,9 @@
 """NSM match semantics, case by case (nsm-wire.md 'Matching')."""
 
 from collections import Counter
+from dataclasses import replace
+
+import pytest
 
 from ryu_nsm.core.model import (
     Attachment,
@@ -12,7 +15,7 @@ from ryu_nsm.core.model import (
     NetworkService,
     Resources,
 )
-from ryu_nsm.core.resolver import render_selector, resolve
+from ryu_nsm.core.resolver import is_subset, render_selector, render_value, resolve
 
 
 def ep(name, labels, service="svc", n=1):
@@ -166,3 +169,88 @@ def test_unattached_client_is_reported():
     r = ClientRequest("p", "nsm-1", "svc")
     out = resolve(Resources((svc(),), (ep("e", {}),), (r,)))
     assert "no attachment" in out["default/p/nsm-1"].reason
+
+
+# -- NSM's matchutils.MatchEndpoint, rule by rule (sdk pkg/tools/matchutils/utils.go; its utils_test.go
+# has no MatchEndpoint table, so these are written from the code) --------------------------------
+
+
+def _one(service, eps, request, now=None):
+    return resolve(Resources((service,), tuple(eps), (request,)), now=now)[request.id]
+
+
+MATCH_ENDPOINT = [
+    # (name, matches, endpoint labels by name, request labels, endpoint chosen or fragment of reason)
+    ("missing template label selects nothing, not an error: next match with fallthrough",
+     [Match(FrozenMap(), (route({"app": "{{.app}}"}),), fallthrough=True), Match(FrozenMap(), (route({}),))],
+     {"x": {"app": "a"}}, {}, "x"),
+    ("missing template label without fallthrough: no endpoint, match and label named",
+     [Match(FrozenMap(), (route({"app": "{{.app}}"}),)), Match(FrozenMap(), (route({}),))],
+     {"x": {"app": "a"}}, {}, "match #0 of 'svc': destination selector template needs label(s) ['app']"),
+    ("missing template label in a source selector: the match does not apply",
+     [Match(FrozenMap(app="{{.app}}"), (route({}),)), Match(FrozenMap(), (route({"app": "b"}),))],
+     {"x": {"app": "a"}, "y": {"app": "b"}}, {"other": "1"}, "y"),
+    ("metadata and no routes: every endpoint",
+     [Match(FrozenMap(), (), metadata=FrozenMap())], {"x": {"app": "a"}}, {}, "x"),
+    ("metadata and no routes, but fallthrough: next match",
+     [Match(FrozenMap(), (), fallthrough=True, metadata=FrozenMap()),
+      Match(FrozenMap(), (route({"app": "b"}),))],
+     {"x": {"app": "a"}, "y": {"app": "b"}}, {}, "y"),
+    ("no metadata, no routes: no endpoint", [Match(FrozenMap(), ())], {"x": {}}, {},
+     "no endpoint matches its destination selectors"),
+    ("metadata with routes that select nothing: no endpoint",
+     [Match(FrozenMap(), (route({"app": "z"}),), metadata=FrozenMap())], {"x": {"app": "a"}}, {},
+     "no endpoint matches"),
+    ("Go map semantics: a missing key reads as an empty value",
+     [Match(FrozenMap(), (route({"zone": ""}),))], {"x": {"app": "a"}}, {}, "x"),
+    ("IsSubset: fewer labels than the selector never match, even with empty values",
+     [Match(FrozenMap(), (route({"zone": "", "rack": ""}),))], {"x": {"app": "a"}}, {},
+     "no endpoint matches"),
+    ("a value compared as written before it is rendered", [Match(FrozenMap(), (route({"v": "{{.v}}"}),))],
+     {"x": {"v": "{{.v}}"}}, {}, "x"),
+    ("a template Go cannot parse compares as written", [Match(FrozenMap(), (route({"v": "{{v}}"}),))],
+     {"x": {"v": "{{v}}"}}, {"v": "1"}, "x"),
+    ("label values NSM accepts", [Match(FrozenMap(node="{{.node}}"), (route({"node": "{{.node}}"}),))],
+     {"x": {"node": "node[2]"}, "y": {"node": "node[1]"}}, {"node": "node[1]"}, "y"),
+    ("no match applies: no endpoint", [Match(FrozenMap(app="a"), (route({}),))], {"x": {}}, {},
+     "no match of network service 'svc' applies"),
+]
+
+
+@pytest.mark.parametrize("matches, labels, request_labels, outcome",
+                         [case[1:] for case in MATCH_ENDPOINT], ids=[case[0] for case in MATCH_ENDPOINT])
+def test_match_endpoint_as_nsm(matches, labels, request_labels, outcome):
+    conn = _one(svc(*matches), [ep(name, lab) for name, lab in labels.items()], req("c", request_labels))
+    if outcome in labels:
+        assert conn.ok and conn.endpoint == outcome
+    else:
+        assert not conn.ok and outcome in conn.reason
+
+
+def test_is_subset_and_rendering_as_go():
+    assert is_subset({"a": "1"}, {"a": "{{.x}}"}, {"x": "1"})
+    assert not is_subset({"a": "1"}, {"a": "{{.x}}"}, {})  # renders "<no value>"
+    assert is_subset({"a": "<no value>"}, {"a": "{{.x}}"}, {})  # ... which is just a string
+    assert render_value("x-{{ .n }}-{{.m}}", {"n": "1"}) == "x-1-<no value>"
+    assert render_value("{{.a.b}}", {"a": "1"}) == "{{.a.b}}"  # fails in Go: compared as written
+
+
+def test_expired_endpoints_are_no_candidates():
+    live, old = ep("live", {"app": "a"}), replace(ep("old", {"app": "a"}), expires=100.0)
+    service = svc(Match(FrozenMap(), (route({"app": "a"}),)))
+    assert _one(service, [old, live], req("c"), now=100.0).endpoint == "live"
+    assert _one(service, [old], req("c"), now=99.0).endpoint == "old"
+    assert _one(service, [old], req("c")).endpoint == "old"  # no clock: nothing expires
+    conn = _one(service, [old], req("c"), now=100.0)
+    assert not conn.ok and "endpoint expired: old" in conn.reason
+    conn = _one(svc(), [old], req("c"), now=200.0)  # a service without matches
+    assert not conn.ok and "endpoint expired: old" in conn.reason
+
+
+def test_expiry_moves_a_settled_connection():
+    old = replace(ep("old", {}), expires=100.0)
+    resources = Resources((svc(),), (old, ep("new", {})), (req("c"),))
+    first = resolve(Resources((svc(),), (old,), (req("c"),)), now=0.0)
+    assert first["default/c/nsm-1"].endpoint == "old"
+    again = resolve(resources, first, frozenset(first), now=100.0)
+    assert again["default/c/nsm-1"].endpoint == "new"

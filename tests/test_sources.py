@@ -1,5 +1,6 @@
 """The file source: documents → model objects (with Problems at exact paths), files, the watcher."""
 
+import json
 import queue
 import threading
 import time
@@ -128,7 +129,7 @@ def test_endpoint_parses_services_labels_url_and_attachments():
             "gw", "edge", ("secure-internet", "echo"),
             FrozenMap({"secure-internet": FrozenMap(app="vpn-gateway")}),
             (Attachment("s3", "gw-1"), Attachment("s3", "gw-2")),
-            "tcp://10.0.0.1:5001",
+            "tcp://10.0.0.1:5001", 1893456000.0,
         ),
     )
     assert r.endpoints[0].labels_for("echo") == {}
@@ -343,19 +344,19 @@ BAD = [
     (NS + "metadata: {name: s}\nspec: {matches: [{source_selector: [a]}]}", "spec.matches[0].source_selector",
      ["expected a mapping", "a list of 1 item"]),
     (NS + "metadata: {name: s}\nspec: {matches: [{source_selector: {version: 1}}]}",
-     'spec.matches[0].source_selector["version"]', ["expected a string (quote it in YAML)", "integer 1"]),
+     'spec.matches[0].source_selector["version"]', ["expected a string (quote it in YAML)", "any string",
+                                                     "integer 1"]),
+    (NSE + "metadata: {name: e}\nspec: {network_service_names: [echo], expiration_time: tomorrow}",
+     "spec.expiration_time", ["RFC 3339", 'string "tomorrow"']),
+    (NSE + "metadata: {name: e}\nspec: {network_service_names: [echo], "
+     "expiration_time: '2030-01-01T00:00:00'}",
+     "spec.expiration_time", ["with a zone", '"2030-01-01T00:00:00"']),
+    (NSE + "metadata: {name: e}\nspec: {network_service_names: [echo], expiration_time: {seconds: x}}",
+     "spec.expiration_time.seconds", ["an integer", 'string "x"']),
     (NS + "metadata: {name: s}\nspec: {matches: [{source_selector: {-bad: x}}]}",
      'spec.matches[0].source_selector["-bad"]', ["label key", 'string "-bad"']),
     (NS + "metadata: {name: s}\nspec: {matches: [{source_selector: {a/b/c: x}}]}",
      'spec.matches[0].source_selector["a/b/c"]', ["label key", 'string "a/b/c"']),
-    (NS + "metadata: {name: s}\nspec: {matches: [{routes: [{destination_selector: {app: 'a b'}}]}]}",
-     'spec.matches[0].routes[0].destination_selector["app"]', ["label value", "templates", 'string "a b"']),
-    (NS + "metadata: {name: s}\nspec: {matches: [{routes: [{destination_selector: {app: '{{app}}'}}]}]}",
-     'spec.matches[0].routes[0].destination_selector["app"]', ["{{.label}} templates", 'string "{{app}}"']),
-    (NS + "metadata: {name: s}\nspec: {matches: [{metadata: {labels: {a: '{{.x}}'}}}]}",
-     'spec.matches[0].metadata.labels["a"]', ["label value", 'string "{{.x}}"']),
-    (NS + f"metadata: {{name: s}}\nspec: {{matches: [{{source_selector: {{a: {'x' * 64}}}}}]}}",
-     'spec.matches[0].source_selector["a"]', ["at most 63 characters"]),
     (NS + "metadata: {name: s}\nspec: {payload: ethernet}", "spec.payload",
      ["one of ETHERNET, IP", 'string "ethernet"']),
     (NS + "metadata: {name: s}\nspec: {name: t}", "spec.name",
@@ -397,7 +398,6 @@ BAD = [
     (_pod("kernel://Secure/nsm-1"), f"{ANN}[0]", ["network service a DNS-1123 subdomain", '"Secure"']),
     (_pod("kernel://s@/nsm-1"), f"{ANN}[0]", ["domain a DNS-1123 subdomain", 'string ""']),
     (_pod("kernel://s/nsm-1?app"), f"{ANN}[0]", ["<label>=<value>", '"app"']),
-    (_pod("kernel://s/nsm-1?app=a b"), f"{ANN}[0]", ['for label "app"', '"a b"']),
     (_pod("kernel://s/nsm-1?a=1&a=2"), f"{ANN}[0]", ["each label once", '"a" twice']),
     (_pod("kernel://s/nsm-1?_a=1"), f"{ANN}[0]", ["label key", '"_a"']),
     (POD + "metadata: {name: p, annotations: {networkservicemesh.io: [s]}}", ANN,
@@ -1002,3 +1002,73 @@ def test_watcher_keeps_only_versions_it_delivered(tmp_path):
     path.write_text(_weighted("foo", -1))
     assert watcher.poll_once() is True
     assert [_weights(r) for r in calls] == [{"foo": 1}, {"foo": 2}, {"foo": 1}]
+
+
+# -- issue 12: what NSM accepts is accepted ------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["node[1]", "a b", "{{app}}", "{{.x}}", "x" * 64, "", "é/ü:1"])
+def test_any_string_is_a_label_value_as_in_nsm_registry(value):
+    """NSM's registry takes any string as a label value (selectors, metadata, endpoint labels)."""
+    quoted = json.dumps(value)
+    r = parse(NS + f"metadata: {{name: s}}\nspec: {{matches: [{{source_selector: {{a: {quoted}}}, "
+              f"routes: [{{destination_selector: {{b: {quoted}}}}}], "
+              f"metadata: {{labels: {{c: {quoted}}}}}}}]}}\n"
+              "---\n" + NSE + "metadata: {name: e}\nspec: {network_service_names: [s], "
+              f"network_service_labels: {{s: {{labels: {{b: {quoted}}}}}}}}}\n")
+    assert r.problems == ()
+    match = r.services[0].matches[0]
+    assert (match.source_selector["a"], match.routes[0].selector["b"], match.metadata["c"]) == (value,) * 3
+    assert r.endpoints[0].labels_for("s")["b"] == value
+
+
+def test_client_annotation_label_values_are_any_string_percent_encoded():
+    r = parse(POD + "metadata: {name: p, annotations: "
+              "{networkservicemesh.io: 'kernel://s/nsm-1?node=node%5B1%5D&x=a b'}}")
+    assert r.problems == ()
+    assert dict(r.requests[0].labels) == {"node": "node[1]", "x": "a b"}
+    assert parse_documents(dump_documents(r), "d").requests == r.requests
+
+
+@pytest.mark.parametrize("metadata, expected", [
+    ("", None), ("metadata: null,", None), ("metadata: {},", FrozenMap()),
+    ("metadata: {labels: {}},", FrozenMap()),
+    ("metadata: {labels: {a: b}},", FrozenMap(a="b")),
+])
+def test_match_metadata_absent_is_not_empty_metadata(metadata, expected):
+    """NSM tells a match without metadata from one with empty metadata (it selects every endpoint)."""
+    r = parse(NS + f"metadata: {{name: s}}\nspec: {{matches: [{{{metadata} fallthrough: false}}]}}")
+    assert r.problems == ()
+    assert r.services[0].matches[0].metadata == expected
+    assert parse_documents(dump_documents(r), "d").services == r.services
+
+
+@pytest.mark.parametrize("stamp, expected", [
+    ('"2030-01-01T00:00:00Z"', 1893456000.0),
+    ('"2030-01-01T01:00:00.5+01:00"', 1893456000.5),
+    ("2030-01-01T00:00:00Z", 1893456000.0),  # YAML's own timestamp
+    ("{seconds: 1893456000, nanos: 500000000}", 1893456000.5),
+    ('{seconds: "1893456000"}', 1893456000.0),  # protojson writes int64 as text
+    ("null", None),
+])
+def test_expiration_time_as_protojson_or_seconds_nanos(stamp, expected):
+    r = parse(NSE + f"metadata: {{name: e}}\nspec: {{network_service_names: [s], expirationTime: {stamp}}}")
+    assert r.problems == ()
+    assert r.endpoints[0].expires == expected
+
+
+def test_kubernetes_path_keeps_match_metadata_and_expiration():
+    """The watcher hands NSM's specs to the same parser unchanged: `metadata: {}` and
+    `expiration_time` survive it."""
+    from ryu_nsm.sources.documents import Document, parse_located
+    from ryu_nsm.sources.kubernetes import NETWORK_SERVICE, NETWORK_SERVICE_ENDPOINT, _document
+
+    service = {"metadata": {"name": "s", "namespace": "default", "uid": "1"},
+               "spec": {"matches": [{"metadata": {}}, {"fallthrough": True}]}}
+    endpoint = {"metadata": {"name": "e", "namespace": "default"},
+                "spec": {"network_service_names": ["s"], "expiration_time": "2030-01-01T00:00:00Z"}}
+    r = parse_located([Document("k8s", 0, _document(NETWORK_SERVICE, service)),
+                       Document("k8s", 1, _document(NETWORK_SERVICE_ENDPOINT, endpoint))])
+    assert r.problems == ()
+    assert [m.metadata for m in r.services[0].matches] == [FrozenMap(), None]
+    assert r.endpoints[0].expires == 1893456000.0

@@ -49,6 +49,7 @@ class Controller:
         self._last_state = FabricState()
         # Until the sources have reported once, an empty plan means "not known yet", not "remove all".
         self._declared = False
+        self._next_expiry: float | None = None  # the earliest endpoint expiry still ahead: replan then
 
     @property
     def history(self) -> deque[HistoryEntry]:
@@ -64,6 +65,8 @@ class Controller:
         """The sources' whole declared state (level-triggered): replan and program the difference."""
         for problem in resources.problems:
             log.warning("invalid document: %s", problem)
+        for warning in resources.warnings:
+            log.warning("%s", warning)
         self.resources = resources
         if not self._declared:
             self._declared = True
@@ -115,9 +118,11 @@ class Controller:
 
     def tick(self, now: float) -> list:
         """Periodic: switches away longer than ``switch_down_after`` are treated as down; service
-        levels are checked against what the probes measure, and broken ones move."""
+        levels are checked against what the probes measure, and broken ones move; an endpoint whose
+        registration expired is no longer chosen."""
         changed = self.quality.tick(now)
-        return self._replan(now) if changed or self._state(now) != self._last_state else []
+        expired = self._next_expiry is not None and now >= self._next_expiry
+        return self._replan(now) if changed or expired or self._state(now) != self._last_state else []
 
     # -- measurement ----------------------------------------------------------------------------
 
@@ -165,7 +170,9 @@ class Controller:
         state = self._state(now)
         self._last_state = state
         before = self.plan
-        self.plan = make_plan(self.fabric, self.resources, state, before, self.switches.hints)
+        self.plan = make_plan(self.fabric, self.resources, state, before, self.switches.hints, now)
+        self._next_expiry = min((ep.expires for ep in self.resources.endpoints
+                                 if ep.expires is not None and ep.expires > now), default=None)
         for manager in self.managers:
             manager.plan_changed(before, self.plan, state, now)
         return self._program()

@@ -65,12 +65,16 @@ class Destination:
 
 @dataclass(frozen=True)
 class Match:
-    """One NSM match: applies when ``source_selector`` ⊆ request labels."""
+    """One NSM match: applies when ``source_selector`` ⊆ request labels.
+
+    ``metadata`` is None when the match has none: with metadata (even empty) and no routes, a match
+    selects every endpoint of the service, as NSM does.
+    """
 
     source_selector: FrozenMap = EMPTY
     routes: tuple[Destination, ...] = ()
     fallthrough: bool = False
-    metadata: FrozenMap = EMPTY
+    metadata: FrozenMap | None = None
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,8 @@ class Endpoint:
 
     ``service_labels`` maps service name → labels (NSM ``network_service_labels``).
     Each attachment carries one connection at a time (NSM gives every connection its own interface);
-    an endpoint with several attachments serves that many connections.
+    an endpoint with several attachments serves that many connections. ``expires`` (seconds since
+    the epoch, NSM ``expiration_time``) is when the registration lapses; None: never.
     """
 
     name: str
@@ -102,10 +107,15 @@ class Endpoint:
     service_labels: FrozenMap = EMPTY
     attachments: tuple[Attachment, ...] = ()
     url: str = ""
+    expires: float | None = None
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.namespace, self.name)
+
+    def expired(self, now: float | None) -> bool:
+        """True once ``now`` has reached ``expires``; never without a clock (``now`` None)."""
+        return self.expires is not None and now is not None and now >= self.expires
 
     def labels_for(self, service: str) -> FrozenMap:
         return self.service_labels.get(service, EMPTY)
@@ -138,6 +148,8 @@ class Resources:
     requests: tuple[ClientRequest, ...] = ()
     problems: tuple[Problem, ...] = field(default=(), compare=False)
     service_levels: tuple[ServiceLevel, ...] = ()  # QoS promises (qos/service_level.py)
+    # Documents read but not used (a kind or apiVersion ryu-nsm does not read): said, not invalid.
+    warnings: tuple[Problem, ...] = field(default=(), compare=False)
 
     def merged(self, other: Resources) -> Resources:
         return Resources(
@@ -146,4 +158,5 @@ class Resources:
             self.requests + other.requests,
             self.problems + other.problems,
             self.service_levels + other.service_levels,
+            self.warnings + other.warnings,
         )

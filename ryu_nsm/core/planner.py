@@ -43,6 +43,7 @@ def make_plan(
     state: FabricState | None = None,
     previous: Plan | None = None,
     tag_hints: Mapping[tuple[str, str], int] | None = None,
+    now: float | None = None,
 ) -> Plan:
     """Resolve every request, route every connection and compile the desired flows of every switch.
 
@@ -51,13 +52,14 @@ def make_plan(
     Inputs are compared with the previous plan's by equality: a caller may rebuild an equal one
     freely, and changes one by passing a new one (the plan keeps the mappings it was given, so one
     changed in place afterwards looks unchanged).
+    Endpoints that have expired by ``now`` are no candidates (``None``: none expire).
     """
     state = state or FabricState()
     hints = tag_hints if tag_hints is not None else {}
     before = previous.connections if previous else {}
     basis = previous.basis if previous else None
     levels = resources.service_levels
-    requests, resolved = _resolve(resources, basis, before)
+    requests, resolved = _resolve(resources, basis, before, now)
     changes = _changes(basis, state, hints, levels)
     view, measured_view = _views(fabric, state, basis, changes.same_fabric)
     router = Router(fabric, state, view, *_allocators(fabric, basis, before, hints, changes.anew_all),
@@ -124,7 +126,7 @@ def _changed_keys(old: Mapping, new: Mapping) -> frozenset:
 
 
 def _resolve(resources: Resources, basis: Basis | None, before: Mapping[str, PlannedConnection],
-             ) -> tuple[dict[str, ClientRequest], dict[str, Connection]]:
+             now: float | None) -> tuple[dict[str, ClientRequest], dict[str, Connection]]:
     """Every request by id, and every connection: with the same services and endpoints as before,
     a request as it was is settled (its connection is kept without being resolved again)."""
     requests = {r.id: r for r in resources.requests}
@@ -134,7 +136,7 @@ def _resolve(resources: Resources, basis: Basis | None, before: Mapping[str, Pla
         old = basis.requests
         settled = frozenset(cid for cid, r in requests.items() if _same(old.get(cid), r))
     previous = basis.resolved if basis else {c: pc.connection for c, pc in before.items()}
-    return requests, resolve(resources, previous, settled)
+    return requests, resolve(resources, previous, settled, now)
 
 
 def _views(fabric: Fabric, state: FabricState, basis: Basis | None,

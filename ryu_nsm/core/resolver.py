@@ -1,15 +1,17 @@
 """NSM match semantics: client requests → connections to endpoints (one wire each).
 
-Follows NSM's discovery rules (see nsm-wire.md): the request's network service is looked up in the
-request's namespace; its ``matches`` are walked in order; the first match whose ``source_selector``
-is contained in the request labels applies; each of its routes selects endpoints registered for the
-service whose labels contain the route's ``destination_selector``; with ``fallthrough`` an empty
-result goes on to the next match. Selector values may be templates such as ``{{.app}}`` over the
-request labels. A service without matches selects every endpoint registered for it.
+Which endpoints are candidates is NSM's ``matchutils.MatchEndpoint`` (see nsm-wire.md): the
+request's network service is looked up in the request's namespace; its ``matches`` are walked in
+order; the first match whose ``source_selector`` is a subset of the request labels applies; its
+routes select the endpoints whose labels for the service satisfy the ``destination_selector``;
+with ``fallthrough`` no candidate goes on to the next match; a match with metadata and no routes
+selects every endpoint. Selector values may be ``{{.label}}`` templates over the request labels.
+A service without matches selects every endpoint registered for it. Expired endpoints are none.
 
-Choice among candidates is weighted and deterministic (weighted rendezvous hashing on the
-connection id), and sticky: a connection keeps its endpoint while that endpoint still qualifies,
-so adding requests never moves existing ones.
+Choice among candidates is ryu-nsm's extension (README "Matching"): weighted and deterministic
+(weighted rendezvous hashing on the connection id), zero-weight routes as backups, and sticky: a
+connection keeps its endpoint while that endpoint still qualifies, so adding requests never moves
+existing ones.
 
 A service function that is both endpoint and client forms a chain: its own request (e.g. labelled
 ``app=firewall``) is matched like any other, which NSM calls composition.
@@ -62,32 +64,45 @@ class Connection:
         return replace(self, endpoint=None, endpoint_attachment=None, state=FAILED, reason=reason)
 
 
-_TEMPLATE = re.compile(r"\{\{\s*\.([A-Za-z0-9_.\-/]+)\s*\}\}")
+# The part of Go's text/template that NSM's selectors use: ``{{.label}}`` over the request labels.
+_ACTION = re.compile(r"\{\{\s*\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+NO_VALUE = "<no value>"  # what Go renders for a label the request lacks: it matches nothing real
 
 
-class _MissingLabel(Exception):
-    pass
+def _is_template(value: str) -> bool:
+    return "{{" in value and "{{" not in _ACTION.sub("", value)
+
+
+def render_value(value: str, labels: Mapping[str, str]) -> str:
+    """A selector value rendered as NSM does (Go's text/template over the request labels).
+
+    Text that is not such a template (``{{app}}``, an unclosed ``{{``) fails in Go and is compared as
+    written, which is what NSM does when a template does not parse or fails.
+    """
+    if not _is_template(value):
+        return value
+    return _ACTION.sub(lambda m: labels.get(m.group(1), NO_VALUE), value)
 
 
 def render_selector(selector: Mapping[str, str], labels: Mapping[str, str]) -> dict[str, str]:
-    """Substitute ``{{.key}}`` templates in selector values with request labels.
+    """Every value of ``selector`` rendered over the request ``labels`` (see ``render_value``)."""
+    return {k: render_value(v, labels) for k, v in selector.items()}
 
-    A template naming a label the request does not have makes the selector unsatisfiable.
+
+def _lacking(selector: Mapping[str, str], labels: Mapping[str, str]) -> list[str]:
+    """The request labels the templates of ``selector`` name but the request lacks."""
+    return sorted({m.group(1) for v in selector.values() if _is_template(v)
+                   for m in _ACTION.finditer(v) if m.group(1) not in labels})
+
+
+def is_subset(labels: Mapping[str, str], selector: Mapping[str, str], values: Mapping[str, str]) -> bool:
+    """NSM's ``IsSubset``: ``selector`` ⊆ ``labels``, each value as written or rendered over ``values``.
+
+    As in Go, a missing key reads as "" and ``labels`` must have at least as many entries as ``selector``.
     """
-
-    def value(v: str) -> str:
-        def sub(m: re.Match) -> str:
-            if m.group(1) not in labels:
-                raise _MissingLabel(m.group(1))
-            return labels[m.group(1)]
-
-        return _TEMPLATE.sub(sub, v)
-
-    return {k: value(v) for k, v in selector.items()}
-
-
-def _contains(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in selector.items())
+    if len(labels) < len(selector):
+        return False
+    return all(labels.get(k, "") in (v, render_value(v, values)) for k, v in selector.items())
 
 
 def _score(connection_id: str, endpoint: str, weight: int) -> float:
@@ -117,6 +132,7 @@ def resolve(
     resources: Resources,
     previous: Mapping[str, Connection] | None = None,
     settled: frozenset[str] = frozenset(),
+    now: float | None = None,
 ) -> dict[str, Connection]:
     """Resolve every client request into a Connection (keyed by id), failed ones with a reason.
 
@@ -125,6 +141,7 @@ def resolve(
     requests never move existing ones. ``settled`` names previous connections whose request,
     services and endpoints are unchanged: they are kept as they are without being evaluated again
     (the caller's promise; it is what makes a change cost what it touches, not the whole state).
+    Endpoints whose ``expires`` is not after ``now`` are no candidates (no ``now``: none expire).
     """
     previous = previous or {}
     services = {s.key: s for s in resources.services}
@@ -132,26 +149,14 @@ def resolve(
     for ep in sorted(resources.endpoints, key=lambda e: e.key):
         for svc in ep.services:
             by_service.setdefault((ep.namespace, svc), []).append(ep)
+    expired = {ep.key for ep in resources.endpoints if ep.expired(now)}
 
     held = {cid for cid, conn in previous.items() if conn.state == RESOLVED}
     pool = _Pool({})
     owner = pool.owner
     # Previous connections first, then by id: a new request never takes a working one's interface.
     requests = sorted(resources.requests, key=lambda r: (r.id not in held, r.id))
-    # Client attachments are claimed first so that no endpoint choice can steal one.
-    clashes: dict[str, str] = {}
-    for req in requests:
-        att = req.attachment
-        if att is None:
-            continue
-        first = owner.setdefault(att, req.id)
-        if first != req.id:
-            clashes[req.id] = first
-    for ep in resources.endpoints:
-        for att in ep.attachments:
-            if att in owner:
-                clashes.setdefault(owner[att], f"endpoint {ep.namespace}/{ep.name}")
-
+    clashes = _claim_client_attachments(requests, resources.endpoints, owner)
     result: dict[str, Connection] = {}
     indexes: dict[tuple[str, str], _EndpointIndex] = {}
 
@@ -171,7 +176,7 @@ def resolve(
         if service is None:
             return base.failed(f"network service {req.service!r} not found in namespace {req.namespace!r}")
         if service.key not in indexes:
-            indexes[service.key] = _EndpointIndex(service.name, by_service.get(service.key, []))
+            indexes[service.key] = _EndpointIndex(service.name, by_service.get(service.key, []), expired)
         return _resolve_one(base, req, service, indexes[service.key], pool, previous.get(req.id), sticky_only)
 
     # Pass 1: resolved connections keep what they have (settled ones without a second look).
@@ -182,7 +187,7 @@ def resolve(
             deferred.append(req)
             continue
         before = previous[rid]
-        if rid in settled and rid not in clashes:
+        if rid in settled and rid not in clashes and (before.namespace, before.endpoint) not in expired:
             first = owner.setdefault(before.endpoint_attachment, rid)
             if first == rid:
                 result[rid] = before
@@ -198,6 +203,28 @@ def resolve(
     return result
 
 
+def _claim_client_attachments(
+    requests: list[ClientRequest], endpoints: Iterable[Endpoint], owner: dict[Attachment, str]
+) -> dict[str, str]:
+    """Client attachments are claimed first, so that no endpoint choice can steal one.
+
+    Returns request id → who holds its attachment already, for the requests that lost it.
+    """
+    clashes: dict[str, str] = {}
+    for req in requests:
+        att = req.attachment
+        if att is None:
+            continue
+        first = owner.setdefault(att, req.id)
+        if first != req.id:
+            clashes[req.id] = first
+    for ep in endpoints:
+        for att in ep.attachments:
+            if att in owner:
+                clashes.setdefault(owner[att], f"endpoint {ep.namespace}/{ep.name}")
+    return clashes
+
+
 def _resolve_one(
     base: Connection,
     req: ClientRequest,
@@ -207,31 +234,36 @@ def _resolve_one(
     before: Connection | None,
     sticky_only: bool = False,
 ) -> Connection | None:
-    """The connection ``req`` gets; with ``sticky_only``, None unless it keeps its previous endpoint."""
-    registered = index.endpoints
-    if not registered:
+    """The connection ``req`` gets; with ``sticky_only``, None unless it keeps its previous endpoint.
+
+    Which endpoints are candidates is NSM's ``MatchEndpoint`` (see nsm-wire.md and
+    docs/requests.md); the choice among them is ryu-nsm's (``_choose``).
+    """
+    if not index.endpoints:
         return base.failed(f"no endpoint is registered for network service {service.name!r}")
-    matches = service.matches or ()
-    if not matches:
-        groups = [[(ep, 1) for ep in registered]]
-        return _choose(base, groups, pool, before, f"network service {service.name!r}", sticky_only)
+    if not service.matches:
+        return _choose(base, index.every, pool, before, f"network service {service.name!r}", sticky_only,
+                       index.expired_note(index.endpoints))
     reasons = []
-    for number, match in enumerate(matches):
-        try:
-            source = render_selector(match.source_selector, req.labels)
-        except _MissingLabel as missing:
-            reasons.append(f"match #{number}: template needs label {missing}")
+    for number, match in enumerate(service.matches):
+        where = f"match #{number} of {service.name!r}"
+        if not is_subset(req.labels, match.source_selector, req.labels):
+            lacking = _lacking(match.source_selector, req.labels)
+            if lacking:
+                reasons.append(f"{where}: source selector template needs label(s) {lacking} "
+                               "the request lacks")
             continue
-        if not _contains(req.labels, source):
+        groups, why = _candidates(match.routes, req.labels, index)
+        if not groups and match.fallthrough:
+            reasons.append(f"{where}: {why}")
             continue
-        try:
-            groups = _candidates(match.routes, req.labels, index)
-        except _MissingLabel as missing:
-            return base.failed(f"match #{number} of {service.name!r}: template needs label {missing}")
-        found = _choose(base, groups, pool, before, f"match #{number} of {service.name!r}", sticky_only)
-        if found is None or found.ok or not match.fallthrough:
-            return found
-        reasons.append(found.reason)
+        if not groups and match.metadata is not None and not match.routes:
+            # NSM: a match with metadata and no routes selects every endpoint of the service.
+            return _choose(base, index.every, pool, before, f"{where} (every endpoint)", sticky_only,
+                           index.expired_note(index.endpoints))
+        if not groups:
+            return base.failed("; ".join([*reasons, f"{where}: {why}"]))
+        return _choose(base, groups, pool, before, where, sticky_only)
     if reasons:
         return base.failed("; ".join(reasons))
     return base.failed(
@@ -242,26 +274,45 @@ def _resolve_one(
 class _EndpointIndex:
     """Endpoints of one service indexed by label (key, value): a selector intersects small sets."""
 
-    def __init__(self, service: str, endpoints: list[Endpoint]):
+    def __init__(self, service: str, endpoints: list[Endpoint], expired: set[tuple[str, str]]):
         self.endpoints = endpoints
+        self.expired = expired
+        self.live = [ep for ep in endpoints if ep.key not in expired]
+        self.every = [[(ep, 1) for ep in self.live]]  # candidates when all endpoints are, weight 1
+        self.labels = [ep.labels_for(service) for ep in endpoints]
         self.by_label: dict[tuple[str, str], list[int]] = {}
-        for i, ep in enumerate(endpoints):
-            for item in ep.labels_for(service).items():
+        self.by_key: dict[str, set[int]] = {}
+        for i, labels in enumerate(self.labels):
+            for item in labels.items():
                 self.by_label.setdefault(item, []).append(i)
+                self.by_key.setdefault(item[0], set()).add(i)
 
-    def select(self, selector: Mapping[str, str]) -> list[Endpoint]:
-        """Endpoints whose labels contain every key/value of ``selector``, in registration order."""
+    def select(self, selector: Mapping[str, str], values: Mapping[str, str]) -> list[Endpoint]:
+        """Endpoints whose labels satisfy NSM's ``IsSubset(labels, selector, values)``, in order."""
         if not selector:
             return self.endpoints
-        postings = sorted((self.by_label.get(item, []) for item in selector.items()), key=len)
-        chosen = set(postings[0]).intersection(*postings[1:])
-        return [self.endpoints[i] for i in sorted(chosen)]
+        rendered = render_selector(selector, values)
+        postings = []
+        for key, value in selector.items():
+            hits = {*self.by_label.get((key, value), ()), *self.by_label.get((key, rendered[key]), ())}
+            if "" in (value, rendered[key]):  # Go reads a missing key as ""
+                hits |= set(range(len(self.endpoints))) - self.by_key.get(key, set())
+            postings.append(hits)
+        chosen = set.intersection(*sorted(postings, key=len))
+        return [self.endpoints[i] for i in sorted(chosen) if len(self.labels[i]) >= len(selector)]
+
+    def expired_note(self, endpoints: Iterable[Endpoint]) -> str:
+        """``endpoint expired: …`` naming the expired ones of ``endpoints``; "" if none is."""
+        names = sorted({ep.name for ep in endpoints if ep.key in self.expired})
+        return f"endpoint expired: {', '.join(names)}" if names else ""
 
 
 def _candidates(
     routes: Iterable[Destination], labels: Mapping[str, str], index: _EndpointIndex
-) -> list[list[tuple[Endpoint, int]]]:
-    """Candidates grouped by preference: positive-weight routes first, zero-weight routes as backups.
+) -> tuple[list[list[tuple[Endpoint, int]]], str]:
+    """Candidates grouped by preference, positive-weight routes first, zero-weight routes as backups
+    (ryu-nsm's extension: NSM takes the union of every route's candidates and ignores weight); and
+    why there is none when there is none.
 
     NSM leaves an unset weight at 0; when every weight is 0 all routes count equally.
     """
@@ -269,16 +320,27 @@ def _candidates(
     all_zero = all(r.weight == 0 for r in routes)
     primary: list[tuple[Endpoint, int]] = []
     backup: list[tuple[Endpoint, int]] = []
+    selected: list[Endpoint] = []
     for route in routes:
-        selector = render_selector(route.selector, labels)
-        for ep in index.select(selector):
+        for ep in index.select(route.selector, labels):
+            selected.append(ep)
+            if ep.key in index.expired:
+                continue
             if all_zero:
                 primary.append((ep, 1))
             elif route.weight > 0:
                 primary.append((ep, route.weight))
             else:
                 backup.append((ep, 1))
-    return [g for g in (primary, backup) if g]
+    groups = [g for g in (primary, backup) if g]
+    if groups:
+        return groups, ""
+    lacking = sorted({name for route in routes for name in _lacking(route.selector, labels)})
+    if selected:
+        return [], index.expired_note(selected)
+    if lacking:
+        return [], f"destination selector template needs label(s) {lacking} the request lacks"
+    return [], "no endpoint matches its destination selectors"
 
 
 def _choose(
@@ -288,9 +350,13 @@ def _choose(
     before: Connection | None,
     where: str,
     sticky_only: bool = False,
+    expired: str = "",
 ) -> Connection | None:
+    """The candidate ``base`` gets (None with ``sticky_only`` unless it keeps its own); ``expired``
+    says which endpoints would have been candidates had they not expired."""
+    groups = [group for group in groups if group]
     if not groups:
-        return base.failed(f"{where}: no endpoint matches its destination selectors")
+        return base.failed(f"{where}: {expired or 'no endpoint matches its destination selectors'}")
     # Stickiness: keep the previous endpoint and attachment while they still qualify.
     if before is not None and before.ok and before.endpoint_attachment is not None:
         for group in groups:

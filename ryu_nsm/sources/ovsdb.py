@@ -64,7 +64,7 @@ from ryu_nsm.core.model import (
 )
 from ryu_nsm.core.validation import field_path
 from ryu_nsm.observe.health import Loop, Supervised, supervise
-from ryu_nsm.sources.documents import is_dns1123_label, is_dns1123_subdomain
+from ryu_nsm.sources.kube_objects import is_dns1123_label, is_dns1123_subdomain
 
 with warnings.catch_warnings():
     # ovs.poller probes for eventlet at import; eventlet (an os-ken dependency) warns on import.
