@@ -163,3 +163,22 @@ def test_core_and_qos_import_without_io_libraries():
 def test_the_blocker_blocks():
     done = _import_without_io_libraries("ryu_nsm.openflow.shell")
     assert done.returncode != 0 and "blocked: os_ken" in done.stderr, done.stderr
+
+
+MAX_MODULE_LINES = 600  # one idea per module: past this a module holds two
+MAX_FUNCTION_LINES = 80  # past this a function holds passes that want names
+
+
+def test_modules_and_functions_stay_readable():
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text()
+        where = path.relative_to(ROOT)
+        if source.count("\n") > MAX_MODULE_LINES:
+            too_long.append(f"{where}: {source.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_long.append(f"{where}:{node.lineno} {node.name}: {length} lines")
+    assert not too_long, "\n".join(too_long)
