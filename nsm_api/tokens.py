@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ryu_nsm.trust.identity import Identity
+if TYPE_CHECKING:
+    from ryu_nsm.trust.identity import Identity
 
 ALGORITHM = "ES256"
 

@@ -58,8 +58,8 @@ class WorkloadApiSource:
         except Exception:
             log.exception("Workload API update unusable, keeping %s", self._identity.spiffe_id)
             return
-        if identity == self._identity:
-            return
+        if (identity.chain, identity.bundle) == (self._identity.chain, self._identity.bundle):
+            return  # the same SVID again (keys do not compare: the chain names the key)
         self._identity = identity
         log.info("identity rotated (Workload API): %s until %s", identity.spiffe_id, identity.not_after)
         self._subscribers.notify(identity)
