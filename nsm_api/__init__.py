@@ -19,4 +19,6 @@ Modules:
                             ``registry.NetworkServiceEndpointRegistry`` (Register, Find, Unregister).
     paths                   hand-written helpers: append a hop's PathSegment, expiry of a connection.
     errors                  hand-written: RequestError, a refusal with its gRPC status code.
+    tokens                  hand-written: NSM's ES256 path tokens (sign, decode, verify).
+    authorize               hand-written: NSM's server authorize policies and the monitor filter.
 """

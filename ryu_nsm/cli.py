@@ -1,4 +1,4 @@
-"""``ryu-nsm``: plan (dry run), controller, status, demo."""
+"""``ryu-nsm``: plan (dry run), controller, status, demo, certs (a development CA)."""
 
 from __future__ import annotations
 
@@ -177,6 +177,25 @@ def cmd_demo(args) -> int:
     return run_demo(args)
 
 
+def cmd_certs(args) -> int:
+    from ryu_nsm.trust import devca
+
+    try:
+        if args.certs_command == "init":
+            authority = devca.init_ca(args.dir, args.trust_domain, days=args.days)
+            print(f"CA for trust domain {authority.trust_domain} in {args.dir} "
+                  f"({devca.CA_CERT}, {devca.CA_KEY}), valid until {authority.cert.not_valid_after_utc}")
+        else:
+            identity = devca.issue(args.dir, args.spiffe_id, args.out, days=args.days,
+                                   dns_names=tuple(args.dns or ()))
+            print(f"SVID {identity.spiffe_id} in {args.out or args.dir} ({devca.SVID}, {devca.SVID_KEY}, "
+                  f"{devca.SVID_BUNDLE}), valid until {identity.not_after}")
+    except (OSError, ValueError) as error:
+        print(f"ryu-nsm certs {args.certs_command}: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     # No abbreviations here: argparse would read a subcommand's `--log` as an ambiguous `--log-…`.
     p = argparse.ArgumentParser(prog="ryu-nsm", description=__doc__, allow_abbrev=False)
@@ -248,6 +267,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--requests", default=str(REPO / "examples" / "demo-chain"))
     demo.add_argument("--keep", action="store_true", help="leave it running until Ctrl-C")
     demo.set_defaults(func=cmd_demo)
+
+    certs = sub.add_parser("certs", help="a development CA and SPIFFE X509-SVIDs (labs and tests, not SPIRE)")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True)
+    init = certs_sub.add_parser("init", help="a new EC P-256 CA in DIR (ca.pem, ca_key.pem)")
+    init.add_argument("dir")
+    init.add_argument("--trust-domain", default="example.org")
+    init.add_argument("--days", type=float, default=365.0)
+    issue = certs_sub.add_parser("issue",
+                                 help="an SVID from DIR's CA (svid.pem, svid_key.pem, svid_bundle.pem)")
+    issue.add_argument("dir")
+    issue.add_argument("spiffe_id", help="spiffe://TRUST-DOMAIN/PATH")
+    issue.add_argument("--out", help="directory for the SVID files (default: DIR)")
+    issue.add_argument("--days", type=float, default=1.0)
+    issue.add_argument("--dns", action="append",
+                       help="also a DNS SAN (repeatable): the name gRPC clients check")
+    certs.set_defaults(func=cmd_certs)
     return p
 
 

@@ -26,10 +26,15 @@ CORE_DATA = tuple(f"ryu_nsm.core.{name}" for name in ("model", "fabric", "pathin
 RULES: dict[str, tuple[tuple[str, ...], bool]] = {
     "core": (("ryu_nsm.core", *QOS_FROM_CORE), False),
     "qos": (("ryu_nsm.qos", *CORE_DATA), False),
-    "sources": (("ryu_nsm.sources", "ryu_nsm.core", "ryu_nsm.qos", "ryu_nsm.observe", "nsm_api"), True),
-    "openflow": (("ryu_nsm.openflow", "ryu_nsm.core", "ryu_nsm.qos", "ryu_nsm.observe"), True),
-    "k8s": (("ryu_nsm.k8s", "ryu_nsm.core", "ryu_nsm.qos", "ryu_nsm.sources", "ryu_nsm.observe"), True),
-    "observe": (("ryu_nsm.observe", "ryu_nsm.core", "ryu_nsm.qos"), True),
+    "sources": (("ryu_nsm.sources", "ryu_nsm.core", "ryu_nsm.qos", "ryu_nsm.observe", "ryu_nsm.trust",
+                 "nsm_api"), True),
+    "openflow": (("ryu_nsm.openflow", "ryu_nsm.core", "ryu_nsm.qos", "ryu_nsm.observe", "ryu_nsm.trust"),
+                 True),
+    "k8s": (("ryu_nsm.k8s", "ryu_nsm.core", "ryu_nsm.qos", "ryu_nsm.sources", "ryu_nsm.observe",
+             "ryu_nsm.trust"), True),
+    "observe": (("ryu_nsm.observe", "ryu_nsm.core", "ryu_nsm.qos", "ryu_nsm.trust"), True),
+    # trust may read observe.health (supervised loops) and logs; every channel's layer may import it.
+    "trust": (("ryu_nsm.trust", "ryu_nsm.observe.health", "ryu_nsm.observe.logs"), True),
     "lab": (("*",), True),
     "top": (("*",), True),
 }
