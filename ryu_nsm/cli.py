@@ -1,4 +1,4 @@
-"""``ryu-nsm``: plan (dry run), controller, status, demo."""
+"""``ryu-nsm``: plan (dry run), controller, status, observe, demo."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 OVSDB_SOCKET = "unix:/var/run/openvswitch/db.sock"
 EXIT_INVALID = 1  # some document was invalid (the rest was still planned)
 EXIT_USAGE = 2  # bad arguments, unreadable topology, controller unreachable
+EXIT_ERROR = 1  # observe: the controller's Hubble API failed or refused the request
+HUBBLE_ADDRESS = "127.0.0.1:4244"  # Hubble's own default port
 
 
 def _host_port(text: str, default_port: int) -> tuple[str, int]:
@@ -78,7 +80,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_controller(args) -> int:
-    from ryu_nsm.wiring import KubernetesOptions, run_controller
+    from ryu_nsm.wiring import FlowOptions, KubernetesOptions, run_controller
 
     fabric = _load_fabric(args)
     kubernetes = None
@@ -93,6 +95,12 @@ def cmd_controller(args) -> int:
     elif args.leader_elect:
         print("ryu-nsm: --leader-elect needs --kubernetes (the Lease lives in the cluster)", file=sys.stderr)
         return EXIT_USAGE
+    flows = FlowOptions(buffer=args.flow_buffer, hubble_listen=args.hubble_listen, log=args.flow_log,
+                        log_max_bytes=args.flow_log_max_bytes, log_keep=args.flow_log_keep)
+    if flows.buffer < 1 or flows.log_max_bytes < 1 or flows.log_keep < 0:
+        print("ryu-nsm: --flow-buffer and --flow-log-max-bytes must be >= 1, --flow-log-keep >= 0",
+              file=sys.stderr)
+        return EXIT_USAGE
     host, port = _host_port(args.listen, 6653)
     shost, sport = _host_port(args.status_listen, DEFAULT_ADDRESS[1])
     stop = threading.Event()
@@ -102,7 +110,7 @@ def cmd_controller(args) -> int:
         fabric, args.requests, host, port, (shost, sport),
         watch_interval=args.watch_interval, kubernetes=kubernetes, use_bundles=not args.no_bundles,
         audit_interval=args.audit_interval, ovsdb_remote=args.ovsdb, nsm_listen=args.nsm_listen or (),
-        counter_interval=args.counter_interval,
+        counter_interval=args.counter_interval, flows=flows,
     ) as running:
         logging.getLogger("ryu_nsm").info(
             "controller for fabric %s: OpenFlow on %s:%d, status on http://%s:%d/status",
@@ -167,6 +175,39 @@ def _status_from_monitor(args) -> int:
     return 0
 
 
+def cmd_observe(args) -> int:
+    """Flows from the controller's Hubble API, printed as they come (``--follow``) or as kept."""
+    import grpc
+
+    from hubble_api import observer_pb2_grpc
+    from ryu_nsm.observe.flow_client import flow_request, render
+    from ryu_nsm.observe.flow_output import table_header
+
+    try:
+        request = flow_request(args.follow, args.last, args.first, args.since, args.until, time.time(),
+                               pods=args.pod or (), services=args.service or (), ports=args.port or (),
+                               verdicts=args.verdict or (), protocols=args.protocol or ())
+    except ValueError as exc:
+        print(f"ryu-nsm: observe: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    channel = grpc.insecure_channel(args.server)
+    try:
+        if args.output == "table":
+            print(table_header())
+        stub = observer_pb2_grpc.ObserverStub(channel)
+        for response in stub.GetFlows(request, timeout=None if args.follow else 30):
+            print(render(response, args.output), flush=args.follow)
+    except grpc.RpcError as exc:
+        print(f"ryu-nsm: observe: Hubble API at {args.server}: {exc.code().name}: {exc.details()}",
+              file=sys.stderr)
+        return EXIT_USAGE if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else EXIT_ERROR
+    except KeyboardInterrupt:
+        pass
+    finally:
+        channel.close()
+    return 0
+
+
 def cmd_demo(args) -> int:
     from ryu_nsm.lab.demo import run_demo
 
@@ -223,6 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve NSM's NetworkService and MonitorConnections gRPC here (repeatable; "
                           "unix:///path or host:port): connections asked for become client requests "
                           "in namespace 'nsm'")
+    flows = ctl.add_argument_group("flow events (docs/observability.md)")
+    flows.add_argument("--flow-buffer", type=int, default=4096, metavar="N",
+                       help="flow events kept for observe and the Hubble API")
+    flows.add_argument("--hubble-listen", action="append", metavar="ADDRESS",
+                       help=f"serve Hubble's Observer gRPC API here (unix:PATH or host:port, e.g. "
+                            f"{HUBBLE_ADDRESS}; repeatable); default: not served")
+    flows.add_argument("--flow-log", metavar="FILE", help="write every flow event here as a JSON line")
+    flows.add_argument("--flow-log-max-bytes", type=int, default=10 * 1024 * 1024, metavar="BYTES",
+                       help="rotate the flow log when it would pass this size")
+    flows.add_argument("--flow-log-keep", type=int, default=5, metavar="N", help="rotated flow logs kept")
     ctl.add_argument("--log", action="append", default=[], metavar="LOGGER=LEVEL",
                      help="one logger's level, e.g. ryu_nsm.sources.kubernetes=debug (repeatable)")
     ctl.set_defaults(func=cmd_controller)
@@ -237,6 +288,26 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--service", action="append", help="with --nsm: only this network service (repeatable)")
     st.add_argument("--watch", action="store_true", help="with --nsm: follow the stream until Ctrl-C")
     st.set_defaults(func=cmd_status)
+
+    obs = sub.add_parser("observe", help="flows with their verdicts, from the controller's Hubble API "
+                                          "(shaped like hubble observe)")
+    obs.add_argument("--server", default=HUBBLE_ADDRESS, help="the controller's --hubble-listen address")
+    obs.add_argument("-f", "--follow", action="store_true", help="keep printing new flows until Ctrl-C")
+    count = obs.add_mutually_exclusive_group()
+    count.add_argument("--last", type=int, metavar="N", help="the last N flows (default 20 without "
+                       "--since or --follow)")
+    count.add_argument("--first", type=int, metavar="N", help="the first N flows kept")
+    obs.add_argument("--since", help="flows since a duration ago (5m, 1h30m) or an RFC 3339 time")
+    obs.add_argument("--until", help="flows until a duration ago or an RFC 3339 time")
+    obs.add_argument("--pod", action="append", metavar="[NS/]NAME",
+                     help="flows from or to this pod (a name prefix; NS/ alone: the namespace); repeatable")
+    obs.add_argument("--service", action="append", metavar="[NS/]NAME",
+                     help="flows on wires of this network service; repeatable")
+    obs.add_argument("--verdict", action="append", choices=["FORWARDED", "DROPPED"], type=str.upper)
+    obs.add_argument("--protocol", action="append", help="tcp, udp, sctp, icmp, icmpv4, icmpv6")
+    obs.add_argument("--port", action="append", help="source or destination L4 port")
+    obs.add_argument("-o", "--output", default="compact", choices=["compact", "json", "table"])
+    obs.set_defaults(func=cmd_observe)
 
     demo = sub.add_parser(
         "demo", help="Mininet fabric + controller + the chain client → firewall → dpi → gateway")
