@@ -15,6 +15,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY ryu_nsm ./ryu_nsm
 COPY nsm_api ./nsm_api
+COPY hubble_api ./hubble_api
 COPY ovs_forwarder ./ovs_forwarder
 RUN pip wheel --no-cache-dir --wheel-dir /wheels . ovs==3.1.7
 
@@ -27,7 +28,7 @@ RUN apt-get update \
     && dpkg-deb --fsys-tarfile openvswitch-switch_*.deb | tar -x -C / ./usr/share/openvswitch/vswitch.ovsschema \
     && rm -rf /var/lib/apt/lists/* openvswitch-switch_*.deb
 
-# What both roles run: one venv with the three packages (ryu_nsm, nsm_api, ovs_forwarder) and ovs.
+# What both roles run: one venv with the four packages (ryu_nsm, nsm_api, hubble_api, ovs_forwarder) and ovs.
 FROM python:3.11-slim AS runtime
 # The root filesystem is read-only in the cluster: no bytecode cache to write; logs unbuffered.
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -1,4 +1,4 @@
-"""``ryu-nsm``: plan (dry run), controller, status, demo, certs (a development CA)."""
+"""``ryu-nsm``: plan (dry run), controller, status, observe, demo, certs (a development CA)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 OVSDB_SOCKET = "unix:/var/run/openvswitch/db.sock"
 EXIT_INVALID = 1  # some document was invalid (the rest was still planned)
 EXIT_USAGE = 2  # bad arguments, unreadable topology, controller unreachable
+EXIT_ERROR = 1  # observe: the controller's Hubble API failed or refused the request
+HUBBLE_ADDRESS = "127.0.0.1:4244"  # Hubble's own default port
 
 
 def _host_port(text: str, default_port: int) -> tuple[str, int]:
@@ -82,7 +84,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_controller(args) -> int:
-    from ryu_nsm.wiring import KubernetesOptions, run_controller
+    from ryu_nsm.wiring import FlowOptions, KubernetesOptions, run_controller
 
     fabric = _load_fabric(args)
     kubernetes = None
@@ -97,6 +99,12 @@ def cmd_controller(args) -> int:
     elif args.leader_elect:
         print("ryu-nsm: --leader-elect needs --kubernetes (the Lease lives in the cluster)", file=sys.stderr)
         return EXIT_USAGE
+    flows = FlowOptions(buffer=args.flow_buffer, hubble_listen=args.hubble_listen, log=args.flow_log,
+                        log_max_bytes=args.flow_log_max_bytes, log_keep=args.flow_log_keep)
+    if flows.buffer < 1 or flows.log_max_bytes < 1 or flows.log_keep < 0:
+        print("ryu-nsm: --flow-buffer and --flow-log-max-bytes must be >= 1, --flow-log-keep >= 0",
+              file=sys.stderr)
+        return EXIT_USAGE
     host, port = _host_port(args.listen, 6653)
     shost, sport = _host_port(args.status_listen, DEFAULT_ADDRESS[1])
     stop = threading.Event()
@@ -106,7 +114,7 @@ def cmd_controller(args) -> int:
         fabric, args.requests, host, port, (shost, sport),
         watch_interval=args.watch_interval, kubernetes=kubernetes, use_bundles=not args.no_bundles,
         audit_interval=args.audit_interval, ovsdb_remote=args.ovsdb, nsm_listen=args.nsm_listen or (),
-        counter_interval=args.counter_interval,
+        counter_interval=args.counter_interval, flows=flows,
     ) as running:
         logging.getLogger("ryu_nsm").info(
             "controller for fabric %s: OpenFlow on %s:%d, status on http://%s:%d/status",
@@ -171,6 +179,39 @@ def _status_from_monitor(args) -> int:
     return 0
 
 
+def cmd_observe(args) -> int:
+    """Flows from the controller's Hubble API, printed as they come (``--follow``) or as kept."""
+    import grpc
+
+    from hubble_api import observer_pb2_grpc
+    from ryu_nsm.observe.flow_client import flow_request, render
+    from ryu_nsm.observe.flow_output import table_header
+
+    try:
+        request = flow_request(args.follow, args.last, args.first, args.since, args.until, time.time(),
+                               pods=args.pod or (), services=args.service or (), ports=args.port or (),
+                               verdicts=args.verdict or (), protocols=args.protocol or ())
+    except ValueError as exc:
+        print(f"ryu-nsm: observe: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    channel = grpc.insecure_channel(args.server)
+    try:
+        if args.output == "table":
+            print(table_header())
+        stub = observer_pb2_grpc.ObserverStub(channel)
+        for response in stub.GetFlows(request, timeout=None if args.follow else 30):
+            print(render(response, args.output), flush=args.follow)
+    except grpc.RpcError as exc:
+        print(f"ryu-nsm: observe: Hubble API at {args.server}: {exc.code().name}: {exc.details()}",
+              file=sys.stderr)
+        return EXIT_USAGE if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else EXIT_ERROR
+    except KeyboardInterrupt:
+        pass
+    finally:
+        channel.close()
+    return 0
+
+
 def cmd_demo(args) -> int:
     from ryu_nsm.lab.demo import run_demo
 
@@ -203,7 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", default="text", choices=["text", "json"],
                    help="json: one object per line (time, level, logger, message) for log collectors")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_plan, _add_controller, _add_status, _add_observe, _add_demo, _add_certs):
+        add(sub)
+    return p
 
+
+def _add_plan(sub) -> None:
+    """``ryu-nsm plan``."""
     plan = sub.add_parser("plan", help="dry run: chains, paths and flows; touches nothing")
     plan.add_argument("topology", help="topology YAML")
     plan.add_argument("requests", nargs="+", help="YAML files or directories of NSM resources and Pods")
@@ -212,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--param", action="append", help="topology generator parameter, e.g. k=8")
     plan.set_defaults(func=cmd_plan)
 
+
+def _add_controller(sub) -> None:
+    """``ryu-nsm controller``."""
     ctl = sub.add_parser("controller", help="run the controller against a real fabric")
     ctl.add_argument("--topology", required=True, help="topology YAML")
     ctl.add_argument("--requests", nargs="*", default=[], help="files/directories watched for resources")
@@ -225,6 +275,24 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("--watch-interval", type=float, default=1.0,
                      help="seconds between polls of the request files")
     ctl.add_argument("--param", action="append", help="topology generator parameter, e.g. k=8")
+    _add_kubernetes_options(ctl)
+    ctl.add_argument("--ovsdb", nargs="?", const=OVSDB_SOCKET, metavar="REMOTE",
+                     help="also bind the interfaces that the forwarder plumbed into the fabric's bridges, "
+                          f"watched in this OVSDB (without a value: {OVSDB_SOCKET}); they are clients "
+                          "and endpoints in namespace 'nsm', their NetworkServices come from files or "
+                          "Kubernetes")
+    ctl.add_argument("--nsm-listen", action="append", metavar="ADDRESS",
+                     help="serve NSM's NetworkService and MonitorConnections gRPC here (repeatable; "
+                          "unix:///path or host:port): connections asked for become client requests "
+                          "in namespace 'nsm'")
+    _add_flow_options(ctl)
+    ctl.add_argument("--log", action="append", default=[], metavar="LOGGER=LEVEL",
+                     help="one logger's level, e.g. ryu_nsm.sources.kubernetes=debug (repeatable)")
+    ctl.set_defaults(func=cmd_controller)
+
+
+def _add_kubernetes_options(ctl: argparse.ArgumentParser) -> None:
+    """The controller's Kubernetes options."""
     kube = ctl.add_argument_group("Kubernetes")
     kube.add_argument("--kubernetes", action="store_true",
                       help="also watch NSM's CRDs and annotated Pods; report in NetworkServiceConnections")
@@ -237,19 +305,24 @@ def build_parser() -> argparse.ArgumentParser:
     kube.add_argument("--lease-name", default="ryu-nsm-controller")
     kube.add_argument("--identity", help="leader election identity (default: host name; use the Pod name)")
     kube.add_argument("--lease-duration", type=float, default=15.0, help="seconds a Lease holds")
-    ctl.add_argument("--ovsdb", nargs="?", const=OVSDB_SOCKET, metavar="REMOTE",
-                     help="also bind the interfaces that the forwarder plumbed into the fabric's bridges, "
-                          f"watched in this OVSDB (without a value: {OVSDB_SOCKET}); they are clients "
-                          "and endpoints in namespace 'nsm', their NetworkServices come from files or "
-                          "Kubernetes")
-    ctl.add_argument("--nsm-listen", action="append", metavar="ADDRESS",
-                     help="serve NSM's NetworkService and MonitorConnections gRPC here (repeatable; "
-                          "unix:///path or host:port): connections asked for become client requests "
-                          "in namespace 'nsm'")
-    ctl.add_argument("--log", action="append", default=[], metavar="LOGGER=LEVEL",
-                     help="one logger's level, e.g. ryu_nsm.sources.kubernetes=debug (repeatable)")
-    ctl.set_defaults(func=cmd_controller)
 
+
+def _add_flow_options(ctl: argparse.ArgumentParser) -> None:
+    """The controller's flow event options."""
+    flows = ctl.add_argument_group("flow events (docs/observability.md)")
+    flows.add_argument("--flow-buffer", type=int, default=4096, metavar="N",
+                       help="flow events kept for observe and the Hubble API")
+    flows.add_argument("--hubble-listen", action="append", metavar="ADDRESS",
+                       help=f"serve Hubble's Observer gRPC API here (unix:PATH or host:port, e.g. "
+                            f"{HUBBLE_ADDRESS}; repeatable); default: not served")
+    flows.add_argument("--flow-log", metavar="FILE", help="write every flow event here as a JSON line")
+    flows.add_argument("--flow-log-max-bytes", type=int, default=10 * 1024 * 1024, metavar="BYTES",
+                       help="rotate the flow log when it would pass this size")
+    flows.add_argument("--flow-log-keep", type=int, default=5, metavar="N", help="rotated flow logs kept")
+
+
+def _add_status(sub) -> None:
+    """``ryu-nsm status``."""
     st = sub.add_parser("status", help="connections, paths and state from the running controller")
     st.add_argument("--url", default=f"http://{DEFAULT_ADDRESS[0]}:{DEFAULT_ADDRESS[1]}")
     st.add_argument("--json", action="store_true")
@@ -261,6 +334,32 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--watch", action="store_true", help="with --nsm: follow the stream until Ctrl-C")
     st.set_defaults(func=cmd_status)
 
+
+def _add_observe(sub) -> None:
+    """``ryu-nsm observe``."""
+    obs = sub.add_parser("observe", help="flows with their verdicts, from the controller's Hubble API "
+                                          "(shaped like hubble observe)")
+    obs.add_argument("--server", default=HUBBLE_ADDRESS, help="the controller's --hubble-listen address")
+    obs.add_argument("-f", "--follow", action="store_true", help="keep printing new flows until Ctrl-C")
+    count = obs.add_mutually_exclusive_group()
+    count.add_argument("--last", type=int, metavar="N", help="the last N flows (default 20 without "
+                       "--since or --follow)")
+    count.add_argument("--first", type=int, metavar="N", help="the first N flows kept")
+    obs.add_argument("--since", help="flows since a duration ago (5m, 1h30m) or an RFC 3339 time")
+    obs.add_argument("--until", help="flows until a duration ago or an RFC 3339 time")
+    obs.add_argument("--pod", action="append", metavar="[NS/]NAME",
+                     help="flows from or to this pod (a name prefix; NS/ alone: the namespace); repeatable")
+    obs.add_argument("--service", action="append", metavar="[NS/]NAME",
+                     help="flows on wires of this network service; repeatable")
+    obs.add_argument("--verdict", action="append", choices=["FORWARDED", "DROPPED"], type=str.upper)
+    obs.add_argument("--protocol", action="append", help="tcp, udp, sctp, icmp, icmpv4, icmpv6")
+    obs.add_argument("--port", action="append", help="source or destination L4 port")
+    obs.add_argument("-o", "--output", default="compact", choices=["compact", "json", "table"])
+    obs.set_defaults(func=cmd_observe)
+
+
+def _add_demo(sub) -> None:
+    """``ryu-nsm demo``."""
     demo = sub.add_parser(
         "demo", help="Mininet fabric + controller + the chain client → firewall → dpi → gateway")
     demo.add_argument("--topology", default=str(REPO / "topologies" / "demo-chain.yaml"))
@@ -268,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="leave it running until Ctrl-C")
     demo.set_defaults(func=cmd_demo)
 
+
+def _add_certs(sub) -> None:
+    """``ryu-nsm certs init|issue``."""
     certs = sub.add_parser("certs", help="a development CA and SPIFFE X509-SVIDs (labs and tests, not SPIRE)")
     certs_sub = certs.add_subparsers(dest="certs_command", required=True)
     init = certs_sub.add_parser("init", help="a new EC P-256 CA in DIR (ca.pem, ca_key.pem)")
@@ -283,7 +385,6 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--dns", action="append",
                        help="also a DNS SAN (repeatable): the name gRPC clients check")
     certs.set_defaults(func=cmd_certs)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
-"""Start the whole controller in this process: os-ken app, request sources, status endpoint,
-on a cluster the Kubernetes watcher, status writer and leader election, and on nodes with the
-forwarder the OVSDB watcher."""
+"""Start the whole controller in this process: os-ken app, request sources, status endpoint, the flow
+store (with the Hubble API and flow log when asked), on a cluster the Kubernetes watcher, status writer
+and leader election, and on nodes with the forwarder the OVSDB watcher."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ryu_nsm.core.fabric import Fabric
 from ryu_nsm.core.model import Resources
 from ryu_nsm.observe import health
+from ryu_nsm.observe.flow_store import DEFAULT_CAPACITY, FlowStore
 from ryu_nsm.observe.picture import fabric_description
 from ryu_nsm.observe.status_api import StatusServer
 from ryu_nsm.openflow.shell import NsmApp, ShellSettings
@@ -36,9 +37,24 @@ class KubernetesOptions:
 
 
 @dataclass
+class FlowOptions:
+    """The flow store's size, where Hubble's API is served (none: not served), the flow log."""
+
+    buffer: int = DEFAULT_CAPACITY
+    hubble_listen: Sequence[str] | None = None
+    log: str | None = None
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_keep: int = 5
+
+
+@dataclass
 class RunningController:
+    """What runs; ``flow_store.add(events)`` is where flow event producers hand their events."""
+
     app: NsmApp | None
     status_address: tuple[str, int]
+    flow_store: FlowStore = field(default_factory=FlowStore)
+    hubble_addresses: list[str] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -52,6 +68,7 @@ def run_controller(
     kubernetes: KubernetesOptions | None = None,
     ovsdb_remote: str | None = None,
     nsm_listen: Sequence[str] = (),
+    flows: FlowOptions | None = None,
     **settings,
 ) -> Iterator[RunningController]:
     """Run until the context exits: OpenFlow on (of_host, of_port), status over HTTP.
@@ -65,6 +82,8 @@ def run_controller(
 
     With ``nsm_listen`` (``unix:///path`` or ``host:port`` each), NSM's NetworkService and
     MonitorConnection are served there (ryu_nsm.sources.nsm_grpc); requested connections are one more source.
+
+    ``flows`` sizes the flow store and asks for Hubble's Observer API and the flow log over it.
     """
     from ryu_nsm.openflow import launch as oskenrun
 
@@ -78,7 +97,8 @@ def run_controller(
         kube_api = api_client(kubernetes.kubeconfig, kubernetes.context)
     sources = _Sources(fabric, request_paths, watch_interval, kube_api, kubernetes, ovsdb_remote, nsm_listen,
                        stoppers)
-    running = RunningController(None, status_address)
+    flows = flows or FlowOptions()
+    running = RunningController(None, status_address, FlowStore(flows.buffer))
 
     def on_ready(app: NsmApp) -> None:
         running.app = app
@@ -99,6 +119,7 @@ def run_controller(
             stoppers.extend(_start_cluster_side(running.app, kube_api, sources.kube_source, kubernetes))
         if sources.grpc_source is not None:
             stoppers.append(_serve_nsm(sources.grpc_source, running.app, nsm_listen))
+        _start_flow_outputs(running, flows, fabric, stoppers)
         yield running
     finally:
         for stop in reversed(stoppers):
@@ -165,6 +186,29 @@ def _serve_nsm(source, app: NsmApp, listen: Sequence[str]) -> Callable[[], None]
     nsm_server = NsmServer(source, app.status)
     nsm_server.serve(listen)
     return nsm_server.stop
+
+
+def _start_flow_outputs(running: RunningController, flows: FlowOptions, fabric: Fabric,
+                        stoppers: list[Callable[[], None]]) -> None:
+    """The Hubble API and the flow log over the flow store, as asked; their stop functions go to
+    ``stoppers`` as each starts."""
+    if flows.log:
+        from ryu_nsm.observe.flow_log import FlowLog, RotatingLines
+
+        flow_log = FlowLog(running.flow_store, RotatingLines(flows.log, flows.log_max_bytes, flows.log_keep))
+        stoppers.append(flow_log.start().stop)
+    if flows.hubble_listen:
+        from ryu_nsm.observe.hubble_server import HubbleObserver, HubbleServer
+
+        def nodes() -> dict[str, bool]:
+            """The fabric's switches (Hubble's nodes: where flows are seen) and which are connected."""
+            up = {s["name"] for s in running.app.status().get("switches", []) if s["connected"]}
+            return {switch.name: switch.name in up for switch in fabric.switches}
+
+        observer = HubbleObserver(running.flow_store, nodes, fabric.name)
+        server = HubbleServer(observer).serve(flows.hubble_listen)
+        running.hubble_addresses = server.addresses
+        stoppers.append(server.stop)
 
 
 def _start_cluster_side(app: NsmApp, api, source, options: KubernetesOptions) -> list[Callable[[], None]]:

@@ -832,7 +832,7 @@ def test_dockerfile_installs_every_package_from_the_build_context(target):
     assert re.search(r"pip install [^&]*ryu-nsm", runs), "the package itself is not installed"
     sources = context_sources(target)
     assert {"pyproject.toml", "README.md"} | packaged_dirs() <= set(sources)
-    assert packaged_dirs() == {"ryu_nsm", "nsm_api", "ovs_forwarder"}
+    assert packaged_dirs() == {"ryu_nsm", "nsm_api", "hubble_api", "ovs_forwarder"}
     for src in sources:
         assert (ROOT / src).exists() and docker_included(src), src
     for package in packaged_dirs():

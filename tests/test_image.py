@@ -18,15 +18,19 @@ from tests.test_deploy import ROOT, context_sources
 
 TARGETS = ("controller", "forwarder")
 SCRIPTS = ("ryu-nsm", "ovs-forwarder")
-OURS = ("ryu_nsm", "nsm_api", "ovs_forwarder")
-# Modules the commands import only when a flag asks for them (--kubernetes, --ovsdb, --nsm-listen, the
-# OpenFlow shell) or that the forwarder serves with. ryu_nsm.lab is not among them: it drives Mininet.
+OURS = ("ryu_nsm", "nsm_api", "hubble_api", "ovs_forwarder")
+# Modules the commands import only when a flag asks for them (--kubernetes, --ovsdb, --nsm-listen,
+# --hubble-listen, --flow-log, observe, the OpenFlow shell) or that the forwarder serves with.
+# ryu_nsm.lab is not among them: it drives Mininet.
 LAZY_IMPORTS = (
     "ryu_nsm.wiring", "ryu_nsm.openflow.shell", "ryu_nsm.openflow.launch", "ryu_nsm.sources.kubernetes",
     "ryu_nsm.sources.ovsdb", "ryu_nsm.sources.nsm_grpc", "ryu_nsm.k8s.client",
     "ryu_nsm.k8s.connection_status", "ryu_nsm.k8s.status_writer", "ryu_nsm.k8s.leader",
     "ryu_nsm.observe.status_api", "ryu_nsm.observe.metrics", "nsm_api.serving",
     "nsm_api.registry_pb2_grpc", "ovs_forwarder.server", "ovs_forwarder.plumbing", "ovs_forwarder.ovsdb",
+    "ryu_nsm.observe.hubble_server", "ryu_nsm.observe.flow_log", "ryu_nsm.observe.flow_client",
+    "ryu_nsm.trust.identity", "ryu_nsm.trust.tls", "ryu_nsm.trust.devca", "ryu_nsm.trust.workload",
+    "nsm_api.tokens", "nsm_api.authorize",
 )
 
 

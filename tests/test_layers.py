@@ -15,7 +15,7 @@ import networkx as nx
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "ryu_nsm"
-FIRST_PARTY = {"ryu_nsm", "nsm_api", "ovs_forwarder", "tests", "mininet_tests", "bench"}
+FIRST_PARTY = {"ryu_nsm", "nsm_api", "hubble_api", "ovs_forwarder", "tests", "mininet_tests", "bench"}
 PURE_THIRD_PARTY = {"networkx", "yaml"}
 
 QOS_FROM_CORE = ("ryu_nsm.qos", "ryu_nsm.qos.service_level", "ryu_nsm.qos.admission*", "ryu_nsm.qos.measure")
@@ -32,7 +32,7 @@ RULES: dict[str, tuple[tuple[str, ...], bool]] = {
                  True),
     "k8s": (("ryu_nsm.k8s", "ryu_nsm.core", "ryu_nsm.qos", "ryu_nsm.sources", "ryu_nsm.observe",
              "ryu_nsm.trust"), True),
-    "observe": (("ryu_nsm.observe", "ryu_nsm.core", "ryu_nsm.qos", "ryu_nsm.trust"), True),
+    "observe": (("ryu_nsm.observe", "ryu_nsm.core", "ryu_nsm.qos", "ryu_nsm.trust", "hubble_api"), True),
     # trust may read observe.health (supervised loops) and logs; every channel's layer may import it.
     "trust": (("ryu_nsm.trust", "ryu_nsm.observe.health", "ryu_nsm.observe.logs"), True),
     "lab": (("*",), True),
@@ -131,7 +131,7 @@ def test_rules_catch_a_breach_and_a_cycle():
     assert package_of("ryu_nsm.cli") == "top" and package_of("ryu_nsm.core") == "core"
 
 
-BLOCKED = ("os_ken", "kubernetes", "grpc", "pyroute2", "ovs", "prometheus_client", "nsm_api")
+BLOCKED = ("os_ken", "kubernetes", "grpc", "pyroute2", "ovs", "prometheus_client", "nsm_api", "hubble_api")
 
 _WITHOUT_IO_LIBRARIES = textwrap.dedent(f"""
     import sys
