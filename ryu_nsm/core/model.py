@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from ryu_nsm.core.policy_model import PolicyInputs
 from ryu_nsm.core.validation import Problem
 from ryu_nsm.core.values import DEFAULT_NAMESPACE, EMPTY, FrozenMap
 from ryu_nsm.qos.service_level import ServiceLevel
@@ -138,6 +139,7 @@ class Resources:
     requests: tuple[ClientRequest, ...] = ()
     problems: tuple[Problem, ...] = field(default=(), compare=False)
     service_levels: tuple[ServiceLevel, ...] = ()  # QoS promises (qos/service_level.py)
+    policy: PolicyInputs = PolicyInputs()  # MultiNetworkPolicies and what they match on (policy_model.py)
 
     def merged(self, other: Resources) -> Resources:
         return Resources(
@@ -146,4 +148,5 @@ class Resources:
             self.requests + other.requests,
             self.problems + other.problems,
             self.service_levels + other.service_levels,
+            self.policy.merged(other.policy),
         )

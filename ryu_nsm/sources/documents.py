@@ -21,11 +21,13 @@ from ryu_nsm.core.model import (
     NetworkService,
     Resources,
 )
+from ryu_nsm.core.policy_model import POLICY_API_VERSION, POLICY_KIND
 from ryu_nsm.core.validation import Check, Problem, describe_value, expected, field_path, item_path, key_path
 from ryu_nsm.core.values import DEFAULT_NAMESPACE, EMPTY, FrozenMap
 from ryu_nsm.qos.service_level import API_VERSION as SLA_API_VERSION
 from ryu_nsm.qos.service_level import KIND as SLA_KIND
 from ryu_nsm.qos.service_level import ServiceLevel, parse_service_level
+from ryu_nsm.sources.policy_documents import validate_policy, workload_facts
 
 NSM_GROUP = "networkservicemesh.io"
 NSM_API_VERSION = f"{NSM_GROUP}/v1"
@@ -506,6 +508,7 @@ _NSM_KINDS = ("NetworkService", "NetworkServiceEndpoint")
 _CORE_KINDS = ("Pod", "Namespace")
 _OUR_GROUP = SLA_API_VERSION.rpartition("/")[0]
 _OUR_KINDS = (SLA_KIND,)
+_POLICY_GROUP = POLICY_API_VERSION.rpartition("/")[0]
 
 
 def _objects(doc: Document, body: object, base: str, problems: list[Problem]) -> Iterator[_Object]:
@@ -539,15 +542,15 @@ def _objects(doc: Document, body: object, base: str, problems: list[Problem]) ->
             yield from _objects(doc, item, item_path(items_path, index), problems)
         return
     if (group == NSM_GROUP and kind in _NSM_KINDS) or (group == "" and kind in _CORE_KINDS) or (
-            group == _OUR_GROUP and kind in _OUR_KINDS):
+            group == _OUR_GROUP and kind in _OUR_KINDS) or (group == _POLICY_GROUP and kind == POLICY_KIND):
         yield _Object(doc, base, body, kind)
 
 
 def _version_ok(check: _Check, obj: _Object) -> bool:
     """Checked with the object, not before, so that an object of the wrong version still has a key."""
     api = obj.body["apiVersion"]
-    if obj.kind in _OUR_KINDS:
-        return True  # parse_service_level checks its own version
+    if obj.kind in _OUR_KINDS or obj.kind == POLICY_KIND:
+        return True  # parse_service_level and validate_policy check their own version
     if api.rpartition("/")[2] == "v1":
         return True
     version = NSM_API_VERSION if obj.kind in _NSM_KINDS else "v1"
@@ -716,6 +719,8 @@ def parse_keeping(
             return _pod_requests(check, obj, inherited)
         if obj.kind == SLA_KIND:
             return _service_level(check, obj)
+        if obj.kind == POLICY_KIND:
+            return validate_policy(check, obj.body, obj.base)
         return _network_service(check, obj) if obj.kind == "NetworkService" else _endpoint(check, obj)
 
     def context(obj: _Object) -> object:
@@ -729,9 +734,15 @@ def parse_keeping(
     endpoints: list[Endpoint] = []
     requests: list[ClientRequest] = []
     levels: list[ServiceLevel] = []
+    policies: list = []
+    facts, fact_problems = workload_facts((o.doc.source, o.doc.index, o.base, o.kind, o.body)
+                                          for o in objects)
+    parser.problems += fact_problems
     for key, result in parser.accept([obj for obj in objects if obj.kind != "Namespace"], validate, context):
         if key[0] == SLA_KIND:
             levels.append(result)
+        elif key[0] == POLICY_KIND:
+            policies.append(result)
         elif key[0] == "NetworkService":
             services.append(result)
         elif key[0] == "NetworkServiceEndpoint":
@@ -743,7 +754,8 @@ def parse_keeping(
     # Namespaces are read first, but their problems belong in document order like all others.
     order = {(doc.source, doc.index): position for position, doc in enumerate(documents)}
     problems = sorted(parser.problems, key=lambda p: order[(p.source, p.index)])
-    resources = Resources(tuple(services), tuple(endpoints), tuple(requests), tuple(problems), tuple(levels))
+    resources = Resources(tuple(services), tuple(endpoints), tuple(requests), tuple(problems), tuple(levels),
+                          replace(facts, policies=tuple(policies)))
     return resources, parser.valid
 
 
