@@ -257,3 +257,19 @@ def test_a_policy_change_replans_only_the_wires_it_governs():
     (pc2,) = again.connections.values()
     assert again.touched == {pc.id} and pc2.zone == pc.zone and pc2.path == pc.path
     assert make_plan(fabric, changed, previous=again).touched == frozenset()
+
+
+def test_plan_shows_policy_flows_and_why():
+    from ryu_nsm.observe.report import connection_entry, render_text
+
+    deny = MultiNetworkPolicy("deny", "a", (NETWORK,), LabelSelector(FrozenMap(app="web")), ("Ingress",))
+    _, _, _, plan = _plan(Pod("a", "client", {}, {}, "10.0.0.1"),
+                          Pod("a", "server", {"app": "web"}, {}, "10.0.0.2"), [deny], False)
+    (pc,) = plan.connections.values()
+    entry = connection_entry(pc, "planned")
+    # Only the client's connections are restricted: its gate in CLASSIFY is a drop, ARP, 4 ND, 2 ct.
+    assert entry["policy"]["governed_by"] == ["a/deny isolates endpoint a/server for Ingress"]
+    assert entry["policy"]["flows"] == sum(1 for _, f in pc.flows if f.table in (2, 3)) + 8
+    text = render_text({"fabric": "ring", "connections": [entry]})
+    assert f"policy: {entry['policy']['flows']} flows, conntrack zone {pc.zone}" in text
+    assert "a/deny isolates endpoint a/server for Ingress" in text

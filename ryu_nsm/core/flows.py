@@ -392,3 +392,13 @@ def network_text(network) -> str:
     if network.prefixlen == network.max_prefixlen:
         return str(network.network_address)
     return str(network)
+
+
+_POLICY_TABLES = (Table.POLICY_EGRESS, Table.POLICY_INGRESS)
+
+
+def policy_flow_count(flows: Sequence[tuple[str, FlowSpec]]) -> int:
+    """How many of a wire's flows its policy adds: the policy tables' and the conntrack gates'."""
+    return sum(1 for _, f in flows if f.table in _POLICY_TABLES or (
+        f.table == Table.CLASSIFY and f.priority in (Priority.POLICY_PASS, Priority.WIRE_IP, Priority.WIRE)
+        and (any(a[0] == "ct" for a in f.actions) or f.goto == Table.WIRE_ENTRY or not f.actions)))

@@ -241,6 +241,8 @@ def _ofctl_match(name: str, value: object) -> str:
         return f"dl_dst={value}"
     if name == "ip_proto":
         return f"nw_proto={value}"
+    if name in ("ipv4_src", "ipv4_dst"):
+        return f"nw_{name[5:]}={value}"
     if name == "ct_state":
         bits, mask = value
         return "ct_state=" + "".join(f"{'+' if bits & bit else '-'}{word}" for word, bit in _CT_BITS
