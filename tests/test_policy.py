@@ -273,3 +273,71 @@ def test_plan_shows_policy_flows_and_why():
     text = render_text({"fabric": "ring", "connections": [entry]})
     assert f"policy: {entry['policy']['flows']} flows, conntrack zone {pc.zone}" in text
     assert "a/deny isolates endpoint a/server for Ingress" in text
+
+
+POLICY_DOC = """
+apiVersion: k8s.cni.cncf.io/v1beta1
+kind: MultiNetworkPolicy
+metadata:
+  name: web
+  namespace: a
+  annotations: {k8s.v1.cni.cncf.io/policy-for: "net, b/other"}
+spec:
+  podSelector: {matchLabels: {app: gw}}
+  egress:
+  - to: [{namespaceSelector: {matchLabels: {team: x}}, podSelector: {}}]
+    ports: [{protocol: UDP, port: 53}, {port: http}, {port: 80, endPort: 90}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: gw
+  namespace: a
+  labels: {app: gw}
+  annotations: {ryu-nsm.io/ports: "http=8080"}
+"""
+
+
+def _parse(text: str):
+    import yaml
+
+    from ryu_nsm.sources.documents import parse_documents
+    return parse_documents(list(yaml.safe_load_all(text)), "f")
+
+
+def test_a_policy_document_parses_with_networkpolicy_defaults():
+    resources = _parse(POLICY_DOC)
+    assert resources.problems == ()
+    (policy,) = resources.policy.policies
+    assert policy.networks == (NetworkRef("a", "net"), NetworkRef("b", "other"))
+    assert policy.policy_types == ("Ingress", "Egress")  # Egress because egress rules are given
+    assert policy.egress[0].ports == (PolicyPort("UDP", 53), PolicyPort("TCP", "http"),
+                                      PolicyPort("TCP", 80, 90))
+    assert resources.policy.pods[("a", "gw")] == Workload(FrozenMap(app="gw"), FrozenMap(http=("TCP", 8080)))
+
+
+def test_policy_errors_name_their_field():
+    both = "podSelector: {}, ipBlock: {cidr: 10.0.0.0/8}"
+    bad = POLICY_DOC.split("---")[0].replace("protocol: UDP", "protocol: ICMP").replace(
+        "endPort: 90", "endPort: 70").replace("podSelector: {}", both)
+    bad += """
+---
+apiVersion: k8s.cni.cncf.io/v1beta1
+kind: MultiNetworkPolicy
+metadata: {name: x}
+spec:
+  podSelector: {matchExpressions: [{key: app, operator: Near}]}
+  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/24, except: [10.1.0.0/24]}}]}]
+  policyTypes: [Sideways]
+"""
+    problems = [f"{p.path}: {p.message}" for p in _parse(bad).problems]
+    assert problems == [
+        "spec.egress[0].to[0]: ipBlock may not be given with podSelector or namespaceSelector",
+        'spec.egress[0].ports[0].protocol: expected TCP, UDP or SCTP, found string "ICMP"',
+        "spec.egress[0].ports[2].endPort: expected a port number from port (80) to 65535, found integer 70",
+        'spec.podSelector.matchExpressions[0].operator: expected one of In, NotIn, Exists, DoesNotExist, '
+        'found string "Near"',
+        'spec.ingress[0].from[0].ipBlock.except[0]: expected a CIDR inside 10.0.0.0/24, '
+        'found string "10.1.0.0/24"',
+        'spec.policyTypes[0]: expected Ingress or Egress, found string "Sideways"',
+    ]

@@ -292,7 +292,8 @@ def workload_facts(objects: Iterable[tuple[str, int, str, str, dict]]) -> tuple[
         labels = FrozenMap({k: v for k, v in labels.items() if isinstance(k, str) and isinstance(v, str)}
                            if isinstance(labels, dict) else {})
         if kind == "Namespace":
-            namespaces[name] = labels
+            if labels:  # an object without labels or named ports is the default: not kept
+                namespaces[name] = labels
             continue
         annotations = meta.get("annotations") if isinstance(meta.get("annotations"), dict) else {}
         ports = EMPTY
@@ -301,6 +302,7 @@ def workload_facts(objects: Iterable[tuple[str, int, str, str, dict]]) -> tuple[
             if problem:
                 path = key_path(field_path(base, "metadata.annotations"), PORTS_ANNOTATION)
                 problems.append(Problem(source, index, path, problem))
-        key = (meta.get("namespace") or DEFAULT_NAMESPACE, name)
-        (pods if kind == "Pod" else endpoints)[key] = Workload(labels, ports)
+        if labels or ports:
+            key = (meta.get("namespace") or DEFAULT_NAMESPACE, name)
+            (pods if kind == "Pod" else endpoints)[key] = Workload(labels, ports)
     return PolicyInputs((), FrozenMap(pods), FrozenMap(endpoints), FrozenMap(namespaces)), problems
