@@ -6,6 +6,7 @@ both must give the same bytes, and os-ken's parse of those bytes must decode bac
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import struct
 
@@ -16,6 +17,7 @@ from os_ken.ofproto import ofproto_common, ofproto_protocol
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
+from ryu_nsm.core.flows import network_text
 from ryu_nsm.core.flowspec import (
     COOKIE_OWNER_MASK,
     PIPELINE,
@@ -47,7 +49,27 @@ MATCH_VALUES = {
     "eth_src": macs,
     "eth_dst": macs,
     "ip_proto": st.integers(0, 255),
+    "icmpv6_type": st.integers(0, 255),
+    "conj_id": st.integers(0, 2**32 - 1),
+    "ct_state": st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)).map(
+        lambda v: (v[0] & v[1], v[1])),
 }
+
+
+def _networks(version: int) -> st.SearchStrategy[str]:
+    bits = 32 if version == 4 else 128
+    return st.tuples(st.integers(0, 2**bits - 1), st.integers(0, bits)).map(
+        lambda a: network_text((ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network)(
+            (a[0], a[1]), strict=False)))
+
+
+for _side in ("src", "dst"):
+    MATCH_VALUES[f"ipv4_{_side}"] = _networks(4)
+    MATCH_VALUES[f"ipv6_{_side}"] = _networks(6)
+for _name in ("tcp_dst", "udp_dst", "sctp_dst"):
+    # A masked value has no bits outside its mask (OpenFlow refuses it; os-ken clears them).
+    MATCH_VALUES[_name] = st.one_of(st.integers(0, 0xFFFF), st.tuples(st.integers(0, 0xFFFF), st.integers(
+        0, 0xFFFF)).map(lambda v: (v[0] & v[1], v[1])))
 ACTIONS = {
     "output": ports.map(lambda port: ("output", port)),
     "push_vlan": st.sampled_from([0x8100, 0x88A8]).map(lambda et: ("push_vlan", et)),
@@ -58,6 +80,10 @@ ACTIONS = {
     ),
     "group": st.integers(0, ofp.OFPG_MAX).map(lambda g: ("group", g)),
     "set_queue": st.integers(0, 0xFFFFFFFE).map(lambda q: ("set_queue", q)),
+    "ct": st.tuples(st.integers(0, 0xFFFF), st.integers(0, 254)).map(lambda z: ("ct", *z)),
+    "ct_commit": st.integers(0, 0xFFFF).map(lambda z: ("ct_commit", z)),
+    "conjunction": st.integers(2, 64).flatmap(lambda n: st.tuples(
+        st.integers(0, 2**32 - 1), st.integers(1, n), st.just(n))).map(lambda c: ("conjunction", *c)),
 }
 
 
@@ -96,10 +122,24 @@ def osken_action(action: tuple) -> parser.OFPAction:
         return parser.OFPActionGroup(action[1])
     if kind == "set_queue":
         return parser.OFPActionSetQueue(action[1])
+    if kind == "ct":
+        return parser.NXActionCT(0, "", action[1], action[2], 0, [])
+    if kind == "ct_commit":
+        return parser.NXActionCT(1, "", action[1], 255, 0, [])
+    if kind == "conjunction":
+        return parser.NXActionConjunction(action[2] - 1, action[3], action[1])
     _, name, value = action
     if name == "vlan_vid":
         value |= ofp.OFPVID_PRESENT
     return parser.OFPActionSetField(**{name: value})
+
+
+def osken_value(name: str, value: object) -> object:
+    """A match value as os-ken takes it: addresses with a mask as (address, netmask)."""
+    if name.startswith("ipv") and "/" in str(value):
+        net = ipaddress.ip_network(value)
+        return (str(net.network_address), str(net.netmask))
+    return value
 
 
 def osken_instructions(spec: FlowSpec) -> list:
@@ -129,7 +169,7 @@ def osken_flow_mod(spec: FlowSpec, command: int, xid: int) -> parser.OFPFlowMod:
         out_port=ofp.OFPP_ANY,
         out_group=ofp.OFPG_ANY,
         flags=0,
-        match=parser.OFPMatch(**spec.match_dict()),
+        match=parser.OFPMatch(**{name: osken_value(name, value) for name, value in spec.match}),
         instructions=osken_instructions(spec) if add else [],
     )
     msg.set_xid(xid)
@@ -290,7 +330,7 @@ def undecodable_entries(cookie: int) -> list[parser.OFPFlowStats]:
             ofp.OFPIT_APPLY_ACTIONS, [parser.OFPActionSetMplsTtl(5)])]),  # action ryu-nsm never uses
         entry(parser.OFPMatch(in_port=1), [parser.OFPInstructionActions(ofp.OFPIT_WRITE_ACTIONS, [])]),
         entry(parser.OFPMatch(in_port=1), [out], table=7),  # table outside the pipeline
-        entry(parser.OFPMatch(eth_type=0x800), [out], table=1),  # field not allowed in FORWARD
+        entry(parser.OFPMatch(eth_src="02:00:00:00:00:01"), [out], table=1),  # field not allowed in FORWARD
     ]
 
 

@@ -156,7 +156,7 @@ class ChainPass:
         kept_off = {w: router.state.avoid.get(w, frozenset()) - {link.name for link in p.links}
                     for w, p in paths.items()}
         placing = Router(router.fabric, replace(router.state, avoid=kept_off), router.view, router.tags,
-                          router.meters, router.groups, ledger)
+                          router.meters, router.groups, ledger, policy=router.policy, zones=router.zones)
         why = f"to bring chain {head} within {format_duration(self.planned[head].level.max_latency)}"
         for wire, path in paths.items():
             ledger.release(wire)

@@ -16,6 +16,11 @@ from dataclasses import dataclass, replace
 
 from ryu_nsm.core.fabric import Fabric
 from ryu_nsm.core.flowspec import (
+    CT_EST,
+    CT_INV,
+    CT_NEW,
+    CT_REL,
+    CT_TRK,
     ETH_TYPE_VLAN,
     VID_PRESENT,
     FlowSpec,
@@ -25,6 +30,7 @@ from ryu_nsm.core.flowspec import (
     wire_cookie,
 )
 from ryu_nsm.core.pathing import Path
+from ryu_nsm.core.policy import ANY_PORT, Allowance, Direction, WirePolicy
 from ryu_nsm.qos.measure import PROBE_ETH_TYPE
 
 OFPP_CONTROLLER = 0xFFFFFFFD
@@ -253,3 +259,146 @@ def _one_way(switches, links, in_port: int, out_port: int, tags, cookie: int, me
             actions.append(("output", leave.port_on(here)))
         out.append((here, FlowSpec.make(Table.FORWARD, Priority.WIRE, match, actions, cookie=cookie)))
     return out
+
+
+# -- policy: MultiNetworkPolicy on a wire's ends (docs/policy.md) ---------------------------------
+
+ETH_TYPE_ARP = 0x0806
+_ND_TYPES = (133, 134, 135, 136)  # IPv6 router/neighbour solicitation and advertisement
+_PORT_FIELD = {6: "tcp_dst", 17: "udp_dst", 132: "sctp_dst"}
+_ETH_OF = {4: ETH_TYPE_IPV4, 6: ETH_TYPE_IPV6}
+_NEW = (CT_TRK | CT_NEW, CT_TRK | CT_NEW | CT_INV)
+_STATES = ((CT_TRK | CT_EST, CT_TRK | CT_EST | CT_INV), (CT_TRK | CT_REL, CT_TRK | CT_REL | CT_EST | CT_INV))
+
+
+def policed_wire_flows(wire: WireEnds, flows: Sequence[tuple[str, FlowSpec]], policy: WirePolicy,
+                       zone: int) -> list[tuple[str, FlowSpec]]:
+    """A wire's flows with its policy enforced where each end meets the fabric.
+
+    For each end whose connections are restricted: its frames go through conntrack in ``zone``;
+    established and related ones pass, a new one passes when its egress and the far end's
+    ingress rules allow it, and is committed; ARP and IPv6 neighbour discovery pass, the rest is
+    dropped. Frames delivered to that end are committed too, so its replies are established.
+    """
+    cookie = wire_cookie(wire.id)
+    out = list(flows)
+    ends = ((wire.a_switch, wire.a_port, policy.a_to_b), (wire.b_switch, wire.b_port, policy.b_to_a))
+    for switch, port, direction in ends:
+        if direction is not None:
+            out = _committed(out, switch, port, zone)
+    for switch, port, direction in ends:
+        if direction is not None:
+            out = [(sw, replace(f, table=int(Table.WIRE_ENTRY)) if sw == switch and f.table == Table.CLASSIFY
+                    and f.match_dict().get("in_port") == port else f) for sw, f in out]
+            out += [(switch, f) for f in _gate(port, direction, zone, cookie)]
+    return out
+
+
+def _committed(flows: list[tuple[str, FlowSpec]], switch: str, port: int,
+               zone: int) -> list[tuple[str, FlowSpec]]:
+    """Flows that deliver IP frames to ``port`` commit them to conntrack first (split by family)."""
+    out = []
+    for sw, flow in flows:
+        if sw != switch or ("output", port) not in flow.actions:
+            out.append((sw, flow))
+            continue
+        i = flow.actions.index(("output", port))
+        actions = (*flow.actions[:i], ("ct_commit", zone), *flow.actions[i:])
+        if "eth_type" in flow.match_dict():
+            out.append((sw, replace(flow, actions=actions)))
+            continue
+        out.append((sw, flow))
+        for eth in (ETH_TYPE_IPV4, ETH_TYPE_IPV6):
+            match = {**flow.match_dict(), "eth_type": eth}
+            out.append((sw, FlowSpec.make(flow.table, Priority.WIRE_IP, match, actions, goto=flow.goto,
+                                          cookie=flow.cookie, meter=flow.meter)))
+    return out
+
+
+def _gate(port: int, direction: Direction, zone: int, cookie: int) -> list[FlowSpec]:
+    """CLASSIFY, POLICY_EGRESS and POLICY_INGRESS flows of one policed end."""
+    base = {"in_port": port}
+
+    def flow(table, priority, match, actions=(), goto=None):
+        return FlowSpec.make(table, priority, {**base, **match}, actions, goto=goto, cookie=cookie)
+
+    out = [flow(Table.CLASSIFY, Priority.WIRE, {}),
+           flow(Table.CLASSIFY, Priority.POLICY_PASS, {"eth_type": ETH_TYPE_ARP}, goto=Table.WIRE_ENTRY)]
+    out += [flow(Table.CLASSIFY, Priority.POLICY_PASS, {"eth_type": ETH_TYPE_IPV6, "ip_proto": 58,
+                                                        "icmpv6_type": t}, goto=Table.WIRE_ENTRY)
+            for t in _ND_TYPES]
+    track = [("ct", zone, int(Table.POLICY_EGRESS))]
+    out += [flow(Table.CLASSIFY, Priority.WIRE_IP, {"eth_type": eth}, track)
+            for eth in (ETH_TYPE_IPV4, ETH_TYPE_IPV6)]
+    out += [flow(Table.POLICY_EGRESS, Priority.POLICY_STATE, {"ct_state": state}, goto=Table.WIRE_ENTRY)
+            for state in _STATES]
+    out += [flow(Table.POLICY_EGRESS, Priority.WIRE, {}), flow(Table.POLICY_INGRESS, Priority.WIRE, {})]
+    egress = {"ct_state": _NEW}
+    if direction.egress is None:
+        out.append(flow(Table.POLICY_EGRESS, Priority.POLICY_RULE, egress, goto=Table.POLICY_INGRESS))
+    for i, allowance in enumerate(direction.egress or ()):
+        out += _rule_flows(Table.POLICY_EGRESS, Priority.POLICY_RULE + i, {**base, **egress}, allowance,
+                           "dst", (), Table.POLICY_INGRESS, cookie, zone << 16 | i)
+    commit = (("ct_commit", zone),)
+    if direction.ingress is None:
+        out += [flow(Table.POLICY_INGRESS, Priority.POLICY_RULE, {"eth_type": eth}, commit, Table.WIRE_ENTRY)
+                for eth in (ETH_TYPE_IPV4, ETH_TYPE_IPV6)]
+    for i, allowance in enumerate(direction.ingress or ()):
+        out += _rule_flows(Table.POLICY_INGRESS, Priority.POLICY_RULE + i, base, allowance, "src", commit,
+                           Table.WIRE_ENTRY, cookie, zone << 16 | 1 << 15 | i)
+    return out
+
+
+def _rule_flows(table: Table, priority: int, base: dict, allowance: Allowance, side: str, actions: tuple,
+                goto: Table, cookie: int, conj: int) -> list[FlowSpec]:
+    """The flows of one rule: addresses × ports, as a conjunction when both are several."""
+    out = []
+    families = (4, 6) if allowance.networks is None else sorted({n.version for n in allowance.networks})
+    ports = [None] if allowance.ports is None else [
+        {"ip_proto": proto} | ({} if (low, high) == ANY_PORT else {_PORT_FIELD[proto]: mask})
+        for proto, low, high in allowance.ports for mask in port_masks(low, high)]
+    for family in families:
+        head = {**base, "eth_type": _ETH_OF[family]}
+        nets = [None] if allowance.networks is None else [
+            {f"ipv{family}_{side}": network_text(n)} for n in allowance.networks if n.version == family]
+        if len(nets) > 1 and len(ports) > 1:
+            conj_id = conj | (family == 6) << 14
+            for clause, parts in ((1, nets), (2, ports)):
+                joins = [("conjunction", conj_id, clause, 2)]
+                out += [FlowSpec.make(table, priority, {**head, **part}, joins, cookie=cookie)
+                        for part in parts]
+            out.append(FlowSpec.make(table, priority, {**head, "conj_id": conj_id}, actions, goto=goto,
+                                     cookie=cookie))
+            continue
+        out += [FlowSpec.make(table, priority, {**head, **(net or {}), **(port or {})}, actions, goto=goto,
+                              cookie=cookie) for net in nets for port in ports]
+    return out
+
+
+def port_masks(low: int, high: int) -> list[int | tuple[int, int]]:
+    """The port range low..high as (value, mask) prefixes; a single port as its number."""
+    out: list[int | tuple[int, int]] = []
+    while low <= high:
+        size = low & -low or 1 << 16
+        while low + size - 1 > high:
+            size >>= 1
+        out.append(low if size == 1 else (low, 0xFFFF & ~(size - 1)))
+        low += size
+    return out
+
+
+def network_text(network) -> str:
+    """How a FlowSpec writes an address match: the address alone when the prefix is whole."""
+    if network.prefixlen == network.max_prefixlen:
+        return str(network.network_address)
+    return str(network)
+
+
+_POLICY_TABLES = (Table.POLICY_EGRESS, Table.POLICY_INGRESS)
+
+
+def policy_flow_count(flows: Sequence[tuple[str, FlowSpec]]) -> int:
+    """How many of a wire's flows its policy adds: the policy tables' and the conntrack gates'."""
+    return sum(1 for _, f in flows if f.table in _POLICY_TABLES or (
+        f.table == Table.CLASSIFY and f.priority in (Priority.POLICY_PASS, Priority.WIRE_IP, Priority.WIRE)
+        and (any(a[0] == "ct" for a in f.actions) or f.goto == Table.WIRE_ENTRY or not f.actions)))

@@ -5,10 +5,15 @@ only module that turns it into bytes. Matches and actions are tuples so specs ha
 
 Match fields (name → value):
   in_port: int; vlan_vid: int (OpenFlow value: ``VID_PRESENT | vid`` for tagged, 0 for untagged);
-  eth_type: int; eth_src / eth_dst: "aa:bb:cc:dd:ee:ff"; ip_proto: int
+  eth_type: int; eth_src / eth_dst: "aa:bb:cc:dd:ee:ff"; ip_proto: int;
+  ipv4_src / ipv4_dst / ipv6_src / ipv6_dst: "address" or "network/prefix length";
+  tcp_dst / udp_dst / sctp_dst: int, or (value, mask); icmpv6_type: int;
+  ct_state: (value, mask) of CT_* bits; conj_id: int (Nicira extensions, as Open vSwitch has them)
 Actions (apply-actions, in order):
   ("output", port) · ("push_vlan", ethertype) · ("pop_vlan",) · ("set_field", "vlan_vid", value)
   · ("set_field", "ip_dscp", value) · ("group", group_id) · ("set_queue", queue_id)
+  · ("ct", zone, table): conntrack, then continue in ``table`` · ("ct_commit", zone)
+  · ("conjunction", id, clause, n_clauses): clause counted from 1, as ovs-ofctl writes it
 """
 
 from __future__ import annotations
@@ -100,10 +105,18 @@ class Table(IntEnum):
     CLASSIFY (0): frames entering from an attachment start their wire here (tag push or direct
         output); frames from fabric links go on to FORWARD; anything else is dropped.
     FORWARD (1): tagged frames from fabric links: swap the tag and go on, or pop it and deliver.
+    POLICY_EGRESS (2): after conntrack, frames a policed wire end sends: established and related
+        pass; a new connection goes on when the sender's egress rules allow it.
+    POLICY_INGRESS (3): new connections the far end's ingress rules allow are committed.
+    WIRE_ENTRY (4): a policed wire end's frames that passed, put on their wire (as CLASSIFY does
+        for a wire without policy).
     """
 
     CLASSIFY = 0
     FORWARD = 1
+    POLICY_EGRESS = 2
+    POLICY_INGRESS = 3
+    WIRE_ENTRY = 4
 
 
 @dataclass(frozen=True)
@@ -113,18 +126,33 @@ class TableRule:
     may_goto: frozenset[int]
 
 
+_WIRE_ACTIONS = frozenset({"output", "push_vlan", "set_field", "group", "set_queue"})
+_RULE_MATCH = frozenset({"in_port", "eth_type", "ip_proto", "ipv4_src", "ipv4_dst", "ipv6_src", "ipv6_dst",
+                         "tcp_dst", "udp_dst", "sctp_dst", "conj_id"})
+
 PIPELINE: dict[Table, TableRule] = {
     Table.CLASSIFY: TableRule(
-        frozenset({"in_port", "vlan_vid", "eth_type", "eth_src", "eth_dst", "ip_proto"}),
-        frozenset({"output", "push_vlan", "set_field", "group", "set_queue"}),
-        frozenset({Table.FORWARD}),
+        frozenset({"in_port", "vlan_vid", "eth_type", "eth_src", "eth_dst", "ip_proto", "icmpv6_type"}),
+        _WIRE_ACTIONS | {"ct", "ct_commit"},
+        frozenset({Table.FORWARD, Table.WIRE_ENTRY}),
     ),
     Table.FORWARD: TableRule(
-        frozenset({"in_port", "vlan_vid"}),
-        frozenset({"output", "pop_vlan", "set_field", "group", "set_queue"}),
+        frozenset({"in_port", "vlan_vid", "eth_type"}),
+        frozenset({"output", "pop_vlan", "set_field", "group", "set_queue", "ct_commit"}),
         frozenset(),
     ),
+    Table.POLICY_EGRESS: TableRule(_RULE_MATCH | {"ct_state"}, frozenset({"conjunction"}),
+                                   frozenset({Table.POLICY_INGRESS, Table.WIRE_ENTRY})),
+    Table.POLICY_INGRESS: TableRule(_RULE_MATCH, frozenset({"conjunction", "ct_commit"}),
+                                    frozenset({Table.WIRE_ENTRY})),
+    Table.WIRE_ENTRY: TableRule(frozenset({"in_port", "eth_type"}), _WIRE_ACTIONS | {"ct_commit"},
+                                frozenset()),
 }
+
+# Conntrack state bits (Open vSwitch's ct_state).
+CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+_CT_BITS = (("new", CT_NEW), ("est", CT_EST), ("rel", CT_REL), ("rpl", CT_RPL), ("inv", CT_INV),
+            ("trk", CT_TRK))
 
 
 class Priority(IntEnum):
@@ -133,6 +161,9 @@ class Priority(IntEnum):
     PROBE = 150  # the controller's link probes, above the fabric ports' goto
     WIRE = 1000
     WIRE_IP = 1100  # IP frames of a wire whose IP header is rewritten (DSCP), above its other frames
+    POLICY_PASS = 1200  # a policed end's ARP and IPv6 neighbour discovery: never filtered
+    POLICY_RULE = 2000  # + the rule's index on its wire: rules never share a key
+    POLICY_STATE = 3000  # established and related connections
 
 
 class PipelineError(ValueError):
@@ -210,6 +241,14 @@ def _ofctl_match(name: str, value: object) -> str:
         return f"dl_dst={value}"
     if name == "ip_proto":
         return f"nw_proto={value}"
+    if name in ("ipv4_src", "ipv4_dst"):
+        return f"nw_{name[5:]}={value}"
+    if name == "ct_state":
+        bits, mask = value
+        return "ct_state=" + "".join(f"{'+' if bits & bit else '-'}{word}" for word, bit in _CT_BITS
+                                     if mask & bit)
+    if isinstance(value, tuple):
+        return f"{name}={value[0]}/{value[1]:#x}"
     return f"{name}={value}"
 
 
@@ -225,6 +264,12 @@ def _ofctl_action(action: tuple) -> str:
         return f"group:{action[1]}"
     if kind == "set_queue":
         return f"set_queue:{action[1]}"
+    if kind == "ct":
+        return f"ct(table={action[2]},zone={action[1]})"
+    if kind == "ct_commit":
+        return f"ct(commit,zone={action[1]})"
+    if kind == "conjunction":
+        return f"conjunction({action[1]},{action[2]}/{action[3]})"
     if kind == "set_field":
         _, name, value = action
         if name == "vlan_vid":

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from ryu_nsm.core.policy_model import PolicyInputs
 from ryu_nsm.core.validation import Problem
 from ryu_nsm.core.values import DEFAULT_NAMESPACE, EMPTY, FrozenMap
 from ryu_nsm.qos.service_level import ServiceLevel
@@ -150,6 +151,7 @@ class Resources:
     service_levels: tuple[ServiceLevel, ...] = ()  # QoS promises (qos/service_level.py)
     # Documents read but not used (a kind or apiVersion ryu-nsm does not read): said, not invalid.
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
+    policy: PolicyInputs = PolicyInputs()  # MultiNetworkPolicies and what they match on (policy_model.py)
 
     def merged(self, other: Resources) -> Resources:
         return Resources(
@@ -159,4 +161,5 @@ class Resources:
             self.problems + other.problems,
             self.service_levels + other.service_levels,
             self.warnings + other.warnings,
+            self.policy.merged(other.policy),
         )

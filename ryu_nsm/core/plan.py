@@ -11,6 +11,7 @@ from ryu_nsm.core.flows import WireEnds
 from ryu_nsm.core.flowspec import FlowSpec, GroupSpec, MeterSpec
 from ryu_nsm.core.model import ClientRequest, Problem, Resources
 from ryu_nsm.core.pathing import FabricView, Path, TagAllocator
+from ryu_nsm.core.policy import WirePolicy
 from ryu_nsm.core.resolver import FAILED, Connection
 from ryu_nsm.qos.ledger import Ledger
 from ryu_nsm.qos.routing import meets_latency
@@ -79,6 +80,9 @@ class PlannedConnection:
     crank_tags: tuple[tuple[str, int], ...] = ()
     # When planned under a chain-wide latency bound (``chainLatency: true``): what the chain comes to.
     chain: ChainBound | None = None
+    # Its MultiNetworkPolicy (None: unrestricted) and the conntrack zone its policed ends use.
+    policy: WirePolicy | None = None
+    zone: int | None = None
 
     def objects(self, kind: str) -> tuple[tuple[str, object], ...]:
         """Its meters or groups."""
@@ -104,6 +108,7 @@ class Basis:
     meters: TagAllocator
     groups: TagAllocator
     measured_view: FabricView  # ``view`` with measured latencies, for new placements
+    zones: TagAllocator | None = None  # conntrack zones of policed wires
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,15 @@ from ryu_nsm.core.model import ClientRequest, Resources
 from ryu_nsm.core.pathing import FabricView, TagAllocator
 from ryu_nsm.core.plan import PLANNED, WAITING, Basis, FabricState, Plan, PlannedConnection
 from ryu_nsm.core.resolver import FAILED, Connection, resolve
-from ryu_nsm.core.router import Router, backup_key, crank_key, group_keys, meter_keys
+from ryu_nsm.core.router import (
+    ZONE_SCOPE,
+    Router,
+    backup_key,
+    crank_key,
+    group_keys,
+    meter_keys,
+    zone_allocator,
+)
 from ryu_nsm.qos.ledger import Ledger
 from ryu_nsm.qos.service_level import ServiceLevel, select
 
@@ -62,9 +70,11 @@ def make_plan(
     requests, resolved = _resolve(resources, basis, before, now)
     changes = _changes(basis, state, hints, levels)
     view, measured_view = _views(fabric, state, basis, changes.same_fabric)
-    router = Router(fabric, state, view, *_allocators(fabric, basis, before, hints, changes.anew_all),
-                    measured_view)
+    *allocators, zones = _allocators(fabric, basis, before, hints, changes.anew_all)
+    router = Router(fabric, state, view, *allocators, measured_view, policy=resources.policy, zones=zones)
     planned, anew = _keep(before, resolved, view, hints, changes)
+    if basis is None or not _same(basis.resources.policy, resources.policy):
+        anew += _policy_changed(router, planned)
     removed = before.keys() - resolved.keys()
     for cid in removed:
         router.release(cid)
@@ -85,7 +95,7 @@ def make_plan(
         keep_cookies=keep,
         touched=frozenset(touched),
         basis=Basis(resources, requests, resolved, state, view, router.tags, hints, router.ledger,
-                    router.meters, router.groups, measured_view),
+                    router.meters, router.groups, measured_view, router.zones),
     )
 
 
@@ -162,9 +172,14 @@ def _measured(fabric: Fabric, latency: Mapping[str, float]) -> Fabric | None:
 
 def _allocators(fabric: Fabric, basis: Basis | None, before: Mapping[str, PlannedConnection],
                 hints: Mapping[tuple[str, str], int],
-                anew_all: bool) -> tuple[TagAllocator, TagAllocator, TagAllocator, Ledger]:
-    """Tags, meter ids, group ids and the bandwidth ledger, as the plan before left them; planned
-    anew, each connection's choices before are its preference; tags found on switches win."""
+                anew_all: bool) -> tuple[TagAllocator, TagAllocator, TagAllocator, Ledger, TagAllocator]:
+    """Tags, meter ids, group ids, the bandwidth ledger and conntrack zones, as the plan before left
+    them; planned anew, each connection's choices before are its preference; tags found on switches
+    win."""
+    zones = zone_allocator()
+    if basis is not None and basis.zones is not None:
+        zones = basis.zones.copy()
+    zones.remember({(cid, ZONE_SCOPE): pc.zone for cid, pc in before.items() if pc.zone is not None})
     if not anew_all:
         tags, meters, groups = basis.tags.copy(), basis.meters.copy(), basis.groups.copy()
         ledger = basis.ledger.copy()
@@ -181,7 +196,17 @@ def _allocators(fabric: Fabric, basis: Basis | None, before: Mapping[str, Planne
         groups.remember({(key, sw): g.group_id - GROUP_BASE for pc in before.values()
                          for key, (sw, g) in zip(group_keys(pc), pc.groups, strict=False)})
     tags.prefer(hints)
-    return tags, meters, groups, ledger
+    return tags, meters, groups, ledger, zones
+
+
+def _policy_changed(router: Router, planned: dict[str, PlannedConnection]) -> list[str]:
+    """Kept connections whose wire's policy is no longer what they were planned with: out of
+    ``planned``, to be routed anew (their path and tags are their preference)."""
+    changed = [cid for cid, pc in planned.items()
+               if pc.state == PLANNED and pc.policy != router.policy_of(pc.connection)]
+    for cid in changed:
+        del planned[cid]
+    return changed
 
 
 def _keep(before: Mapping[str, PlannedConnection], resolved: Mapping[str, Connection], view: FabricView,

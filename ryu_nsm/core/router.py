@@ -6,11 +6,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ryu_nsm.core.fabric import Fabric
-from ryu_nsm.core.flows import WireEnds, WireQos, protected_wire_flows, queued, wire_flows
+from ryu_nsm.core.flows import WireEnds, WireQos, policed_wire_flows, protected_wire_flows, queued, wire_flows
 from ryu_nsm.core.flowspec import GROUP_BASE, METER_BASE, MeterSpec
 from ryu_nsm.core.model import Attachment
 from ryu_nsm.core.pathing import FabricView, NoPath, Path, TagAllocator, TagSpaceExhausted
 from ryu_nsm.core.plan import PLANNED, WAITING, FabricState, PlannedConnection
+from ryu_nsm.core.policy import WirePolicy, wire_ends, wire_policy
+from ryu_nsm.core.policy_model import PolicyInputs
 from ryu_nsm.core.resolver import FAILED, Connection
 from ryu_nsm.qos.admission import admit, demand_for
 from ryu_nsm.qos.ledger import Ledger
@@ -34,6 +36,14 @@ def on_declared(fabric: Fabric, path: Path | None) -> Path | None:
 def meter_keys(cid: str) -> tuple[str, str]:
     """Meter (and group) allocation keys of a connection's two directions (client → endpoint, back)."""
     return (f"{cid}|ab", f"{cid}|ba")
+
+
+ZONE_SPACE = (1, 0xFFFF)  # conntrack zones; zone 0 is everyone's default
+ZONE_SCOPE = "conntrack"  # zones are unique in the whole fabric: switches may share one datapath
+
+
+def zone_allocator() -> TagAllocator:
+    return TagAllocator(ZONE_SPACE)
 
 
 def backup_key(cid: str) -> str:
@@ -70,16 +80,27 @@ class Router:
 
     def __init__(self, fabric: Fabric, state: FabricState, view: FabricView, tags: TagAllocator,
                  meters: TagAllocator, groups: TagAllocator, ledger: Ledger,
-                 measured_view: FabricView | None = None):
+                 measured_view: FabricView | None = None, *, policy: PolicyInputs | None = None,
+                 zones: TagAllocator | None = None):
         self.fabric, self.state, self.view = fabric, state, view
         self.tags, self.meters, self.groups, self.ledger = tags, meters, groups, ledger
         self.measured_view = measured_view or view
+        self.policy = policy or PolicyInputs()
+        self.zones = zones or zone_allocator()
+
+    def policy_of(self, conn: Connection) -> WirePolicy | None:
+        """The MultiNetworkPolicy of ``conn``'s wire, None when no policy restricts it."""
+        if not self.policy.policies or not conn.ok:
+            return None
+        client, endpoint = wire_ends(conn.namespace, conn.client, conn.endpoint, self.policy)
+        return wire_policy((conn.namespace, conn.network_service), client, endpoint, self.policy)
 
     def release(self, cid: str, remember: bool = False, reservation: bool = True) -> None:
         """Free what ``cid`` holds; ``remember`` keeps its tags and meter ids as its preference."""
         self.tags.release(cid, remember)
         self.tags.release(backup_key(cid), remember)
         self.tags.release(crank_key(cid), remember)
+        self.zones.release(cid, remember)
         for key in meter_keys(cid):
             self.meters.release(key, remember)
             self.groups.release(key, remember)
@@ -117,8 +138,13 @@ class Router:
                 self.release(conn.id)
                 return PlannedConnection(conn, FAILED, str(exc), path, level=level), evicted
         flows, groups = self._compile(conn.id, ends, level, meters, path, held, backup, spare, crank)
+        policy = self.policy_of(conn)
+        zone = None
+        if policy is not None:
+            zone = self.zones.allocate(conn.id, ZONE_SCOPE)
+            flows = tuple(policed_wire_flows(ends, flows, policy, zone))
         planned = PlannedConnection(conn, PLANNED, "", path, held, spare, flows, level, backup, note, event,
-                                    meters, groups, ends, crank_tags=crank)
+                                    meters, groups, ends, crank_tags=crank, policy=policy, zone=zone)
         return planned, evicted
 
     def _unplaced_end(self, conn: Connection) -> tuple[str, str] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ryu_nsm.core.chains import follow
+from ryu_nsm.core.flows import policy_flow_count
 from ryu_nsm.core.planner import PLANNED, PlannedConnection
 from ryu_nsm.core.status import ConnectionStatus, PathMeasurement, Status
 from ryu_nsm.qos.service_level import format_duration
@@ -25,6 +26,9 @@ def connection_entry(pc: PlannedConnection, state: str) -> dict:
     }
     if pc.reason:
         entry["reason"] = pc.reason
+    if pc.policy is not None and pc.state == PLANNED:
+        entry["policy"] = {"zone": pc.zone, "flows": policy_flow_count(pc.flows),
+                           "governed_by": list(pc.policy.governed_by)}
     if pc.level is not None:
         entry["service_level"] = {"name": pc.level.name, "summary": pc.level.summary()}
         if pc.backup is not None:
@@ -168,6 +172,10 @@ def render_text(report: dict) -> str:
             lines.append(f"      service level {level['name']}: {level['summary']}{backup}")
         if e.get("chain_latency"):
             lines.append("      " + _chain_line(e["chain_latency"]))
+        if e.get("policy"):
+            policy = e["policy"]
+            lines.append(f"      policy: {policy['flows']} flows, conntrack zone {policy['zone']}")
+            lines.extend(f"        {why}" for why in policy["governed_by"])
         if e.get("note"):
             lines.append(f"      note: {e['note']}")
     if report.get("reservations"):

@@ -19,12 +19,14 @@ Values on the wire:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from ryu_nsm.core.flows import network_text
 from ryu_nsm.core.flowspec import VID_PRESENT, FlowSpec, GroupSpec, MeterSpec, is_ours
 
 LOG = logging.getLogger(__name__)
@@ -91,6 +93,15 @@ _OFPAT_POP_VLAN = 18
 _OFPAT_SET_QUEUE = 21
 _OFPAT_GROUP = 22
 _OFPAT_SET_FIELD = 25
+_OFPAT_EXPERIMENTER = 0xFFFF
+# Nicira extensions, as Open vSwitch implements them: conntrack and conjunctive matches.
+NX_VENDOR_ID = 0x00002320
+_NXAST_CONJUNCTION = 34
+_NXAST_CT = 35
+_NX_CT_F_COMMIT = 1
+_NX_CT_RECIRC_NONE = 0xFF
+_NX_CT = struct.Struct("!HHIHHIHB3xH")  # type, len, vendor, subtype, flags, zone_src, zone, table, alg
+_NX_CONJUNCTION = struct.Struct("!HHIHBBI")  # type, len, vendor, subtype, clause (from 0), n, id
 
 _CACHE_SIZE = 1 << 16  # blobs are ~50-100 bytes: the caches stay in the low megabytes
 
@@ -108,9 +119,13 @@ _BUNDLE_ADD_TAIL = struct.Struct("!III2xH")  # experimenter, exp_type, bundle_id
 _EMPTY_MATCH = struct.pack("!HH4x", 1, 4)
 
 
-def _oxm_header(field: int, length: int) -> int:
-    """OXM header of an OpenFlow-basic field without mask."""
-    return 0x8000 << 16 | field << 9 | length
+_OFB = 0x8000  # OXM class of OpenFlow-basic fields
+_NXM1 = 0x0001  # OXM class of Nicira's extension fields (NXM_NX_*)
+
+
+def _oxm_header(field: int, length: int, oxm_class: int = _OFB, masked: bool = False) -> int:
+    """OXM header of a field; ``length`` counts the value and, when masked, the mask."""
+    return oxm_class << 16 | field << 9 | masked << 8 | length
 
 
 def _mac(value: object) -> bytes:
@@ -127,14 +142,46 @@ def _vlan_match(value: object) -> bytes:
     return struct.pack("!H", vid)
 
 
-# name → (OXM field number, value encoder). Order on the wire: by field number, as os-ken sorts.
+def _network(value: object) -> tuple[bytes, bytes | None]:
+    """"address" or "network/prefix length" → (address bytes, mask bytes or None when whole)."""
+    net = ipaddress.ip_network(str(value))
+    if net.prefixlen == net.max_prefixlen:
+        return net.network_address.packed, None
+    return net.network_address.packed, net.netmask.packed
+
+
+def _masked(fmt: str) -> Callable[[object], tuple[bytes, bytes | None]]:
+    """An integer field: a value, or (value, mask) sent masked."""
+    def encode(value: object) -> tuple[bytes, bytes | None]:
+        if isinstance(value, tuple):
+            return struct.pack(fmt, int(value[0])), struct.pack(fmt, int(value[1]))
+        return struct.pack(fmt, int(value)), None
+    return encode
+
+
+def _plain(encode: Callable[[object], bytes]) -> Callable[[object], tuple[bytes, None]]:
+    return lambda value: (encode(value), None)
+
+
+# name → (OXM class, field number, encoder to (value, mask or None)). Order on the wire: as os-ken
+# sorts, by (class << 7 | field): Nicira's fields first.
 _MATCH_FIELDS = {
-    "in_port": (0, lambda v: struct.pack("!I", int(v))),
-    "eth_dst": (3, _mac),
-    "eth_src": (4, _mac),
-    "eth_type": (5, lambda v: struct.pack("!H", int(v))),
-    "vlan_vid": (6, _vlan_match),
-    "ip_proto": (10, lambda v: struct.pack("!B", int(v))),
+    "in_port": (_OFB, 0, _plain(lambda v: struct.pack("!I", int(v)))),
+    "eth_dst": (_OFB, 3, _plain(_mac)),
+    "eth_src": (_OFB, 4, _plain(_mac)),
+    "eth_type": (_OFB, 5, _plain(lambda v: struct.pack("!H", int(v)))),
+    "vlan_vid": (_OFB, 6, _plain(_vlan_match)),
+    "ip_proto": (_OFB, 10, _plain(lambda v: struct.pack("!B", int(v)))),
+    "ipv4_src": (_OFB, 11, _network),
+    "ipv4_dst": (_OFB, 12, _network),
+    "tcp_dst": (_OFB, 14, _masked("!H")),
+    "udp_dst": (_OFB, 16, _masked("!H")),
+    "sctp_dst": (_OFB, 18, _masked("!H")),
+    "ipv6_src": (_OFB, 26, _network),
+    "ipv6_dst": (_OFB, 27, _network),
+    "icmpv6_type": (_OFB, 29, _plain(lambda v: struct.pack("!B", int(v)))),
+    "conj_id": (_NXM1, 37, _plain(lambda v: struct.pack("!I", int(v)))),
+    "ct_state": (_NXM1, 105, _masked("!I")),
 }
 _SET_FIELDS = {
     "vlan_vid": (6, lambda v: struct.pack("!H", int(v) | VID_PRESENT)),
@@ -153,11 +200,29 @@ def _oxm(table: dict, name: str, value: object) -> bytes:
     return struct.pack("!I", _oxm_header(field, len(raw))) + raw
 
 
+def _match_oxm(name: str, value: object) -> bytes:
+    try:
+        oxm_class, field, encode = _MATCH_FIELDS[name]
+        raw, mask = encode(value)
+    except KeyError:
+        raise ValueError(f"no wire encoding for field {name!r}") from None
+    except (struct.error, TypeError, ValueError) as exc:
+        raise ValueError(f"cannot encode {name}={value!r}: {exc}") from None
+    if mask is None:
+        return struct.pack("!I", _oxm_header(field, len(raw), oxm_class)) + raw
+    return struct.pack("!I", _oxm_header(field, 2 * len(raw), oxm_class, True)) + raw + mask
+
+
+def _match_order(item: tuple[str, object]) -> int:
+    oxm_class, field, _ = _MATCH_FIELDS.get(item[0], (0, -1, None))
+    return oxm_class << 7 | field
+
+
 @lru_cache(maxsize=_CACHE_SIZE)
 def _match_blob(match: tuple[tuple[str, object], ...]) -> bytes:
     """ofp_match (OXM, padded to 8) for a FlowSpec's match."""
-    fields = sorted(match, key=lambda item: _MATCH_FIELDS.get(item[0], (-1,))[0])
-    oxms = b"".join(_oxm(_MATCH_FIELDS, name, value) for name, value in fields)
+    fields = sorted(match, key=_match_order)
+    oxms = b"".join(_match_oxm(name, value) for name, value in fields)
     length = 4 + len(oxms)
     return struct.pack("!HH", 1, length) + oxms + bytes(-length % 8)
 
@@ -176,6 +241,16 @@ def _action_blob(action: tuple) -> bytes:
         return struct.pack("!HHI", _OFPAT_GROUP, 8, int(action[1]))
     if kind == "set_queue":
         return struct.pack("!HHI", _OFPAT_SET_QUEUE, 8, int(action[1]))
+    if kind == "ct":
+        return _NX_CT.pack(_OFPAT_EXPERIMENTER, _NX_CT.size, NX_VENDOR_ID, _NXAST_CT, 0, 0, int(action[1]),
+                           int(action[2]), 0)
+    if kind == "ct_commit":
+        return _NX_CT.pack(_OFPAT_EXPERIMENTER, _NX_CT.size, NX_VENDOR_ID, _NXAST_CT, _NX_CT_F_COMMIT, 0,
+                           int(action[1]), _NX_CT_RECIRC_NONE, 0)
+    if kind == "conjunction":
+        _, conj_id, clause, n_clauses = action
+        return _NX_CONJUNCTION.pack(_OFPAT_EXPERIMENTER, _NX_CONJUNCTION.size, NX_VENDOR_ID,
+                                    _NXAST_CONJUNCTION, int(clause) - 1, int(n_clauses), int(conj_id))
     if kind == "set_field":
         oxm = _oxm(_SET_FIELDS, action[1], action[2])
         length = 4 + len(oxm)
@@ -366,8 +441,39 @@ class _Undecodable(ValueError):
     """A flow entry that no FlowSpec can describe."""
 
 
+def _decode_nx_action(action: object) -> tuple:
+    subtype = getattr(action, "subtype", None)
+    if subtype == _NXAST_CONJUNCTION:
+        return ("conjunction", action.id, action.clause + 1, action.n_clauses)
+    if subtype == _NXAST_CT and not action.zone_src and not action.alg and not action.actions:
+        if action.flags == _NX_CT_F_COMMIT and action.recirc_table == _NX_CT_RECIRC_NONE:
+            return ("ct_commit", action.zone_ofs_nbits)
+        if action.flags == 0 and action.recirc_table != _NX_CT_RECIRC_NONE:
+            return ("ct", action.zone_ofs_nbits, action.recirc_table)
+    raise _Undecodable(f"action {action!r}")
+
+
+def _decode_match(name: str, value: object) -> object:
+    """A field as os-ken parses it → as a FlowSpec holds it; masked values only where specs have them."""
+    if name in ("ipv4_src", "ipv4_dst", "ipv6_src", "ipv6_dst"):
+        address, mask = value if isinstance(value, tuple) else (value, None)
+        if mask is None:
+            return str(ipaddress.ip_address(address))
+        length = bin(int(ipaddress.ip_address(mask))).count("1")
+        return network_text(ipaddress.ip_network(f"{address}/{length}", strict=False))
+    if isinstance(value, tuple):
+        if name not in ("tcp_dst", "udp_dst", "sctp_dst", "ct_state"):
+            raise _Undecodable(f"masked match {name}={value[0]}/{value[1]}")
+        return tuple(value)
+    if name == "ct_state":
+        return (value, 0xFFFFFFFF)
+    return value.lower() if isinstance(value, str) else value
+
+
 def _decode_action(action: object) -> tuple:
     kind = action.type
+    if kind == _OFPAT_EXPERIMENTER:
+        return _decode_nx_action(action)
     if kind == _OFPAT_OUTPUT:
         return ("output", action.port)
     if kind == _OFPAT_PUSH_VLAN:
@@ -391,9 +497,7 @@ def _decode_entry(entry: object) -> FlowSpec:
     for name, value in entry.match.items():
         if name not in _MATCH_FIELDS:
             raise _Undecodable(f"match field {name}")
-        if isinstance(value, tuple):
-            raise _Undecodable(f"masked match {name}={value[0]}/{value[1]}")
-        match.append((name, value.lower() if isinstance(value, str) else value))
+        match.append((name, _decode_match(name, value)))
     meter = goto = None
     actions: list[tuple] = []
     for inst in entry.instructions:

@@ -14,6 +14,7 @@ from dataclasses import replace
 from urllib.parse import quote
 
 from ryu_nsm.core.model import ClientRequest, Endpoint, NetworkService, Resources
+from ryu_nsm.core.policy_model import POLICY_API_VERSION, POLICY_KIND
 from ryu_nsm.core.validation import Problem, describe_value, expected, field_path, item_path
 from ryu_nsm.core.values import DEFAULT_NAMESPACE
 from ryu_nsm.qos.service_level import API_VERSION as SLA_API_VERSION
@@ -30,11 +31,13 @@ from ryu_nsm.sources.kube_objects import (
 )
 from ryu_nsm.sources.nsm_clients import parse_namespace, parse_pod_requests
 from ryu_nsm.sources.nsm_kinds import parse_endpoint, parse_network_service
+from ryu_nsm.sources.policy_documents import validate_policy, workload_facts
 
 _NSM_KINDS = ("NetworkService", "NetworkServiceEndpoint")
 _CORE_KINDS = ("Pod", "Namespace")
 _OUR_GROUP = SLA_API_VERSION.rpartition("/")[0]
 _OUR_KINDS = (SLA_KIND,)
+_POLICY_GROUP = POLICY_API_VERSION.rpartition("/")[0]
 
 
 def _objects(
@@ -71,7 +74,7 @@ def _objects(
             yield from _objects(doc, item, item_path(items_path, index), problems, skipped)
         return
     if (group == NSM_GROUP and kind in _NSM_KINDS) or (group == "" and kind in _CORE_KINDS) or (
-            group == _OUR_GROUP and kind in _OUR_KINDS):
+            group == _OUR_GROUP and kind in _OUR_KINDS) or (group == _POLICY_GROUP and kind == POLICY_KIND):
         yield KubeObject(doc, base, body, kind)
     else:
         skipped.append(Problem(doc.source, doc.index, base, f"skipped: kind {kind!r} of apiVersion {api!r} "
@@ -81,8 +84,8 @@ def _objects(
 def _version_ok(check: KubeCheck, obj: KubeObject) -> bool:
     """Checked with the object, not before, so that an object of the wrong version still has a key."""
     api = obj.body["apiVersion"]
-    if obj.kind in _OUR_KINDS:
-        return True  # parse_service_level checks its own version
+    if obj.kind in _OUR_KINDS or obj.kind == POLICY_KIND:
+        return True  # parse_service_level and validate_policy check their own version
     if api.rpartition("/")[2] == "v1":
         return True
     version = NSM_API_VERSION if obj.kind in _NSM_KINDS else "v1"
@@ -244,6 +247,8 @@ def parse_keeping(
             return parse_pod_requests(check, obj, inherited)
         if obj.kind == SLA_KIND:
             return _service_level(check, obj)
+        if obj.kind == POLICY_KIND:
+            return validate_policy(check, obj.body, obj.base)
         if obj.kind == "NetworkService":
             return parse_network_service(check, obj)
         return parse_endpoint(check, obj)
@@ -259,9 +264,15 @@ def parse_keeping(
     endpoints: list[Endpoint] = []
     requests: list[ClientRequest] = []
     levels: list[ServiceLevel] = []
+    policies: list = []
+    facts, fact_problems = workload_facts((o.doc.source, o.doc.index, o.base, o.kind, o.body)
+                                          for o in objects)
+    parser.problems += fact_problems
     for key, result in parser.accept([obj for obj in objects if obj.kind != "Namespace"], validate, context):
         if key[0] == SLA_KIND:
             levels.append(result)
+        elif key[0] == POLICY_KIND:
+            policies.append(result)
         elif key[0] == "NetworkService":
             services.append(result)
         elif key[0] == "NetworkServiceEndpoint":
@@ -274,7 +285,7 @@ def parse_keeping(
     order = {(doc.source, doc.index): position for position, doc in enumerate(documents)}
     problems = sorted(parser.problems, key=lambda p: order[(p.source, p.index)])
     resources = Resources(tuple(services), tuple(endpoints), tuple(requests), tuple(problems), tuple(levels),
-                          tuple(parser.skipped))
+                          warnings=tuple(parser.skipped), policy=replace(facts, policies=tuple(policies)))
     return resources, parser.valid
 
 
