@@ -113,7 +113,7 @@ def run_controller(
     try:
         status = StatusServer(lambda: running.app.status(), *status_address,
                               states=lambda: running.app.states(), fabric=fabric_description(fabric),
-                              loops=health.LOOPS).start()
+                              loops=health.LOOPS, flows=running.flow_store).start()
         running.status_address = status.address
         if kube_api is not None:
             stoppers.extend(_start_cluster_side(running.app, kube_api, sources.kube_source, kubernetes))

@@ -44,7 +44,7 @@ def to_dot(fabric: dict, report: dict) -> str:
     reserved = {r["link"]: r for r in report.get("reservations", [])}
     for link in fabric["links"]:
         lines.append(f"  {_q(link['a'])} -- {_q(link['b'])} [{_link_attrs(link, measured, reserved)}];")
-    colour = _chain_colours(entries)
+    colour = chain_colours(entries)
     ends = sorted({(_pod(e["namespace"], name), attachment.partition("/")[0])
                    for e in entries for name, attachment in ((e["client"], e.get("client_attachment")),
                                                              (e["endpoint"], e.get("endpoint_attachment")))
@@ -60,17 +60,23 @@ def to_dot(fabric: dict, report: dict) -> str:
 
 
 def _link_attrs(link: dict, measured: dict, reserved: dict) -> str:
-    label = [f"{_bits(link['capacity'])} {link['latency'] * 1e3:g}ms"]
+    label = [f"{format_bits(link['capacity'])} {link['latency'] * 1e3:g}ms"]
     colour = "gray50"
     q = measured.get(link["name"])
     if q is not None and q.get("latency") is not None:
         label.append(f"measured {q['latency'] * 1e3:.1f}ms {q.get('loss', 0):.0%} loss")
-        if q["latency"] > link["latency"] + SLOW_MARGIN or q.get("loss"):
+        if slower_than_declared(link, q):
             colour = "red"
     r = reserved.get(link["name"])
     if r is not None:
-        label.append(f"reserved {_bits(max(r['reserved'].values()))}")
+        label.append(f"reserved {format_bits(max(r['reserved'].values()))}")
     return f"label={_q(chr(10).join(label))}, color={colour}, tooltip={_q(link['name'])}"
+
+
+def slower_than_declared(link: dict, quality: dict) -> bool:
+    """Whether a link (``fabric_description``'s) measures slower than it declares, or loses probes."""
+    return quality.get("latency") is not None and (
+        quality["latency"] > link["latency"] + SLOW_MARGIN or bool(quality.get("loss")))
 
 
 def _wire(e: dict, colour: str) -> list[str]:
@@ -88,7 +94,7 @@ def _wire(e: dict, colour: str) -> list[str]:
     return out
 
 
-def _chain_colours(entries: list[dict]) -> dict[str, str]:
+def chain_colours(entries: list[dict]) -> dict[str, str]:
     """Connection id → its chain's colour (the chains of ``report.chain_entries``)."""
     return {e["id"]: _PALETTE[index % len(_PALETTE)]
             for index, chain in enumerate(chain_entries(entries)) for e in chain}
@@ -98,7 +104,7 @@ def _pod(namespace: str, name: str) -> str:
     return f"{namespace}:{name}"
 
 
-def _bits(value: float) -> str:
+def format_bits(value: float) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if value >= scale:
             return f"{value / scale:g}{unit}"

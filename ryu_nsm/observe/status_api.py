@@ -2,7 +2,7 @@
 each connection's state: cheap enough to poll often on a big fabric), ``/status/fabric`` (switches
 and links, for `status --dot`), ``/metrics`` (the same status for Prometheus, see ``metrics``) and
 ``/healthz`` (503 naming the stale loops when a supervised loop has stopped making progress, see
-``health``).
+``health``), and with a flow store the live page ``/ui`` (see ``live_page``).
 
 ``ryu-nsm status`` reads it. It binds to loopback by default: it tells which paths connections
 take, which is operator information, not something to publish.
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ryu_nsm.observe import health
+from ryu_nsm.observe.flow_store import FlowStore
 
 DEFAULT_ADDRESS = ("127.0.0.1", 8181)
 
@@ -27,7 +28,15 @@ class StatusServer:
 
     def __init__(self, status: Callable[[], dict], host: str, port: int,
                  states: Callable[[], dict] | None = None, fabric: dict | None = None,
-                 loops: health.Registry | None = None):
+                 loops: health.Registry | None = None, flows: FlowStore | None = None):
+        page = None
+        if flows is not None and fabric is not None:
+            # Imported here: every `ryu-nsm` command imports this module.
+            from ryu_nsm.observe.live_page import LivePage
+
+            page = LivePage(status, fabric, flows)
+        self.page = page
+
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server's name)
                 if self.path.rstrip("/") in ("/status", ""):
@@ -49,6 +58,8 @@ class StatusServer:
                         self._reply(503, json.dumps({"stale": stale}).encode() + b"\n", "application/json")
                     else:
                         self._reply(200, b"ok\n", "text/plain")
+                elif page is not None and page.serves(self.path):
+                    page.handle(self)
                 else:
                     self._reply(404, b"not found\n", "text/plain")
 
@@ -75,6 +86,8 @@ class StatusServer:
         return self
 
     def stop(self) -> None:
+        if self.page is not None:
+            self.page.stop()
         self.server.shutdown()
         self.server.server_close()
 
