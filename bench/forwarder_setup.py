@@ -17,6 +17,12 @@ Three rounds, each ending with every client Closed and the controller showing no
 - set-up latency: for a sample of connections one at a time, from sending the Request to the first
   ICMP echo reply through the wire (``ping -i 0.002`` until one reply), p50 and p99.
 
+A second forwarder on bridge A serves over mTLS with a dev-CA SVID (``--tls-cert/--tls-key/--tls-ca``)
+and signs its path tokens; the bench asks it as an NSM manager would, with its own SVID and a token
+signed for the forwarder on the path, which the forwarder authorizes. The set-up latency sample
+alternates between the two forwarders, so both are measured in the same run beside the same ports:
+request to answer and request to first frame, mTLS + tokens against plain gRPC as their limit.
+
 Every answer must be UP, the controller must show every client up with its own endpoint, and every
 sampled wire must pass frames. Limits, measured in the same run: ``ovs-vsctl add-port`` of a fresh
 veth (the floor of making an OVS port; sequential and from 8 threads) and, for set-up latency, that
@@ -49,16 +55,21 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from common import BenchFailure, figure, percentile, print_figures, sh
 
 from nsm_api import networkservice_pb2_grpc
-from nsm_api.connection_pb2 import Connection, Mechanism
+from nsm_api.connection_pb2 import Connection, Mechanism, PathSegment
+from nsm_api.connection_pb2 import Path as NsmPath
 from nsm_api.connectioncontext_pb2 import ConnectionContext, EthernetContext, IPContext, IpNeighbor
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_api.tokens import sign_token
 from ryu_nsm.lab.controller_process import ControllerProcess, wait_for
+from ryu_nsm.trust import devca, tls
+from ryu_nsm.trust.identity import Identity
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = "fwdbench"
@@ -70,6 +81,8 @@ PROBE_REPEATS = 10
 TIMEOUT = 60.0
 RPC_TIMEOUT = 30.0
 UP = 0  # connection.State UP
+TRUST_DOMAIN = "bench.test"
+SERVER_NAME = "forwarder.bench.test"  # the mTLS forwarder's DNS SAN, which gRPC clients check
 
 
 class Names:
@@ -129,14 +142,49 @@ def asked(stub: networkservice_pb2_grpc.NetworkServiceStub, req: NetworkServiceR
     return answer
 
 
+@dataclass(frozen=True)
+class Pki:
+    """A dev CA's SVIDs: the mTLS forwarder's (as files for its flags) and the client's."""
+
+    forwarder_files: tuple[str, ...]
+    forwarder_id: str
+    client: Identity
+
+
+def make_pki(workdir: Path) -> Pki:
+    devca.init_ca(workdir / "ca", TRUST_DOMAIN)
+    forwarder_id = f"spiffe://{TRUST_DOMAIN}/forwarder"
+    devca.issue(workdir / "ca", forwarder_id, workdir / "fwd", dns_names=(SERVER_NAME,))
+    client = devca.issue(workdir / "ca", f"spiffe://{TRUST_DOMAIN}/nsmgr", workdir / "client")
+    files = ("--tls-cert", workdir / "fwd" / devca.SVID, "--tls-key", workdir / "fwd" / devca.SVID_KEY,
+             "--tls-ca", workdir / "fwd" / devca.SVID_BUNDLE)
+    return Pki(tuple(map(str, files)), forwarder_id, client)
+
+
+def signed(req: NetworkServiceRequest, pki: Pki) -> NetworkServiceRequest:
+    """``req`` as the client hop sends it to the mTLS forwarder: its own segment, token signed for it."""
+    token = sign_token(pki.client, pki.forwarder_id, None, time.time(), 600)
+    req.connection.path.CopyFrom(NsmPath(index=0, path_segments=[PathSegment(name="nsmgr", token=token)]))
+    return req
+
+
+def open_channel(sock: Path, pki: Pki | None) -> grpc.Channel:
+    if pki is None:
+        return grpc.insecure_channel(f"unix://{sock}")
+    return grpc.secure_channel(f"unix://{sock}", tls.grpc_channel_credentials(pki.client),
+                               options=tls.channel_options(SERVER_NAME))
+
+
 @contextmanager
-def forwarder(bridge: str, sock: Path, log: Path) -> Iterator[networkservice_pb2_grpc.NetworkServiceStub]:
-    """``ovs-forwarder`` for one bridge in a child process; yields a stub on its own channel."""
+def forwarder(bridge: str, sock: Path, log: Path, pki: Pki | None = None
+              ) -> Iterator[networkservice_pb2_grpc.NetworkServiceStub]:
+    """``ovs-forwarder`` for one bridge in a child process (over mTLS with ``pki``); yields a stub on
+    its own channel."""
     proc = subprocess.Popen([sys.executable, "-m", "ovs_forwarder.cli", "--bridge", bridge,
-                             "--listen", f"unix://{sock}", "--name", f"fwd-{bridge}",
-                             "--log-level", "WARNING"],
+                             "--listen", f"unix://{sock}", "--name", f"fwd-{bridge}{'-tls' if pki else ''}",
+                             "--log-level", "WARNING", *(pki.forwarder_files if pki else ())],
                             cwd=ROOT, stdout=log.open("a"), stderr=subprocess.STDOUT)
-    channel = grpc.insecure_channel(f"unix://{sock}")
+    channel = open_channel(sock, pki)
     try:
         if not wait_for(lambda: sock.exists() or proc.poll() is not None, 20) or proc.poll() is not None:
             raise BenchFailure(f"forwarder for {bridge} did not come up: {log.read_text()[-2000:]}")
@@ -318,6 +366,41 @@ def timed(what: str, fn: Callable[[], object]) -> float:
     return elapsed
 
 
+ByKind = dict[bool, list]  # False: plain gRPC, True: mTLS + signed tokens
+
+
+def sample_setup(names: Names, sample: int, stubs: dict[bool, networkservice_pb2_grpc.NetworkServiceStub],
+                 pki: Pki) -> tuple[ByKind, ByKind, ByKind]:
+    """Wires 1..``sample`` one at a time, alternately over plain gRPC (False) and mTLS + tokens (True):
+    by kind, seconds from Request to answer, seconds from Request to the first frame, the answers."""
+    answered: ByKind = {False: [], True: []}
+    setup: ByKind = {False: [], True: []}
+    answers: ByKind = {False: [], True: []}
+    for i in range(1, sample + 1):
+        secure = i % 2 == 0
+        req = request(f"l-{i}", i, names.ns_c, endpoint=False)
+        req = signed(req, pki) if secure else req  # the client's own signing is not the forwarder's
+        start = time.perf_counter()
+        answers[secure].append(asked(stubs[secure], req))
+        answered[secure].append(time.perf_counter() - start)
+        if not probe(names, i):
+            raise BenchFailure(f"no frame over wire {i} within the probe's deadline")
+        setup[secure].append(time.perf_counter() - start)
+    return answered, setup, answers
+
+
+def trust_figures(answered: ByKind, setup: ByKind) -> list[str]:
+    """mTLS + signed tokens against plain gRPC, both measured in this run: p50 of request to answer
+    and of request to first frame."""
+    for what, times in (("request to answer", answered), ("request to first frame", setup)):
+        print(f"{what}: plain p50 {percentile(times[False], 0.5) * 1000:.1f} ms, mTLS + tokens p50 "
+              f"{percentile(times[True], 0.5) * 1000:.1f} ms ({len(times[True])} each way)", file=sys.stderr)
+    label = "the same over plain gRPC"
+    return [figure(f"forwarder {what} p50, mTLS + signed tokens", percentile(times[True], 0.5) * 1000, "ms",
+                   percentile(times[False], 0.5) * 1000, "ms", label)
+            for what, times in (("request to answer", answered), ("set-up, request to first frame", setup))]
+
+
 def bench(n: int, sample: int) -> list[str]:
     """Run everything on ``n`` connections, ``sample`` of them timed to the first frame; figure lines."""
     names = Names()
@@ -331,9 +414,11 @@ def bench(n: int, sample: int) -> list[str]:
               f"p99 {percentile(empty_seq[:-1], 0.99) * 1000:.1f} ms; {LIMIT_PORTS} from {THREADS} threads "
               f"in {empty_conc[-1] * 1000:.0f} ms", file=sys.stderr)
         sock_a, sock_b = workdir / "a.sock", workdir / "b.sock"
+        pki = make_pki(workdir)
         ctl = ControllerProcess(topology, [requests], workdir / "ctl.log",
                                 extra_args=["--ovsdb", "--audit-interval", "3600"])
         with forwarder(names.a, sock_a, workdir / "a.log") as fwd_a, \
+                forwarder(names.a, workdir / "t.sock", workdir / "t.log", pki) as fwd_t, \
                 forwarder(names.b, sock_b, workdir / "b.log") as fwd_b, ctl:
             for br in (names.a, names.b):
                 sh("ovs-vsctl", "set-controller", br, f"tcp:127.0.0.1:{ctl.of_port}")
@@ -367,7 +452,6 @@ def bench(n: int, sample: int) -> list[str]:
                       f"{(time.perf_counter() - start) * 1000:.0f} ms", file=sys.stderr)
 
             # Set-up latency, one connection at a time; the first wire, kept up, gives the probe's floor.
-            setup: list[float] = []
             kept = asked(fwd_a, request("l-0", 0, names.ns_c, endpoint=False))
             if not wait_for(lambda: probe(names, 0, 2), TIMEOUT, 0.05):
                 raise BenchFailure("no frame passes over wire 0")
@@ -377,15 +461,11 @@ def bench(n: int, sample: int) -> list[str]:
                 if not probe(names, 0):
                     raise BenchFailure("a probe over a forwarding wire failed")
                 probe_times.append(time.perf_counter() - start)
-            latency_answers = [kept]
-            for i in range(1, sample + 1):
-                start = time.perf_counter()
-                latency_answers.append(asked(fwd_a, request(f"l-{i}", i, names.ns_c, endpoint=False)))
-                if not probe(names, i):
-                    raise BenchFailure(f"no frame over wire {i} within the probe's deadline")
-                setup.append(time.perf_counter() - start)
+            answered, setup, latency_answers = sample_setup(names, sample, {False: fwd_a, True: fwd_t}, pki)
+            latency_answers[False].append(kept)
             wait_all_up(ctl, {f"l-{i}": i for i in range(sample + 1)}, time.perf_counter())
-            close_all(fwd_a, latency_answers, ctl)
+            close_all(fwd_t, latency_answers[True], None)
+            close_all(fwd_a, latency_answers[False], ctl)
             close_all(fwd_b, endpoints, None)
             ports = {br: sh("ovs-vsctl", "list-ports", br).split() for br in (names.a, names.b)}
             if ports != {names.a: [names.link[0]], names.b: [names.link[1]]}:
@@ -397,8 +477,11 @@ def bench(n: int, sample: int) -> list[str]:
             if ctl.errors():
                 raise BenchFailure(f"switches rejected messages: {ctl.errors()[:3]}")
         floor = statistics.median(probe_times)
+        lines += trust_figures(answered, setup)
+        setup = setup[False]
         p50, p99 = percentile(setup, 0.5), percentile(setup, 0.99)
-        print(f"set-up, {sample} connections: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max "
+        print(f"set-up, {len(setup)} connections over plain gRPC: p50 {p50 * 1000:.1f} ms, p99 "
+              f"{p99 * 1000:.1f} ms, max "
               f"{max(setup) * 1000:.1f} ms; probe over a forwarding wire median {floor * 1000:.1f} ms",
               file=sys.stderr)
         label = "ovs-vsctl add-port + ping"

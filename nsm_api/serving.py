@@ -1,17 +1,31 @@
-"""Binding NSM gRPC servers to unix sockets and TCP: shared by the forwarder and the controller."""
+"""What the forwarder's and the controller's NSM gRPC servers share: binding to unix sockets and TCP,
+with mTLS credentials or (insecure mode, with a warning) without; and ``HopTrust``, what a server hop
+does with its identity on each call: sign its path segment's token for the peer, run NSM's authorize
+policies over the path's left side, show a monitor only the connections its SPIFFE ID is on.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
+from cryptography import x509
 
 from . import connection_pb2_grpc, networkservice_pb2_grpc
+from .authorize import authorize, monitor_visible
+from .connection_pb2 import Connection, Path
+from .tokens import sign_token, token_expiry
+
+if TYPE_CHECKING:
+    from ryu_nsm.trust.identity import IdentitySource
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +56,14 @@ def clear_stale_socket(path: str) -> None:
     raise OSError(f"{path} is in use by another process")
 
 
-def bind(server: grpc.Server, listen: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Add every address to ``server`` (not yet started): (addresses as bound, unix socket paths).
+Credentials = Callable[[], grpc.ServerCredentials]
+
+
+def bind(server: grpc.Server, listen: Sequence[str], credentials: Credentials | None = None
+         ) -> tuple[list[str], list[str]]:
+    """Add every address to ``server`` (not yet started), over mTLS when ``credentials`` makes the
+    server credentials (one per port: a dynamic one hands its initial SVID to one port only):
+    (addresses as bound, unix socket paths).
 
     A TCP port 0 is reported as the port actually bound. An address that cannot be bound stops
     the server and raises OSError naming it.
@@ -54,7 +74,8 @@ def bind(server: grpc.Server, listen: Sequence[str]) -> tuple[list[str], list[st
         if path is not None:
             clear_stale_socket(path)
         try:
-            port = server.add_insecure_port(address)
+            port = (server.add_insecure_port(address) if credentials is None
+                    else server.add_secure_port(address, credentials()))
         except RuntimeError as exc:
             server.stop(None)
             raise OSError(f"cannot listen on {address}: {exc}") from exc
@@ -67,17 +88,23 @@ def bind(server: grpc.Server, listen: Sequence[str]) -> tuple[list[str], list[st
     return listening, sockets
 
 
-def serve_nsm(servicer: object, listen: Sequence[str], max_workers: int, thread_name_prefix: str
-              ) -> tuple[grpc.Server, list[str], list[str]]:
+def serve_nsm(servicer: object, listen: Sequence[str], max_workers: int, thread_name_prefix: str,
+              credentials: Credentials | None = None) -> tuple[grpc.Server, list[str], list[str]]:
     """A started server offering ``servicer`` as NSM's NetworkService and MonitorConnection on every
-    address: (server, addresses as bound, unix socket paths). Every open MonitorConnections stream
-    holds a worker thread, so ``max_workers`` should be generous."""
+    address, over mTLS with ``credentials`` (see ``bind``): (server, addresses as bound, unix socket
+    paths). Every open MonitorConnections stream holds a worker thread, so ``max_workers`` should be
+    generous. Without credentials it says, as a WARNING, what goes unauthenticated."""
     pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
     server = grpc.server(pool)
     networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(servicer, server)
     connection_pb2_grpc.add_MonitorConnectionServicer_to_server(servicer, server)
-    listening, sockets = bind(server, listen)
+    listening, sockets = bind(server, listen, credentials)
     server.start()
+    if credentials is None:
+        log.warning("%s: NSM gRPC on %s WITHOUT TLS (no identity: give --spiffe-socket or --tls-cert/"
+                    "--tls-key/--tls-ca): callers are not authenticated, Request and Close are not "
+                    "authorized, path tokens are unsigned and every caller monitors every connection",
+                    thread_name_prefix, ", ".join(listening))
     return server, listening, sockets
 
 
@@ -88,3 +115,53 @@ def remove_sockets(paths: Iterable[str]) -> None:
             clear_stale_socket(path)
         except OSError as exc:
             log.warning("leaving socket %s: %s", path, exc)
+
+
+UNSIGNED_PREFIX = "unsigned:"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The caller of an mTLS call: its leaf certificate and SPIFFE ID (None on an insecure call)."""
+
+    certificate: x509.Certificate | None = None
+    spiffe_id: str | None = None
+
+
+NO_PEER = Peer()  # an in-process call, or an insecure one
+
+class HopTrust:
+    """A server hop's side of NSM's trust, from ``identity`` (an ``IdentitySource``; None: insecure
+    mode, where tokens are opaque ``unsigned:`` strings and nothing is checked or filtered).
+
+    As NSM's server chain does (updatepath, updatetoken, authorize): the hop's own segment is put on
+    the path first, with a token for the peer, then the path up to and with it is authorized.
+    """
+
+    def __init__(self, identity: IdentitySource | None, max_lifetime: float) -> None:
+        self.identity = identity
+        self.max_lifetime = max_lifetime
+
+    @property
+    def secure(self) -> bool:
+        return self.identity is not None
+
+    def token(self, peer: Peer, now: float) -> tuple[str, float]:
+        """This hop's token for ``peer`` and the seconds it lasts: ES256 for the peer's SPIFFE ID,
+        ``exp`` capped by both certificates' NotAfter; unsigned for ``max_lifetime`` when insecure."""
+        if self.identity is None:
+            return UNSIGNED_PREFIX + secrets.token_urlsafe(18), self.max_lifetime
+        own = self.identity.current()
+        not_after = peer.certificate.not_valid_after_utc if peer.certificate is not None else None
+        token = sign_token(own, peer.spiffe_id, not_after, now, self.max_lifetime)
+        return token, token_expiry(own, not_after, now, self.max_lifetime) - now
+
+    def authorize(self, path: Path, peer: Peer, now: float) -> None:
+        """RequestError(PERMISSION_DENIED) naming the policy the path breaks; nothing when insecure."""
+        if self.identity is not None:
+            authorize(path, peer.certificate, now)
+
+    def visible(self, connection: Connection, peer: Peer) -> bool:
+        """Whether a monitor of ``peer`` may see ``connection`` (always, when insecure)."""
+        return self.identity is None or (peer.spiffe_id is not None
+                                          and monitor_visible(connection, peer.spiffe_id))

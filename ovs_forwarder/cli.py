@@ -2,6 +2,10 @@
 
     ovs-forwarder --bridge br-nsm [--listen unix:///run/ovs-forwarder.sock] [--listen 127.0.0.1:5002]
                   [--name NAME] [--token-lifetime S] [--grace S] [--ovsdb unix:/var/run/openvswitch/db.sock]
+                  [--spiffe-socket ADDRESS | --tls-cert F --tls-key F --tls-ca F]
+
+With an identity (docs/security.md) it serves over mTLS, signs its path tokens and authorizes every
+Request and Close; without one it serves plain gRPC and says so at start.
 
 SIGTERM and SIGINT stop the server without unplumbing: connections survive a forwarder restart,
 and the next start rebuilds them from OVSDB.
@@ -20,6 +24,7 @@ from collections.abc import Sequence
 from ovs_forwarder.ovsdb import DEFAULT_REMOTE, Ovsdb, OvsdbError
 from ovs_forwarder.server import Forwarder
 from ryu_nsm.observe.logs import configure
+from ryu_nsm.trust.options import add_identity_arguments, identity_source
 
 DEFAULT_LISTEN = "unix:///run/ovs-forwarder.sock"
 
@@ -53,6 +58,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=_non_negative, default=30.0, metavar="S",
                    help="seconds past expiry (or past start, for orphans) before removal (default 30)")
     p.add_argument("--ovsdb", default=DEFAULT_REMOTE, help=f"OVSDB remote (default {DEFAULT_REMOTE})")
+    add_identity_arguments(p)
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-format", default="text", choices=["text", "json"],
                    help="json: one object per line (time, level, logger, message) for log collectors")
@@ -66,7 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     listen = args.listen or [DEFAULT_LISTEN]
     stopping = threading.Event()
     handlers = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    identity = None
     try:
+        try:
+            identity = identity_source(args)
+        except (OSError, ValueError, ConnectionError) as exc:
+            log.error("identity: %s", exc)
+            return 1
         try:
             ovsdb = Ovsdb(args.ovsdb)
         except OvsdbError as exc:
@@ -78,13 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             try:
                 forwarder = Forwarder(ovsdb, args.bridge, args.name, token_lifetime=args.token_lifetime,
-                                      grace=args.grace)
+                                      grace=args.grace, identity=identity)
             except ValueError as exc:
                 log.error("%s", exc)
                 return 1
             try:
                 forwarder.serve(listen)
-                log.info("forwarder %s serving on %s", args.name, ", ".join(forwarder.listening))
+                log.info("forwarder %s serving on %s%s", args.name, ", ".join(forwarder.listening),
+                         f" as {identity.current().spiffe_id} (mTLS)" if identity is not None else "")
                 # A timed wait keeps the main thread returning to the interpreter for signal handlers.
                 while not stopping.wait(0.5):
                     pass
@@ -95,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 forwarder.stop()
     finally:
+        if identity is not None:
+            identity.close()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     return 0

@@ -20,9 +20,14 @@ src_routes and dst_mac. Both get ip_neighbors and the MTU. The answer's mechanis
 `ryu-nsm.io/attachment` = "<bridge>/<host port name>".
 
 Path: as NSM's hops do, the segment at path.index (or the one after it) that carries our name is
-ours and is reused with its id; otherwise a new one is appended and the index advanced. TOKENS ARE
-NOT SIGNED: NSM hops issue signed JWTs, this forwarder issues an opaque random string prefixed
-"unsigned:". Peers that verify tokens will reject it; use it only where the node is the trust boundary.
+ours and is reused with its id; otherwise a new one is appended and the index advanced.
+
+Trust (docs/security.md): with an identity the forwarder serves over mTLS, signs its segment's token
+(ES256, for the caller's SPIFFE ID) and authorizes every Request and Close with NSM's policies over
+the path up to its own segment before anything is plumbed or unplumbed; a monitor sees only the
+connections whose path holds its caller's token. Without one (insecure mode, warned at start) the
+token is an opaque "unsigned:" string and nothing is checked: use it only where the node is the
+trust boundary.
 
 The answer comes once the port is committed to OVSDB; ovs-vswitchd attaches it at its next
 reconfiguration (see `plumbing`). Should it refuse the port (ofport -1 or an interface error), or
@@ -53,7 +58,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import secrets
 import threading
 import time
 import uuid
@@ -69,7 +73,7 @@ from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2, net
 from nsm_api.connection_pb2 import Connection, ConnectionEvent, Mechanism, MonitorScopeSelector
 from nsm_api.errors import RequestError
 from nsm_api.paths import append_segment
-from nsm_api.serving import remove_sockets, serve_nsm
+from nsm_api.serving import NO_PEER, HopTrust, Peer, remove_sockets, serve_nsm
 from ovs_forwarder.ovsdb import Ovsdb, PortInfo
 from ovs_forwarder.plumbing import (
     CONNECTION_KEY,
@@ -88,6 +92,8 @@ from ovs_forwarder.plumbing import (
     unplumb,
     validate,
 )
+from ryu_nsm.trust.identity import IdentitySource
+from ryu_nsm.trust.tls import grpc_server_credentials, peer_certificate, peer_spiffe_id
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +105,6 @@ NETNS_INODE_PARAM = "netnsInode"
 ROLE_PARAM = "ryu-nsm.io/role"
 ENDPOINT_PARAM = "ryu-nsm.io/endpoint"
 ATTACHMENT_PARAM = "ryu-nsm.io/attachment"
-TOKEN_PREFIX = "unsigned:"
 
 _STATUS_BY_KIND = {
     "invalid": grpc.StatusCode.INVALID_ARGUMENT,
@@ -133,10 +138,11 @@ class _Entry:
 
 
 class _Subscriber:
-    """One MonitorConnections stream: its selector and the queue of events still to send."""
+    """One MonitorConnections stream: its selector, its caller and the queue of events still to send."""
 
-    def __init__(self, selector: MonitorScopeSelector) -> None:
+    def __init__(self, selector: MonitorScopeSelector, peer: Peer) -> None:
         self.selector = selector
+        self.peer = peer
         self.events: queue.Queue[ConnectionEvent | None] = queue.Queue()
         self.overflowed = False
 
@@ -286,11 +292,6 @@ def _segment_matches(segment: connection_pb2.PathSegment, wanted: connection_pb2
     return (not wanted.name or wanted.name == segment.name) and (not wanted.id or wanted.id == segment.id)
 
 
-def new_token() -> str:
-    """An opaque, unsigned path token (see the module docstring: not a JWT)."""
-    return TOKEN_PREFIX + secrets.token_urlsafe(18)
-
-
 # ---- the servicer ------------------------------------------------------------------------------
 
 
@@ -303,8 +304,10 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
     """
 
     def __init__(self, ovsdb: Ovsdb, bridge: str, name: str, token_lifetime: float = 600.0,
-                 grace: float = 30.0, clock: Callable[[], float] = time.time) -> None:
-        """`name` is the path segment name and the `ryu-nsm-owner` mark; times are in seconds."""
+                 grace: float = 30.0, clock: Callable[[], float] = time.time,
+                 identity: IdentitySource | None = None) -> None:
+        """`name` is the path segment name and the `ryu-nsm-owner` mark; times are in seconds;
+        `identity` (None: insecure mode) is served over mTLS and signs tokens."""
         if not name:
             raise ValueError("the forwarder needs a name")
         if token_lifetime <= 0 or grace < 0:
@@ -315,6 +318,8 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
         self.token_lifetime = token_lifetime
         self.grace = grace
         self.clock = clock
+        self.identity = identity
+        self.trust = HopTrust(identity, token_lifetime)
         self._lock = threading.Lock()  # the table, the orphans and the subscribers; never held while plumbing
         self._ids = IdLocks()
         self._busy = 0  # requests, closes and sweeps under way, which stop() lets finish
@@ -358,7 +363,9 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
         if not listen:
             raise ValueError("nothing to listen on")
         self.start()
-        server, listening, sockets = serve_nsm(self, listen, max_workers, "ovs-forwarder-grpc")
+        identity = self.identity
+        credentials = (lambda: grpc_server_credentials(identity)) if identity is not None else None
+        server, listening, sockets = serve_nsm(self, listen, max_workers, "ovs-forwarder-grpc", credentials)
         self.listening.extend(listening)
         self._sockets.extend(sockets)
         self._server = server
@@ -390,15 +397,18 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
             return {cid: _copy(entry.connection) for cid, entry in self._table.items()}
 
     def request(self, request: networkservice_pb2.NetworkServiceRequest,
-                still_wanted: Callable[[], bool] = lambda: True) -> Connection:
-        """Plumb (or refresh) the requested connection and return it UP; RequestError if refused.
+                still_wanted: Callable[[], bool] = lambda: True, peer: Peer = NO_PEER) -> Connection:
+        """Plumb (or refresh) the requested connection and return it UP; RequestError if refused,
+        PERMISSION_DENIED (before anything is plumbed) when `peer` may not ask for it.
 
         `still_wanted` is asked once the connection's lock is held: a caller that gave up meanwhile
         gets nothing plumbed.
         """
         now = self.clock()
-        expires = now + self.token_lifetime
+        token, lifetime = self.trust.token(peer, now)
+        expires = now + lifetime
         wanted = translate(request, bridge=self.bridge, owner=self.name, expires=expires)
+        answer = self._authorized(request.connection, token, lifetime, peer, now)
         kernel = wanted.kernel
         cid = kernel.connection_id
         with self._working(), self._ids.hold(cid):
@@ -423,7 +433,6 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
             except PlumbingError as exc:
                 self._forget_if_gone(cid)
                 raise RequestError(_STATUS_BY_KIND[exc.kind], exc.message) from exc
-            answer = stamp_path(request.connection, self.name, new_token(), self.token_lifetime, now)
             answer.mechanism.CopyFrom(_answered_mechanism(wanted.mechanism, done))
             answer.state = connection_pb2.UP
             with self._lock:
@@ -480,28 +489,33 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
                 context: grpc.ServicerContext) -> Connection:
         """networkservice.NetworkService/Request."""
         try:
-            return self.request(request, still_wanted=context.is_active)
+            return self.request(request, still_wanted=context.is_active, peer=_peer(context, self.trust))
         except RequestError as exc:
             log.info("refused request %r: %s", request.connection.id, exc)
             context.abort(exc.code, exc.message)
 
     def Close(self, request: Connection, context: grpc.ServicerContext) -> empty_pb2.Empty:
-        """networkservice.NetworkService/Close."""
+        """networkservice.NetworkService/Close, authorized as a Request is."""
         try:
+            if self.trust.secure:
+                now, peer = self.clock(), _peer(context, self.trust)
+                self._authorized(request, *self.trust.token(peer, now), peer, now)
             self.close(request.id)
         except RequestError as exc:
+            log.info("refused close %r: %s", request.id, exc)
             context.abort(exc.code, exc.message)
         return empty_pb2.Empty()
 
     def MonitorConnections(self, request: MonitorScopeSelector,
                            context: grpc.ServicerContext) -> Iterator[ConnectionEvent]:
         """connection.MonitorConnection/MonitorConnections: the initial state, then every change."""
-        subscriber = _Subscriber(request)
+        subscriber = _Subscriber(request, _peer(context, self.trust))
         with self._lock:
             if self._stopping.is_set():
                 return
             initial = {cid: _copy(e.connection) for cid, e in self._table.items()
-                       if matches(e.connection, request)}
+                       if matches(e.connection, request)
+                       and self.trust.visible(e.connection, subscriber.peer)}
             self._subscribers.add(subscriber)
         try:
             if not context.add_callback(subscriber.end):
@@ -517,6 +531,14 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
                 self._subscribers.discard(subscriber)
 
     # ---- internals ---------------------------------------------------------------------------------
+
+    def _authorized(self, connection: Connection, token: str, lifetime: float, peer: Peer,
+                    now: float) -> Connection:
+        """`connection` with our segment and `token` on its path, once NSM's policies pass the path
+        up to that segment (as NSM's updatepath, updatetoken and authorize do); RequestError else."""
+        stamped = stamp_path(connection, self.name, token, lifetime, now)
+        self.trust.authorize(stamped.path, peer, now)
+        return stamped
 
     @contextmanager
     def _working(self) -> Iterator[None]:
@@ -592,7 +614,8 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
             params[ENDPOINT_PARAM] = endpoint
         # The segment id is not recorded; a stable one keeps monitors that select by id working.
         segment_id = uuid.uuid5(uuid.NAMESPACE_URL, f"ryu-nsm:{self.name}:{existing.connection_id}")
-        segment = connection_pb2.PathSegment(name=self.name, id=str(segment_id), token=new_token(),
+        token, _ = self.trust.token(NO_PEER, now)
+        segment = connection_pb2.PathSegment(name=self.name, id=str(segment_id), token=token,
                                              expires=Timestamp(seconds=int(expires)))
         connection = Connection(
             id=existing.connection_id, network_service=existing.service, labels=dict(existing.labels),
@@ -633,7 +656,8 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
         """Send an event to every monitor whose scope holds some of `connections` (lock held)."""
         connections = list(connections)
         for subscriber in self._subscribers:
-            chosen = {c.id: c for c in connections if matches(c, subscriber.selector)}
+            chosen = {c.id: c for c in connections
+                      if matches(c, subscriber.selector) and self.trust.visible(c, subscriber.peer)}
             if chosen:
                 subscriber.offer(ConnectionEvent(type=kind, connections=chosen))
 
@@ -648,6 +672,11 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
                 self.sweep()
             except Exception:
                 log.exception("janitor sweep failed; trying again")
+
+
+def _peer(context: grpc.ServicerContext, trust: HopTrust) -> Peer:
+    """The caller, as far as trust needs it (an insecure server does not look)."""
+    return Peer(peer_certificate(context), peer_spiffe_id(context)) if trust.secure else NO_PEER
 
 
 def _answered_mechanism(chosen: Mechanism, done: Plumbed) -> Mechanism:

@@ -84,6 +84,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_controller(args) -> int:
+    from ryu_nsm.trust.options import identity_source
     from ryu_nsm.wiring import FlowOptions, KubernetesOptions, run_controller
 
     fabric = _load_fabric(args)
@@ -107,19 +108,28 @@ def cmd_controller(args) -> int:
         return EXIT_USAGE
     host, port = _host_port(args.listen, 6653)
     shost, sport = _host_port(args.status_listen, DEFAULT_ADDRESS[1])
+    try:
+        identity = identity_source(args)
+    except (OSError, ValueError, ConnectionError) as error:
+        print(f"ryu-nsm: identity: {error}", file=sys.stderr)
+        return EXIT_USAGE
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with run_controller(
-        fabric, args.requests, host, port, (shost, sport),
-        watch_interval=args.watch_interval, kubernetes=kubernetes, use_bundles=not args.no_bundles,
-        audit_interval=args.audit_interval, ovsdb_remote=args.ovsdb, nsm_listen=args.nsm_listen or (),
-        counter_interval=args.counter_interval, flows=flows,
-    ) as running:
-        logging.getLogger("ryu_nsm").info(
-            "controller for fabric %s: OpenFlow on %s:%d, status on http://%s:%d/status",
-            fabric.name, host, port, *running.status_address)
-        stop.wait()
+    try:
+        with run_controller(
+            fabric, args.requests, host, port, (shost, sport),
+            watch_interval=args.watch_interval, kubernetes=kubernetes, use_bundles=not args.no_bundles,
+            audit_interval=args.audit_interval, ovsdb_remote=args.ovsdb, nsm_listen=args.nsm_listen or (),
+            counter_interval=args.counter_interval, flows=flows, identity=identity,
+        ) as running:
+            logging.getLogger("ryu_nsm").info(
+                "controller for fabric %s: OpenFlow on %s:%d, status on http://%s:%d/status",
+                fabric.name, host, port, *running.status_address)
+            stop.wait()
+    finally:
+        if identity is not None:
+            identity.close()
     return 0
 
 
@@ -286,9 +296,17 @@ def _add_controller(sub) -> None:
                           "unix:///path or host:port): connections asked for become client requests "
                           "in namespace 'nsm'")
     _add_flow_options(ctl)
+    _add_identity_options(ctl)
     ctl.add_argument("--log", action="append", default=[], metavar="LOGGER=LEVEL",
                      help="one logger's level, e.g. ryu_nsm.sources.kubernetes=debug (repeatable)")
     ctl.set_defaults(func=cmd_controller)
+
+
+def _add_identity_options(ctl: argparse.ArgumentParser) -> None:
+    """The controller's identity: NSM's gRPC (--nsm-listen) is served over mTLS with it."""
+    from ryu_nsm.trust.options import add_identity_arguments
+
+    add_identity_arguments(ctl)
 
 
 def _add_kubernetes_options(ctl: argparse.ArgumentParser) -> None:

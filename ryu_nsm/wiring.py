@@ -18,6 +18,7 @@ from ryu_nsm.observe.picture import fabric_description
 from ryu_nsm.observe.status_api import StatusServer
 from ryu_nsm.openflow.shell import NsmApp, ShellSettings
 from ryu_nsm.sources.topology import fabric_warnings
+from ryu_nsm.trust.identity import IdentitySource
 
 
 @dataclass
@@ -69,6 +70,7 @@ def run_controller(
     ovsdb_remote: str | None = None,
     nsm_listen: Sequence[str] = (),
     flows: FlowOptions | None = None,
+    identity: IdentitySource | None = None,
     **settings,
 ) -> Iterator[RunningController]:
     """Run until the context exits: OpenFlow on (of_host, of_port), status over HTTP.
@@ -82,6 +84,7 @@ def run_controller(
 
     With ``nsm_listen`` (``unix:///path`` or ``host:port`` each), NSM's NetworkService and
     MonitorConnection are served there (ryu_nsm.sources.nsm_grpc); requested connections are one more source.
+    With ``identity`` they are served over mTLS with signed path tokens (docs/security.md).
 
     ``flows`` sizes the flow store and asks for Hubble's Observer API and the flow log over it.
     """
@@ -118,7 +121,7 @@ def run_controller(
         if kube_api is not None:
             stoppers.extend(_start_cluster_side(running.app, kube_api, sources.kube_source, kubernetes))
         if sources.grpc_source is not None:
-            stoppers.append(_serve_nsm(sources.grpc_source, running.app, nsm_listen))
+            stoppers.append(_serve_nsm(sources.grpc_source, running.app, nsm_listen, identity))
         _start_flow_outputs(running, flows, fabric, stoppers)
         yield running
     finally:
@@ -179,11 +182,12 @@ class _Sources:
             self.grpc_source = GrpcRequests(merged.part("grpc"))
 
 
-def _serve_nsm(source, app: NsmApp, listen: Sequence[str]) -> Callable[[], None]:
-    """Serve NSM's gRPC APIs for ``source``; returns the stop function."""
+def _serve_nsm(source, app: NsmApp, listen: Sequence[str], identity: IdentitySource | None
+               ) -> Callable[[], None]:
+    """Serve NSM's gRPC APIs for ``source`` (mTLS with ``identity``); returns the stop function."""
     from ryu_nsm.sources.nsm_grpc import NsmServer
 
-    nsm_server = NsmServer(source, app.status)
+    nsm_server = NsmServer(source, app.status, identity=identity)
     nsm_server.serve(listen)
     return nsm_server.stop
 

@@ -22,8 +22,9 @@ import pytest
 
 from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2, networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection, Mechanism, MonitorScopeSelector
+from nsm_api.serving import UNSIGNED_PREFIX
 from ryu_nsm.lab.controller_process import ControllerProcess, wait_for
-from ryu_nsm.sources.nsm_grpc import ATTACHMENT_PARAM, SEGMENT_NAME, TOKEN_PREFIX
+from ryu_nsm.sources.nsm_grpc import ATTACHMENT_PARAM, SEGMENT_NAME
 
 from .echo_requests import echo_service
 from .test_controller_ovs import A, B, build, connect, ping, teardown
@@ -157,7 +158,7 @@ def test_request_monitor_close(controller):
         assert answer.state == connection_pb2.UP
         assert answer.network_service_endpoint_name == "server"
         segment = answer.path.path_segments[answer.path.index]
-        assert segment.name == SEGMENT_NAME and segment.token.startswith(TOKEN_PREFIX)
+        assert segment.name == SEGMENT_NAME and segment.token.startswith(UNSIGNED_PREFIX)
         assert segment.metrics["path"] == f"{A},{B}"
         assert segment.expires.seconds > time.time()
         status = ctl.connections()[f"nsm/{cid}/nsm-1"]

@@ -14,8 +14,11 @@ held for `settle` seconds: a port the forwarder has just plumbed may not have re
 controller yet. gRPC threads never touch datapath code: they only report to the source and read
 `status()`.
 
-TOKENS ARE NOT SIGNED: NSM hops issue signed JWTs; our segment carries an opaque random string
-prefixed "unsigned:". Peers that verify tokens will reject it.
+Trust (docs/security.md): with an identity the face serves over mTLS, signs its segment's token
+(ES256, for the caller's SPIFFE ID) and authorizes every Request and Close with NSM's policies before
+anything is declared or withdrawn; a monitor sees only the connections whose path holds its caller's
+token. Without one (insecure mode, warned at start) tokens are opaque "unsigned:" strings and nothing
+is checked.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 import logging
 import queue
 import re
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,9 +38,11 @@ from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2, net
 from nsm_api.connection_pb2 import Connection, ConnectionEvent, MonitorScopeSelector
 from nsm_api.errors import RequestError
 from nsm_api.paths import append_segment
-from nsm_api.serving import remove_sockets, serve_nsm
+from nsm_api.serving import NO_PEER, HopTrust, Peer, remove_sockets, serve_nsm
 from ryu_nsm.core.model import Attachment, ClientRequest, FrozenMap, ModelError, Resources
 from ryu_nsm.sources.ovsdb import dns_label
+from ryu_nsm.trust.identity import IdentitySource
+from ryu_nsm.trust.tls import grpc_server_credentials, peer_certificate, peer_spiffe_id
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +50,6 @@ NAMESPACE = "nsm"
 DEFAULT_IFNAME = "nsm-1"
 ATTACHMENT_PARAM = "ryu-nsm.io/attachment"
 SEGMENT_NAME = "ryu-nsm-controller"
-TOKEN_PREFIX = "unsigned:"
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 # The resolver's words for a service that no source declares (ryu_nsm.core.resolver.resolve).
 _UNKNOWN_SERVICE = re.compile(r"^network service .* not found")
@@ -164,14 +167,10 @@ class GrpcRequests:
             changes.put(change)
 
 
-def new_token() -> str:
-    """An opaque, unsigned path token (see the module docstring: not a JWT)."""
-    return TOKEN_PREFIX + secrets.token_urlsafe(18)
-
-
-def stamp(connection: Connection, endpoint: str, switches: Sequence[str], lifetime: float,
+def stamp(connection: Connection, endpoint: str, switches: Sequence[str], token: str, lifetime: float,
           now: float) -> Connection:
-    """The answer: ``connection`` UP at ``endpoint`` with our segment (metrics["path"] = switches).
+    """The answer: ``connection`` UP at ``endpoint`` with our segment carrying ``token``
+    (metrics["path"] = switches).
 
     A segment of ours at path.index or right after it is replaced (a refresh), as NSM hops do.
     """
@@ -185,7 +184,7 @@ def stamp(connection: Connection, endpoint: str, switches: Sequence[str], lifeti
         base.path.index = max(ours - 1, 0)
         if not segments:
             base.ClearField("path")
-    stamped = append_segment(base, SEGMENT_NAME, new_token(), lifetime, now)
+    stamped = append_segment(base, SEGMENT_NAME, token, lifetime, now)
     stamped.path.path_segments[stamped.path.index].metrics["path"] = ",".join(switches)
     stamped.network_service_endpoint_name = endpoint
     stamped.state = connection_pb2.UP
@@ -198,8 +197,10 @@ class NsmServer(networkservice_pb2_grpc.NetworkServiceServicer,
 
     def __init__(self, source: GrpcRequests, status: Callable[[], dict], *, default_timeout: float = 10.0,
                  settle: float = 1.0, token_lifetime: float = 600.0, poll: float = 0.02,
-                 monitor_interval: float = 0.1) -> None:
+                 monitor_interval: float = 0.1, identity: IdentitySource | None = None) -> None:
         self.source = source
+        self.identity = identity
+        self.trust = HopTrust(identity, token_lifetime)
         self.status = status
         self.default_timeout = default_timeout
         self.settle = settle
@@ -215,7 +216,9 @@ class NsmServer(networkservice_pb2_grpc.NetworkServiceServicer,
 
     def serve(self, listen: Sequence[str], max_workers: int = 32) -> grpc.Server:
         """Serve on each address (`unix:///path` or `host:port`); each monitor stream holds a worker."""
-        server, listening, sockets = serve_nsm(self, listen, max_workers, "ryu-nsm-grpc")
+        identity = self.identity
+        credentials = (lambda: grpc_server_credentials(identity)) if identity is not None else None
+        server, listening, sockets = serve_nsm(self, listen, max_workers, "ryu-nsm-grpc", credentials)
         self.listening.extend(listening)
         self._sockets.extend(sockets)
         self._server = server
@@ -233,10 +236,13 @@ class NsmServer(networkservice_pb2_grpc.NetworkServiceServicer,
     # ---- plain API ---------------------------------------------------------------------------------
 
     def request(self, request: networkservice_pb2.NetworkServiceRequest, timeout: float,
-                still_wanted: Callable[[], bool] = lambda: True) -> Connection:
-        """Declare the connection and wait until the controller has it up; RequestError otherwise."""
+                still_wanted: Callable[[], bool] = lambda: True, peer: Peer = NO_PEER) -> Connection:
+        """Declare the connection and wait until the controller has it up; RequestError otherwise,
+        PERMISSION_DENIED (before anything is declared) when ``peer`` may not ask for it."""
         client = to_client_request(request)
         conn = request.connection
+        signed_at = time.time()
+        token, lifetime = self._authorize(conn, peer, signed_at)
         self.source.put(conn, client)
         deadline = time.monotonic() + timeout
         failing_since: float | None = None
@@ -244,7 +250,7 @@ class NsmServer(networkservice_pb2_grpc.NetworkServiceServicer,
             entry = self._entry(client.id)
             now = time.monotonic()
             if entry is not None and entry["state"] == "up":
-                return stamp(conn, entry["endpoint"] or "", entry["path"], self.token_lifetime, time.time())
+                return stamp(conn, entry["endpoint"] or "", entry["path"], token, lifetime, signed_at)
             failed = entry is not None and entry["state"] == "failed"
             if not failed:
                 failing_since = None
@@ -270,11 +276,21 @@ class NsmServer(networkservice_pb2_grpc.NetworkServiceServicer,
         """Withdraw a connection; False when it was not held."""
         return self.source.withdraw(connection_id)
 
-    def _view(self, held: dict[str, Held], selector: MonitorScopeSelector | None) -> dict[str, Connection]:
-        """``held`` connections in scope as Connection messages, state from the controller."""
+    def _authorize(self, connection: Connection, peer: Peer, now: float) -> tuple[str, float]:
+        """Our token for ``peer`` and its lifetime, once NSM's policies pass the path up to our
+        segment (as NSM's updatepath, updatetoken and authorize do); RequestError else."""
+        token, lifetime = self.trust.token(peer, now)
+        self.trust.authorize(stamp(connection, "", (), token, lifetime, now).path, peer, now)
+        return token, lifetime
+
+    def _view(self, held: dict[str, Held], selector: MonitorScopeSelector | None,
+              peer: Peer = NO_PEER) -> dict[str, Connection]:
+        """``held`` connections in scope and visible to ``peer`` as Connection messages, state from
+        the controller."""
         by_id = {c["id"]: c for c in self.status()["connections"]}
         return {cid: _as_connection(h, by_id.get(h.request.id) or {})
-                for cid, h in held.items() if _in_scope(h, selector)}
+                for cid, h in held.items()
+                if _in_scope(h, selector) and self.trust.visible(h.connection, peer)}
 
     # ---- gRPC methods ------------------------------------------------------------------------------
 
@@ -284,13 +300,20 @@ class NsmServer(networkservice_pb2_grpc.NetworkServiceServicer,
         remaining = context.time_remaining()
         timeout = self.default_timeout if remaining is None else remaining
         try:
-            return self.request(request, timeout, still_wanted=context.is_active)
+            return self.request(request, timeout, still_wanted=context.is_active,
+                                peer=_peer(context, self.trust))
         except RequestError as exc:
             log.info("refused request %r: %s", request.connection.id, exc.message)
             context.abort(exc.code, exc.message)
 
     def Close(self, request: Connection, context: grpc.ServicerContext) -> empty_pb2.Empty:
-        """networkservice.NetworkService/Close: unknown ids are not an error."""
+        """networkservice.NetworkService/Close, authorized as a Request is: unknown ids are not an error."""
+        if self.trust.secure:
+            try:
+                self._authorize(request, _peer(context, self.trust), time.time())
+            except RequestError as exc:
+                log.info("refused close %r: %s", request.id, exc.message)
+                context.abort(exc.code, exc.message)
         self.close(request.id)
         return empty_pb2.Empty()
 
@@ -304,9 +327,10 @@ class NsmServer(networkservice_pb2_grpc.NetworkServiceServicer,
         """
         # Not a supervised loop (observe.health): it lives as long as its client's stream, on a gRPC
         # worker thread, and an exception ends that stream with an error the client sees and retries.
+        peer = _peer(context, self.trust)
         held, changes = self.source.subscribe()
         try:
-            known = self._view(held, request)
+            known = self._view(held, request, peer)
             yield ConnectionEvent(type=connection_pb2.INITIAL_STATE_TRANSFER, connections=known)
             while context.is_active() and not self._stopping.is_set():
                 passing: dict[str, Held] = {}  # put and withdrawn again since the last look
@@ -318,11 +342,11 @@ class NsmServer(networkservice_pb2_grpc.NetworkServiceServicer,
                     if gone is not None and change.connection_id not in known:
                         passing[change.connection_id] = gone
                 if passing:
-                    seen = self._view(passing, request)
+                    seen = self._view(passing, request, peer)
                     if seen:
                         yield ConnectionEvent(type=connection_pb2.UPDATE, connections=seen)
                         known = {**known, **seen}
-                now = self._view(held, request)
+                now = self._view(held, request, peer)
                 gone = {cid: known[cid] for cid in known.keys() - now.keys()}
                 changed = {cid: c for cid, c in now.items() if known.get(cid) != c}
                 if gone:
@@ -335,6 +359,11 @@ class NsmServer(networkservice_pb2_grpc.NetworkServiceServicer,
 
     def _entry(self, request_id: str) -> dict | None:
         return next((c for c in self.status()["connections"] if c["id"] == request_id), None)
+
+
+def _peer(context: grpc.ServicerContext, trust: HopTrust) -> Peer:
+    """The caller, as far as trust needs it (an insecure server does not look)."""
+    return Peer(peer_certificate(context), peer_spiffe_id(context)) if trust.secure else NO_PEER
 
 
 def _in_scope(held: Held, selector: MonitorScopeSelector | None) -> bool:
