@@ -9,6 +9,7 @@ import logging
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ryu_nsm.core.fabric import Fabric
 from ryu_nsm.core.model import Resources
@@ -18,6 +19,9 @@ from ryu_nsm.observe.picture import fabric_description
 from ryu_nsm.observe.status_api import StatusServer
 from ryu_nsm.openflow.shell import NsmApp, ShellSettings
 from ryu_nsm.sources.topology import fabric_warnings
+
+if TYPE_CHECKING:
+    from ryu_nsm.trust.identity import IdentitySource
 
 
 @dataclass
@@ -69,6 +73,7 @@ def run_controller(
     ovsdb_remote: str | None = None,
     nsm_listen: Sequence[str] = (),
     flows: FlowOptions | None = None,
+    openflow_identity: IdentitySource | None = None,
     **settings,
 ) -> Iterator[RunningController]:
     """Run until the context exits: OpenFlow on (of_host, of_port), status over HTTP.
@@ -84,6 +89,9 @@ def run_controller(
     MonitorConnection are served there (ryu_nsm.sources.nsm_grpc); requested connections are one more source.
 
     ``flows`` sizes the flow store and asks for Hubble's Observer API and the flow log over it.
+
+    With ``openflow_identity``, OpenFlow is TLS only: switches need a certificate from its trust
+    bundle, and the one their fabric entry names, if any (ryu_nsm.openflow.switch_tls).
     """
     from ryu_nsm.openflow import launch as oskenrun
 
@@ -108,7 +116,13 @@ def run_controller(
         fabric=fabric, attach_sources=sources.attach, on_ready=on_ready, role_election=role_election,
         **settings,
     )
-    handle = oskenrun.run_apps([NsmApp], of_host, of_port)
+    tls = None
+    if openflow_identity is not None:
+        from ryu_nsm.openflow.switch_tls import SwitchTls, fabric_check
+        from ryu_nsm.trust.tls import server_context
+
+        tls = SwitchTls(server_context(openflow_identity), fabric_check(fabric))
+    handle = oskenrun.run_apps([NsmApp], of_host, of_port, tls=tls)
     status = None
     try:
         status = StatusServer(lambda: running.app.status(), *status_address,
