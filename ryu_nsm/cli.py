@@ -397,6 +397,9 @@ def _add_demo(sub) -> None:
     demo.add_argument("--topology", default=str(REPO / "topologies" / "demo-chain.yaml"))
     demo.add_argument("--requests", default=str(REPO / "examples" / "demo-chain"))
     demo.add_argument("--keep", action="store_true", help="leave it running until Ctrl-C")
+    demo.add_argument("--tls", action="store_true",
+                      help="OpenFlow over TLS: a dev CA and SVIDs in a temporary directory, the switches "
+                           "on ssl: targets (sets Open vSwitch's set-ssl for the run)")
     demo.set_defaults(func=cmd_demo)
 
 
