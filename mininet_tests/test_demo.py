@@ -18,3 +18,11 @@ def test_the_demo_passes_every_step(clean_mininet):
     # Every numbered step ran and was checked.
     assert [f"{n}." for n in range(1, 9)] == [line.split()[0] for line in proc.stdout.splitlines()
                                               if line[:2] in {f"{n}." for n in range(1, 10)}]
+
+
+def test_the_demo_over_tls_connects_every_switch_by_ssl(clean_mininet):
+    proc = subprocess.run([sys.executable, "-m", "ryu_nsm.cli", "demo", "--tls"], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "every switch talks to the controller over TLS" in proc.stdout
+    assert proc.stdout.count("is_connected=true") == 4, proc.stdout

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ryu_nsm.observe.status_api import DEFAULT_ADDRESS
+from ryu_nsm.trust.options import add_identity_arguments
 
 REPO = Path(__file__).resolve().parent.parent
 # Open vSwitch's own database socket (also ryu_nsm.sources.ovsdb.DEFAULT_REMOTE, not imported here:
@@ -29,6 +30,18 @@ def _host_port(text: str, default_port: int) -> tuple[str, int]:
     if not host:
         return text, default_port
     return host, int(port)
+
+
+def _openflow_target(text: str) -> tuple[str, str, int]:
+    """``ssl:HOST:PORT``, ``tcp:HOST:PORT`` (Open vSwitch's target syntax) or ``HOST:PORT`` (TCP) as
+    (scheme, host, port); ValueError otherwise."""
+    scheme, _, rest = text.partition(":")
+    if scheme not in ("ssl", "tcp") or not rest:
+        scheme, rest = "tcp", text
+    host, port = _host_port(rest, 6653)
+    if not host or not 0 <= port <= 65535:
+        raise ValueError(f"expected ssl:HOST:PORT, tcp:HOST:PORT or HOST:PORT, got {text!r}")
+    return scheme, host, port
 
 
 def _params(pairs: list[str]) -> dict:
@@ -106,13 +119,17 @@ def cmd_controller(args) -> int:
         print("ryu-nsm: --flow-buffer and --flow-log-max-bytes must be >= 1, --flow-log-keep >= 0",
               file=sys.stderr)
         return EXIT_USAGE
-    host, port = _host_port(args.listen, 6653)
-    shost, sport = _host_port(args.status_listen, DEFAULT_ADDRESS[1])
     try:
+        scheme, host, port = _openflow_target(args.listen)
         identity = identity_source(args)
-    except (OSError, ValueError, ConnectionError) as error:
-        print(f"ryu-nsm: identity: {error}", file=sys.stderr)
+    except ValueError as exc:  # IdentityOptionsError is one
+        print(f"ryu-nsm: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if scheme == "ssl" and identity is None:
+        print("ryu-nsm: --listen ssl: needs an identity: --spiffe-socket or --tls-cert/--tls-key/--tls-ca",
+              file=sys.stderr)
+        return EXIT_USAGE
+    shost, sport = _host_port(args.status_listen, DEFAULT_ADDRESS[1])
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -122,10 +139,11 @@ def cmd_controller(args) -> int:
             watch_interval=args.watch_interval, kubernetes=kubernetes, use_bundles=not args.no_bundles,
             audit_interval=args.audit_interval, ovsdb_remote=args.ovsdb, nsm_listen=args.nsm_listen or (),
             counter_interval=args.counter_interval, flows=flows, identity=identity,
+            openflow_identity=identity if scheme == "ssl" else None,
         ) as running:
             logging.getLogger("ryu_nsm").info(
-                "controller for fabric %s: OpenFlow on %s:%d, status on http://%s:%d/status",
-                fabric.name, host, port, *running.status_address)
+                "controller for fabric %s: OpenFlow on %s:%s:%d, status on http://%s:%d/status",
+                fabric.name, scheme, host, port, *running.status_address)
             stop.wait()
     finally:
         if identity is not None:
@@ -275,7 +293,9 @@ def _add_controller(sub) -> None:
     ctl = sub.add_parser("controller", help="run the controller against a real fabric")
     ctl.add_argument("--topology", required=True, help="topology YAML")
     ctl.add_argument("--requests", nargs="*", default=[], help="files/directories watched for resources")
-    ctl.add_argument("--listen", default="127.0.0.1:6653", help="OpenFlow listen address")
+    ctl.add_argument("--listen", default="127.0.0.1:6653",
+                     help="OpenFlow listen address: HOST:PORT or tcp:HOST:PORT (plain), ssl:HOST:PORT "
+                          "(TLS with the identity below; switches need a certificate from its bundle)")
     ctl.add_argument("--status-listen", default=f"{DEFAULT_ADDRESS[0]}:{DEFAULT_ADDRESS[1]}")
     ctl.add_argument("--no-bundles", action="store_true", help="plain flow mods instead of ONF bundles")
     ctl.add_argument("--audit-interval", type=float, default=30.0, help="seconds between flow audits")
@@ -296,17 +316,10 @@ def _add_controller(sub) -> None:
                           "unix:///path or host:port): connections asked for become client requests "
                           "in namespace 'nsm'")
     _add_flow_options(ctl)
-    _add_identity_options(ctl)
+    add_identity_arguments(ctl)
     ctl.add_argument("--log", action="append", default=[], metavar="LOGGER=LEVEL",
                      help="one logger's level, e.g. ryu_nsm.sources.kubernetes=debug (repeatable)")
     ctl.set_defaults(func=cmd_controller)
-
-
-def _add_identity_options(ctl: argparse.ArgumentParser) -> None:
-    """The controller's identity: NSM's gRPC (--nsm-listen) is served over mTLS with it."""
-    from ryu_nsm.trust.options import add_identity_arguments
-
-    add_identity_arguments(ctl)
 
 
 def _add_kubernetes_options(ctl: argparse.ArgumentParser) -> None:
@@ -383,6 +396,9 @@ def _add_demo(sub) -> None:
     demo.add_argument("--topology", default=str(REPO / "topologies" / "demo-chain.yaml"))
     demo.add_argument("--requests", default=str(REPO / "examples" / "demo-chain"))
     demo.add_argument("--keep", action="store_true", help="leave it running until Ctrl-C")
+    demo.add_argument("--tls", action="store_true",
+                      help="OpenFlow over TLS: a dev CA and SVIDs in a temporary directory, the switches "
+                           "on ssl: targets (sets Open vSwitch's set-ssl for the run)")
     demo.set_defaults(func=cmd_demo)
 
 

@@ -21,6 +21,16 @@ from ryu_nsm.sources.topology import fabric_warnings
 from ryu_nsm.trust.identity import IdentitySource
 
 
+def _switch_tls(fabric: Fabric, identity: IdentitySource | None):
+    """TLS for the OpenFlow listener with ``identity`` (None: plain TCP)."""
+    if identity is None:
+        return None
+    from ryu_nsm.openflow.switch_tls import SwitchTls, fabric_check
+    from ryu_nsm.trust.tls import server_context
+
+    return SwitchTls(server_context(identity), fabric_check(fabric))
+
+
 @dataclass
 class KubernetesOptions:
     """How to reach the cluster and whether to take part in leader election."""
@@ -71,6 +81,7 @@ def run_controller(
     nsm_listen: Sequence[str] = (),
     flows: FlowOptions | None = None,
     identity: IdentitySource | None = None,
+    openflow_identity: IdentitySource | None = None,
     **settings,
 ) -> Iterator[RunningController]:
     """Run until the context exits: OpenFlow on (of_host, of_port), status over HTTP.
@@ -87,6 +98,9 @@ def run_controller(
     With ``identity`` they are served over mTLS with signed path tokens (docs/security.md).
 
     ``flows`` sizes the flow store and asks for Hubble's Observer API and the flow log over it.
+
+    With ``openflow_identity``, OpenFlow is TLS only: switches need a certificate from its trust
+    bundle, and the one their fabric entry names, if any (ryu_nsm.openflow.switch_tls).
     """
     from ryu_nsm.openflow import launch as oskenrun
 
@@ -111,7 +125,7 @@ def run_controller(
         fabric=fabric, attach_sources=sources.attach, on_ready=on_ready, role_election=role_election,
         **settings,
     )
-    handle = oskenrun.run_apps([NsmApp], of_host, of_port)
+    handle = oskenrun.run_apps([NsmApp], of_host, of_port, tls=_switch_tls(fabric, openflow_identity))
     status = None
     try:
         status = StatusServer(lambda: running.app.status(), *status_address,

@@ -15,9 +15,18 @@ from ryu_nsm.core.model import Attachment
 
 
 @dataclass(frozen=True)
+class SwitchCertificate:
+    """Who a switch must be on OpenFlow over TLS: its certificate's SPIFFE ID and/or subject CN."""
+
+    spiffe_id: str | None = None
+    cn: str | None = None
+
+
+@dataclass(frozen=True)
 class Switch:
     name: str
     dpid: int
+    certificate: SwitchCertificate | None = None  # None: any certificate from the trust bundle
 
 
 @dataclass(frozen=True)

@@ -35,13 +35,14 @@ class ControllerProcess:
     """``ryu-nsm controller`` in a child process, its log in ``log_path``."""
 
     def __init__(self, topology: str | Path, requests: Sequence[str | Path], log_path: str | Path,
-                 of_port: int | None = None, extra_args: Sequence[str] = ()):
+                 of_port: int | None = None, extra_args: Sequence[str] = (), scheme: str = "tcp"):
         self.topology = str(topology)
         self.requests = [str(r) for r in requests]
         self.log_path = Path(log_path)
         self.of_port = of_port or free_port()
         self.status_port = free_port()
         self.extra_args = list(extra_args)
+        self.scheme = scheme  # "ssl": OpenFlow over TLS (extra_args then name the identity)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -50,7 +51,8 @@ class ControllerProcess:
 
     def start(self, timeout: float = 30.0) -> ControllerProcess:
         cmd = [sys.executable, "-m", "ryu_nsm.cli", "controller", "--topology", self.topology,
-               "--listen", f"127.0.0.1:{self.of_port}", "--status-listen", f"127.0.0.1:{self.status_port}",
+               "--listen", f"{self.scheme}:127.0.0.1:{self.of_port}",
+               "--status-listen", f"127.0.0.1:{self.status_port}",
                *self.extra_args]
         if self.requests:
             cmd += ["--requests", *self.requests]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -66,7 +67,10 @@ def run_demo(args) -> int:
     requests = work / "requests"
     shutil.copytree(args.requests, requests)
     fabric = load_topology(args.topology)
-    controller = ControllerProcess(args.topology, [requests], work / "controller.log")
+    tls = _DemoTls(work) if getattr(args, "tls", False) else None
+    controller = ControllerProcess(args.topology, [requests], work / "controller.log",
+                                   extra_args=tls.controller_args if tls else (),
+                                   scheme="ssl" if tls else "tcp")
     net = None
     failures: list[str] = []
 
@@ -80,14 +84,19 @@ def run_demo(args) -> int:
         say(f"ryu-nsm demo — fabric {fabric.name}: "
             f"{len(fabric.switches)} switches, {len(fabric.links)} links")
         say(f"controller log: {controller.log_path}")
+        if tls is not None:
+            tls.set_ssl()
         controller.start()
-        net = build_network(fabric, controller.of_port, impaired=[SLOW_LINK])
+        net = build_network(fabric, controller.of_port, impaired=[SLOW_LINK],
+                            controller_protocol="ssl" if tls else "tcp")
         net.set_function_filter("firewall", drop_tcp_ports=[23])
         say("waiting for the chain to come up …")
         controller.wait_connections(
             lambda cs: cs and all(c["state"] == "up" for c in cs.values()), timeout=60)
         say(render_text(controller.status()))
         say()
+        if tls is not None:
+            tls.show(fabric, check)
 
         _traffic_steps(net, check)
         _service_level_steps(controller, net, requests, check)
@@ -105,9 +114,62 @@ def run_demo(args) -> int:
             net.stop()
         controller.stop()
         cleanup()
+        if tls is not None:
+            tls.restore_ssl()
     say()
     say("demo: all steps passed" if not failures else f"demo: {len(failures)} step(s) failed")
     return 0 if not failures else 1
+
+
+class _DemoTls:
+    """OpenFlow over TLS for the demo: a dev CA, SVIDs for the controller and for Open vSwitch under
+    ``work``, and Open vSwitch's one (global) SSL configuration, set for the run and put back after."""
+
+    def __init__(self, work: Path):
+        from ryu_nsm.trust import devca
+
+        ca = work / "ca"
+        devca.init_ca(ca, "demo.ryu-nsm")
+        devca.issue(ca, "spiffe://demo.ryu-nsm/controller", work / "controller")
+        devca.issue(ca, "spiffe://demo.ryu-nsm/ovs", work / "ovs")
+        self.ovs = [str(work / "ovs" / name) for name in (devca.SVID_KEY, devca.SVID, devca.SVID_BUNDLE)]
+        files = [str(work / "controller" / name) for name in (devca.SVID, devca.SVID_KEY, devca.SVID_BUNDLE)]
+        self.controller_args = ["--tls-cert", files[0], "--tls-key", files[1], "--tls-ca", files[2]]
+        self.before: list[str] | None = None
+        say(f"OpenFlow over TLS: dev CA and SVIDs in {work} (controller spiffe://demo.ryu-nsm/controller, "
+            "Open vSwitch spiffe://demo.ryu-nsm/ovs)")
+
+    def set_ssl(self) -> None:
+        shown = dict(line.split(": ", 1) for line in _vsctl("get-ssl").splitlines() if ": " in line)
+        keys = ("Private key", "Certificate", "CA Certificate")
+        self.before = [shown[key] for key in keys] if all(key in shown for key in keys) else []
+        _vsctl("set-ssl", *self.ovs)
+
+    def restore_ssl(self) -> None:
+        if self.before is not None:
+            _vsctl(*(("set-ssl", *self.before) if self.before else ("del-ssl",)))
+
+    def show(self, fabric, check) -> None:
+        """Each switch's controller target and whether Open vSwitch has it connected."""
+        connected = []
+        for switch in fabric.switches:
+            # Mininet may add a ptcp: listener record next to the controller's
+            records = _vsctl("get", "bridge", switch.name, "controller").strip("[]\n ").split(", ")
+            shown = {_vsctl("get", "controller", record, "target").strip().strip('"'):
+                     _vsctl("get", "controller", record, "is_connected").strip() == "true"
+                     for record in records if record}
+            targets = [target for target in shown if target.startswith("ssl:")]
+            up = bool(targets) and all(shown[target] for target in targets)
+            say(f"  {switch.name}: controller {', '.join(targets) or 'none on ssl:'} "
+                f"is_connected={str(up).lower()}")
+            connected.append(up)
+        check(all(connected), "every switch talks to the controller over TLS (ssl: targets, mutual "
+              "certificates from the demo CA)", "a switch is not connected over TLS")
+        say()
+
+
+def _vsctl(*args: str) -> str:
+    return subprocess.run(["ovs-vsctl", *args], capture_output=True, text=True, check=False).stdout
 
 
 def _traffic_steps(net, check) -> None:

@@ -324,10 +324,12 @@ class FabricNet(FabricTraffic):
 
     # -- building (called once by build_network) --
 
-    def _build(self, controller_port: int | None, controller_ip: str, shape: bool) -> None:
+    def _build(self, controller_port: int | None, controller_ip: str, shape: bool,
+               controller_protocol: str = "tcp") -> None:
         net = self.net
         if controller_port is not None:
-            net.addController(_SilentRemoteController("c0", ip=controller_ip, port=controller_port))
+            net.addController(_SilentRemoteController("c0", ip=controller_ip, port=controller_port,
+                                                      protocol=controller_protocol))
         for sw in self.fabric.switches:
             net.addSwitch(sw.name, cls=_OwnedOVSSwitch, owner=self.owner, datapath="user",
                           protocols="OpenFlow13", failMode="secure", dpid=f"{sw.dpid:016x}")
@@ -456,14 +458,17 @@ class FabricNet(FabricTraffic):
         }
 
 def build_network(fabric: Fabric, controller_port: int | None, controller_ip: str = "127.0.0.1",
-                  *, shape: bool = False, impaired: Iterable[str] = ()) -> FabricNet:
+                  *, shape: bool = False, impaired: Iterable[str] = (),
+                  controller_protocol: str = "tcp") -> FabricNet:
     """Build and start a Mininet network for ``fabric``; every declared port name and number is checked.
 
     With ``controller_port`` the switches connect to a remote OpenFlow controller; with None they have
-    none (flows can be pushed with ovs-ofctl). ``shape=True`` limits each switch link of at most
-    1 Gbit/s to its capacity with tc (htb, both directions). ``impaired`` names links (see
-    ``find_link``) that run through an impairment element, which relays frames unchanged until told
-    otherwise. On any failure everything built so far is removed before the error is raised.
+    none (flows can be pushed with ovs-ofctl); ``controller_protocol`` "ssl" makes them Open vSwitch
+    ``ssl:`` targets (the caller sets Open vSwitch's certificate with ``set-ssl``). ``shape=True``
+    limits each switch link of at most 1 Gbit/s to its capacity with tc (htb, both directions).
+    ``impaired`` names links (see ``find_link``) that run through an impairment element, which relays
+    frames unchanged until told otherwise. On any failure everything built so far is removed before the
+    error is raised.
     """
     links = tuple(dict.fromkeys(find_link(fabric, name) for name in impaired))
     _validate(fabric, links)
@@ -476,7 +481,7 @@ def build_network(fabric: Fabric, controller_port: int | None, controller_ip: st
                   waitConnected=False)
     fnet = FabricNet(fabric, net, owner, links)
     try:
-        fnet._build(controller_port, controller_ip, shape)
+        fnet._build(controller_port, controller_ip, shape, controller_protocol)
     except BaseException:
         fnet.stop()
         raise

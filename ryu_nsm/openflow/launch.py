@@ -16,7 +16,8 @@ How os-ken 4.2.2 starts apps, and what this module does about it:
   DEAD_DISPATCHER event never comes. So ``run_apps`` swaps os-ken's OpenFlow handler for a
   subclass whose listener is bound before ``run_apps`` returns (port 0 picks a free port, read it
   back as ``handle.port``), can be closed, tracks its connections, and wakes a connection's send
-  thread when its socket closes. It only listens, on plain TCP (no TLS, no switch addresses).
+  thread when its socket closes. It only listens (no switch addresses), on plain TCP or, given a
+  ``SwitchTls``, on TLS with ryu-nsm's own handshake and switch check (``switch_tls``), not os-ken's.
 * The threads are not daemons: a process that started apps must call ``stop()`` (or use the
   handle as a context manager), or it will not exit.
 """
@@ -39,6 +40,9 @@ from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_D
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_protocol, ofproto_v1_3
 
+from ryu_nsm.openflow import switch_tls
+from ryu_nsm.openflow.switch_tls import SwitchTls
+
 AppSpec = str | ModuleType | type[app_manager.OSKenApp]
 
 _OFP_HANDLER_MODULE = "os_ken.controller.ofp_handler"
@@ -57,10 +61,12 @@ class _Datapath(of_controller.Datapath):
 
 
 class _Controller(of_controller.OpenFlowController):
-    """os-ken's OpenFlow listener, bound at construction, closable, with its connections tracked."""
+    """os-ken's OpenFlow listener, bound at construction, closable, with its connections tracked;
+    with ``tls``, each connection's handshake is done (with a deadline) before os-ken sees it."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: SwitchTls | None = None) -> None:
         # Not calling super().__init__: without a configured port it also listens on 6633.
+        self.tls = tls
         self._lock = threading.Lock()
         self._closing = False
         self._connections: dict[socket.socket, threading.Thread] = {}
@@ -85,11 +91,24 @@ class _Controller(of_controller.OpenFlowController):
 
     def _serve(self, sock: socket.socket, addr: tuple) -> None:
         try:
-            with contextlib.closing(_Datapath(sock, addr)) as datapath:
+            if self.tls is None:
+                with contextlib.closing(_Datapath(sock, addr)) as datapath:
+                    datapath.serve()
+                return
+            accepted = switch_tls.accept(sock, addr, self.tls)
+            if accepted is None:
+                return
+            conn, cert = accepted
+            with contextlib.closing(_Datapath(conn, addr)) as datapath:
+                if self.tls.check is not None:
+                    datapath.ofp_brick = switch_tls.GatedBrick(datapath.ofp_brick, datapath, cert,
+                                                               self.tls.check)
                 datapath.serve()
         finally:
             with self._lock:
                 self._connections.pop(sock, None)
+            if self.tls is not None:
+                sock.close()  # the TLS connection runs on a duplicate; this one only shuts it down
 
     def close(self, deadline: float) -> list[threading.Thread]:
         """Stop listening, close every connection, wait for their threads until ``deadline``.
@@ -113,9 +132,11 @@ class _Controller(of_controller.OpenFlowController):
 class _OFPHandler(ofp_handler.OFPHandler):
     """os-ken's OpenFlow handshake app, running a ``_Controller``."""
 
+    tls: SwitchTls | None = None  # set by run_apps before os-ken instantiates the app
+
     def start(self) -> threading.Thread:
         app_manager.OSKenApp.start(self)  # skips OFPHandler.start, which builds os-ken's controller
-        self.controller = _Controller()
+        self.controller = _Controller(self.tls)
         return hub.spawn(self.controller)
 
 
@@ -145,6 +166,7 @@ class OsKenRun:
         self._stopped = False
         self.host: str = cfg.CONF.ofp_listen_host
         self.port: int = handler.controller.ofp_tcp_listen_port
+        self.scheme: str = "tcp" if handler.tls is None else "ssl"  # as Open vSwitch names targets
 
     def app(self, cls: type[app_manager.OSKenApp]) -> app_manager.OSKenApp:
         """The running instance of app class ``cls``."""
@@ -200,12 +222,14 @@ def run_apps(
     ofp_listen_host: str = "127.0.0.1",
     ofp_tcp_listen_port: int = 0,
     extra_args: Sequence[str] = (),
+    tls: SwitchTls | None = None,
 ) -> OsKenRun:
     """Load and start os-ken apps in background threads; the OpenFlow listener is up on return.
 
     ``apps``: OSKenApp classes, modules or module names (os-ken takes a module's first OSKenApp).
     ``ofp_tcp_listen_port`` 0 binds a free port (see ``OsKenRun.port``). ``extra_args`` are more
-    os-ken command-line options, e.g. ``["--echo-request-interval", "2"]``.
+    os-ken command-line options, e.g. ``["--echo-request-interval", "2"]``. With ``tls`` the
+    listener speaks OpenFlow over TLS only (switches with ``ssl:`` targets).
     Raises RuntimeError if apps started by an earlier call are still running.
     """
     if not _run_lock.acquire(blocking=False):
@@ -215,13 +239,14 @@ def run_apps(
         classes: dict[str, type[app_manager.OSKenApp]] = {}
         names = [_app_name(app, classes) for app in apps]
         cfg.CONF.clear()
+        _OFPHandler.tls = tls
         manager = _AppManager(classes)
         app_manager.AppManager._instance = manager
         manager.load_apps(names)
         args = ["--ofp-listen-host", ofp_listen_host, "--ofp-tcp-listen-port", str(ofp_tcp_listen_port)]
         cfg.CONF([*args, *extra_args], project="os_ken")
         if cfg.CONF.ofp_switch_address_list or cfg.CONF.ctl_privkey:
-            raise ValueError("oskenrun only listens on plain TCP: no switch addresses, no TLS")
+            raise ValueError("oskenrun only listens: no switch addresses, and TLS through tls=, not os-ken's")
         contexts = manager.create_contexts()
         threads = manager.instantiate_apps(**contexts)
         handler = app_manager.lookup_service_brick(ofp_event.NAME)

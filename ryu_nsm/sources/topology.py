@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ryu_nsm.core.fabric import Fabric
+from ryu_nsm.core.fabric import Fabric, SwitchCertificate
 from ryu_nsm.sources.topology_build import (
     _LINK_ATTRS,
     MAX_IFNAME,
@@ -71,14 +71,32 @@ def _add_switches(builder: _Builder, at: _At, value: Any) -> None:
     for i, item in enumerate(_list(at, value)):
         where = at.index(i)
         if isinstance(item, dict):
-            _mapping(where, item, ("name", "dpid"), ("name",))
+            _mapping(where, item, ("name", "dpid", "certificate"), ("name",))
             dpid = None
             if "dpid" in item:
                 dpid = _int(where.key("dpid"), item["dpid"], 1, 2**64 - 1, "a datapath id")
             name = _name(where.key("name"), item["name"], "switch", MAX_IFNAME)
+            if "certificate" in item:
+                builder.certificates[name] = _certificate(where.key("certificate"), item["certificate"])
             builder.switches.append((name, dpid, where))
         else:
             builder.switches.append((_name(where, item, "switch", MAX_IFNAME), None, where))
+
+
+def _certificate(at: _At, value: Any) -> SwitchCertificate:
+    """Who the switch must be on OpenFlow over TLS (docs/security.md): a SPIFFE ID, a CN, or both."""
+    _mapping(at, value, ("spiffe_id", "cn"))
+    if not value:
+        raise at.error("expected spiffe_id, cn or both")
+    if "spiffe_id" in value:
+        from ryu_nsm.trust.devca import check_spiffe_id
+
+        try:
+            check_spiffe_id(_text(at.key("spiffe_id"), value["spiffe_id"], "a SPIFFE ID"))
+        except ValueError as error:
+            raise at.key("spiffe_id").error(str(error)) from None
+    cn = _text(at.key("cn"), value["cn"], "a certificate common name") if "cn" in value else None
+    return SwitchCertificate(value.get("spiffe_id"), cn)
 
 
 def _add_links(builder: _Builder, at: _At, value: Any) -> None:

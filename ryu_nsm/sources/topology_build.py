@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from ryu_nsm.core.fabric import Fabric, Host, HostInterface, Link, Switch
+from ryu_nsm.core.fabric import Fabric, Host, HostInterface, Link, Switch, SwitchCertificate
 from ryu_nsm.core.units import UnitError, parse_bandwidth, parse_distance, parse_duration
 from ryu_nsm.core.validation import expected, field_path, item_path
 
@@ -145,6 +145,7 @@ class _Builder:
     labels: dict[str, str] = field(default_factory=dict)
     coordinates: dict[str, tuple[float, float]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    certificates: dict[str, SwitchCertificate] = field(default_factory=dict)  # switch name → who it must be
 
     def resolve(self, name: str) -> str:
         """A switch name, or the name of the one imported switch whose original label is ``name``."""
@@ -205,7 +206,7 @@ class _Builder:
                 raise at.error(f"duplicate switch name {name!r}")
             if dpid in by_dpid:
                 raise at.error(f"dpid {dpid:#x} of {name!r} is already used by switch {by_dpid[dpid]!r}")
-            by_name[name] = Switch(name, dpid)
+            by_name[name] = Switch(name, dpid, self.certificates.get(name))
             by_dpid[dpid] = name
         return by_name
 
