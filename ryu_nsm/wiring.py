@@ -15,6 +15,7 @@ from ryu_nsm.core.model import Resources
 from ryu_nsm.observe import health
 from ryu_nsm.observe.flow_store import DEFAULT_CAPACITY, FlowStore
 from ryu_nsm.observe.picture import fabric_description
+from ryu_nsm.observe.status_access import StatusAccess
 from ryu_nsm.observe.status_api import StatusServer
 from ryu_nsm.openflow.shell import NsmApp, ShellSettings
 from ryu_nsm.sources.topology import fabric_warnings
@@ -55,6 +56,8 @@ class RunningController:
     status_address: tuple[str, int]
     flow_store: FlowStore = field(default_factory=FlowStore)
     hubble_addresses: list[str] = field(default_factory=list)
+    status_url: str = ""
+    metrics_address: tuple[str, int] | None = None
 
 
 @contextlib.contextmanager
@@ -69,6 +72,8 @@ def run_controller(
     ovsdb_remote: str | None = None,
     nsm_listen: Sequence[str] = (),
     flows: FlowOptions | None = None,
+    status_access: StatusAccess | None = None,
+    metrics_address: tuple[str, int] | None = None,
     **settings,
 ) -> Iterator[RunningController]:
     """Run until the context exits: OpenFlow on (of_host, of_port), status over HTTP.
@@ -84,6 +89,9 @@ def run_controller(
     MonitorConnection are served there (ryu_nsm.sources.nsm_grpc); requested connections are one more source.
 
     ``flows`` sizes the flow store and asks for Hubble's Observer API and the flow log over it.
+
+    ``status_access`` authenticates the status endpoint's clients (HTTPS with an identity);
+    ``metrics_address`` serves ``/metrics`` and ``/healthz`` alone there, in plain HTTP, for scrapers.
     """
     from ryu_nsm.openflow import launch as oskenrun
 
@@ -113,8 +121,13 @@ def run_controller(
     try:
         status = StatusServer(lambda: running.app.status(), *status_address,
                               states=lambda: running.app.states(), fabric=fabric_description(fabric),
-                              loops=health.LOOPS).start()
-        running.status_address = status.address
+                              loops=health.LOOPS, access=status_access).start()
+        running.status_address, running.status_url = status.address, status.url
+        if metrics_address is not None:
+            scrape = StatusServer(lambda: running.app.status(), *metrics_address, loops=health.LOOPS,
+                                  metrics_only=True).start()
+            running.metrics_address = scrape.address
+            stoppers.append(scrape.stop)
         if kube_api is not None:
             stoppers.extend(_start_cluster_side(running.app, kube_api, sources.kube_source, kubernetes))
         if sources.grpc_source is not None:
