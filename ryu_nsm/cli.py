@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ryu_nsm.observe.status_api import DEFAULT_ADDRESS
-from ryu_nsm.trust.options import add_identity_arguments
+from ryu_nsm.trust.options import add_identity_arguments, identity_source
 
 REPO = Path(__file__).resolve().parent.parent
 # Open vSwitch's own database socket (also ryu_nsm.sources.ovsdb.DEFAULT_REMOTE, not imported here:
@@ -23,6 +23,7 @@ EXIT_INVALID = 1  # some document was invalid (the rest was still planned)
 EXIT_USAGE = 2  # bad arguments, unreadable topology, controller unreachable
 EXIT_ERROR = 1  # observe: the controller's Hubble API failed or refused the request
 HUBBLE_ADDRESS = "127.0.0.1:4244"  # Hubble's own default port
+METRICS_PORT = 9181  # --metrics-listen without a port (deploy/controller.yaml's)
 
 
 def _host_port(text: str, default_port: int) -> tuple[str, int]:
@@ -97,7 +98,6 @@ def cmd_plan(args) -> int:
 
 
 def cmd_controller(args) -> int:
-    from ryu_nsm.trust.options import identity_source
     from ryu_nsm.wiring import FlowOptions, KubernetesOptions, run_controller
 
     fabric = _load_fabric(args)
@@ -121,29 +121,36 @@ def cmd_controller(args) -> int:
         return EXIT_USAGE
     try:
         scheme, host, port = _openflow_target(args.listen)
-        identity = identity_source(args)
-    except ValueError as exc:  # IdentityOptionsError is one
+        shost, sport = _host_port(args.status_listen, DEFAULT_ADDRESS[1])
+        metrics_address = _host_port(args.metrics_listen, METRICS_PORT) if args.metrics_listen else None
+        identity = identity_source(args)  # one SVID for every channel: OpenFlow, NSM gRPC, status
+    except (OSError, ValueError) as exc:  # IdentityOptionsError is a ValueError
         print(f"ryu-nsm: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if scheme == "ssl" and identity is None:
-        print("ryu-nsm: --listen ssl: needs an identity: --spiffe-socket or --tls-cert/--tls-key/--tls-ca",
-              file=sys.stderr)
-        return EXIT_USAGE
-    shost, sport = _host_port(args.status_listen, DEFAULT_ADDRESS[1])
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     try:
+        if scheme == "ssl" and identity is None:
+            print("ryu-nsm: --listen ssl: needs an identity: --spiffe-socket or "
+                  "--tls-cert/--tls-key/--tls-ca", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            status_access = _status_access(args, identity, shost)
+        except (OSError, ValueError) as exc:
+            print(f"ryu-nsm: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         with run_controller(
             fabric, args.requests, host, port, (shost, sport),
             watch_interval=args.watch_interval, kubernetes=kubernetes, use_bundles=not args.no_bundles,
             audit_interval=args.audit_interval, ovsdb_remote=args.ovsdb, nsm_listen=args.nsm_listen or (),
             counter_interval=args.counter_interval, flows=flows, identity=identity,
-            openflow_identity=identity if scheme == "ssl" else None,
+            openflow_identity=identity if scheme == "ssl" else None, status_access=status_access,
+            metrics_address=metrics_address,
         ) as running:
             logging.getLogger("ryu_nsm").info(
-                "controller for fabric %s: OpenFlow on %s:%s:%d, status on http://%s:%d/status",
-                fabric.name, scheme, host, port, *running.status_address)
+                "controller for fabric %s: OpenFlow on %s:%s:%d, status on %s/status",
+                fabric.name, scheme, host, port, running.status_url)
             stop.wait()
     finally:
         if identity is not None:
@@ -151,18 +158,42 @@ def cmd_controller(args) -> int:
     return 0
 
 
+def _status_access(args, identity, host: str):
+    """Who may read the status endpoint (--status-token-file, --status-allow, the identity)."""
+    from ryu_nsm.observe.status_access import StatusAccess, TokenFile
+
+    token = TokenFile(args.status_token_file) if args.status_token_file else None
+    access = StatusAccess(identity, frozenset(args.status_allow or ()), token)
+    if access.open and host not in ("127.0.0.1", "::1", "localhost"):
+        logging.getLogger("ryu_nsm").warning(
+            "the status endpoint on %s serves anyone: give the controller an identity or "
+            "--status-token-file (docs/security.md)", host)
+    return access
+
+
 def cmd_status(args) -> int:
     from ryu_nsm.observe.report import render_text
-    from ryu_nsm.observe.status_api import fetch_status
+    from ryu_nsm.observe.status_api import StatusRefused, fetch_status
 
     if args.nsm:
         return _status_from_monitor(args)
+    identity = None
     try:
-        report = fetch_status(args.url)
-        fabric = fetch_status(args.url, what="/status/fabric") if args.dot else None
+        client, identity = _status_client(args)
+        report = fetch_status(args.url, client=client)
+        fabric = fetch_status(args.url, what="/status/fabric", client=client) if args.dot else None
+    except StatusRefused as exc:
+        print(f"ryu-nsm: the controller at {args.url} refused this client: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except ValueError as exc:
+        print(f"ryu-nsm: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as exc:
         print(f"ryu-nsm: cannot reach the controller at {args.url}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if identity is not None:
+            identity.close()
     if fabric is not None:
         from ryu_nsm.observe.picture import to_dot
 
@@ -170,6 +201,17 @@ def cmd_status(args) -> int:
     else:
         print(json.dumps(report, indent=1) if args.json else render_text(report))
     return 0
+
+
+def _status_client(args):
+    """The status client the flags ask for (mutual TLS, a CA alone to check the server, a token),
+    and the identity source to close after."""
+    from ryu_nsm.observe.status_access import status_client
+
+    if args.tls_ca and not (args.tls_cert or args.tls_key or args.spiffe_socket):
+        return status_client(ca_file=args.tls_ca, token_file=args.token_file), None
+    identity = identity_source(args)
+    return status_client(identity, token_file=args.token_file), identity
 
 
 def _status_from_monitor(args) -> int:
@@ -317,6 +359,7 @@ def _add_controller(sub) -> None:
                           "in namespace 'nsm'")
     _add_flow_options(ctl)
     add_identity_arguments(ctl)
+    _add_status_access_options(ctl)
     ctl.add_argument("--log", action="append", default=[], metavar="LOGGER=LEVEL",
                      help="one logger's level, e.g. ryu_nsm.sources.kubernetes=debug (repeatable)")
     ctl.set_defaults(func=cmd_controller)
@@ -352,10 +395,27 @@ def _add_flow_options(ctl: argparse.ArgumentParser) -> None:
     flows.add_argument("--flow-log-keep", type=int, default=5, metavar="N", help="rotated flow logs kept")
 
 
+def _add_status_access_options(ctl: argparse.ArgumentParser) -> None:
+    """Who may read the controller's status endpoint, and the open metrics listener."""
+    access = ctl.add_argument_group("status endpoint access (docs/security.md)")
+    access.add_argument("--status-token-file", metavar="FILE",
+                        help="also accept this bearer token (read again when the file changes)")
+    access.add_argument("--status-allow", action="append", metavar="SPIFFE_ID",
+                        help="with an identity: only these client SPIFFE IDs (repeatable; default: any "
+                             "certificate from the trust bundle)")
+    access.add_argument("--metrics-listen", metavar="ADDRESS",
+                        help="also serve /metrics and /healthz alone here, plain HTTP, for scrapers "
+                             "without a client certificate (default: not served)")
+
+
 def _add_status(sub) -> None:
     """``ryu-nsm status``."""
     st = sub.add_parser("status", help="connections, paths and state from the running controller")
-    st.add_argument("--url", default=f"http://{DEFAULT_ADDRESS[0]}:{DEFAULT_ADDRESS[1]}")
+    st.add_argument("--url", default=f"http://{DEFAULT_ADDRESS[0]}:{DEFAULT_ADDRESS[1]}",
+                    help="the status endpoint; https:// when the controller has an identity")
+    st.add_argument("--token-file", metavar="FILE", help="send this bearer token (with --tls-ca alone "
+                    "to check the server of an https:// URL)")
+    add_identity_arguments(st)
     st.add_argument("--json", action="store_true")
     st.add_argument("--dot", action="store_true", help="the fabric with the chains drawn on it (Graphviz)")
     st.add_argument("--nsm", metavar="ADDRESS",

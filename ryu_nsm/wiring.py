@@ -15,6 +15,7 @@ from ryu_nsm.core.model import Resources
 from ryu_nsm.observe import health
 from ryu_nsm.observe.flow_store import DEFAULT_CAPACITY, FlowStore
 from ryu_nsm.observe.picture import fabric_description
+from ryu_nsm.observe.status_access import StatusAccess
 from ryu_nsm.observe.status_api import StatusServer
 from ryu_nsm.openflow.shell import NsmApp, ShellSettings
 from ryu_nsm.sources.topology import fabric_warnings
@@ -66,6 +67,8 @@ class RunningController:
     status_address: tuple[str, int]
     flow_store: FlowStore = field(default_factory=FlowStore)
     hubble_addresses: list[str] = field(default_factory=list)
+    status_url: str = ""
+    metrics_address: tuple[str, int] | None = None
 
 
 @contextlib.contextmanager
@@ -82,6 +85,8 @@ def run_controller(
     flows: FlowOptions | None = None,
     identity: IdentitySource | None = None,
     openflow_identity: IdentitySource | None = None,
+    status_access: StatusAccess | None = None,
+    metrics_address: tuple[str, int] | None = None,
     **settings,
 ) -> Iterator[RunningController]:
     """Run until the context exits: OpenFlow on (of_host, of_port), status over HTTP.
@@ -101,6 +106,8 @@ def run_controller(
 
     With ``openflow_identity``, OpenFlow is TLS only: switches need a certificate from its trust
     bundle, and the one their fabric entry names, if any (ryu_nsm.openflow.switch_tls).
+    ``status_access`` authenticates the status endpoint's clients (HTTPS with an identity);
+    ``metrics_address`` serves ``/metrics`` and ``/healthz`` alone there, in plain HTTP, for scrapers.
     """
     from ryu_nsm.openflow import launch as oskenrun
 
@@ -126,12 +133,8 @@ def run_controller(
         **settings,
     )
     handle = oskenrun.run_apps([NsmApp], of_host, of_port, tls=_switch_tls(fabric, openflow_identity))
-    status = None
     try:
-        status = StatusServer(lambda: running.app.status(), *status_address,
-                              states=lambda: running.app.states(), fabric=fabric_description(fabric),
-                              loops=health.LOOPS, flows=running.flow_store).start()
-        running.status_address = status.address
+        _serve_status(running, fabric, status_address, status_access, metrics_address, stoppers)
         if kube_api is not None:
             stoppers.extend(_start_cluster_side(running.app, kube_api, sources.kube_source, kubernetes))
         if sources.grpc_source is not None:
@@ -141,9 +144,23 @@ def run_controller(
     finally:
         for stop in reversed(stoppers):
             stop()
-        if status is not None:
-            status.stop()
         handle.stop()
+
+
+def _serve_status(running: RunningController, fabric: Fabric, address: tuple[str, int],
+                  access: StatusAccess | None, metrics_address: tuple[str, int] | None,
+                  stoppers: list[Callable[[], None]]) -> None:
+    """The status endpoint (and its live page), and the plain metrics listener when asked for."""
+    status = StatusServer(lambda: running.app.status(), *address, states=lambda: running.app.states(),
+                          fabric=fabric_description(fabric), loops=health.LOOPS, access=access,
+                          flows=running.flow_store).start()
+    stoppers.append(status.stop)
+    running.status_address, running.status_url = status.address, status.url
+    if metrics_address is not None:
+        scrape = StatusServer(lambda: running.app.status(), *metrics_address, loops=health.LOOPS,
+                              metrics_only=True).start()
+        running.metrics_address = scrape.address
+        stoppers.append(scrape.stop)
 
 
 @dataclass

@@ -28,6 +28,8 @@ DEPLOY = ROOT / "deploy"
 # The oldest Kubernetes we support and the newest the pinned kubernetes-validate ships schemas for.
 K8S_VERSIONS = ("1.30", "1.37")
 NSM_OPTIONAL = "crds/nsm-optional.yaml"
+SPIRE_IDS = "spire/clusterspiffeid.yaml"  # SPIRE's kind: applied after SPIRE, not by `apply -k`
+SPIRE_SOCKET_DIR = "/run/spire/sockets"  # where NSM's Pods mount the SPIRE agent's socket
 OUR_CRD = "crds/networkserviceconnections.yaml"
 LEVEL_CRD = "crds/servicelevels.yaml"
 FORWARDER = "forwarder.yaml"
@@ -75,8 +77,9 @@ def render() -> list[dict]:
 
 
 def k8s_objects() -> list[tuple[str, dict]]:
-    """(file, object) for every Kubernetes object shipped, the optional NSM CRDs included."""
-    return [(relpath, doc) for relpath in manifest_files() if relpath != "kustomization.yaml"
+    """(file, object) for every Kubernetes object shipped, the optional NSM CRDs included (SPIRE's
+    ClusterSPIFFEID is not a Kubernetes kind: its own tests check it)."""
+    return [(relpath, doc) for relpath in manifest_files() if relpath not in ("kustomization.yaml", SPIRE_IDS)
             for doc in load_docs(relpath)]
 
 
@@ -436,6 +439,7 @@ def test_controller_command_fits_its_pod():
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert port_of(flag_value(argv, "--listen")) == ports["openflow"] == 6653
     assert port_of(flag_value(argv, "--status-listen")) == ports["status"] == 8181
+    assert port_of(flag_value(argv, "--metrics-listen")) == ports["metrics"] == 9181
     # The leader identity is the pod's own name, from the Downward API.
     assert flag_value(argv, "--identity") == "$(POD_NAME)"
     env = {e["name"]: e for e in container["env"]}
@@ -448,7 +452,9 @@ def test_controller_command_fits_its_pod():
     assert {i["key"]: i["path"] for i in volume["configMap"]["items"]}["topology.yaml"] == topology.name
     for probe in ("readinessProbe", "livenessProbe"):
         check = container[probe]["httpGet"]
+        # The status listener speaks HTTPS (the controller has an identity); /healthz needs no certificate.
         assert check["path"] == "/healthz" and ports[check["port"]] == 8181, probe
+        assert check["scheme"] == "HTTPS", probe
 
 
 def test_controller_replicas_image_and_account():
@@ -507,6 +513,7 @@ FORWARDER_HOST_PATHS = {
     "/var/run/openvswitch": "OVSDB's socket",
     "/var/run/netns": "named network namespaces",
     "/var/lib/networkservicemesh": "NSM's node-local sockets",
+    SPIRE_SOCKET_DIR: "the SPIRE agent's Workload API socket",
 }
 FORWARDER_CAPABILITIES = {"NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"}
 
@@ -622,13 +629,96 @@ def test_forwarder_reads_no_api():
                    for d in load_docs(FORWARDER))
 
 
+# --- SPIFFE identities (deploy/README.md, "Identities") ---------------------------------------------
+
+def spiffe_ids() -> dict:
+    """deploy/spire/clusterspiffeid.yaml's only object."""
+    (doc,) = load_docs(SPIRE_IDS)
+    return doc
+
+
+def spiffe_id_of_pod(namespace: str, pod: dict, trust_domain: str = "example.org") -> str:
+    """The SPIFFE ID the ClusterSPIFFEID's template gives a Pod (the fields it uses, filled in)."""
+    fields = {".TrustDomain": trust_domain, ".PodMeta.Namespace": namespace,
+              ".PodSpec.ServiceAccountName": pod.get("serviceAccountName", "default")}
+    template = spiffe_ids()["spec"]["spiffeIDTemplate"]
+    filled = re.sub(r"\{\{\s*(\.[\w.]+)\s*\}\}", lambda m: fields[m.group(1)], template)
+    assert "{{" not in filled, template
+    return filled
+
+
+def controller_pod() -> dict:
+    return one(render(), "Deployment", "ryu-nsm-controller")["spec"]["template"]
+
+
+def test_controller_gets_its_svid_from_the_spire_agent_through_the_csi_driver():
+    argv = controller_argv()
+    socket = flag_value(argv, "--spiffe-socket")
+    assert socket.startswith("unix:///")
+    assert str(Path(socket.removeprefix("unix://")).parent) == SPIRE_SOCKET_DIR
+    volumes = {v["name"]: v for v in controller_pod()["spec"]["volumes"]}
+    (mount,) = [m for m in controller_container()["volumeMounts"] if m["mountPath"] == SPIRE_SOCKET_DIR]
+    assert mount["readOnly"] is True
+    # The namespace is Pod Security `restricted`: a CSI volume, never a hostPath.
+    assert volumes[mount["name"]]["csi"] == {"driver": "csi.spiffe.io", "readOnly": True}
+    assert not any("hostPath" in v for v in volumes.values())
+
+
+def test_controller_speaks_tls_on_openflow_and_status_and_leaves_metrics_plain():
+    argv = controller_argv()
+    # Open vSwitch's own target syntax; the integrator checks the parser once `--listen ssl:` lands.
+    assert flag_value(argv, "--listen").startswith("ssl:")
+    annotations = controller_pod()["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(port_of(flag_value(argv, "--metrics-listen")))
+    # Only the controller's own identity reads the status (an operator through `kubectl exec`).
+    allowed = [argv[i + 1] for i, word in enumerate(argv) if word == "--status-allow"]
+    assert allowed == [spiffe_id_of_pod("ryu-nsm", controller_pod()["spec"])]
+
+
+def test_forwarder_mounts_the_spire_agent_socket_as_nsm_does():
+    socket_env = {e["name"]: e.get("value") for e in forwarder_container()["env"]}["SPIFFE_ENDPOINT_SOCKET"]
+    assert socket_env == flag_value(controller_argv(), "--spiffe-socket")
+    volumes = {v["name"]: v for v in forwarder_pod()["volumes"]}
+    (mount,) = [m for m in forwarder_container()["volumeMounts"] if m["mountPath"] == SPIRE_SOCKET_DIR]
+    assert volumes[mount["name"]]["hostPath"] == {"path": SPIRE_SOCKET_DIR, "type": "Directory"}
+
+
+def test_forwarder_is_given_the_workload_api():
+    from ovs_forwarder.cli import parser
+    from ryu_nsm.trust.options import ENDPOINT_SOCKET_VARIABLE
+
+    # The forwarder reads the Workload API's address from the variable SPIFFE tools read, when no
+    # --spiffe-socket is given; the DaemonSet sets it to the agent socket it mounts.
+    assert "--spiffe-socket" in parser()._option_string_actions
+    env = {e["name"]: e.get("value") for e in forwarder_container().get("env", [])}
+    assert env[ENDPOINT_SOCKET_VARIABLE] == f"unix://{SPIRE_SOCKET_DIR}/agent.sock"
+
+
+def test_clusterspiffeid_names_both_pods_by_service_account():
+    ids = spiffe_ids()
+    assert (ids["apiVersion"], ids["kind"]) == ("spire.spiffe.io/v1alpha1", "ClusterSPIFFEID")
+    spec = ids["spec"]
+    (selector,) = spec["namespaceSelector"]["matchExpressions"]
+    assert (selector["key"], selector["operator"]) == ("kubernetes.io/metadata.name", "In")
+    assert set(selector["values"]) == {"ryu-nsm", FORWARDER_NAMESPACE}
+    for pod in (controller_pod(), one(render(), "DaemonSet")["spec"]["template"]):
+        assert spec["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        # NSM's own ClusterSPIFFEID selects this label: a second SVID would make the default one a guess.
+        assert "spiffe.io/spiffe-id" not in pod["metadata"]["labels"]
+    assert spiffe_id_of_pod("ryu-nsm", controller_pod()["spec"]) == "spiffe://example.org/ns/ryu-nsm/sa/ryu-nsm"
+    assert spiffe_id_of_pod(FORWARDER_NAMESPACE, forwarder_pod()) == \
+        "spiffe://example.org/ns/ryu-nsm-forwarder/sa/default"
+    readme = (DEPLOY / "README.md").read_text()
+    assert SPIRE_IDS in readme and "spire-server entry create" in readme
+
+
 # --- dry-run render -----------------------------------------------------------------------------------
 
 def test_kustomization_lists_every_manifest_but_nsms_own():
     listed = kustomization()["resources"]
     assert len(listed) == len(set(listed))
     assert all((DEPLOY / relpath).is_file() for relpath in listed)
-    assert set(manifest_files()) == {*listed, "kustomization.yaml", NSM_OPTIONAL}
+    assert set(manifest_files()) == {*listed, "kustomization.yaml", NSM_OPTIONAL, SPIRE_IDS}
 
 
 def test_render_is_a_consistent_set():

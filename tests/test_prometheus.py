@@ -1,15 +1,20 @@
 """deploy/observability/, checked offline with Debian's promtool (scripts/setup installs it; no skip):
-both Prometheus configurations and the rules pass `promtool check`, the rules' unit tests prove each
-alert fires when it should and not otherwise, the cluster job picks the controller's status port by
+the Prometheus configurations and the rules pass `promtool check` (the TLS one with the certificates its
+header makes, and Debian's Prometheus scrapes the HTTPS endpoint with them), the rules' unit tests prove each
+alert fires when it should and not otherwise, the cluster job picks the controller's metrics port by
 the Deployment's own labels, and the Grafana dashboard is well formed, every expression parses and
 names only metrics the controller serves."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
 import shutil
 import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -78,12 +83,13 @@ def test_promtool_checks_the_cluster_configuration_with_its_discovery_swapped(tm
     assert "SUCCESS" in promtool("check", "config", "prometheus.yml", cwd=tmp_path)
 
 
-def test_the_cluster_job_keeps_exactly_the_controllers_status_port():
+def test_the_cluster_job_keeps_exactly_the_controllers_metrics_port():
     manifests = yaml.safe_load_all((ROOT / "deploy" / "controller.yaml").read_text())
     deployment = next(doc for doc in manifests if doc["kind"] == "Deployment")
     pod = deployment["spec"]["template"]
     (container,) = pod["spec"]["containers"]
-    status_port = int(container["args"][container["args"].index("--status-listen") + 1].rsplit(":", 1)[1])
+    # The plain listener of /metrics and /healthz alone: the status port wants a client certificate.
+    metrics_port = int(container["args"][container["args"].index("--metrics-listen") + 1].rsplit(":", 1)[1])
     (job,) = yaml.safe_load((OBSERVABILITY / "prometheus.yml").read_text())["scrape_configs"]
     (sd,) = job["kubernetes_sd_configs"]
     assert sd["namespaces"]["names"] == [deployment["metadata"]["namespace"]]
@@ -96,8 +102,74 @@ def test_the_cluster_job_keeps_exactly_the_controllers_status_port():
         if all(re.fullmatch(rule["regex"], ";".join(labels.get(s, "") for s in rule["source_labels"]))
                for rule in job["relabel_configs"] if rule.get("action") == "keep"):
             kept.append(port["containerPort"])
-    assert kept == [status_port]
+    assert kept == [metrics_port]
     assert job["metrics_path"] == "/metrics"
+
+
+def lab_tls_certificates(directory: Path) -> None:
+    """Run the `ryu-nsm certs` commands that prometheus-lab-tls.yml's header gives, in ``directory``."""
+    header = (OBSERVABILITY / "prometheus-lab-tls.yml").read_text().split("global:", 1)[0]
+    commands = [shlex.split(line.lstrip("# ")) for line in header.splitlines()
+                if line.lstrip("# ").startswith("ryu-nsm certs ")]
+    assert len(commands) == 3, header
+    for words in commands:
+        done = subprocess.run([sys.executable, "-m", "ryu_nsm.cli", *words[1:]], cwd=directory,
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert done.returncode == 0, done.stderr
+
+
+def test_promtool_checks_the_tls_lab_configuration_with_the_certificates_its_header_makes(tmp_path):
+    # promtool opens the certificate and key files a tls_config names: make them as the header says.
+    lab_tls_certificates(tmp_path)
+    for name in ("prometheus-lab-tls.yml", "rules.yml"):
+        shutil.copy(OBSERVABILITY / name, tmp_path)
+    assert "SUCCESS" in promtool("check", "config", "prometheus-lab-tls.yml", cwd=tmp_path)
+
+
+def test_prometheus_scrapes_the_https_status_endpoint_with_its_client_certificate(tmp_path):
+    """Debian's Prometheus with prometheus-lab-tls.yml's tls_config against a StatusServer that allows
+    only Prometheus's SPIFFE ID: the target is up, so the handshake both ways and the name check hold."""
+    from ryu_nsm.lab.controller_process import free_port, wait_for
+    from ryu_nsm.observe.status_access import StatusAccess
+    from ryu_nsm.observe.status_api import StatusServer
+    from ryu_nsm.trust import devca
+    from ryu_nsm.trust.identity import FileIdentitySource
+
+    lab_tls_certificates(tmp_path)
+    controller = tmp_path / "certs" / "controller"
+    source = FileIdentitySource(*(controller / name
+                                  for name in (devca.SVID, devca.SVID_KEY, devca.SVID_BUNDLE)))
+    access = StatusAccess(source, allow=frozenset({"spiffe://example.org/prometheus"}))
+    server = StatusServer(lambda: {"connections": []}, "127.0.0.1", 0, access=access).start()
+    config = yaml.safe_load((OBSERVABILITY / "prometheus-lab-tls.yml").read_text())
+    config.pop("rule_files")
+    config["global"]["scrape_interval"] = "1s"
+    (job,) = config["scrape_configs"]
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{server.address[1]}"]}]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    web = f"127.0.0.1:{free_port()}"
+    prometheus = subprocess.Popen(
+        [shutil.which("prometheus"), "--config.file=prometheus.yml", f"--web.listen-address={web}",
+         f"--storage.tsdb.path={tmp_path / 'data'}"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+
+    def target() -> dict | None:
+        try:
+            with urllib.request.urlopen(f"http://{web}/api/v1/targets", timeout=2) as reply:
+                (found,) = json.loads(reply.read())["data"]["activeTargets"]
+        except (OSError, ValueError):
+            return None
+        return found if found["health"] != "unknown" else None
+
+    try:
+        found = wait_for(target, 60, 0.5)
+        assert found and found["health"] == "up", found
+    finally:
+        prometheus.terminate()
+        prometheus.wait(10)
+        server.stop()
+        source.close()
 
 
 def test_every_alert_is_proven_to_fire_and_to_stay_quiet():

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ryu_nsm.observe.status_access import StatusClient
 from ryu_nsm.observe.status_api import fetch_status
 
 
@@ -32,10 +33,12 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
 
 
 class ControllerProcess:
-    """``ryu-nsm controller`` in a child process, its log in ``log_path``."""
+    """``ryu-nsm controller`` in a child process, its log in ``log_path``. With ``status_client``
+    (its ``extra_args`` give the controller an identity), the status is read over HTTPS as that client."""
 
     def __init__(self, topology: str | Path, requests: Sequence[str | Path], log_path: str | Path,
-                 of_port: int | None = None, extra_args: Sequence[str] = (), scheme: str = "tcp"):
+                 of_port: int | None = None, extra_args: Sequence[str] = (), scheme: str = "tcp",
+                 status_client: StatusClient | None = None):
         self.topology = str(topology)
         self.requests = [str(r) for r in requests]
         self.log_path = Path(log_path)
@@ -43,11 +46,13 @@ class ControllerProcess:
         self.status_port = free_port()
         self.extra_args = list(extra_args)
         self.scheme = scheme  # "ssl": OpenFlow over TLS (extra_args then name the identity)
+        self.status_client = status_client or StatusClient()
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.status_port}"
+        scheme = "https" if self.status_client.context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.status_port}"
 
     def start(self, timeout: float = 30.0) -> ControllerProcess:
         cmd = [sys.executable, "-m", "ryu_nsm.cli", "controller", "--topology", self.topology,
@@ -74,11 +79,12 @@ class ControllerProcess:
             return False
 
     def status(self) -> dict:
-        return fetch_status(self.url, timeout=2.0)
+        return fetch_status(self.url, timeout=2.0, client=self.status_client)
 
     def states(self) -> dict[str, str]:
         """Each connection's state by id (the cheap ``/status/states``)."""
-        return fetch_status(self.url, timeout=2.0, what="/status/states")["connections"]
+        return fetch_status(self.url, timeout=2.0, what="/status/states",
+                            client=self.status_client)["connections"]
 
     def connections(self) -> dict[str, dict]:
         return {c["id"]: c for c in self.status()["connections"]}
