@@ -226,3 +226,12 @@ def test_shards_spread_over_replicas_and_move_when_one_dies(api):
     finally:
         a.stop()
         b.stop()
+
+
+def test_status_text_says_who_masters_each_switch():
+    from ryu_nsm.observe.report import render_text
+
+    report = {"fabric": "f", "connections": [],
+              "switches": [{"name": "s1", "dpid": "0x1", "connected": True, "flows": 3}],
+              "role": {"switches": {"s1": {"shard": 1, "holder": "replica-b", "role": "slave"}}}}
+    assert "s1       0x1  connected  flows=3  shard 1 held by replica-b, here slave" in render_text(report)
