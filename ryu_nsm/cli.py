@@ -108,10 +108,14 @@ def cmd_controller(args) -> int:
             leader_elect=args.leader_elect, lease_namespace=args.lease_namespace,
             lease_name=args.lease_name, identity=args.identity or socket.gethostname(),
             lease_duration=args.lease_duration, renew_deadline=args.lease_duration * 2 / 3,
-            retry_period=args.lease_duration / 7.5,
+            retry_period=args.lease_duration / 7.5, shards=args.shards,
         )
     elif args.leader_elect:
         print("ryu-nsm: --leader-elect needs --kubernetes (the Lease lives in the cluster)", file=sys.stderr)
+        return EXIT_USAGE
+    problem = _shards_problem(args)
+    if problem:
+        print(f"ryu-nsm: {problem}", file=sys.stderr)
         return EXIT_USAGE
     flows = FlowOptions(buffer=args.flow_buffer, hubble_listen=args.hubble_listen, log=args.flow_log,
                         log_max_bytes=args.flow_log_max_bytes, log_keep=args.flow_log_keep)
@@ -379,6 +383,18 @@ def _add_kubernetes_options(ctl: argparse.ArgumentParser) -> None:
     kube.add_argument("--lease-name", default="ryu-nsm-controller")
     kube.add_argument("--identity", help="leader election identity (default: host name; use the Pod name)")
     kube.add_argument("--lease-duration", type=float, default=15.0, help="seconds a Lease holds")
+    kube.add_argument("--shards", type=int, default=1, metavar="N",
+                      help="with --leader-elect: split the switches into N shards, one Lease each, so "
+                           "that replicas share them (docs/sharding.md); 1: one leader programs all")
+
+
+def _shards_problem(args) -> str | None:
+    """What is wrong with ``--shards`` as given, if anything."""
+    if args.shards < 1:
+        return "--shards must be >= 1"
+    if args.shards > 1 and not args.leader_elect:
+        return "--shards needs --leader-elect (each shard is a Lease)"
+    return None
 
 
 def _add_flow_options(ctl: argparse.ArgumentParser) -> None:

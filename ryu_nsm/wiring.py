@@ -46,6 +46,7 @@ class KubernetesOptions:
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
+    shards: int = 1  # with leader_elect: shards of switches, one Lease each (docs/sharding.md)
 
 
 @dataclass
@@ -128,15 +129,17 @@ def run_controller(
         running.app = app
 
     role_election = bool(kubernetes and kubernetes.leader_elect)
+    sharding = _Sharding.of(fabric, kubernetes)
     NsmApp.settings = ShellSettings(
         fabric=fabric, attach_sources=sources.attach, on_ready=on_ready, role_election=role_election,
-        **settings,
+        **sharding.settings(settings),
     )
     handle = oskenrun.run_apps([NsmApp], of_host, of_port, tls=_switch_tls(fabric, openflow_identity))
     try:
         _serve_status(running, fabric, status_address, status_access, metrics_address, stoppers)
         if kube_api is not None:
-            stoppers.extend(_start_cluster_side(running.app, kube_api, sources.kube_source, kubernetes))
+            stoppers.extend(_start_cluster_side(running.app, kube_api, sources.kube_source, kubernetes,
+                                                sharding))
         if sources.grpc_source is not None:
             stoppers.append(_serve_nsm(sources.grpc_source, running.app, nsm_listen, identity))
         _start_flow_outputs(running, flows, fabric, stoppers)
@@ -246,12 +249,59 @@ def _start_flow_outputs(running: RunningController, flows: FlowOptions, fabric: 
         stoppers.append(server.stop)
 
 
-def _start_cluster_side(app: NsmApp, api, source, options: KubernetesOptions) -> list[Callable[[], None]]:
-    """Status writer loop, and the leader elector when asked; returns their stop functions."""
+@dataclass
+class _Sharding:
+    """Switches sharded across replicas (``--shards``): their assignment and, once started, the election."""
+
+    shards: dict[int, int] | None = None  # dpid → shard; None: not sharded
+    count: int = 1
+    election: object = None
+
+    @classmethod
+    def of(cls, fabric: Fabric, kubernetes: KubernetesOptions | None) -> _Sharding:
+        if not (kubernetes and kubernetes.leader_elect and kubernetes.shards > 1):
+            return cls()
+        from ryu_nsm.k8s.shards import assign
+
+        return cls(assign((switch.dpid for switch in fabric.switches), kubernetes.shards), kubernetes.shards)
+
+    def settings(self, settings: dict) -> dict:
+        """The shell's settings with the shards; probes are off (a SLAVE may not send them)."""
+        if self.shards is None:
+            return settings
+        return {**settings, "shards": self.shards, "shard_holders": self.holders, "probe_interval": 0.0}
+
+    def holders(self) -> dict[int, str | None]:
+        return self.election.holders() if self.election is not None else {}
+
+    def start(self, app: NsmApp, api, options: KubernetesOptions) -> Callable[[], bool]:
+        """Campaign for every shard; returns whether this replica writes status (it holds shard 0)."""
+        from functools import partial
+
+        from ryu_nsm.k8s.leader import LeaderElector
+        from ryu_nsm.k8s.shards import ShardElection
+
+        make = partial(LeaderElector, api, options.lease_namespace,
+                       lease_duration=options.lease_duration, renew_deadline=options.renew_deadline,
+                       retry_period=options.retry_period)
+        self.election = ShardElection(self.count, options.identity, make, options.lease_name,
+                                      options.retry_period, app.set_leader,
+                                      lambda shard: app.set_leader(None, shard)).start()
+        return lambda: self.election.leads(0)
+
+
+def _start_cluster_side(app: NsmApp, api, source, options: KubernetesOptions, sharding: _Sharding
+                        ) -> list[Callable[[], None]]:
+    """Status writer loop, and the leader elector(s) when asked; returns their stop functions."""
     from ryu_nsm.k8s.client import StatusLoop
     from ryu_nsm.k8s.status_writer import StatusWriter
 
     elector = None
+    if sharding.shards is not None:
+        writes = sharding.start(app, api, options)
+        loop = StatusLoop(StatusWriter(api, namespaces=options.namespaces), app.status, source.objects,
+                          lambda: source.synced() and writes()).start()
+        return [loop.stop, sharding.election.stop]
     if options.leader_elect:
         from ryu_nsm.k8s.leader import LeaderElector
 

@@ -225,7 +225,7 @@ def test_our_crd_spec_and_status_have_the_agreed_fields():
     assert status["properties"]["state"]["enum"] == ["Up", "Pending", "Failed"]
     hop = status["properties"]["hops"]["items"]["properties"]
     assert set(hop) == {"connection", "client", "endpoint", "endpointAttachment", "clientAttachment",
-                        "path", "state", "reason"}
+                        "path", "state", "reason", "programmedBy"}
     assert hop["state"]["enum"] == ["Up", "Pending", "Failed"]
     conditions = status["properties"]["conditions"]
     assert conditions["x-kubernetes-list-type"] == "map"

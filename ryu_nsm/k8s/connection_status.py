@@ -10,7 +10,8 @@ request it reports on; its ``status`` what became of it::
       reason: Up | Pending | NoEndpoint …   # short CamelCase, from REASONS
       message: full reason text
       chain: [client, firewall, dpi, vpn-gateway]      # from this client onwards
-      hops: [{connection, endpoint, endpointAttachment, clientAttachment, path, state, reason}]
+      hops: [{connection, endpoint, endpointAttachment, clientAttachment, path, state, reason,
+              programmedBy}]                 # programmedBy: sharded only, the master of each path switch
       path: [s1, s2]                        # this hop's switches
       conditions: [Resolved, Admitted, Ready]  # the usual condition shape
 
@@ -124,16 +125,19 @@ def _follow(entry: dict, by_client: Mapping[tuple[str, str, str], dict], by_id: 
     return [by_id[cid] for cid in follow(entry["id"], next_hop)]
 
 
-def _hop(entry: dict) -> dict:
+def _hop(entry: dict, masters: Mapping[str, str | None]) -> dict:
+    path = list(entry.get("path") or [])
     hop = {
         "connection": entry["id"],
         "client": entry["client"],
         "endpoint": entry.get("endpoint"),
         "clientAttachment": entry.get("client_attachment"),
         "endpointAttachment": entry.get("endpoint_attachment"),
-        "path": list(entry.get("path") or []),
+        "path": path,
         "state": _STATES.get(entry["state"], FAILED),
         "reason": short_reason(entry["state"], entry.get("reason", "")),
+        # The replica that masters each switch of the path ("" while its shard has no holder).
+        "programmedBy": [masters.get(sw) or "" for sw in path] if masters else None,
     }
     # Absent, not null: optional fields are omitted in Kubernetes objects.
     return {k: v for k, v in hop.items() if v is not None}
@@ -198,6 +202,12 @@ def stamp_generation(status: dict, generation: int) -> dict:
     return {**status, "observedGeneration": generation, "conditions": conditions}
 
 
+def _masters(status: Mapping) -> dict[str, str | None]:
+    """Switch → the holder of its shard's Lease, when the controller is sharded (else empty)."""
+    switches = (status.get("role") or {}).get("switches") or {}
+    return {sw: info.get("holder") for sw, info in switches.items() if isinstance(info, dict)}
+
+
 def desired_connections(status: Mapping, now: str,
                         generations: Mapping[tuple[str, str], int] | None = None
                         ) -> dict[tuple[str, str], dict]:
@@ -212,6 +222,7 @@ def desired_connections(status: Mapping, now: str,
     for e in status.get("connections", []):  # first declared wins, as in report.chains
         by_client.setdefault((e["namespace"], e["network_service"], e["client"]), e)
     by_id = {e["id"]: e for e in entries}
+    masters = _masters(status)
     generations = generations or {}
     out: dict[tuple[str, str], dict] = {}
     for e in entries:
@@ -239,7 +250,7 @@ def desired_connections(status: Mapping, now: str,
                 "reason": short_reason(e["state"], e.get("reason", "")),
                 "message": _message(e),
                 "chain": [e["client"], *(h["endpoint"] for h in hops if h.get("endpoint"))],
-                "hops": [_hop(h) for h in hops],
+                "hops": [_hop(h, masters) for h in hops],
                 "path": list(e.get("path") or []),
                 "conditions": _conditions(e, hops, generation, now),
             },

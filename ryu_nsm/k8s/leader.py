@@ -49,7 +49,8 @@ class LeaderElector:
     """Campaign for one Lease in a background thread; call back when leadership starts and stops.
 
     ``on_started(generation)`` and ``on_stopped()`` run on the elector's thread and should return
-    quickly. ``clock`` (monotonic seconds) measures expiry and deadlines.
+    quickly. ``clock`` (monotonic seconds) measures expiry and deadlines. ``patience()`` is how long
+    the Lease must have been seen free before this replica takes it (sharding: ``k8s.shards``).
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class LeaderElector:
         on_started: Callable[[int], None] | None = None,
         on_stopped: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        patience: Callable[[], float] | None = None,
     ) -> None:
         if not 0 < retry_period < renew_deadline < lease_duration:
             raise ValueError("need 0 < retry_period < renew_deadline < lease_duration, got "
@@ -80,6 +82,8 @@ class LeaderElector:
         self._on_started = on_started or (lambda generation: None)
         self._on_stopped = on_stopped or (lambda: None)
         self._clock = clock
+        self._patience = patience or (lambda: 0.0)
+        self._free_since: float | None = None  # when the Lease was first seen free (absent, empty, expired)
         self._stop = threading.Event()
         self._release_on_stop = True
         self._thread: Supervised | None = None
@@ -148,11 +152,15 @@ class LeaderElector:
             spec = lease.spec or client.V1LeaseSpec()
             holder = spec.holder_identity or None
             if holder and holder != self.identity and not self._expired(started, spec):
+                self._free_since = None
+                return
+            if not self._waited(started):
                 return
             self._write_term(lease, (spec.lease_transitions or 0) + 1, started, acquire=True)
         except ApiException as e:
             if e.status == 404:
-                self._create(started)
+                if self._waited(started):
+                    self._create(started)
             else:
                 self._failed("acquire", e)
         except (urllib3.exceptions.HTTPError, OSError) as e:
@@ -243,6 +251,7 @@ class LeaderElector:
 
     def _start_term(self, generation: int, started: float) -> None:
         self._leading = True
+        self._free_since = None
         self._generation = generation
         self._renewed_at = started
         self.holder = self.identity
@@ -287,6 +296,12 @@ class LeaderElector:
         level = logging.DEBUG if self._failing else logging.WARNING
         self._failing = True
         log.log(level, "cannot %s lease %s/%s: %s", what, self.namespace, self.name, _describe(error))
+
+    def _waited(self, now: float) -> bool:
+        """True once the Lease has been seen free for ``patience()`` seconds."""
+        if self._free_since is None:
+            self._free_since = now
+        return now - self._free_since >= self._patience()
 
     def _expired(self, now: float, spec: client.V1LeaseSpec) -> bool:
         duration = spec.lease_duration_seconds or self._seconds()

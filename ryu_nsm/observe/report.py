@@ -187,9 +187,13 @@ def render_text(report: dict) -> str:
                          f"residual {r['residual']:.0f}{queue}")
     if "switches" in report:
         lines.append("switches:")
+        masters = (report.get("role") or {}).get("switches") or {}
         for s in report["switches"]:
             state = "connected" if s["connected"] else "disconnected"
-            lines.append(f"  {s['name']:<8} {s['dpid']}  {state}  flows={s['flows']}")
+            shard = masters.get(s["name"])
+            mastered = "" if not isinstance(shard, dict) else (
+                f"  shard {shard['shard']} held by {shard['holder'] or 'nobody'}, here {shard['role']}")
+            lines.append(f"  {s['name']:<8} {s['dpid']}  {state}  flows={s['flows']}{mastered}")
     if "counters" in report:
         c = report["counters"]
         moves = ", ".join(f"{why} {n}" for why, n in sorted(c["moves"].items()))

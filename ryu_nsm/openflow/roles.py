@@ -50,57 +50,110 @@ class RoleApp(Protocol):
     def _call(self, fn: Callable[[float], list]) -> None: ...
 
 
-class RoleKeeper:
-    """The app's roles; every field is guarded by the app's lock."""
+@dataclass
+class _Term:
+    """This replica's term for one shard: whether it leads there, with which generation, since which
+    ``set_leader`` call (epoch)."""
 
-    def __init__(self, app: RoleApp):
+    leading: bool = False
+    generation: int = 0
+    epoch: int = 0
+
+
+class RoleKeeper:
+    """The app's roles; every field is guarded by the app's lock.
+
+    ``shards`` (dpid → shard) splits the switches into shards led one by one (``set_leader(…,
+    shard)``); without it every switch is in shard 0, the single leader's.
+    """
+
+    def __init__(self, app: RoleApp, shards: dict[int, int] | None = None):
         self.app = app
-        self.leading = False
-        self.generation = 0
+        self.shards = shards
+        self.terms: dict[int, _Term] = {}
         self.epoch = 0  # bumped by set_leader: replies to requests of an older term are ignored
         self.roles: dict[int, tuple[str, int]] = {}  # dpid → (role the switch confirmed, epoch)
         self.asks: dict[int, _RoleAsk] = {}  # role request xid → what it asked
         self.held: Program | None = None  # a Program not run because we may not program its switches
 
-    def set_leader(self, generation: int | None) -> None:
+    def shard(self, dpid: int) -> int:
+        return self.shards.get(dpid, 0) if self.shards else 0
+
+    def term(self, dpid: int) -> _Term:
+        """The term of the switch's shard (a follower's, before any ``set_leader`` for it)."""
+        return self.terms.setdefault(self.shard(dpid), _Term())
+
+    def set_leader(self, generation: int | None, shard: int = 0) -> None:
         """See ``NsmApp.set_leader``."""
         app = self.app
         with app.lock:
-            self.leading = generation is not None
-            if generation is not None:
-                self.generation = generation
             self.epoch += 1
-            epoch = self.epoch
-            dpids = list(app.datapaths)
-        log.info("now %s", f"leader (generation {generation})" if generation is not None else "follower")
+            was = self.terms.get(shard, _Term())
+            term = self.terms[shard] = _Term(generation is not None,
+                                             was.generation if generation is None else generation, self.epoch)
+            dpids = [dpid for dpid in app.datapaths if self.shard(dpid) == shard]
+        log.info("now %s%s", f"leader (generation {generation})" if generation is not None else "follower",
+                 f" of shard {shard}" if self.shards else "")
         for dpid in dpids:
-            app.work.put(("role", dpid, epoch))
+            app.work.put(("role", dpid, term.epoch))
 
-    def status(self) -> dict:
+    def status(self, holders: dict[int, str | None] | None = None) -> dict:
+        """Leading and generation (of shard 0 unsharded), each switch's confirmed role; sharded, per
+        switch its shard, that shard's holder (from ``holders``) and our role, and per shard our term."""
         with self.app.lock:
-            switches = {self.app._switch_name(dpid): role for dpid, (role, _) in sorted(self.roles.items())}
-            return {"leader": self.leading, "generation": self.generation, "switches": switches}
+            if not self.shards:
+                term = self.terms.get(0, _Term())
+                switches = {self.app._switch_name(dpid): role
+                            for dpid, (role, _) in sorted(self.roles.items())}
+                return {"leader": term.leading, "generation": term.generation, "switches": switches}
+            holders = holders or {}
+            switches = {self.app._switch_name(dpid): {
+                "shard": shard, "holder": holders.get(shard), "role": self.roles.get(dpid, ("none", 0))[0]}
+                for dpid, shard in sorted(self.shards.items())}
+            terms = {shard: {"leader": t.leading, "generation": t.generation}
+                     for shard, t in sorted(self.terms.items())}
+            return {"leader": any(t.leading for t in self.terms.values()), "shards": terms,
+                    "switches": switches}
 
     def connected(self, dpid: int) -> None:
         """A new connection starts with the EQUAL role: ask for ours before anything else."""
         with self.app.lock:
             self.roles.pop(dpid, None)
-            epoch = self.epoch
+            epoch = self.term(dpid).epoch
         self.app.work.put(("role", dpid, epoch))
 
     def may_program(self, dpid: int) -> bool:
         """True if we may change the switch's flows: MASTER confirmed for this term."""
         with self.app.lock:
-            return self.leading and self.roles.get(dpid) == ("master", self.epoch)
+            term = self.term(dpid)
+            return term.leading and self.roles.get(dpid) == ("master", term.epoch)
 
     def hold(self, program: Program) -> bool:
-        """Hold ``program`` (and say so) when we may program none of its switches."""
+        """Hold ``program`` (and say so) when we may program none of its switches; sharded, none of
+        its first phase's (the other shards' masters go first, see ``phases``)."""
+        phases = program.phases()
+        switches = phases[0][1] if self.shards and phases else program.diffs
         with self.app.lock:
-            if any(self.may_program(program.dpids[sw]) for sw in program.diffs):
+            if any(self.may_program(program.dpids[sw]) for sw in switches):
                 return False
             self.held = program
-        log.info("program %d held: not MASTER on %s", program.id, ", ".join(sorted(program.diffs)))
+        if self.shards:
+            log.debug("program %d held: waiting for %s", program.id, ", ".join(sorted(switches)))
+        else:
+            log.info("program %d held: not MASTER on %s", program.id, ", ".join(sorted(program.diffs)))
         return True
+
+    def phases(self, program: Program) -> list:
+        """The phases of ``program`` to run now: all of them; sharded, up to the first with work on a
+        switch we do not master, whose master must finish it before anyone starts the next phase
+        (docs/sharding.md: the switches make the phase boundary visible to every replica)."""
+        phases = program.phases()
+        if not self.shards:
+            return phases
+        for i, (_, step) in enumerate(phases):
+            if not all(self.may_program(program.dpids[sw]) for sw in step):
+                return phases[:i + 1]
+        return phases
 
     def release_held(self) -> None:
         """Give a held Program back to the core as confirmed nowhere: it reads those switches again."""
@@ -115,10 +168,11 @@ class RoleKeeper:
         app = self.app
         dp = app.datapaths.get(dpid)
         with app.lock:
-            if dp is None or epoch != self.epoch:
+            term = self.term(dpid)
+            if dp is None or epoch != term.epoch:
                 return  # gone, or a later set_leader has asked every switch again
-            if kind == "role" and self.leading:
-                role, generation = ofp.OFPCR_ROLE_MASTER, self.generation
+            if kind == "role" and term.leading:
+                role, generation = ofp.OFPCR_ROLE_MASTER, term.generation
             elif kind == "role-slave":
                 role = ofp.OFPCR_ROLE_SLAVE
             else:  # a follower first asks the switch's generation, so that its SLAVE is never stale
@@ -139,17 +193,18 @@ class RoleKeeper:
             asked = self.asks.pop(msg.xid, None)
             if asked is None or app.datapaths.get(dpid) is not msg.datapath:
                 return
-            current = asked.epoch == self.epoch
+            term = self.term(dpid)
+            current = asked.epoch == term.epoch
             if asked.role != ofp.OFPCR_ROLE_NOCHANGE:
                 self.roles[dpid] = (role, asked.epoch)
-            master = current and self.leading and role == "master"
+            master = current and term.leading and role == "master"
         log.log(logging.DEBUG if asked.role == ofp.OFPCR_ROLE_NOCHANGE else logging.INFO,
                 "switch %s: this controller is %s (switch generation %s)", app._switch_name(dpid), role,
                 "none" if msg.generation_id == _NO_GENERATION else msg.generation_id)
         if asked.role == ofp.OFPCR_ROLE_NOCHANGE:
             if current and not master:
                 with app.lock:
-                    generation = self.generation
+                    generation = self.term(dpid).generation
                 if msg.generation_id != _NO_GENERATION:
                     generation = _newer(generation, msg.generation_id)
                 app.work.put(("role-slave", dpid, asked.epoch, generation))

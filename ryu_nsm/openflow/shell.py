@@ -68,6 +68,9 @@ class ShellSettings:
     extra: dict = field(default_factory=dict)
     # Off: the only controller, no role messages. On: start as follower; ``set_leader`` follows the election.
     role_election: bool = False
+    # With role_election: dpid → shard, each shard led on its own (docs/sharding.md); None: one shard.
+    shards: dict[int, int] | None = None
+    shard_holders: Callable[[], dict[int, str | None]] | None = None  # shard → its Lease's holder
 
 
 class _Waiter:
@@ -111,7 +114,7 @@ class NsmApp(app_manager.OSKenApp):
         self._stop = threading.Event()
         self._beat: Callable[[], None] = lambda: None  # the worker's progress, once it runs
         self.started = time.monotonic()
-        self.roles = RoleKeeper(self)  # used with role_election only
+        self.roles = RoleKeeper(self, s.shards)  # used with role_election only
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -156,8 +159,9 @@ class NsmApp(app_manager.OSKenApp):
         with self.lock:
             return {"connections": self.core.connection_states()}
 
-    def set_leader(self, generation: int | None) -> None:
-        """Follow the election (any thread): None → follower, an int → leader with that generation.
+    def set_leader(self, generation: int | None, shard: int = 0) -> None:
+        """Follow the election (any thread): None → follower, an int → leader with that generation
+        (of ``shard``'s switches when sharded).
 
         Follower: no Program is run from now on (one already running stops at its next phase) and
         every switch is told SLAVE. Leader: every switch is asked for MASTER with ``generation``; each
@@ -165,11 +169,12 @@ class NsmApp(app_manager.OSKenApp):
         """
         if not self.settings.role_election:
             raise RuntimeError("set_leader needs ShellSettings.role_election")
-        self.roles.set_leader(generation)
+        self.roles.set_leader(generation, shard)
 
     def role_status(self) -> dict:
         """Whether we lead, our generation, and each switch's last confirmed role for us."""
-        return self.roles.status()
+        holders = self.settings.shard_holders
+        return self.roles.status(holders() if holders else None)
 
     # -- OpenFlow events ------------------------------------------------------------------------
 
@@ -360,7 +365,10 @@ class NsmApp(app_manager.OSKenApp):
     def _run_program(self, program: Program) -> None:
         confirmed = set(program.diffs)
         started = time.monotonic()
-        for phase, step in program.phases():
+        phases = self.roles.phases(program) if self.settings.role_election else program.phases()
+        for _, later in program.phases()[len(phases):]:
+            confirmed.difference_update(later)  # not done yet: read again, then the rest
+        for phase, step in phases:
             if phase == DELETE and program.drain:
                 time.sleep(program.drain)  # frames in flight on left paths arrive first
                 self._beat()
@@ -467,6 +475,8 @@ class NsmApp(app_manager.OSKenApp):
                     probes = self.core.probes(time.monotonic())
                 if probes:
                     self.work.put(("probes", probes))
+            if self.settings.shards:
+                self.roles.release_held()  # waiting for another shard's phase: read its switches again
             if time.monotonic() >= next_audit:
                 next_audit = time.monotonic() + self.settings.audit_interval
                 self.roles.release_held()

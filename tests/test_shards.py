@@ -1,0 +1,237 @@
+"""Switches sharded across replicas: assignment, campaign patience, per-shard role decisions, what the
+NetworkServiceConnection says, and shard Leases handed over on the emulated Kubernetes API."""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import threading
+import time
+from collections import Counter
+from functools import partial
+
+import pytest
+
+from ryu_nsm.cli import _shards_problem
+from ryu_nsm.core.flowspec import FlowSpec, Priority, Table
+from ryu_nsm.core.reconcile import SwitchDiff
+from ryu_nsm.core.switches import Program
+from ryu_nsm.k8s.connection_status import desired_connections
+from ryu_nsm.k8s.leader import LeaderElector
+from ryu_nsm.k8s.shards import ShardElection, assign, lease_name, patience, preference, shard_of
+from ryu_nsm.lab.controller_process import wait_for
+from ryu_nsm.openflow.roles import RoleKeeper
+
+# ---- assignment
+
+
+def test_shard_of_is_deterministic_and_spreads_switches():
+    dpids = range(1, 1001)
+    first = assign(dpids, 3)
+    assert first == assign(dpids, 3), "every replica computes the same assignment"
+    counts = Counter(first.values())
+    assert set(counts) == {0, 1, 2}
+    assert all(250 <= n <= 420 for n in counts.values()), counts
+    assert set(assign(dpids, 1).values()) == {0}
+
+
+def test_growing_the_shard_count_moves_few_switches():
+    dpids = range(1, 2001)
+    three, four = assign(dpids, 3), assign(dpids, 4)
+    moved = [d for d in dpids if three[d] != four[d]]
+    assert all(four[d] == 3 for d in moved), "a switch only moves to the new shard"
+    assert 0.15 <= len(moved) / len(dpids) <= 0.35, len(moved)
+
+
+def test_bad_shard_counts_are_refused():
+    with pytest.raises(ValueError):
+        shard_of(1, 0)
+
+    def problem(shards: int, leader_elect: bool) -> str | None:
+        return _shards_problem(argparse.Namespace(shards=shards, leader_elect=leader_elect))
+
+    assert problem(1, False) is None and problem(3, True) is None
+    assert "needs --leader-elect" in problem(2, False)
+    assert ">= 1" in problem(0, True)
+
+
+def test_a_replica_without_shards_campaigns_at_once_for_its_first_choice():
+    assert patience(0, 0, 2.0) == 0
+    assert patience(0, 1, 2.0) < patience(1, 1, 2.0) < patience(2, 1, 2.0)
+    assert sorted(preference("replica-a", 4)) == [0, 1, 2, 3]
+    firsts = {preference(f"replica-{i}", 3)[0] for i in range(12)}
+    assert len(firsts) > 1, "replicas do not all prefer the same shard"
+    assert lease_name("ryu-nsm-controller", 2) == "ryu-nsm-controller-shard-2"
+
+
+# ---- roles per shard
+
+
+class FakeApp:
+    """What RoleKeeper uses of the os-ken app."""
+
+    def __init__(self, dpids):
+        self.lock = threading.RLock()
+        self.datapaths = {dpid: object() for dpid in dpids}
+        self.work: queue.Queue = queue.Queue()
+        self.core = None
+        self.calls = []
+
+    def _switch_name(self, dpid: int) -> str:
+        return f"s{dpid}"
+
+    def _xid(self, what) -> int:
+        return 1
+
+    def _call(self, fn) -> None:
+        self.calls.append(fn)
+
+
+def queued(app: FakeApp) -> list:
+    out = []
+    while not app.work.empty():
+        out.append(app.work.get())
+    return out
+
+
+def flow(n: int) -> FlowSpec:
+    return FlowSpec.make(Table.CLASSIFY, Priority.WIRE, {"in_port": n}, [("output", 1)])
+
+
+def program(**diffs: SwitchDiff) -> Program:
+    return Program(1, diffs, {sw: int(sw[1:]) for sw in diffs})
+
+
+def confirm_master(keeper: RoleKeeper, dpid: int) -> None:
+    keeper.roles[dpid] = ("master", keeper.term(dpid).epoch)
+
+
+def test_set_leader_asks_only_the_shards_switches_and_programs_only_confirmed_masters():
+    app = FakeApp([1, 2, 3])
+    keeper = RoleKeeper(app, {1: 0, 2: 1, 3: 1})
+    queued(app)
+    keeper.set_leader(5, shard=1)
+    assert sorted(d for _, d, _ in queued(app)) == [2, 3]
+    assert not keeper.may_program(2), "MASTER is not confirmed yet"
+    confirm_master(keeper, 2)
+    assert keeper.may_program(2) and not keeper.may_program(1)
+    keeper.roles[1] = ("master", keeper.term(1).epoch)  # even a stale master role: shard 0 not led
+    assert not keeper.may_program(1)
+    keeper.set_leader(None, shard=1)
+    assert not keeper.may_program(2), "a deposed shard's switches are not programmed"
+    assert keeper.term(2).generation == 5
+
+
+def test_a_phase_with_work_on_another_shard_is_the_last_one_run():
+    app = FakeApp([1, 2])
+    keeper = RoleKeeper(app, {1: 0, 2: 1})
+    keeper.set_leader(1, shard=0)
+    confirm_master(keeper, 1)
+    # s1 (ours) moves traffic (modify) onto a path whose new flows are added on s2 (theirs) too.
+    moving = program(s1=SwitchDiff(adds=(flow(1),), modifies=(flow(2),)), s2=SwitchDiff(adds=(flow(3),)))
+    assert [phase for phase, _ in keeper.phases(moving)] == ["add"], "modify waits for s2's adds"
+    assert not keeper.hold(moving)
+    # Only their adds are left to do before ours: nothing to send now, the program is held.
+    waiting = program(s1=SwitchDiff(modifies=(flow(2),)), s2=SwitchDiff(adds=(flow(3),)))
+    assert keeper.hold(waiting) and keeper.held is waiting
+    # Once s2 holds its adds, the diff has only our switch: all phases run.
+    ours = program(s1=SwitchDiff(modifies=(flow(2),), deletes=(flow(1),)))
+    assert [phase for phase, _ in keeper.phases(ours)] == ["modify", "delete"]
+
+
+def test_unsharded_keeper_runs_every_phase_and_reports_as_before():
+    app = FakeApp([1, 2])
+    keeper = RoleKeeper(app)
+    keeper.set_leader(3)
+    confirm_master(keeper, 1)
+    both = program(s1=SwitchDiff(modifies=(flow(2),)), s2=SwitchDiff(adds=(flow(3),)))
+    assert [phase for phase, _ in keeper.phases(both)] == ["add", "modify"]
+    assert not keeper.hold(both)
+    assert keeper.status() == {"leader": True, "generation": 3, "switches": {"s1": "master"}}
+
+
+def test_sharded_status_says_shard_holder_and_role_per_switch():
+    app = FakeApp([1, 2])
+    keeper = RoleKeeper(app, {1: 0, 2: 1})
+    keeper.set_leader(4, shard=1)
+    confirm_master(keeper, 2)
+    status = keeper.status({0: "replica-a", 1: "replica-b"})
+    assert status["switches"] == {"s1": {"shard": 0, "holder": "replica-a", "role": "none"},
+                                  "s2": {"shard": 1, "holder": "replica-b", "role": "master"}}
+    assert status["leader"] is True
+    assert status["shards"] == {1: {"leader": True, "generation": 4}}
+
+
+# ---- the NetworkServiceConnection
+
+
+def _status(role: dict | None) -> dict:
+    entry = {"id": "default/client/nsm-1", "namespace": "default", "network_service": "echo",
+             "client": "client", "endpoint": "server", "state": "up", "path": ["s1", "s2"]}
+    return {"connections": [entry], **({"role": role} if role else {})}
+
+
+def test_each_hop_says_which_replica_programmed_each_switch():
+    role = {"switches": {"s1": {"shard": 0, "holder": "replica-a", "role": "master"},
+                         "s2": {"shard": 1, "holder": None, "role": "slave"}}}
+    (body,) = desired_connections(_status(role), "2024-01-01T00:00:00Z").values()
+    assert body["status"]["hops"][0]["programmedBy"] == ["replica-a", ""]
+    (plain,) = desired_connections(_status({"switches": {"s1": "master"}}), "2024-01-01T00:00:00Z").values()
+    assert "programmedBy" not in plain["status"]["hops"][0], "unsharded: nothing new in the object"
+
+
+# ---- shard Leases on the emulated API
+
+NS = "ryu-nsm"
+LEASE_S, RENEW_S, RETRY_S = 2.0, 1.5, 0.2
+
+
+@pytest.fixture
+def api():
+    from tests.k8s_emulator import Emulator
+
+    with Emulator() as emulator:
+        yield emulator
+
+
+def election(api, identity: str, shards: int, events: list) -> ShardElection:
+    make = partial(LeaderElector, api.api_client(), NS, lease_duration=LEASE_S,
+                   renew_deadline=RENEW_S, retry_period=RETRY_S)
+    return ShardElection(shards, identity, make, "ctl", RETRY_S,
+                         lambda generation, shard: events.append((identity, "start", shard, generation)),
+                         lambda shard: events.append((identity, "stop", shard, None))).start()
+
+
+def held(e: ShardElection) -> set[int]:
+    return {shard for shard in range(len(e.electors)) if e.leads(shard)}
+
+
+def test_shards_spread_over_replicas_and_move_when_one_dies(api):
+    events: list = []
+    a = election(api, "replica-a", 2, events)
+    b = election(api, "replica-b", 2, events)
+    try:
+        assert wait_for(lambda: held(a) | held(b) == {0, 1}, LEASE_S * 3, 0.05)
+        assert wait_for(lambda: len(held(a)) == len(held(b)) == 1, LEASE_S * 3, 0.05), (held(a), held(b))
+        assert not held(a) & held(b)
+        assert wait_for(lambda: b.holders() == a.holders() and None not in a.holders().values(), 2, 0.05)
+        lost = held(a)
+        a.stop(release=False)  # a crash: its Lease stays until it expires
+        died = time.monotonic()
+        assert wait_for(lambda: held(b) == {0, 1}, LEASE_S + 2 * RETRY_S * 1.2 + 2.0, 0.05)
+        assert time.monotonic() - died >= LEASE_S - RETRY_S * 1.2 - 0.1, "taken before the Lease expired"
+        (shard,) = lost
+        starts = [gen for who, what, s, gen in events if what == "start" and s == shard]
+        assert starts == sorted(set(starts)) and len(starts) == 2, f"generations must grow: {events}"
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_status_text_says_who_masters_each_switch():
+    from ryu_nsm.observe.report import render_text
+
+    report = {"fabric": "f", "connections": [],
+              "switches": [{"name": "s1", "dpid": "0x1", "connected": True, "flows": 3}],
+              "role": {"switches": {"s1": {"shard": 1, "holder": "replica-b", "role": "slave"}}}}
+    assert "s1       0x1  connected  flows=3  shard 1 held by replica-b, here slave" in render_text(report)
