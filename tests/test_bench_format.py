@@ -150,6 +150,30 @@ def test_quick_run_prints_figure_lines_from_any_directory(tmp_path):
         assert float(m["ratio"]) == pytest.approx(float(m["value"]) / float(m["limit"]), rel=1.5e-2)
 
 
+def test_core_scale_quick_run_prints_request_idle_and_memory_figures(tmp_path):
+    # Pure: the core with emulated switches, 200 connections on a k=4 fat-tree, 20 single requests.
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "core_scale.py"), "--quick"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    matches = [common.FIGURE_RE.match(line) for line in done.stdout.splitlines()]
+    assert matches and all(matches), done.stdout
+    what = "200 connections, fat-tree k=4"
+    assert [m["name"] for m in matches] == [
+        f"core work per request p50, {what}", f"core work per request p99, {what}",
+        f"core idle CPU, {what}", f"core memory per connection, {what}",
+    ]
+    p50, p99, idle, memory = matches
+    assert 0 < float(p50["value"]) <= float(p99["value"]) and p50["limit"] == p99["limit"]
+    assert p50["limit_label"] == "the same request on an empty controller"
+    assert idle["unit"] == idle["limit_unit"] == "ms/s" and float(idle["limit"]) == 100
+    assert memory["unit"] == memory["limit_unit"] == "bytes" and float(memory["limit"]) > 0
+    for m in matches:
+        assert float(m["ratio"]) == pytest.approx(float(m["value"]) / float(m["limit"]), rel=1.5e-2)
+    assert "connections up on 20 switches" in done.stderr and "FAILED" not in done.stderr
+
+
 def test_admission_workload_admits_refuses_every_kind_and_preempts(admission):
     work = admission.workload(8, 1000)
     _, ledger, decisions = admission.admit_once(work)

@@ -99,8 +99,15 @@ class Controller:
 
         A read asked for before a program changed the switch is stale: it is asked again.
         """
+        hints = self.switches.hints
         instead = self.switches.flows_read(switch, flows, epoch, meters, groups, self.resources)
-        return self._replan(now) if instead is None else instead
+        if instead is not None:
+            return instead
+        # Tags as they were and the fabric as it was: planning again would give the same plan, so
+        # only the switch is diffed (an audit costs what the switches hold, not a replan each).
+        if self.switches.hints is hints and self._state(now) == self._last_state:
+            return self._program()
+        return self._replan(now)
 
     def program_done(self, program_id: int, confirmed: Iterable[str], now: float) -> list:
         """The shell finished a program; ``confirmed`` are switches whose every phase was acknowledged.

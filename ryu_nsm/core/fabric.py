@@ -47,7 +47,8 @@ class Link:
     cost: float = 1.0
     queue: int | None = None
 
-    @property
+    # Cached: planning and path searches ask for it far more often than there are links.
+    @cached_property
     def name(self) -> str:
         return f"{self.a}:{self.a_port}-{self.b}:{self.b_port}"
 

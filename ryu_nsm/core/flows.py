@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from ryu_nsm.core.fabric import Fabric
 from ryu_nsm.core.flowspec import (
@@ -71,18 +72,25 @@ def pipeline_flows(fabric: Fabric, switch: str) -> list[FlowSpec]:
     The controller's link probes (untagged, PROBE_ETH_TYPE) arriving from a fabric port go to the
     controller; untagged, so that a client's frame of that type riding a wire's tag never does.
     """
+    return list(_pipeline_of_ports(fabric.link_ports_by_switch.get(switch, ())))
+
+
+@lru_cache(maxsize=1024)
+def _pipeline_of_ports(ports: tuple[int, ...]) -> tuple[FlowSpec, ...]:
+    """The base flows of a switch with these fabric ports: one shape, built once, shared by every
+    switch of that shape (a fat-tree has a few shapes for thousands of switches)."""
     flows = [
         FlowSpec.make(Table.CLASSIFY, Priority.MISS, {}),
         FlowSpec.make(Table.FORWARD, Priority.MISS, {}),
     ]
-    for port in fabric.link_ports_by_switch.get(switch, ()):
+    for port in ports:
         flows.append(
             FlowSpec.make(Table.CLASSIFY, Priority.FABRIC_PORT, {"in_port": port}, goto=Table.FORWARD)
         )
         flows.append(FlowSpec.make(Table.CLASSIFY, Priority.PROBE,
                                    {"in_port": port, "eth_type": PROBE_ETH_TYPE, "vlan_vid": 0},
                                    [("output", OFPP_CONTROLLER)]))
-    return flows
+    return tuple(flows)
 
 
 def wire_flows(

@@ -55,14 +55,17 @@ class FabricView:
         graph = nx.Graph()
         graph.add_nodes_from(s.name for s in fabric.switches if s.name not in self.down_switches)
         # Parallel links collapse to the cheapest (then first declared): Dijkstra needs a simple graph.
+        # Collapsed first, then added at once: add_edge one by one is most of a large view's cost.
+        best: dict[tuple[str, str], Link] = {}
         for link in fabric.links:
-            if link.name in self.down_links or not (graph.has_node(link.a) and graph.has_node(link.b)):
+            a, b = link.a, link.b
+            if a == b or a not in graph or b not in graph or link.name in self.down_links:
                 continue
-            if link.a == link.b:
-                continue
-            best = graph.get_edge_data(link.a, link.b)
-            if best is None or link.cost < best["cost"]:
-                graph.add_edge(link.a, link.b, cost=link.cost, link=link)
+            pair = (a, b) if a < b else (b, a)
+            held = best.get(pair)
+            if held is None or link.cost < held.cost:
+                best[pair] = link
+        graph.add_edges_from((link.a, link.b, {"cost": link.cost, "link": link}) for link in best.values())
         self.graph = graph
         self._shortest: dict[tuple[str, str], Path | NoPath] = {}
 

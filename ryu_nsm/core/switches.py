@@ -113,11 +113,12 @@ class SwitchManager(Manager):
         self.plan = plan  # the latest, kept up to date by plan_changed
         self.switches: dict[str, SwitchState] = {}
         self.owner: dict[int, str] = {}  # cookie → connection id, for planned connections
-        self.hints: dict[tuple[str, str], int] = {}  # all switches' tag hints; a new object per read
+        self.hints: dict[tuple[str, str], int] = {}  # all switches' tag hints; a new object per change
         self.dirty = False  # a change waits for the program in flight
         self._program_seq = 0
         self._inflight: Program | None = None
         self._tag_hints: dict[str, dict[tuple[str, str], int]] = {}
+        self._cookies: tuple[tuple, dict[int, str]] = ((), {})  # requests → their wire cookies
         # Desired flows by switch and key, the keys changed since the last diff, and the switches to
         # diff whole (flows just read).
         self._desired: dict[str, dict[FlowKey, FlowSpec]] = {
@@ -188,14 +189,20 @@ class SwitchManager(Manager):
         state.groups = {g.group_id: g for g in groups if is_our_group(g.group_id)}
         self._diff_whole.add(switch)
         self._up.clear()
-        self._tag_hints[switch] = self._tags_in(switch, state.flows.values(), resources)
-        self.hints = {k: v for per_switch in self._tag_hints.values() for k, v in per_switch.items()}
+        found = self._tags_in(switch, state.flows.values(), resources)
+        # The same hints stay the same object: the core then knows that the read changed no plan
+        # (an audit of a big fabric that finds what it expects costs the flows read, not a replan).
+        if found != self._tag_hints.get(switch):
+            self._tag_hints[switch] = found
+            self.hints = {k: v for per_switch in self._tag_hints.values() for k, v in per_switch.items()}
         return None
 
     def _tags_in(self, switch: str, flows: Iterable[FlowSpec], resources: Resources
                  ) -> dict[tuple[str, str], int]:
         """(connection, link) → tag, read off the FORWARD flows of one switch."""
-        by_cookie = {wire_cookie(r.id): r.id for r in resources.requests}
+        if self._cookies[0] is not resources.requests:  # one map per declared state, not per read
+            self._cookies = (resources.requests, {wire_cookie(r.id): r.id for r in resources.requests})
+        by_cookie = self._cookies[1]
         links = {link.port_on(switch): link.name for link in self.fabric.links if switch in (link.a, link.b)}
         hints = {}
         for flow in flows:
