@@ -34,7 +34,9 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
 
 class ControllerProcess:
     """``ryu-nsm controller`` in a child process, its log in ``log_path``. With ``status_client``
-    (its ``extra_args`` give the controller an identity), the status is read over HTTPS as that client."""
+    (its ``extra_args`` give the controller an identity), the status is read over HTTPS as that client;
+    without one, a controller given ``--tls-cert/--tls-key/--tls-ca`` is read with that same identity
+    (its status endpoint then speaks HTTPS and wants a client certificate from its bundle)."""
 
     def __init__(self, topology: str | Path, requests: Sequence[str | Path], log_path: str | Path,
                  of_port: int | None = None, extra_args: Sequence[str] = (), scheme: str = "tcp",
@@ -46,8 +48,22 @@ class ControllerProcess:
         self.status_port = free_port()
         self.extra_args = list(extra_args)
         self.scheme = scheme  # "ssl": OpenFlow over TLS (extra_args then name the identity)
-        self.status_client = status_client or StatusClient()
+        self._identity = None
+        if status_client is None:
+            status_client = self._own_identity_client()
+        self.status_client = status_client
         self.proc: subprocess.Popen | None = None
+
+    def _own_identity_client(self) -> StatusClient:
+        flags = dict(zip(self.extra_args, self.extra_args[1:], strict=False))
+        files = [flags.get(name) for name in ("--tls-cert", "--tls-key", "--tls-ca")]
+        if not all(files):
+            return StatusClient()
+        from ryu_nsm.observe.status_access import status_client
+        from ryu_nsm.trust.identity import FileIdentitySource
+
+        self._identity = FileIdentitySource(*files)
+        return status_client(self._identity)
 
     @property
     def url(self) -> str:
@@ -113,6 +129,9 @@ class ControllerProcess:
         return [line for line in self.log().splitlines() if " rejected " in line]
 
     def stop(self, timeout: float = 10.0) -> None:
+        if self._identity is not None:
+            self._identity.close()
+            self._identity = None
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGTERM)

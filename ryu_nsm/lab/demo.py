@@ -151,21 +151,39 @@ class _DemoTls:
 
     def show(self, fabric, check) -> None:
         """Each switch's controller target and whether Open vSwitch has it connected."""
+        from ryu_nsm.lab.controller_process import wait_for
+
         connected = []
         for switch in fabric.switches:
-            # Mininet may add a ptcp: listener record next to the controller's
-            records = _vsctl("get", "bridge", switch.name, "controller").strip("[]\n ").split(", ")
-            shown = {_vsctl("get", "controller", record, "target").strip().strip('"'):
-                     _vsctl("get", "controller", record, "is_connected").strip() == "true"
-                     for record in records if record}
-            targets = [target for target in shown if target.startswith("ssl:")]
-            up = bool(targets) and all(shown[target] for target in targets)
-            say(f"  {switch.name}: controller {', '.join(targets) or 'none on ssl:'} "
+            # Open vSwitch writes is_connected to its database a few seconds late: poll a while.
+            targets = wait_for(lambda name=switch.name: _ssl_targets_up(name), timeout=15.0, interval=0.5)
+            shown = targets or _ssl_targets(switch.name)
+            up = bool(targets)
+            say(f"  {switch.name}: controller {', '.join(shown) or 'none on ssl:'} "
                 f"is_connected={str(up).lower()}")
             connected.append(up)
         check(all(connected), "every switch talks to the controller over TLS (ssl: targets, mutual "
               "certificates from the demo CA)", "a switch is not connected over TLS")
         say()
+
+
+def _controllers(bridge: str) -> dict[str, bool]:
+    """A bridge's controller targets and whether each is connected (Mininet may add a ptcp: record)."""
+    records = _vsctl("get", "bridge", bridge, "controller").strip("[]\n ").split(", ")
+    return {_vsctl("get", "controller", record, "target").strip().strip('"'):
+            _vsctl("get", "controller", record, "is_connected").strip() == "true"
+            for record in records if record}
+
+
+def _ssl_targets(bridge: str) -> list[str]:
+    return [target for target in _controllers(bridge) if target.startswith("ssl:")]
+
+
+def _ssl_targets_up(bridge: str) -> list[str]:
+    """The bridge's ssl: targets when there are some and every one is connected, else []."""
+    shown = _controllers(bridge)
+    targets = [target for target in shown if target.startswith("ssl:")]
+    return targets if targets and all(shown[target] for target in targets) else []
 
 
 def _vsctl(*args: str) -> str:
