@@ -105,6 +105,11 @@ def cmd_controller(args) -> int:
         print("ryu-nsm: --flow-buffer and --flow-log-max-bytes must be >= 1, --flow-log-keep >= 0",
               file=sys.stderr)
         return EXIT_USAGE
+    try:
+        ipfix = _ipfix_options(args)
+    except ValueError as exc:
+        print(f"ryu-nsm: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     host, port = _host_port(args.listen, 6653)
     shost, sport = _host_port(args.status_listen, DEFAULT_ADDRESS[1])
     stop = threading.Event()
@@ -114,7 +119,7 @@ def cmd_controller(args) -> int:
         fabric, args.requests, host, port, (shost, sport),
         watch_interval=args.watch_interval, kubernetes=kubernetes, use_bundles=not args.no_bundles,
         audit_interval=args.audit_interval, ovsdb_remote=args.ovsdb, nsm_listen=args.nsm_listen or (),
-        counter_interval=args.counter_interval, flows=flows,
+        counter_interval=args.counter_interval, flows=flows, ipfix=ipfix,
     ) as running:
         logging.getLogger("ryu_nsm").info(
             "controller for fabric %s: OpenFlow on %s:%d, status on http://%s:%d/status",
@@ -286,6 +291,7 @@ def _add_controller(sub) -> None:
                           "unix:///path or host:port): connections asked for become client requests "
                           "in namespace 'nsm'")
     _add_flow_options(ctl)
+    _add_ipfix_options(ctl)
     ctl.add_argument("--log", action="append", default=[], metavar="LOGGER=LEVEL",
                      help="one logger's level, e.g. ryu_nsm.sources.kubernetes=debug (repeatable)")
     ctl.set_defaults(func=cmd_controller)
@@ -319,6 +325,41 @@ def _add_flow_options(ctl: argparse.ArgumentParser) -> None:
     flows.add_argument("--flow-log-max-bytes", type=int, default=10 * 1024 * 1024, metavar="BYTES",
                        help="rotate the flow log when it would pass this size")
     flows.add_argument("--flow-log-keep", type=int, default=5, metavar="N", help="rotated flow logs kept")
+
+
+def _add_ipfix_options(ctl: argparse.ArgumentParser) -> None:
+    """The controller's flow sampling options (docs/observability.md)."""
+    ipfix = ctl.add_argument_group("flow sampling over IPFIX (docs/observability.md)")
+    ipfix.add_argument("--ipfix-listen", metavar="HOST:PORT",
+                       help="run the IPFIX collector here (e.g. 127.0.0.1:4739) and sample the wires' "
+                            "flows into flow events; default: neither")
+    ipfix.add_argument("--flow-sampling", default="1/64", metavar="FRACTION",
+                       help="the fraction of a wire's frames sampled when its ServiceLevel sets no "
+                            "flowSampling (default 1/64)")
+    ipfix.add_argument("--drop-sampling", default="1", metavar="FRACTION",
+                       help="the fraction of dropped frames sampled (default 1: all)")
+    ipfix.add_argument("--no-flow-sampling", action="store_true",
+                       help="no sample actions in any flow (the collector, if any, still listens)")
+    ipfix.add_argument("--ipfix-collector-set", type=int, default=1, metavar="ID",
+                       help="the Flow_Sample_Collector_Set id the bridges export with (default 1)")
+
+
+def _ipfix_options(args):
+    """IpfixOptions from the flags, None without --ipfix-listen; ValueError on a bad value."""
+    from ryu_nsm.core.sampling import FlowSampling
+    from ryu_nsm.qos.service_level import parse_sampling
+    from ryu_nsm.wiring import IpfixOptions
+
+    if not args.ipfix_listen:
+        return None
+    if not 0 < args.ipfix_collector_set < 2**32:
+        raise ValueError("--ipfix-collector-set must be 1..4294967295")
+    try:
+        sampling = FlowSampling(args.ipfix_collector_set, parse_sampling(args.flow_sampling),
+                                parse_sampling(args.drop_sampling))
+    except ValueError as exc:
+        raise ValueError(f"--flow-sampling/--drop-sampling: {exc}") from None
+    return IpfixOptions(_host_port(args.ipfix_listen, 4739), None if args.no_flow_sampling else sampling)
 
 
 def _add_status(sub) -> None:

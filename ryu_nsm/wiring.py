@@ -8,12 +8,14 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ryu_nsm.core.fabric import Fabric
 from ryu_nsm.core.model import Resources
+from ryu_nsm.core.sampling import FlowSampling
 from ryu_nsm.observe import health
 from ryu_nsm.observe.flow_store import DEFAULT_CAPACITY, FlowStore
+from ryu_nsm.observe.ipfix_collector import IpfixCollector
 from ryu_nsm.observe.picture import fabric_description
 from ryu_nsm.observe.status_api import StatusServer
 from ryu_nsm.openflow.shell import NsmApp, ShellSettings
@@ -48,6 +50,14 @@ class FlowOptions:
 
 
 @dataclass
+class IpfixOptions:
+    """The IPFIX collector's address, and the sampling the flows carry (None: no sample actions)."""
+
+    listen: tuple[str, int]
+    sampling: FlowSampling | None = field(default_factory=FlowSampling)
+
+
+@dataclass
 class RunningController:
     """What runs; ``flow_store.add(events)`` is where flow event producers hand their events."""
 
@@ -55,6 +65,7 @@ class RunningController:
     status_address: tuple[str, int]
     flow_store: FlowStore = field(default_factory=FlowStore)
     hubble_addresses: list[str] = field(default_factory=list)
+    ipfix: IpfixCollector | None = None
 
 
 @contextlib.contextmanager
@@ -69,6 +80,7 @@ def run_controller(
     ovsdb_remote: str | None = None,
     nsm_listen: Sequence[str] = (),
     flows: FlowOptions | None = None,
+    ipfix: IpfixOptions | None = None,
     **settings,
 ) -> Iterator[RunningController]:
     """Run until the context exits: OpenFlow on (of_host, of_port), status over HTTP.
@@ -84,11 +96,14 @@ def run_controller(
     MonitorConnection are served there (ryu_nsm.sources.nsm_grpc); requested connections are one more source.
 
     ``flows`` sizes the flow store and asks for Hubble's Observer API and the flow log over it.
+    With ``ipfix``, the flows sample frames and the IPFIX collector turns them into flow events.
     """
     from ryu_nsm.openflow import launch as oskenrun
 
     for warning in fabric_warnings(fabric):
         logging.getLogger("ryu_nsm.wiring").warning("%s", warning)
+    if ipfix is not None:
+        fabric = replace(fabric, flow_sampling=ipfix.sampling)
     stoppers: list[Callable[[], None]] = []
     kube_api = None
     if kubernetes is not None:
@@ -120,6 +135,8 @@ def run_controller(
         if sources.grpc_source is not None:
             stoppers.append(_serve_nsm(sources.grpc_source, running.app, nsm_listen))
         _start_flow_outputs(running, flows, fabric, stoppers)
+        if ipfix is not None:
+            _start_ipfix(running, ipfix, fabric, stoppers)
         yield running
     finally:
         for stop in reversed(stoppers):
@@ -209,6 +226,23 @@ def _start_flow_outputs(running: RunningController, flows: FlowOptions, fabric: 
         server = HubbleServer(observer).serve(flows.hubble_listen)
         running.hubble_addresses = server.addresses
         stoppers.append(server.stop)
+
+
+def _start_ipfix(running: RunningController, ipfix: IpfixOptions, fabric: Fabric,
+                 stoppers: list[Callable[[], None]]) -> None:
+    """The IPFIX collector, naming ids from the controller's plan."""
+    from ryu_nsm.observe.ipfix_events import WireDirectory
+
+    names = [switch.name for switch in fabric.switches]
+
+    def wires() -> WireDirectory:
+        app = running.app
+        with app.lock:
+            planned = list(app.core.plan.connections.values())
+        return WireDirectory.of(names, planned, ipfix.sampling or FlowSampling())
+
+    running.ipfix = IpfixCollector(ipfix.listen, running.flow_store, wires).start()
+    stoppers.append(running.ipfix.stop)
 
 
 def _start_cluster_side(app: NsmApp, api, source, options: KubernetesOptions) -> list[Callable[[], None]]:
