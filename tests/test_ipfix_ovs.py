@@ -6,16 +6,13 @@ order, and an unknown host's frames DROPPED on no wire. Names start with ``fx``.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 from ryu_nsm.lab.controller_process import ControllerProcess, free_port, wait_for
-from ryu_nsm.lab.ipfix_bridges import collector_sets
+from ryu_nsm.lab.flow_sampling import collector_sets, hops, observed
 
 from .bridge_fabric import triangle
 from .two_bridges import add_host, sh
@@ -32,20 +29,6 @@ LEVEL = textwrap.dedent("""\
     spec: {networkService: echo, flowSampling: 1}
     """)
 INTRUDER = f"{NET.tag}-x"
-
-
-def observe(hubble: str) -> list[dict]:
-    out = subprocess.run([sys.executable, "-m", "ryu_nsm.cli", "observe", "--server", hubble, "--last",
-                          "1000", "-o", "json"], capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
-    return [json.loads(line)["flow"] for line in out.stdout.splitlines() if line.strip()]
-
-
-def echo_flows(flows: list[dict], icmp_type: int) -> list[tuple[str, bool]]:
-    """(switch, is a reply) of each ICMPv4 flow of ``icmp_type`` on the wire, in the order seen."""
-    return [(f["node_name"], bool(f.get("is_reply"))) for f in flows
-            if "ICMPv4" in f.get("l4", {}) and f["l4"]["ICMPv4"].get("type", 0) == icmp_type
-            and CONN in f.get("Summary", "")]
 
 
 @pytest.fixture
@@ -69,11 +52,11 @@ def test_pings_are_forwarded_at_ingress_and_delivery_and_an_intruder_is_dropped(
                   NET.server_ip, check=False)
         assert " 0% packet loss" in ping, ping
         # Every echo request: ingress at A then delivery at B; every reply: ingress at B, delivery at A.
-        requests_seen = wait_for(lambda: len(echo_flows(observe(hubble), 8)) >= 6, 15, 0.5)
-        flows = observe(hubble)
+        requests_seen = wait_for(lambda: len(hops(observed(hubble), CONN, 8)) >= 6, 15, 0.5)
+        flows = observed(hubble)
         assert requests_seen, flows
-        assert echo_flows(flows, 8) == [(A, False), (B, False)] * 3
-        assert echo_flows(flows, 0) == [(B, True), (A, True)] * 3
+        assert hops(flows, CONN, 8) == [(A, False), (B, False)] * 3
+        assert hops(flows, CONN, 0) == [(B, True), (A, True)] * 3
         assert all(f["verdict"] == "FORWARDED" for f in flows if CONN in f.get("Summary", ""))
 
         add_host(INTRUDER, f"{A}-x", "10.9.2.9/24", bridge=A, ofport=11, ipv6=False)
@@ -82,9 +65,9 @@ def test_pings_are_forwarded_at_ingress_and_delivery_and_an_intruder_is_dropped(
 
         def dropped() -> list[dict]:
             """The intruder's frames (other drops: the link interfaces' own chatter, on no wire too)."""
-            return [f for f in observe(hubble) if f.get("ethernet", {}).get("source") == mac]
+            return [f for f in observed(hubble) if f.get("ethernet", {}).get("source") == mac]
 
-        assert wait_for(dropped, 15, 0.5), observe(hubble)
+        assert wait_for(dropped, 15, 0.5), observed(hubble)
         assert {f["verdict"] for f in dropped()} == {"DROPPED"}
         assert {(f["node_name"], f.get("drop_reason_desc")) for f in dropped()} == {(A, "UNKNOWN_SENDER")}
         assert all("no wire" in f["Summary"] for f in dropped())

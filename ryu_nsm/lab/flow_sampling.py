@@ -1,5 +1,6 @@
-"""IPFIX export on lab bridges: a Flow_Sample_Collector_Set per bridge pointing at the controller's
-collector (the ovs-vsctl lines of docs/observability.md), and their removal.
+"""Flow sampling in labs: a Flow_Sample_Collector_Set per bridge pointing at the controller's IPFIX
+collector (the ovs-vsctl lines of docs/observability.md), their removal, and the flow events read
+back with ``ryu-nsm observe``.
 
 A collector set holds its bridge: remove the sets before the bridges, or the bridge rows outlive
 ``del-br``. ``collector_sets`` adds them for its body and removes them after.
@@ -8,7 +9,9 @@ A collector set holds its bridge: remove the sets before the bridges, or the bri
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 
 
@@ -40,3 +43,19 @@ def collector_sets(bridges: Sequence[str], target: str, set_id: int = 1) -> Iter
         yield uuids
     finally:
         remove_collector_sets(uuids)
+
+
+def observed(server: str, last: int = 1000) -> list[dict]:
+    """The last flows ``ryu-nsm observe --server server -o json`` prints: Hubble's Flow as JSON."""
+    out = subprocess.run([sys.executable, "-m", "ryu_nsm.cli", "observe", "--server", server, "--last",
+                          str(last), "-o", "json"], capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        raise RuntimeError(f"ryu-nsm observe failed: {out.stderr}")
+    return [json.loads(line)["flow"] for line in out.stdout.splitlines() if line.strip()]
+
+
+def hops(flows: list[dict], connection: str, icmp_type: int) -> list[tuple[str, bool]]:
+    """(switch, is a reply) of each ICMPv4 flow of ``icmp_type`` on ``connection``, in the order seen."""
+    return [(f["node_name"], bool(f.get("is_reply"))) for f in flows
+            if "ICMPv4" in f.get("l4", {}) and f["l4"]["ICMPv4"].get("type", 0) == icmp_type
+            and f"({connection})" in f.get("Summary", "")]
