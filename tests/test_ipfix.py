@@ -210,3 +210,37 @@ def test_the_collector_hands_events_to_the_store_over_udp():
         collector.stop()
     assert collector.events == 51 and collector.errors == 1
     assert len(store.history(FlowQuery())) == 51
+
+
+def test_data_before_templates_is_said_once_per_domain(caplog):
+    store = FlowStore()
+    collector = IpfixCollector(("127.0.0.1", 0), store, _directory)
+    try:
+        data_only = [d for d in DATAGRAMS if decode(d, TemplateCache()).unknown_sets
+                     and decode(d, TemplateCache()).domain == 1]
+        with caplog.at_level("WARNING", "ryu_nsm.observe.ipfix"):
+            for data in data_only[:3]:
+                collector.handle(data, ("127.0.0.1", 1))
+        assert len([r for r in caplog.records if "before its templates" in r.message]) == 1
+        assert collector.events == 0
+    finally:
+        collector.stop()
+
+
+def test_controller_flags_give_the_sampling_or_a_usage_error():
+    from argparse import Namespace
+
+    from ryu_nsm.cli import _ipfix_options
+
+    def flags(**kw):
+        base = dict(ipfix_listen="127.0.0.1:4739", flow_sampling="1/64", drop_sampling="1",
+                    no_flow_sampling=False, ipfix_collector_set=1)
+        return Namespace(**{**base, **kw})
+
+    options = _ipfix_options(flags())
+    assert options.listen == ("127.0.0.1", 4739) and options.sampling == FlowSampling(1, 1 / 64, 1.0)
+    assert _ipfix_options(flags(no_flow_sampling=True)).sampling is None
+    assert _ipfix_options(flags(ipfix_listen=None)) is None
+    for bad in (dict(flow_sampling="2"), dict(drop_sampling="0"), dict(ipfix_collector_set=0)):
+        with pytest.raises(ValueError):
+            _ipfix_options(flags(**bad))

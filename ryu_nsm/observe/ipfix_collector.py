@@ -35,6 +35,7 @@ class IpfixCollector:
         self._directory: WireDirectory | None = None
         self._directory_at = 0.0
         self._templates: dict[object, TemplateCache] = {}
+        self._waiting: set[tuple[object, int]] = set()  # (exporter, domain) told of a missing template
         self.datagrams = self.records = self.events = self.errors = 0
         self._stop = threading.Event()
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -78,6 +79,12 @@ class IpfixCollector:
             self.errors += 1
             log.debug("IPFIX datagram from %s not decoded: %s", sender, exc)
             return
+        if message.unknown_sets and (sender, message.domain) not in self._waiting:
+            self._waiting.add((sender, message.domain))
+            # OVS sends templates when an exporter starts, then every 10 minutes.
+            log.warning("IPFIX data from %s (domain %d) before its templates: flow events start when "
+                        "Open vSwitch sends them again (within 10 minutes; re-creating the bridge's "
+                        "collector set sends them at once)", sender, message.domain)
         if not message.records:
             return
         self.records += len(message.records)
