@@ -342,6 +342,13 @@ def _add_ipfix_options(ctl: argparse.ArgumentParser) -> None:
                        help="no sample actions in any flow (the collector, if any, still listens)")
     ipfix.add_argument("--ipfix-collector-set", type=int, default=1, metavar="ID",
                        help="the Flow_Sample_Collector_Set id the bridges export with (default 1)")
+    ipfix.add_argument("--ipfix-ovsdb", nargs="?", const=OVSDB_SOCKET, metavar="REMOTE",
+                       help="create the collector sets on the fabric's bridges through this OVSDB "
+                            f"(without a value: {OVSDB_SOCKET}) and remove them at exit; default: "
+                            "the operator creates them (docs/observability.md)")
+    ipfix.add_argument("--ipfix-target", metavar="HOST:PORT",
+                       help="with --ipfix-ovsdb: the collector's address as the switches reach it "
+                            "(default: --ipfix-listen)")
 
 
 def _ipfix_options(args):
@@ -359,7 +366,8 @@ def _ipfix_options(args):
                                 parse_sampling(args.drop_sampling))
     except ValueError as exc:
         raise ValueError(f"--flow-sampling/--drop-sampling: {exc}") from None
-    return IpfixOptions(_host_port(args.ipfix_listen, 4739), None if args.no_flow_sampling else sampling)
+    return IpfixOptions(_host_port(args.ipfix_listen, 4739), None if args.no_flow_sampling else sampling,
+                        args.ipfix_ovsdb, args.ipfix_target)
 
 
 def _add_status(sub) -> None:

@@ -55,6 +55,8 @@ class IpfixOptions:
 
     listen: tuple[str, int]
     sampling: FlowSampling | None = field(default_factory=FlowSampling)
+    ovsdb: str | None = None  # where to create the bridges' collector sets (None: the operator does)
+    target: str | None = None  # the collector's address as the switches reach it (default: listen)
 
 
 @dataclass
@@ -243,6 +245,13 @@ def _start_ipfix(running: RunningController, ipfix: IpfixOptions, fabric: Fabric
 
     running.ipfix = IpfixCollector(ipfix.listen, running.flow_store, wires).start()
     stoppers.append(running.ipfix.stop)
+    if ipfix.ovsdb is not None:
+        from ryu_nsm.sources.ovsdb_ipfix import remove_collector_sets, set_collector_sets
+
+        target = ipfix.target or "{}:{}".format(*running.ipfix.address)
+        set_id = (ipfix.sampling or FlowSampling()).collector_set
+        set_collector_sets(ipfix.ovsdb, names, target, set_id)
+        stoppers.append(lambda: remove_collector_sets(ipfix.ovsdb, names, set_id))
 
 
 def _start_cluster_side(app: NsmApp, api, source, options: KubernetesOptions) -> list[Callable[[], None]]:

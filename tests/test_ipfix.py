@@ -234,7 +234,7 @@ def test_controller_flags_give_the_sampling_or_a_usage_error():
 
     def flags(**kw):
         base = dict(ipfix_listen="127.0.0.1:4739", flow_sampling="1/64", drop_sampling="1",
-                    no_flow_sampling=False, ipfix_collector_set=1)
+                    no_flow_sampling=False, ipfix_collector_set=1, ipfix_ovsdb=None, ipfix_target=None)
         return Namespace(**{**base, **kw})
 
     options = _ipfix_options(flags())

@@ -6,13 +6,15 @@ order, and an unknown host's frames DROPPED on no wire. Names start with ``fx``.
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 
 import pytest
 
 from ryu_nsm.lab.controller_process import ControllerProcess, free_port, wait_for
-from ryu_nsm.lab.flow_sampling import collector_sets, hops, observed
+from ryu_nsm.lab.flow_sampling import hops, observed
+from ryu_nsm.sources.ovsdb_ipfix import remove_collector_sets
 
 from .bridge_fabric import triangle
 from .two_bridges import add_host, sh
@@ -31,6 +33,20 @@ LEVEL = textwrap.dedent("""\
 INTRUDER = f"{NET.tag}-x"
 
 
+def sets() -> set[tuple[str, int, str]]:
+    """(bridge, id, target) of the collector sets on this test's bridges."""
+    bridges = {sh("ovs-vsctl", "get", "Bridge", br, "_uuid").strip(): br for br in NET.bridges}
+    table = json.loads(sh("ovs-vsctl", "--format=json", "--columns=bridge,id,ipfix", "list",
+                          "Flow_Sample_Collector_Set"))
+    out = set()
+    for (_, bridge), set_id, ipfix in table["data"]:
+        if bridge in bridges:
+            target = json.loads(sh("ovs-vsctl", "--format=json", "--columns=targets", "list", "IPFIX",
+                                   ipfix[1]))["data"][0][0]
+            out.add((bridges[bridge], set_id, target))
+    return out
+
+
 @pytest.fixture
 def fabric(tmp_path):
     with NET.echo(tmp_path, LEVEL) as (topo, requests, _):
@@ -38,14 +54,19 @@ def fabric(tmp_path):
             yield topo, requests
         finally:
             sh("ip", "netns", "del", INTRUDER, check=False)
+            # Left by a controller that did not stop cleanly: the sets would hold the bridge rows.
+            remove_collector_sets("unix:/var/run/openvswitch/db.sock", NET.bridges, 7)
 
 
 def test_pings_are_forwarded_at_ingress_and_delivery_and_an_intruder_is_dropped(fabric, tmp_path):
     topo, requests = fabric
     ipfix, hubble = free_port(), f"127.0.0.1:{free_port()}"
-    args = ["--ipfix-listen", f"127.0.0.1:{ipfix}", "--hubble-listen", hubble, "--flow-sampling", "1/64"]
-    with ControllerProcess(topo, [requests], tmp_path / "ctl.log", extra_args=args) as ctl, \
-            collector_sets(NET.bridges, f"127.0.0.1:{ipfix}"):
+    # The controller creates the bridges' collector sets itself through OVSDB, and removes them.
+    args = ["--ipfix-listen", f"127.0.0.1:{ipfix}", "--hubble-listen", hubble, "--flow-sampling", "1/64",
+            "--ipfix-ovsdb", "--ipfix-collector-set", "7"]
+    with ControllerProcess(topo, [requests], tmp_path / "ctl.log", extra_args=args) as ctl:
+        expected = {(br, 7, f"127.0.0.1:{ipfix}") for br in NET.bridges}
+        assert wait_for(lambda: sets() == expected, 10, 0.2), (sets(), ctl.log())
         NET.connect(ctl.of_port)
         ctl.wait_connections(lambda cs: cs.get(CONN, {}).get("state") == "up", 30)
         ping = sh("ip", "netns", "exec", NET.namespaces[0], "ping", "-c", "3", "-i", "0.2", "-W", "2",
@@ -72,3 +93,4 @@ def test_pings_are_forwarded_at_ingress_and_delivery_and_an_intruder_is_dropped(
         assert {(f["node_name"], f.get("drop_reason_desc")) for f in dropped()} == {(A, "UNKNOWN_SENDER")}
         assert all("no wire" in f["Summary"] for f in dropped())
         assert ctl.errors() == []
+    assert sets() == set()
