@@ -127,6 +127,7 @@ def cmd_controller(args) -> int:
         scheme, host, port = _openflow_target(args.listen)
         shost, sport = _host_port(args.status_listen, DEFAULT_ADDRESS[1])
         metrics_address = _host_port(args.metrics_listen, METRICS_PORT) if args.metrics_listen else None
+        ipfix = _ipfix_options(args)
         identity = identity_source(args)  # one SVID for every channel: OpenFlow, NSM gRPC, status
     except (OSError, ValueError) as exc:  # IdentityOptionsError is a ValueError
         print(f"ryu-nsm: {exc}", file=sys.stderr)
@@ -150,7 +151,7 @@ def cmd_controller(args) -> int:
             audit_interval=args.audit_interval, ovsdb_remote=args.ovsdb, nsm_listen=args.nsm_listen or (),
             counter_interval=args.counter_interval, flows=flows, identity=identity,
             openflow_identity=identity if scheme == "ssl" else None, status_access=status_access,
-            metrics_address=metrics_address,
+            metrics_address=metrics_address, ipfix=ipfix,
         ) as running:
             logging.getLogger("ryu_nsm").info(
                 "controller for fabric %s: OpenFlow on %s:%s:%d, status on %s/status",
@@ -364,6 +365,7 @@ def _add_controller(sub) -> None:
     _add_flow_options(ctl)
     add_identity_arguments(ctl)
     _add_status_access_options(ctl)
+    _add_ipfix_options(ctl)
     ctl.add_argument("--log", action="append", default=[], metavar="LOGGER=LEVEL",
                      help="one logger's level, e.g. ryu_nsm.sources.kubernetes=debug (repeatable)")
     ctl.set_defaults(func=cmd_controller)
@@ -422,6 +424,49 @@ def _add_status_access_options(ctl: argparse.ArgumentParser) -> None:
     access.add_argument("--metrics-listen", metavar="ADDRESS",
                         help="also serve /metrics and /healthz alone here, plain HTTP, for scrapers "
                              "without a client certificate (default: not served)")
+
+
+def _add_ipfix_options(ctl: argparse.ArgumentParser) -> None:
+    """The controller's flow sampling options (docs/observability.md)."""
+    ipfix = ctl.add_argument_group("flow sampling over IPFIX (docs/observability.md)")
+    ipfix.add_argument("--ipfix-listen", metavar="HOST:PORT",
+                       help="run the IPFIX collector here (e.g. 127.0.0.1:4739) and sample the wires' "
+                            "flows into flow events; default: neither")
+    ipfix.add_argument("--flow-sampling", default="1/64", metavar="FRACTION",
+                       help="the fraction of a wire's frames sampled when its ServiceLevel sets no "
+                            "flowSampling (default 1/64)")
+    ipfix.add_argument("--drop-sampling", default="1", metavar="FRACTION",
+                       help="the fraction of dropped frames sampled (default 1: all)")
+    ipfix.add_argument("--no-flow-sampling", action="store_true",
+                       help="no sample actions in any flow (the collector, if any, still listens)")
+    ipfix.add_argument("--ipfix-collector-set", type=int, default=1, metavar="ID",
+                       help="the Flow_Sample_Collector_Set id the bridges export with (default 1)")
+    ipfix.add_argument("--ipfix-ovsdb", nargs="?", const=OVSDB_SOCKET, metavar="REMOTE",
+                       help="create the collector sets on the fabric's bridges through this OVSDB "
+                            f"(without a value: {OVSDB_SOCKET}) and remove them at exit; default: "
+                            "the operator creates them (docs/observability.md)")
+    ipfix.add_argument("--ipfix-target", metavar="HOST:PORT",
+                       help="with --ipfix-ovsdb: the collector's address as the switches reach it "
+                            "(default: --ipfix-listen)")
+
+
+def _ipfix_options(args):
+    """IpfixOptions from the flags, None without --ipfix-listen; ValueError on a bad value."""
+    from ryu_nsm.core.sampling import FlowSampling
+    from ryu_nsm.qos.service_level import parse_sampling
+    from ryu_nsm.wiring import IpfixOptions
+
+    if not args.ipfix_listen:
+        return None
+    if not 0 < args.ipfix_collector_set < 2**32:
+        raise ValueError("--ipfix-collector-set must be 1..4294967295")
+    try:
+        sampling = FlowSampling(args.ipfix_collector_set, parse_sampling(args.flow_sampling),
+                                parse_sampling(args.drop_sampling))
+    except ValueError as exc:
+        raise ValueError(f"--flow-sampling/--drop-sampling: {exc}") from None
+    return IpfixOptions(_host_port(args.ipfix_listen, 4739), None if args.no_flow_sampling else sampling,
+                        args.ipfix_ovsdb, args.ipfix_target)
 
 
 def _add_status(sub) -> None:

@@ -8,12 +8,14 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ryu_nsm.core.fabric import Fabric
 from ryu_nsm.core.model import Resources
+from ryu_nsm.core.sampling import FlowSampling
 from ryu_nsm.observe import health
 from ryu_nsm.observe.flow_store import DEFAULT_CAPACITY, FlowStore
+from ryu_nsm.observe.ipfix_collector import IpfixCollector
 from ryu_nsm.observe.picture import fabric_description
 from ryu_nsm.observe.status_access import StatusAccess
 from ryu_nsm.observe.status_api import StatusServer
@@ -61,6 +63,16 @@ class FlowOptions:
 
 
 @dataclass
+class IpfixOptions:
+    """The IPFIX collector's address, and the sampling the flows carry (None: no sample actions)."""
+
+    listen: tuple[str, int]
+    sampling: FlowSampling | None = field(default_factory=FlowSampling)
+    ovsdb: str | None = None  # where to create the bridges' collector sets (None: the operator does)
+    target: str | None = None  # the collector's address as the switches reach it (default: listen)
+
+
+@dataclass
 class RunningController:
     """What runs; ``flow_store.add(events)`` is where flow event producers hand their events."""
 
@@ -70,6 +82,7 @@ class RunningController:
     hubble_addresses: list[str] = field(default_factory=list)
     status_url: str = ""
     metrics_address: tuple[str, int] | None = None
+    ipfix: IpfixCollector | None = None
 
 
 @contextlib.contextmanager
@@ -88,6 +101,7 @@ def run_controller(
     openflow_identity: IdentitySource | None = None,
     status_access: StatusAccess | None = None,
     metrics_address: tuple[str, int] | None = None,
+    ipfix: IpfixOptions | None = None,
     **settings,
 ) -> Iterator[RunningController]:
     """Run until the context exits: OpenFlow on (of_host, of_port), status over HTTP.
@@ -109,11 +123,14 @@ def run_controller(
     bundle, and the one their fabric entry names, if any (ryu_nsm.openflow.switch_tls).
     ``status_access`` authenticates the status endpoint's clients (HTTPS with an identity);
     ``metrics_address`` serves ``/metrics`` and ``/healthz`` alone there, in plain HTTP, for scrapers.
+    With ``ipfix``, the flows sample frames and the IPFIX collector turns them into flow events.
     """
     from ryu_nsm.openflow import launch as oskenrun
 
     for warning in fabric_warnings(fabric):
         logging.getLogger("ryu_nsm.wiring").warning("%s", warning)
+    if ipfix is not None:
+        fabric = replace(fabric, flow_sampling=ipfix.sampling)
     stoppers: list[Callable[[], None]] = []
     kube_api = None
     if kubernetes is not None:
@@ -142,7 +159,7 @@ def run_controller(
                                                 sharding))
         if sources.grpc_source is not None:
             stoppers.append(_serve_nsm(sources.grpc_source, running.app, nsm_listen, identity))
-        _start_flow_outputs(running, flows, fabric, stoppers)
+        _start_flow_outputs(running, flows, fabric, stoppers, ipfix)
         yield running
     finally:
         for stop in reversed(stoppers):
@@ -227,9 +244,11 @@ def _serve_nsm(source, app: NsmApp, listen: Sequence[str], identity: IdentitySou
 
 
 def _start_flow_outputs(running: RunningController, flows: FlowOptions, fabric: Fabric,
-                        stoppers: list[Callable[[], None]]) -> None:
-    """The Hubble API and the flow log over the flow store, as asked; their stop functions go to
-    ``stoppers`` as each starts."""
+                        stoppers: list[Callable[[], None]], ipfix: IpfixOptions | None = None) -> None:
+    """The IPFIX collector that fills the flow store, and the Hubble API and the flow log over it, as
+    asked; their stop functions go to ``stoppers`` as each starts."""
+    if ipfix is not None:
+        _start_ipfix(running, ipfix, fabric, stoppers)
     if flows.log:
         from ryu_nsm.observe.flow_log import FlowLog, RotatingLines
 
@@ -247,6 +266,30 @@ def _start_flow_outputs(running: RunningController, flows: FlowOptions, fabric: 
         server = HubbleServer(observer).serve(flows.hubble_listen)
         running.hubble_addresses = server.addresses
         stoppers.append(server.stop)
+
+
+def _start_ipfix(running: RunningController, ipfix: IpfixOptions, fabric: Fabric,
+                 stoppers: list[Callable[[], None]]) -> None:
+    """The IPFIX collector, naming ids from the controller's plan."""
+    from ryu_nsm.observe.ipfix_events import WireDirectory
+
+    names = [switch.name for switch in fabric.switches]
+
+    def wires() -> WireDirectory:
+        app = running.app
+        with app.lock:
+            planned = list(app.core.plan.connections.values())
+        return WireDirectory.of(names, planned, ipfix.sampling or FlowSampling())
+
+    running.ipfix = IpfixCollector(ipfix.listen, running.flow_store, wires).start()
+    stoppers.append(running.ipfix.stop)
+    if ipfix.ovsdb is not None:
+        from ryu_nsm.sources.ovsdb_ipfix import remove_collector_sets, set_collector_sets
+
+        target = ipfix.target or "{}:{}".format(*running.ipfix.address)
+        set_id = (ipfix.sampling or FlowSampling()).collector_set
+        set_collector_sets(ipfix.ovsdb, names, target, set_id)
+        stoppers.append(lambda: remove_collector_sets(ipfix.ovsdb, names, set_id))
 
 
 @dataclass

@@ -4,7 +4,7 @@ It answers "where would this frame go?" so tests assert on behaviour, not on flo
 Only what the pipeline uses is modelled: matches on in_port / vlan_vid / eth fields (eth_type is
 the type after any VLAN headers, as Open vSwitch matches it), IP addresses, protocol and destination
 ports, ct_state and conj_id; actions push_vlan / pop_vlan / set_field vlan_vid / set_queue / output /
-group (fast failover) / ct / conjunction, goto_table, highest priority wins. As in OpenFlow, a frame
+group (fast failover) / ct / conjunction / sample, goto_table, highest priority wins. As in OpenFlow, a frame
 leaves by the port it came in on only through OFPP_IN_PORT. ``egress`` records every (switch, port,
 queue) a frame left by (queue None: none set).
 
@@ -87,6 +87,7 @@ class FabricSim:
             self.peer[(link.b, link.b_port)] = (link.a, link.a_port)
         self.hits: dict[tuple[str, FlowSpec], int] = {}
         self.egress: list[tuple[str, int, int | None]] = []
+        self.samples: list[tuple[str, int, int]] = []  # (switch, obs_domain_id, obs_point_id) sampled
         self.down = set(down_ports) | {self.peer[end] for end in down_ports if end in self.peer}
         self.conntrack: dict[int, set[tuple]] = {}
 
@@ -197,6 +198,8 @@ class FabricSim:
                 self._commit(action[1], fr)
             elif kind == "set_queue":
                 queue = action[1]
+            elif kind == "sample":
+                self.samples.append((sw, action[3], action[4]))
             elif kind == "push_vlan":
                 fr.vlans.insert(0, 0)
             elif kind == "pop_vlan":

@@ -84,6 +84,8 @@ ACTIONS = {
     "ct_commit": st.integers(0, 0xFFFF).map(lambda z: ("ct_commit", z)),
     "conjunction": st.integers(2, 64).flatmap(lambda n: st.tuples(
         st.integers(0, 2**32 - 1), st.integers(1, n), st.just(n))).map(lambda c: ("conjunction", *c)),
+    "sample": st.tuples(st.integers(1, 0xFFFF), *[st.integers(0, 2**32 - 1)] * 3).map(
+        lambda s: ("sample", *s)),
 }
 
 
@@ -128,6 +130,8 @@ def osken_action(action: tuple) -> parser.OFPAction:
         return parser.NXActionCT(1, "", action[1], 255, 0, [])
     if kind == "conjunction":
         return parser.NXActionConjunction(action[2] - 1, action[3], action[1])
+    if kind == "sample":
+        return parser.NXActionSample(*action[1:])
     _, name, value = action
     if name == "vlan_vid":
         value |= ofp.OFPVID_PRESENT

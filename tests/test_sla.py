@@ -306,7 +306,7 @@ def test_crd_is_valid_structural_and_names_our_kind():
     fields = set(schema["properties"]["spec"]["properties"])
     assert fields == {"networkService", "clientSelector", "guaranteedBandwidth", "rateLimit", "burst",
                       "maxLatency", "chainLatency", "maxLoss", "dscp", "priority", "preemptible",
-                      "protection"}
+                      "protection", "flowSampling"}
     for name, node in schema["properties"]["spec"]["properties"].items():
         assert "type" in node or node.get("x-kubernetes-int-or-string"), name
     (version,) = spec["versions"]

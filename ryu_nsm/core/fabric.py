@@ -12,6 +12,7 @@ from functools import cached_property
 import networkx as nx
 
 from ryu_nsm.core.model import Attachment
+from ryu_nsm.core.sampling import FlowSampling
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,8 @@ class Fabric:
     # Names of the links whose latency no source declared: they plan at Link.latency's 0 s, so any
     # path meets a latency bound; sources.topology.fabric_warnings says so.
     undeclared_latency: tuple[str, ...] = field(default=(), compare=False)
+    # Off (None) unless the controller runs an IPFIX collector (docs/observability.md).
+    flow_sampling: FlowSampling | None = None
 
     @cached_property
     def switch_by_name(self) -> dict[str, Switch]:

@@ -14,12 +14,14 @@ Actions (apply-actions, in order):
   · ("set_field", "ip_dscp", value) · ("group", group_id) · ("set_queue", queue_id)
   · ("ct", zone, table): conntrack, then continue in ``table`` · ("ct_commit", zone)
   · ("conjunction", id, clause, n_clauses): clause counted from 1, as ovs-ofctl writes it
+  · ("sample", probability, collector_set_id, obs_domain_id, obs_point_id): IPFIX flow sampling
+    (core/sampling.py); allowed in every table
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 
 VID_PRESENT = 0x1000  # OFPVID_PRESENT: set in vlan_vid match/set-field values for tagged frames
@@ -148,6 +150,8 @@ PIPELINE: dict[Table, TableRule] = {
     Table.WIRE_ENTRY: TableRule(frozenset({"in_port", "eth_type"}), _WIRE_ACTIONS | {"ct_commit"},
                                 frozenset()),
 }
+# Sampling (core/sampling.py) may watch any flow.
+PIPELINE = {table: replace(rule, actions=rule.actions | {"sample"}) for table, rule in PIPELINE.items()}
 
 # Conntrack state bits (Open vSwitch's ct_state).
 CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
@@ -270,6 +274,10 @@ def _ofctl_action(action: tuple) -> str:
         return f"ct(commit,zone={action[1]})"
     if kind == "conjunction":
         return f"conjunction({action[1]},{action[2]}/{action[3]})"
+    if kind == "sample":
+        _, prob, collector_set, domain, point = action
+        return (f"sample(probability={prob},collector_set_id={collector_set},obs_domain_id={domain},"
+                f"obs_point_id={point})")
     if kind == "set_field":
         _, name, value = action
         if name == "vlan_vid":

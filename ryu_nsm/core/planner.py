@@ -41,6 +41,7 @@ from ryu_nsm.core.router import (
     meter_keys,
     zone_allocator,
 )
+from ryu_nsm.core.sampling import sampled_pipeline
 from ryu_nsm.qos.ledger import Ledger
 from ryu_nsm.qos.service_level import ServiceLevel, select
 
@@ -326,8 +327,8 @@ def _wants_backup(pc: PlannedConnection) -> bool:
 
 def _pipeline(fabric: Fabric, state: FabricState) -> dict[str, tuple[FlowSpec, ...]]:
     """The base flows of every switch that is not down."""
-    return {s.name: tuple(pipeline_flows(fabric, s.name)) for s in fabric.switches
-            if s.name not in state.down_switches}
+    return {s.name: tuple(sampled_pipeline(s.name, pipeline_flows(fabric, s.name), fabric.flow_sampling))
+            for s in fabric.switches if s.name not in state.down_switches}
 
 
 def _same(old: object, new: object) -> bool:

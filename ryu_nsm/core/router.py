@@ -14,6 +14,7 @@ from ryu_nsm.core.plan import PLANNED, WAITING, FabricState, PlannedConnection
 from ryu_nsm.core.policy import WirePolicy, wire_ends, wire_policy
 from ryu_nsm.core.policy_model import PolicyInputs
 from ryu_nsm.core.resolver import FAILED, Connection
+from ryu_nsm.core.sampling import FlowSampling, sampled_wire_flows
 from ryu_nsm.qos.admission import admit, demand_for
 from ryu_nsm.qos.ledger import Ledger
 from ryu_nsm.qos.service_level import ServiceLevel
@@ -68,6 +69,13 @@ def _admitted(level: ServiceLevel | None) -> bool:
     return level is not None and bool(
         level.guaranteed_bandwidth or (level.max_latency is not None and not level.chain_latency)
         or level.protected)
+
+
+def _sampling(level: ServiceLevel | None, sampling: FlowSampling | None) -> float:
+    """A wire's sampling probability: its level's ``flowSampling``, else the fabric's default."""
+    if sampling is None:
+        return 0.0
+    return level.flow_sampling if level is not None and level.flow_sampling is not None else sampling.default
 
 
 def _ends(fabric: Fabric, state: FabricState, conn: Connection) -> WireEnds:
@@ -143,6 +151,8 @@ class Router:
         if policy is not None:
             zone = self.zones.allocate(conn.id, ZONE_SCOPE)
             flows = tuple(policed_wire_flows(ends, flows, policy, zone))
+        flows = tuple(sampled_wire_flows(ends, flows, _sampling(level, self.fabric.flow_sampling),
+                                         self.fabric.flow_sampling))
         planned = PlannedConnection(conn, PLANNED, "", path, held, spare, flows, level, backup, note, event,
                                     meters, groups, ends, crank_tags=crank, policy=policy, zone=zone)
         return planned, evicted

@@ -1,10 +1,10 @@
 """``ryu-nsm demo``: a Mininet fabric, the controller, and the chain client → firewall → dpi → gateway.
 
 Shows in plain words that the client's traffic passes each service function in order, that the
-firewall really filters (telnet is dropped), that a host without a request reaches nothing, that a
-service level limits the chain's rate and keeps its latency bound when a link gets slow (the link
-s1–s2 runs through an impairment element), and that deleting the request stops the traffic. Cleans
-up after itself, also on Ctrl-C.
+firewall really filters (telnet is dropped), that a host without a request reaches nothing (flow
+events show its frames dropped), that a service level limits the chain's rate and keeps its latency
+bound when a link gets slow (the link s1–s2 runs through an impairment element), and that deleting
+the request stops the traffic. Cleans up after itself, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ryu_nsm.lab.controller_process import ControllerProcess
+from ryu_nsm.lab.controller_process import ControllerProcess, free_port, wait_for
+from ryu_nsm.lab.flow_sampling import add_collector_set, observed, remove_collector_sets
 from ryu_nsm.observe.report import render_text
 
 CLIENT, INTRUDER, GATEWAY, GATEWAY_IP = "client", "intruder", "gateway", "10.0.0.254"
@@ -68,10 +69,13 @@ def run_demo(args) -> int:
     shutil.copytree(args.requests, requests)
     fabric = load_topology(args.topology)
     tls = _DemoTls(work) if getattr(args, "tls", False) else None
-    controller = ControllerProcess(args.topology, [requests], work / "controller.log",
-                                   extra_args=tls.controller_args if tls else (),
+    ipfix, hubble = free_port(), f"127.0.0.1:{free_port()}"
+    extra = [*(tls.controller_args if tls else ()), "--ipfix-listen", f"127.0.0.1:{ipfix}",
+             "--hubble-listen", hubble]
+    controller = ControllerProcess(args.topology, [requests], work / "controller.log", extra_args=extra,
                                    scheme="ssl" if tls else "tcp")
     net = None
+    sets: list[str] = []
     failures: list[str] = []
 
     def check(ok: bool, good: str, bad: str) -> None:
@@ -90,6 +94,8 @@ def run_demo(args) -> int:
         net = build_network(fabric, controller.of_port, impaired=[SLOW_LINK],
                             controller_protocol="ssl" if tls else "tcp")
         net.set_function_filter("firewall", drop_tcp_ports=[23])
+        # Flow events: every bridge exports its samples to the controller's collector.
+        sets += [add_collector_set(switch.name, f"127.0.0.1:{ipfix}") for switch in fabric.switches]
         say("waiting for the chain to come up …")
         controller.wait_connections(
             lambda cs: cs and all(c["state"] == "up" for c in cs.values()), timeout=60)
@@ -98,18 +104,20 @@ def run_demo(args) -> int:
         if tls is not None:
             tls.show(fabric, check)
 
-        _traffic_steps(net, check)
+        _traffic_steps(net, check, hubble)
         _service_level_steps(controller, net, requests, check)
         _deletion_step(controller, net, requests, check)
         errors = controller.errors()
         check(not errors, "no switch rejected anything the controller sent", f"switch errors: {errors}")
         if args.keep:
-            say("running until Ctrl-C (ryu-nsm status --url " + controller.url + ")")
+            say(f"running until Ctrl-C (ryu-nsm status --url {controller.url}; "
+                f"ryu-nsm observe --server {hubble} --follow)")
             signal.pause()
     except KeyboardInterrupt:
         say("\ninterrupted: cleaning up")
         failures.append("interrupted")
     finally:
+        remove_collector_sets(sets)  # before the bridges: a collector set holds its bridge
         if net is not None:
             net.stop()
         controller.stop()
@@ -190,7 +198,7 @@ def _vsctl(*args: str) -> str:
     return subprocess.run(["ovs-vsctl", *args], capture_output=True, text=True, check=False).stdout
 
 
-def _traffic_steps(net, check) -> None:
+def _traffic_steps(net, check, hubble: str) -> None:
     """Steps 1-4: ping and TCP through the chain in order, telnet dropped, nothing for the intruder."""
     say(f"1. {CLIENT} pings the gateway {GATEWAY_IP} through the chain")
     before = _seen(net)
@@ -221,6 +229,13 @@ def _traffic_steps(net, check) -> None:
     ping = net.ping(INTRUDER, GATEWAY_IP, count=3, timeout=4)
     check(ping.received == 0, "no reply: a host without a connection reaches nothing",
           f"the intruder got {ping.received} replies")
+    switch = next(h for h in net.fabric.hosts if h.name == INTRUDER).interfaces[0].switch
+
+    def dropped() -> list[dict]:
+        return [f for f in observed(hubble) if f["verdict"] == "DROPPED" and f["node_name"] == switch]
+
+    check(wait_for(dropped, 10, 0.5), f"ryu-nsm observe shows its frames DROPPED (no wire) at {switch}",
+          "no flow event shows the intruder's frames dropped")
 
 
 def _service_level_steps(controller, net, requests: Path, check) -> None:

@@ -102,6 +102,9 @@ _NX_CT_F_COMMIT = 1
 _NX_CT_RECIRC_NONE = 0xFF
 _NX_CT = struct.Struct("!HHIHHIHB3xH")  # type, len, vendor, subtype, flags, zone_src, zone, table, alg
 _NX_CONJUNCTION = struct.Struct("!HHIHBBI")  # type, len, vendor, subtype, clause (from 0), n, id
+_NXAST_SAMPLE = 29
+# type, len, vendor, subtype, probability, collector set id, observation domain id, point id
+_NX_SAMPLE = struct.Struct("!HHIHHIII")
 
 _CACHE_SIZE = 1 << 16  # blobs are ~50-100 bytes: the caches stay in the low megabytes
 
@@ -251,6 +254,9 @@ def _action_blob(action: tuple) -> bytes:
         _, conj_id, clause, n_clauses = action
         return _NX_CONJUNCTION.pack(_OFPAT_EXPERIMENTER, _NX_CONJUNCTION.size, NX_VENDOR_ID,
                                     _NXAST_CONJUNCTION, int(clause) - 1, int(n_clauses), int(conj_id))
+    if kind == "sample":
+        return _NX_SAMPLE.pack(_OFPAT_EXPERIMENTER, _NX_SAMPLE.size, NX_VENDOR_ID, _NXAST_SAMPLE,
+                               *(int(v) for v in action[1:]))
     if kind == "set_field":
         oxm = _oxm(_SET_FIELDS, action[1], action[2])
         length = 4 + len(oxm)
@@ -445,6 +451,9 @@ def _decode_nx_action(action: object) -> tuple:
     subtype = getattr(action, "subtype", None)
     if subtype == _NXAST_CONJUNCTION:
         return ("conjunction", action.id, action.clause + 1, action.n_clauses)
+    if subtype == _NXAST_SAMPLE:
+        return ("sample", action.probability, action.collector_set_id, action.obs_domain_id,
+                action.obs_point_id)
     if subtype == _NXAST_CT and not action.zone_src and not action.alg and not action.actions:
         if action.flags == _NX_CT_F_COMMIT and action.recirc_table == _NX_CT_RECIRC_NONE:
             return ("ct_commit", action.zone_ofs_nbits)

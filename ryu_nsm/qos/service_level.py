@@ -48,7 +48,7 @@ DSCP_NAMES: dict[str, int] = {
 _DSCP_BY_VALUE = {value: name for name, value in reversed(DSCP_NAMES.items())}
 _SPEC_FIELDS = (
     "networkService", "clientSelector", "guaranteedBandwidth", "rateLimit", "burst", "maxLatency",
-    "maxLoss", "dscp", "priority", "preemptible", "protection", "chainLatency",
+    "maxLoss", "dscp", "priority", "preemptible", "protection", "chainLatency", "flowSampling",
 )
 _LOSS = re.compile(rf"^ *{NUMBER} *(%?) *$")
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -74,6 +74,7 @@ class ServiceLevel:
     preemptible: bool = False
     protection: str = "none"
     chain_latency: bool = False
+    flow_sampling: float | None = None  # the fraction of its frames sampled (docs/observability.md)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -99,7 +100,7 @@ class ServiceLevel:
         for key, value in (
             ("guaranteedBandwidth", self.guaranteed_bandwidth), ("rateLimit", self.rate_limit),
             ("burst", self.burst), ("maxLatency", self.max_latency), ("maxLoss", self.max_loss),
-            ("dscp", self.dscp),
+            ("dscp", self.dscp), ("flowSampling", self.flow_sampling),
         ):
             if value is not None:
                 out[key] = value
@@ -133,7 +134,8 @@ class ServiceLevel:
         if self.client_selector:
             spec["clientSelector"] = {"matchLabels": self.client_selector.to_dict()}
         for key, value in (("guaranteedBandwidth", self.guaranteed_bandwidth),
-                           ("rateLimit", self.rate_limit), ("burst", self.burst), ("dscp", self.dscp)):
+                           ("rateLimit", self.rate_limit), ("burst", self.burst), ("dscp", self.dscp),
+                           ("flowSampling", self.flow_sampling)):
             if value is not None:
                 spec[key] = value
         if self.max_latency is not None:
@@ -209,6 +211,26 @@ def parse_dscp(value: object) -> int:
     raise UnitError(form)
 
 
+def parse_sampling(value: object) -> float:
+    """A sampling probability in (0, 1]: a number, "1/64" or "1.5%"; raises ValueError."""
+    form = 'a sampling probability above 0 and at most 1: a number, "1/N" or a percentage ("1.5%")'
+    if isinstance(value, bool):
+        raise UnitError(form)
+    try:
+        if isinstance(value, str) and "/" in value:
+            top, _, bottom = value.partition("/")
+            fraction = float(top) / float(bottom)
+        elif isinstance(value, str) and value.strip().endswith("%"):
+            fraction = float(value.strip()[:-1]) / 100
+        else:
+            fraction = float(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        raise UnitError(form) from None
+    if not 0 < fraction <= 1:
+        raise UnitError(form)
+    return fraction
+
+
 # -- validation ---------------------------------------------------------------------------------
 
 
@@ -275,9 +297,9 @@ _QUANTITIES = {
     "guaranteedBandwidth": _BANDWIDTH_FIELD, "rateLimit": _BANDWIDTH_FIELD,
     "burst": _int_or_string(parse_bytes, BYTES_FORM),
     "maxLatency": _int_or_string(_positive_duration, DURATION_FORM),
-    "maxLoss": _int_or_string(parse_loss, _LOSS_FORM), "dscp": parse_dscp,
+    "maxLoss": _int_or_string(parse_loss, _LOSS_FORM), "dscp": parse_dscp, "flowSampling": parse_sampling,
 }
-_PROMISES = ("guaranteedBandwidth", "rateLimit", "maxLatency", "maxLoss", "dscp")
+_PROMISES = ("guaranteedBandwidth", "rateLimit", "maxLatency", "maxLoss", "dscp", "flowSampling")
 
 
 def _choice(check: Check, fields: dict, key: str, default: object, ok, what: str) -> object:
@@ -332,7 +354,7 @@ def _service_level(check: Check, body: object, base: str) -> ServiceLevel | None
         guaranteed_bandwidth=values["guaranteedBandwidth"], rate_limit=values["rateLimit"],
         burst=values["burst"], max_latency=values["maxLatency"], max_loss=values["maxLoss"],
         dscp=values["dscp"], priority=priority, preemptible=flags["preemptible"], protection=protection,
-        chain_latency=flags["chainLatency"],
+        chain_latency=flags["chainLatency"], flow_sampling=values["flowSampling"],
     )
 
 
