@@ -152,3 +152,67 @@ def _net(text: str):
     import ipaddress
 
     return ipaddress.ip_network(text)
+
+
+def test_rule_and_drop_counters_reach_status_and_metrics():
+    from ryu_nsm.observe.metrics import exposition
+    from ryu_nsm.observe.report import render_text, status_json
+
+    fab = ring(4, {"client": ("s1",), "server": ("s3",)})
+    bare = resources_for([(att(fab, "client"), att(fab, "server"))])
+    ctl, switches = Controller(fab), FakeFabric(fab)
+    switches.connect_all(ctl)
+    switches.run(ctl, ctl.set_resources(_with(bare, ALLOW_80), 1.0))
+    reads = {r.switch: r.tables for r in ctl.counters_due()}
+    assert reads["s1"] == (0, 2, 3) and reads["s3"] == (0, 2, 3) and reads["s2"] == (0,)
+    sim = FabricSim(fab, switches.tables)
+    c_end, e_end = port(fab, "client"), port(fab, "server")
+    for sport in (40000, 40001):  # two connections to port 80: one packet each through the rule
+        assert _delivered(sim, c_end, _tcp(sport)) == [e_end]
+        assert _delivered(sim, c_end, _tcp(sport)) == [e_end]  # established: not the rule's
+    for dport in (22, 23, 81):
+        assert _delivered(sim, c_end, _tcp(41000, dport)) == []
+    for switch, tables in reads.items():
+        for table in tables:
+            ctl.counters_read(switch, [(f, 0, sim.hits.get((switch, f), 0)) for f in switches.tables[switch]
+                                       if f.table == table], 2.0)
+    (entry,) = status_json(ctl.status())["connections"]
+    endpoint = "endpoint default/e0"
+    # The policy selects both ends (podSelector {}): each is isolated for ingress.
+    rules = {(r["policy"], r["rule"], r["direction"], r["workload"]): r["packets"]
+             for r in entry["policy"]["rules"]}
+    assert rules == {("default/web", "ingress[0]", "ingress", endpoint): 2,
+                     ("default/web", "ingress[0]", "ingress", "client default/c0"): 0}
+    dropped = {(d["workload"], d["direction"]): d["packets"] for d in entry["policy"]["dropped"]}
+    assert dropped == {("client default/c0", "egress"): 0, (endpoint, "ingress"): 3,
+                       (endpoint, "egress"): 0, ("client default/c0", "ingress"): 0}
+    text = render_text(status_json(ctl.status()))
+    assert f"default/web ingress[0] for {endpoint}: allowed 2 packets" in text
+    assert f"{endpoint} isolated for ingress: dropped 3 packets" in text
+    metrics = exposition(lambda: status_json(ctl.status())).decode()
+    assert ('ryu_nsm_policy_rule_packets_total{direction="ingress",policy="default/web",rule="ingress[0]",'
+            f'workload="{endpoint}"}} 2.0') in metrics
+    assert f'ryu_nsm_policy_dropped_packets_total{{direction="ingress",workload="{endpoint}"}} 3.0' in metrics
+
+
+def test_a_policed_connection_says_so_on_its_networkserviceconnection():
+    import jsonschema
+
+    from ryu_nsm.k8s.connection_status import desired_connections, short_reason
+    from ryu_nsm.observe.report import connection_entry
+
+    from .test_deploy import our_schema
+
+    fab = ring(4, {"client": ("s1",), "server": ("s3",)})
+    bare = resources_for([(att(fab, "client"), att(fab, "server"))])
+    (pc,) = make_plan(fab, _with(bare, ALLOW_80)).connections.values()
+    status = {"connections": [connection_entry(pc, "up")]}
+    (obj,) = desired_connections(status, "2024-01-01T00:00:00Z").values()
+    assert obj["status"]["policy"] == {"policies": ["default/web"], "governedBy": [
+        "default/web isolates client default/c0 for Ingress",
+        "default/web isolates endpoint default/e0 for Ingress"]}
+    (isolated,) = [c for c in obj["status"]["conditions"] if c["type"] == "PolicyIsolated"]
+    assert (isolated["status"], isolated["reason"]) == ("True", "Isolated")
+    jsonschema.validate(obj, our_schema())
+    assert short_reason("failed", "no free conntrack zone: all 1 are in use") == "ZoneSpaceExhausted"
+    assert short_reason("failed", "policy: 1001 ingress rules apply to …") == "PolicyTooLarge"

@@ -80,12 +80,19 @@ def policy_flows(bridge: str) -> int:
                for t in (2, 3))
 
 
+def dropped(status: dict) -> dict[tuple[str, str], int]:
+    return {(d["workload"], d["direction"]): d["packets"] for e in status["connections"]
+            for d in e.get("policy", {}).get("dropped", [])}
+
+
 def test_an_open_connection_outlives_policy_changes(wire, tmp_path):
     topo, requests = wire
     server = in_netns(NS_S, ECHO_SERVER, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     clients: list[subprocess.Popen] = []
     try:
-        with ControllerProcess(topo, [requests], tmp_path / "ctl.log") as ctl:
+        counters_every_second = ["--counter-interval", "1"]
+        with ControllerProcess(topo, [requests], tmp_path / "ctl.log", extra_args=counters_every_second
+                               ) as ctl:
             for br in (A, B):
                 sh("ovs-vsctl", "set-controller", br, f"tcp:127.0.0.1:{ctl.of_port}")
             ctl.wait_connections(lambda cs: cs.get(CONN, {}).get("state") == "up", 30)
@@ -115,6 +122,9 @@ def test_an_open_connection_outlives_policy_changes(wire, tmp_path):
             assert round_trip(busy) == "ok", "the open connection was cut when new ones were denied"
             assert round_trip(idle) == "ok", "a connection opened before any policy was cut"
             assert not connects(), "a new connection was let through a deny-all policy"
+            # The refused SYNs are counted where they were dropped: the endpoint is isolated for ingress.
+            endpoint = ("endpoint default/server", "ingress")
+            assert wait_for(lambda: dropped(ctl.status()).get(endpoint, 0) > 0, 10), ctl.status()
             assert round_trip(busy) == "ok"
             assert ctl.errors() == []
     finally:
