@@ -248,7 +248,7 @@ def idle_cpu(ctl: Controller, switches: Switches, seconds: int = 30) -> float:
             ctl.probe_received(dpids[back], port, probe.seq, now + 1e-4)
         if second % 5 == 0:
             for read in ctl.counters_due():
-                stats = [(f, 0) for f in switches.tables[read.switch] if f.table == 0]
+                stats = [(f, 0, 0) for f in switches.tables[read.switch] if f.table in read.tables]
                 ctl.counters_read(read.switch, stats, now)
         if second == seconds - 1:
             switches.run(ctl, ctl.audit(), now)

@@ -218,8 +218,9 @@ def test_our_crd_spec_and_status_have_the_agreed_fields():
     assert set(spec["properties"]["client"]["properties"]) == {"pod", "ifname"}
     assert set(status["properties"]) == {
         "observedGeneration", "state", "reason", "message", "chain", "hops", "path", "conditions",
-        "serviceLevel", "backupPath", "chainLatency"}
+        "serviceLevel", "backupPath", "chainLatency", "policy"}
     assert set(status["properties"]["serviceLevel"]["properties"]) == {"name", "summary"}
+    assert set(status["properties"]["policy"]["properties"]) == {"policies", "governedBy"}
     assert set(status["properties"]["chainLatency"]["properties"]) == {
         "plannedSeconds", "boundSeconds", "connections"}
     assert status["properties"]["state"]["enum"] == ["Up", "Pending", "Failed"]

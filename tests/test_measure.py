@@ -139,15 +139,15 @@ def test_throughput_comes_from_the_ingress_counters_of_each_direction():
     at_client = [f for (sw, port), f in ingress.items() if (sw, port) == (client.switch, client.port)]
     at_server = [f for (sw, port), f in ingress.items() if (sw, port) == (server.switch, server.port)]
     assert at_client and at_server
-    ctl.counters_read(client.switch, [(f, 1_000) for f in at_client], 10.0)
-    ctl.counters_read(server.switch, [(f, 5_000) for f in at_server], 10.0)
+    ctl.counters_read(client.switch, [(f, 1_000, 0) for f in at_client], 10.0)
+    ctl.counters_read(server.switch, [(f, 5_000, 0) for f in at_server], 10.0)
     assert "throughput" not in status_json(ctl.status())["connections"][0]  # one reading gives no rate yet
-    ctl.counters_read(client.switch, [(f, 1_000 + 125_000) for f in at_client], 12.0)  # 1 MB in 2 s
-    ctl.counters_read(server.switch, [(f, 5_000) for f in at_server], 12.0)
+    ctl.counters_read(client.switch, [(f, 1_000 + 125_000, 0) for f in at_client], 12.0)  # 1 MB in 2 s
+    ctl.counters_read(server.switch, [(f, 5_000, 0) for f in at_server], 12.0)
     (entry,) = status_json(ctl.status())["connections"]
     assert entry["throughput"] == {"from_client": 500_000.0 * len(at_client), "from_endpoint": 0.0}
     # Counters that go back (flows replaced) give no rate, not a negative one.
-    ctl.counters_read(client.switch, [(f, 10) for f in at_client], 14.0)
+    ctl.counters_read(client.switch, [(f, 10, 0) for f in at_client], 14.0)
     (entry,) = status_json(ctl.status())["connections"]
     assert entry["throughput"]["from_client"] == 500_000.0 * len(at_client)
 

@@ -77,7 +77,9 @@ def test_every_flow_of_a_wire_carries_its_cookie():
     cookie = wire_cookie("default/c0/nsm-1")
     wire = [f for flows in plan.flows.values() for f in flows if f.cookie != PIPELINE_COOKIE]
     assert wire and {f.cookie for f in wire} == {cookie}
-    assert len(wire) == 2 * 3  # ingress, transit, egress per direction
+    # Ingress, transit, egress per direction; at each end its IPv4 and IPv6 frames are committed to
+    # conntrack where they enter and where they are delivered (ready for a policy to come).
+    assert len(wire) == 2 * 3 + 2 * 4
 
 
 def test_link_down_moves_the_wire_and_keeps_delivering():

@@ -150,11 +150,14 @@ class Controller:
         self.quality.control_rtt(dpid, rtt)
 
     def counters_due(self) -> list:
-        """Read the ingress counters of every switch whose flows are known (periodic, cheap: table 0)."""
-        return [ReadCounters(s.name, s.dpid) for s in self.switches.ready()]
+        """Read the ingress counters of every switch whose flows are known (periodic, cheap: table 0,
+        and the policy tables where a wire end is gated)."""
+        return [ReadCounters(s.name, s.dpid, self.quality.counter_tables(s.name))
+                for s in self.switches.ready()]
 
-    def counters_read(self, switch: str, stats: Iterable[tuple[FlowSpec, int]], now: float) -> None:
-        """Byte counters of a switch's CLASSIFY flows: each connection's rate where it enters there."""
+    def counters_read(self, switch: str, stats: Iterable[tuple[FlowSpec, int, int]], now: float) -> None:
+        """(flow, bytes, packets) of a switch's flows in some tables: each connection's rate where
+        it enters there, and what its policy allowed and dropped."""
         self.quality.counters_read(switch, stats, self.switches.owner, now)
 
     def link_quality(self) -> dict[str, LinkQuality]:

@@ -11,7 +11,7 @@ Every flow of a wire carries ``wire_cookie(connection id)``; pipeline flows carr
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -279,47 +279,64 @@ _NEW = (CT_TRK | CT_NEW, CT_TRK | CT_NEW | CT_INV)
 _STATES = ((CT_TRK | CT_EST, CT_TRK | CT_EST | CT_INV), (CT_TRK | CT_REL, CT_TRK | CT_REL | CT_EST | CT_INV))
 
 
-def policed_wire_flows(wire: WireEnds, flows: Sequence[tuple[str, FlowSpec]], policy: WirePolicy,
-                       zone: int) -> list[tuple[str, FlowSpec]]:
-    """A wire's flows with its policy enforced where each end meets the fabric.
+def stateful_wire_flows(wire: WireEnds, flows: Sequence[tuple[str, FlowSpec]], policy: WirePolicy | None,
+                        zone: int) -> list[tuple[str, FlowSpec]]:
+    """A wire's flows with conntrack in ``zone`` at both ends, and its policy (if any) enforced.
 
-    For each end whose connections are restricted: its frames go through conntrack in ``zone``;
-    established and related ones pass, a new one passes when its egress and the far end's
-    ingress rules allow it, and is committed; ARP and IPv6 neighbour discovery pass, the rest is
-    dropped. Frames delivered to that end are committed too, so its replies are established.
+    Every IP frame a wire end sends or receives is committed at that end's switch, policy or not:
+    userspace conntrack only learns a TCP connection from its first packet, so a connection that
+    was never committed would be invalid once a policy arrives (OVN does the same for every port
+    an ACL may ever apply to). An end whose connections are restricted instead goes through its
+    gate: established and related frames pass, a new connection passes when its egress and the
+    far end's ingress rules allow it, and is committed; ARP and IPv6 neighbour discovery pass, the
+    rest is dropped.
     """
     cookie = wire_cookie(wire.id)
     out = list(flows)
-    ends = ((wire.a_switch, wire.a_port, policy.a_to_b), (wire.b_switch, wire.b_port, policy.b_to_a))
+    ends = ((wire.a_switch, wire.a_port, policy.a_to_b if policy is not None else None),
+            (wire.b_switch, wire.b_port, policy.b_to_a if policy is not None else None))
     for switch, port, direction in ends:
         if direction is not None:
-            out = _committed(out, switch, port, zone)
-    for switch, port, direction in ends:
-        if direction is not None:
-            out = [(sw, replace(f, table=int(Table.WIRE_ENTRY)) if sw == switch and f.table == Table.CLASSIFY
-                    and f.match_dict().get("in_port") == port else f) for sw, f in out]
+            out = [(sw, replace(f, table=int(Table.WIRE_ENTRY)) if _enters(sw, f, switch, port) else f)
+                   for sw, f in out]
             out += [(switch, f) for f in _gate(port, direction, zone, cookie)]
+    for switch, port, direction in ends:
+        out = _committed(out, switch, zone, lambda f, d=("output", port): f.actions.index(d) if d in f.actions
+                         else None)
+        if direction is None:  # frames it sends are committed where they enter the wire
+            out = _committed(out, switch, zone, lambda f, s=switch, p=port: 0 if _enters(s, f, s, p)
+                             else None)
     return out
 
 
-def _committed(flows: list[tuple[str, FlowSpec]], switch: str, port: int,
-               zone: int) -> list[tuple[str, FlowSpec]]:
-    """Flows that deliver IP frames to ``port`` commit them to conntrack first (split by family)."""
+def _enters(sw: str, flow: FlowSpec, switch: str, port: int) -> bool:
+    """True for a flow by which frames from ``port`` of ``switch`` enter their wire."""
+    return sw == switch and flow.table == Table.CLASSIFY and flow.match_dict().get("in_port") == port
+
+
+def _committed(flows: list[tuple[str, FlowSpec]], switch: str, zone: int,
+               at: Callable[[FlowSpec], int | None]) -> list[tuple[str, FlowSpec]]:
+    """The flows of ``switch`` for which ``at`` gives an index commit their IP frames to conntrack
+    before the action at that index; a flow that matches no eth_type keeps its other frames, and
+    gets one flow per IP family beside it (unless one is there already, as a DSCP mark's)."""
+    commit = ("ct_commit", zone)
+    keys = {f.key for sw, f in flows if sw == switch}
     out = []
     for sw, flow in flows:
-        if sw != switch or ("output", port) not in flow.actions:
+        i = at(flow) if sw == switch and commit not in flow.actions else None
+        if i is None:
             out.append((sw, flow))
             continue
-        i = flow.actions.index(("output", port))
-        actions = (*flow.actions[:i], ("ct_commit", zone), *flow.actions[i:])
+        actions = (*flow.actions[:i], commit, *flow.actions[i:])
         if "eth_type" in flow.match_dict():
             out.append((sw, replace(flow, actions=actions)))
             continue
         out.append((sw, flow))
         for eth in (ETH_TYPE_IPV4, ETH_TYPE_IPV6):
-            match = {**flow.match_dict(), "eth_type": eth}
-            out.append((sw, FlowSpec.make(flow.table, Priority.WIRE_IP, match, actions, goto=flow.goto,
-                                          cookie=flow.cookie, meter=flow.meter)))
+            ip = FlowSpec.make(flow.table, Priority.WIRE_IP, {**flow.match_dict(), "eth_type": eth}, actions,
+                               goto=flow.goto, cookie=flow.cookie, meter=flow.meter)
+            if ip.key not in keys:
+                out.append((sw, ip))
     return out
 
 

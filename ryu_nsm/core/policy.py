@@ -74,6 +74,7 @@ class WirePolicy:
     a_to_b: Direction | None
     b_to_a: Direction | None
     governed_by: tuple[str, ...]  # why, in words, for plan and status
+    policies: tuple[str, ...] = ()  # namespace/name of the policies isolating an end
 
     @property
     def restricted(self) -> bool:
@@ -103,7 +104,8 @@ def wire_policy(service: tuple[str, str], client: End, endpoint: End,
     b_to_a = _direction(endpoint, client, selecting, inputs)
     if a_to_b is None and b_to_a is None:
         return None
-    return WirePolicy(a_to_b, b_to_a, why)
+    names = tuple(sorted({str(p) for policies in selecting.values() for p in policies if _types(p)}))
+    return WirePolicy(a_to_b, b_to_a, why, names)
 
 
 def _types(policy: MultiNetworkPolicy) -> tuple[str, ...]:

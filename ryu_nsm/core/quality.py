@@ -18,6 +18,7 @@ from ryu_nsm.core.fabric import Fabric, Link
 from ryu_nsm.core.flowspec import FlowSpec, Table
 from ryu_nsm.core.manager import Manager
 from ryu_nsm.core.planner import PLANNED, FabricState, Plan, PlannedConnection
+from ryu_nsm.core.policy_counters import GATE_TABLES, GateKey, gate_key, policy_counters
 from ryu_nsm.core.status import SLOW_MARGIN, ConnectionStatus, HistoryEntry, LinkStatus, PathMeasurement
 from ryu_nsm.core.switches import SwitchState
 from ryu_nsm.qos.measure import LinkQuality, Measurements, path_quality
@@ -29,10 +30,12 @@ DRAIN_MARGIN = 0.005  # s, beyond twice a left path's latency
 
 @dataclass(frozen=True)
 class ReadCounters:
-    """Ask a switch for the counters of its CLASSIFY flows (ours): answer with ``counters_read``."""
+    """Ask a switch for the counters of our flows in ``tables`` (CLASSIFY, and the policy tables
+    where a wire end is gated), one request a table: answer each with ``counters_read``."""
 
     switch: str
     dpid: int
+    tables: tuple[int, ...] = (Table.CLASSIFY,)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ class QualityManager(Manager):
         # (connection, switch, in_port) → (bytes, when) of its ingress flows, and the rates they give.
         self._ingress_bytes: dict[tuple[str, str, int], tuple[int, float]] = {}
         self._rates: dict[str, dict[str, float]] = {}  # connection → {"from_client"/"from_endpoint": bit/s}
+        # Switch → packets of its policy gates' flows as last read (policy_counters.GateKey → packets).
+        self._gate_packets: dict[str, dict[GateKey, int]] = {}
 
     # -- what planning takes from the loop -------------------------------------------------------
 
@@ -126,13 +131,26 @@ class QualityManager(Manager):
         if switch is not None:
             self.measurements.control_rtt(switch.name, rtt)
 
-    def counters_read(self, switch: str, stats: Iterable[tuple[FlowSpec, int]], owner: dict[int, str],
+    def counter_tables(self, switch: str) -> tuple[int, ...]:
+        """The tables a counter read asks ``switch`` for: the policy tables too where a wire end is gated."""
+        gated = any(pc.policy is not None and pc.ends is not None and switch in (
+            pc.ends.a_switch, pc.ends.b_switch) for pc in self.plan.connections.values())
+        return tuple(GATE_TABLES) if gated else (Table.CLASSIFY,)
+
+    def counters_read(self, switch: str, stats: Iterable[tuple[FlowSpec, int, int]], owner: dict[int, str],
                       now: float) -> None:
-        """Byte counters of a switch's CLASSIFY flows (``owner``: cookie → connection): each
-        connection's rate where it enters there."""
+        """Byte and packet counters of a switch's flows in some tables (``owner``: cookie →
+        connection): each connection's rate where it enters there, and its policy gates' packets."""
         totals: dict[tuple[str, str, int], int] = {}
-        for spec, byte_count in stats:
+        gates: dict[GateKey, int] = {}
+        tables = set()
+        for spec, byte_count, packets in stats:
             cid = owner.get(spec.cookie)
+            tables.add(spec.table)
+            gated = cid is not None and getattr(self.plan.connections.get(cid), "policy", None) is not None
+            key = gate_key(spec) if gated else None
+            if key is not None:
+                gates[key] = gates.get(key, 0) + packets
             if cid is None or spec.table != Table.CLASSIFY:
                 continue
             key = (cid, switch, spec.match_dict().get("in_port"))
@@ -151,6 +169,8 @@ class QualityManager(Manager):
             self._rates.setdefault(cid, {})[side] = (total - before[0]) * 8 / (now - before[1])
         for cid in [c for c in self._rates if c not in self.plan.connections]:
             del self._rates[cid]
+        kept = {k: n for k, n in self._gate_packets.get(switch, {}).items() if k[0] not in tables}
+        self._gate_packets[switch] = kept | gates
 
     def link_quality(self) -> dict[str, LinkQuality]:
         """Measured quality per link (the worse direction), for links that have measurements."""
@@ -257,16 +277,18 @@ class QualityManager(Manager):
         """``pc`` in ``state`` with its rates and, under a service level, what its path measures."""
         rates = self._rates.get(pc.id)
         throughput = dict(rates) if rates is not None else None
+        policy = policy_counters(pc, self._gate_packets) if pc.state == PLANNED else None
         level = pc.level
         if level is None or pc.path is None or pc.state != PLANNED or not measured:
-            return ConnectionStatus(pc, state, throughput)
+            return ConnectionStatus(pc, state, throughput, policy=policy)
         links = [link for wire in self._chain_wires(pc) for link in wire.path.links]
         met = _breach(level, links, measured) is None
         path = path_quality(pc.path.links, measured)
         chain = path_quality(links, measured) if pc.chain is not None else None
         return ConnectionStatus(
             pc, state, throughput, PathMeasurement(path.latency, path.loss, path.measured, met),
-            PathMeasurement(chain.latency, chain.loss, chain.measured, met) if chain is not None else None)
+            PathMeasurement(chain.latency, chain.loss, chain.measured, met) if chain is not None else None,
+            policy)
 
     def link_status(self, measured: dict[str, LinkQuality]) -> tuple[LinkStatus, ...]:
         return tuple(LinkStatus(name, q, self.latency.get(name)) for name, q in measured.items())

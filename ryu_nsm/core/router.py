@@ -6,8 +6,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ryu_nsm.core.fabric import Fabric
-from ryu_nsm.core.flows import WireEnds, WireQos, policed_wire_flows, protected_wire_flows, queued, wire_flows
-from ryu_nsm.core.flowspec import GROUP_BASE, METER_BASE, MeterSpec
+from ryu_nsm.core.flows import (
+    WireEnds,
+    WireQos,
+    protected_wire_flows,
+    queued,
+    stateful_wire_flows,
+    wire_flows,
+)
+from ryu_nsm.core.flowspec import GROUP_BASE, METER_BASE, MeterSpec, Priority
 from ryu_nsm.core.model import Attachment
 from ryu_nsm.core.pathing import FabricView, NoPath, Path, TagAllocator, TagSpaceExhausted
 from ryu_nsm.core.plan import PLANNED, WAITING, FabricState, PlannedConnection
@@ -45,6 +52,23 @@ ZONE_SCOPE = "conntrack"  # zones are unique in the whole fabric: switches may s
 
 def zone_allocator() -> TagAllocator:
     return TagAllocator(ZONE_SPACE)
+
+
+# Rule i of a direction has priority POLICY_RULE + i, below POLICY_STATE's; its conjunction id is
+# zone << 16 | ingress << 15 | IPv6 << 14 | i, so i also stays below 1 << 14.
+MAX_RULES = Priority.POLICY_STATE - Priority.POLICY_RULE
+
+
+def policy_refused(policy: WirePolicy | None) -> str | None:
+    """Why a wire's policy cannot be compiled (more rules in a direction than priorities for them)."""
+    for name, direction in (("client → endpoint", policy.a_to_b), ("endpoint → client", policy.b_to_a)
+                            ) if policy is not None else ():
+        for side, rules in (("egress", direction.egress), ("ingress", direction.ingress)
+                            ) if direction is not None else ():
+            if rules is not None and len(rules) > MAX_RULES:
+                return (f"policy: {len(rules)} {side} rules apply to {name} connections on this wire; "
+                        f"at most {MAX_RULES} can be enforced")
+    return None
 
 
 def backup_key(cid: str) -> str:
@@ -145,12 +169,17 @@ class Router:
             except TagSpaceExhausted as exc:
                 self.release(conn.id)
                 return PlannedConnection(conn, FAILED, str(exc), path, level=level), evicted
-        flows, groups = self._compile(conn.id, ends, level, meters, path, held, backup, spare, crank)
         policy = self.policy_of(conn)
-        zone = None
-        if policy is not None:
-            zone = self.zones.allocate(conn.id, ZONE_SCOPE)
-            flows = tuple(policed_wire_flows(ends, flows, policy, zone))
+        refused = policy_refused(policy)
+        try:  # every wire has a zone: a policy may come to it while its connections are up
+            zone = self.zones.allocate(conn.id, ZONE_SCOPE) if refused is None else None
+        except TagSpaceExhausted:
+            refused = f"no free conntrack zone: all {self.zones.size} are in use"
+        if refused is not None:
+            self.release(conn.id)
+            return PlannedConnection(conn, FAILED, refused, path, level=level, policy=policy), evicted
+        flows, groups = self._compile(conn.id, ends, level, meters, path, held, backup, spare, crank)
+        flows = tuple(stateful_wire_flows(ends, flows, policy, zone))
         flows = tuple(sampled_wire_flows(ends, flows, _sampling(level, self.fabric.flow_sampling),
                                          self.fabric.flow_sampling))
         planned = PlannedConnection(conn, PLANNED, "", path, held, spare, flows, level, backup, note, event,

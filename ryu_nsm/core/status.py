@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ryu_nsm.core.manager import Manager
 from ryu_nsm.core.planner import FAILED, FabricState, Plan, PlannedConnection
+from ryu_nsm.core.policy_counters import PolicyCounters
 from ryu_nsm.qos.measure import LinkQuality
 
 log = logging.getLogger("ryu_nsm.core.controller")
@@ -48,6 +49,7 @@ class ConnectionStatus:
     throughput: Mapping[str, float] | None = None  # "from_client"/"from_endpoint" → bit/s
     measured: PathMeasurement | None = None  # its path, under a service level
     chain_measured: PathMeasurement | None = None  # its whole chain, under a chain-wide bound
+    policy: PolicyCounters | None = None  # what its policy allowed and dropped, as last read
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ request it reports on; its ``status`` what became of it::
       hops: [{connection, endpoint, endpointAttachment, clientAttachment, path, state, reason,
               programmedBy}]                 # programmedBy: sharded only, the master of each path switch
       path: [s1, s2]                        # this hop's switches
-      conditions: [Resolved, Admitted, Ready]  # the usual condition shape
+      policy: {policies: [ns/name], governedBy: [why]}  # when a MultiNetworkPolicy restricts it
+      conditions: [Resolved, Admitted, Ready, PolicyIsolated]  # the usual condition shape
 
 Pure functions of the controller's status JSON (``desired_connections``, ``merge_conditions``,
 ``parse_problem``); ``ryu_nsm.k8s.status_writer`` keeps the objects and Events in the cluster.
@@ -55,6 +56,8 @@ REASONS: tuple[tuple[str, str], ...] = (
     (r"attachment \S+: switch '[^']*' is not in the fabric", "UnknownSwitch"),
     (r"attachment \S+: no port '[^']*' on", "UnknownPort"),
     (r"link \S+ has no free tag", "TagSpaceExhausted"),
+    (r"no free conntrack zone", "ZoneSpaceExhausted"),
+    (r"policy: \d+ \w+ rules apply", "PolicyTooLarge"),
     (r"no path from \S+ to \S+|switch \S+ is (down|not in the fabric)", "NoPath"),
 )
 _REASON_PATTERNS = tuple((re.compile(pattern), reason) for pattern, reason in REASONS)
@@ -65,6 +68,7 @@ EVENT_KINDS = {
     "NetworkServiceEndpoint": "networkservicemesh.io/v1",
     "Pod": "v1",
     "Namespace": "v1",
+    "MultiNetworkPolicy": "k8s.cni.cncf.io/v1beta1",
 }
 _NAME_MAX = 253
 _BAD_NAME_CHARS = re.compile(r"[^a-z0-9-]+")
@@ -182,6 +186,9 @@ def _conditions(entry: dict, hops: list[dict], generation: int, now: str) -> lis
     level = entry.get("service_level")
     if level is not None:
         kinds.append(("ServiceLevelMet", _level_met(entry, level)))
+    policy = entry.get("policy")
+    if policy is not None:  # only while a policy restricts the wire, as ServiceLevelMet with a level
+        kinds.append(("PolicyIsolated", ("True", "Isolated", "; ".join(policy["governed_by"]))))
     return [_condition(kind, *values, generation, now) for kind, values in kinds]
 
 
@@ -259,6 +266,9 @@ def desired_connections(status: Mapping, now: str,
             body["status"]["serviceLevel"] = dict(e["service_level"])
         if e.get("backup_path"):
             body["status"]["backupPath"] = list(e["backup_path"])
+        if e.get("policy"):  # which policies, not their counters: those change at every read
+            body["status"]["policy"] = {"policies": list(e["policy"]["policies"]),
+                                        "governedBy": list(e["policy"]["governed_by"])}
         if e.get("chain_latency"):
             # What is planned, not what is measured: measurements move all the time, and each
             # change would be a write (ServiceLevelMet says whether the measured chain keeps it).

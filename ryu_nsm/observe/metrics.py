@@ -8,6 +8,8 @@ Per connection (labels ``connection``, ``network_service``, ``service_level`` wh
 up, the planned path's latency, measured latency and loss, whether its level is met, throughput
 each way. Per link: measured latency and loss, guaranteed bandwidth reserved each way and the
 capacity. Per switch: connected, flows. Since start: moves by why, failures, service level breaches.
+Per policy rule (summed over the wires it governs): packets allowed; per isolated workload: packets
+dropped (both as the switches' flow counters last read: they restart when a gate is replaced).
 With leader election: whether this replica leads.
 """
 
@@ -32,6 +34,7 @@ class StatusCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         status = self.status()
         yield from _connections(status.get("connections", []))
+        yield from _policy(status.get("connections", []))
         yield from _links(status.get("links", []), status.get("reservations", []))
         yield from _switches(status.get("switches", []))
         yield from _counters(status.get("counters", {}))
@@ -80,6 +83,29 @@ def _connections(entries: list[dict]) -> Iterator[Metric]:
         for side, bits in (e.get("throughput") or {}).items():
             rate.add_metric(ids + [side.removeprefix("from_")], bits)
     yield from (up, planned, latency, loss, met, rate)
+
+
+def _policy(entries: list[dict]) -> Iterator[Metric]:
+    allowed: dict[tuple[str, ...], int] = {}
+    dropped: dict[tuple[str, ...], int] = {}
+    for e in entries:
+        policy = e.get("policy") or {}
+        for r in policy.get("rules", []):
+            key = (r["policy"], r["rule"], r["direction"], r["workload"])
+            allowed[key] = allowed.get(key, 0) + r["packets"]
+        for d in policy.get("dropped", []):
+            key = (d["workload"], d["direction"])
+            dropped[key] = dropped.get(key, 0) + d["packets"]
+    rules = CounterMetricFamily("ryu_nsm_policy_rule_packets", "Packets a MultiNetworkPolicy rule allowed "
+                                "(first packets of new connections)", labels=["policy", "rule", "direction",
+                                                                              "workload"])
+    drops = CounterMetricFamily("ryu_nsm_policy_dropped_packets", "Packets dropped because a workload is "
+                                "isolated", labels=["workload", "direction"])
+    for key, n in sorted(allowed.items()):
+        rules.add_metric(list(key), n)
+    for key, n in sorted(dropped.items()):
+        drops.add_metric(list(key), n)
+    yield from (rules, drops)
 
 
 def _links(measured: list[dict], reservations: list[dict]) -> Iterator[Metric]:

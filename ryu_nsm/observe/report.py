@@ -5,6 +5,7 @@ from __future__ import annotations
 from ryu_nsm.core.chains import follow
 from ryu_nsm.core.flows import policy_flow_count
 from ryu_nsm.core.planner import PLANNED, PlannedConnection
+from ryu_nsm.core.policy_counters import PolicyCounters
 from ryu_nsm.core.status import ConnectionStatus, PathMeasurement, Status
 from ryu_nsm.qos.service_level import format_duration
 
@@ -28,7 +29,7 @@ def connection_entry(pc: PlannedConnection, state: str) -> dict:
         entry["reason"] = pc.reason
     if pc.policy is not None and pc.state == PLANNED:
         entry["policy"] = {"zone": pc.zone, "flows": policy_flow_count(pc.flows),
-                           "governed_by": list(pc.policy.governed_by)}
+                           "policies": list(pc.policy.policies), "governed_by": list(pc.policy.governed_by)}
     if pc.level is not None:
         entry["service_level"] = {"name": pc.level.name, "summary": pc.level.summary()}
         if pc.backup is not None:
@@ -83,6 +84,8 @@ class StatusRenderer:
         entry = cached[2]
         if status.throughput is not None:
             entry = {**entry, "throughput": dict(status.throughput)}
+        if status.policy is not None and "policy" in entry:
+            entry = {**entry, "policy": {**entry["policy"], **_policy_counters(status.policy)}}
         if status.measured is not None:
             entry = {**entry, "measured": _measured(status.measured)}
             if status.chain_measured is not None:
@@ -94,6 +97,13 @@ class StatusRenderer:
 def status_json(status: Status) -> dict:
     """The JSON form of one status, rendered from scratch (tests, one-off calls)."""
     return StatusRenderer().render(status)
+
+
+def _policy_counters(counters: PolicyCounters) -> dict:
+    return {"rules": [{"policy": r.policy, "rule": r.rule, "direction": r.direction, "workload": r.workload,
+                       "packets": r.packets} for r in counters.rules],
+            "dropped": [{"workload": d.workload, "direction": d.direction, "packets": d.packets}
+                        for d in counters.dropped]}
 
 
 def _measured(m: PathMeasurement) -> dict:
@@ -176,6 +186,10 @@ def render_text(report: dict) -> str:
             policy = e["policy"]
             lines.append(f"      policy: {policy['flows']} flows, conntrack zone {policy['zone']}")
             lines.extend(f"        {why}" for why in policy["governed_by"])
+            lines.extend(f"        {r['policy']} {r['rule']} for {r['workload']}: "
+                         f"allowed {r['packets']} packets" for r in policy.get("rules", []))
+            lines.extend(f"        {d['workload']} isolated for {d['direction']}: "
+                         f"dropped {d['packets']} packets" for d in policy.get("dropped", []))
         if e.get("note"):
             lines.append(f"      note: {e['note']}")
     if report.get("reservations"):

@@ -217,18 +217,19 @@ class NsmApp(app_manager.OSKenApp):
         if answered is None:
             return
         read, entries = answered
-        stats = [(s.spec, s.bytes) for s in ofwire.decode_flow_stats(entries)]
+        stats = [(s.spec, s.bytes, s.packets) for s in ofwire.decode_flow_stats(entries)]
         self._call(lambda _: self.core.counters_read(read.switch, stats, now) or [])
 
     def _read_counters(self, read: ReadCounters) -> None:
         dp = self.datapaths.get(read.dpid)
         if dp is None:
             return
-        xid = self._xid(f"flow counters request to {read.switch}")
-        self._counter_reads[xid] = read
+        for table in read.tables:
+            xid = self._xid(f"flow counters request to {read.switch}")
+            self._counter_reads[xid] = read
+            dp.send(ofwire.encode_flow_stats_request(xid, PIPELINE_COOKIE, COOKIE_OWNER_MASK, table=table))
         while len(self._counter_reads) > 10_000:  # answers that never came
             self._counter_reads.pop(next(iter(self._counter_reads)))
-        dp.send(ofwire.encode_flow_stats_request(xid, PIPELINE_COOKIE, COOKIE_OWNER_MASK, table=0))
 
     @set_ev_cls(ofp_event.EventOFPMeterConfigStatsReply, MAIN_DISPATCHER)
     def _meter_config(self, ev):
