@@ -7,6 +7,7 @@ Pure: the caller passes ``now`` (unix seconds) and the identity.
 
 from __future__ import annotations
 
+import functools
 import math
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -45,11 +46,17 @@ def sign_token(identity: Identity, peer_spiffe_id: str | None, peer_not_after: d
 
 def claims_of(token: str) -> dict:
     """A token's claims, signature not checked; TokenError when it is not a JWT."""
+    return dict(_decoded(token))
+
+
+@functools.lru_cache(maxsize=4096)
+def _decoded(token: str) -> dict:
+    # Each policy and every monitor event reads the same tokens again, and PyJWT checks base64url
+    # character by character in Python: decoding once per token halves a secure Request's cost.
     try:
-        claims = jwt.decode(token, options={"verify_signature": False})
+        return jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError as error:
         raise TokenError(f"not a JWT: {error}") from error
-    return claims
 
 
 def audience_of(claims: dict) -> list[str]:

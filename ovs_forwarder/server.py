@@ -92,6 +92,7 @@ from ovs_forwarder.plumbing import (
     unplumb,
     validate,
 )
+from ryu_nsm.observe.health import Loop, Supervised, supervise
 from ryu_nsm.trust.identity import IdentitySource
 from ryu_nsm.trust.tls import grpc_server_credentials, peer_certificate, peer_spiffe_id
 
@@ -115,6 +116,7 @@ _STATUS_BY_KIND = {
 _MONITOR_BACKLOG = 10_000  # events queued for one monitor before it is cut off as too slow
 _JANITOR_MAX_SLEEP = 1.0
 _JANITOR_MIN_SLEEP = 0.05
+_JANITOR_MAX_BACKOFF = 5.0  # a failing sweep is retried at least this often
 
 
 @dataclass(frozen=True)
@@ -328,7 +330,7 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
         self._orphans: dict[str, float] = {}  # connection id -> when to remove it
         self._subscribers: set[_Subscriber] = set()
         self._stopping = threading.Event()
-        self._janitor: threading.Thread | None = None
+        self._janitor: Supervised | None = None
         self._server: grpc.Server | None = None
         self._sockets: list[str] = []
         self.listening: list[str] = []  # the bound addresses, with the ports that TCP port 0 got
@@ -351,9 +353,8 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
             log.info("forwarder %s on %s: %d connection(s) rebuilt, %d orphan(s)", self.name, self.bridge,
                      len(found.live), len(found.orphans))
             self.ovsdb.watch_interfaces(self._attachments_changed)
-            self._janitor = threading.Thread(target=self._run_janitor, name="ovs-forwarder-janitor",
-                                             daemon=True)
-            self._janitor.start()
+            self._janitor = supervise(f"ovs-forwarder-janitor:{self.name}", self._run_janitor,
+                                      _JANITOR_MAX_SLEEP, self._stopping, max_backoff=_JANITOR_MAX_BACKOFF)
 
     def serve(self, listen: Sequence[str], max_workers: int = 32) -> grpc.Server:
         """Start (if needed) and serve gRPC on each address: `unix:///path` or `host:port`.
@@ -386,8 +387,8 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
             self._idle.wait_for(lambda: self._busy == 0)
         remove_sockets(self._sockets)
         self._sockets.clear()
-        if self._janitor is not None and self._janitor is not threading.current_thread():
-            self._janitor.join()
+        if self._janitor is not None:
+            self._janitor.join()  # not when stop() runs in the janitor itself
 
     # ---- plain API ---------------------------------------------------------------------------------
 
@@ -661,17 +662,17 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
             if chosen:
                 subscriber.offer(ConnectionEvent(type=kind, connections=chosen))
 
-    def _run_janitor(self) -> None:
+    def _run_janitor(self, loop: Loop) -> None:
+        """Sweep when something is due; a sweep that raises is logged, counted and retried by the
+        supervisor (observe.health) after a short back-off."""
         while True:
+            loop.beat()
             with self._lock:
                 due = [e.expires + self.grace for e in self._table.values()] + list(self._orphans.values())
             wait = min(due, default=float("inf")) - self.clock()
             if self._stopping.wait(min(max(wait, _JANITOR_MIN_SLEEP), _JANITOR_MAX_SLEEP)):
                 return
-            try:
-                self.sweep()
-            except Exception:
-                log.exception("janitor sweep failed; trying again")
+            self.sweep()
 
 
 def _peer(context: grpc.ServicerContext, trust: HopTrust) -> Peer:

@@ -181,7 +181,9 @@ def cmd_status(args) -> int:
     from ryu_nsm.observe.status_api import StatusRefused, fetch_status
 
     if args.nsm:
-        return _status_from_monitor(args)
+        from ryu_nsm.monitor_client import status_from_monitor
+
+        return status_from_monitor(args)
     identity = None
     try:
         client, identity = _status_client(args)
@@ -217,41 +219,6 @@ def _status_client(args):
         return status_client(ca_file=args.tls_ca, token_file=args.token_file), None
     identity = identity_source(args)
     return status_client(identity, token_file=args.token_file), identity
-
-
-def _status_from_monitor(args) -> int:
-    """The connections asked for over NSM gRPC, from the controller's MonitorConnections stream:
-    its initial state, then (``--watch``) every change until interrupted."""
-    import grpc
-
-    from nsm_api import connection_pb2, connection_pb2_grpc
-
-    names = {value: name for name, value in connection_pb2.ConnectionEventType.items()}
-    states = {value: name for name, value in connection_pb2.State.items()}
-    selector = connection_pb2.MonitorScopeSelector(network_services=args.service or [])
-    channel = grpc.insecure_channel(args.nsm)
-    try:
-        stream = connection_pb2_grpc.MonitorConnectionStub(channel).MonitorConnections(
-            selector, timeout=None if args.watch else 10)
-        for event in stream:
-            when = time.strftime("%H:%M:%S")
-            print(f"{when} {names.get(event.type, event.type)}: {len(event.connections)} connection(s)")
-            for cid, conn in sorted(event.connections.items()):
-                endpoint = conn.network_service_endpoint_name or "-"
-                state = states.get(conn.state, conn.state)
-                print(f"  {cid:<40} {conn.network_service:<16} {endpoint:<16} {state}")
-            sys.stdout.flush()
-            if not args.watch:
-                break
-    except grpc.RpcError as exc:
-        print(f"ryu-nsm: MonitorConnections at {args.nsm}: {exc.code().name}: {exc.details()}",
-              file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        pass
-    finally:
-        channel.close()
-    return 0
 
 
 def cmd_observe(args) -> int:
@@ -479,12 +446,25 @@ def _add_status(sub) -> None:
     add_identity_arguments(st)
     st.add_argument("--json", action="store_true")
     st.add_argument("--dot", action="store_true", help="the fabric with the chains drawn on it (Graphviz)")
-    st.add_argument("--nsm", metavar="ADDRESS",
-                    help="read the controller's NSM MonitorConnections stream instead (unix:///path or "
-                         "host:port, as given to --nsm-listen): the connections asked for over gRPC")
-    st.add_argument("--service", action="append", help="with --nsm: only this network service (repeatable)")
-    st.add_argument("--watch", action="store_true", help="with --nsm: follow the stream until Ctrl-C")
+    _add_nsm_monitor_options(st)
     st.set_defaults(func=cmd_status)
+
+
+def _add_nsm_monitor_options(status: argparse.ArgumentParser) -> None:
+    """``status``'s --nsm flags (ryu_nsm/monitor_client.py; the identity flags are the command's own)."""
+    nsm = status.add_argument_group("NSM MonitorConnections (--nsm; docs/security.md)")
+    nsm.add_argument("--nsm", metavar="ADDRESS",
+                     help="read the controller's NSM MonitorConnections stream instead (unix:///path or "
+                          "host:port, as given to --nsm-listen): the connections asked for over gRPC; "
+                          "over mTLS with the identity flags")
+    nsm.add_argument("--service", action="append", help="with --nsm: only this network service (repeatable)")
+    nsm.add_argument("--watch", action="store_true", help="with --nsm: follow the stream until Ctrl-C")
+    nsm.add_argument("--server-name", metavar="DNS_NAME",
+                     help="with --nsm and an identity: the DNS SAN of the controller's SVID that gRPC "
+                          "checks (default: the address's host; localhost for a unix socket)")
+    nsm.add_argument("--server-spiffe-id", metavar="SPIFFE_ID",
+                     help="with --nsm and an identity: refuse a controller whose SVID holds another "
+                          "SPIFFE ID (checked on a handshake of its own before each channel)")
 
 
 def _add_observe(sub) -> None:
