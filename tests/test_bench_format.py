@@ -1,6 +1,7 @@
 """The benchmark figure format, the timing helper, and a quick run of bench/path_compute.py."""
 
 import importlib.util
+import re
 import subprocess
 import sys
 import time
@@ -366,3 +367,34 @@ def test_qos_failover_quick_run_prints_loss_windows_and_sla_reroute_time(tmp_pat
     for m in matches:
         assert float(m["ratio"]) == pytest.approx(float(m["value"]) / float(m["limit"]), rel=1.5e-2)
     assert "whole benchmark" in done.stderr and "FAILED" not in done.stderr
+
+
+@pytest.mark.ovs
+def test_scale_quick_run_prints_steady_state_request_failure_and_restart_figures(tmp_path):
+    # A k=4 fat-tree of netdev bridges, 200 connections from files, 10 single requests, a restart and
+    # a cut link; every figure's limit is measured in the same run (or is a design bound).
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "scale.py"), "--quick"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=170,
+    )
+    assert done.returncode == 0, done.stderr
+    matches = [common.FIGURE_RE.match(line) for line in done.stdout.splitlines()]
+    assert matches and all(matches), done.stdout
+    what = "200 connections, fat-tree k=4"
+    names = [m["name"] for m in matches]
+    assert names[:4] == [
+        f"controller memory per connection, {what}", f"controller idle CPU, {what}",
+        f"request to forwarding p50 at size, {what}", f"request to forwarding p99 at size, {what}",
+    ]
+    assert re.fullmatch(rf"link failure to rerouted, \d+ connections moved, {what}", names[4])
+    assert names[5] == f"restart, reconnect to serving, {what}"
+    memory, idle, p50, p99, cut, restart = matches
+    assert memory["unit"] == memory["limit_unit"] == "bytes"
+    assert idle["unit"] == idle["limit_unit"] == "ms/s" and float(idle["limit"]) == 100
+    assert 0 < float(p50["value"]) <= float(p99["value"]) and p50["limit"] == p99["limit"]
+    assert p50["limit_label"] == "ovs-ofctl --bundle of one request's flows"
+    assert cut["limit_label"] == "ovs-ofctl --bundle of the moved connections' flows"
+    assert restart["unit"] == "s" and float(restart["limit"]) == 3
+    for m in matches:
+        assert float(m["ratio"]) == pytest.approx(float(m["value"]) / float(m["limit"]), rel=1.5e-2)
+    assert "programs sent before it" in done.stderr and "FAILED" not in done.stderr
