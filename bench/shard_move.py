@@ -6,12 +6,21 @@ client → server crosses them (tests/test_shards_ovs.py), two ``ryu-nsm control
 kills (SIGKILL) the holder of shard 1 and polls the other replica's status until both bridges of
 the shard have confirmed it MASTER (role replies); the killed replica is started again before the
 next round. The limit is the Lease duration (a crashed holder's Lease must expire first).
-``--quick``: one round.
+``--quick``: one round (what CI runs); the default: three.
+
+``--full`` (run it alone: three controllers at 10,000 connections fill a small machine) adds one
+request at size with 1 and with 3 replicas: the four bridges in a line of
+``bench/request_latency.py``, ``--connections`` clients (default 10,000) declared in one file and up
+on every replica (``/status/states``), then ``--singles`` more clients (default 200), one file each,
+one at a time; a request's time is from its file's rename to the first replica whose states show it
+up (every switch of its path confirmed, in every shard). The 3-replica figures are given against the
+1-replica ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import statistics
 import sys
@@ -21,7 +30,8 @@ import time
 from functools import partial
 from pathlib import Path
 
-from common import BenchFailure, figure, print_figures, sh
+import request_latency as rl
+from common import BenchFailure, figure, percentile, print_figures, sh
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the fabric and the echo requests live with the tests
@@ -32,6 +42,7 @@ from tests.k8s_emulator import Emulator  # noqa: E402
 from tests.test_shards_ovs import TAG, kubeconfig, roles, sharded_square  # noqa: E402
 
 LEASE_S = 3.0
+SIZE_LEASE_S = 15.0  # at size: renewals compete with planning 10,000 connections
 
 
 def _master(bridge: str) -> int | None:
@@ -97,11 +108,101 @@ def measure(rounds: int) -> list[str]:
         fabric.remove()
 
 
+def _all_up(replica: ControllerProcess, ids: set[str]) -> bool:
+    try:
+        states = replica.states()
+    except OSError:
+        return False
+    return all(states.get(cid) == "up" for cid in ids)
+
+
+def _first_up(replicas: list[ControllerProcess], cid: str, timeout: float) -> float:
+    """Seconds until some replica's states show ``cid`` up."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        for replica in replicas:
+            try:
+                if replica.states().get(cid) == "up":
+                    return time.perf_counter() - start
+            except OSError:
+                continue
+        time.sleep(0.005)
+    raise BenchFailure(f"{cid} not up within {timeout:.0f}s")
+
+
+def request_latency(n: int, singles: int, replicas: int) -> list[float]:
+    """Seconds to forwarding of ``singles`` requests arriving one at a time on ``n`` up connections,
+    with ``replicas`` controllers (``--shards replicas``) on the emulated Kubernetes API."""
+    setup = rl.make_setup(n + singles)
+    docs = rl.requests_yaml(setup).split("---\n")  # the service, every endpoint, every Pod
+    pods = docs[1 + n + singles:]
+    procs: list[ControllerProcess] = []
+    rl.remove_fabric(setup)
+    try:
+        with tempfile.TemporaryDirectory() as tmp_name, Emulator() as api:
+            tmp = Path(tmp_name)
+            topo = tmp / "topology.yaml"
+            topo.write_text(rl.topology_yaml(setup))
+            requests = tmp / "requests"
+            requests.mkdir()
+            (requests / "loaded.yaml").write_text("---\n".join(docs[:1 + n + singles] + pods[:n]))
+            config = kubeconfig(tmp / "kubeconfig", api.url)
+            rl.build_fabric(setup)
+            for i in range(replicas):
+                args = ["--kubernetes", "--kubeconfig", str(config), "--leader-elect",
+                        "--shards", str(replicas), "--identity", f"replica-{i}",
+                        "--lease-duration", str(SIZE_LEASE_S),
+                        "--lease-name", f"{TAG}-size", "--audit-interval", "3600"]
+                procs.append(ControllerProcess(topo, [requests], tmp / f"replica-{i}.log", extra_args=args))
+            starts = [threading.Thread(target=partial(p.start, 120)) for p in procs]
+            for thread in starts:
+                thread.start()
+            for thread in starts:
+                thread.join()
+            for br in setup.bridges:
+                sh("ovs-vsctl", "set-controller", br, *(f"tcp:127.0.0.1:{p.of_port}" for p in procs))
+            loaded = {f"default/c{i}/nsm-1" for i in range(n)}
+            if not wait_for(lambda: all(_all_up(p, loaded) for p in procs), 900, 1.0):
+                raise BenchFailure(f"{n} connections not up on {replicas} replicas within 900s")
+            times = []
+            for i in range(n, n + singles):
+                staged = tmp / "staged.yaml"
+                staged.write_text(pods[i])
+                os.rename(staged, requests / f"single-{i}.yaml")
+                times.append(_first_up(procs, f"default/c{i}/nsm-1", 60))
+            errors = [line for p in procs for line in p.errors()]
+            if any("OFPBRC_IS_SLAVE" not in line for line in errors):
+                raise BenchFailure(f"switches refused messages: {errors[:3]}")
+            print(f"{replicas} replicas: p50 {percentile(times, 0.5) * 1000:.1f} ms, "
+                  f"p99 {percentile(times, 0.99) * 1000:.1f} ms", file=sys.stderr)
+            return times
+    finally:
+        for p in procs:
+            p.stop()
+        rl.remove_fabric(setup)
+
+
+def at_size(n: int, singles: int) -> list[str]:
+    one, three = (request_latency(n, singles, replicas) for replicas in (1, 3))
+    label = f"one request at {n} connections, 3 replicas"
+    return [figure(f"{label}, p{q}", percentile(three, q / 100) * 1000, "ms",
+                   percentile(one, q / 100) * 1000, "ms", "1 replica") for q in (50, 99)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one move instead of three")
+    parser.add_argument("--full", action="store_true",
+                        help="also one request at size with 1 and 3 replicas (run it alone)")
+    parser.add_argument("--connections", type=int, default=10_000, help="with --full (default 10,000)")
+    parser.add_argument("--singles", type=int, default=200, help="with --full (default 200)")
     args = parser.parse_args()
-    return print_figures("shard move", lambda: measure(1 if args.quick else 3), (BenchFailure, OSError))
+
+    def produce() -> list[str]:
+        figures = measure(1 if args.quick else 3)
+        return figures + at_size(args.connections, args.singles) if args.full else figures
+
+    return print_figures("shard move", produce, (BenchFailure, OSError))
 
 
 if __name__ == "__main__":
