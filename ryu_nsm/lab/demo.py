@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from ryu_nsm.lab.controller_process import ControllerProcess, free_port, wait_for
-from ryu_nsm.lab.flow_sampling import add_collector_set, observed, remove_collector_sets
+from ryu_nsm.lab.flow_sampling import add_collector_set, observe, observed, remove_collector_sets
 from ryu_nsm.observe.report import render_text
 
 CLIENT, INTRUDER, GATEWAY, GATEWAY_IP = "client", "intruder", "gateway", "10.0.0.254"
@@ -78,10 +78,11 @@ def run_demo(args) -> int:
     sets: list[str] = []
     failures: list[str] = []
 
-    def check(ok: bool, good: str, bad: str) -> None:
+    def check(ok: bool, good: str, bad: str) -> bool:
         say(("  ✔ " + good) if ok else ("  ✘ " + bad))
         if not ok:
             failures.append(bad)
+        return ok
 
     try:
         cleanup()
@@ -234,8 +235,11 @@ def _traffic_steps(net, check, hubble: str) -> None:
     def dropped() -> list[dict]:
         return [f for f in observed(hubble) if f["verdict"] == "DROPPED" and f["node_name"] == switch]
 
-    check(wait_for(dropped, 10, 0.5), f"ryu-nsm observe shows its frames DROPPED (no wire) at {switch}",
-          "no flow event shows the intruder's frames dropped")
+    if check(wait_for(dropped, 10, 0.5), f"ryu-nsm observe shows its frames DROPPED (no wire) at {switch}",
+             "no flow event shows the intruder's frames dropped"):
+        say("  $ ryu-nsm observe --verdict DROPPED --last 2")
+        for line in observe(hubble, "--verdict", "DROPPED", "--last", "2").splitlines():
+            say(f"  {line}")
 
 
 def _service_level_steps(controller, net, requests: Path, check) -> None:

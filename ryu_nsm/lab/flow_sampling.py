@@ -45,13 +45,19 @@ def collector_sets(bridges: Sequence[str], target: str, set_id: int = 1) -> Iter
         remove_collector_sets(uuids)
 
 
-def observed(server: str, last: int = 1000) -> list[dict]:
-    """The last flows ``ryu-nsm observe --server server -o json`` prints: Hubble's Flow as JSON."""
-    out = subprocess.run([sys.executable, "-m", "ryu_nsm.cli", "observe", "--server", server, "--last",
-                          str(last), "-o", "json"], capture_output=True, text=True, timeout=30)
+def observe(server: str, *args: str) -> str:
+    """What ``ryu-nsm observe --server server ARGS`` prints."""
+    out = subprocess.run([sys.executable, "-m", "ryu_nsm.cli", "observe", "--server", server, *args],
+                         capture_output=True, text=True, timeout=30)
     if out.returncode != 0:
         raise RuntimeError(f"ryu-nsm observe failed: {out.stderr}")
-    return [json.loads(line)["flow"] for line in out.stdout.splitlines() if line.strip()]
+    return out.stdout
+
+
+def observed(server: str, last: int = 1000) -> list[dict]:
+    """The last flows ``ryu-nsm observe --server server -o json`` prints: Hubble's Flow as JSON."""
+    lines = observe(server, "--last", str(last), "-o", "json").splitlines()
+    return [json.loads(line)["flow"] for line in lines if line.strip()]
 
 
 def hops(flows: list[dict], connection: str, icmp_type: int) -> list[tuple[str, bool]]:
