@@ -16,8 +16,10 @@ def test_the_demo_passes_every_step(clean_mininet):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "demo: all steps passed" in proc.stdout
     # Every numbered step ran and was checked.
-    assert [f"{n}." for n in range(1, 9)] == [line.split()[0] for line in proc.stdout.splitlines()
+    assert [f"{n}." for n in range(1, 10)] == [line.split()[0] for line in proc.stdout.splitlines()
                                               if line[:2] in {f"{n}." for n in range(1, 10)}]
+    # The policy step: telnet is dropped where the client meets the fabric, and counted there.
+    assert "telnet is dropped at s1: its policy drop flow" in proc.stdout, proc.stdout
 
 
 def test_the_demo_over_tls_connects_every_switch_by_ssl(clean_mininet):

@@ -398,3 +398,52 @@ def test_scale_quick_run_prints_steady_state_request_failure_and_restart_figures
     for m in matches:
         assert float(m["ratio"]) == pytest.approx(float(m["value"]) / float(m["limit"]), rel=1.5e-2)
     assert "programs sent before it" in done.stderr and "FAILED" not in done.stderr
+
+
+@pytest.fixture
+def policy_bench(monkeypatch):
+    monkeypatch.setitem(sys.modules, "common", common)
+    return _load("bench_policy", BENCH / "policy.py")
+
+
+def test_policy_pure_figures_compare_with_the_same_wires_without_policies(policy_bench):
+    lines = policy_bench.pure_figures(20, 4)
+    matches = [common.FIGURE_RE.match(line) for line in lines]
+    assert all(matches), lines
+    assert [m["name"] for m in matches] == [
+        "policy flows, 20 wires × 10 policies of 5 rules, fat-tree k=4",
+        "policy plan, 20 wires × 10 policies of 5 rules, fat-tree k=4",
+    ]
+    flows, plan = matches
+    assert flows["unit"] == "flows" and float(flows["ratio"]) > 1  # policies add flows, never remove any
+    assert plan["unit"] == plan["limit_unit"] == "ms"
+    for m in matches:
+        assert m["limit_label"] == "the same wires without policies"
+
+
+def test_policy_edit_is_strict_deletes_then_adds(policy_bench):
+    before = ["cookie=0x4e1,table=3,priority=2000,tcp_dst=80 actions=goto_table:4",
+              "cookie=0x4e1,table=0 actions=drop"]
+    after = ["cookie=0x4e1,table=3,priority=2000,tcp_dst=8080 actions=goto_table:4", before[1]]
+    assert policy_bench.edit_lines(before, after) == [
+        "delete_strict table=3,priority=2000,tcp_dst=80",
+        "add cookie=0x4e1,table=3,priority=2000,tcp_dst=8080 actions=goto_table:4",
+    ]
+
+
+@pytest.mark.ovs
+def test_policy_quick_run_prints_flows_plan_and_edit_latency(tmp_path):
+    # Two netdev bridges and a controller child process; the run checks the bridges hold the plan.
+    done = subprocess.run([sys.executable, str(BENCH / "policy.py"), "--quick"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stderr
+    matches = [common.FIGURE_RE.match(line) for line in done.stdout.splitlines()]
+    assert matches and all(matches), done.stdout
+    assert [m["name"] for m in matches] == [
+        "policy flows, 100 wires × 10 policies of 5 rules, fat-tree k=4",
+        "policy plan, 100 wires × 10 policies of 5 rules, fat-tree k=4",
+        "policy edit to enforced, 10 wires on OVS",
+    ]
+    assert matches[2]["limit_label"] == "ovs-ofctl --bundle of the same edit's flows"
+    for m in matches:
+        assert float(m["ratio"]) == pytest.approx(float(m["value"]) / float(m["limit"]), rel=1.5e-2)

@@ -37,6 +37,24 @@ def test_plan_text_shows_the_chain():
     assert "client → firewall → dpi → vpn-gateway" in out.stdout
 
 
+def test_plan_of_the_policy_example_shows_every_wire_of_the_chain_governed():
+    out = ryu_nsm("plan", "--json", "topologies/demo-chain.yaml", "examples/demo-chain", "examples/policy")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["problems"] == []
+    conns = {c["id"]: c for c in report["connections"]}
+    assert len(conns) == 3 and all(c["state"] == "planned" for c in conns.values())
+    client = conns["default/client/nsm-1"]["policy"]
+    assert client["governed_by"] == ["default/tcp-80-only isolates client default/client for Egress",
+                                     "default/tcp-80-only isolates endpoint default/firewall for Egress"]
+    # At s1 (the client's port 4): new TCP to port 80 is the only rule, the rest is dropped.
+    s1 = report["flows"]["s1"]
+    assert [line for line in s1 if "table=2,priority=2000" in line and "dl_type=0x0800" in line] == [
+        line for line in s1 if "in_port=4,nw_proto=6,tcp_dst=80 actions=goto_table:3" in line
+        and "dl_type=0x0800" in line]
+    assert any("table=2,priority=1000,in_port=4 actions=drop" in line for line in s1)
+
+
 def test_plan_with_invalid_documents_exits_nonzero_and_still_plans_the_rest():
     out = ryu_nsm("plan", "--json", "topologies/demo-chain.yaml", "examples/demo-chain", "examples/bad")
     assert out.returncode == 1

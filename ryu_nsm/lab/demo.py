@@ -1,10 +1,11 @@
 """``ryu-nsm demo``: a Mininet fabric, the controller, and the chain client → firewall → dpi → gateway.
 
 Shows in plain words that the client's traffic passes each service function in order, that the
-firewall really filters (telnet is dropped), that a host without a request reaches nothing (flow
-events show its frames dropped), that a service level limits the chain's rate and keeps its latency
-bound when a link gets slow (the link s1–s2 runs through an impairment element), and that deleting
-the request stops the traffic. Cleans up after itself, also on Ctrl-C.
+firewall really filters (telnet is dropped), that a MultiNetworkPolicy allowing only TCP 80 drops
+telnet already at the client's switch (its drop flow counts it), that a host without a request
+reaches nothing (flow events show its frames dropped), that a service level limits the chain's
+rate and keeps its latency bound when a link gets slow (the link s1–s2 runs through an impairment
+element), and that deleting the request stops the traffic. Cleans up after itself, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ FUNCTIONS = ("firewall", "dpi")
 CLIENT_WIRE = f"default/{CLIENT}/nsm-1"
 SLOW_LINK = "s1-s2"  # the client's wire to the firewall; it runs through the impairment element
 RATE_LIMIT = 20e6
-# What the operator adds in step 6: each wire of the chain at most 20 Mbit/s each way, 10 ms of fabric
+# What the operator adds in step 7: each wire of the chain at most 20 Mbit/s each way, 10 ms of fabric
 # latency, EF-marked.
 SERVICE_LEVEL = """\
 apiVersion: ryu-nsm.io/v1alpha1
@@ -36,6 +37,19 @@ spec:
   rateLimit: 20M
   maxLatency: 10ms
   dscp: EF
+"""
+# What the operator adds in step 4 (examples/policy/tcp-80-only.yaml, without its comments).
+POLICY = """\
+apiVersion: k8s.cni.cncf.io/v1beta1
+kind: MultiNetworkPolicy
+metadata:
+  name: tcp-80-only
+  annotations: {k8s.v1.cni.cncf.io/policy-for: secure-internet}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+    - ports: [{protocol: TCP, port: 80}]
 """
 
 
@@ -105,7 +119,9 @@ def run_demo(args) -> int:
         if tls is not None:
             tls.show(fabric, check)
 
-        _traffic_steps(net, check, hubble)
+        _traffic_steps(net, check)
+        _policy_step(controller, net, requests, check)
+        _intruder_step(net, check, hubble)
         _service_level_steps(controller, net, requests, check)
         _deletion_step(controller, net, requests, check)
         errors = controller.errors()
@@ -199,8 +215,8 @@ def _vsctl(*args: str) -> str:
     return subprocess.run(["ovs-vsctl", *args], capture_output=True, text=True, check=False).stdout
 
 
-def _traffic_steps(net, check, hubble: str) -> None:
-    """Steps 1-4: ping and TCP through the chain in order, telnet dropped, nothing for the intruder."""
+def _traffic_steps(net, check) -> None:
+    """Steps 1-3: ping and TCP through the chain in order, telnet dropped by the firewall."""
     say(f"1. {CLIENT} pings the gateway {GATEWAY_IP} through the chain")
     before = _seen(net)
     ping = net.ping(CLIENT, GATEWAY_IP, count=5, timeout=10)
@@ -226,7 +242,44 @@ def _traffic_steps(net, check, hubble: str) -> None:
           "(so traffic meets the firewall before dpi)",
           "telnet was not stopped by the firewall")
 
-    say(f"4. {INTRUDER} (no request) pings the gateway")
+
+def _policy_step(controller, net, requests: Path, check) -> None:
+    """Step 4: a MultiNetworkPolicy allows only TCP 80; telnet is dropped at the client's switch,
+    counted by the policy's drop flow there (read with ovs-ofctl); then the policy goes again."""
+    say("4. the operator adds a MultiNetworkPolicy on secure-internet: connections to TCP 80 only")
+    (requests / "policy.yaml").write_text(POLICY)
+    controller.wait_connections(lambda cs: cs.get(CLIENT_WIRE, {}).get("policy") and all(
+        c["state"] == "up" for c in cs.values()), timeout=30)
+    interface = next(h for h in net.fabric.hosts if h.name == CLIENT).interfaces[0]
+    switch, port = interface.switch, interface.port
+    web = net.tcp_check(CLIENT, GATEWAY, GATEWAY_IP, 80)
+    before, dropped = _seen(net), _policy_drops(switch, port)
+    telnet = net.tcp_check(CLIENT, GATEWAY, GATEWAY_IP, 23, timeout=2)
+    after, drops = _seen(net), _policy_drops(switch, port) - dropped
+    check(web and not telnet and drops > 0 and after["firewall"] == before["firewall"],
+          f"TCP 80 still passes; telnet is dropped at {switch}: its policy drop flow (table 2, in_port "
+          f"{port}, ovs-ofctl dump-flows {switch}) counted {drops} frame(s), the firewall saw none",
+          f"the policy did not act as it should (TCP 80 {'passed' if web else 'failed'}, telnet "
+          f"{'passed' if telnet else 'stopped'}, {drops} policy drops at {switch})")
+    (requests / "policy.yaml").unlink()
+    controller.wait_connections(lambda cs: not any(c.get("policy") for c in cs.values()) and all(
+        c["state"] == "up" for c in cs.values()), timeout=30)
+    say("  the policy is deleted again: the wires are back to unrestricted")
+
+
+def _policy_drops(switch: str, port: int) -> int:
+    """Packets counted by the policy's drop flows for frames from ``port`` on ``switch`` (tables 2
+    and 3, priority 1000: what neither an established connection nor a rule let through)."""
+    out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "--no-names", "dump-flows", switch],
+                         capture_output=True, text=True, check=True).stdout
+    return sum(int(line.split("n_packets=", 1)[1].split(",", 1)[0]) for line in out.splitlines()
+               if "priority=1000," in line and f"in_port={port} " in line + " "
+               and ("table=2," in line or "table=3," in line))
+
+
+def _intruder_step(net, check, hubble: str) -> None:
+    """Step 5: a host without a request reaches nothing, and flow events show its frames dropped."""
+    say(f"5. {INTRUDER} (no request) pings the gateway")
     ping = net.ping(INTRUDER, GATEWAY_IP, count=3, timeout=4)
     check(ping.received == 0, "no reply: a host without a connection reaches nothing",
           f"the intruder got {ping.received} replies")
@@ -243,12 +296,12 @@ def _traffic_steps(net, check, hubble: str) -> None:
 
 
 def _service_level_steps(controller, net, requests: Path, check) -> None:
-    """Steps 5-7: a rate limit measured with iperf3, then a link that gets slow during a ping."""
-    say(f"5. {CLIENT} sends TCP to the gateway with iperf3 (no service level yet)")
+    """Steps 6-8: a rate limit measured with iperf3, then a link that gets slow during a ping."""
+    say(f"6. {CLIENT} sends TCP to the gateway with iperf3 (no service level yet)")
     free = net.iperf_tcp(CLIENT, GATEWAY, GATEWAY_IP, seconds=3)
     say(f"  {free / 1e6:.0f} Mbit/s")
 
-    say("6. the operator adds a ServiceLevel for secure-internet: 20 Mbit/s, 10 ms per wire, EF")
+    say("7. the operator adds a ServiceLevel for secure-internet: 20 Mbit/s, 10 ms per wire, EF")
     (requests / "levels.yaml").write_text(SERVICE_LEVEL)
     conns = controller.wait_connections(
         lambda cs: cs.get(CLIENT_WIRE, {}).get("service_level") and all(
@@ -261,7 +314,7 @@ def _service_level_steps(controller, net, requests: Path, check) -> None:
           f"{limited / 1e6:.1f} Mbit/s with the limit (free: {free / 1e6:.0f} Mbit/s)")
 
     before = controller.connections()[CLIENT_WIRE]["path"]
-    say(f"7. the link {SLOW_LINK} ({CLIENT} → firewall, path {'-'.join(before)}) gets 30 ms slower "
+    say(f"8. the link {SLOW_LINK} ({CLIENT} → firewall, path {'-'.join(before)}) gets 30 ms slower "
         "while the client pings")
     ping = net.start_ping(CLIENT, GATEWAY_IP, interval=0.05)
     try:
@@ -283,8 +336,8 @@ def _service_level_steps(controller, net, requests: Path, check) -> None:
 
 
 def _deletion_step(controller, net, requests: Path, check) -> None:
-    """Step 8: deleting the client's request removes its connection, and its traffic stops."""
-    say(f"8. the {CLIENT} Pod's request is deleted")
+    """Step 9: deleting the client's request removes its connection, and its traffic stops."""
+    say(f"9. the {CLIENT} Pod's request is deleted")
     (requests / "pods.yaml").write_text(_without_pod((requests / "pods.yaml").read_text(), CLIENT))
     controller.wait_connections(lambda cs: f"default/{CLIENT}/nsm-1" not in cs, timeout=30)
     deadline = time.monotonic() + 10
