@@ -37,6 +37,9 @@ coordination.k8s.io/v1                 Lease                               names
 networkservicemesh.io/v1               NetworkService,                     namespaced  no
                                        NetworkServiceEndpoint
 ryu-nsm.io/v1alpha1                    NetworkServiceConnection            namespaced  yes
+ryu-nsm.io/v1alpha1                    ServiceLevel                        namespaced  no
+k8s.cni.cncf.io/v1beta1                MultiNetworkPolicy                  namespaced  no
+                                       (multi-networkpolicies)
 =====================================  ==================================  ==========  ======
 
 What it does like a real API server (and kmock alone does not):
@@ -131,6 +134,7 @@ KINDS = (
     Kind("NetworkServiceEndpoint", "networkservicemesh.io/v1", "networkserviceendpoints"),
     Kind("NetworkServiceConnection", "ryu-nsm.io/v1alpha1", "networkserviceconnections", status=True),
     Kind("ServiceLevel", "ryu-nsm.io/v1alpha1", "servicelevels"),
+    Kind("MultiNetworkPolicy", "k8s.cni.cncf.io/v1beta1", "multi-networkpolicies"),
 )
 
 

@@ -28,6 +28,7 @@ DEPLOY = ROOT / "deploy"
 # The oldest Kubernetes we support and the newest the pinned kubernetes-validate ships schemas for.
 K8S_VERSIONS = ("1.30", "1.37")
 NSM_OPTIONAL = "crds/nsm-optional.yaml"
+POLICY_OPTIONAL = "crds/multinetworkpolicy-optional.yaml"  # the multi-networkpolicy project's CRD
 SPIRE_IDS = "spire/clusterspiffeid.yaml"  # SPIRE's kind: applied after SPIRE, not by `apply -k`
 SPIRE_SOCKET_DIR = "/run/spire/sockets"  # where NSM's Pods mount the SPIRE agent's socket
 OUR_CRD = "crds/networkserviceconnections.yaml"
@@ -45,6 +46,7 @@ EXPECTED_GRANTS = {
       for res in ("networkservices", "networkserviceendpoints") for verb in ("get", "list", "watch")},
     *{("*", "", res, verb, ()) for res in ("pods", "namespaces") for verb in ("get", "list", "watch")},
     *{("*", "ryu-nsm.io", "servicelevels", verb, ()) for verb in ("get", "list", "watch")},
+    *{("*", "k8s.cni.cncf.io", "multi-networkpolicies", verb, ()) for verb in ("list", "watch")},
     *{("*", "ryu-nsm.io", "networkserviceconnections", verb, ())
       for verb in ("get", "list", "watch", "create", "update", "patch", "delete")},
     *{("*", "ryu-nsm.io", "networkserviceconnections/status", verb, ()) for verb in ("update", "patch")},
@@ -350,6 +352,71 @@ def test_nsm_optional_file_says_it_is_only_for_clusters_without_nsm():
     assert "crds/nsm-optional.yaml" in readme and "only for clusters without NSM" in readme
 
 
+def policy_schema() -> dict:
+    """The openAPIV3Schema of the MultiNetworkPolicy CRD's only version."""
+    crd = one(load_docs(POLICY_OPTIONAL), "CustomResourceDefinition", "multi-networkpolicies.k8s.cni.cncf.io")
+    (version,) = crd["spec"]["versions"]
+    return version["schema"]["openAPIV3Schema"]
+
+
+def test_policy_crd_is_upstreams_names_and_served_version():
+    spec = one(load_docs(POLICY_OPTIONAL), "CustomResourceDefinition")["spec"]
+    assert spec["group"] == "k8s.cni.cncf.io" and spec["scope"] == "Namespaced"
+    names = spec["names"]
+    assert (names["kind"], names["plural"], names["singular"], names["shortNames"]) == (
+        "MultiNetworkPolicy", "multi-networkpolicies", "multi-networkpolicy", ["multi-policy"])
+    (version,) = spec["versions"]
+    assert (version["name"], version["served"], version["storage"]) == ("v1beta1", True, True)
+    assert "subresources" not in version  # nobody writes a policy's status
+    schema = policy_schema()
+    assert untyped(schema) == [] and "x-kubernetes-preserve-unknown-fields" not in json.dumps(schema)
+    assert schema["properties"]["spec"]["required"] == ["podSelector"]
+
+
+POLICY_WITH_EVERY_FIELD = """
+apiVersion: k8s.cni.cncf.io/v1beta1
+kind: MultiNetworkPolicy
+metadata:
+  name: every-field
+  namespace: a
+  annotations: {k8s.v1.cni.cncf.io/policy-for: net}
+spec:
+  podSelector:
+    matchLabels: {app: gw}
+    matchExpressions: [{key: tier, operator: In, values: [web]}, {key: debug, operator: DoesNotExist}]
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from:
+    - {podSelector: {matchLabels: {app: client}}, namespaceSelector: {matchLabels: {team: x}}}
+    - ipBlock: {cidr: 10.0.0.0/16, except: [10.0.1.0/24]}
+    ports: [{protocol: UDP, port: 53}, {port: http}, {protocol: SCTP, port: 80, endPort: 90}]
+  egress:
+  - to: [{namespaceSelector: {}}]
+    ports: [{port: 443}]
+"""
+
+
+def test_policy_schema_keeps_every_field_ryu_nsm_reads():
+    from ryu_nsm.core.validation import Check
+    from ryu_nsm.sources.policy_documents import validate_policy
+
+    body = yaml.safe_load(POLICY_WITH_EVERY_FIELD)
+    check = Check()
+    assert validate_policy(check, body, "") is not None and check.errors == []
+    assert [e.message for e in jsonschema.Draft4Validator(policy_schema()).iter_errors(body)] == []
+    # Pruning would drop silently what the schema does not name (endPort, in upstream's v1beta1).
+    assert undeclared({"spec": body["spec"]}, policy_schema()) == []
+    no_selector = {**body, "spec": {k: v for k, v in body["spec"].items() if k != "podSelector"}}
+    assert list(jsonschema.Draft4Validator(policy_schema()).iter_errors(no_selector))
+
+
+def test_policy_crd_says_it_is_only_for_clusters_without_the_upstream_project():
+    header = (DEPLOY / POLICY_OPTIONAL).read_text().split("apiVersion:", 1)[0]
+    assert "ONLY for clusters WITHOUT" in header and "k8snetworkplumbingwg/multi-networkpolicy" in header
+    readme = (DEPLOY / "README.md").read_text()
+    assert POLICY_OPTIONAL in readme and "only for clusters without the multi-networkpolicy project" in readme
+
+
 # --- RBAC ---------------------------------------------------------------------------------------------
 
 def rbac_docs() -> list[dict]:
@@ -402,6 +469,17 @@ def test_lease_role_matches_the_controllers_lease():
     assert role["metadata"]["namespace"] == flag_value(argv, "--lease-namespace")
     named = {name for rule in role["rules"] for name in rule.get("resourceNames", ())}
     assert named == {flag_value(argv, "--lease-name")}
+
+
+def test_every_kind_the_source_watches_may_be_listed_and_watched_and_nothing_more_for_policies():
+    from ryu_nsm.sources.kubernetes import KINDS, MULTI_NETWORK_POLICY
+
+    grants = granted()
+    for kind in KINDS:
+        for verb in ("list", "watch"):
+            assert ("*", kind.group, kind.plural, verb, ()) in grants, (kind.kind, verb)
+    # The policies' grant is used by the source alone, which never gets, let alone writes, one.
+    assert {g[3] for g in grants if g[2] == MULTI_NETWORK_POLICY.plural} == {"list", "watch"}
 
 
 def test_readme_explains_every_granted_resource():
@@ -719,7 +797,7 @@ def test_kustomization_lists_every_manifest_but_nsms_own():
     listed = kustomization()["resources"]
     assert len(listed) == len(set(listed))
     assert all((DEPLOY / relpath).is_file() for relpath in listed)
-    assert set(manifest_files()) == {*listed, "kustomization.yaml", NSM_OPTIONAL, SPIRE_IDS}
+    assert set(manifest_files()) == {*listed, "kustomization.yaml", NSM_OPTIONAL, POLICY_OPTIONAL, SPIRE_IDS}
 
 
 def test_render_is_a_consistent_set():
@@ -745,7 +823,7 @@ def test_render_is_a_consistent_set():
 
 
 def test_rbac_names_resources_the_crds_define():
-    crds = [d for relpath in (OUR_CRD, LEVEL_CRD, NSM_OPTIONAL) for d in load_docs(relpath)]
+    crds = [d for relpath in (OUR_CRD, LEVEL_CRD, NSM_OPTIONAL, POLICY_OPTIONAL) for d in load_docs(relpath)]
     defined = {(c["spec"]["group"], c["spec"]["names"]["plural"]) for c in crds}
     with_status = {(c["spec"]["group"], c["spec"]["names"]["plural"]) for c in crds
                    if any("status" in v.get("subresources", {}) for v in c["spec"]["versions"])}

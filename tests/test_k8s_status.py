@@ -942,3 +942,84 @@ def test_a_service_level_shows_with_its_backup_and_whether_measurements_meet_it(
     assert conditions({"status": met})["ServiceLevelMet"]["status"] == "True"
     probe_round(6.0, 0.0002)
     assert desired_connections(status_json(ctl.status()), T1)[("default", "client-nsm-1")]["status"] == met
+
+
+# -- MultiNetworkPolicy from the cluster ------------------------------------------------------------
+
+GUARD = {"apiVersion": "k8s.cni.cncf.io/v1beta1", "kind": "MultiNetworkPolicy",
+         "metadata": {"name": "guard", "namespace": "default",
+                      "annotations": {"k8s.v1.cni.cncf.io/policy-for": "secure-internet"}},
+         "spec": {"podSelector": {"matchLabels": {"role": "guarded"}}, "policyTypes": ["Ingress"]}}
+BROKEN_POLICY = {**GUARD, "metadata": {**GUARD["metadata"], "name": "broken"},
+                 "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "nope"}}]}]}}
+
+
+def governed(status):
+    """connection id → why policies govern it, for the governed wires of a status."""
+    return {c["id"]: c["policy"]["governed_by"] for c in status["connections"] if "policy" in c}
+
+
+def test_policies_from_the_watched_cluster_govern_wires_and_follow_labels(api, demo):
+    """The Kubernetes source, the controller and the writer: a MultiNetworkPolicy created in the
+    cluster isolates the wires of the Pods it selects, a broken one is an Event and nothing else,
+    and a Pod's labels move the selection."""
+    fabric, _ = demo
+    for path in sorted((ROOT / "examples/demo-chain").glob("*.yaml")):
+        for body in yaml.safe_load_all(path.read_text()):
+            if body:
+                api.create({**body, "metadata": {**body["metadata"], "namespace": "default"}})
+    api.patch("Pod", "client", {"metadata": {"labels": {"role": "guarded"}}})
+    delivered = queue.Queue()
+    source = KubernetesSource(api.api_client(), delivered.put, coalesce=0.01)
+    source.start()
+    ctl, switches = Controller(fabric), FakeFabric(fabric)
+    switches.connect_all(ctl)
+    writer = writer_for(api, Clock(T0))
+
+    def next_state(until, now):
+        deadline = time.monotonic() + 20
+        while True:
+            resources = delivered.get(timeout=max(0.0, deadline - time.monotonic()))
+            if until(resources):
+                switches.run(ctl, ctl.set_resources(resources, now))
+                return status_json(ctl.status())
+
+    try:
+        status = next_state(lambda r: r.requests, 1.0)
+        assert governed(status) == {}
+        api.create(GUARD)
+        status = next_state(lambda r: r.policy.policies, 2.0)
+        assert governed(status) == {"default/client/nsm-1": ["default/guard isolates client default/client "
+                                                             "for Ingress"]}
+        result = writer.sync(status, source.objects())
+        assert not result.errors
+        client_obj = stored(api)["client-nsm-1"]
+        assert client_obj["status"]["policy"] == {"policies": ["default/guard"], "governedBy": [
+            "default/guard isolates client default/client for Ingress"]}
+        assert "policy" not in stored(api)["firewall-nsm-1"]["status"]
+
+        # A broken policy: one InvalidSpec Event naming its field; the wires stay as they are.
+        flows = {sw: set(f) for sw, f in switches.tables.items()}
+        api.create(BROKEN_POLICY)
+        status = next_state(lambda r: r.problems, 3.0)
+        assert governed(status) == {"default/client/nsm-1": ["default/guard isolates client default/client "
+                                                             "for Ingress"]}
+        assert {sw: set(f) for sw, f in switches.tables.items()} == flows
+        assert not writer.sync(status, source.objects()).errors
+        (invalid,) = [e for e in events(api) if e["reason"] == "InvalidSpec"]
+        assert invalid["involvedObject"] == {
+            "apiVersion": "k8s.cni.cncf.io/v1beta1", "kind": "MultiNetworkPolicy", "name": "broken",
+            "namespace": "default", "uid": api.get("MultiNetworkPolicy", "broken")["metadata"]["uid"]}
+        assert invalid["message"].startswith("spec.ingress[0].from[0].ipBlock.cidr: ")
+
+        # The labels move: the client is no longer selected; the dpi Pod (also the dpi endpoint's,
+        # whose NSE has no labels) is, on both its wires.
+        api.patch("Pod", "client", {"metadata": {"labels": {"role": None}}})
+        api.patch("Pod", "dpi", {"metadata": {"labels": {"role": "guarded"}}})
+        status = next_state(lambda r: r.policy.pods.get(("default", "dpi")) is not None
+                            and r.policy.pods.get(("default", "client")) is None, 4.0)
+        assert governed(status) == {
+            "default/firewall/nsm-1": ["default/guard isolates endpoint default/dpi for Ingress"],
+            "default/dpi/nsm-1": ["default/guard isolates client default/dpi for Ingress"]}
+    finally:
+        source.stop()

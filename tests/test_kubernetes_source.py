@@ -131,7 +131,8 @@ def failures(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage().split(":")[1].strip() for r in caplog.records if "listing again" in r.getMessage()]
 
 
-ALL_KINDS = {"Namespace", "NetworkService", "NetworkServiceEndpoint", "Pod", "ServiceLevel"}
+ALL_KINDS = {"Namespace", "NetworkService", "NetworkServiceEndpoint", "Pod", "ServiceLevel",
+             "MultiNetworkPolicy"}
 
 
 def watching(api: Emulator, count: int = len(ALL_KINDS)) -> Callable[[], bool]:
@@ -492,3 +493,116 @@ def test_service_levels_are_watched_and_a_bad_one_names_its_field(api: Emulator,
     assert [lv.name for lv in broken.service_levels] == ["gold"]  # the valid one stays
     api.delete("ServiceLevel", "gold", namespace="ns1")
     recorder.wait(lambda r: not r.service_levels, "the level's deletion")
+
+
+# -- MultiNetworkPolicy, and the labels policies select ---------------------------------------------
+
+POLICY = "k8s.cni.cncf.io/v1beta1"
+POLICIES = kmock.resource("k8s.cni.cncf.io", "v1beta1", "multi-networkpolicies")
+
+
+def policy(name: str, spec: dict, namespace: str = "ns1", networks: str = "svc") -> dict:
+    return {"apiVersion": POLICY, "kind": "MultiNetworkPolicy",
+            "metadata": {"name": name, "namespace": namespace,
+                         "annotations": {"k8s.v1.cni.cncf.io/policy-for": networks, "other.io/x": "y"}},
+            "spec": spec}
+
+
+def policy_names(resources: Resources) -> dict[str, tuple[str, ...]]:
+    return {str(p): tuple(map(str, p.networks)) for p in resources.policy.policies}
+
+
+def test_policies_are_watched_and_a_bad_one_names_its_field_and_keeps_the_last_valid(
+        api: Emulator, start) -> None:
+    api.create(policy("web", {"podSelector": {}, "ingress": [{"ports": [{"port": 80}]}]}))
+    source, recorder = start()
+    first = recorder.wait(lambda r: r.policy.policies, "the first policy")
+    assert policy_names(first) == {"ns1/web": ("ns1/svc",)} and first.problems == ()
+    (web,) = first.policy.policies
+    assert [p.port for p in web.ingress[0].ports] == [80]
+
+    api.create(policy("bad", {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "nope"}}]}]}))
+    broken = recorder.wait(lambda r: r.problems, "the bad policy's problem")
+    assert [(p.source, p.path) for p in broken.problems] == [
+        ("MultiNetworkPolicy/ns1/bad", "spec.ingress[0].from[0].ipBlock.cidr")]
+    assert policy_names(broken) == {"ns1/web": ("ns1/svc",)}  # the valid one stays, the bad one is not used
+
+    api.patch("MultiNetworkPolicy", "web", {"spec": {"ingress": [{"ports": [{"port": 0}]}]}}, namespace="ns1")
+    kept = recorder.wait(lambda r: any(p.source == "MultiNetworkPolicy/ns1/web" for p in r.problems),
+                         "the broken update's problem")
+    assert kept.policy.policies == (web,)  # its last valid version works on
+    assert any("keeping the last valid version" in p.message for p in kept.problems)
+    api.delete("MultiNetworkPolicy", "web", namespace="ns1")
+    api.delete("MultiNetworkPolicy", "bad", namespace="ns1")
+    last = recorder.wait(lambda r: not r.policy.policies and not r.problems, "the policies to go")
+    assert last.policy.policies == ()
+
+
+def test_an_absent_policy_crd_is_no_error_and_is_listed_again_rarely(api: Emulator, start, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="ryu_nsm.sources.kubernetes")
+    absent = threading.Event()
+    absent.set()
+    api.call(lambda: api.handler[kmock.action.LIST, POLICIES, absent] << 404)
+    api.create(network_service("svc"))
+    api.create(pod("client", request="kernel://svc/nsm-1"))
+    api.create(policy("web", {"podSelector": {}}))
+    source, recorder = start(absent_retry=0.3)
+    first = recorder.wait(lambda r: True, "the first delivery")
+    assert source.synced() and requests(first) == {"ns1/client/nsm-1": "svc{}"}
+    assert first.policy.policies == () and first.problems == ()
+    time.sleep(1.0)
+    lists = [r for r in api.requests("list") if r.resource == POLICIES]
+    assert 2 <= len(lists) <= 6  # looked again, every absent_retry, not in a tight loop
+    told = [r for r in caplog.records if "MultiNetworkPolicy" in r.getMessage()]
+    assert [r.levelno for r in told] == [logging.INFO] and "not served" in told[0].getMessage()
+    assert not failures(caplog)
+
+    absent.clear()  # the CRD is installed
+    recorder.wait(lambda r: policy_names(r) == {"ns1/web": ("ns1/svc",)}, "the policy once served")
+    assert any("served now" in r.getMessage() for r in caplog.records)
+
+
+def test_a_relist_of_another_kind_looks_for_an_absent_kind_again(api: Emulator, start) -> None:
+    absent = threading.Event()
+    absent.set()
+    api.call(lambda: api.handler[kmock.action.LIST, POLICIES, absent] << 404)
+    api.create(policy("web", {"podSelector": {}}))
+    source, recorder = start(absent_retry=600.0)
+    recorder.wait(lambda r: True, "the first delivery")
+    wait_until(watching(api, len(ALL_KINDS) - 1), "the watches of the served kinds")
+    absent.clear()
+    api.break_watches()  # the others list again: the absent kind is looked at with them
+    recorder.wait(lambda r: policy_names(r) == {"ns1/web": ("ns1/svc",)}, "the policy after the relist")
+
+
+def labelled(body: dict, **labels: str) -> dict:
+    return {**body, "metadata": {**body["metadata"], "labels": labels}}
+
+
+def test_labels_and_named_ports_that_policies_select_are_kept(api: Emulator, start) -> None:
+    api.create(labelled(namespace("ns1"), team="blue"))
+    api.create(labelled(pod("client", request="kernel://svc/nsm-1", **{"ryu-nsm.io/ports": "http=8080"}),
+                        app="web"))
+    api.create(labelled(endpoint("fw", "svc", "p1"), role="fw"))
+    api.create(labelled(endpoint("gw", "svc", "p2"), ignored="no"))
+    api.create(labelled(pod("gw"), app="gateway"))  # an endpoint's Pod: its labels are kept too
+    api.create(labelled(pod("bystander"), app="other"))
+    source, recorder = start()
+    first = recorder.wait(lambda r: r.policy.pods, "the labels")
+    facts = first.policy
+    assert dict(facts.namespaces) == {"ns1": {"team": "blue"}}
+    assert {k: dict(w.labels) for k, w in facts.pods.items()} == {
+        ("ns1", "client"): {"app": "web"}, ("ns1", "gw"): {"app": "gateway"}}
+    assert dict(facts.pods[("ns1", "client")].ports) == {"http": ("TCP", 8080)}
+    assert {k: dict(w.labels) for k, w in facts.endpoints.items()} == {
+        ("ns1", "fw"): {"role": "fw"}, ("ns1", "gw"): {"ignored": "no"}}
+
+    delivered = recorder.count()
+    unrelated = {"status": {"phase": "Succeeded"}, "metadata": {"annotations": {"x.io/y": "z"}}}
+    api.patch("Pod", "client", unrelated, namespace="ns1")
+    api.patch("Pod", "bystander", {"metadata": {"labels": {"app": "changed"}}}, namespace="ns1")
+    api.patch("Pod", "client", {"metadata": {"labels": {"app": "db"}}}, namespace="ns1")
+    last = recorder.wait(lambda r: r.policy.pods[("ns1", "client")].labels.get("app") == "db",
+                         "the client's new label")
+    # Only the label that counts made news: the other changes were no delivery of their own.
+    assert recorder.count() == delivered + 1 and last.problems == ()

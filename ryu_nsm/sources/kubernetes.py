@@ -1,4 +1,5 @@
-"""The Kubernetes source: NSM's CRDs, Pods and Namespaces from an API server → Resources, live.
+"""The Kubernetes source: NSM's CRDs, Pods, Namespaces, ServiceLevels and MultiNetworkPolicies from an
+API server → Resources, live.
 
 One thread per watched kind (and namespace, when the scope is a chosen set) runs the usual
 reflector loop: LIST, remember the list's resourceVersion, WATCH from it (with bookmarks and a
@@ -7,7 +8,10 @@ server-side timeout), and apply each event to an in-memory store keyed like ``do
 from the last resourceVersion seen (an event's or a bookmark's). A 410 Gone (the HTTP answer or an
 ERROR event), a broken stream or any other error leads to a new LIST that replaces that kind's part
 of the store: what the list lacks was deleted meanwhile, so no delete is lost and nothing is
-doubled. Errors back off exponentially with jitter; every wait ends at once on ``stop``.
+doubled. Errors back off exponentially with jitter; every wait ends at once on ``stop``. An optional
+kind whose list answers 404 (its CRD is not installed: MultiNetworkPolicy) is no error: it has no
+objects, counts as listed, and is listed again rarely (``absent_retry``) and whenever another kind
+lists again after a failure.
 
 The store becomes Kubernetes-shaped documents parsed by the same code as the file source
 (``documents.parse_keeping``): an object whose new version is invalid keeps its last valid
@@ -19,7 +23,8 @@ was delivered last. While the API server is unreachable the last state simply st
 Pods are selected on the client side: NSM's client annotation cannot be selected by the API
 server (selectors see labels and a few fields, never annotations), and a pod without it still
 matters when its Namespace carries it. So every pod is kept, trimmed to what is read, and only
-pods with our annotations or in an annotated Namespace become documents.
+pods with our annotations, in an annotated Namespace or named like an endpoint (whose labels policies
+may select) become documents; Namespaces with the client annotation or labels (namespaceSelector).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from ryu_nsm.core.model import DEFAULT_NAMESPACE, Resources
+from ryu_nsm.core.policy_model import POLICY_API_VERSION, POLICY_FOR_ANNOTATION, POLICY_KIND
 from ryu_nsm.observe.health import Loop, Supervised, supervise
 from ryu_nsm.qos.service_level import API_VERSION as SLA_API_VERSION
 from ryu_nsm.qos.service_level import KIND as SLA_KIND
@@ -56,6 +62,7 @@ log = logging.getLogger("ryu_nsm.sources.kubernetes")
 # dropped from documents, so that an unrelated annotation change costs no re-parse.
 _DELIVER_PERIOD = 5.0  # the deliver loop wakes this often when nothing changes, to show it is alive
 _OUR_ANNOTATIONS = ("networkservicemesh.io", "ryu-nsm.io/")
+_ABSENT_RETRY = 300.0  # seconds between lists of an optional kind the server does not serve
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,7 @@ class WatchedKind:
     api_version: str
     plural: str
     namespaced: bool = True
+    optional: bool = False  # its CRD may be missing: a 404 is logged once, not retried as an error
 
     @property
     def group(self) -> str:
@@ -81,7 +89,10 @@ NETWORK_SERVICE = WatchedKind("NetworkService", NSM_API_VERSION, "networkservice
 NETWORK_SERVICE_ENDPOINT = WatchedKind("NetworkServiceEndpoint", NSM_API_VERSION, "networkserviceendpoints")
 POD = WatchedKind("Pod", "v1", "pods")
 SERVICE_LEVEL = WatchedKind(SLA_KIND, SLA_API_VERSION, "servicelevels")  # ours; optional like NSM's
-KINDS = (NAMESPACE, NETWORK_SERVICE, NETWORK_SERVICE_ENDPOINT, POD, SERVICE_LEVEL)
+MULTI_NETWORK_POLICY = WatchedKind(POLICY_KIND, POLICY_API_VERSION, "multi-networkpolicies", optional=True)
+KINDS = (NAMESPACE, NETWORK_SERVICE, NETWORK_SERVICE_ENDPOINT, POD, SERVICE_LEVEL, MULTI_NETWORK_POLICY)
+# Kinds whose labels policies select (docs/policy.md): kept in their documents.
+_LABELLED = (NAMESPACE, NETWORK_SERVICE_ENDPOINT, POD)
 
 
 def object_key(kind: WatchedKind, obj: Mapping) -> ObjectKey | None:
@@ -100,21 +111,25 @@ def document_source(key: ObjectKey) -> str:
     return "/".join(key)
 
 
-def _ours(annotations: object) -> dict:
+def _ours(kind: WatchedKind, annotations: object) -> dict:
     if not isinstance(annotations, dict):
         return {}
-    return {k: v for k, v in annotations.items() if isinstance(k, str) and k.startswith(_OUR_ANNOTATIONS)}
+    return {k: v for k, v in annotations.items() if isinstance(k, str) and (
+        k.startswith(_OUR_ANNOTATIONS) or (kind is MULTI_NETWORK_POLICY and k == POLICY_FOR_ANNOTATION))}
 
 
 def _document(kind: WatchedKind, obj: Mapping) -> dict:
-    """The part of an object that parsing reads: identity, our annotations, the spec of NSM's kinds."""
+    """The part of an object that parsing reads: identity, our annotations (and a policy's policy-for),
+    the labels of what policies select, the spec of custom kinds."""
     meta = obj.get("metadata") or {}
     kept: dict[str, Any] = {"name": meta.get("name")}
     if kind.namespaced:
         kept["namespace"] = meta.get("namespace")
-    annotations = _ours(meta.get("annotations"))
+    annotations = _ours(kind, meta.get("annotations"))
     if annotations:
         kept["annotations"] = annotations
+    if kind in _LABELLED and meta.get("labels"):
+        kept["labels"] = meta["labels"]
     # Core lists carry no kind/apiVersion on their items; the watched kind is known anyway.
     doc: dict[str, Any] = {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": kept}
     if kind.group and "spec" in obj:
@@ -137,6 +152,10 @@ def _kept(kind: WatchedKind, obj: Mapping) -> dict:
 
 class _Gone(Exception):
     """The resourceVersion to resume from is too old: only a new list helps."""
+
+
+class _Absent(Exception):
+    """An optional kind is not served (404 on its list): its CRD is not installed."""
 
 
 class Backoff:
@@ -173,6 +192,8 @@ class _Reflector:
         self.current: watch.Watch | None = None
         self.name = kind.kind + (f"/{namespace}" if namespace else "")
         self.thread: Supervised | None = None
+        self.absent = False  # an optional kind found not served: waiting to list it again
+        self.recheck = threading.Event()  # set: list an absent kind now (another kind listed again)
 
     def in_scope(self, key: ObjectKey) -> bool:
         if key[0] != self.kind.kind:
@@ -212,6 +233,9 @@ class _Reflector:
                     self.fresh = True
                 self.follow(backoff, loop)
                 continue  # a watch that ended normally resumes from where it was
+            except _Absent:
+                self.wait_absent(loop)
+                continue
             except _Gone:
                 log.info("kubernetes source: %s: resourceVersion %s is gone, listing again",
                          self.name, self.resource_version)
@@ -230,20 +254,42 @@ class _Reflector:
             log.warning("kubernetes source: %s: %s; listing again in %.1f s", self.name, what, delay)
             stopping.wait(delay)
 
+    def wait_absent(self, loop: Loop) -> None:
+        """Until the next list of a kind not served: ``absent_retry`` seconds, or a recheck."""
+        if not self.absent:
+            log.info("kubernetes source: %s is not served (its CRD is not installed): none, looking "
+                     "again every %.0f s", self.name, self.source.absent_retry)
+            self.absent = True
+        end = time.monotonic() + self.source.absent_retry
+        while not self.source._stopping.is_set() and not self.recheck.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            loop.beat()
+            self.recheck.wait(min(left, _DELIVER_PERIOD))
+        self.recheck.clear()
+
     def relist(self) -> None:
         fn, args, kwargs = self.call()
+        if self.synced and not self.kind.optional:
+            self.source._recheck_absent()  # the server may have changed (a restart, a CRD installed)
         try:
             response = fn(*args, **kwargs, _preload_content=False,
                           _request_timeout=self.source.request_timeout)
         except ApiException as e:
             if e.status == 404:
-                # The kind is not served (NSM's CRDs are not installed): no objects until it is.
+                # The kind is not served (its CRD is not installed): no objects until it is.
                 self.source._replace(self, [])
+                if self.kind.optional:
+                    raise _Absent() from e
             raise
         try:
             answer = json.loads(response.data)
         finally:
             response.release_conn()
+        if self.absent:
+            log.info("kubernetes source: %s is served now", self.name)
+            self.absent = False
         items = answer.get("items") or []
         self.resource_version = (answer.get("metadata") or {}).get("resourceVersion") or None
         self.source._replace(self, [item for item in items if isinstance(item, dict)])
@@ -296,13 +342,15 @@ class _Reflector:
 
 
 class KubernetesSource:
-    """Lists and watches NSM's NetworkServices and NetworkServiceEndpoints, Pods and Namespaces, and
+    """Lists and watches NSM's NetworkServices and NetworkServiceEndpoints, Pods, Namespaces,
+    ServiceLevels and (when served) MultiNetworkPolicies, and
     calls ``on_change(resources)`` with the whole state whenever it changes (see the module doc).
 
     ``namespaces``: watch only these (None: all). ``watch_timeout``: seconds a watch stream may last
     before it is resumed. ``coalesce``: seconds to gather a burst of changes into one delivery.
     ``initial_backoff``/``max_backoff``: the retry delays after errors. ``request_timeout``:
-    connect and list read timeout in seconds.
+    connect and list read timeout in seconds. ``absent_retry``: seconds between lists of an optional
+    kind the server does not serve.
     """
 
     def __init__(
@@ -316,6 +364,7 @@ class KubernetesSource:
         initial_backoff: float = 0.2,
         max_backoff: float = 30.0,
         request_timeout: float = 30.0,
+        absent_retry: float = _ABSENT_RETRY,
     ):
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
@@ -325,6 +374,7 @@ class KubernetesSource:
         self.initial_backoff = initial_backoff
         self.max_backoff = max_backoff
         self.request_timeout = request_timeout
+        self.absent_retry = absent_retry
         self._on_change = on_change
         self._lock = threading.Condition()
         self._stopping = threading.Event()
@@ -355,6 +405,8 @@ class KubernetesSource:
         self._stopping.set()
         with self._lock:
             self._lock.notify_all()
+        for reflector in self._reflectors:
+            reflector.recheck.set()
         end = time.monotonic() + timeout
         for reflector in self._reflectors:
             # A watch that is just being opened has no socket to close yet: close it again.
@@ -376,6 +428,11 @@ class KubernetesSource:
         with self._lock:
             return MappingProxyType(dict(self._store))
 
+    def _recheck_absent(self) -> None:
+        for reflector in self._reflectors:
+            if reflector.absent:
+                reflector.recheck.set()
+
     # -- the store (called by the reflector threads) -----------------------------------------------
 
     def _annotated(self, namespace: str) -> bool:
@@ -383,15 +440,17 @@ class KubernetesSource:
         return doc is not None and CLIENT_ANNOTATION in (doc["metadata"].get("annotations") or {})
 
     def _counts(self, key: ObjectKey, doc: dict | None) -> bool:
-        """Whether a document takes part in parsing: a Pod only with our annotations or in an annotated
-        Namespace, a Namespace only with the client annotation."""
+        """Whether a document takes part in parsing: a Pod only with our annotations, in an annotated
+        Namespace or named like an endpoint (its labels are the endpoint's when the NSE has none), a
+        Namespace only with the client annotation or labels."""
         if doc is None:
             return False
         annotations = doc["metadata"].get("annotations") or {}
         if key[0] == POD.kind:
-            return bool(annotations) or self._annotated(key[1])
+            return bool(annotations) or self._annotated(key[1]) or (
+                (NETWORK_SERVICE_ENDPOINT.kind, *key[1:]) in self._documents)
         if key[0] == NAMESPACE.kind:
-            return CLIENT_ANNOTATION in annotations
+            return CLIENT_ANNOTATION in annotations or "labels" in doc["metadata"]
         return True
 
     def _set(self, key: ObjectKey, obj: dict | None, doc: dict | None) -> None:
@@ -400,6 +459,8 @@ class KubernetesSource:
         if obj is None:
             self._store.pop(key, None)
             self._documents.pop(key, None)
+        elif old == doc:
+            self._store[key] = obj  # the same document: the parse memo still knows it
         else:
             self._store[key] = obj
             self._documents[key] = doc
