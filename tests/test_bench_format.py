@@ -291,7 +291,7 @@ def test_forwarder_setup_quick_run_prints_rates_and_setup_percentiles(tmp_path):
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     found = {m["name"]: m for m in map(common.FIGURE_RE.match, lines) if m}
-    assert len(found) == len(lines) == 6, done.stdout
+    assert len(found) == len(lines) == 8, done.stdout
     for label in ("sequential", "8 concurrent"):
         rate = found[f"forwarder requests, {label}, 20 connections"]
         assert rate["unit"] == rate["limit_unit"] == "req/s" and float(rate["value"]) > 0
@@ -299,6 +299,11 @@ def test_forwarder_setup_quick_run_prints_rates_and_setup_percentiles(tmp_path):
     p99 = found["forwarder set-up, request to first frame p99"]
     assert 0 < float(p50["value"]) <= float(p99["value"])
     assert p50["limit_label"] == p99["limit_label"] == "ovs-vsctl add-port + ping"
+    # mTLS with NSM's signed tokens against the same over plain gRPC, in the same run.
+    for name in ("forwarder request to answer p50, mTLS + signed tokens",
+                 "forwarder set-up, request to first frame p50, mTLS + signed tokens"):
+        assert found[name]["limit_label"].endswith("the same over plain gRPC")
+        assert float(found[name]["value"]) > 0
 
 
 @pytest.fixture
