@@ -1,10 +1,10 @@
 """Paths for wires across the fabric, and the per-link tags that carry them.
 
-Paths are cheapest by link ``cost`` (networkx Dijkstra over the switches that are up, with links
-that are down removed); ties break deterministically by the fabric's declaration order, so the same
-fabric always gives the same paths. A path that is still intact is kept (sticky), so a link coming
-back does not move connections again. A view also holds the routing graph that qos's constrained
-path searches run on.
+Paths are cheapest by link ``cost`` (bidirectional Dijkstra, as networkx's, over the switches that
+are up, with links that are down removed); ties break deterministically by the fabric's declaration
+order, so the same fabric always gives the same paths. A path that is still intact is kept
+(sticky), so a link coming back does not move connections again. A view also holds the routing
+graph that qos's constrained path searches run on.
 """
 
 from __future__ import annotations
@@ -137,10 +137,15 @@ def _bidirectional(adjacency: Mapping[str, list[tuple[str, float, Link]]], src: 
     count = 2
     best, meet = None, None
     direction = 1
+    push, pop = heapq.heappush, heapq.heappop
     while fringe[0] and fringe[1]:
+        # Nothing ahead is cheaper than the best meeting found (the usual stopping rule): networkx
+        # would go on until a switch is settled both ways, but no later step changes this path.
+        if best is not None and fringe[0][0][0] + fringe[1][0][0] >= best:
+            return _joined(preds, meet)
         direction = 1 - direction
         here, there, heap = dists[direction], dists[1 - direction], fringe[direction]
-        dist, _, v = heapq.heappop(heap)
+        dist, _, v = pop(heap)
         if v in here:
             continue
         here[v] = dist
@@ -151,7 +156,7 @@ def _bidirectional(adjacency: Mapping[str, list[tuple[str, float, Link]]], src: 
             length = dist + cost
             if w not in here and (w not in near or length < near[w]):
                 near[w] = length
-                heapq.heappush(heap, (length, count, w))
+                push(heap, (length, count, w))
                 count += 1
                 pred[w] = (v, link)
                 if w in far:
