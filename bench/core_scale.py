@@ -7,8 +7,8 @@ switches are emulated the way the shell drives the core (connect, read flows, pr
 Then REQUESTS single client requests arrive one at a time, each on the full declared state plus
 itself, and the core's work for each is timed: plan and diff (``set_resources``), the barrier
 confirmation (``program_done``), the status (``status()`` rendered by a long-lived
-``StatusRenderer``), the metrics exposition of that status, and the Kubernetes desired status
-(``desired_connections`` with a long-lived memo, as the status writer keeps one). The limit is
+``StatusRenderer``), the metrics exposition of that status and the Kubernetes desired status
+(``desired_connections``), each with a long-lived memo as the status endpoint and writer keep. The limit is
 the same request, the same steps, on a controller that holds nothing else (the same fabric,
 services and endpoints): the ratio says how much of a change's cost comes from the connections
 already there.
@@ -46,7 +46,7 @@ from ryu_nsm.core.model import (
 from ryu_nsm.core.reconcile import SwitchDiff, apply
 from ryu_nsm.core.values import FrozenMap
 from ryu_nsm.k8s.connection_status import DesiredMemo, desired_connections
-from ryu_nsm.observe.metrics import exposition
+from ryu_nsm.observe.metrics import ExpositionMemo, exposition
 from ryu_nsm.observe.report import StatusRenderer
 from ryu_nsm.openflow.wire import OFPFC_ADD, encode_flow_mod
 from ryu_nsm.sources.topology import fat_tree
@@ -184,7 +184,7 @@ def loaded(work: Workload, resources: Resources) -> tuple[Controller, Switches]:
     return ctl, switches
 
 
-def one_request(ctl: Controller, switches: Switches, renderer: StatusRenderer, memo: DesiredMemo,
+def one_request(ctl: Controller, switches: Switches, renderer: StatusRenderer, memos: tuple,
                 resources: Resources, cid: str, now: float) -> dict[str, float]:
     """The core's work for one changed declared state, by step (seconds)."""
     took: dict[str, float] = {}
@@ -204,10 +204,10 @@ def one_request(ctl: Controller, switches: Switches, renderer: StatusRenderer, m
     status = renderer.render(ctl.status())
     took["status"] = time.process_time() - t
     t = time.process_time()
-    exposition(lambda: status)
+    exposition(lambda: status, memos[0])
     took["metrics"] = time.process_time() - t
     t = time.process_time()
-    desired_connections(status, "2026-01-01T00:00:00Z", memo=memo)
+    desired_connections(status, "2026-01-01T00:00:00Z", memo=memos[1])
     took["k8s status"] = time.process_time() - t
     if ctl.connection_state(cid) != "up":
         raise RuntimeError(f"{cid} is {ctl.connection_state(cid)} after its program was confirmed")
@@ -217,15 +217,17 @@ def one_request(ctl: Controller, switches: Switches, renderer: StatusRenderer, m
 def requests_one_by_one(ctl: Controller, switches: Switches, resources: Resources,
                         extra: tuple[ClientRequest, ...], cumulative: bool) -> list[dict[str, float]]:
     """Each extra request on top of ``resources`` (and, ``cumulative``, of those before it)."""
-    renderer, memo = StatusRenderer(), DesiredMemo()
-    # A long-lived renderer and status writer have seen the state before.
-    desired_connections(renderer.render(ctl.status()), "2026-01-01T00:00:00Z", memo=memo)
+    renderer, memos = StatusRenderer(), (ExpositionMemo(), DesiredMemo())
+    # A long-lived renderer, status endpoint and status writer have seen the state before.
+    status = renderer.render(ctl.status())
+    exposition(lambda: status, memos[0])
+    desired_connections(status, "2026-01-01T00:00:00Z", memo=memos[1])
     out = []
     held = resources.requests
     for i, request in enumerate(extra):
         held = (*held, request) if cumulative else (*resources.requests, request)
         declared = replace(resources, requests=held)
-        out.append(one_request(ctl, switches, renderer, memo, declared, request.id, 2.0 + i))
+        out.append(one_request(ctl, switches, renderer, memos, declared, request.id, 2.0 + i))
     return out
 
 
