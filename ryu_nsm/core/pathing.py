@@ -65,12 +65,17 @@ class FabricView:
             held = best.get(pair)
             if held is None or link.cost < held.cost:
                 best[pair] = link
-        # switch → [(neighbour, cost, link)] in the order networkx's adjacency would have.
-        self.adjacency: dict[str, list[tuple[str, float, Link]]] = {name: [] for name in up}
+        # switch → (neighbours, costs, links) in the order networkx's adjacency would have: three
+        # lists a switch, not a tuple a link end (fewer objects for the garbage collector to walk).
+        self.adjacency: dict[str, tuple[list[str], list[float], list[Link]]] = {
+            name: ([], [], []) for name in up}
         self._edges = tuple(best.values())
         for link in self._edges:
-            self.adjacency[link.a].append((link.b, link.cost, link))
-            self.adjacency[link.b].append((link.a, link.cost, link))
+            for end, other in ((link.a, link.b), (link.b, link.a)):
+                nbrs, costs, links = self.adjacency[end]
+                nbrs.append(other)
+                costs.append(link.cost)
+                links.append(link)
         self._shortest: dict[tuple[str, str], Path | NoPath] = {}
 
     @functools.cached_property
@@ -126,7 +131,8 @@ class FabricView:
         return found
 
 
-def _bidirectional(adjacency: Mapping[str, list[tuple[str, float, Link]]], src: str, dst: str) -> Path | None:
+def _bidirectional(adjacency: Mapping[str, tuple[list[str], list[float], list[Link]]], src: str,
+                   dst: str) -> Path | None:
     """The cheapest path, by networkx's ``bidirectional_dijkstra`` step for step (the same ties break
     the same way) on plain adjacency lists, without its per-edge calls; None when there is none.
     Predecessors are (switch, link): the link a step took."""
@@ -152,7 +158,7 @@ def _bidirectional(adjacency: Mapping[str, list[tuple[str, float, Link]]], src: 
         if v in there:
             return _joined(preds, meet)
         near, far, pred = seen[direction], seen[1 - direction], preds[direction]
-        for w, cost, link in adjacency[v]:
+        for w, cost, link in zip(*adjacency[v], strict=True):
             length = dist + cost
             if w not in here and (w not in near or length < near[w]):
                 near[w] = length
