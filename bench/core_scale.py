@@ -7,10 +7,11 @@ switches are emulated the way the shell drives the core (connect, read flows, pr
 Then REQUESTS single client requests arrive one at a time, each on the full declared state plus
 itself, and the core's work for each is timed: plan and diff (``set_resources``), the barrier
 confirmation (``program_done``), the status (``status()`` rendered by a long-lived
-``StatusRenderer``), the metrics exposition of that status, and the Kubernetes desired status
-(``desired_connections``). The limit is the same request, the same steps, on a controller that
-holds nothing else (the same fabric, services and endpoints): the ratio says how much of a change's
-cost comes from the connections already there.
+``StatusRenderer``), the metrics exposition of that status and the Kubernetes desired status
+(``desired_connections``), each with a long-lived memo as the status endpoint and writer keep. The limit is
+the same request, the same steps, on a controller that holds nothing else (the same fabric,
+services and endpoints): the ratio says how much of a change's cost comes from the connections
+already there.
 
 Also: the memory per connection (tracemalloc of the controller loading N, against its flows'
 OpenFlow flow-mod bytes), and the CPU of the core's idle work per second of wall time at that size
@@ -44,8 +45,8 @@ from ryu_nsm.core.model import (
 )
 from ryu_nsm.core.reconcile import SwitchDiff, apply
 from ryu_nsm.core.values import FrozenMap
-from ryu_nsm.k8s.connection_status import desired_connections
-from ryu_nsm.observe.metrics import exposition
+from ryu_nsm.k8s.connection_status import DesiredMemo, desired_connections
+from ryu_nsm.observe.metrics import ExpositionMemo, exposition
 from ryu_nsm.observe.report import StatusRenderer
 from ryu_nsm.openflow.wire import OFPFC_ADD, encode_flow_mod
 from ryu_nsm.sources.topology import fat_tree
@@ -183,8 +184,8 @@ def loaded(work: Workload, resources: Resources) -> tuple[Controller, Switches]:
     return ctl, switches
 
 
-def one_request(ctl: Controller, switches: Switches, renderer: StatusRenderer, resources: Resources,
-                cid: str, now: float) -> dict[str, float]:
+def one_request(ctl: Controller, switches: Switches, renderer: StatusRenderer, memos: tuple,
+                resources: Resources, cid: str, now: float) -> dict[str, float]:
     """The core's work for one changed declared state, by step (seconds)."""
     took: dict[str, float] = {}
     t = time.process_time()
@@ -203,10 +204,10 @@ def one_request(ctl: Controller, switches: Switches, renderer: StatusRenderer, r
     status = renderer.render(ctl.status())
     took["status"] = time.process_time() - t
     t = time.process_time()
-    exposition(lambda: status)
+    exposition(lambda: status, memos[0])
     took["metrics"] = time.process_time() - t
     t = time.process_time()
-    desired_connections(status, "2026-01-01T00:00:00Z")
+    desired_connections(status, "2026-01-01T00:00:00Z", memo=memos[1])
     took["k8s status"] = time.process_time() - t
     if ctl.connection_state(cid) != "up":
         raise RuntimeError(f"{cid} is {ctl.connection_state(cid)} after its program was confirmed")
@@ -216,14 +217,17 @@ def one_request(ctl: Controller, switches: Switches, renderer: StatusRenderer, r
 def requests_one_by_one(ctl: Controller, switches: Switches, resources: Resources,
                         extra: tuple[ClientRequest, ...], cumulative: bool) -> list[dict[str, float]]:
     """Each extra request on top of ``resources`` (and, ``cumulative``, of those before it)."""
-    renderer = StatusRenderer()
-    renderer.render(ctl.status())  # a long-lived renderer has seen the state before
+    renderer, memos = StatusRenderer(), (ExpositionMemo(), DesiredMemo())
+    # A long-lived renderer, status endpoint and status writer have seen the state before.
+    status = renderer.render(ctl.status())
+    exposition(lambda: status, memos[0])
+    desired_connections(status, "2026-01-01T00:00:00Z", memo=memos[1])
     out = []
     held = resources.requests
     for i, request in enumerate(extra):
         held = (*held, request) if cumulative else (*resources.requests, request)
         declared = replace(resources, requests=held)
-        out.append(one_request(ctl, switches, renderer, declared, request.id, 2.0 + i))
+        out.append(one_request(ctl, switches, renderer, memos, declared, request.id, 2.0 + i))
     return out
 
 

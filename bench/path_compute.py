@@ -10,6 +10,11 @@ BFS from the client's switch, which reaches the gateway's, on the graph ryu-nsm 
 - ``plan``: the whole ``make_plan`` (resolve, build the view, route, compile every switch's flows),
   what a change of the fabric's state costs.
 
+And the latency-bounded search (``qos.routing.search_path``, the fastest path's latency as bound)
+of the same 3 connections against 3 networkx ``bidirectional_dijkstra`` by latency: once with the
+per-destination bounds found anew (the first connection to a destination), once with them kept
+(every further connection to it, as the view keeps them).
+
 Usage: ``path_compute.py [--quick]``; ``--quick`` runs k=4 only with few repetitions.
 """
 
@@ -35,6 +40,7 @@ from ryu_nsm.core.model import (
 )
 from ryu_nsm.core.pathing import FabricView
 from ryu_nsm.core.planner import PLANNED, Plan, make_plan
+from ryu_nsm.qos.routing import search_path
 from ryu_nsm.sources.topology import fat_tree
 
 SERVICE = "secure-internet"
@@ -130,7 +136,33 @@ def run(k: int, repeats: int, round_seconds: float, budget_seconds: float) -> li
     return [
         figure(f"path compute (cached view), {chain}", cached, "ms", limit, "ms", LIMIT_LABEL),
         figure(f"plan, {chain}", plan, "ms", limit, "ms", LIMIT_LABEL),
+        *_bounded(setup, view, timed, chain),
     ]
+
+
+def _bounded(setup: ChainSetup, view: FabricView, timed: Callable[[Callable[[], object]], float],
+             chain: str) -> list[str]:
+    """The latency-bounded searches' figures (see the module docstring)."""
+    def latency(u: str, v: str, d: dict) -> float:
+        return d["link"].latency
+
+    fastest = [nx.bidirectional_dijkstra(view.graph, a, b, weight=latency)[0] for a, b in setup.hops]
+    limit = timed(lambda: [nx.bidirectional_dijkstra(view.graph, a, b, weight=latency)
+                           for a, b in setup.hops])
+    graph, none = view.routing, frozenset()
+
+    def searches() -> list:
+        found = [search_path(graph, a, b, 0, bound, None, none, none)
+                 for (a, b), bound in zip(setup.hops, fastest, strict=True)]
+        if None in found:
+            raise RuntimeError(f"a latency-bounded search found no path: {found}")
+        return found
+
+    cold = timed(lambda: (view.forget_paths(), searches()))
+    warm = timed(searches)
+    label = "3 networkx bidirectional_dijkstra by latency"
+    return [figure(f"latency-bounded path, bounds found anew, {chain}", cold, "ms", limit, "ms", label),
+            figure(f"latency-bounded path, bounds kept, {chain}", warm, "ms", limit, "ms", label)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -144,10 +144,12 @@ def test_quick_run_prints_figure_lines_from_any_directory(tmp_path):
     assert [m["name"] for m in matches] == [
         "path compute (cached view), 3-function chain, fat-tree k=4",
         "plan, 3-function chain, fat-tree k=4",
+        "latency-bounded path, bounds found anew, 3-function chain, fat-tree k=4",
+        "latency-bounded path, bounds kept, 3-function chain, fat-tree k=4",
     ]
     for m in matches:
         assert float(m["value"]) > 0 and float(m["limit"]) > 0
-        assert m["limit_label"] == "one networkx BFS"
+        assert m["limit_label"] in ("one networkx BFS", "3 networkx bidirectional_dijkstra by latency")
         assert float(m["ratio"]) == pytest.approx(float(m["value"]) / float(m["limit"]), rel=1.5e-2)
 
 

@@ -289,3 +289,42 @@ def test_a_changed_input_is_planned_anew():
     for change, expected in changes:
         resources, state, hints = rebuilt(**change)
         assert make_plan(fabric, resources, state, plan, hints).touched == expected, change
+
+
+def test_requests_that_claim_the_same_attachment_resolve_as_planning_anew_does():
+    """Changed requests are resolved alone: a clash over an attachment must come out as a whole
+    resolve finds it (the earlier request in resolve order keeps it, whoever changed)."""
+    hosts = {f"c{i}": ("s1",) for i in range(CLIENTS)}
+    hosts.update({f"e{j}": ("s3",) * 4 for j in range(3)})
+    world = World(ring(5, hosts, capacity=1e9, latency=0.001))
+
+    def request(pod, host, index=0):
+        return ClientRequest(pod, "nsm-1", "svc", attachment=attachment(world.fabric, host, index))
+
+    for i in range(4):
+        world.requests[i] = request(f"c{i}", f"c{i}")
+    plan = make_plan(world.fabric, world.resources(), world.state(), None, NO_HINTS)
+
+    steps = [
+        (10, request("a0", "c1")),  # new, sorts first by id, but c1 holds it: a0 fails
+        (11, request("z0", "e0")),  # an endpoint's attachment
+        (1, None),  # c1 goes: a0 takes its attachment
+        (12, request("b0", "c1")),  # and keeps it against a newer one
+        (0, request("c0", "c2")),  # c0 (held, before c2 by id) now claims c2's: c2 loses it
+        (10, None),  # b0 gets it back
+        (2, request("c2", "c5")),
+        (11, None),
+    ]
+    for key, changed in steps:
+        if changed is None:
+            del world.requests[key]
+        else:
+            world.requests[key] = changed
+        resources = world.resources()
+        incremental = make_plan(world.fabric, resources, world.state(), plan, NO_HINTS)
+        whole = make_plan(world.fabric, resources, world.state(), replace(plan, basis=None), NO_HINTS)
+        assert comparable(incremental) == comparable(whole), (key, changed)
+        assert {c: pc.connection for c, pc in incremental.connections.items()} == (
+            {c: pc.connection for c, pc in whole.connections.items()})
+        plan = incremental
+    assert plan.connections["default/b0/nsm-1"].state == PLANNED  # a0 left: the attachment is b0's

@@ -25,6 +25,7 @@ from ryu_nsm.k8s.connection_status import (
     MANAGED_BY,
     MANAGER,
     PLURAL,
+    DesiredMemo,
     connection_object_name,
     desired_connections,
     merge_conditions,
@@ -116,6 +117,29 @@ def test_demo_chain_through_the_real_controller_reports_every_hop_up(demo):
         "Resolved": ("True", T0, 1), "Admitted": ("True", T0, 1), "Ready": ("True", T0, 1)}
     # A function's own object starts the chain at the function.
     assert objects[("default", "dpi-nsm-1")]["status"]["chain"] == ["dpi", "vpn-gateway"]
+
+
+def test_a_memo_gives_what_building_every_object_anew_gives(demo):
+    """Objects kept between calls are those the same status would build: after a changed entry, a
+    changed chain hop, a moved clock, a new generation and a change of shard masters."""
+    fabric, resources = demo
+    ctl, switches = Controller(fabric), FakeFabric(fabric)
+    switches.connect_all(ctl)
+    switches.run(ctl, ctl.set_resources(resources, 1.0))
+    status = status_json(ctl.status())
+    dpi = next(i for i, e in enumerate(status["connections"]) if e["id"] == "default/dpi/nsm-1")
+    failed = [{**e, "state": "failed", "reason": "gone"} if i == dpi else e
+              for i, e in enumerate(status["connections"])]
+    key = ("default", "client-nsm-1")
+    memo = DesiredMemo()
+    for step, now, generations in [(status, T0, None), (status, "2026-02-02T00:00:00Z", None),
+                                   ({**status, "connections": failed}, T0, None),
+                                   (status, T0, {key: 3}),
+                                   ({**status, "role": {"switches": {"s1": {"holder": "r1"}}}}, T0, None)]:
+        fresh = desired_connections(step, now, generations)
+        assert desired_connections(step, now, generations, memo) == fresh
+    kept = desired_connections(status, T0, None, memo)
+    assert desired_connections(status, T0, None, memo)[key] is kept[key]
 
 
 def test_pending_connections_are_admitted_but_not_ready(demo):

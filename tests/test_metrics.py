@@ -8,8 +8,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ryu_nsm.core.controller import Controller, PortInfo
 from ryu_nsm.core.model import ClientRequest
-from ryu_nsm.observe.metrics import exposition
-from ryu_nsm.observe.report import render_text, status_json
+from ryu_nsm.observe.metrics import ExpositionMemo, exposition
+from ryu_nsm.observe.report import StatusRenderer, render_text, status_json
 from ryu_nsm.qos.service_level import ServiceLevel
 
 from .fabrics import ring
@@ -99,3 +99,31 @@ def test_status_text_sums_up_the_counters():
     assert "since start: 0 moves, 0 failures, 0 service level breaches" in text
     cut_first_link(fab, ctl, sw, 2.0)
     assert "since start: 1 moves (link_down 1), 0 failures" in render_text(status_json(ctl.status()))
+
+
+def test_a_memo_gives_the_exposition_a_whole_render_gives():
+    """Kept between scrapes, each connection's lines are those of its entry now: after a move, a new
+    failed connection, a lost switch, measurements and leader election."""
+    fab, res, ctl, sw = running()
+    memo = ExpositionMemo()
+    renderer = StatusRenderer()
+
+    def same() -> None:
+        status = renderer.render(ctl.status())
+        assert exposition(lambda: status, memo) == exposition(lambda: status)
+
+    same()
+    cut_first_link(fab, ctl, sw, 2.0)
+    same()
+    stray = ClientRequest("stray", "nsm-1", "nowhere", attachment=att(fab, "c0"))
+    sw.run(ctl, ctl.set_resources(replace(res, requests=(*res.requests, stray)), 3.0), 3.0)
+    same()
+    sw.run(ctl, ctl.switch_disconnected(fab.switch_by_name["s2"].dpid, 4.0), 4.0)
+    same()
+    status = renderer.render(ctl.status())
+    probe = {"latency": 0.001, "loss": 0.0, "complete": True, "met": True}
+    measured = {**status, "role": {"leader": True}, "connections": [
+        {**e, "measured": probe, "throughput": {"from_a": 1e6}} for e in status["connections"]]}
+    assert exposition(lambda: measured, memo) == exposition(lambda: measured)
+    sw.run(ctl, ctl.set_resources(res, 5.0), 5.0)  # the stray goes
+    same()

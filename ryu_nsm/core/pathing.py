@@ -1,10 +1,10 @@
 """Paths for wires across the fabric, and the per-link tags that carry them.
 
-Paths are cheapest by link ``cost`` (networkx Dijkstra over the switches that are up, with links
-that are down removed); ties break deterministically by the fabric's declaration order, so the same
-fabric always gives the same paths. A path that is still intact is kept (sticky), so a link coming
-back does not move connections again. A view also holds the routing graph that qos's constrained
-path searches run on.
+Paths are cheapest by link ``cost`` (bidirectional Dijkstra, as networkx's, over the switches that
+are up, with links that are down removed); ties break deterministically by the fabric's declaration
+order, so the same fabric always gives the same paths. A path that is still intact is kept
+(sticky), so a link coming back does not move connections again. A view also holds the routing
+graph that qos's constrained path searches run on.
 """
 
 from __future__ import annotations
@@ -52,22 +52,39 @@ class FabricView:
         self.fabric = fabric
         self.down_links = frozenset(down_links)
         self.down_switches = frozenset(down_switches)
-        graph = nx.Graph()
-        graph.add_nodes_from(s.name for s in fabric.switches if s.name not in self.down_switches)
-        # Parallel links collapse to the cheapest (then first declared): Dijkstra needs a simple graph.
-        # Collapsed first, then added at once: add_edge one by one is most of a large view's cost.
+        # Parallel links collapse to the cheapest (then first declared): a simple graph, as networkx
+        # would hold it, so that searches break ties as networkx's did (``_bidirectional``).
+        up = [s.name for s in fabric.switches if s.name not in self.down_switches]
         best: dict[tuple[str, str], Link] = {}
+        nodes = set(up)
         for link in fabric.links:
             a, b = link.a, link.b
-            if a == b or a not in graph or b not in graph or link.name in self.down_links:
+            if a == b or a not in nodes or b not in nodes or link.name in self.down_links:
                 continue
             pair = (a, b) if a < b else (b, a)
             held = best.get(pair)
             if held is None or link.cost < held.cost:
                 best[pair] = link
-        graph.add_edges_from((link.a, link.b, {"cost": link.cost, "link": link}) for link in best.values())
-        self.graph = graph
+        # switch → (neighbours, costs, links) in the order networkx's adjacency would have: three
+        # lists a switch, not a tuple a link end (fewer objects for the garbage collector to walk).
+        self.adjacency: dict[str, tuple[list[str], list[float], list[Link]]] = {
+            name: ([], [], []) for name in up}
+        self._edges = tuple(best.values())
+        for link in self._edges:
+            for end, other in ((link.a, link.b), (link.b, link.a)):
+                nbrs, costs, links = self.adjacency[end]
+                nbrs.append(other)
+                costs.append(link.cost)
+                links.append(link)
         self._shortest: dict[tuple[str, str], Path | NoPath] = {}
+
+    @functools.cached_property
+    def graph(self) -> nx.Graph:
+        """The usable fabric as a networkx graph (edges carry ``cost`` and ``link``), built on first use."""
+        graph = nx.Graph()
+        graph.add_nodes_from(self.adjacency)
+        graph.add_edges_from((link.a, link.b, {"cost": link.cost, "link": link}) for link in self._edges)
+        return graph
 
     # The routing graph of qos's constrained searches lives here, not in qos, so that the view can
     # own it without core importing qos (qos imports pathing); one per view, gone with the view.
@@ -77,8 +94,11 @@ class FabricView:
         return RoutingGraph(self)
 
     def forget_paths(self) -> None:
-        """Drop the paths found so far (benchmarks time the searches, not the lookups)."""
+        """Drop the paths and per-destination bounds found so far (benchmarks time the searches, not
+        the lookups)."""
         self._shortest.clear()
+        if "routing" in self.__dict__:
+            self.routing._bounds.clear()
 
     def intact(self, path: Path) -> bool:
         """True when every switch and link of ``path`` is still up."""
@@ -103,14 +123,70 @@ class FabricView:
                 raise NoPath(f"switch {src} is down")
             return Path((src,))
         for s in (src, dst):
-            if s not in self.graph:
+            if s not in self.adjacency:
                 raise NoPath(f"switch {s} is {'down' if s in self.down_switches else 'not in the fabric'}")
-        try:
-            _, nodes = nx.bidirectional_dijkstra(self.graph, src, dst, weight="cost")
-        except nx.NetworkXNoPath:
-            raise NoPath(f"no path from {src} to {dst} with the links that are up") from None
-        links = tuple(self.graph.edges[u, v]["link"] for u, v in zip(nodes, nodes[1:], strict=False))
-        return Path(tuple(nodes), links)
+        found = _bidirectional(self.adjacency, src, dst)
+        if found is None:
+            raise NoPath(f"no path from {src} to {dst} with the links that are up")
+        return found
+
+
+def _bidirectional(adjacency: Mapping[str, tuple[list[str], list[float], list[Link]]], src: str,
+                   dst: str) -> Path | None:
+    """The cheapest path, by networkx's ``bidirectional_dijkstra`` step for step (the same ties break
+    the same way) on plain adjacency lists, without its per-edge calls; None when there is none.
+    Predecessors are (switch, link): the link a step took."""
+    dists: tuple[dict[str, float], dict[str, float]] = ({}, {})
+    preds: tuple[dict, dict] = ({src: None}, {dst: None})
+    seen: tuple[dict[str, float], dict[str, float]] = ({src: 0}, {dst: 0})
+    fringe: tuple[list, list] = ([(0, 0, src)], [(0, 1, dst)])
+    count = 2
+    best, meet = None, None
+    direction = 1
+    push, pop = heapq.heappush, heapq.heappop
+    while fringe[0] and fringe[1]:
+        # Nothing ahead is cheaper than the best meeting found (the usual stopping rule): networkx
+        # would go on until a switch is settled both ways, but no later step changes this path.
+        if best is not None and fringe[0][0][0] + fringe[1][0][0] >= best:
+            return _joined(preds, meet)
+        direction = 1 - direction
+        here, there, heap = dists[direction], dists[1 - direction], fringe[direction]
+        dist, _, v = pop(heap)
+        if v in here:
+            continue
+        here[v] = dist
+        if v in there:
+            return _joined(preds, meet)
+        near, far, pred = seen[direction], seen[1 - direction], preds[direction]
+        for w, cost, link in zip(*adjacency[v], strict=True):
+            length = dist + cost
+            if w not in here and (w not in near or length < near[w]):
+                near[w] = length
+                push(heap, (length, count, w))
+                count += 1
+                pred[w] = (v, link)
+                if w in far:
+                    total = length + far[w]
+                    if best is None or best > total:
+                        best, meet = total, w
+    return None
+
+
+def _joined(preds: tuple[dict, dict], meet: str) -> Path:
+    """The path from the source to ``meet`` and on to the target, along each side's predecessors."""
+    switches, links, step = [meet], [], preds[0][meet]
+    while step is not None:
+        switches.append(step[0])
+        links.append(step[1])
+        step = preds[0][step[0]]
+    switches.reverse()
+    links.reverse()
+    step = preds[1][meet]
+    while step is not None:
+        switches.append(step[0])
+        links.append(step[1])
+        step = preds[1][step[0]]
+    return Path(tuple(switches), tuple(links))
 
 
 class RoutingGraph:
@@ -136,10 +212,18 @@ class RoutingGraph:
     def bounds(self, dst: str) -> tuple[dict[str, float], dict[str, float]]:
         """(least cost, least latency) from every switch that reaches ``dst`` to ``dst``."""
         if dst not in self._bounds:
-            self._bounds[dst] = (self._dijkstra(dst, "cost"), self._dijkstra(dst, "latency"))
+            self._bounds[dst] = (self._dijkstra(dst, 0), self._dijkstra(dst, 1))
         return self._bounds[dst]
 
-    def _dijkstra(self, origin: str, weight: str) -> dict[str, float]:
+    @functools.cached_property
+    def _weights(self) -> dict[str, list[tuple[str, tuple[float, float]]]]:
+        """switch → [(neighbour, (cost, latency))]: the bounds' searches without attribute look-ups."""
+        return {node: [(nb, (link.cost, link.latency)) for nb, link, _ in nbrs]
+                for node, nbrs in self.adjacency.items()}
+
+    def _dijkstra(self, origin: str, weight: int) -> dict[str, float]:
+        """Least cost (``weight`` 0) or latency (1) from every switch to ``origin``."""
+        weights = self._weights
         dist = {origin: 0.0}
         heap = [(0.0, origin)]
         done: set[str] = set()
@@ -148,8 +232,8 @@ class RoutingGraph:
             if node in done:
                 continue
             done.add(node)
-            for nb, link, _ in self.adjacency[node]:
-                nd = d + getattr(link, weight)
+            for nb, w in weights[node]:
+                nd = d + w[weight]
                 if nd < dist.get(nb, math.inf):
                     dist[nb] = nd
                     heapq.heappush(heap, (nd, nb))

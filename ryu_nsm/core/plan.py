@@ -12,7 +12,7 @@ from ryu_nsm.core.flowspec import FlowSpec, GroupSpec, MeterSpec
 from ryu_nsm.core.model import ClientRequest, Problem, Resources
 from ryu_nsm.core.pathing import FabricView, Path, TagAllocator
 from ryu_nsm.core.policy import WirePolicy
-from ryu_nsm.core.resolver import FAILED, Connection
+from ryu_nsm.core.resolver import FAILED, Connection, Resolution
 from ryu_nsm.qos.ledger import Ledger
 from ryu_nsm.qos.routing import meets_latency
 from ryu_nsm.qos.service_level import ServiceLevel
@@ -109,6 +109,8 @@ class Basis:
     groups: TagAllocator
     measured_view: FabricView  # ``view`` with measured latencies, for new placements
     zones: TagAllocator | None = None  # conntrack zones of policed wires
+    resolution: Resolution | None = None  # the resolve behind ``resolved``, for the next one
+    unplanned: frozenset[str] | None = None  # connections not planned (failed, waiting)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from ryu_nsm.core.flowspec import (
 from ryu_nsm.core.model import ClientRequest, Resources
 from ryu_nsm.core.pathing import FabricView, TagAllocator
 from ryu_nsm.core.plan import PLANNED, WAITING, Basis, FabricState, Plan, PlannedConnection
-from ryu_nsm.core.resolver import FAILED, Connection, resolve
+from ryu_nsm.core.resolver import FAILED, Connection, Resolution, resolve_changes, resolve_whole
 from ryu_nsm.core.router import (
     ZONE_SCOPE,
     Router,
@@ -68,15 +68,23 @@ def make_plan(
     before = previous.connections if previous else {}
     basis = previous.basis if previous else None
     levels = resources.service_levels
-    requests, resolved = _resolve(resources, basis, before, now)
+    requests, resolution = _resolve(resources, basis, before, now)
+    resolved = resolution.connections
     changes = _changes(basis, state, hints, levels)
     view, measured_view = _views(fabric, state, basis, changes.same_fabric)
-    *allocators, zones = _allocators(fabric, basis, before, hints, changes.anew_all)
+    policed = basis is None or bool(basis.resources.policy.policies or resources.policy.policies)
+    *allocators, zones = _allocators(fabric, basis, before, hints, changes.anew_all, policed)
     router = Router(fabric, state, view, *allocators, measured_view, policy=resources.policy, zones=zones)
-    planned, anew = _keep(before, resolved, view, hints, changes)
+    # Only requests changed: what the resolve changed and what was not planned is all there is to do.
+    since = resolution.changed if changes.quick and basis.unplanned is not None else None
+    if since is not None:
+        planned, anew = _keep_since(before, resolved, since | basis.unplanned)
+        removed = {cid for cid in since if cid in before and cid not in resolved}
+    else:
+        planned, anew = _keep(before, resolved, view, hints, changes)
+        removed = before.keys() - resolved.keys()
     if basis is None or not _same(basis.resources.policy, resources.policy):
         anew += _policy_changed(router, planned)
-    removed = before.keys() - resolved.keys()
     for cid in removed:
         router.release(cid)
     touched = _route_anew(router, resolved, before, planned, anew, levels) | removed
@@ -89,15 +97,41 @@ def make_plan(
     pipeline = previous.pipeline if changes.same_fabric else _pipeline(fabric, state)
     # Only connections planned anew can be waiting: a kept one is planned.
     keep = frozenset(wire_cookie(cid) for cid in touched if cid in planned and planned[cid].state == WAITING)
+    looked = touched if since is not None else planned.keys()
+    unplanned = {cid for cid in looked if cid in planned and planned[cid].state != PLANNED}
+    if since is not None:
+        unplanned |= basis.unplanned - touched
     return Plan(
-        connections={cid: planned[cid] for cid in sorted(planned)},
+        connections=_in_order(planned, before if since is not None else None, touched),
         pipeline=pipeline,
         problems=resources.problems,
         keep_cookies=keep,
         touched=frozenset(touched),
         basis=Basis(resources, requests, resolved, state, view, router.tags, hints, router.ledger,
-                    router.meters, router.groups, measured_view, router.zones),
+                    router.meters, router.groups, measured_view, router.zones, resolution,
+                    frozenset(unplanned)),
     )
+
+
+def _in_order(planned: dict[str, PlannedConnection], before: Mapping[str, PlannedConnection] | None,
+              touched: set[str]) -> dict[str, PlannedConnection]:
+    """``planned`` by id; from ``before`` (already by id) with the ``touched`` ones put in, when given."""
+    if before is None:
+        return {cid: planned[cid] for cid in sorted(planned)}
+    out = dict(before)
+    last = next(reversed(out), "")
+    added = sorted(cid for cid in touched if cid in planned and cid not in out)
+    for cid in touched:
+        if cid in planned:
+            if cid in out:
+                out[cid] = planned[cid]  # in its place
+        else:
+            out.pop(cid, None)
+    out.update((cid, planned[cid]) for cid in added)
+    if added and added[0] <= last:  # nearly sorted: a sort and a rebuild at C speed
+        ids = sorted(out)
+        return dict(zip(ids, map(out.__getitem__, ids), strict=True))
+    return out
 
 
 @dataclass(frozen=True)
@@ -137,17 +171,26 @@ def _changed_keys(old: Mapping, new: Mapping) -> frozenset:
 
 
 def _resolve(resources: Resources, basis: Basis | None, before: Mapping[str, PlannedConnection],
-             now: float | None) -> tuple[dict[str, ClientRequest], dict[str, Connection]]:
+             now: float | None) -> tuple[dict[str, ClientRequest], Resolution]:
     """Every request by id, and every connection: with the same services and endpoints as before,
-    a request as it was is settled (its connection is kept without being resolved again)."""
+    a request as it was is settled (its connection is kept without being resolved again), and only
+    the requests that changed and those that failed are resolved when that is enough."""
     requests = {r.id: r for r in resources.requests}
     settled: frozenset[str] = frozenset()
     if basis is not None and (basis.resources.services == resources.services
                               and basis.resources.endpoints == resources.endpoints):
         old = basis.requests
-        settled = frozenset(cid for cid, r in requests.items() if _same(old.get(cid), r))
+        # Identity first: most requests are the very objects seen before.
+        changed = [cid for cid, r in requests.items() if old.get(cid) is not r]
+        changed = [cid for cid in changed if old.get(cid) != requests[cid]]
+        if basis.resolution is not None:
+            removed = old.keys() - requests.keys()
+            found = resolve_changes(resources, requests, old, basis.resolution, changed, removed, now)
+            if found is not None:
+                return requests, found
+        settled = frozenset(requests.keys() - set(changed))
     previous = basis.resolved if basis else {c: pc.connection for c, pc in before.items()}
-    return requests, resolve(resources, previous, settled, now)
+    return requests, resolve_whole(resources, previous, settled, now)
 
 
 def _views(fabric: Fabric, state: FabricState, basis: Basis | None,
@@ -173,14 +216,16 @@ def _measured(fabric: Fabric, latency: Mapping[str, float]) -> Fabric | None:
 
 def _allocators(fabric: Fabric, basis: Basis | None, before: Mapping[str, PlannedConnection],
                 hints: Mapping[tuple[str, str], int],
-                anew_all: bool) -> tuple[TagAllocator, TagAllocator, TagAllocator, Ledger, TagAllocator]:
+                anew_all: bool, policed: bool) -> tuple[TagAllocator, TagAllocator, TagAllocator, Ledger,
+                                                        TagAllocator]:
     """Tags, meter ids, group ids, the bandwidth ledger and conntrack zones, as the plan before left
     them; planned anew, each connection's choices before are its preference; tags found on switches
-    win."""
+    win. Zones are only looked for when policies were or are declared (``policed``)."""
     zones = zone_allocator()
     if basis is not None and basis.zones is not None:
         zones = basis.zones.copy()
-    zones.remember({(cid, ZONE_SCOPE): pc.zone for cid, pc in before.items() if pc.zone is not None})
+    if policed:
+        zones.remember({(cid, ZONE_SCOPE): pc.zone for cid, pc in before.items() if pc.zone is not None})
     if not anew_all:
         tags, meters, groups = basis.tags.copy(), basis.meters.copy(), basis.groups.copy()
         ledger = basis.ledger.copy()
@@ -226,6 +271,16 @@ def _keep(before: Mapping[str, PlannedConnection], resolved: Mapping[str, Connec
         else:
             anew.append(cid)
     return planned, anew
+
+
+def _keep_since(before: Mapping[str, PlannedConnection], resolved: Mapping[str, Connection],
+                redo: frozenset[str]) -> tuple[dict[str, PlannedConnection], list[str]]:
+    """``_keep`` when only requests changed: every connection is kept but those ``redo`` names (the
+    resolve changed them, or they were not planned) that are still resolved, to route anew."""
+    planned = dict(before)
+    for cid in redo:
+        planned.pop(cid, None)
+    return planned, [cid for cid in redo if cid in resolved]
 
 
 def _still_good(old: PlannedConnection | None, conn: Connection, view: FabricView,

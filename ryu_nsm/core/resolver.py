@@ -143,24 +143,45 @@ def resolve(
     (the caller's promise; it is what makes a change cost what it touches, not the whole state).
     Endpoints whose ``expires`` is not after ``now`` are no candidates (no ``now``: none expire).
     """
-    previous = previous or {}
-    services = {s.key: s for s in resources.services}
-    by_service: dict[tuple[str, str], list[Endpoint]] = {}
-    for ep in sorted(resources.endpoints, key=lambda e: e.key):
-        for svc in ep.services:
-            by_service.setdefault((ep.namespace, svc), []).append(ep)
-    expired = {ep.key for ep in resources.endpoints if ep.expired(now)}
+    return resolve_whole(resources, previous, settled, now).connections
 
-    held = {cid for cid, conn in previous.items() if conn.state == RESOLVED}
-    pool = _Pool({})
-    owner = pool.owner
-    # Previous connections first, then by id: a new request never takes a working one's interface.
-    requests = sorted(resources.requests, key=lambda r: (r.id not in held, r.id))
-    clashes = _claim_client_attachments(requests, resources.endpoints, owner)
-    result: dict[str, Connection] = {}
-    indexes: dict[tuple[str, str], _EndpointIndex] = {}
 
-    def evaluate(req: ClientRequest, sticky_only: bool) -> Connection | None:
+@dataclass(frozen=True)
+class Resolution:
+    """A resolve's connections, with what the next one may start from (``resolve_changes``)."""
+
+    connections: dict[str, Connection]
+    owner: dict[Attachment, str]  # every attachment taken at the end (client and endpoint), by whom
+    failed: frozenset[str]  # ids of the connections that did not resolve
+    context: _Context = field(compare=False, repr=False)
+    # Endpoint key → index of its first attachment that may be free (``_Pool.cursor``).
+    cursor: dict[tuple[str, str], int] = field(compare=False, repr=False)
+    changed: frozenset[str] | None = None  # ids whose connection came, went or changed; None: unknown
+
+
+class _Context:
+    """What every evaluation of one resolve reads: services, endpoints by service and label, which
+    endpoints expired and which attachments endpoints hold. Valid while those stay the same."""
+
+    def __init__(self, resources: Resources, now: float | None):
+        self.services = {s.key: s for s in resources.services}
+        self.by_service: dict[tuple[str, str], list[Endpoint]] = {}
+        for ep in sorted(resources.endpoints, key=lambda e: e.key):
+            for svc in ep.services:
+                self.by_service.setdefault((ep.namespace, svc), []).append(ep)
+        self.expired = _expired(resources, now)
+        self.indexes: dict[tuple[str, str], _EndpointIndex] = {}
+        # A client attachment that an endpoint holds is refused, naming the first such endpoint.
+        self.endpoint_of: dict[Attachment, str] = {}
+        self.holders: dict[Attachment, list[tuple[str, str]]] = {}  # the endpoints that serve on it
+        for ep in resources.endpoints:
+            for att in ep.attachments:
+                self.endpoint_of.setdefault(att, f"endpoint {ep.namespace}/{ep.name}")
+                self.holders.setdefault(att, []).append(ep.key)
+
+    def evaluate(self, req: ClientRequest, pool: _Pool, clashes: Mapping[str, str], before: Connection | None,
+                 sticky_only: bool) -> Connection | None:
+        """The connection ``req`` gets (None with ``sticky_only`` unless it keeps its endpoint)."""
         base = Connection(
             id=req.id, namespace=req.namespace, network_service=req.service, client=req.pod,
             client_ifname=req.ifname, client_attachment=req.attachment, labels=req.labels,
@@ -172,13 +193,32 @@ def resolve(
                 f"interface {req.ifname} of pod {req.pod} has no attachment to the fabric "
                 "(annotation ryu-nsm.io/attachments)"
             )
-        service = services.get((req.namespace, req.service))
+        service = self.services.get((req.namespace, req.service))
         if service is None:
             return base.failed(f"network service {req.service!r} not found in namespace {req.namespace!r}")
-        if service.key not in indexes:
-            indexes[service.key] = _EndpointIndex(service.name, by_service.get(service.key, []), expired)
-        return _resolve_one(base, req, service, indexes[service.key], pool, previous.get(req.id), sticky_only)
+        if service.key not in self.indexes:
+            self.indexes[service.key] = _EndpointIndex(service.name, self.by_service.get(service.key, []),
+                                                       self.expired)
+        return _resolve_one(base, req, service, self.indexes[service.key], pool, before, sticky_only)
 
+
+def _expired(resources: Resources, now: float | None) -> frozenset[tuple[str, str]]:
+    return frozenset(ep.key for ep in resources.endpoints if ep.expired(now))
+
+
+def resolve_whole(resources: Resources, previous: Mapping[str, Connection] | None = None,
+                  settled: frozenset[str] = frozenset(), now: float | None = None) -> Resolution:
+    """``resolve``, with what a later ``resolve_changes`` starts from."""
+    previous = previous or {}
+    context = _Context(resources, now)
+    expired = context.expired
+    held = {cid for cid, conn in previous.items() if conn.state == RESOLVED}
+    pool = _Pool({})
+    owner = pool.owner
+    # Previous connections first, then by id: a new request never takes a working one's interface.
+    requests = sorted(resources.requests, key=lambda r: (r.id not in held, r.id))
+    clashes = _claim_client_attachments(requests, context.endpoint_of, owner)
+    result: dict[str, Connection] = {}
     # Pass 1: resolved connections keep what they have (settled ones without a second look).
     deferred = []
     for req in requests:
@@ -192,23 +232,83 @@ def resolve(
             if first == rid:
                 result[rid] = before
                 continue
-        found = evaluate(req, sticky_only=True)
+        found = context.evaluate(req, pool, clashes, before, sticky_only=True)
         if found is None:
             deferred.append(req)
         else:
             result[rid] = found
     # Pass 2: everything else chooses from what is left.
     for req in deferred:
-        result[req.id] = evaluate(req, sticky_only=False)
-    return result
+        result[req.id] = context.evaluate(req, pool, clashes, previous.get(req.id), sticky_only=False)
+    failed = frozenset(cid for cid, conn in result.items() if conn.state != RESOLVED)
+    return Resolution(result, owner, failed, context, pool.cursor)
+
+
+def resolve_changes(resources: Resources, requests: Mapping[str, ClientRequest],
+                    old: Mapping[str, ClientRequest], before: Resolution, changed: Iterable[str],
+                    removed: Iterable[str], now: float | None) -> Resolution | None:
+    """What ``resolve_whole`` gives when only the requests ``changed`` (new or not equal to ``old``'s)
+    and ``removed`` differ from those ``before`` resolved, services and endpoints being the same:
+    evaluating only those and the ones that failed. None when the change reaches further (an
+    endpoint expired, a changed request claims an attachment that another one holds): resolve whole.
+    """
+    context = before.context
+    if _expired(resources, now) != context.expired:
+        return None
+    previous = before.connections
+    removed = set(removed)
+    redo = set(changed) | (before.failed - removed)
+    owner, cursor = dict(before.owner), dict(before.cursor)
+    for cid in (*removed, *redo):  # their claims go; those that stay claim again, in order
+        for att in (old[cid].attachment if cid in old else None,
+                    previous[cid].endpoint_attachment if cid in previous else None):
+            if att is not None and owner.get(att) == cid:
+                del owner[att]
+                for key in context.holders.get(att, ()):  # free again: scans start over there
+                    cursor.pop(key, None)
+    held = {cid for cid in redo if cid in previous and previous[cid].state == RESOLVED}
+    order = sorted(redo, key=lambda c: (c not in held, c))
+    clashes: dict[str, str] = {}
+    for cid in order:
+        att = requests[cid].attachment
+        if att is None:
+            continue
+        first = owner.setdefault(att, cid)
+        if first == cid:
+            if att in context.endpoint_of:
+                clashes[cid] = context.endpoint_of[att]
+        elif first in redo or (requests.get(first) is not None and requests[first].attachment == att
+                               and (False, first) < (cid not in held, cid)):
+            clashes[cid] = first  # an earlier request in resolve order: a whole resolve finds the same
+        else:
+            return None
+    pool = _Pool(owner, cursor)
+    result = dict(previous)
+    for cid in removed:
+        del result[cid]
+    deferred = []
+    for cid in order:
+        found = None
+        if cid in held:
+            found = context.evaluate(requests[cid], pool, clashes, previous[cid], sticky_only=True)
+        if found is None:
+            deferred.append(cid)
+        else:
+            result[cid] = found
+    for cid in deferred:
+        result[cid] = context.evaluate(requests[cid], pool, clashes, previous.get(cid), sticky_only=False)
+    moved = {cid for cid in redo if result[cid] is not previous.get(cid) and result[cid] != previous.get(cid)}
+    failed = frozenset(cid for cid in redo if result[cid].state != RESOLVED)
+    return Resolution(result, owner, failed, context, cursor, frozenset(removed | moved))
 
 
 def _claim_client_attachments(
-    requests: list[ClientRequest], endpoints: Iterable[Endpoint], owner: dict[Attachment, str]
+    requests: list[ClientRequest], endpoint_of: Mapping[Attachment, str], owner: dict[Attachment, str]
 ) -> dict[str, str]:
     """Client attachments are claimed first, so that no endpoint choice can steal one.
 
-    Returns request id → who holds its attachment already, for the requests that lost it.
+    Returns request id → who holds its attachment already (another request or an endpoint), for the
+    requests that lost it.
     """
     clashes: dict[str, str] = {}
     for req in requests:
@@ -218,10 +318,8 @@ def _claim_client_attachments(
         first = owner.setdefault(att, req.id)
         if first != req.id:
             clashes[req.id] = first
-    for ep in endpoints:
-        for att in ep.attachments:
-            if att in owner:
-                clashes.setdefault(owner[att], f"endpoint {ep.namespace}/{ep.name}")
+        elif att in endpoint_of:
+            clashes[req.id] = endpoint_of[att]
     return clashes
 
 

@@ -216,13 +216,15 @@ def _masters(status: Mapping) -> dict[str, str | None]:
 
 
 def desired_connections(status: Mapping, now: str,
-                        generations: Mapping[tuple[str, str], int] | None = None
-                        ) -> dict[tuple[str, str], dict]:
+                        generations: Mapping[tuple[str, str], int] | None = None,
+                        memo: DesiredMemo | None = None) -> dict[tuple[str, str], dict]:
     """One NetworkServiceConnection per connection of the controller's ``status``, by (namespace, name).
 
     ``now`` (RFC 3339) stamps every condition; pass the result's conditions through
     ``merge_conditions`` with the stored ones to keep earlier transition times. ``generations`` are
-    the stored objects' ``metadata.generation`` (1, a new object's, when unknown).
+    the stored objects' ``metadata.generation`` (1, a new object's, when unknown). With a ``memo``
+    (kept between calls), a connection whose entry, chain and generation are equal to the last
+    call's keeps its object (restamped when ``now`` moved): a change costs what it touches.
     """
     entries = sorted(status.get("connections", []), key=lambda e: e["id"])
     by_client: dict[tuple[str, str, str], dict] = {}
@@ -231,53 +233,108 @@ def desired_connections(status: Mapping, now: str,
     by_id = {e["id"]: e for e in entries}
     masters = _masters(status)
     generations = generations or {}
+    memo = memo.start(masters, len(entries)) if memo is not None else None
     out: dict[tuple[str, str], dict] = {}
     for e in entries:
         ifname = e["id"].split("/", 2)[2]
-        name = connection_object_name(e["client"], ifname)
+        name = memo.object_name(e["client"], ifname) if memo is not None else (
+            connection_object_name(e["client"], ifname))
         if (e["namespace"], name) in out:  # two requests spelled alike: the later one is told apart
             name = connection_object_name(name, _hash(e["id"]))
         key = (e["namespace"], name)
         generation = generations.get(key, 1)
         hops = _follow(e, by_client, by_id)
-        body = {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "metadata": {
-                "name": name,
-                "namespace": e["namespace"],
-                "labels": {MANAGED_BY: MANAGER},
-                "annotations": {CONNECTION_ANNOTATION: e["id"]},
-            },
-            "spec": {"client": {"pod": e["client"], "ifname": ifname},
-                     "networkService": e["network_service"]},
-            "status": {
-                "observedGeneration": generation,
-                "state": _STATES.get(e["state"], FAILED),
-                "reason": short_reason(e["state"], e.get("reason", "")),
-                "message": _message(e),
-                "chain": [e["client"], *(h["endpoint"] for h in hops if h.get("endpoint"))],
-                "hops": [_hop(h, masters) for h in hops],
-                "path": list(e.get("path") or []),
-                "conditions": _conditions(e, hops, generation, now),
-            },
-        }
-        if e.get("service_level"):
-            body["status"]["serviceLevel"] = dict(e["service_level"])
-        if e.get("backup_path"):
-            body["status"]["backupPath"] = list(e["backup_path"])
-        if e.get("policy"):  # which policies, not their counters: those change at every read
-            body["status"]["policy"] = {"policies": list(e["policy"]["policies"]),
-                                        "governedBy": list(e["policy"]["governed_by"])}
-        if e.get("chain_latency"):
-            # What is planned, not what is measured: measurements move all the time, and each
-            # change would be a write (ServiceLevelMet says whether the measured chain keeps it).
-            chain = e["chain_latency"]
-            body["status"]["chainLatency"] = {
-                "plannedSeconds": chain["latency"], "boundSeconds": chain["bound"],
-                "connections": list(chain["wires"])}
+        body = memo.get(e["id"], hops, key, generation, now) if memo is not None else None
+        if body is None:
+            body = _connection_object(e, hops, name, ifname, generation, masters, now)
+            if memo is not None:
+                memo.put(e["id"], hops, key, generation, now, body)
         out[key] = body
     return out
+
+
+class DesiredMemo:
+    """The objects ``desired_connections`` made last, by connection id, with what they were made of.
+
+    Entries and hops are compared by equality (identity first: ``observe.report.StatusRenderer``
+    keeps unchanged entries as the same objects); a change of shard masters forgets everything.
+    Callers must not change the objects they are given.
+    """
+
+    def __init__(self) -> None:
+        self._made: dict[str, tuple[list[dict], tuple[str, str], int, str, dict]] = {}
+        self._masters: dict[str, str | None] | None = None
+        self._names: dict[tuple[str, str], str] = {}
+
+    def object_name(self, pod: str, ifname: str) -> str:
+        """``connection_object_name``, remembered."""
+        name = self._names.get((pod, ifname))
+        if name is None:
+            name = self._names[(pod, ifname)] = connection_object_name(pod, ifname)
+        return name
+
+    def start(self, masters: dict[str, str | None], size: int) -> DesiredMemo:
+        if masters != self._masters or len(self._made) > 2 * size + 100:
+            self._made, self._masters, self._names = {}, masters, {}
+        return self
+
+    def get(self, cid: str, hops: list[dict], key: tuple[str, str], generation: int, now: str) -> dict | None:
+        made = self._made.get(cid)
+        if made is None or made[1:3] != (key, generation) or len(made[0]) != len(hops) or not all(
+                a is b or a == b for a, b in zip(made[0], hops, strict=True)):
+            return None
+        body = made[4]
+        if made[3] != now:  # only the conditions' stamp moved
+            conditions = [{**c, "lastTransitionTime": now} for c in body["status"]["conditions"]]
+            body = {**body, "status": {**body["status"], "conditions": conditions}}
+            self._made[cid] = (made[0], key, generation, now, body)
+        return body
+
+    def put(self, cid: str, hops: list[dict], key: tuple[str, str], generation: int, now: str,
+            body: dict) -> None:
+        self._made[cid] = (hops, key, generation, now, body)
+
+
+def _connection_object(e: dict, hops: list[dict], name: str, ifname: str, generation: int,
+                       masters: Mapping[str, str | None], now: str) -> dict:
+    """The NetworkServiceConnection of entry ``e`` (see ``desired_connections``)."""
+    body = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {
+            "name": name,
+            "namespace": e["namespace"],
+            "labels": {MANAGED_BY: MANAGER},
+            "annotations": {CONNECTION_ANNOTATION: e["id"]},
+        },
+        "spec": {"client": {"pod": e["client"], "ifname": ifname},
+                 "networkService": e["network_service"]},
+        "status": {
+            "observedGeneration": generation,
+            "state": _STATES.get(e["state"], FAILED),
+            "reason": short_reason(e["state"], e.get("reason", "")),
+            "message": _message(e),
+            "chain": [e["client"], *(h["endpoint"] for h in hops if h.get("endpoint"))],
+            "hops": [_hop(h, masters) for h in hops],
+            "path": list(e.get("path") or []),
+            "conditions": _conditions(e, hops, generation, now),
+        },
+    }
+    if e.get("service_level"):
+        body["status"]["serviceLevel"] = dict(e["service_level"])
+    if e.get("backup_path"):
+        body["status"]["backupPath"] = list(e["backup_path"])
+    if e.get("policy"):  # which policies, not their counters: those change at every read
+        body["status"]["policy"] = {"policies": list(e["policy"]["policies"]),
+                                    "governedBy": list(e["policy"]["governed_by"])}
+    if e.get("chain_latency"):
+        # What is planned, not what is measured: measurements move all the time, and each
+        # change would be a write (ServiceLevelMet says whether the measured chain keeps it).
+        chain = e["chain_latency"]
+        body["status"]["chainLatency"] = {
+            "plannedSeconds": chain["latency"], "boundSeconds": chain["bound"],
+            "connections": list(chain["wires"])}
+    return body
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from ryu_nsm.k8s.connection_status import (
     PLURAL,
     UP,
     VERSION,
+    DesiredMemo,
     desired_connections,
     merge_conditions,
     parse_problem,
@@ -166,6 +167,7 @@ class StatusWriter:
         self._emitted: OrderedDict[EventKey, _Emitted] = OrderedDict()
         self._problems_told: set[EventKey] = set()
         self._last_state: dict[str, tuple[str, str, str]] = {}
+        self._desired = DesiredMemo()  # unchanged connections keep their desired objects
 
     # -- API calls ------------------------------------------------------------------------------
 
@@ -247,7 +249,7 @@ class StatusWriter:
         stored = self._stored
         if stored is not None:
             generations = {k: (o.get("metadata") or {}).get("generation") or 1 for k, o in stored.items()}
-            desired = {k: v for k, v in desired_connections(status, now, generations).items()
+            desired = {k: v for k, v in desired_connections(status, now, generations, self._desired).items()
                        if self.namespaces is None or k[0] in self.namespaces}
             tasks: list[tuple[int, tuple[str, str], Callable[[], _Outcome]]] = []
             in_step = []  # need no write, only maybe an Event

@@ -15,7 +15,8 @@ With leader election: whether this replica leads.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -34,21 +35,88 @@ class StatusCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         status = self.status()
         yield from _connections(status.get("connections", []))
-        yield from _policy(status.get("connections", []))
-        yield from _links(status.get("links", []), status.get("reservations", []))
-        yield from _switches(status.get("switches", []))
-        yield from _counters(status.get("counters", {}))
-        if "role" in status:  # with leader election
-            leader = _gauge("leader", "1 while this replica leads and programs the switches", [])
-            leader.add_metric([], 1.0 if status["role"]["leader"] else 0.0)
-            yield leader
+        yield from _fabric(status)
 
 
-def exposition(status: Callable[[], dict]) -> bytes:
-    """The text exposition of ``status()`` (a registry of its own: no process-wide state)."""
+def _fabric(status: dict) -> Iterator[Metric]:
+    """Every family but the connections' own (policy counters are rendered whole: they move at every
+    counter read)."""
+    yield from _policy(status.get("connections", []))
+    yield from _links(status.get("links", []), status.get("reservations", []))
+    yield from _switches(status.get("switches", []))
+    yield from _counters(status.get("counters", {}))
+    if "role" in status:  # with leader election
+        leader = _gauge("leader", "1 while this replica leads and programs the switches", [])
+        leader.add_metric([], 1.0 if status["role"]["leader"] else 0.0)
+        yield leader
+
+
+def exposition(status: Callable[[], dict], memo: ExpositionMemo | None = None) -> bytes:
+    """The text exposition of ``status()`` (a registry of its own: no process-wide state); with a
+    ``memo`` kept between scrapes, only the connections that changed are rendered again."""
+    if memo is not None:
+        return memo.render(status())
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatusCollector(status))
     return generate_latest(registry)
+
+
+class _Families(Collector):
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
+
+
+def _text(families: Iterable[Metric]) -> str:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families))
+    return generate_latest(registry).decode()
+
+
+def _samples(text: str) -> dict[str, str]:
+    """Family name → its sample lines, from the exposition of some families."""
+    out: dict[str, str] = {}
+    name = ""
+    for line in text.splitlines(keepends=True):
+        if line.startswith("# TYPE "):
+            name = line.split(" ", 3)[2]
+            out[name] = ""
+        elif not line.startswith("# HELP "):
+            out[name] += line
+    return out
+
+
+class ExpositionMemo:
+    """Each connection's sample lines, kept while its status entry stays equal (identity first:
+    ``observe.report.StatusRenderer`` keeps unchanged entries as the same objects): a scrape renders
+    again the connections that changed and the fabric's families, and joins the rest. The output is
+    what ``exposition`` without a memo gives. Safe to share between threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lines: dict[str, tuple[dict, dict[str, str]]] = {}
+        # (family name, its HELP and TYPE lines), in exposition order: a family without samples
+        # is those two lines.
+        heads = _text(_connections([])).splitlines(keepends=True)
+        self._heads = [(kind.split(" ", 3)[2], doc + kind) for doc, kind in zip(heads[::2], heads[1::2],
+                                                                                 strict=True)]
+
+    def render(self, status: dict) -> bytes:
+        entries = status.get("connections", [])
+        with self._lock:
+            lines = self._lines
+            fresh: dict[str, tuple[dict, dict[str, str]]] = {}
+            for e in entries:
+                held = lines.get(e["id"])
+                if held is None or not (held[0] is e or held[0] == e):
+                    held = (e, _samples(_text(_connections([e]))))
+                fresh[e["id"]] = held
+            self._lines = fresh
+        parts = [head + "".join(fresh[e["id"]][1].get(name, "") for e in entries)
+                 for name, head in self._heads]
+        return ("".join(parts) + _text(_fabric(status))).encode()
 
 
 def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:

@@ -44,10 +44,13 @@ def _routes(status: Callable[[], dict], states: Callable[[], dict] | None, fabri
             loops: health.Registry | None, metrics_only: bool) -> dict[str, Route]:
     """Path (without trailing slash) -> what answers it."""
 
+    memo: list = []  # the metrics' memo, made on the first scrape (metrics is imported late)
+
     def metrics_text() -> tuple[int, bytes, str]:
         from ryu_nsm.observe import metrics  # here: every `ryu-nsm` command imports this module
 
-        text = metrics.exposition(status) + (health.exposition(loops) if loops else b"")
+        memo[:] = memo or [metrics.ExpositionMemo()]
+        text = metrics.exposition(status, memo[0]) + (health.exposition(loops) if loops else b"")
         return 200, text, metrics.CONTENT_TYPE
 
     def healthz() -> tuple[int, bytes, str]:
