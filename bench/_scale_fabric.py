@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import BenchFailure, sh
+from common import bundle_add_flows, sh
 
 from ryu_nsm.core.fabric import Fabric
 
@@ -211,19 +211,7 @@ def _delete_line(flow: str) -> str:
 
 def _bundle(files: Mapping[str, Path]) -> float:
     """Seconds for ``ovs-ofctl --bundle add-flows`` into every bridge of ``files``, all at once."""
-    start = time.perf_counter()
-    procs = {br: subprocess.Popen(["ovs-ofctl", "-O", "OpenFlow13", "--bundle", "add-flows", br, str(f)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for br, f in files.items()}
-    failed = []
-    for br, proc in procs.items():
-        _, err = proc.communicate(timeout=TIMEOUT)
-        if proc.returncode:
-            failed.append(f"{br}: {err.strip()}")
-    elapsed = time.perf_counter() - start
-    if failed:
-        raise BenchFailure(f"ovs-ofctl --bundle add-flows failed: {failed[:3]}")
-    return elapsed
+    return bundle_add_flows(files, TIMEOUT)
 
 
 def reinstall_time(flows: Mapping[str, list[str]], workdir: Path, tag: str) -> float:

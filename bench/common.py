@@ -223,3 +223,21 @@ def print_figures(name: str, produce: Callable[[], list[str]],
     for line in lines:
         print(line)
     return 0
+
+
+def bundle_add_flows(files: Mapping[str, Path], timeout: float) -> float:
+    """Seconds for ``ovs-ofctl --bundle add-flows`` into every bridge of ``files``, all at once: the
+    limit several benchmarks measure themselves against."""
+    start = time.perf_counter()
+    procs = {br: subprocess.Popen(["ovs-ofctl", "-O", "OpenFlow13", "--bundle", "add-flows", br, str(f)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for br, f in files.items()}
+    failed = []
+    for br, proc in procs.items():
+        _, err = proc.communicate(timeout=timeout)
+        if proc.returncode:
+            failed.append(f"{br}: {err.strip()}")
+    elapsed = time.perf_counter() - start
+    if failed:
+        raise BenchFailure(f"ovs-ofctl --bundle add-flows failed: {failed[:3]}")
+    return elapsed

@@ -70,6 +70,7 @@ import kubernetes
 import yaml
 from common import (
     BenchFailure,
+    bundle_add_flows,
     check_bridges,
     figure,
     flow_count,
@@ -505,19 +506,7 @@ def controller_run(run: Run, api: Emulator, ctl: ControllerProcess, reports: Rep
 
 def install(files: Mapping[str, Path]) -> float:
     """Seconds for ``ovs-ofctl --bundle add-flows`` into every bridge of ``files``, all at once."""
-    start = time.perf_counter()
-    procs = {br: subprocess.Popen(["ovs-ofctl", "-O", "OpenFlow13", "--bundle", "add-flows", br, str(f)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for br, f in files.items()}
-    failed = []
-    for br, proc in procs.items():
-        _, err = proc.communicate(timeout=TIMEOUT)
-        if proc.returncode:
-            failed.append(f"{br}: {err.strip()}")
-    elapsed = time.perf_counter() - start
-    if failed:
-        raise BenchFailure(f"ovs-ofctl --bundle add-flows failed: {failed[:3]}")
-    return elapsed
+    return bundle_add_flows(files, TIMEOUT)
 
 
 def reset(bridges: Iterable[str], flows: Flows, setup_files: Mapping[str, Path]) -> None:
