@@ -103,7 +103,7 @@ def test_two_guarantees_that_do_not_fit_the_short_link_are_split_and_each_gets_i
     paths = {qos.path(GOLD)[1:-1] == [], qos.path(SILVER)[1:-1] == []}
     assert paths == {True, False}, (qos.path(GOLD), qos.path(SILVER))
     gold, silver = qos.net.iperf_tcp_together(
-        [("client1", "server1", SERVER1, 5201), ("client2", "server2", SERVER2, 5202)], seconds=3)
+        [("client1", "server1", SERVER1, 5201), ("client2", "server2", SERVER2, 5202)], seconds=3, omit=1)
     # Sharing the short link they would get ~47 Mbit/s each (both on s1–s2, as without levels).
     for name, rate in (("gold", gold), ("silver", silver)):
         assert rate >= 0.8 * 70e6, f"{name}: {rate / 1e6:.1f} Mbit/s of a 70 Mbit/s guarantee"
@@ -117,7 +117,7 @@ def test_without_guarantees_both_share_the_short_link(qos):
     """The contrast of the test above: same traffic, no levels, one link, half the rate each."""
     assert qos.path(GOLD) == qos.path(SILVER) == SHORT
     gold, silver = qos.net.iperf_tcp_together(
-        [("client1", "server1", SERVER1, 5201), ("client2", "server2", SERVER2, 5202)], seconds=3)
+        [("client1", "server1", SERVER1, 5201), ("client2", "server2", SERVER2, 5202)], seconds=3, omit=1)
     assert gold + silver <= 100e6 * 1.05 and min(gold, silver) < 0.8 * 70e6, (gold, silver)
 
 

@@ -184,11 +184,13 @@ class FabricTraffic:
         """TCP throughput in bit/s from ``src`` to ``dst_ip`` on host ``dst``, measured by iperf3."""
         return self.iperf_tcp_together([(src, dst, dst_ip, port)], seconds)[0]
 
-    def iperf_tcp_together(self, runs: Iterable[tuple[str, str, str, int]], seconds: int = 2) -> list[float]:
+    def iperf_tcp_together(self, runs: Iterable[tuple[str, str, str, int]], seconds: int = 2,
+                           omit: int = 0) -> list[float]:
         """TCP throughput in bit/s of several iperf3 runs at the same time, each (src, dst, dst_ip,
-        port): servers on ``dst`` listen on ``port`` first, then every client starts at once."""
+        port): servers on ``dst`` listen on ``port`` first, then every client starts at once. The
+        first ``omit`` seconds (TCP's slow start) are left out of the figure, as iperf3 -O does."""
         runs = list(runs)
-        limit = str(seconds + 20)
+        limit = str(seconds + omit + 20)
         servers, clients = [], []
         try:
             for _src, dst, dst_ip, port in runs:
@@ -200,11 +202,11 @@ class FabricTraffic:
                 if not listening or server.poll() is not None:
                     raise FabricNetError(f"iperf3 server on {dst} did not start: {_drain(server)}")
             for src, _dst, dst_ip, port in runs:
-                clients.append(self._spawn(src, ["timeout", limit, "iperf3", "-c", dst_ip, "-p", str(port),
-                                                 "-t", str(seconds), "-J"]))
+                clients.append(self._spawn(src, ["timeout", limit, "iperf3", "-c", dst_ip,
+                                                 "-p", str(port), "-t", str(seconds), "-O", str(omit), "-J"]))
             rates = []
             for (src, _dst, dst_ip, _port), client in zip(runs, clients, strict=True):
-                out, err = client.communicate(timeout=seconds + 25)
+                out, err = client.communicate(timeout=seconds + omit + 25)
                 report = json.loads(out or "{}")
                 # With -J iperf3 may exit 0 and report only an error.
                 if client.returncode != 0 or "error" in report or "end" not in report:
