@@ -20,10 +20,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 
 from ryu_nsm.observe import health
-from ryu_nsm.observe.flow_store import FlowStore
 from ryu_nsm.observe.status_access import StatusAccess, StatusClient
+
+if TYPE_CHECKING:  # every `ryu-nsm` command imports this module: the store only where it serves
+    from ryu_nsm.observe.flow_store import FlowStore
 
 DEFAULT_ADDRESS = ("127.0.0.1", 8181)
 HANDSHAKE_SECONDS = 10.0  # a client that stalls its TLS handshake holds a thread no longer
