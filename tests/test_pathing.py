@@ -61,3 +61,38 @@ def test_shortest_on_a_fat_tree_is_networkx_bidirectional_dijkstra(k):
     assert_as_networkx(FabricView(fat_tree(k)))
     down = [link.name for link in fat_tree(k).links[::7]]
     assert_as_networkx(FabricView(fat_tree(k), down_links=down, down_switches=["c0"]))
+
+
+@st.composite
+def weighted_view(draw) -> FabricView:
+    """A random fabric whose costs and latencies are each shared by every link or mixed."""
+    n = draw(st.integers(2, 14))
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    costs = draw(st.sampled_from([(1.0,), (3,), (0.1,), (1.0, 2.0, 5.0)]))
+    latencies = draw(st.sampled_from([(0.0,), (0.001,), (0.0003,), (0.001, 0.002, 0.0007)]))
+    ports = dict.fromkeys(range(n), 0)
+    links = []
+    for _ in range(draw(st.integers(0, 3 * n))):
+        u, v = rng.randrange(n), rng.randrange(n)
+        ports[u] += 1
+        ports[v] += 1
+        links.append(Link(f"s{u}", ports[u], f"s{v}", ports[v], cost=rng.choice(costs),
+                          latency=rng.choice(latencies)))
+    fabric = Fabric("random", tuple(Switch(f"s{i}", i + 1) for i in range(n)), tuple(links))
+    return FabricView(fabric, [link.name for link in links if rng.random() < 0.1])
+
+
+@settings(max_examples=300, deadline=None)
+@given(weighted_view())
+def test_bounds_are_networkx_dijkstra_distances(view):
+    """The per-destination bounds are networkx's Dijkstra distances to the destination, to the bit,
+    over the routing graph's links (parallel links kept: the lightest counts)."""
+    graph = view.routing
+    multi = nx.MultiGraph()
+    multi.add_nodes_from(graph.adjacency)
+    multi.add_edges_from((link.a, link.b, {"link": link}) for link in graph.links.values())
+    for dst in graph.adjacency:
+        expected = [nx.single_source_dijkstra_path_length(
+            multi, dst, weight=lambda u, v, d, w=weight: min(getattr(e["link"], w) for e in d.values()))
+            for weight in ("cost", "latency")]
+        assert list(graph.bounds(dst)) == expected

@@ -310,12 +310,27 @@ class RoutingGraph:
                 self.adjacency[link.a].append((link.b, link, name))
                 self.adjacency[link.b].append((link.a, link, name))
         self._bounds: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
+        # A weight every link shares (None: they differ): its bounds follow from hop counts.
+        self._steps = tuple(_shared({getattr(link, weight) for link in self.links.values()})
+                            for weight in ("cost", "latency"))
 
     def bounds(self, dst: str) -> tuple[dict[str, float], dict[str, float]]:
-        """(least cost, least latency) from every switch that reaches ``dst`` to ``dst``."""
+        """(least cost, least latency) from every switch that reaches ``dst`` to ``dst`` (looked up,
+        never walked: their order is not the same in every case)."""
         if dst not in self._bounds:
-            self._bounds[dst] = (self._dijkstra(dst, 0), self._dijkstra(dst, 1))
+            if self._steps == (None, None):
+                self._bounds[dst] = (self._dijkstra(dst, 0), self._dijkstra(dst, 1))
+            else:
+                levels = _hop_levels(self._neighbours, dst)
+                self._bounds[dst] = tuple(
+                    self._dijkstra(dst, weight) if step is None else _by_hops(levels, step)
+                    for weight, step in enumerate(self._steps))
         return self._bounds[dst]
+
+    @functools.cached_property
+    def _neighbours(self) -> dict[str, list[str]]:
+        """switch → its neighbours, each once: the hop counts' searches."""
+        return {node: nbrs for node, (nbrs, _, _) in self.view.adjacency.items()}
 
     @functools.cached_property
     def _weights(self) -> dict[str, list[tuple[str, tuple[float, float]]]]:
@@ -340,6 +355,38 @@ class RoutingGraph:
                     dist[nb] = nd
                     heapq.heappush(heap, (nd, nb))
         return dist
+
+
+def _shared(weights: set[float]) -> float | None:
+    """The one finite non-negative weight of ``weights``, else None."""
+    if len(weights) > 1:
+        return None
+    weight = next(iter(weights), 0.0)
+    return weight if 0 <= weight < math.inf else None
+
+
+def _hop_levels(neighbours: Mapping[str, list[str]], origin: str) -> list[set[str]]:
+    """The switches 0, 1, 2... hops from ``origin`` (all that reach it), breadth first a level at a
+    time: one set union a level, not a step a switch."""
+    levels, seen = [{origin}], {origin}
+    while len(seen) < len(neighbours):
+        reached = set().union(*map(neighbours.__getitem__, levels[-1])) - seen
+        if not reached:
+            break
+        seen |= reached
+        levels.append(reached)
+    return levels
+
+
+def _by_hops(levels: list[set[str]], step: float) -> dict[str, float]:
+    """Dijkstra's distances when every link weighs ``step``: ``step`` added once a hop from 0.0, in
+    that order, so the floats are the very sums Dijkstra makes (fewest hops give the least)."""
+    found, total = {}, 0.0
+    for hops, level in enumerate(levels):
+        if hops:
+            total += step
+        found.update(dict.fromkeys(level, total))
+    return found
 
 
 class TagSpaceExhausted(Exception):
