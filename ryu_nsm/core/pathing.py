@@ -1,8 +1,9 @@
 """Paths for wires across the fabric, and the per-link tags that carry them.
 
 Paths are cheapest by link ``cost`` (bidirectional Dijkstra, as networkx's, over the switches that
-are up, with links that are down removed); ties break deterministically by the fabric's declaration
-order, so the same fabric always gives the same paths. A path that is still intact is kept
+are up, with links that are down removed; breadth first, to the same paths, when all costs are
+equal); ties break deterministically by the fabric's declaration order, so the same fabric always
+gives the same paths. A path that is still intact is kept
 (sticky), so a link coming back does not move connections again. A view also holds the routing
 graph that qos's constrained path searches run on.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import heapq
+import itertools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -70,6 +72,12 @@ class FabricView:
         self.adjacency: dict[str, tuple[list[str], list[float], list[Link]]] = {
             name: ([], [], []) for name in up}
         self._edges = tuple(best.values())
+        self._link_between = best
+        # Equal whole-number costs (the default 1): the cheapest path is a fewest-hop one, searched
+        # breadth first (``_breadth_first``); whole numbers keep networkx's float sums exact.
+        kinds = {link.cost for link in self._edges}
+        cost = next(iter(kinds), 1.0)
+        self._hops = len(kinds) <= 1 and 0 < cost < 2**32 and float(cost).is_integer()
         for link in self._edges:
             for end, other in ((link.a, link.b), (link.b, link.a)):
                 nbrs, costs, links = self.adjacency[end]
@@ -125,7 +133,12 @@ class FabricView:
         for s in (src, dst):
             if s not in self.adjacency:
                 raise NoPath(f"switch {s} is {'down' if s in self.down_switches else 'not in the fabric'}")
-        found = _bidirectional(self.adjacency, src, dst)
+        if not self._hops:
+            found = _bidirectional(self.adjacency, src, dst)
+        else:
+            switches = _breadth_first(self.adjacency, src, dst)
+            found = None if switches is None else Path(switches, tuple(
+                self._link_between[(a, b) if a < b else (b, a)] for a, b in itertools.pairwise(switches)))
         if found is None:
             raise NoPath(f"no path from {src} to {dst} with the links that are up")
         return found
@@ -189,6 +202,95 @@ def _joined(preds: tuple[dict, dict], meet: str) -> Path:
     return Path(tuple(switches), tuple(links))
 
 
+def _breadth_first(adjacency: Mapping[str, tuple[list[str], list, list]], src: str,
+                   dst: str) -> tuple[str, ...] | None:
+    """``_bidirectional``'s path when every link costs the same, found with less work.
+
+    With equal costs its heaps pop in push order, so each side is a breadth-first queue, and this
+    replays it (side by side, one switch a turn, the same predecessors and meeting switch). It stops
+    sooner: once the best meeting is proved shortest (``_proved``), no later step of the replay could
+    change the path (a meeting replaces another only when strictly shorter).
+    """
+    queues = ([src], [dst])
+    levels: tuple[dict[str, int], dict[str, int]] = ({src: 0}, {dst: 0})
+    preds: tuple[dict[str, str | None], dict[str, str | None]] = ({src: None}, {dst: None})
+    # Where each level starts in its side's queue (a queue is in level order).
+    starts: tuple[list[int], list[int]] = ([0, 1], [0, 1])
+    heads = [0, 0]
+    settled: tuple[set[str], set[str]] = (set(), set())
+    best, meet, tried = None, None, None
+    direction = 1
+    while heads[0] < len(queues[0]) and heads[1] < len(queues[1]):
+        if best is not None:
+            front = levels[0][queues[0][heads[0]]], levels[1][queues[1][heads[1]]]
+            if front[0] + front[1] >= best:
+                break
+            if (best, front) != tried:
+                tried = best, front
+                if _proved(adjacency, queues, starts, front, best):
+                    break
+        direction = 1 - direction
+        queue, near, far = queues[direction], levels[direction], levels[1 - direction]
+        v = queue[heads[direction]]
+        heads[direction] += 1
+        settled[direction].add(v)
+        if v in settled[1 - direction]:
+            break
+        level = near[v] + 1
+        new = [w for w in adjacency[v][0] if w not in near]
+        if not new:
+            continue
+        if level == len(starts[direction]) - 1:
+            starts[direction].append(len(queue) + len(new))
+        else:
+            starts[direction][-1] += len(new)
+        queue.extend(new)
+        near.update(dict.fromkeys(new, level))
+        preds[direction].update(dict.fromkeys(new, v))
+        if not far.keys().isdisjoint(new):
+            for w in new:
+                if w in far and (best is None or best > level + far[w]):
+                    best, meet = level + far[w], w
+    else:
+        return None
+    return _walk(preds, meet)
+
+
+def _proved(adjacency: Mapping[str, tuple[list[str], list, list]], queues: tuple[list[str], list[str]],
+            starts: tuple[list[int], list[int]], front: tuple[int, int], best: int) -> bool:
+    """True when no path is shorter than ``best`` hops, seen from the replay's queues.
+
+    Every switch up to its side's front level is queued, and a path of at most front + front' hops
+    would have met already, so ``best`` = front + front' + 1 is proved. At + 2, one more level of
+    one side (the one with fewer switches at its front) must not touch the other's queued switches
+    up to its front level.
+    """
+    if best <= front[0] + front[1] + 1:
+        return True
+    if best > front[0] + front[1] + 2:
+        return False
+    widths = [starts[side][front[side] + 1] - starts[side][front[side]] for side in (0, 1)]
+    side = 0 if widths[0] <= widths[1] else 1
+    other = 1 - side
+    ball = set(queues[other][:starts[other][front[other] + 1]])
+    edge = queues[side][starts[side][front[side]]:starts[side][front[side] + 1]]
+    return all(ball.isdisjoint(adjacency[v][0]) for v in edge)
+
+
+def _walk(preds: tuple[dict[str, str | None], dict[str, str | None]], meet: str) -> tuple[str, ...]:
+    """The switches from the source to ``meet`` and on to the target, along each side's predecessors."""
+    switches, step = [meet], preds[0][meet]
+    while step is not None:
+        switches.append(step)
+        step = preds[0][step]
+    switches.reverse()
+    step = preds[1][meet]
+    while step is not None:
+        switches.append(step)
+        step = preds[1][step]
+    return tuple(switches)
+
+
 class RoutingGraph:
     """The usable fabric of a FabricView as adjacency lists (parallel links kept, declaration order),
     with lower bounds of cost and latency to each destination, computed once per destination."""
@@ -208,12 +310,27 @@ class RoutingGraph:
                 self.adjacency[link.a].append((link.b, link, name))
                 self.adjacency[link.b].append((link.a, link, name))
         self._bounds: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
+        # A weight every link shares (None: they differ): its bounds follow from hop counts.
+        self._steps = tuple(_shared({getattr(link, weight) for link in self.links.values()})
+                            for weight in ("cost", "latency"))
 
     def bounds(self, dst: str) -> tuple[dict[str, float], dict[str, float]]:
-        """(least cost, least latency) from every switch that reaches ``dst`` to ``dst``."""
+        """(least cost, least latency) from every switch that reaches ``dst`` to ``dst`` (looked up,
+        never walked: their order is not the same in every case)."""
         if dst not in self._bounds:
-            self._bounds[dst] = (self._dijkstra(dst, 0), self._dijkstra(dst, 1))
+            if self._steps == (None, None):
+                self._bounds[dst] = (self._dijkstra(dst, 0), self._dijkstra(dst, 1))
+            else:
+                levels = _hop_levels(self._neighbours, dst)
+                self._bounds[dst] = tuple(
+                    self._dijkstra(dst, weight) if step is None else _by_hops(levels, step)
+                    for weight, step in enumerate(self._steps))
         return self._bounds[dst]
+
+    @functools.cached_property
+    def _neighbours(self) -> dict[str, list[str]]:
+        """switch → its neighbours, each once: the hop counts' searches."""
+        return {node: nbrs for node, (nbrs, _, _) in self.view.adjacency.items()}
 
     @functools.cached_property
     def _weights(self) -> dict[str, list[tuple[str, tuple[float, float]]]]:
@@ -238,6 +355,38 @@ class RoutingGraph:
                     dist[nb] = nd
                     heapq.heappush(heap, (nd, nb))
         return dist
+
+
+def _shared(weights: set[float]) -> float | None:
+    """The one finite non-negative weight of ``weights``, else None."""
+    if len(weights) > 1:
+        return None
+    weight = next(iter(weights), 0.0)
+    return weight if 0 <= weight < math.inf else None
+
+
+def _hop_levels(neighbours: Mapping[str, list[str]], origin: str) -> list[set[str]]:
+    """The switches 0, 1, 2... hops from ``origin`` (all that reach it), breadth first a level at a
+    time: one set union a level, not a step a switch."""
+    levels, seen = [{origin}], {origin}
+    while len(seen) < len(neighbours):
+        reached = set().union(*map(neighbours.__getitem__, levels[-1])) - seen
+        if not reached:
+            break
+        seen |= reached
+        levels.append(reached)
+    return levels
+
+
+def _by_hops(levels: list[set[str]], step: float) -> dict[str, float]:
+    """Dijkstra's distances when every link weighs ``step``: ``step`` added once a hop from 0.0, in
+    that order, so the floats are the very sums Dijkstra makes (fewest hops give the least)."""
+    found, total = {}, 0.0
+    for hops, level in enumerate(levels):
+        if hops:
+            total += step
+        found.update(dict.fromkeys(level, total))
+    return found
 
 
 class TagSpaceExhausted(Exception):
