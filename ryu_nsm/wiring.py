@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -16,6 +17,7 @@ from ryu_nsm.core.sampling import FlowSampling
 from ryu_nsm.observe import health
 from ryu_nsm.observe.flow_store import DEFAULT_CAPACITY, FlowStore
 from ryu_nsm.observe.ipfix_collector import IpfixCollector
+from ryu_nsm.observe.ipfix_events import WireDirectory
 from ryu_nsm.observe.picture import fabric_description
 from ryu_nsm.observe.status_access import StatusAccess
 from ryu_nsm.observe.status_api import StatusServer
@@ -149,7 +151,7 @@ def run_controller(
     sharding = _Sharding.of(fabric, kubernetes)
     NsmApp.settings = ShellSettings(
         fabric=fabric, attach_sources=sources.attach, on_ready=on_ready, role_election=role_election,
-        **sharding.settings(settings),
+        on_meter_drops=_meter_drops_to(running, fabric), **sharding.settings(settings),
     )
     handle = oskenrun.run_apps([NsmApp], of_host, of_port, tls=_switch_tls(fabric, openflow_identity))
     try:
@@ -268,19 +270,32 @@ def _start_flow_outputs(running: RunningController, flows: FlowOptions, fabric: 
         stoppers.append(server.stop)
 
 
-def _start_ipfix(running: RunningController, ipfix: IpfixOptions, fabric: Fabric,
-                 stoppers: list[Callable[[], None]]) -> None:
-    """The IPFIX collector, naming ids from the controller's plan."""
-    from ryu_nsm.observe.ipfix_events import WireDirectory
-
+def _wire_directory(running: RunningController, fabric: Fabric) -> Callable[[], WireDirectory]:
+    """What names wires in flow events, from the controller's plan at the time of the call."""
     names = [switch.name for switch in fabric.switches]
 
     def wires() -> WireDirectory:
         app = running.app
         with app.lock:
             planned = list(app.core.plan.connections.values())
-        return WireDirectory.of(names, planned, ipfix.sampling or FlowSampling())
+        return WireDirectory.of(names, planned, fabric.flow_sampling or FlowSampling())
 
+    return wires
+
+
+def _meter_drops_to(running: RunningController, fabric: Fabric) -> Callable[[list], None]:
+    """Frames over a wire's rate limit, as the counter reads find them, into the flow store."""
+    from ryu_nsm.observe.meter_events import meter_events
+
+    wires = _wire_directory(running, fabric)
+    return lambda drops: running.flow_store.add(meter_events(drops, wires(), time.time()))
+
+
+def _start_ipfix(running: RunningController, ipfix: IpfixOptions, fabric: Fabric,
+                 stoppers: list[Callable[[], None]]) -> None:
+    """The IPFIX collector, naming ids from the controller's plan."""
+    names = [switch.name for switch in fabric.switches]
+    wires = _wire_directory(running, fabric)
     running.ipfix = IpfixCollector(ipfix.listen, running.flow_store, wires).start()
     stoppers.append(running.ipfix.stop)
     if ipfix.ovsdb is not None:

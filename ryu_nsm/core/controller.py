@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 from ryu_nsm.core.fabric import Fabric
 from ryu_nsm.core.flowspec import FlowSpec, GroupSpec, MeterSpec
+from ryu_nsm.core.meter_drops import MeterDrop
 from ryu_nsm.core.model import Resources
 from ryu_nsm.core.planner import FabricState, Plan, make_plan
 from ryu_nsm.core.quality import QualityManager, ReadCounters, SendProbe
@@ -152,13 +153,17 @@ class Controller:
     def counters_due(self) -> list:
         """Read the ingress counters of every switch whose flows are known (periodic, cheap: table 0,
         and the policy tables where a wire end is gated)."""
-        return [ReadCounters(s.name, s.dpid, self.quality.counter_tables(s.name))
-                for s in self.switches.ready()]
+        return [self.quality.counter_read(s.name, s.dpid) for s in self.switches.ready()]
 
     def counters_read(self, switch: str, stats: Iterable[tuple[FlowSpec, int, int]], now: float) -> None:
         """(flow, bytes, packets) of a switch's flows in some tables: each connection's rate where
         it enters there, and what its policy allowed and dropped."""
         self.quality.counters_read(switch, stats, self.switches.owner, now)
+
+    def meters_read(self, switch: str, dropped: dict[int, int]) -> list[MeterDrop]:
+        """Meter id → packets its drop band dropped, as read from ``switch``: the frames each wire's
+        meter dropped since the last read (for flow events; the totals go to the status)."""
+        return self.quality.meters_read(switch, dropped)
 
     def link_quality(self) -> dict[str, LinkQuality]:
         """Measured quality per link (the worse direction), for links that have measurements."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from ryu_nsm.core.fabric import Fabric, Link
 from ryu_nsm.core.flowspec import FlowSpec, Table
 from ryu_nsm.core.manager import Manager
+from ryu_nsm.core.meter_drops import MeterDrop, MeterDropCounter, has_meters
 from ryu_nsm.core.planner import PLANNED, FabricState, Plan, PlannedConnection
 from ryu_nsm.core.policy_counters import GATE_TABLES, GateKey, gate_key, policy_counters
 from ryu_nsm.core.status import SLOW_MARGIN, ConnectionStatus, HistoryEntry, LinkStatus, PathMeasurement
@@ -31,11 +32,13 @@ DRAIN_MARGIN = 0.005  # s, beyond twice a left path's latency
 @dataclass(frozen=True)
 class ReadCounters:
     """Ask a switch for the counters of our flows in ``tables`` (CLASSIFY, and the policy tables
-    where a wire end is gated), one request a table: answer each with ``counters_read``."""
+    where a wire end is gated), one request a table: answer each with ``counters_read``. With
+    ``meters`` (a wire is policed there), its meters' drop counts too: answer with ``meters_read``."""
 
     switch: str
     dpid: int
     tables: tuple[int, ...] = (Table.CLASSIFY,)
+    meters: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class QualityManager(Manager):
         self._rates: dict[str, dict[str, float]] = {}  # connection → {"from_client"/"from_endpoint": bit/s}
         # Switch → packets of its policy gates' flows as last read (policy_counters.GateKey → packets).
         self._gate_packets: dict[str, dict[GateKey, int]] = {}
+        self.meter_drops = MeterDropCounter()
 
     # -- what planning takes from the loop -------------------------------------------------------
 
@@ -136,6 +140,15 @@ class QualityManager(Manager):
         gated = any(pc.policy is not None and pc.ends is not None and switch in (
             pc.ends.a_switch, pc.ends.b_switch) for pc in self.plan.connections.values())
         return tuple(GATE_TABLES) if gated else (Table.CLASSIFY,)
+
+    def counter_read(self, switch: str, dpid: int) -> ReadCounters:
+        """What a counter read asks ``switch`` for."""
+        return ReadCounters(switch, dpid, self.counter_tables(switch), has_meters(self.plan, switch))
+
+    def meters_read(self, switch: str, dropped: dict[int, int]) -> list[MeterDrop]:
+        """Meter id → packets its drop band dropped, on ``switch``: the frames each wire's meter
+        dropped since the last read."""
+        return self.meter_drops.read(switch, dropped, self.plan)
 
     def counters_read(self, switch: str, stats: Iterable[tuple[FlowSpec, int, int]], owner: dict[int, str],
                       now: float) -> None:
@@ -278,9 +291,11 @@ class QualityManager(Manager):
         rates = self._rates.get(pc.id)
         throughput = dict(rates) if rates is not None else None
         policy = policy_counters(pc, self._gate_packets) if pc.state == PLANNED else None
+        drops = self.meter_drops.totals.get(pc.id)
+        meter_drops = dict(drops) if drops else None
         level = pc.level
         if level is None or pc.path is None or pc.state != PLANNED or not measured:
-            return ConnectionStatus(pc, state, throughput, policy=policy)
+            return ConnectionStatus(pc, state, throughput, policy=policy, meter_drops=meter_drops)
         links = [link for wire in self._chain_wires(pc) for link in wire.path.links]
         met = _breach(level, links, measured) is None
         path = path_quality(pc.path.links, measured)
@@ -288,7 +303,7 @@ class QualityManager(Manager):
         return ConnectionStatus(
             pc, state, throughput, PathMeasurement(path.latency, path.loss, path.measured, met),
             PathMeasurement(chain.latency, chain.loss, chain.measured, met) if chain is not None else None,
-            policy)
+            policy, meter_drops)
 
     def link_status(self, measured: dict[str, LinkQuality]) -> tuple[LinkStatus, ...]:
         return tuple(LinkStatus(name, q, self.latency.get(name)) for name, q in measured.items())

@@ -50,6 +50,7 @@ class ConnectionStatus:
     measured: PathMeasurement | None = None  # its path, under a service level
     chain_measured: PathMeasurement | None = None  # its whole chain, under a chain-wide bound
     policy: PolicyCounters | None = None  # what its policy allowed and dropped, as last read
+    meter_drops: Mapping[str, int] | None = None  # "from_client"/"from_endpoint" → frames over its rate limit
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
-"""Flow events: one sampled frame seen at one observation point of the fabric, with its verdict.
+"""Flow events: one sampled frame seen at one observation point of the fabric, with its verdict
+(or the frames a wire's meter dropped since the last counter read).
 
-Producers (the IPFIX collector, docs/observability.md) build them; the flow store keeps them, and
-``observe``, the Hubble API and the flow log show them. Plain frozen data, no I/O.
+Producers (the IPFIX collector, the meters' drop counts; docs/observability.md) build them; the
+flow store keeps them, and ``observe``, the Hubble API and the flow log show them. Plain frozen data, no I/O.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class DropKind(enum.Enum):
 @dataclass(frozen=True)
 class DropReason:
     kind: DropKind
-    name: str = ""  # the policy's name, for POLICY
+    name: str = ""  # the policy's name, for POLICY; the limit ("10Mbit/s"), for RATE_LIMIT
 
     def __str__(self) -> str:
         return f"{self.kind.value} {self.name}" if self.name else self.kind.value
@@ -118,6 +119,9 @@ class FlowEvent:
     observation: ObservationPoint | None = None
     source: Workload | None = None
     destination: Workload | None = None
+    # Frames the event stands for: 1 for a sampled frame; for a meter's drops (no headers, no
+    # sample), how many it dropped since the last counter read.
+    frames: int = 1
 
     @property
     def protocol(self) -> str:

@@ -82,7 +82,13 @@ def _fill_l4(l4: flow_pb2.Layer4, event: FlowEvent) -> None:
 
 
 def summary(event: FlowEvent) -> str:
-    """One line for people: the L4 protocol (TCP flags, ICMP type), the wire and hop, a drop's reason."""
+    """One line for people: the L4 protocol (TCP flags, ICMP type), the wire and hop, a drop's reason;
+    for a meter's drops (Hubble's Flow has no count), how many frames were over which limit."""
+    if event.drop_reason is not None and event.drop_reason.kind is DropKind.RATE_LIMIT and event.wire:
+        wire = event.wire
+        return (f"{event.frames} frames over the {event.drop_reason.name or 'rate'} limit of wire "
+                f"{wire.namespace}/{wire.network_service} hop {wire.hop} ({wire.connection_id}), "
+                f"{event.direction.value}; dropped: {event.drop_reason}")
     layer = event.l4
     if layer is None:
         parts = [f"IPv{event.ip.version}" if event.ip else "Ethernet"]

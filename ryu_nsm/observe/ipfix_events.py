@@ -108,11 +108,12 @@ def events_of(records: Iterable[dict], domain: int, directory: WireDirectory, no
             time=now, node=node, verdict=Verdict.DROPPED if dropped else Verdict.FORWARDED, wire=wire,
             direction=direction, drop_reason=reason, ethernet=_ethernet(record), ip=_ip(record),
             l4=_l4(record), sampling_rate=rate, observation=ObservationPoint(domain, raw_point),
-            source=_end(wire, point.reverse), destination=_end(wire, not point.reverse)))
+            source=wire_end(wire, point.reverse), destination=wire_end(wire, not point.reverse)))
     return out
 
 
-def _end(wire: WireRef | None, endpoint: bool) -> Workload | None:
+def wire_end(wire: WireRef | None, endpoint: bool) -> Workload | None:
+    """The wire's endpoint (else its client) as a workload; None without a wire."""
     if wire is None:
         return None
     return Workload(wire.namespace, wire.endpoint if endpoint else wire.client)

@@ -6,8 +6,9 @@ status endpoint as ``/metrics``.
 
 Per connection (labels ``connection``, ``network_service``, ``service_level`` where one applies):
 up, the planned path's latency, measured latency and loss, whether its level is met, throughput
-each way. Per link: measured latency and loss, guaranteed bandwidth reserved each way and the
-capacity. Per switch: connected, flows. Since start: moves by why, failures, service level breaches.
+each way, frames its meters dropped over its rate limit each way (since the controller started).
+Per link: measured latency and loss, guaranteed bandwidth reserved each way and the capacity.
+Per switch: connected, flows. Since start: moves by why, failures, service level breaches.
 Per policy rule (summed over the wires it governs): packets allowed; per isolated workload: packets
 dropped (both as the switches' flow counters last read: they restart when a gate is replaced).
 With leader election: whether this replica leads.
@@ -135,6 +136,9 @@ def _connections(entries: list[dict]) -> Iterator[Metric]:
                  _CONNECTION + ["service_level"])
     rate = _gauge("connection_throughput_bits_per_second", "Rate entering the fabric at each end",
                   _CONNECTION + ["from"])
+    metered = CounterMetricFamily("ryu_nsm_connection_meter_dropped_packets", "Frames the meter at each "
+                                  "end dropped over the connection's rate limit",
+                                  labels=_CONNECTION + ["from"])
     for e in entries:
         ids = [e["id"], e["network_service"]]
         up.add_metric(ids + [e["state"]], 1.0 if e["state"] == "up" else 0.0)
@@ -150,7 +154,9 @@ def _connections(entries: list[dict]) -> Iterator[Metric]:
             met.add_metric(ids + [level], 1.0 if measured["met"] else 0.0)
         for side, bits in (e.get("throughput") or {}).items():
             rate.add_metric(ids + [side.removeprefix("from_")], bits)
-    yield from (up, planned, latency, loss, met, rate)
+        for side, frames in (e.get("meter_drops") or {}).items():
+            metered.add_metric(ids + [side.removeprefix("from_")], frames)
+    yield from (up, planned, latency, loss, met, rate, metered)
 
 
 def _policy(entries: list[dict]) -> Iterator[Metric]:

@@ -84,6 +84,8 @@ class StatusRenderer:
         entry = cached[2]
         if status.throughput is not None:
             entry = {**entry, "throughput": dict(status.throughput)}
+        if status.meter_drops is not None:
+            entry = {**entry, "meter_drops": dict(status.meter_drops)}
         if status.policy is not None and "policy" in entry:
             entry = {**entry, "policy": {**entry["policy"], **_policy_counters(status.policy)}}
         if status.measured is not None:

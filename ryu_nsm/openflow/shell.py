@@ -37,6 +37,7 @@ from os_ken.ofproto import ofproto_v1_3
 from ryu_nsm.core.controller import Controller, PortInfo, Program, ReadCounters, ReadFlows, SendProbe
 from ryu_nsm.core.fabric import Fabric
 from ryu_nsm.core.flowspec import COOKIE_OWNER_MASK, PIPELINE_COOKIE
+from ryu_nsm.core.meter_drops import MeterDrop
 from ryu_nsm.core.model import Resources
 from ryu_nsm.core.reconcile import DELETE
 from ryu_nsm.observe.health import Loop, supervise
@@ -65,6 +66,8 @@ class ShellSettings:
     # Called once with a function that takes a whole Resources; sources push through it.
     attach_sources: Callable[[Callable[[Resources], None]], None] | None = None
     on_ready: Callable[[NsmApp], None] | None = None
+    # Each counter read's frames over a wire's rate limit (core.meter_drops); os-ken's thread: never block.
+    on_meter_drops: Callable[[list[MeterDrop]], None] | None = None
     extra: dict = field(default_factory=dict)
     # Off: the only controller, no role messages. On: start as follower; ``set_leader`` follows the election.
     role_election: bool = False
@@ -101,6 +104,7 @@ class NsmApp(app_manager.OSKenApp):
         self._reads: dict[int, ReadFlows] = {}  # stats request xid → the read it answers
         self._loops: dict[int, tuple[int, float]] = {}  # loop probe seq → (dpid, sent at)
         self._counter_reads: dict[int, ReadCounters] = {}  # stats request xid → the read it answers
+        self._meter_reads: dict[int, ReadCounters] = {}  # meter stats request xid → the read it answers
         self._loop_seq = 0
         # Meters and groups are asked for just before the flows (the switch answers in order):
         # request xid → (kind, flow request xid), and flow request xid → kind → what was read.
@@ -228,8 +232,24 @@ class NsmApp(app_manager.OSKenApp):
             xid = self._xid(f"flow counters request to {read.switch}")
             self._counter_reads[xid] = read
             dp.send(ofwire.encode_flow_stats_request(xid, PIPELINE_COOKIE, COOKIE_OWNER_MASK, table=table))
-        while len(self._counter_reads) > 10_000:  # answers that never came
-            self._counter_reads.pop(next(iter(self._counter_reads)))
+        if read.meters:
+            xid = self._xid(f"meter stats request to {read.switch}")
+            self._meter_reads[xid] = read
+            dp.send(ofwire.encode_meter_stats_request(xid))
+        for pending in (self._counter_reads, self._meter_reads):
+            while len(pending) > 10_000:  # answers that never came
+                pending.pop(next(iter(pending)))
+
+    @set_ev_cls(ofp_event.EventOFPMeterStatsReply, MAIN_DISPATCHER)
+    def _meter_stats(self, ev):
+        answered = self._answered(self._meter_reads, "meters", ev.msg)
+        if answered is None:
+            return
+        read, entries = answered
+        with self.lock:
+            drops = self.core.meters_read(read.switch, ofwire.decode_meter_drops(entries))
+        if drops and self.settings.on_meter_drops is not None:
+            self.settings.on_meter_drops(drops)
 
     @set_ev_cls(ofp_event.EventOFPMeterConfigStatsReply, MAIN_DISPATCHER)
     def _meter_config(self, ev):

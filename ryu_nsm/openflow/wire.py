@@ -56,6 +56,7 @@ OFPG_ANY = 0xFFFFFFFF
 OFP_NO_BUFFER = 0xFFFFFFFF
 OFPCML_NO_BUFFER = 0xFFFF
 OFPMP_FLOW = 1
+OFPMP_METER = 9
 OFPMP_METER_CONFIG = 10
 OFPMC_ADD = 0
 OFPMC_MODIFY = 1
@@ -347,6 +348,17 @@ def encode_meter_config_request(xid: int, meter_id: int = OFPM_ALL) -> bytes:
     """OFPMP_METER_CONFIG request for one meter or all of them."""
     return _METER_CONFIG_REQUEST.pack(OFP_VERSION, OFPT_MULTIPART_REQUEST, _METER_CONFIG_REQUEST.size, xid,
                                       OFPMP_METER_CONFIG, 0, meter_id)
+
+
+def encode_meter_stats_request(xid: int) -> bytes:
+    """OFPMP_METER request: every meter's counters, with each band's (our drop band's) packets."""
+    return _METER_CONFIG_REQUEST.pack(OFP_VERSION, OFPT_MULTIPART_REQUEST, _METER_CONFIG_REQUEST.size, xid,
+                                      OFPMP_METER, 0, OFPM_ALL)
+
+
+def decode_meter_drops(body: Iterable[object]) -> dict[int, int]:
+    """os-ken's parsed meter stats (``OFPMeterStats``) → meter id → packets its bands dropped."""
+    return {entry.meter_id: sum(band.packet_band_count for band in entry.band_stats) for entry in body}
 
 
 def encode_group_mod(spec: GroupSpec, command: int, xid: int = 0) -> bytes:
