@@ -279,7 +279,8 @@ def _start_ipfix(running: RunningController, ipfix: IpfixOptions, fabric: Fabric
         app = running.app
         with app.lock:
             planned = list(app.core.plan.connections.values())
-        return WireDirectory.of(names, planned, ipfix.sampling or FlowSampling())
+            policy = app.core.resources.policy
+        return WireDirectory.of(names, planned, ipfix.sampling or FlowSampling(), policy)
 
     running.ipfix = IpfixCollector(ipfix.listen, running.flow_store, wires).start()
     stoppers.append(running.ipfix.stop)
