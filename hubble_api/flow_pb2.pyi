@@ -228,38 +228,86 @@ class ICMPv6(_message.Message):
     def __init__(self, type: _Optional[int] = ..., code: _Optional[int] = ...) -> None: ...
 
 class FlowFilter(_message.Message):
-    __slots__ = ("source_ip", "source_pod", "destination_ip", "destination_pod", "verdict", "source_label", "destination_label", "protocol", "source_port", "destination_port", "source_service", "destination_service", "node_name", "ip_version", "traffic_direction")
+    __slots__ = ("uuid", "source_ip", "source_pod", "source_fqdn", "source_label", "source_service", "source_workload", "destination_ip", "destination_pod", "destination_fqdn", "destination_label", "destination_service", "destination_workload", "traffic_direction", "verdict", "event_type", "http_status_code", "protocol", "source_port", "destination_port", "reply", "dns_query", "source_identity", "destination_identity", "http_method", "http_path", "tcp_flags", "node_name", "ip_version", "trace_id")
+    UUID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_IP_FIELD_NUMBER: _ClassVar[int]
     SOURCE_POD_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FQDN_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_LABEL_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_SERVICE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_WORKLOAD_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_IP_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_POD_FIELD_NUMBER: _ClassVar[int]
-    VERDICT_FIELD_NUMBER: _ClassVar[int]
-    SOURCE_LABEL_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FQDN_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_LABEL_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_SERVICE_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    TRAFFIC_DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    HTTP_STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     SOURCE_PORT_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_PORT_FIELD_NUMBER: _ClassVar[int]
-    SOURCE_SERVICE_FIELD_NUMBER: _ClassVar[int]
-    DESTINATION_SERVICE_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    DNS_QUERY_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    HTTP_METHOD_FIELD_NUMBER: _ClassVar[int]
+    HTTP_PATH_FIELD_NUMBER: _ClassVar[int]
+    TCP_FLAGS_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     IP_VERSION_FIELD_NUMBER: _ClassVar[int]
-    TRAFFIC_DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    uuid: _containers.RepeatedScalarFieldContainer[str]
     source_ip: _containers.RepeatedScalarFieldContainer[str]
     source_pod: _containers.RepeatedScalarFieldContainer[str]
+    source_fqdn: _containers.RepeatedScalarFieldContainer[str]
+    source_label: _containers.RepeatedScalarFieldContainer[str]
+    source_service: _containers.RepeatedScalarFieldContainer[str]
+    source_workload: _containers.RepeatedCompositeFieldContainer[Workload]
     destination_ip: _containers.RepeatedScalarFieldContainer[str]
     destination_pod: _containers.RepeatedScalarFieldContainer[str]
-    verdict: _containers.RepeatedScalarFieldContainer[Verdict]
-    source_label: _containers.RepeatedScalarFieldContainer[str]
+    destination_fqdn: _containers.RepeatedScalarFieldContainer[str]
     destination_label: _containers.RepeatedScalarFieldContainer[str]
+    destination_service: _containers.RepeatedScalarFieldContainer[str]
+    destination_workload: _containers.RepeatedCompositeFieldContainer[Workload]
+    traffic_direction: _containers.RepeatedScalarFieldContainer[TrafficDirection]
+    verdict: _containers.RepeatedScalarFieldContainer[Verdict]
+    event_type: _containers.RepeatedCompositeFieldContainer[EventTypeFilter]
+    http_status_code: _containers.RepeatedScalarFieldContainer[str]
     protocol: _containers.RepeatedScalarFieldContainer[str]
     source_port: _containers.RepeatedScalarFieldContainer[str]
     destination_port: _containers.RepeatedScalarFieldContainer[str]
-    source_service: _containers.RepeatedScalarFieldContainer[str]
-    destination_service: _containers.RepeatedScalarFieldContainer[str]
+    reply: _containers.RepeatedScalarFieldContainer[bool]
+    dns_query: _containers.RepeatedScalarFieldContainer[str]
+    source_identity: _containers.RepeatedScalarFieldContainer[int]
+    destination_identity: _containers.RepeatedScalarFieldContainer[int]
+    http_method: _containers.RepeatedScalarFieldContainer[str]
+    http_path: _containers.RepeatedScalarFieldContainer[str]
+    tcp_flags: _containers.RepeatedCompositeFieldContainer[TCPFlags]
     node_name: _containers.RepeatedScalarFieldContainer[str]
     ip_version: _containers.RepeatedScalarFieldContainer[IPVersion]
-    traffic_direction: _containers.RepeatedScalarFieldContainer[TrafficDirection]
-    def __init__(self, source_ip: _Optional[_Iterable[str]] = ..., source_pod: _Optional[_Iterable[str]] = ..., destination_ip: _Optional[_Iterable[str]] = ..., destination_pod: _Optional[_Iterable[str]] = ..., verdict: _Optional[_Iterable[_Union[Verdict, str]]] = ..., source_label: _Optional[_Iterable[str]] = ..., destination_label: _Optional[_Iterable[str]] = ..., protocol: _Optional[_Iterable[str]] = ..., source_port: _Optional[_Iterable[str]] = ..., destination_port: _Optional[_Iterable[str]] = ..., source_service: _Optional[_Iterable[str]] = ..., destination_service: _Optional[_Iterable[str]] = ..., node_name: _Optional[_Iterable[str]] = ..., ip_version: _Optional[_Iterable[_Union[IPVersion, str]]] = ..., traffic_direction: _Optional[_Iterable[_Union[TrafficDirection, str]]] = ...) -> None: ...
+    trace_id: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, uuid: _Optional[_Iterable[str]] = ..., source_ip: _Optional[_Iterable[str]] = ..., source_pod: _Optional[_Iterable[str]] = ..., source_fqdn: _Optional[_Iterable[str]] = ..., source_label: _Optional[_Iterable[str]] = ..., source_service: _Optional[_Iterable[str]] = ..., source_workload: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., destination_ip: _Optional[_Iterable[str]] = ..., destination_pod: _Optional[_Iterable[str]] = ..., destination_fqdn: _Optional[_Iterable[str]] = ..., destination_label: _Optional[_Iterable[str]] = ..., destination_service: _Optional[_Iterable[str]] = ..., destination_workload: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., traffic_direction: _Optional[_Iterable[_Union[TrafficDirection, str]]] = ..., verdict: _Optional[_Iterable[_Union[Verdict, str]]] = ..., event_type: _Optional[_Iterable[_Union[EventTypeFilter, _Mapping]]] = ..., http_status_code: _Optional[_Iterable[str]] = ..., protocol: _Optional[_Iterable[str]] = ..., source_port: _Optional[_Iterable[str]] = ..., destination_port: _Optional[_Iterable[str]] = ..., reply: _Optional[_Iterable[bool]] = ..., dns_query: _Optional[_Iterable[str]] = ..., source_identity: _Optional[_Iterable[int]] = ..., destination_identity: _Optional[_Iterable[int]] = ..., http_method: _Optional[_Iterable[str]] = ..., http_path: _Optional[_Iterable[str]] = ..., tcp_flags: _Optional[_Iterable[_Union[TCPFlags, _Mapping]]] = ..., node_name: _Optional[_Iterable[str]] = ..., ip_version: _Optional[_Iterable[_Union[IPVersion, str]]] = ..., trace_id: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class EventTypeFilter(_message.Message):
+    __slots__ = ("type", "match_sub_type", "sub_type")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MATCH_SUB_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SUB_TYPE_FIELD_NUMBER: _ClassVar[int]
+    type: int
+    match_sub_type: bool
+    sub_type: int
+    def __init__(self, type: _Optional[int] = ..., match_sub_type: _Optional[bool] = ..., sub_type: _Optional[int] = ...) -> None: ...
+
+class Workload(_message.Message):
+    __slots__ = ("name", "kind")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class Service(_message.Message):
     __slots__ = ("name", "namespace")

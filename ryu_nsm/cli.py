@@ -232,7 +232,9 @@ def cmd_observe(args) -> int:
     try:
         request = flow_request(args.follow, args.last, args.first, args.since, args.until, time.time(),
                                pods=args.pod or (), services=args.service or (), ports=args.port or (),
-                               verdicts=args.verdict or (), protocols=args.protocol or ())
+                               verdicts=args.verdict or (), protocols=args.protocol or (),
+                               labels=args.label or (), from_labels=args.from_label or (),
+                               to_labels=args.to_label or ())
     except ValueError as exc:
         print(f"ryu-nsm: observe: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -486,6 +488,13 @@ def _add_observe(sub) -> None:
     obs.add_argument("--verdict", action="append", choices=["FORWARDED", "DROPPED"], type=str.upper)
     obs.add_argument("--protocol", action="append", help="tcp, udp, sctp, icmp, icmpv4, icmpv6")
     obs.add_argument("--port", action="append", help="source or destination L4 port")
+    labels = "a Kubernetes label selector (app=web, k8s:app in (a,b), !canary), as hubble observe's"
+    obs.add_argument("-l", "--label", action="append", metavar="SELECTOR",
+                     help=f"flows from or to a workload whose labels match {labels}; repeatable")
+    obs.add_argument("--from-label", action="append", metavar="SELECTOR",
+                     help="flows from a workload whose labels match the selector; repeatable")
+    obs.add_argument("--to-label", action="append", metavar="SELECTOR",
+                     help="flows to a workload whose labels match the selector; repeatable")
     obs.add_argument("-o", "--output", default="compact", choices=["compact", "json", "table"])
     obs.set_defaults(func=cmd_observe)
 

@@ -278,7 +278,8 @@ def _wire_directory(running: RunningController, fabric: Fabric) -> Callable[[], 
         app = running.app
         with app.lock:
             planned = list(app.core.plan.connections.values())
-        return WireDirectory.of(names, planned, fabric.flow_sampling or FlowSampling())
+            policy = app.core.resources.policy
+        return WireDirectory.of(names, planned, fabric.flow_sampling or FlowSampling(), policy)
 
     return wires
 

@@ -9,6 +9,7 @@ and compared with what ryu-nsm serialises.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -23,10 +24,10 @@ from google.protobuf.descriptor import FieldDescriptor
 from hubble_api import flow_pb2, observer_pb2, observer_pb2_grpc, relay_pb2
 from ryu_nsm.observe.flow_events import Direction, DropKind, DropReason, Verdict
 from ryu_nsm.observe.flow_store import FlowStore
-from ryu_nsm.observe.hubble_flows import lost_response, to_flow, to_json, to_response
+from ryu_nsm.observe.hubble_flows import lost_response, read_query, to_flow, to_json, to_response
 from ryu_nsm.observe.hubble_server import HubbleObserver, HubbleServer
 from tests.test_flow_store import DROP, event
-from tests.test_nsm_api import canonical, msg, num, text
+from tests.test_nsm_api import canonical, length, msg, num, text
 
 ROOT = Path(__file__).resolve().parent.parent
 TS, BOOL = "google.protobuf.Timestamp", "google.protobuf.BoolValue"
@@ -57,14 +58,23 @@ SPEC: dict[str, dict[str, tuple[int, str]]] = {
     "flow.ICMPv4": {"type": (1, "uint32"), "code": (2, "uint32")},
     "flow.ICMPv6": {"type": (1, "uint32"), "code": (2, "uint32")},
     "flow.FlowFilter": {
-        "source_ip": (1, R + "string"), "source_pod": (2, R + "string"), "destination_ip": (3, R + "string"),
-        "destination_pod": (4, R + "string"), "verdict": (5, R + "flow.Verdict"),
-        "source_label": (10, R + "string"), "destination_label": (11, R + "string"),
+        "uuid": (29, R + "string"), "source_ip": (1, R + "string"), "source_pod": (2, R + "string"),
+        "source_fqdn": (7, R + "string"), "source_label": (10, R + "string"),
+        "source_service": (16, R + "string"), "source_workload": (26, R + "flow.Workload"),
+        "destination_ip": (3, R + "string"), "destination_pod": (4, R + "string"),
+        "destination_fqdn": (8, R + "string"), "destination_label": (11, R + "string"),
+        "destination_service": (17, R + "string"), "destination_workload": (27, R + "flow.Workload"),
+        "traffic_direction": (30, R + "flow.TrafficDirection"), "verdict": (5, R + "flow.Verdict"),
+        "event_type": (6, R + "flow.EventTypeFilter"), "http_status_code": (9, R + "string"),
         "protocol": (12, R + "string"), "source_port": (13, R + "string"),
-        "destination_port": (14, R + "string"), "source_service": (16, R + "string"),
-        "destination_service": (17, R + "string"), "node_name": (24, R + "string"),
-        "ip_version": (25, R + "flow.IPVersion"), "traffic_direction": (30, R + "flow.TrafficDirection"),
+        "destination_port": (14, R + "string"), "reply": (15, R + "bool"), "dns_query": (18, R + "string"),
+        "source_identity": (19, R + "uint32"), "destination_identity": (20, R + "uint32"),
+        "http_method": (21, R + "string"), "http_path": (22, R + "string"),
+        "tcp_flags": (23, R + "flow.TCPFlags"), "node_name": (24, R + "string"),
+        "ip_version": (25, R + "flow.IPVersion"), "trace_id": (28, R + "string"),
     },
+    "flow.EventTypeFilter": {"type": (1, "int32"), "match_sub_type": (2, "bool"), "sub_type": (3, "int32")},
+    "flow.Workload": {"name": (1, "string"), "kind": (2, "string")},
     "flow.Service": {"name": (1, "string"), "namespace": (2, "string")},
     "flow.LostEvent": {"source": (1, "flow.LostEventSource"), "num_events_lost": (2, "uint64"),
                        "cpu": (3, I32)},
@@ -106,7 +116,8 @@ ENUMS = {
                         "NODE_ERROR": 4},
 }
 SCALARS = {FieldDescriptor.TYPE_STRING: "string", FieldDescriptor.TYPE_BOOL: "bool",
-           FieldDescriptor.TYPE_UINT32: "uint32", FieldDescriptor.TYPE_UINT64: "uint64"}
+           FieldDescriptor.TYPE_UINT32: "uint32", FieldDescriptor.TYPE_UINT64: "uint64",
+           FieldDescriptor.TYPE_INT32: "int32"}
 MODULES = (flow_pb2, relay_pb2, observer_pb2)
 
 
@@ -157,44 +168,48 @@ FLOW_SHAPE = {
 }
 RESPONSE_SHAPE = {1: FLOW_SHAPE, 3: {1: None, 2: None, 3: {1: None}}, 1000: None, 1001: {1: None, 2: None}}
 REQUEST_SUMMARY = "TCP Flags: SYN; nsm/firewall hop 0 (conn-1)"
+UUID = "5b0b5a4e-8f3c-4c1e-9a57-0d4f1e6b2c11"
 GOLDEN_FLOW = b"".join([
     msg(1, num(1, 1_700_000_000), num(2, 250_000_000)),  # time
     num(2, 1),  # verdict FORWARDED
     msg(4, text(1, "02:00:00:00:00:01"), text(2, "02:00:00:00:00:02")),  # ethernet
     msg(5, text(1, "10.0.0.1"), text(2, "10.0.0.2"), num(3, 1)),  # IP, IPv4
     msg(6, msg(1, num(1, 41234), num(2, 80), msg(3, num(2, 1)))),  # l4 TCP, SYN
-    msg(8, text(3, "nsm"), text(4, "app=client"), text(5, "client-7d9f")),  # source
-    msg(9, text(3, "nsm"), text(4, "app=firewall"), text(5, "fw-1")),  # destination
+    msg(8, text(3, "nsm"), text(4, "k8s:app=client"), text(5, "client-7d9f")),  # source
+    msg(9, text(3, "nsm"), text(4, "k8s:app=firewall"), text(5, "fw-1")),  # destination
     num(10, 1),  # Type L3_L4
     text(11, "s1"),  # node_name
     msg(21, text(1, "firewall"), text(2, "nsm")),  # destination_service
     num(22, 2),  # traffic_direction EGRESS
     msg(26),  # is_reply: false, present
+    text(34, UUID),
     text(100000, REQUEST_SUMMARY),
 ])
 GOLDEN_DROP_RESPONSE = b"".join([
     msg(1, msg(1, num(1, 100)), num(2, 2), msg(4, text(1, "02:00:00:00:00:01"), text(2, "02:00:00:00:00:02")),
         msg(5, text(1, "10.9.9.9"), text(2, "10.0.0.2"), num(3, 1)),
         msg(6, msg(1, num(1, 41234), num(2, 80), msg(3, num(2, 1)))),
-        num(10, 1), text(11, "s1"), num(25, 172), text(100000, "TCP Flags: SYN; dropped: no wire")),
+        num(10, 1), text(11, "s1"), num(25, 172), text(34, UUID),
+        text(100000, "TCP Flags: SYN; dropped: no wire")),
     text(1000, "s1"),
     msg(1001, num(1, 100)),
 ])
 
 
 def test_a_flow_serialises_to_the_golden_bytes_and_parses_back():
-    ours = to_flow(event(time=1_700_000_000.25)).SerializeToString()
+    ours = to_flow(event(time=1_700_000_000.25, uuid=UUID)).SerializeToString()
     assert canonical(ours, FLOW_SHAPE) == canonical(GOLDEN_FLOW, FLOW_SHAPE)
     parsed = flow_pb2.Flow.FromString(GOLDEN_FLOW)
     assert parsed.verdict == flow_pb2.FORWARDED and parsed.Type == flow_pb2.L3_L4
     assert parsed.l4.TCP.destination_port == 80 and parsed.l4.TCP.flags.SYN
-    assert parsed.source.pod_name == "client-7d9f" and list(parsed.destination.labels) == ["app=firewall"]
+    assert parsed.source.pod_name == "client-7d9f" and list(parsed.destination.labels) == ["k8s:app=firewall"]
     assert parsed.HasField("is_reply") and not parsed.is_reply.value
     assert parsed.destination_service.name == "firewall" and parsed.Summary == REQUEST_SUMMARY
+    assert parsed.uuid == UUID
 
 
 def test_a_drop_response_serialises_to_the_golden_bytes():
-    ours = to_response(DROP).SerializeToString()
+    ours = to_response(dataclasses.replace(DROP, uuid=UUID)).SerializeToString()
     assert canonical(ours, RESPONSE_SHAPE) == canonical(GOLDEN_DROP_RESPONSE, RESPONSE_SHAPE)
     parsed = observer_pb2.GetFlowsResponse.FromString(GOLDEN_DROP_RESPONSE)
     assert parsed.flow.drop_reason_desc == flow_pb2.UNKNOWN_SENDER and parsed.node_name == "s1"
@@ -204,6 +219,26 @@ def test_lost_events_response_bytes():
     ours = lost_response(7, "ctl", 100.0).SerializeToString()
     golden = msg(3, num(1, 3), num(2, 7)) + text(1000, "ctl") + msg(1001, num(1, 100))
     assert canonical(ours, RESPONSE_SHAPE) == canonical(golden, RESPONSE_SHAPE)
+
+
+GOLDEN_REQUEST = b"".join([
+    num(1, 5),  # number
+    msg(6, text(10, "k8s:app=client"), text(10, "app in (probe)"), text(11, "!canary"), text(29, UUID)),
+    msg(5, length(5, bytes([2]))),  # blacklist: verdict DROPPED, packed as proto3 repeats enums
+])
+
+
+def test_a_hubble_request_with_label_and_uuid_filters_reads_into_ours():
+    query = read_query(observer_pb2.GetFlowsRequest.FromString(GOLDEN_REQUEST))
+    (whitelist,), (blacklist,) = query.whitelist, query.blacklist
+    assert whitelist.source_label == ("k8s:app=client", "app in (probe)")
+    assert whitelist.destination_label == ("!canary",) and whitelist.uuid == (UUID,)
+    assert blacklist.verdict == (Verdict.DROPPED,) and query.number == 5
+    ours = observer_pb2.GetFlowsRequest(number=5, whitelist=[flow_pb2.FlowFilter(
+        source_label=["k8s:app=client", "app in (probe)"], destination_label=["!canary"], uuid=[UUID])],
+        blacklist=[flow_pb2.FlowFilter(verdict=[flow_pb2.DROPPED])])
+    shape = {1: None, 5: {5: None}, 6: {10: None, 11: None, 29: None}}
+    assert canonical(ours.SerializeToString(), shape) == canonical(GOLDEN_REQUEST, shape)
 
 
 @pytest.mark.parametrize(("kind", "reason"), [
@@ -283,13 +318,17 @@ def test_get_flows_whitelist_and_blacklist(hubble):
     assert _times(found) == [3] and found[0].flow.is_reply.value
 
 
-@pytest.mark.parametrize("bad", [flow_pb2.FlowFilter(source_ip=["nope"]),
-                                 flow_pb2.FlowFilter(source_label=["app=client"])])
-def test_get_flows_refuses_what_it_cannot_evaluate(hubble, bad):
+@pytest.mark.parametrize(("bad", "said"), [
+    (flow_pb2.FlowFilter(source_ip=["nope"]), "not an IP address or CIDR: 'nope'"),
+    (flow_pb2.FlowFilter(source_fqdn=["example.com"]), "FlowFilter.source_fqdn is not supported"),
+    # Field 31, newer than our flow.proto: a string "x".
+    (flow_pb2.FlowFilter.FromString(text(31, "x")), "FlowFilter field 31 is unknown to ryu-nsm"),
+])
+def test_get_flows_refuses_what_it_cannot_evaluate(hubble, bad, said):
     _, stub, _ = hubble
     with pytest.raises(grpc.RpcError) as raised:
         list(stub.GetFlows(observer_pb2.GetFlowsRequest(whitelist=[bad]), timeout=5))
-    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and said in raised.value.details()
 
 
 def test_get_flows_follow_streams_history_then_new_matching_events(hubble):
@@ -357,5 +396,20 @@ def test_serving_on_a_unix_socket(tmp_path):
             found = list(observer_pb2_grpc.ObserverStub(channel).GetFlows(observer_pb2.GetFlowsRequest(),
                                                                          timeout=5))
         assert len(found) == 1 and server.addresses == [address]
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(("method", "streams"), [("GetAgentEvents", True), ("GetDebugEvents", True),
+                                                 ("GetNamespaces", False)])
+def test_upstreams_other_observer_methods_answer_unimplemented(method, streams):
+    # What a Hubble client gets for the RPCs ryu-nsm has no data for (docs/observability.md).
+    server = HubbleServer(HubbleObserver(FlowStore(), dict, "demo")).serve(["127.0.0.1:0"])
+    try:
+        with grpc.insecure_channel(server.addresses[0]) as channel:
+            call = (channel.unary_stream if streams else channel.unary_unary)(f"/observer.Observer/{method}")
+            with pytest.raises(grpc.RpcError) as raised:
+                list(call(b"", timeout=5)) if streams else call(b"", timeout=5)
+        assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         server.stop()

@@ -15,6 +15,7 @@ from ryu_nsm.core.flowspec import Table
 from ryu_nsm.core.model import ClientRequest, Destination, Endpoint, Match, NetworkService, Resources
 from ryu_nsm.core.planner import make_plan
 from ryu_nsm.core.policy_model import LabelSelector, MultiNetworkPolicy, NetworkRef, PolicyInputs
+from ryu_nsm.core.policy_model import Workload as PolicyWorkload
 from ryu_nsm.core.sampling import (
     FlowSampling,
     Stage,
@@ -25,8 +26,9 @@ from ryu_nsm.core.sampling import (
     sampling_rate,
     wire_hash,
 )
+from ryu_nsm.core.values import FrozenMap
 from ryu_nsm.observe.flow_events import Direction, DropKind, Verdict, WireRef
-from ryu_nsm.observe.flow_store import FlowQuery, FlowStore
+from ryu_nsm.observe.flow_store import FlowFilter, FlowQuery, FlowStore
 from ryu_nsm.observe.ipfix import IpfixError, TemplateCache, decode
 from ryu_nsm.observe.ipfix_collector import IpfixCollector
 from ryu_nsm.observe.ipfix_events import WireDirectory, events_of
@@ -191,6 +193,26 @@ def test_the_directory_names_a_chain_and_its_sampling_from_the_plan():
     directory = WireDirectory.of([s.name for s in fab.switches], plan.connections.values(), SAMPLING)
     assert directory.wires[wire_hash(pc.id)] == WireRef(pc.id, "net", "a", "client", "server", 0)
     assert directory.rates[wire_hash(pc.id)] == 64 and directory.switches[domain_id("s2")] == "s2"
+
+
+def test_events_carry_the_labels_of_their_pods_and_endpoints():
+    fab, plan, _ = _plan()
+    policy = PolicyInputs(
+        pods=FrozenMap({("a", "client"): PolicyWorkload(FrozenMap(app="probe", tier="2"))}),
+        endpoints=FrozenMap({("a", "server"): PolicyWorkload(FrozenMap(app="web"))}))
+    names = [s.name for s in fab.switches]
+    directory = WireDirectory.of(names, plan.connections.values(), SAMPLING, policy)
+    assert directory.labels == {("a", "client"): (("app", "probe"), ("tier", "2")),
+                                ("a", "server"): (("app", "web"),)}
+    messages, _ = _decoded()
+    labelled = replace(_directory(), labels=directory.labels)
+    events = [e for m in messages for e in events_of(m.records, m.domain, labelled, 5.0)]
+    echo = next(e for e in events if e.direction is Direction.TO_ENDPOINT)
+    assert echo.source.label_strings == ("k8s:app=probe", "k8s:tier=2")
+    assert echo.destination.label_strings == ("k8s:app=web",)
+    to_web = FlowFilter(source_label=("tier>1",), destination_label=("k8s:app in (web)",))
+    assert to_web.matches(echo) and not FlowFilter(destination_label=("app=probe",)).matches(echo)
+    assert WireDirectory.of(names, plan.connections.values(), SAMPLING).labels == {}
 
 
 # ---- the collector

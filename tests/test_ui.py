@@ -110,9 +110,12 @@ def test_the_page_filters_are_observes():
     assert not query.matches(event("x", Verdict.FORWARDED, port=23))
     assert not query.matches(event("x", Verdict.DROPPED, port=22))
     assert page_query("").whitelist == ()
-    for bad in ("verdict=maybe", "port=http"):
+    for bad in ("verdict=maybe", "port=http", "label=app+in+(a"):
         with pytest.raises(ValueError):
             page_query(bad)
+    # A selector keeps its commas; either side of the flow, as observe's --label.
+    (source_side, destination_side) = page_query("label=app+in+(web,db),tier").whitelist
+    assert source_side.source_label == destination_side.destination_label == ("app in (web,db),tier",)
 
 
 @pytest.fixture

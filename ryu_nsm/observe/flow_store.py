@@ -8,6 +8,7 @@ Selection (``FlowFilter``, ``FlowQuery``, ``select``) is pure: times are passed 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 import threading
 from collections import deque
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ryu_nsm.observe.flow_events import Direction, FlowEvent, Verdict, Workload
+from ryu_nsm.observe.label_selector import Label, parse_label, parse_selector
 
 DEFAULT_CAPACITY = 4096
 DEFAULT_FOLLOWER_QUEUE = 1024
@@ -26,7 +28,8 @@ class FlowFilter:
 
     Pods and services are ``NS/PREFIX`` (namespace and name prefix), ``NS/`` (the namespace) or
     ``PREFIX`` (any namespace). IPs are addresses or CIDRs, ports decimal strings, protocols lower
-    case ("icmp" is ICMPv4 or ICMPv6), node names glob patterns.
+    case ("icmp" is ICMPv4 or ICMPv6), node names glob patterns, labels Kubernetes label selectors
+    (label_selector.py; any one of them selects), uuids the events' own.
     """
 
     source_pod: tuple[str, ...] = ()
@@ -42,6 +45,9 @@ class FlowFilter:
     node_name: tuple[str, ...] = ()
     ip_version: tuple[int, ...] = ()
     traffic_direction: tuple[str, ...] = ()  # "egress", "ingress"
+    source_label: tuple[str, ...] = ()
+    destination_label: tuple[str, ...] = ()
+    uuid: tuple[str, ...] = ()
 
     def matches(self, event: FlowEvent) -> bool:
         ip, l4 = event.ip, event.l4
@@ -63,6 +69,9 @@ class FlowFilter:
             (self.node_name, lambda: any(fnmatch.fnmatchcase(event.node, p) for p in self.node_name)),
             (self.ip_version, lambda: ip is not None and ip.version in self.ip_version),
             (self.traffic_direction, lambda: traffic_direction(event) in self.traffic_direction),
+            (self.source_label, lambda: _any_selector(self.source_label, event.source)),
+            (self.destination_label, lambda: _any_selector(self.destination_label, event.destination)),
+            (self.uuid, lambda: event.uuid in self.uuid),
         )
         return all(check() for wanted, check in checks if wanted)
 
@@ -100,6 +109,22 @@ def _any_name(patterns: Sequence[str], name: tuple[str, str] | None) -> bool:
     return False
 
 
+# Filters are read once per event: parse each selector and each workload's labels once.
+_selector = functools.lru_cache(maxsize=1024)(parse_selector)
+
+
+@functools.lru_cache(maxsize=4096)
+def _labels(workload: Workload | None) -> tuple[Label, ...]:
+    """A workload's labels read back from the strings the Hubble API sends, as Hubble reads them;
+    no workload (a frame on no wire) has none, as Hubble's flow without an endpoint."""
+    return () if workload is None else tuple(map(parse_label, workload.label_strings))
+
+
+def _any_selector(selectors: Sequence[str], workload: Workload | None) -> bool:
+    labels = _labels(workload)
+    return any(_selector(text).matches(labels) for text in selectors)
+
+
 def _any_ip(patterns: Sequence[str], address: str) -> bool:
     try:
         ip = ipaddress.ip_address(address)
@@ -113,7 +138,8 @@ def _protocol_matches(wanted: Sequence[str], protocol: str) -> bool:
 
 
 def check_filter(flow_filter: FlowFilter) -> None:
-    """Raise ValueError naming the first value that can never be read (a bad IP, port or pattern)."""
+    """Raise ValueError naming the first value that can never be read (a bad IP, port, pattern or
+    label selector)."""
     for pattern in (*flow_filter.source_ip, *flow_filter.destination_ip):
         try:
             ipaddress.ip_network(pattern, strict=False)
@@ -122,6 +148,12 @@ def check_filter(flow_filter: FlowFilter) -> None:
     for port in (*flow_filter.source_port, *flow_filter.destination_port):
         if not port.isdigit() or int(port) > 65535:
             raise ValueError(f"not a port: {port!r}")
+    for side in ("source", "destination"):
+        for text in getattr(flow_filter, f"{side}_label"):
+            try:
+                _selector(text)
+            except ValueError as exc:
+                raise ValueError(f"invalid {side} label filter: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import json
 
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from hubble_api import flow_pb2, observer_pb2
 from ryu_nsm.observe.flow_events import (
@@ -29,8 +30,13 @@ DROP_REASONS = {
 VERDICTS = {Verdict.FORWARDED: flow_pb2.FORWARDED, Verdict.DROPPED: flow_pb2.DROPPED}
 IP_VERSIONS = {4: flow_pb2.IPv4, 6: flow_pb2.IPv6}
 TRAFFIC_DIRECTIONS = {"egress": flow_pb2.EGRESS, "ingress": flow_pb2.INGRESS}
-# FlowFilter fields ryu-nsm cannot evaluate: refused rather than silently ignored.
-UNSUPPORTED_FILTERS = ("source_label", "destination_label")
+# FlowFilter fields ryu-nsm cannot evaluate (L7, DNS names, identities, workloads, ...): refused
+# rather than silently ignored, as is a field newer than our flow.proto.
+UNSUPPORTED_FILTERS = (
+    "source_fqdn", "destination_fqdn", "source_workload", "destination_workload", "event_type",
+    "http_status_code", "reply", "dns_query", "source_identity", "destination_identity", "http_method",
+    "http_path", "tcp_flags", "trace_id",
+)
 
 
 def timestamp(when: float) -> Timestamp:
@@ -41,7 +47,7 @@ def timestamp(when: float) -> Timestamp:
 def to_flow(event: FlowEvent) -> flow_pb2.Flow:
     """The Hubble Flow for ``event`` (Type L3_L4)."""
     flow = flow_pb2.Flow(verdict=VERDICTS[event.verdict], Type=flow_pb2.L3_L4, node_name=event.node,
-                         Summary=summary(event))
+                         Summary=summary(event), uuid=event.uuid)
     flow.time.CopyFrom(timestamp(event.time))
     if event.drop_reason is not None:
         flow.drop_reason_desc = DROP_REASONS[event.drop_reason.kind]
@@ -134,6 +140,10 @@ def read_filter(proto: flow_pb2.FlowFilter) -> FlowFilter:
     for name in UNSUPPORTED_FILTERS:
         if getattr(proto, name):
             raise ValueError(f"FlowFilter.{name} is not supported by ryu-nsm")
+    unknown = sorted({field.field_number for field in UnknownFieldSet(proto)})
+    if unknown:
+        raise ValueError(f"FlowFilter field {unknown[0]} is unknown to ryu-nsm (newer than its Hubble "
+                         "API): not supported")
     verdicts = {value: verdict for verdict, value in VERDICTS.items()}
     directions = {value: name for name, value in TRAFFIC_DIRECTIONS.items()}
     versions = {value: number for number, value in IP_VERSIONS.items()}
@@ -148,6 +158,8 @@ def read_filter(proto: flow_pb2.FlowFilter) -> FlowFilter:
         node_name=tuple(proto.node_name),
         ip_version=tuple(versions.get(value, 0) for value in proto.ip_version),
         traffic_direction=tuple(directions.get(value, "") for value in proto.traffic_direction),
+        source_label=tuple(proto.source_label), destination_label=tuple(proto.destination_label),
+        uuid=tuple(proto.uuid),
     )
     check_filter(flow_filter)
     return flow_filter

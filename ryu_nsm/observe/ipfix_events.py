@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ryu_nsm.core.plan import PlannedConnection
+from ryu_nsm.core.policy_model import PolicyInputs
 from ryu_nsm.core.sampling import (
     DROP_STAGES,
     FlowSampling,
@@ -44,19 +45,21 @@ _PROTOCOLS = {6: "TCP", 17: "UDP", 132: "SCTP", 1: "ICMPv4", 58: "ICMPv6"}
 @dataclass(frozen=True)
 class WireDirectory:
     """What the ids name now: switches by domain id, wires by hash, each wire's sampling rate and
-    the policies that govern it."""
+    the policies that govern it, and the labels of workloads by (namespace, name)."""
 
     switches: Mapping[int, str] = field(default_factory=dict)
     wires: Mapping[int, WireRef] = field(default_factory=dict)
     rates: Mapping[int, int] = field(default_factory=dict)
     policies: Mapping[int, str] = field(default_factory=dict)
     drop_rate: int = 1
+    labels: Mapping[tuple[str, str], tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, switches: Iterable[str], planned: Iterable[PlannedConnection],
-           sampling: FlowSampling) -> WireDirectory:
+           sampling: FlowSampling, policy: PolicyInputs | None = None) -> WireDirectory:
         """From the fabric's switch names and the plan's connections (their flows say how often
-        each wire is sampled)."""
+        each wire is sampled); labels from the Pods and NSEs ``policy`` knows (a Pod's win over an
+        NSE's of the same name: Hubble shows pods)."""
         by_id = {pc.id: pc for pc in planned}
         entries = [{"id": pc.id, "namespace": pc.connection.namespace, "client": pc.connection.client,
                     "network_service": pc.connection.network_service, "endpoint": pc.connection.endpoint}
@@ -70,8 +73,10 @@ class WireDirectory:
                 rates[key] = _wire_rate(pc)
                 governed = pc.policy.governed_by if pc.policy is not None else ()
                 policies[key] = ", ".join(dict.fromkeys(line.split(" ")[0] for line in governed))
+        known = {**policy.endpoints, **policy.pods} if policy is not None else {}
+        labels = {key: tuple(sorted(workload.labels.items())) for key, workload in known.items()}
         return cls({domain_id(name): name for name in switches}, wires, rates, policies,
-                   sampling_rate(probability(sampling.drops)))
+                   sampling_rate(probability(sampling.drops)), labels)
 
 
 def _wire_rate(pc: PlannedConnection) -> int:
@@ -108,15 +113,17 @@ def events_of(records: Iterable[dict], domain: int, directory: WireDirectory, no
             time=now, node=node, verdict=Verdict.DROPPED if dropped else Verdict.FORWARDED, wire=wire,
             direction=direction, drop_reason=reason, ethernet=_ethernet(record), ip=_ip(record),
             l4=_l4(record), sampling_rate=rate, observation=ObservationPoint(domain, raw_point),
-            source=wire_end(wire, point.reverse), destination=wire_end(wire, not point.reverse)))
+            source=wire_end(wire, point.reverse, directory),
+            destination=wire_end(wire, not point.reverse, directory)))
     return out
 
 
-def wire_end(wire: WireRef | None, endpoint: bool) -> Workload | None:
-    """The wire's endpoint (else its client) as a workload; None without a wire."""
+def wire_end(wire: WireRef | None, endpoint: bool, directory: WireDirectory) -> Workload | None:
+    """The wire's endpoint (else its client) as a workload, with its labels; None without a wire."""
     if wire is None:
         return None
-    return Workload(wire.namespace, wire.endpoint if endpoint else wire.client)
+    name = wire.endpoint if endpoint else wire.client
+    return Workload(wire.namespace, name, directory.labels.get((wire.namespace, name), ()))
 
 
 def _ethernet(record: dict) -> Ethernet | None:

@@ -43,11 +43,13 @@ def flow_row(event: FlowEvent) -> dict:
 
 
 def page_query(query_string: str) -> FlowQuery:
-    """The FlowQuery of ``/ui/events?pod=…&service=…&verdict=…&protocol=…&port=…`` (each
-    repeatable or comma-separated), built as ``observe`` builds its flags'; ValueError if bad."""
+    """The FlowQuery of ``/ui/events?pod=…&service=…&verdict=…&protocol=…&port=…&label=…`` (each
+    repeatable, all but ``label`` comma-separated too: a label selector has commas of its own),
+    built as ``observe`` builds its flags'; ValueError if bad."""
     fields = parse_qs(query_string)
     filters = {flag: [v for value in fields.get(name, []) for v in value.split(",") if v.strip()]
                for name, flag in _FILTERS.items()}
+    filters["labels"] = [value for value in fields.get("label", []) if value.strip()]
     request = flow_request(follow=True, last=HISTORY, first=None, since=None, until=None,
                            now=time.time(), **filters)
     return read_query(request)

@@ -30,6 +30,6 @@ def meter_events(drops: Iterable[MeterDrop], directory: WireDirectory, now: floa
             time=now, node=drop.switch, verdict=Verdict.DROPPED, wire=wire,
             direction=Direction.TO_CLIENT if to_client else Direction.TO_ENDPOINT,
             drop_reason=DropReason(DropKind.RATE_LIMIT, format_bandwidth(drop.rate_kbps * 1000)),
-            source=wire_end(wire, to_client), destination=wire_end(wire, not to_client),
+            source=wire_end(wire, to_client, directory), destination=wire_end(wire, not to_client, directory),
             frames=drop.frames))
     return out
