@@ -26,6 +26,10 @@ INSTANCES = 10  # of each function
 PLAIN = tuple(f"plain{i}" for i in range(8))
 SERVERS = 4  # of each plain service
 MAX_BACKOFF_MS = 1000  # a restarted controller is found within a second, not OVS's default 8 s
+# OVS drops a controller that leaves its echo unanswered for twice this; 5 s (the default) is short
+# for a Python controller that decodes a 20,000-flow table on a shared 2-core machine (OVN raises its
+# probe interval at size the same way; README, "Sizing").
+INACTIVITY_PROBE_MS = 30_000
 TIMEOUT = 60.0
 
 
@@ -155,7 +159,7 @@ def build_bridges(fabric: Fabric, bridges: Mapping[str, str], target: str) -> fl
         cmd += ["--", "add-br", br, "--", "set", "bridge", br, "datapath_type=netdev",
                 f"other-config:datapath-id={sw.dpid:016x}", "fail_mode=secure", "protocols=OpenFlow13",
                 f"controller=@c{n}", "--", f"--id=@c{n}", "create", "controller", f"target=\"{target}\"",
-                f"max_backoff={MAX_BACKOFF_MS}"]
+                f"max_backoff={MAX_BACKOFF_MS}", f"inactivity_probe={INACTIVITY_PROBE_MS}"]
     for link in fabric.links:
         for here, port, there, peer in ((link.a, link.a_port, link.b, link.b_port),
                                         (link.b, link.b_port, link.a, link.a_port)):

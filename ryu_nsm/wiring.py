@@ -173,7 +173,7 @@ def _serve_status(running: RunningController, fabric: Fabric, address: tuple[str
                   access: StatusAccess | None, metrics_address: tuple[str, int] | None,
                   stoppers: list[Callable[[], None]]) -> None:
     """The status endpoint (and its live page), and the plain metrics listener when asked for."""
-    status = StatusServer(lambda: running.app.status(), *address, states=lambda: running.app.states(),
+    status = StatusServer(lambda: running.app.status(), *address, states=lambda ids: running.app.states(ids),
                           fabric=fabric_description(fabric), loops=health.LOOPS, access=access,
                           flows=running.flow_store).start()
     stoppers.append(status.stop)

@@ -76,6 +76,7 @@ def test_install_restart_without_churn_removal_and_foreign_flows(bridges, tmp_pa
         sh("ovs-ofctl", "-O", "OpenFlow13", "add-flow", A, foreign)
         ctl.wait_connections(lambda cs: cs.get(CONN, {}).get("state") == "up", 30)
         assert ctl.states() == {CONN: "up"}  # the cheap endpoint says the same
+        assert ctl.states([CONN, "default/nobody/nsm-1"]) == {CONN: "up"}  # only those asked, if known
         assert wait_for(ping, 10, 0.5), "client cannot reach the server through the wire"
         shown = subprocess.run([sys.executable, "-m", "ryu_nsm.cli", "status", "--url", ctl.url],
                                capture_output=True, text=True, timeout=30)

@@ -45,7 +45,7 @@ def serve():
     started = []
 
     def start(access: StatusAccess | None = None, **kwargs) -> StatusServer:
-        server = StatusServer(lambda: STATUS, "127.0.0.1", 0, states=lambda: {"connections": {}},
+        server = StatusServer(lambda: STATUS, "127.0.0.1", 0, states=lambda ids: {"connections": {}},
                               fabric={"switches": []}, access=access, **kwargs).start()
         started.append(server)
         return server

@@ -59,6 +59,7 @@ class QualityManager(Manager):
         """``note``: where a breach acted on is written down (the history)."""
         self.fabric = fabric
         self.plan = plan  # the latest, kept up to date by plan_changed
+        self._gated: tuple[object, frozenset[str]] = (None, frozenset())  # (plan, switches with gated ends)
         self.note = note
         self.sla_window = sla_window
         self.avoid_hold = avoid_hold
@@ -137,9 +138,11 @@ class QualityManager(Manager):
 
     def counter_tables(self, switch: str) -> tuple[int, ...]:
         """The tables a counter read asks ``switch`` for: the policy tables too where a wire end is gated."""
-        gated = any(pc.policy is not None and pc.ends is not None and switch in (
-            pc.ends.a_switch, pc.ends.b_switch) for pc in self.plan.connections.values())
-        return tuple(GATE_TABLES) if gated else (Table.CLASSIFY,)
+        if self._gated[0] is not self.plan:  # once per plan, not per switch and read
+            self._gated = (self.plan, frozenset(
+                end for pc in self.plan.connections.values() if pc.policy is not None and pc.ends is not None
+                for end in (pc.ends.a_switch, pc.ends.b_switch)))
+        return tuple(GATE_TABLES) if switch in self._gated[1] else (Table.CLASSIFY,)
 
     def counter_read(self, switch: str, dpid: int) -> ReadCounters:
         """What a counter read asks ``switch`` for."""

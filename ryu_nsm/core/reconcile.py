@@ -94,9 +94,16 @@ def diff_keyed(
 
     The controller passes the keys a change touched, so its cost follows the change, not the table.
     """
-    if keys is None:
-        keys = desired.keys() | actual.keys()
     adds, modifies, deletes = [], [], []
+    if keys is None:  # whole: each key hashed twice, not five times (a union, then two looks)
+        for key, want in desired.items():
+            have = actual.get(key)
+            if have is None:
+                adds.append(want)
+            elif have is not want and have != want:
+                modifies.append(want)
+        deletes = [have for key, have in actual.items() if key not in desired and have.cookie not in keep]
+        return SwitchDiff(tuple(sorted(adds)), tuple(sorted(modifies)), tuple(sorted(deletes)))
     for key in keys:
         want, have = desired.get(key), actual.get(key)
         if want is None:
@@ -104,7 +111,7 @@ def diff_keyed(
                 deletes.append(have)
         elif have is None:
             adds.append(want)
-        elif have != want:
+        elif have is not want and have != want:  # a flow read back is often the planned object
             modifies.append(want)
     return SwitchDiff(tuple(sorted(adds)), tuple(sorted(modifies)), tuple(sorted(deletes)))
 

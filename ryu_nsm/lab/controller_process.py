@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+import urllib.parse
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from ryu_nsm.observe.status_access import StatusClient
@@ -97,9 +98,10 @@ class ControllerProcess:
     def status(self) -> dict:
         return fetch_status(self.url, timeout=2.0, client=self.status_client)
 
-    def states(self) -> dict[str, str]:
-        """Each connection's state by id (the cheap ``/status/states``)."""
-        return fetch_status(self.url, timeout=2.0, what="/status/states",
+    def states(self, ids: Iterable[str] = ()) -> dict[str, str]:
+        """Each connection's state by id (the cheap ``/status/states``); of ``ids`` alone if given."""
+        query = f"?{urllib.parse.urlencode([('id', cid) for cid in ids])}" if ids else ""
+        return fetch_status(self.url, timeout=2.0, what=f"/status/states{query}",
                             client=self.status_client)["connections"]
 
     def connections(self) -> dict[str, dict]:

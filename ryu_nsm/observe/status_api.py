@@ -17,6 +17,7 @@ import logging
 import ssl
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,7 +32,10 @@ if TYPE_CHECKING:  # every `ryu-nsm` command imports this module: the store only
 DEFAULT_ADDRESS = ("127.0.0.1", 8181)
 HANDSHAKE_SECONDS = 10.0  # a client that stalls its TLS handshake holds a thread no longer
 log = logging.getLogger("ryu_nsm.observe.status_api")
-Route = Callable[[], tuple[int, bytes, str]]
+Route = Callable[[dict[str, list[str]]], tuple[int, bytes, str]]  # query → reply
+
+
+States = Callable[[list[str] | None], dict]  # connection ids (None: all) → {"connections": {id: state}}
 
 
 class StatusRefused(Exception):
@@ -43,20 +47,20 @@ def _json(value: dict) -> tuple[int, bytes, str]:
     return 200, json.dumps(value, separators=(",", ":")).encode(), "application/json"
 
 
-def _routes(status: Callable[[], dict], states: Callable[[], dict] | None, fabric: dict | None,
+def _routes(status: Callable[[], dict], states: States | None, fabric: dict | None,
             loops: health.Registry | None, metrics_only: bool) -> dict[str, Route]:
     """Path (without trailing slash) -> what answers it."""
 
     memo: list = []  # the metrics' memo, made on the first scrape (metrics is imported late)
 
-    def metrics_text() -> tuple[int, bytes, str]:
+    def metrics_text(_query: dict) -> tuple[int, bytes, str]:
         from ryu_nsm.observe import metrics  # here: every `ryu-nsm` command imports this module
 
         memo[:] = memo or [metrics.ExpositionMemo()]
         text = metrics.exposition(status, memo[0]) + (health.exposition(loops) if loops else b"")
         return 200, text, metrics.CONTENT_TYPE
 
-    def healthz() -> tuple[int, bytes, str]:
+    def healthz(_query: dict) -> tuple[int, bytes, str]:
         stale = loops.stale() if loops else []
         if stale:
             return 503, json.dumps({"stale": stale}).encode() + b"\n", "application/json"
@@ -64,11 +68,11 @@ def _routes(status: Callable[[], dict], states: Callable[[], dict] | None, fabri
 
     routes: dict[str, Route] = {"/metrics": metrics_text, "/healthz": healthz}
     if not metrics_only:
-        routes["/status"] = routes[""] = lambda: _json(status())
-        if states is not None:
-            routes["/status/states"] = lambda: _json(states())
+        routes["/status"] = routes[""] = lambda _query: _json(status())
+        if states is not None:  # ?id=… (repeatable): only those, for a poller waiting on a few
+            routes["/status/states"] = lambda query: _json(states(query.get("id")))
         if fabric is not None:
-            routes["/status/fabric"] = lambda: _json(fabric)
+            routes["/status/fabric"] = lambda _query: _json(fabric)
     return routes
 
 
@@ -80,7 +84,8 @@ def _handler(routes: dict[str, Route], access: StatusAccess | None, page) -> typ
         timeout = 30  # an idle connection's thread ends
 
         def do_GET(self):  # noqa: N802 (http.server's name)
-            path = self.path.rstrip("/")
+            url = urllib.parse.urlsplit(self.path)
+            path = url.path.rstrip("/")
             if path != "/healthz" and access is not None:
                 tls = isinstance(self.connection, ssl.SSLSocket)
                 peer = self.connection.getpeercert(True) if tls else None
@@ -92,7 +97,8 @@ def _handler(routes: dict[str, Route], access: StatusAccess | None, page) -> typ
                 page.handle(self)
                 return
             route = routes.get(path)
-            self._reply(*(route() if route else (404, b"not found\n", "text/plain")))
+            query = urllib.parse.parse_qs(url.query)
+            self._reply(*(route(query) if route else (404, b"not found\n", "text/plain")))
 
         def _reply(self, code: int, body: bytes, kind: str, headers: tuple = ()) -> None:
             self.send_response(code)
@@ -142,7 +148,7 @@ class StatusServer:
     ``metrics_only``: ``/metrics`` and ``/healthz``, nothing else."""
 
     def __init__(self, status: Callable[[], dict], host: str, port: int,
-                 states: Callable[[], dict] | None = None, fabric: dict | None = None,
+                 states: States | None = None, fabric: dict | None = None,
                  loops: health.Registry | None = None, access: StatusAccess | None = None,
                  metrics_only: bool = False, flows: FlowStore | None = None):
         routes = _routes(status, states, fabric, loops, metrics_only)

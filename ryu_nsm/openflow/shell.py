@@ -39,10 +39,11 @@ from ryu_nsm.core.fabric import Fabric
 from ryu_nsm.core.flowspec import COOKIE_OWNER_MASK, PIPELINE_COOKIE
 from ryu_nsm.core.meter_drops import MeterDrop
 from ryu_nsm.core.model import Resources
-from ryu_nsm.core.reconcile import DELETE
+from ryu_nsm.core.reconcile import ADD, DELETE, MODIFY
 from ryu_nsm.observe.health import Loop, supervise
 from ryu_nsm.observe.report import StatusRenderer
 from ryu_nsm.openflow import wire as ofwire
+from ryu_nsm.openflow.flow_read import FlowReader, keep_flow_stats_raw
 from ryu_nsm.openflow.launch import send_bytes
 from ryu_nsm.openflow.roles import RoleKeeper, describe_error
 from ryu_nsm.qos.measure import PROBE_ETH_TYPE
@@ -101,6 +102,8 @@ class NsmApp(app_manager.OSKenApp):
         self.datapaths: dict[int, object] = {}
         self.no_bundles: set[int] = set()
         self._multipart: dict[tuple[int, str], list] = {}
+        keep_flow_stats_raw()
+        self._flow_reader = FlowReader()
         self._reads: dict[int, ReadFlows] = {}  # stats request xid → the read it answers
         self._loops: dict[int, tuple[int, float]] = {}  # loop probe seq → (dpid, sent at)
         self._counter_reads: dict[int, ReadCounters] = {}  # stats request xid → the read it answers
@@ -158,10 +161,14 @@ class NsmApp(app_manager.OSKenApp):
                 status["role"] = self.role_status()
             return status
 
-    def states(self) -> dict:
-        """Only each connection's state (up, pending, failed), by id."""
+    def states(self, ids: list[str] | None = None) -> dict:
+        """Only each connection's state (up, pending, failed), by id; of ``ids`` alone if given (an id
+        the core does not know is left out)."""
         with self.lock:
-            return {"connections": self.core.connection_states()}
+            if ids is None:
+                return {"connections": self.core.connection_states()}
+            known = self.core.plan.connections
+            return {"connections": {cid: self.core.connection_state(cid) for cid in ids if cid in known}}
 
     def set_leader(self, generation: int | None, shard: int = 0) -> None:
         """Follow the election (any thread): None → follower, an int → leader with that generation
@@ -210,7 +217,7 @@ class NsmApp(app_manager.OSKenApp):
         if answered is None:
             return
         read, entries = answered
-        specs = [stats.spec for stats in ofwire.decode_flow_stats(entries)]
+        specs = [stats.spec for stats in self._flow_reader.read(msg.datapath.id, entries, whole=True)]
         held = self._read_objects.pop(msg.xid, {})
         meters, groups = held.get("meter", []), held.get("group", [])
         self._call(lambda now: self.core.flows_read(read.switch, specs, now, read.epoch, meters, groups))
@@ -221,7 +228,8 @@ class NsmApp(app_manager.OSKenApp):
         if answered is None:
             return
         read, entries = answered
-        stats = [(s.spec, s.bytes, s.packets) for s in ofwire.decode_flow_stats(entries)]
+        read_back = self._flow_reader.read(msg.datapath.id, entries, whole=False)
+        stats = [(s.spec, s.bytes, s.packets) for s in read_back]
         self._call(lambda _: self.core.counters_read(read.switch, stats, now) or [])
 
     def _read_counters(self, read: ReadCounters) -> None:
@@ -407,6 +415,8 @@ class NsmApp(app_manager.OSKenApp):
                     xid = self._xid((phase, switch, spec))
                     xids.append(xid)
                     msgs.append(_encode(phase, spec, xid))
+                    if phase in (ADD, MODIFY):
+                        self._flow_reader.expect(dpid, msgs[-1], spec)
                 if "-" in phase or dpid in self.no_bundles:  # bundles carry flow mods only
                     buf = b"".join(msgs)
                 else:

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from os_ken.ofproto import ofproto_v1_3_parser as _parser
+
 from ryu_nsm.core.flows import network_text
 from ryu_nsm.core.flowspec import VID_PRESENT, FlowSpec, GroupSpec, MeterSpec, is_ours
 
@@ -389,6 +391,8 @@ def decode_group_descs(body: Iterable[object]) -> list[GroupSpec]:
     """
     out = []
     for entry in body:
+        if isinstance(entry, RawFlowStats):  # os-ken told to leave flow stats raw (flow_read)
+            entry = _parser.OFPFlowStats.parser(entry.buf, 0)
         try:
             if entry.type != OFPGT_FF:
                 raise _Undecodable(f"group type {entry.type}")
@@ -453,6 +457,23 @@ class FlowStats:
     packets: int
     bytes: int
     duration: float  # seconds since the flow was installed
+
+
+class RawFlowStats:
+    """One flow stats entry as the switch sent it (os-ken's body class for flow stats replies)."""
+
+    __slots__ = ("buf", "length")
+
+    def __init__(self, buf: bytes):
+        self.buf = buf
+        self.length = len(buf)
+
+    @classmethod
+    def parser(cls, buf, offset: int) -> RawFlowStats:
+        (length,) = struct.unpack_from("!H", buf, offset)
+        if length < 48:
+            raise ValueError(f"flow stats entry of {length} bytes")
+        return cls(bytes(buf[offset:offset + length]))
 
 
 class _Undecodable(ValueError):
@@ -548,6 +569,8 @@ def decode_flow_stats(body: Iterable[object]) -> list[FlowStats]:
     """
     out = []
     for entry in body:
+        if isinstance(entry, RawFlowStats):  # os-ken told to leave flow stats raw (flow_read)
+            entry = _parser.OFPFlowStats.parser(entry.buf, 0)
         try:
             spec = _decode_entry(entry)
         except _Undecodable as exc:

@@ -25,7 +25,7 @@ import yaml
 
 from ryu_nsm.core.model import Problem, Resources
 from ryu_nsm.observe.health import Loop, Supervised, supervise
-from ryu_nsm.sources.documents import Document, ObjectKey, parse_keeping
+from ryu_nsm.sources.documents import Document, ObjectKey, ParseMemo, parse_keeping
 
 log = logging.getLogger("ryu_nsm.sources.files")
 
@@ -129,11 +129,12 @@ _FileRead = tuple[Path, list[Document], list[Problem]]
 
 
 def _assemble(
-    problems: list[Problem], files: Sequence[_FileRead], last_valid: dict[ObjectKey, dict]
+    problems: list[Problem], files: Sequence[_FileRead], last_valid: dict[ObjectKey, dict],
+    memo: ParseMemo | None = None,
 ) -> tuple[Resources, dict[ObjectKey, dict]]:
     """Parse all files' documents as one set (so Namespaces and duplicates work across files)."""
     documents = [d for _, file_documents, _ in files for d in file_documents]
-    resources, valid = parse_keeping(documents, last_valid)
+    resources, valid = parse_keeping(documents, last_valid, memo)
     found = problems + [p for _, _, file_problems in files for p in file_problems] + list(resources.problems)
     # Problems in file order, then document order, whichever stage found them.
     order = {str(path): i for i, (path, _, _) in enumerate(files)}
@@ -203,6 +204,8 @@ class DirectoryWatcher:
         self._cache: dict[Path, _Cached] = {}
         self._delivered: tuple | None = None
         self._last_valid: dict[ObjectKey, dict] = {}
+        # An unchanged file keeps its documents' bodies, so its objects are not validated again.
+        self._memo = ParseMemo()
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: Supervised | None = None
@@ -224,7 +227,8 @@ class DirectoryWatcher:
             fingerprint = (tuple((p, c.digest, c.good and c.good[0]) for p, c in cached), tuple(problems))
             if fingerprint == self._delivered:
                 return False
-            resources, valid = _assemble(problems, [c.read(p) for p, c in cached], self._last_valid)
+            read = [c.read(p) for p, c in cached]
+            resources, valid = _assemble(problems, read, self._last_valid, self._memo)
             self._on_change(resources)
             # Only what was delivered counts as a last valid version.
             self._last_valid = valid
