@@ -282,8 +282,10 @@ def parse_keeping(
     if memo is not None:
         memo.turn()
     # Namespaces are read first, but their problems belong in document order like all others.
-    order = {(doc.source, doc.index): position for position, doc in enumerate(documents)}
-    problems = sorted(parser.problems, key=lambda p: order[(p.source, p.index)])
+    problems = parser.problems
+    if problems:  # the order of every document only when there is something to sort
+        order = {(doc.source, doc.index): position for position, doc in enumerate(documents)}
+        problems = sorted(problems, key=lambda p: order[(p.source, p.index)])
     resources = Resources(tuple(services), tuple(endpoints), tuple(requests), tuple(problems), tuple(levels),
                           warnings=tuple(parser.skipped), policy=replace(facts, policies=tuple(policies)))
     return resources, parser.valid
