@@ -54,21 +54,11 @@ from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2, net
 from nsm_api.connection_pb2 import Connection, ConnectionEvent, Mechanism, MonitorScopeSelector
 from nsm_api.errors import RequestError
 from nsm_api.serving import NO_PEER, HopTrust, Peer, remove_sockets, serve_nsm
+from ovs_forwarder.discovery import Existing, attach_refused, discover
+from ovs_forwarder.kernel_request import CONNECTION_KEY, ENDPOINT_KEY, OWNER_KEY, PlumbingError, host_ifname
 from ovs_forwarder.monitors import Subscriber, matches
 from ovs_forwarder.ovsdb import Ovsdb, PortInfo
-from ovs_forwarder.plumbing import (
-    CONNECTION_KEY,
-    ENDPOINT_KEY,
-    OWNER_KEY,
-    Existing,
-    IdLocks,
-    PlumbingError,
-    attach_refused,
-    discover,
-    host_ifname,
-    plumb,
-    unplumb,
-)
+from ovs_forwarder.plumbing import IdLocks, plumb, unplumb
 from ovs_forwarder.translation import (
     ATTACHMENT_PARAM,
     ENDPOINT_PARAM,

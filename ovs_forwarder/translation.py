@@ -34,7 +34,8 @@ from nsm_api import networkservice_pb2
 from nsm_api.connection_pb2 import Connection, Mechanism
 from nsm_api.errors import RequestError
 from nsm_api.paths import append_segment
-from ovs_forwarder.plumbing import ROLES, KernelRequest, Plumbed, PlumbingError, validate
+from ovs_forwarder.kernel_request import ROLES, KernelRequest, PlumbingError, validate
+from ovs_forwarder.plumbing import Plumbed
 
 LOCAL, KERNEL = "LOCAL", "KERNEL"
 DEFAULT_IFNAME = "nsm-1"

@@ -31,8 +31,8 @@ from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection, ConnectionEvent, Mechanism, MonitorScopeSelector, PathSegment
 from nsm_api.connectioncontext_pb2 import ConnectionContext, EthernetContext, IPContext, Route
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from ovs_forwarder.kernel_request import host_ifname
 from ovs_forwarder.ovsdb import Ovsdb
-from ovs_forwarder.plumbing import host_ifname
 from ovs_forwarder.server import Forwarder
 from tests.forwarder_support import (
     attached,
