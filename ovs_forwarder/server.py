@@ -53,7 +53,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2, networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection, ConnectionEvent, Mechanism, MonitorScopeSelector
 from nsm_api.errors import RequestError
-from nsm_api.serving import NO_PEER, HopTrust, Peer, remove_sockets, serve_nsm
+from nsm_api.serving import NO_PEER, HopTrust, NsmServing, Peer
 from ovs_forwarder.discovery import Existing, attach_refused, discover
 from ovs_forwarder.kernel_request import CONNECTION_KEY, ENDPOINT_KEY, OWNER_KEY, PlumbingError, host_ifname
 from ovs_forwarder.monitors import Subscriber, matches
@@ -74,7 +74,7 @@ from ovs_forwarder.translation import (
 )
 from ryu_nsm.observe.health import Loop, Supervised, supervise
 from ryu_nsm.trust.identity import IdentitySource
-from ryu_nsm.trust.tls import grpc_server_credentials, peer_certificate, peer_spiffe_id
+from ryu_nsm.trust.tls import peer_certificate, peer_spiffe_id, server_credentials_factory
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,6 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
         self.token_lifetime = token_lifetime
         self.grace = grace
         self.clock = clock
-        self.identity = identity
         self.trust = HopTrust(identity, token_lifetime)
         self._lock = threading.Lock()  # the table, the orphans and the subscribers; never held while plumbing
         self._ids = IdLocks()
@@ -128,9 +127,8 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
         self._subscribers: set[Subscriber] = set()
         self._stopping = threading.Event()
         self._janitor: Supervised | None = None
-        self._server: grpc.Server | None = None
-        self._sockets: list[str] = []
-        self.listening: list[str] = []  # the bound addresses, with the ports that TCP port 0 got
+        self._serving = NsmServing(self, "ovs-forwarder-grpc", server_credentials_factory(identity))
+        self.listening = self._serving.listening  # the bound addresses, with the ports that TCP port 0 got
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -161,13 +159,7 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
         if not listen:
             raise ValueError("nothing to listen on")
         self.start()
-        identity = self.identity
-        credentials = (lambda: grpc_server_credentials(identity)) if identity is not None else None
-        server, listening, sockets = serve_nsm(self, listen, max_workers, "ovs-forwarder-grpc", credentials)
-        self.listening.extend(listening)
-        self._sockets.extend(sockets)
-        self._server = server
-        return server
+        return self._serving.start(listen, max_workers)
 
     def stop(self, grace: float | None = 1.0) -> None:
         """End monitor streams, stop the gRPC server and the janitor. Connections stay plumbed."""
@@ -176,14 +168,11 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
         with self._lock:
             for subscriber in self._subscribers:
                 subscriber.end()
-        if self._server is not None:
-            self._server.stop(grace).wait()
-            self._server = None
+        self._serving.stop(grace)
         with self._idle:
             # A handler cancelled by the server stop may still be plumbing: let it finish.
             self._idle.wait_for(lambda: self._busy == 0)
-        remove_sockets(self._sockets)
-        self._sockets.clear()
+        self._serving.clear_sockets()
         if self._janitor is not None:
             self._janitor.join()  # not when stop() runs in the janitor itself
 
