@@ -22,7 +22,7 @@ only moves the expiry; a changed context (addresses, routes, MTU, ...) is plumbe
 `plumbing.plumb`. The same id with another namespace, interface name or role is refused with
 FAILED_PRECONDITION: Close it first. Close of an unknown id is not an error.
 
-Restart safety: `start()` rebuilds the table from OVSDB (`plumbing.discover`); a rebuilt connection
+Restart safety: `start()` rebuilds the table from OVSDB (`discovery.discover`); a rebuilt connection
 keeps its recorded expiry (`ryu-nsm-expires`) but never less than the restart time, so clients get at
 least `grace` seconds to refresh with a forwarder that is up again. A connection is closed by the
 janitor `grace` seconds after its expiry; orphans (veth or namespace gone) are removed `grace`
