@@ -1,7 +1,8 @@
-"""What the forwarder's and the controller's NSM gRPC servers share: binding to unix sockets and TCP,
-with mTLS credentials or (insecure mode, with a warning) without; and ``HopTrust``, what a server hop
-does with its identity on each call: sign its path segment's token for the peer, run NSM's authorize
-policies over the path's left side, show a monitor only the connections its SPIFFE ID is on.
+"""What the forwarder's and the controller's NSM gRPC servers share: serving (``NsmServing``) on unix
+sockets and TCP, with mTLS credentials or (insecure mode, with a warning) without; and ``HopTrust``,
+what a server hop does with its identity on each call: sign its path segment's token for the peer,
+run NSM's authorize policies over the path's left side, show a monitor only the connections its
+SPIFFE ID is on.
 """
 
 from __future__ import annotations
@@ -115,6 +116,40 @@ def remove_sockets(paths: Iterable[str]) -> None:
             clear_stale_socket(path)
         except OSError as exc:
             log.warning("leaving socket %s: %s", path, exc)
+
+
+class NsmServing:
+    """One servicer's NSM gRPC serving over its life: `start` serves it (see ``serve_nsm``), `stop`
+    stops the server and `clear_sockets` then removes the unix socket files it made. `credentials`
+    (None: insecure mode) makes each port's mTLS credentials (see ``bind``)."""
+
+    def __init__(self, servicer: object, thread_name_prefix: str, credentials: Credentials | None) -> None:
+        self._servicer = servicer
+        self._thread_name_prefix = thread_name_prefix
+        self._credentials = credentials
+        self.listening: list[str] = []  # the bound addresses, with the ports that TCP port 0 got
+        self._server: grpc.Server | None = None
+        self._sockets: list[str] = []
+
+    def start(self, listen: Sequence[str], max_workers: int) -> grpc.Server:
+        """Serve on each address (`unix:///path` or `host:port`); each monitor stream holds a worker."""
+        server, listening, sockets = serve_nsm(self._servicer, listen, max_workers, self._thread_name_prefix,
+                                               self._credentials)
+        self.listening.extend(listening)
+        self._sockets.extend(sockets)
+        self._server = server
+        return server
+
+    def stop(self, grace: float | None) -> None:
+        """Stop the server, giving the calls under way `grace` seconds."""
+        if self._server is not None:
+            self._server.stop(grace).wait()
+            self._server = None
+
+    def clear_sockets(self) -> None:
+        """Remove the socket files of the stopped server."""
+        remove_sockets(self._sockets)
+        self._sockets.clear()
 
 
 UNSIGNED_PREFIX = "unsigned:"

@@ -13,75 +13,56 @@ port. Waiting would serialise a caller's requests on those passes; not waiting l
 many ports. The port's ofport is None until attached; ovs-vswitchd refusing it (ofport -1, an
 error) makes `is_plumbed` false, so a refresh plumbs it anew.
 
-Netlink goes through pyroute2. Sockets inside another namespace are opened by a short-lived thread
-that enters the namespace with setns(2) (network namespaces are per thread), so nothing forks; they
-are closed after each call, as an open socket would keep a deleted namespace alive. Sockets in the
-forwarder's own namespace are pooled. Reads of addresses, routes and neighbours ask the kernel to
-filter by interface (strict checking), so checking one interface does not dump the whole namespace.
+Namespaces and netlink sockets come from `netns`; what to plumb and its marks from `kernel_request`;
+what is found at start from `discovery`.
 """
 
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import errno
 import fcntl
-import hashlib
 import ipaddress
-import json
 import logging
-import math
 import os
-import re
 import socket
 import struct
 import threading
-import types
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from ovs_forwarder.discovery import attach_refused
+from ovs_forwarder.kernel_request import (
+    CONNECTION_KEY,
+    IFNAME_KEY,
+    NETNS_KEY,
+    ROLE_KEY,
+    SERVICE_KEY,
+    KernelRequest,
+    PlumbingError,
+    external_ids,
+    host_alias,
+    host_ifname,
+    validate,
+)
+from ovs_forwarder.netns import find_link, inside_netns, open_netns, root_ipr
 from ovs_forwarder.ovsdb import NoSuchBridge, Ovsdb, OvsdbError, PortExists, PortInfo
 
 log = logging.getLogger(__name__)
 
-# external_ids keys on every OVS Interface the forwarder makes (the contract with the controller).
-CONNECTION_KEY = "ryu-nsm-connection"
-ROLE_KEY = "ryu-nsm-role"
-SERVICE_KEY = "ryu-nsm-service"
-LABELS_KEY = "ryu-nsm-labels"
-NETNS_KEY = "ryu-nsm-netns"
-OWNER_KEY = "ryu-nsm-owner"
-EXPIRES_KEY = "ryu-nsm-expires"
-IFNAME_KEY = "ryu-nsm-ifname"  # additive to the contract: the interface's name inside the netns
-ENDPOINT_KEY = "ryu-nsm-endpoint"  # additive to the contract: an endpoint's name
-
-ROLES = ("client", "endpoint")
-ERROR_KINDS = ("invalid", "not-found", "exists", "internal")
-NETNS_RUN_DIR = "/var/run/netns"
-
-_CLONE_NEWNET = 0x40000000
-_NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: which kind of namespace it is
 _IFF_UP = 0x1
 _IFF_PROMISC = 0x100
 _NUD_PERMANENT = 0x80
 _IFA_F_NODAD = 0x02
 _RT_TABLE_MAIN = 254
-_ALIAS_PREFIX = "ryu-nsm "
 _SIOCETHTOOL = 0x8946
 _ETHTOOL_STXCSUM = 0x17  # the one-flag ioctl behind `ethtool -K <if> tx off`: every tx checksum feature
 _IFREQ_SIZE = 40
-_ROOT_POOL_SIZE = 16  # idle netlink sockets kept for reuse; more are closed after use
-
-_IFNAME = re.compile(r"[^\s/:]{1,15}")
-_NETNS_NAME = re.compile(r"[A-Za-z0-9_.-]{1,255}")
-_MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
-_INODE_URL = re.compile(r"inode://(\d+)/(\d+)")
 
 _KIND_BY_ERRNO = {
     errno.EEXIST: "exists", errno.ENOTEMPTY: "exists", errno.EADDRINUSE: "exists",
@@ -89,21 +70,6 @@ _KIND_BY_ERRNO = {
     errno.EINVAL: "invalid", errno.ERANGE: "invalid", errno.ENETUNREACH: "invalid",
     errno.EADDRNOTAVAIL: "invalid", errno.EAFNOSUPPORT: "invalid", errno.EHOSTUNREACH: "invalid",
 }
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_root_pool: list[IPRoute] = []
-_root_pool_lock = threading.Lock()
-
-
-class PlumbingError(Exception):
-    """A request could not be plumbed; `kind` is one of ERROR_KINDS (the gRPC layer maps it)."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        if kind not in ERROR_KINDS:
-            raise ValueError(f"unknown PlumbingError kind {kind!r}")
-        super().__init__(f"{kind}: {message}")
-        self.kind = kind
-        self.message = message
 
 
 class IdLocks:
@@ -141,44 +107,6 @@ class IdLocks:
 _plumbing = IdLocks()  # plumbing one connection id is serialised
 
 
-@dataclass(frozen=True, kw_only=True)
-class KernelRequest:
-    """What to plumb for one connection: a kernel interface in `netns`, wired to `bridge`.
-
-    `netns` is a path (/proc/<pid>/ns/net, /var/run/netns/<name>), a URL (file:///proc/<pid>/ns/net,
-    inode://<dev>/<ino>) or a plain netns name. `mtu` None or 0 and `mac` None or "" keep the kernel's
-    choice. `routes` are (prefix, nexthop or None); `neighbours` are (ip, mac). `endpoint`, for role
-    endpoint, is recorded as the `ryu-nsm-endpoint` mark.
-    """
-
-    connection_id: str
-    netns: str
-    bridge: str
-    owner: str
-    ifname: str = "nsm-1"
-    mtu: int | None = None
-    mac: str | None = None
-    addresses: Sequence[str] = ()
-    routes: Sequence[tuple[str, str | None]] = ()
-    neighbours: Sequence[tuple[str, str]] = ()
-    role: str = "client"
-    service: str = ""
-    labels: Mapping[str, str] = field(default_factory=dict)
-    expires: float | None = None
-    endpoint: str | None = None
-
-    def __post_init__(self) -> None:
-        # Freeze the containers, and read protobuf's "unset" (0, "") as None.
-        set_ = object.__setattr__
-        set_(self, "addresses", tuple(self.addresses))
-        set_(self, "routes", tuple((r[0], r[1] or None) if len(r) == 2 else tuple(r) for r in self.routes))
-        set_(self, "neighbours", tuple(tuple(n) for n in self.neighbours))
-        set_(self, "labels", types.MappingProxyType(dict(self.labels)))
-        set_(self, "mtu", self.mtu or None)
-        set_(self, "mac", self.mac or None)
-        set_(self, "endpoint", self.endpoint or None)
-
-
 @dataclass(frozen=True)
 class Plumbed:
     """A plumbed connection: the host end's name and OpenFlow port (None until ovs-vswitchd attached
@@ -193,273 +121,6 @@ class Plumbed:
     ifname: str
     mac: str
     created: bool
-
-
-@dataclass(frozen=True)
-class Existing:
-    """A connection found in OVSDB at start-up; `reason` says why it is an orphan (None: alive)."""
-
-    connection_id: str
-    bridge: str
-    host_ifname: str
-    ofport: int | None
-    netns: str
-    ifname: str
-    role: str
-    service: str
-    labels: Mapping[str, str]
-    owner: str
-    expires: float | None
-    reason: str | None = None
-
-
-@dataclass(frozen=True)
-class Discovery:
-    """What `discover` found: connections still wired, and orphans whose veth or netns is gone."""
-
-    live: list[Existing]
-    orphans: list[Existing]
-
-
-# ---- names and marks -------------------------------------------------------------------------
-
-
-def host_ifname(connection_id: str) -> str:
-    """The host end's interface (and OVS port) name: 'nsm' + 10 hex of the id's sha256 (13 chars)."""
-    return "nsm" + _digest(connection_id)[:10]
-
-
-def external_ids(req: KernelRequest) -> dict[str, str]:
-    """The OVS Interface external_ids that mark `req`'s host end for the controller."""
-    marks = {
-        CONNECTION_KEY: req.connection_id,
-        ROLE_KEY: req.role,
-        SERVICE_KEY: req.service,
-        LABELS_KEY: json.dumps(dict(req.labels), sort_keys=True, separators=(",", ":")),
-        NETNS_KEY: req.netns,
-        OWNER_KEY: req.owner,
-        IFNAME_KEY: req.ifname,
-    }
-    if req.expires is not None:
-        marks[EXPIRES_KEY] = str(int(req.expires))
-    if req.endpoint is not None:
-        marks[ENDPOINT_KEY] = req.endpoint
-    return marks
-
-
-def _digest(connection_id: str) -> str:
-    return hashlib.sha256(connection_id.encode()).hexdigest()
-
-
-def _alias(connection_id: str) -> str:
-    """The ifalias the host end carries, so a leftover of ours is told from someone else's link."""
-    return _ALIAS_PREFIX + _digest(connection_id)
-
-
-# ---- validation ------------------------------------------------------------------------------
-
-
-def validate(req: KernelRequest) -> None:
-    """Check `req` without touching the system; PlumbingError('invalid') names the first problem."""
-
-    def bad(message: str) -> PlumbingError:
-        return PlumbingError("invalid", message)
-
-    for name in ("connection_id", "netns", "bridge", "owner"):
-        value = getattr(req, name)
-        if not isinstance(value, str) or not value or not value.isprintable():
-            raise bad(f"{name} must be a non-empty printable string, got {value!r}")
-    if not _IFNAME.fullmatch(req.ifname) or req.ifname in (".", ".."):
-        raise bad(f"interface name {req.ifname!r} is not a Linux name (1-15 chars, no '/', ':' or space)")
-    if req.mtu is not None and (isinstance(req.mtu, bool) or not isinstance(req.mtu, int)
-                                or not 68 <= req.mtu <= 65535):
-        raise bad(f"MTU {req.mtu!r} is outside 68..65535")
-    if req.mac is not None:
-        _check_mac(req.mac, "MAC address")
-        if int(req.mac[:2], 16) & 1 or req.mac.replace(":", "").strip("0") == "":
-            raise bad(f"MAC address {req.mac} is not a unicast address")
-    seen = set()
-    for cidr in req.addresses:
-        if not isinstance(cidr, str) or "/" not in cidr:
-            raise bad(f"address {cidr!r} must be in CIDR form (address/prefix)")
-        try:
-            iface = ipaddress.ip_interface(cidr)
-        except ValueError as exc:
-            raise bad(f"address {cidr!r}: {exc}") from None
-        if iface in seen:
-            raise bad(f"address {cidr} is listed twice")
-        seen.add(iface)
-    for route in req.routes:
-        if len(route) != 2:
-            raise bad(f"route {route!r} must be (prefix, nexthop or None)")
-        prefix, nexthop = route
-        try:
-            net = ipaddress.ip_network(prefix, strict=False)
-            hop = None if nexthop is None else ipaddress.ip_address(nexthop)
-        except (ValueError, TypeError) as exc:
-            raise bad(f"route {prefix!r} via {nexthop!r}: {exc}") from None
-        if hop is not None and hop.version != net.version:
-            raise bad(f"route {prefix} has a nexthop {nexthop} of another address family")
-    for neighbour in req.neighbours:
-        if len(neighbour) != 2:
-            raise bad(f"neighbour {neighbour!r} must be (ip, mac)")
-        try:
-            ipaddress.ip_address(neighbour[0])
-        except ValueError as exc:
-            raise bad(f"neighbour {neighbour[0]!r}: {exc}") from None
-        _check_mac(neighbour[1], f"neighbour {neighbour[0]} MAC")
-    if req.role not in ROLES:
-        raise bad(f"role {req.role!r} is not one of {', '.join(ROLES)}")
-    if not isinstance(req.service, str):
-        raise bad(f"service must be a string, got {req.service!r}")
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in req.labels.items()):
-        raise bad("labels must map strings to strings")
-    if req.expires is not None and (isinstance(req.expires, bool) or not isinstance(req.expires, int | float)
-                                    or not math.isfinite(req.expires) or req.expires < 0):
-        raise bad(f"expires {req.expires!r} is not a unix time")
-    if req.endpoint is not None and (not isinstance(req.endpoint, str) or not req.endpoint.isprintable()):
-        raise bad(f"endpoint must be a printable string, got {req.endpoint!r}")
-    _parse_netns(req.netns)
-
-
-def _check_mac(mac: object, what: str) -> None:
-    if not isinstance(mac, str) or not _MAC.fullmatch(mac):
-        raise PlumbingError("invalid", f"{what} {mac!r} is not of the form xx:xx:xx:xx:xx:xx")
-
-
-# ---- namespaces ------------------------------------------------------------------------------
-
-
-def netns_path(netns: str) -> str:
-    """The file that names the network namespace `netns` (see KernelRequest for the accepted forms)."""
-    where = _parse_netns(netns)
-    return where if isinstance(where, str) else _path_of_inode(netns, where)
-
-
-def _parse_netns(netns: str) -> str | tuple[int, int]:
-    """The path that `netns` names, or the (device, inode) of an inode:// URL; no system access."""
-    if netns.startswith("file://"):
-        parts = urlsplit(netns)
-        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-            raise PlumbingError("invalid", f"namespace URL {netns!r} is not a local file URL")
-        return unquote(parts.path)
-    if netns.startswith("inode://"):
-        match = _INODE_URL.fullmatch(netns)
-        if not match:
-            raise PlumbingError("invalid", f"namespace URL {netns!r} is not inode://<dev>/<ino>")
-        return int(match.group(1)), int(match.group(2))
-    if netns.startswith("/"):
-        return netns
-    if _NETNS_NAME.fullmatch(netns) and netns not in (".", ".."):
-        return os.path.join(NETNS_RUN_DIR, netns)
-    raise PlumbingError("invalid", f"{netns!r} is neither a netns name, a path nor a file:// or inode:// URL")
-
-
-def _path_of_inode(url: str, wanted: tuple[int, int]) -> str:
-    """Find a file for the namespace with (device, inode) `wanted`: a named netns or a process's ns/net."""
-    named = [os.path.join(NETNS_RUN_DIR, n) for n in _listdir(NETNS_RUN_DIR)]
-    procs = [f"/proc/{p}/ns/net" for p in _listdir("/proc") if p.isdigit()]
-    for path in named + procs:
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue  # the process ended or the name went away while we looked
-        if (st.st_dev, st.st_ino) == wanted:
-            return path
-    raise PlumbingError("not-found", f"no network namespace has inode {url}")
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except FileNotFoundError:
-        return []
-
-
-@contextmanager
-def _netns(netns: str) -> Iterator[int]:
-    """Open the namespace `netns` and yield its fd; PlumbingError if it is missing or not a netns."""
-    path = netns_path(netns)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError, ProcessLookupError):
-        raise PlumbingError("not-found", f"network namespace {netns} does not exist ({path})") from None
-    except OSError as exc:
-        raise PlumbingError("internal", f"cannot open network namespace {netns} ({path}): {exc}") from None
-    try:
-        try:
-            kind = fcntl.ioctl(fd, _NS_GET_NSTYPE)
-        except OSError:
-            kind = None
-        if kind != _CLONE_NEWNET:
-            raise PlumbingError("invalid", f"{netns} ({path}) is not a network namespace")
-        yield fd
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def _inside(nsfd: int) -> Iterator[tuple[IPRoute, socket.socket]]:
-    """A netlink socket (strict checking) and an ioctl socket that live in the namespace `nsfd`."""
-    made: list[socket.socket] = []
-    failed: list[OSError] = []
-
-    def enter() -> None:
-        # This thread alone moves into the namespace; the sockets stay there after it exits.
-        if _libc.setns(nsfd, _CLONE_NEWNET) != 0:
-            code = ctypes.get_errno()
-            failed.append(OSError(code, f"setns: {os.strerror(code)}"))
-            return
-        try:
-            made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE))
-            made.append(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
-        except OSError as exc:
-            failed.append(exc)
-
-    thread = threading.Thread(target=enter, name="netns-enter")
-    thread.start()
-    thread.join()
-    if failed:
-        for sock in made:
-            sock.close()
-        raise PlumbingError("internal", f"cannot enter network namespace: {failed[0]}")
-    netlink, ioctl_sock = made
-    try:
-        ipr = IPRoute(fileno=netlink.fileno(), groups=0, strict_check=True)
-    except BaseException:
-        netlink.close()
-        ioctl_sock.close()
-        raise
-    netlink.detach()  # the IPRoute owns the descriptor now
-    try:
-        yield ipr, ioctl_sock
-    finally:
-        ipr.close()
-        ioctl_sock.close()
-
-
-@contextmanager
-def _root_ipr() -> Iterator[IPRoute]:
-    """A netlink socket (strict checking) in the forwarder's own namespace, from a pool: opening one
-    costs more than most requests on it."""
-    with _root_pool_lock:
-        ipr = _root_pool.pop() if _root_pool else None
-    if ipr is None:
-        ipr = IPRoute(groups=0, strict_check=True)
-    reusable = False
-    try:
-        yield ipr
-        reusable = True
-    except Exception:
-        reusable = True  # a refused request leaves the socket in order; an interrupt may not
-        raise
-    finally:
-        with _root_pool_lock:
-            if reusable and len(_root_pool) < _ROOT_POOL_SIZE:
-                _root_pool.append(ipr)
-                ipr = None
-        if ipr is not None:
-            ipr.close()
 
 
 # ---- netlink helpers -------------------------------------------------------------------------
@@ -481,17 +142,6 @@ def _doing(step: str) -> Iterator[None]:
         raise PlumbingError("exists", f"{step}: {exc}") from exc
     except (OvsdbError, OSError) as exc:
         raise PlumbingError("internal", f"{step}: {exc}") from exc
-
-
-def _link(ipr: IPRoute, ifname: str) -> Any:
-    """The link named `ifname`, or None (a kernel lookup by name, not a dump of every link)."""
-    try:
-        links = ipr.link("get", ifname=ifname)
-    except NetlinkError as exc:
-        if exc.code == errno.ENODEV:
-            return None
-        raise
-    return links[0] if links else None
 
 
 def _tx_checksum_off(sock: socket.socket, ifname: str) -> None:
@@ -517,7 +167,7 @@ def plumb(req: KernelRequest, ovsdb: Ovsdb) -> Plumbed:
     different request: the old plumbing is removed and made anew.
     """
     validate(req)
-    with _plumbing.hold(req.connection_id), _netns(req.netns) as nsfd:
+    with _plumbing.hold(req.connection_id), open_netns(req.netns) as nsfd:
         if not ovsdb.has_bridge(req.bridge):
             raise PlumbingError("not-found", f"bridge {req.bridge} does not exist")
         mine = ovsdb.find(CONNECTION_KEY, req.connection_id)
@@ -537,13 +187,13 @@ def _create(req: KernelRequest, nsfd: int, ovsdb: Ovsdb) -> Plumbed:
     host = host_ifname(req.connection_id)
     if ovsdb.port(host) is not None:
         raise PlumbingError("exists", f"OVS port {host} already exists")
-    with _root_ipr() as ipr, _inside(nsfd) as (ns, ns_ioctl):
+    with root_ipr() as ipr, inside_netns(nsfd) as (ns, ns_ioctl):
         host_made = port_added = False
         try:
             _add_veth(ipr, req, host, nsfd)
             host_made = True
             with _doing(f"marking host interface {host}"):
-                ipr.link("set", ifname=host, ifalias=_alias(req.connection_id))
+                ipr.link("set", ifname=host, ifalias=host_alias(req.connection_id))
             with _doing(f"turning tx checksum offload off on {host}"), \
                     socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as root_ioctl:
                 _tx_checksum_off(root_ioctl, host)
@@ -588,11 +238,11 @@ def _add_veth(ipr: IPRoute, req: KernelRequest, host: str, nsfd: int) -> None:
                 raise PlumbingError(kind, f"creating veth pair {host}/{req.ifname}: {why}") from exc
             # Find out which name clashed: a clash inside is only known by elimination.
             with _doing(f"looking up host interface {host}"):
-                leftover = _link(ipr, host)
+                leftover = find_link(ipr, host)
             if leftover is None:
                 raise PlumbingError("exists", f"interface {req.ifname} already exists in netns {req.netns}") \
                     from exc
-            if leftover.get("IFLA_IFALIAS") != _alias(req.connection_id):
+            if leftover.get("IFLA_IFALIAS") != host_alias(req.connection_id):
                 raise PlumbingError("exists", f"host interface {host} exists and was not made for "
                                               f"connection {req.connection_id}") from exc
             if attempt:
@@ -660,10 +310,10 @@ def _teardown(connection_id: str, ovsdb: Ovsdb) -> bool:
         with _doing(f"removing OVS port {port.name} from {port.bridge}"):
             removed |= ovsdb.del_port(port.bridge, port.name)
     host = host_ifname(connection_id)
-    with _root_ipr() as ipr:
-        link = _link(ipr, host)
+    with root_ipr() as ipr:
+        link = find_link(ipr, host)
         # Never delete a link of that name that we did not make.
-        if link is not None and link.get("IFLA_IFALIAS") == _alias(connection_id):
+        if link is not None and link.get("IFLA_IFALIAS") == host_alias(connection_id):
             try:
                 ipr.link("del", index=link["index"])
                 removed = True
@@ -685,7 +335,7 @@ def is_plumbed(req: KernelRequest, ovsdb: Ovsdb) -> bool:
     if not mine:
         return False
     try:
-        with _netns(req.netns) as nsfd:
+        with open_netns(req.netns) as nsfd:
             return _configured_mac(req, mine, nsfd) is not None
     except PlumbingError as exc:
         if exc.kind == "not-found":
@@ -705,13 +355,13 @@ def _configured_mac(req: KernelRequest, mine: list[PortInfo], nsfd: int) -> str 
             or marks.get(NETNS_KEY) != req.netns or marks.get(IFNAME_KEY) != req.ifname
             or marks.get(ROLE_KEY) != req.role or marks.get(SERVICE_KEY) != req.service):
         return None
-    with _root_ipr() as ipr, _inside(nsfd) as (ns, _):
-        outside = _link(ipr, host)
-        inside = _link(ns, req.ifname)
+    with root_ipr() as ipr, inside_netns(nsfd) as (ns, _):
+        outside = find_link(ipr, host)
+        inside = find_link(ns, req.ifname)
         if outside is None or inside is None:
             return None
         paired = outside.get("IFLA_LINK") == inside["index"] and inside.get("IFLA_LINK") == outside["index"]
-        if outside.get("IFLA_IFALIAS") != _alias(req.connection_id) or not paired:
+        if outside.get("IFLA_IFALIAS") != host_alias(req.connection_id) or not paired:
             return None
         for link in (outside, inside):
             if not link["flags"] & _IFF_UP or (req.mtu is not None and link.get("IFLA_MTU") != req.mtu):
@@ -749,86 +399,3 @@ def _inside_matches(ns: IPRoute, index: int, req: KernelRequest) -> bool:
                                     dump_filter=lambda m: m["ifindex"] == index)
                   if n.get("NDA_DST")}
     return {(ipaddress.ip_address(ip), mac.lower()) for ip, mac in req.neighbours} <= neighbours
-
-
-def attach_refused(port: PortInfo) -> bool:
-    """Did ovs-vswitchd fail to attach `port`? (No ofport yet is no failure: it is on its way.)"""
-    return bool(port.error) or (port.ofport is not None and port.ofport < 0)
-
-
-def discover(ovsdb: Ovsdb, owner: str) -> Discovery:
-    """Rebuild `owner`'s connections from OVSDB marks, checking each veth and its netns still exist.
-
-    A connection is live when its host veth is the one we made, its peer sits in the recorded netns
-    under the recorded name, and ovs-vswitchd did not refuse the port. Anything else is an orphan, with the
-    reason; `unplumb(orphan.connection_id, ovsdb)` clears it. Each namespace is entered once.
-    """
-    by_netns: dict[str, list[tuple[PortInfo, Existing]]] = {}
-    for port in ovsdb.find(OWNER_KEY, owner):
-        connection_id = port.external_ids.get(CONNECTION_KEY)
-        if connection_id:
-            found = _existing(port, connection_id)
-            by_netns.setdefault(found.netns, []).append((port, found))
-    live, orphans = [], []
-    with _root_ipr() as ipr:
-        for netns, ports in by_netns.items():
-            for found, reason in _orphan_reasons(ipr, netns, ports):
-                if reason is None:
-                    live.append(found)
-                else:
-                    orphans.append(dataclasses.replace(found, reason=reason))
-    return Discovery(live, orphans)
-
-
-def _existing(port: PortInfo, connection_id: str) -> Existing:
-    marks = port.external_ids
-    try:
-        labels = json.loads(marks.get(LABELS_KEY, "{}"))
-    except ValueError:
-        labels = {}
-    try:
-        expires = float(marks[EXPIRES_KEY]) if EXPIRES_KEY in marks else None
-    except ValueError:
-        expires = None
-    return Existing(connection_id=connection_id, bridge=port.bridge, host_ifname=port.name,
-                    ofport=port.ofport, netns=marks.get(NETNS_KEY, ""), ifname=marks.get(IFNAME_KEY, ""),
-                    role=marks.get(ROLE_KEY, ""), service=marks.get(SERVICE_KEY, ""),
-                    labels=types.MappingProxyType(labels if isinstance(labels, dict) else {}),
-                    owner=marks.get(OWNER_KEY, ""), expires=expires)
-
-
-def _orphan_reasons(ipr: IPRoute, netns: str, ports: list[tuple[PortInfo, Existing]],
-                    ) -> Iterator[tuple[Existing, str | None]]:
-    """For each connection recorded in `netns`: why it no longer works, or None if it still does."""
-    outsides = {}
-    for port, found in ports:
-        outside = _link(ipr, port.name)
-        if outside is None:
-            yield found, f"host veth {port.name} is gone"
-        elif outside.get("IFLA_IFALIAS") != _alias(found.connection_id):
-            yield found, f"interface {port.name} is not the veth made for this connection"
-        elif outside.get("IFLA_LINK_NETNSID") is None:
-            yield found, f"the peer of {port.name} is not in another network namespace"
-        else:
-            outsides[port.name] = outside
-    if not outsides:
-        return
-    try:
-        with _netns(netns) as nsfd, _inside(nsfd) as (ns, _):
-            insides = {port.name: _link(ns, found.ifname) if found.ifname else None
-                       for port, found in ports if port.name in outsides}
-    except PlumbingError as exc:
-        for port, found in ports:
-            if port.name in outsides:
-                yield found, f"network namespace {netns} cannot be entered ({exc.message})"
-        return
-    for port, found in ports:
-        if port.name not in outsides:
-            continue
-        inside = insides[port.name]
-        if inside is None or inside.get("IFLA_LINK") != outsides[port.name]["index"]:
-            yield found, f"the peer of {port.name} is not {found.ifname!r} in netns {netns}"
-        elif attach_refused(port):
-            yield found, f"ovs-vswitchd refused OVS port {port.name} ({port.error or 'ofport -1'})"
-        else:
-            yield found, None

@@ -1,26 +1,9 @@
 """The forwarder's NSM gRPC face: `networkservice.NetworkService` (Request, Close) and
 `connection.MonitorConnection` (MonitorConnections) on top of `plumbing`.
 
-Request picks the first LOCAL/KERNEL mechanism preference (an empty cls counts as LOCAL; with no
-preferences the connection's own mechanism is used, as a refresh may send it), plumbs a veth into
-the namespace that the mechanism names and answers the connection UP with this forwarder's
-PathSegment. The mechanism parameters read are:
-
-    name               interface name inside the namespace (default nsm-1)
-    inodeURL           the namespace: file:///proc/<pid>/ns/net, inode://<dev>/<ino>, a path or a name
-    netnsInode         the namespace's inode number, used when inodeURL is absent
-    ryu-nsm.io/role    "client" (default) or "endpoint": an endpoint's interface is plumbed the same way
-    ryu-nsm.io/endpoint  an endpoint's name (role endpoint); falls back to the connection's
-                       network_service_endpoint_name. It is recorded in the OVS Interface's
-                       external_ids as `ryu-nsm-endpoint` next to plumbing's marks.
-
-The context is read from the side of the connection the interface is on, as NSM does: a client gets
-ip_context.src_ip_addrs, dst_routes and ethernet_context.src_mac; an endpoint gets dst_ip_addrs,
-src_routes and dst_mac. Both get ip_neighbors and the MTU. The answer's mechanism carries `name` and
-`ryu-nsm.io/attachment` = "<bridge>/<host port name>".
-
-Path: as NSM's hops do, the segment at path.index (or the one after it) that carries our name is
-ours and is reused with its id; otherwise a new one is appended and the index advanced.
+Request reads the NSM request into what to plumb (`translation`), plumbs a veth into the namespace
+that the mechanism names and answers the connection UP with this forwarder's PathSegment; monitors
+(`monitors`) hear of every change.
 
 Trust (docs/security.md): with an identity the forwarder serves over mTLS, signs its segment's token
 (ES256, for the caller's SPIFFE ID) and authorizes every Request and Close with NSM's policies over
@@ -39,7 +22,7 @@ only moves the expiry; a changed context (addresses, routes, MTU, ...) is plumbe
 `plumbing.plumb`. The same id with another namespace, interface name or role is refused with
 FAILED_PRECONDITION: Close it first. Close of an unknown id is not an error.
 
-Restart safety: `start()` rebuilds the table from OVSDB (`plumbing.discover`); a rebuilt connection
+Restart safety: `start()` rebuilds the table from OVSDB (`discovery.discover`); a rebuilt connection
 keeps its recorded expiry (`ryu-nsm-expires`) but never less than the restart time, so clients get at
 least `grace` seconds to refresh with a forwarder that is up again. A connection is closed by the
 janitor `grace` seconds after its expiry; orphans (veth or namespace gone) are removed `grace`
@@ -56,8 +39,6 @@ published under it as the table changes, so monitors see the events of one id in
 from __future__ import annotations
 
 import logging
-import os
-import queue
 import threading
 import time
 import uuid
@@ -72,60 +53,34 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2, networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection, ConnectionEvent, Mechanism, MonitorScopeSelector
 from nsm_api.errors import RequestError
-from nsm_api.paths import append_segment
-from nsm_api.serving import NO_PEER, HopTrust, Peer, remove_sockets, serve_nsm
+from nsm_api.serving import NO_PEER, HopTrust, NsmServing, Peer
+from ovs_forwarder.discovery import Existing, attach_refused, discover
+from ovs_forwarder.kernel_request import CONNECTION_KEY, ENDPOINT_KEY, OWNER_KEY, PlumbingError, host_ifname
+from ovs_forwarder.monitors import Subscriber, matches
 from ovs_forwarder.ovsdb import Ovsdb, PortInfo
-from ovs_forwarder.plumbing import (
-    CONNECTION_KEY,
-    ENDPOINT_KEY,
-    OWNER_KEY,
-    ROLES,
-    Existing,
-    IdLocks,
-    KernelRequest,
-    Plumbed,
-    PlumbingError,
-    attach_refused,
-    discover,
-    host_ifname,
-    plumb,
-    unplumb,
-    validate,
+from ovs_forwarder.plumbing import IdLocks, plumb, unplumb
+from ovs_forwarder.translation import (
+    ATTACHMENT_PARAM,
+    ENDPOINT_PARAM,
+    IFNAME_PARAM,
+    INODE_URL_PARAM,
+    KERNEL,
+    LOCAL,
+    ROLE_PARAM,
+    answered_mechanism,
+    request_error,
+    stamp_path,
+    translate,
 )
 from ryu_nsm.observe.health import Loop, Supervised, supervise
 from ryu_nsm.trust.identity import IdentitySource
-from ryu_nsm.trust.tls import grpc_server_credentials, peer_certificate, peer_spiffe_id
+from ryu_nsm.trust.tls import peer_certificate, peer_spiffe_id, server_credentials_factory
 
 log = logging.getLogger(__name__)
 
-LOCAL, KERNEL = "LOCAL", "KERNEL"
-DEFAULT_IFNAME = "nsm-1"
-IFNAME_PARAM = "name"
-INODE_URL_PARAM = "inodeURL"
-NETNS_INODE_PARAM = "netnsInode"
-ROLE_PARAM = "ryu-nsm.io/role"
-ENDPOINT_PARAM = "ryu-nsm.io/endpoint"
-ATTACHMENT_PARAM = "ryu-nsm.io/attachment"
-
-_STATUS_BY_KIND = {
-    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
-    "not-found": grpc.StatusCode.NOT_FOUND,
-    "exists": grpc.StatusCode.ALREADY_EXISTS,
-    "internal": grpc.StatusCode.INTERNAL,
-}
-_MONITOR_BACKLOG = 10_000  # events queued for one monitor before it is cut off as too slow
 _JANITOR_MAX_SLEEP = 1.0
 _JANITOR_MIN_SLEEP = 0.05
 _JANITOR_MAX_BACKOFF = 5.0  # a failing sweep is retried at least this often
-
-
-@dataclass(frozen=True)
-class Translation:
-    """What a NetworkServiceRequest asks of this forwarder: the chosen mechanism and what to plumb."""
-
-    mechanism: Mechanism
-    kernel: KernelRequest
-    endpoint: str | None
 
 
 @dataclass
@@ -137,164 +92,6 @@ class _Entry:
     ifname: str
     role: str
     expires: float
-
-
-class _Subscriber:
-    """One MonitorConnections stream: its selector, its caller and the queue of events still to send."""
-
-    def __init__(self, selector: MonitorScopeSelector, peer: Peer) -> None:
-        self.selector = selector
-        self.peer = peer
-        self.events: queue.Queue[ConnectionEvent | None] = queue.Queue()
-        self.overflowed = False
-
-    def offer(self, event: ConnectionEvent) -> None:
-        """Queue `event`; a subscriber too far behind is cut off (it must subscribe again)."""
-        if self.overflowed:
-            return
-        if self.events.qsize() >= _MONITOR_BACKLOG:
-            self.overflowed = True
-            self.events.put(None)
-            return
-        self.events.put(event)
-
-    def end(self) -> None:
-        """End the stream after what is queued."""
-        self.events.put(None)
-
-
-# ---- pure translation --------------------------------------------------------------------------
-
-
-def select_mechanism(request: networkservice_pb2.NetworkServiceRequest) -> Mechanism:
-    """The first LOCAL (or cls-less) KERNEL preference; RequestError(INVALID_ARGUMENT) if none.
-
-    Without preferences the connection's own mechanism is considered (a refresh may carry only that).
-    """
-    offered = list(request.mechanism_preferences)
-    if not offered and request.connection.HasField("mechanism"):
-        offered = [request.connection.mechanism]
-    for mechanism in offered:
-        if mechanism.cls.upper() in (LOCAL, "") and mechanism.type.upper() == KERNEL:
-            return mechanism
-    if not offered:
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"no mechanism preferences: this forwarder offers {LOCAL}/{KERNEL}")
-    names = ", ".join(f"{m.cls or '?'}/{m.type or '?'}" for m in offered)
-    raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                       f"unsupported mechanism(s) {names}: this forwarder offers {LOCAL}/{KERNEL}")
-
-
-def translate(request: networkservice_pb2.NetworkServiceRequest, *, bridge: str, owner: str,
-              expires: float | None = None) -> Translation:
-    """Read `request` into a validated KernelRequest (see the module docstring for the fields read).
-
-    Pure apart from reading the nsfs device number for a `netnsInode`; RequestError on bad input.
-    """
-    conn = request.connection
-    if not conn.id:
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "connection.id is empty")
-    segments = len(conn.path.path_segments)
-    if conn.path.index >= max(segments, 1):
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"path.index {conn.path.index} is past the path's {segments} segment(s)")
-    mechanism = select_mechanism(request)
-    params = mechanism.parameters
-    role = params.get(ROLE_PARAM) or "client"
-    if role not in ROLES:
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"mechanism parameter {ROLE_PARAM}={role!r} is not one of {', '.join(ROLES)}")
-    netns = params.get(INODE_URL_PARAM) or _inode_url(params.get(NETNS_INODE_PARAM, ""))
-    if not netns:
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"the KERNEL mechanism names no network namespace: set parameter "
-                           f"{INODE_URL_PARAM} (or {NETNS_INODE_PARAM})")
-    endpoint = None
-    if role == "endpoint":
-        endpoint = params.get(ENDPOINT_PARAM) or conn.network_service_endpoint_name
-        if not endpoint:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"role endpoint needs the endpoint's name: set parameter {ENDPOINT_PARAM} "
-                               f"or connection.network_service_endpoint_name")
-    ctx, ip = conn.context, conn.context.ip_context
-    client = role == "client"
-    addresses = ip.src_ip_addrs if client else ip.dst_ip_addrs
-    routes = ip.dst_routes if client else ip.src_routes
-    mac = ctx.ethernet_context.src_mac if client else ctx.ethernet_context.dst_mac
-    kernel = KernelRequest(
-        connection_id=conn.id, netns=netns, bridge=bridge, owner=owner,
-        ifname=params.get(IFNAME_PARAM) or DEFAULT_IFNAME, mtu=ctx.MTU, mac=mac,
-        addresses=list(addresses), routes=[(r.prefix, r.nextHop) for r in routes],
-        neighbours=[(n.ip, n.hardware_address) for n in ip.ip_neighbors],
-        role=role, service=conn.network_service, labels=dict(conn.labels), expires=expires,
-        endpoint=endpoint)
-    try:
-        validate(kernel)
-    except PlumbingError as exc:
-        raise RequestError(_STATUS_BY_KIND[exc.kind], exc.message) from None
-    chosen = Mechanism()
-    chosen.CopyFrom(mechanism)
-    chosen.cls = LOCAL
-    chosen.type = KERNEL
-    return Translation(chosen, kernel, endpoint)
-
-
-def _inode_url(inode: str) -> str:
-    """inode://<dev>/<ino> for NSM's bare `netnsInode` number (every netns lives on the one nsfs)."""
-    if not inode:
-        return ""
-    if not inode.isdigit():
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"mechanism parameter {NETNS_INODE_PARAM}={inode!r} is not an inode number")
-    return f"inode://{os.stat('/proc/self/ns/net').st_dev}/{int(inode)}"
-
-
-def stamp_path(connection: Connection, name: str, token: str, lifetime: float, now: float) -> Connection:
-    """A copy of `connection` whose path carries our segment with `token`, expiring `lifetime` after `now`.
-
-    As NSM's hops do: the segment at path.index, or else the one after it, is ours when it carries
-    `name`, and keeps its id; otherwise a new segment goes after path.index. The index ends on ours.
-    """
-    path = connection.path
-    segments = path.path_segments
-    ours = next((i for i in (path.index, path.index + 1) if i < len(segments) and segments[i].name == name),
-                None)
-    base = Connection()
-    base.CopyFrom(connection)
-    if ours is not None:
-        kept = segments[ours].id
-        if ours == 0:
-            base.ClearField("path")
-        else:
-            base.path.index = ours - 1
-    stamped = append_segment(base, name, token, lifetime, now)
-    if ours is not None:
-        stamped.path.path_segments[stamped.path.index].id = kept
-    return stamped
-
-
-def matches(connection: Connection, selector: MonitorScopeSelector) -> bool:
-    """Does `connection` fall in the monitor's scope?
-
-    network_services, when given, must contain the connection's service. path_segments, when
-    given, must appear as a contiguous run in the connection's path; a selector segment matches a
-    path segment when its non-empty name and id are equal (empty fields match anything).
-    """
-    if selector.network_services and connection.network_service not in selector.network_services:
-        return False
-    wanted = list(selector.path_segments)
-    if not wanted:
-        return True
-    have = list(connection.path.path_segments)
-    return any(all(_segment_matches(have[start + i], w) for i, w in enumerate(wanted))
-               for start in range(len(have) - len(wanted) + 1))
-
-
-def _segment_matches(segment: connection_pb2.PathSegment, wanted: connection_pb2.PathSegment) -> bool:
-    return (not wanted.name or wanted.name == segment.name) and (not wanted.id or wanted.id == segment.id)
-
-
-# ---- the servicer ------------------------------------------------------------------------------
 
 
 class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
@@ -320,7 +117,6 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
         self.token_lifetime = token_lifetime
         self.grace = grace
         self.clock = clock
-        self.identity = identity
         self.trust = HopTrust(identity, token_lifetime)
         self._lock = threading.Lock()  # the table, the orphans and the subscribers; never held while plumbing
         self._ids = IdLocks()
@@ -328,12 +124,11 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
         self._idle = threading.Condition(self._lock)
         self._table: dict[str, _Entry] = {}
         self._orphans: dict[str, float] = {}  # connection id -> when to remove it
-        self._subscribers: set[_Subscriber] = set()
+        self._subscribers: set[Subscriber] = set()
         self._stopping = threading.Event()
         self._janitor: Supervised | None = None
-        self._server: grpc.Server | None = None
-        self._sockets: list[str] = []
-        self.listening: list[str] = []  # the bound addresses, with the ports that TCP port 0 got
+        self._serving = NsmServing(self, "ovs-forwarder-grpc", server_credentials_factory(identity))
+        self.listening = self._serving.listening  # the bound addresses, with the ports that TCP port 0 got
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -364,13 +159,7 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
         if not listen:
             raise ValueError("nothing to listen on")
         self.start()
-        identity = self.identity
-        credentials = (lambda: grpc_server_credentials(identity)) if identity is not None else None
-        server, listening, sockets = serve_nsm(self, listen, max_workers, "ovs-forwarder-grpc", credentials)
-        self.listening.extend(listening)
-        self._sockets.extend(sockets)
-        self._server = server
-        return server
+        return self._serving.start(listen, max_workers)
 
     def stop(self, grace: float | None = 1.0) -> None:
         """End monitor streams, stop the gRPC server and the janitor. Connections stay plumbed."""
@@ -379,14 +168,11 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
         with self._lock:
             for subscriber in self._subscribers:
                 subscriber.end()
-        if self._server is not None:
-            self._server.stop(grace).wait()
-            self._server = None
+        self._serving.stop(grace)
         with self._idle:
             # A handler cancelled by the server stop may still be plumbing: let it finish.
             self._idle.wait_for(lambda: self._busy == 0)
-        remove_sockets(self._sockets)
-        self._sockets.clear()
+        self._serving.clear_sockets()
         if self._janitor is not None:
             self._janitor.join()  # not when stop() runs in the janitor itself
 
@@ -433,8 +219,8 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
                 done = plumb(kernel, self.ovsdb)
             except PlumbingError as exc:
                 self._forget_if_gone(cid)
-                raise RequestError(_STATUS_BY_KIND[exc.kind], exc.message) from exc
-            answer.mechanism.CopyFrom(_answered_mechanism(wanted.mechanism, done))
+                raise request_error(exc) from exc
+            answer.mechanism.CopyFrom(answered_mechanism(wanted.mechanism, done))
             answer.state = connection_pb2.UP
             with self._lock:
                 self._orphans.pop(cid, None)
@@ -510,7 +296,7 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
     def MonitorConnections(self, request: MonitorScopeSelector,
                            context: grpc.ServicerContext) -> Iterator[ConnectionEvent]:
         """connection.MonitorConnection/MonitorConnections: the initial state, then every change."""
-        subscriber = _Subscriber(request, _peer(context, self.trust))
+        subscriber = Subscriber(request, _peer(context, self.trust))
         with self._lock:
             if self._stopping.is_set():
                 return
@@ -558,7 +344,7 @@ class Forwarder(networkservice_pb2_grpc.NetworkServiceServicer,
         try:
             unplumb(cid, self.ovsdb)
         except PlumbingError as exc:
-            raise RequestError(_STATUS_BY_KIND[exc.kind], exc.message) from exc
+            raise request_error(exc) from exc
         with self._lock:
             self._orphans.pop(cid, None)
             entry = self._table.pop(cid, None)
@@ -680,18 +466,7 @@ def _peer(context: grpc.ServicerContext, trust: HopTrust) -> Peer:
     return Peer(peer_certificate(context), peer_spiffe_id(context)) if trust.secure else NO_PEER
 
 
-def _answered_mechanism(chosen: Mechanism, done: Plumbed) -> Mechanism:
-    answered = Mechanism()
-    answered.CopyFrom(chosen)
-    answered.parameters[IFNAME_PARAM] = done.ifname
-    answered.parameters[ATTACHMENT_PARAM] = f"{done.bridge}/{done.host_ifname}"
-    return answered
-
-
 def _copy(connection: Connection) -> Connection:
     copied = Connection()
     copied.CopyFrom(connection)
     return copied
-
-
-

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from ovs_forwarder.plumbing import host_ifname
+from ovs_forwarder.kernel_request import host_ifname
 
 from .two_bridges import sh
 

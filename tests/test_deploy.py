@@ -656,8 +656,8 @@ def test_forwarder_image_and_selector():
 
 
 def test_forwarder_reaches_ovsdb_namespaces_and_nsm_through_host_paths():
+    from ovs_forwarder.kernel_request import NETNS_RUN_DIR
     from ovs_forwarder.ovsdb import DEFAULT_REMOTE
-    from ovs_forwarder.plumbing import NETNS_RUN_DIR
 
     args = forwarder_args()
     mounts = forwarder_mounts()

@@ -8,7 +8,7 @@ import logging
 import threading
 
 from ovs_forwarder import server
-from ovs_forwarder.plumbing import Discovery
+from ovs_forwarder.discovery import Discovery
 from ryu_nsm.observe.health import LOOPS
 
 

@@ -19,17 +19,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from ovs_forwarder.discovery import discover
+from ovs_forwarder.kernel_request import KernelRequest, PlumbingError, host_ifname, validate
 from ovs_forwarder.ovsdb import Ovsdb, OvsdbError
-from ovs_forwarder.plumbing import (
-    KernelRequest,
-    PlumbingError,
-    discover,
-    host_ifname,
-    is_plumbed,
-    plumb,
-    unplumb,
-    validate,
-)
+from ovs_forwarder.plumbing import is_plumbed, plumb, unplumb
 
 from .forwarder_support import (
     attached,

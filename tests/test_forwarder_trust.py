@@ -16,8 +16,8 @@ from nsm_api import connection_pb2, networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection, Mechanism
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_api.tokens import claims_of, verify_signature
+from ovs_forwarder.kernel_request import host_ifname
 from ovs_forwarder.ovsdb import Ovsdb
-from ovs_forwarder.plumbing import host_ifname
 from ovs_forwarder.server import Forwarder
 from tests import pki
 from tests.forwarder_support import connection_ids, netdev_bridge, netns_names, ovs_by_connection, root_links

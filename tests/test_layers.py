@@ -172,11 +172,26 @@ def test_the_blocker_blocks():
 
 MAX_MODULE_LINES = 600  # one idea per module: past this a module holds two
 MAX_FUNCTION_LINES = 80  # past this a function holds passes that want names
+HAND_WRITTEN_PACKAGES = ("ryu_nsm", "ovs_forwarder", "nsm_api", "hubble_api")
+
+
+def hand_written_modules() -> list[Path]:
+    """Every module we write ourselves: the stubs `scripts/gen-proto` makes are not ours to shape."""
+    return sorted(path for package in HAND_WRITTEN_PACKAGES for path in (ROOT / package).rglob("*.py")
+                  if not path.name.endswith(("_pb2.py", "_pb2_grpc.py")))
+
+
+def test_readability_covers_every_hand_written_package_and_no_generated_stub():
+    checked = {str(path.relative_to(ROOT)) for path in hand_written_modules()}
+    assert {"ryu_nsm/cli.py", "ovs_forwarder/server.py", "nsm_api/serving.py",
+            "hubble_api/__init__.py"} <= checked
+    assert not {"nsm_api/connection_pb2.py", "nsm_api/connection_pb2_grpc.py",
+                "hubble_api/observer_pb2_grpc.py"} & checked
 
 
 def test_modules_and_functions_stay_readable():
     too_long = []
-    for path in sorted(PACKAGE.rglob("*.py")):
+    for path in hand_written_modules():
         source = path.read_text()
         where = path.relative_to(ROOT)
         if source.count("\n") > MAX_MODULE_LINES:

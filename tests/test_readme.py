@@ -46,3 +46,15 @@ def test_how_it_works_table_matches_the_tree():
         if (sub / "__init__.py").exists():
             tree[sub.name] = {p.name for p in sub.glob("*.py") if p.name != "__init__.py"}
     assert listed == tree
+
+
+def test_how_it_works_table_lists_the_other_packages_hand_written_modules():
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## How it works"):text.index("**Pipeline.**")]
+    for package in ("ovs_forwarder", "nsm_api", "hubble_api"):
+        row = re.search(rf"^\| `{package}/` \|([^|]*)\|", section, re.M)
+        assert row, f"README's table has no row for {package}/"
+        listed = set(re.findall(r"`(\w+\.py)`", row.group(1)))
+        tree = {p.name for p in (ROOT / package).glob("*.py")
+                if p.name != "__init__.py" and not p.name.endswith(("_pb2.py", "_pb2_grpc.py"))}
+        assert listed == tree, package

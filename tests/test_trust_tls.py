@@ -218,3 +218,14 @@ def test_grpc_serves_a_rotated_svid_while_a_stream_goes_on(grpc_server, authorit
         monitor.more.put("after-rotation")
         assert "after-rotation" in next(stream).connections
         stream.cancel()
+
+
+def test_nsm_serving_gets_credentials_made_per_port_and_none_without_an_identity(tmp_path, authority):
+    assert tls.server_credentials_factory(None) is None
+    source = FileIdentitySource(*pki.files(pki.svid(authority, "controller"), tmp_path), interval=60)
+    try:
+        make = tls.server_credentials_factory(source)
+        first, second = make(), make()
+        assert isinstance(first, grpc.ServerCredentials) and first is not second
+    finally:
+        source.close()

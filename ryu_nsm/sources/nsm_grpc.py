@@ -38,11 +38,11 @@ from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2, net
 from nsm_api.connection_pb2 import Connection, ConnectionEvent, MonitorScopeSelector
 from nsm_api.errors import RequestError
 from nsm_api.paths import append_segment
-from nsm_api.serving import NO_PEER, HopTrust, Peer, remove_sockets, serve_nsm
+from nsm_api.serving import NO_PEER, HopTrust, NsmServing, Peer
 from ryu_nsm.core.model import Attachment, ClientRequest, FrozenMap, ModelError, Resources
 from ryu_nsm.sources.ovsdb import dns_label
 from ryu_nsm.trust.identity import IdentitySource
-from ryu_nsm.trust.tls import grpc_server_credentials, peer_certificate, peer_spiffe_id
+from ryu_nsm.trust.tls import peer_certificate, peer_spiffe_id, server_credentials_factory
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,6 @@ class NsmServer(networkservice_pb2_grpc.NetworkServiceServicer,
                  settle: float = 1.0, token_lifetime: float = 600.0, poll: float = 0.02,
                  monitor_interval: float = 0.1, identity: IdentitySource | None = None) -> None:
         self.source = source
-        self.identity = identity
         self.trust = HopTrust(identity, token_lifetime)
         self.status = status
         self.default_timeout = default_timeout
@@ -207,31 +206,21 @@ class NsmServer(networkservice_pb2_grpc.NetworkServiceServicer,
         self.token_lifetime = token_lifetime
         self.poll = poll
         self.monitor_interval = monitor_interval
-        self.listening: list[str] = []
-        self._server: grpc.Server | None = None
-        self._sockets: list[str] = []
+        self._serving = NsmServing(self, "ryu-nsm-grpc", server_credentials_factory(identity))
+        self.listening = self._serving.listening
         self._stopping = threading.Event()
 
     # ---- serving ---------------------------------------------------------------------------------
 
     def serve(self, listen: Sequence[str], max_workers: int = 32) -> grpc.Server:
         """Serve on each address (`unix:///path` or `host:port`); each monitor stream holds a worker."""
-        identity = self.identity
-        credentials = (lambda: grpc_server_credentials(identity)) if identity is not None else None
-        server, listening, sockets = serve_nsm(self, listen, max_workers, "ryu-nsm-grpc", credentials)
-        self.listening.extend(listening)
-        self._sockets.extend(sockets)
-        self._server = server
-        return server
+        return self._serving.start(listen, max_workers)
 
     def stop(self, grace: float | None = 1.0) -> None:
         """End monitor streams and stop serving; held connections stay declared."""
         self._stopping.set()
-        if self._server is not None:
-            self._server.stop(grace).wait()
-            self._server = None
-        remove_sockets(self._sockets)
-        self._sockets.clear()
+        self._serving.stop(grace)
+        self._serving.clear_sockets()
 
     # ---- plain API ---------------------------------------------------------------------------------
 

@@ -110,6 +110,14 @@ def grpc_server_credentials(source: IdentitySource) -> grpc.ServerCredentials:
                                                require_client_authentication=True)
 
 
+def server_credentials_factory(source: IdentitySource | None) -> Callable[[], grpc.ServerCredentials] | None:
+    """What NSM's gRPC serving (``nsm_api.serving``) takes: a maker of mTLS server credentials, called
+    once a port, as a dynamic one serves one port only; None without an identity (insecure mode)."""
+    if source is None:
+        return None
+    return lambda: grpc_server_credentials(source)
+
+
 def grpc_channel_credentials(identity: Identity) -> grpc.ChannelCredentials:
     """mTLS channel credentials for ``identity``; a client makes a new channel after a rotation."""
     return grpc.ssl_channel_credentials(root_certificates=identity.bundle_pem(),
