@@ -65,6 +65,6 @@ class MeterDropCounter:
         return out
 
 
-def has_meters(plan: Plan, switch: str) -> bool:
-    """Whether a counter read of ``switch`` asks for meter counts: a wire is policed there."""
-    return any(where == switch for pc in plan.connections.values() for where, _ in pc.meters)
+def metered_switches(plan: Plan) -> frozenset[str]:
+    """The switches whose counter reads ask for meter counts: a wire is policed there."""
+    return frozenset(where for pc in plan.connections.values() for where, _ in pc.meters)

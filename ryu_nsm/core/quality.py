@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ryu_nsm.core.fabric import Fabric, Link
 from ryu_nsm.core.flowspec import FlowSpec, Table
 from ryu_nsm.core.manager import Manager
-from ryu_nsm.core.meter_drops import MeterDrop, MeterDropCounter, has_meters
+from ryu_nsm.core.meter_drops import MeterDrop, MeterDropCounter, metered_switches
 from ryu_nsm.core.planner import PLANNED, FabricState, Plan, PlannedConnection
 from ryu_nsm.core.policy_counters import GATE_TABLES, GateKey, gate_key, policy_counters
 from ryu_nsm.core.status import SLOW_MARGIN, ConnectionStatus, HistoryEntry, LinkStatus, PathMeasurement
@@ -59,7 +59,8 @@ class QualityManager(Manager):
         """``note``: where a breach acted on is written down (the history)."""
         self.fabric = fabric
         self.plan = plan  # the latest, kept up to date by plan_changed
-        self._gated: tuple[object, frozenset[str]] = (None, frozenset())  # (plan, switches with gated ends)
+        # (plan, switches with policy-gated wire ends, switches with meters) of counter reads
+        self._read_plan: tuple[object, frozenset[str], frozenset[str]] = (None, frozenset(), frozenset())
         self.note = note
         self.sla_window = sla_window
         self.avoid_hold = avoid_hold
@@ -136,17 +137,17 @@ class QualityManager(Manager):
         if switch is not None:
             self.measurements.control_rtt(switch.name, rtt)
 
-    def counter_tables(self, switch: str) -> tuple[int, ...]:
-        """The tables a counter read asks ``switch`` for: the policy tables too where a wire end is gated."""
-        if self._gated[0] is not self.plan:  # once per plan, not per switch and read
-            self._gated = (self.plan, frozenset(
-                end for pc in self.plan.connections.values() if pc.policy is not None and pc.ends is not None
-                for end in (pc.ends.a_switch, pc.ends.b_switch)))
-        return tuple(GATE_TABLES) if switch in self._gated[1] else (Table.CLASSIFY,)
-
     def counter_read(self, switch: str, dpid: int) -> ReadCounters:
-        """What a counter read asks ``switch`` for."""
-        return ReadCounters(switch, dpid, self.counter_tables(switch), has_meters(self.plan, switch))
+        """What a counter read asks ``switch`` for: table 0, and the policy tables too where a wire end is
+        gated; meter counts where a wire is policed."""
+        if self._read_plan[0] is not self.plan:  # once per plan, not per switch and read
+            gated = frozenset(end for pc in self.plan.connections.values()
+                              if pc.policy is not None and pc.ends is not None
+                              for end in (pc.ends.a_switch, pc.ends.b_switch))
+            self._read_plan = (self.plan, gated, metered_switches(self.plan))
+        _, gated, metered = self._read_plan
+        return ReadCounters(switch, dpid, tuple(GATE_TABLES) if switch in gated else (Table.CLASSIFY,),
+                            switch in metered)
 
     def meters_read(self, switch: str, dropped: dict[int, int]) -> list[MeterDrop]:
         """Meter id → packets its drop band dropped, on ``switch``: the frames each wire's meter
