@@ -293,10 +293,12 @@ def api():
         yield emulator
 
 
-def election(api, identity: str, shards: int, events: list, drain=None) -> ShardElection:
-    make = partial(LeaderElector, api.api_client(), NS, lease_duration=LEASE_S,
-                   renew_deadline=RENEW_S, retry_period=RETRY_S)
-    return ShardElection(shards, identity, make, "ctl", RETRY_S,
+def election(api, identity: str, shards: int, events: list, drain=None,
+             timing: tuple[float, float, float] = (LEASE_S, RENEW_S, RETRY_S)) -> ShardElection:
+    lease, renew, retry = timing
+    make = partial(LeaderElector, api.api_client(), NS, lease_duration=lease, renew_deadline=renew,
+                   retry_period=retry)
+    return ShardElection(shards, identity, make, "ctl", retry,
                          lambda generation, shard: events.append((identity, "start", shard, generation)),
                          lambda shard: events.append((identity, "stop", shard, None)), drain=drain).start()
 
@@ -320,8 +322,11 @@ def test_shards_spread_over_replicas_and_move_when_one_dies(api):
         assert wait_for(lambda: held(b) == {0, 1}, LEASE_S + 2 * RETRY_S * 1.2 + 2.0, 0.05)
         assert time.monotonic() - died >= LEASE_S - RETRY_S * 1.2 - 0.1, "taken before the Lease expired"
         (shard,) = lost
-        starts = [gen for who, what, s, gen in events if what == "start" and s == shard]
-        assert starts == sorted(set(starts)) and len(starts) == 2, f"generations must grow: {events}"
+        # Before the members are known a shard may go to the wrong replica and be handed over once.
+        starts = [(who, gen) for who, what, s, gen in events if what == "start" and s == shard]
+        generations = [gen for _, gen in starts]
+        assert generations == sorted(set(generations)), f"generations must grow: {events}"
+        assert starts[-1][0] == "replica-b" and starts[-2][0] == "replica-a", events
     finally:
         a.stop()
         b.stop()
@@ -331,39 +336,46 @@ def lease_version(api, shard: int) -> int:
     return int(api.get("Lease", lease_name("ctl", shard), namespace=NS)["metadata"]["resourceVersion"])
 
 
+# Emulator, electors and listings share one process: with 0.2 s rounds it needs a third of a core,
+# which a loaded 2-core host does not always give within a 1.5 s renew deadline (a spurious step-down
+# is an extra move). Slower rounds: 2.5 times less work, twice the slack.
+SLOW = (4.0, 3.0, 0.5)
+
+
 def test_a_replica_that_joins_late_gets_its_share_handed_over(api):
+    lease, _, retry = SLOW
     events: list = []
     drained: list = []
 
-    def drain() -> None:  # the hand-over waits for this; the Lease must still be a's meanwhile
+    def drain() -> bool:  # the hand-over waits for this; the Lease must still be a's meanwhile
         drained.append({s: (api.get("Lease", lease_name("ctl", s), namespace=NS) or {}).get("spec", {})
                         .get("holderIdentity") for s in range(3)})
+        return True
 
-    a = election(api, "replica-a", 3, events, drain)
+    a = election(api, "replica-a", 3, events, drain, SLOW)
     b = None
     try:
-        assert wait_for(lambda: held(a) == {0, 1, 2}, LEASE_S * 3, 0.05), events
-        b = election(api, "replica-b", 3, events)
+        assert wait_for(lambda: held(a) == {0, 1, 2}, lease * 3, 0.05), events
+        b = election(api, "replica-b", 3, events, timing=SLOW)
         joined = time.monotonic()
         theirs = {s for s, who in owners(3, ["replica-a", "replica-b"]).items() if who == "replica-b"}
         assert theirs, "the identities give b a share"
-        assert wait_for(lambda: held(b) == theirs and held(a) == {0, 1, 2} - theirs, LEASE_S * 4, 0.05), \
+        assert wait_for(lambda: held(b) == theirs and held(a) == {0, 1, 2} - theirs, lease * 4, 0.05), \
             (held(a), held(b), events)
-        assert time.monotonic() - joined >= LEASE_S - 0.1, "handed over before b settled"
+        assert time.monotonic() - joined >= lease - 0.1, "handed over before b settled"
         for shard in theirs:
             moves = [(who, what) for who, what, s, _ in events if s == shard]
             assert moves == [("replica-a", "start"), ("replica-a", "stop"), ("replica-b", "start")], events
         assert len(drained) == len(theirs) and all(
             view[s] == "replica-a" for view in drained for s in theirs), drained
-        # Stable: b renews its shards 12 times more (longer than a settle period: LEASE_S / RETRY_S is
-        # 10 renewals) and nothing moves meanwhile.
+        # Stable: b renews its shards more often than fit in a settle period, and nothing moves.
         moved = len(events)
         versions: set[tuple[int, int]] = set()
 
         def renewed() -> bool:
             versions.update((s, lease_version(api, s)) for s in theirs)
-            return len(versions) >= 13 * len(theirs)
-        assert wait_for(renewed, LEASE_S * 6, 0.05), versions
+            return len(versions) >= (lease / retry + 2) * len(theirs)
+        assert wait_for(renewed, lease * 3, 0.05), versions
         assert len(events) == moved and held(b) == theirs, events[moved:]
     finally:
         for e in (a, b):
