@@ -345,7 +345,8 @@ class _Sharding:
                        retry_period=options.retry_period)
         self.election = ShardElection(self.count, options.identity, make, options.lease_name,
                                       options.retry_period, app.set_leader,
-                                      lambda shard: app.set_leader(None, shard)).start()
+                                      lambda shard: app.set_leader(None, shard),
+                                      drain=lambda: app.drain(options.renew_deadline)).start()
         return lambda: self.election.leads(0)
 
 

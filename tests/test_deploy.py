@@ -51,9 +51,7 @@ EXPECTED_GRANTS = {
       for verb in ("get", "list", "watch", "create", "update", "patch", "delete")},
     *{("*", "ryu-nsm.io", "networkserviceconnections/status", verb, ()) for verb in ("update", "patch")},
     *{("*", group, "events", verb, ()) for group in ("", "events.k8s.io") for verb in ("create", "patch")},
-    ("ryu-nsm", "coordination.k8s.io", "leases", "create", ()),
-    *{("ryu-nsm", "coordination.k8s.io", "leases", verb, ("ryu-nsm-controller",))
-      for verb in ("get", "update")},
+    *{("ryu-nsm", "coordination.k8s.io", "leases", verb, ()) for verb in ("get", "list", "create", "update")},
 }
 
 
@@ -463,12 +461,37 @@ def test_rbac_roles_are_bound_to_the_controller_service_account_only():
             assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
 
 
-def test_lease_role_matches_the_controllers_lease():
+def allows(verb: str, namespace: str, name: str) -> bool:
+    """Whether the Roles let the controller ``verb`` the Lease ``namespace/name`` (RBAC's rule:
+    a rule with resourceNames matches only those names)."""
+    return any(scope in ("*", namespace) and group == "coordination.k8s.io" and resource == "leases"
+               and v == verb and (not names or name in names)
+               for scope, group, resource, v, names in granted())
+
+
+@pytest.mark.parametrize("shards", [1, 2, 6])
+def test_lease_role_allows_every_lease_the_controller_uses(shards):
+    from ryu_nsm.k8s.leader import LeaderElector
+    from ryu_nsm.k8s.shards import ShardElection, lease_names
+
     argv = controller_argv()
-    role = one(rbac_docs(), "Role")
-    assert role["metadata"]["namespace"] == flag_value(argv, "--lease-namespace")
-    named = {name for rule in role["rules"] for name in rule.get("resourceNames", ())}
-    assert named == {flag_value(argv, "--lease-name")}
+    namespace, base = flag_value(argv, "--lease-namespace"), flag_value(argv, "--lease-name")
+    assert one(rbac_docs(), "Role")["metadata"]["namespace"] == namespace
+    if shards == 1:
+        names = [base]
+    else:  # the names the election itself builds, for replicas named like a Deployment's Pods
+        names = []
+        for pod in ("ryu-nsm-controller-7d9f8-abcde", "ryu-nsm-controller-7d9f8-fghij"):
+            election = ShardElection(shards, pod, lambda **kw: LeaderElector(None, namespace, **kw),
+                                     base, 1.0, lambda *a: None, lambda *a: None)
+            names += [e.name for e in (*election.electors, election.member)]
+        assert sorted(set(names)) == sorted(lease_names(base, shards, (
+            "ryu-nsm-controller-7d9f8-abcde", "ryu-nsm-controller-7d9f8-fghij")))
+    for name in names:
+        for verb in ("get", "create", "update"):  # LeaderElector: read, create the first time, renew
+            assert allows(verb, namespace, name), (verb, name)
+    assert allows("list", namespace, ""), "replicas list the member Leases"
+    assert not allows("delete", namespace, base)
 
 
 def test_every_kind_the_source_watches_may_be_listed_and_watched_and_nothing_more_for_policies():

@@ -31,7 +31,7 @@ LEASE_S = 3.0
 CONN = "default/client/nsm-1"
 
 
-def sharded_square() -> BridgeFabric:
+def sharded_square(tag: str = TAG, subnet: str = "10.9.61") -> BridgeFabric:
     """The square (A–D–B primary, A–C–B backup) with dpids such that A and B are in shard 0, C and D
     in shard 1: the wire's path crosses shards twice."""
     want = (0, 0, 1, 1)
@@ -42,8 +42,8 @@ def sharded_square() -> BridgeFabric:
             dpid += 1
         found.append(dpid)
         dpid += 1
-    base = square(TAG)
-    return BridgeFabric("sharded", TAG, tuple(found), base.links, "10.9.61")
+    base = square(tag)
+    return BridgeFabric("sharded", tag, tuple(found), base.links, subnet)
 
 
 def kubeconfig(path: Path, server: str) -> Path:
@@ -87,7 +87,7 @@ def test_a_wire_across_shards_survives_its_transit_shards_holder(tmp_path: Path)
                 args = ["--kubernetes", "--kubeconfig", str(config), "--leader-elect", "--shards", "2",
                         "--identity", name, "--lease-duration", str(LEASE_S), "--lease-name", TAG]
                 procs.append(ControllerProcess(topo, [requests], tmp_path / f"{name}.log", extra_args=args))
-            # Together, as a Deployment's replicas start (one that comes later takes no shard).
+            # Together, as a Deployment's replicas start (test_shards_late_ovs.py starts one later).
             starts = [threading.Thread(target=p.start) for p in procs]
             for thread in starts:
                 thread.start()

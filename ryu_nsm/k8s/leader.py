@@ -19,9 +19,11 @@ Lease change (never from the renewTime written by another host's clock); the lea
 could not renew for ``renew_deadline`` seconds, which is shorter than ``lease_duration``, so it stops
 before anyone else may take over. Stopping steps down first (``on_stopped``), then releases the Lease
 (holder cleared, ``leaseDurationSeconds`` 1) so the other replica takes over at its next retry instead
-of waiting out the lease. Known limits: an API call that hangs past its timeout delays the step-down
-(urllib3 may retry it), and a deleted Lease starts over at generation 0, which switches that saw a
-higher generation refuse as stale until an operator restores the count (their fencing stays safe).
+of waiting out the lease. ``hand_over`` (sharding) does the same while the loop goes on: step down,
+wait for what is in flight (``drain``), release, follow. Known limits: an API call that hangs past
+its timeout delays the step-down (urllib3 may retry it), and a deleted Lease starts over at
+generation 0, which switches that saw a higher generation refuse as stale until an operator restores
+the count (their fencing stays safe).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class LeaderElector:
     ``on_started(generation)`` and ``on_stopped()`` run on the elector's thread and should return
     quickly. ``clock`` (monotonic seconds) measures expiry and deadlines. ``patience()`` is how long
     the Lease must have been seen free before this replica takes it (sharding: ``k8s.shards``).
+    ``drain()`` returns once nothing this replica sent under its term is in flight (False: it gave
+    up waiting); a hand-over runs it between stepping down and freeing the Lease.
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class LeaderElector:
         on_stopped: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         patience: Callable[[], float] | None = None,
+        drain: Callable[[], bool] | None = None,
     ) -> None:
         if not 0 < retry_period < renew_deadline < lease_duration:
             raise ValueError("need 0 < retry_period < renew_deadline < lease_duration, got "
@@ -83,6 +88,8 @@ class LeaderElector:
         self._on_stopped = on_stopped or (lambda: None)
         self._clock = clock
         self._patience = patience or (lambda: 0.0)
+        self._drain = drain or (lambda: True)
+        self._hand_over = threading.Event()
         self._free_since: float | None = None  # when the Lease was first seen free (absent, empty, expired)
         self._stop = threading.Event()
         self._release_on_stop = True
@@ -126,10 +133,26 @@ class LeaderElector:
             if self._thread.is_alive():
                 raise TimeoutError(f"leader elector {self.identity} still running after {timeout}s")
 
+    def hand_over(self) -> None:
+        """If leading, step down at the next round, wait for ``drain``, then free the Lease and follow
+        (sharding: the shard belongs to another live replica, which takes it at its next retry)."""
+        self._hand_over.set()
+
     # -- the loop -------------------------------------------------------------------------------
 
     def _run(self, loop: Loop) -> None:
         while not self._stop.is_set():
+            if self._hand_over.is_set():
+                self._hand_over.clear()
+                if self._leading:
+                    self._step_down("handing the lease over")
+                    try:  # the Lease is freed anyway: the switches fence a late write with IS_SLAVE
+                        if not self._drain():
+                            log.warning("%s: writes still in flight; handing lease %s over anyway",
+                                        self.identity, self.name)
+                    except Exception:
+                        log.exception("drain before hand-over failed")
+                    self._release()
             if self._leading:
                 self._renew()
                 # After a failed renew, wake by the deadline at the latest to step down in time.

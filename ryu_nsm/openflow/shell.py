@@ -182,6 +182,15 @@ class NsmApp(app_manager.OSKenApp):
             raise RuntimeError("set_leader needs ShellSettings.role_election")
         self.roles.set_leader(generation, shard)
 
+    def drain(self, timeout: float) -> bool:
+        """Return once the worker has finished what was queued before this call (a Program in flight
+        ends at its current phase's barriers once we no longer lead): a hand-over frees its shard's
+        Lease only after that, so no write of ours reaches a switch after the next master's. False if
+        ``timeout`` passed first."""
+        done = threading.Event()
+        self.work.put(("fence", done))
+        return done.wait(timeout)
+
     def role_status(self) -> dict:
         """Whether we lead, our generation, and each switch's last confirmed role for us."""
         holders = self.settings.shard_holders
@@ -362,6 +371,8 @@ class NsmApp(app_manager.OSKenApp):
                     self._read_counters(command)
                 elif command[0] in ("role", "role-query", "role-slave"):
                     self.roles.send(*command)
+                elif command[0] == "fence":
+                    command[1].set()
                 elif command[0] == "probes":
                     self._send_probes(command[1])
                 elif command[0] == "port-desc":
