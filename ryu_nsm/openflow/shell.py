@@ -95,6 +95,7 @@ class NsmApp(app_manager.OSKenApp):
         self.lock = threading.RLock()
         self._status_renderer = StatusRenderer()  # used under the lock
         self.work: queue.Queue = queue.Queue()
+        self.calls: queue.Queue = queue.Queue()  # what os-ken's event handlers hand the core: see _later
         self.datapaths: dict[int, object] = {}
         self.no_bundles: set[int] = set()
         self._multipart: dict[tuple[int, str], list] = {}
@@ -122,6 +123,7 @@ class NsmApp(app_manager.OSKenApp):
         thread = super().start()
         # The worker blocks on barriers for up to barrier_timeout and beats after each.
         loops = [supervise("ryu-nsm-worker", self._worker, self.settings.barrier_timeout, self._stop),
+                 supervise("ryu-nsm-core-calls", self._core_calls, self.settings.barrier_timeout, self._stop),
                  supervise("ryu-nsm-ticker", self._ticker, self.settings.tick_interval, self._stop)]
         self.threads.extend(loop.thread for loop in loops)  # os-ken joins them on stop
         if self.settings.attach_sources:
@@ -133,6 +135,7 @@ class NsmApp(app_manager.OSKenApp):
     def stop(self):
         self._stop.set()
         self.work.put(None)
+        self.calls.put(None)
         super().stop()
 
     # -- calls into the core --------------------------------------------------------------------
@@ -142,6 +145,30 @@ class NsmApp(app_manager.OSKenApp):
             commands = fn(time.monotonic())
         for command in commands:
             self.work.put(command)
+
+    def _later(self, fn: Callable[[float], list]) -> None:
+        """From os-ken's event loop: ``_call(fn)`` on the core-calls thread, in order. That loop is
+        the one thread that delivers every switch's replies, barrier replies included; waiting there
+        for the lock a replan holds would hold up the confirmation of the program in flight (and,
+        once os-ken's queue of 128 events is full, every switch's receive thread) for the whole replan.
+        Work to do before the lock (decoding) goes on ``calls`` itself, as a function of no argument."""
+        self.calls.put(lambda: self._call(fn))
+
+    def _core_calls(self, loop: Loop) -> None:
+        while not self._stop.is_set():
+            try:
+                call = self.calls.get(timeout=self.settings.tick_interval)
+            except queue.Empty:
+                call = ()
+            loop.beat()
+            if call is None:
+                return
+            if not call:
+                continue
+            try:
+                call()
+            except Exception:  # as os-ken's event loop did: log, go on with the next event
+                log.exception("core call failed")
 
     def set_resources(self, resources: Resources) -> None:
         """Entry point for sources (any thread): the whole declared state."""
@@ -194,7 +221,7 @@ class NsmApp(app_manager.OSKenApp):
         if ports is None:
             return
         infos = [_port_info(p) for p in ports if p.port_no <= ofp.OFPP_MAX]
-        self._call(lambda now: self.core.switch_connected(dp.id, infos, now))
+        self._later(lambda now: self.core.switch_connected(dp.id, infos, now))
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def _flow_stats(self, ev):
@@ -206,10 +233,13 @@ class NsmApp(app_manager.OSKenApp):
         if answered is None:
             return
         read, entries = answered
-        specs = [stats.spec for stats in ofwire.decode_flow_stats(entries)]
         held = self._read_objects.pop(msg.xid, {})
         meters, groups = held.get("meter", []), held.get("group", [])
-        self._call(lambda now: self.core.flows_read(read.switch, specs, now, read.epoch, meters, groups))
+
+        def flows_read() -> None:
+            specs = [stats.spec for stats in ofwire.decode_flow_stats(entries)]
+            self._call(lambda now: self.core.flows_read(read.switch, specs, now, read.epoch, meters, groups))
+        self.calls.put(flows_read)
 
     def _counters(self, msg) -> None:
         now = time.monotonic()
@@ -217,8 +247,11 @@ class NsmApp(app_manager.OSKenApp):
         if answered is None:
             return
         read, entries = answered
-        stats = [(s.spec, s.bytes, s.packets) for s in ofwire.decode_flow_stats(entries)]
-        self._call(lambda _: self.core.counters_read(read.switch, stats, now) or [])
+
+        def counters_read() -> None:
+            stats = [(s.spec, s.bytes, s.packets) for s in ofwire.decode_flow_stats(entries)]
+            self._call(lambda _: self.core.counters_read(read.switch, stats, now) or [])
+        self.calls.put(counters_read)
 
     def _read_counters(self, read: ReadCounters) -> None:
         dp = self.datapaths.get(read.dpid)
@@ -266,10 +299,10 @@ class NsmApp(app_manager.OSKenApp):
             return
         if msg.reason == ofp.OFPPR_DELETE:
             name = _name(msg.desc)
-            self._call(lambda now: self.core.port_changed(dpid, None, now, deleted_name=name))
+            self._later(lambda now: self.core.port_changed(dpid, None, now, deleted_name=name))
         else:
             info = _port_info(msg.desc)
-            self._call(lambda now: self.core.port_changed(dpid, info, now))
+            self._later(lambda now: self.core.port_changed(dpid, info, now))
 
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
     def _state_change(self, ev):
@@ -283,7 +316,7 @@ class NsmApp(app_manager.OSKenApp):
             if waiter.switch == self._switch_name(dp.id):
                 waiter.failed = True
                 waiter.done.set()
-        self._call(lambda now: self.core.switch_disconnected(dp.id, now))
+        self._later(lambda now: self.core.switch_disconnected(dp.id, now))
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def _barrier(self, ev):
@@ -456,11 +489,11 @@ class NsmApp(app_manager.OSKenApp):
         dpid = msg.datapath.id
         if magic == _PROBE_MAGIC:
             in_port = msg.match.get("in_port")
-            self._call(lambda _: self.core.probe_received(dpid, in_port, seq, now) or [])
+            self._later(lambda _: self.core.probe_received(dpid, in_port, seq, now) or [])
         elif magic == _LOOP_MAGIC and seq in self._loops:
             looped, sent = self._loops.pop(seq)
             if looped == dpid:
-                self._call(lambda _: self.core.control_rtt(dpid, now - sent) or [])
+                self._later(lambda _: self.core.control_rtt(dpid, now - sent) or [])
 
     def _ticker(self, loop: Loop) -> None:
         next_audit = time.monotonic() + self.settings.audit_interval
