@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -454,3 +455,40 @@ def test_policy_quick_run_prints_flows_plan_and_edit_latency(tmp_path):
     assert matches[2]["limit_label"] == "ovs-ofctl --bundle of the same edit's flows"
     for m in matches:
         assert float(m["ratio"]) == pytest.approx(float(m["value"]) / float(m["limit"]), rel=1.5e-2)
+
+
+@pytest.fixture
+def k8s_burst(monkeypatch):
+    monkeypatch.setitem(sys.modules, "common", common)
+    monkeypatch.syspath_prepend(str(BENCH))  # k8s_burst imports k8s_latency as a sibling script
+    monkeypatch.delitem(sys.modules, "k8s_latency", raising=False)
+    return _load("bench_k8s_burst", BENCH / "k8s_burst.py")
+
+
+def test_k8s_burst_counts_only_the_events_of_its_own_burst(k8s_burst):
+    run = k8s_burst.kl.Run(10)
+    log = "\n".join([
+        "2026-12-07 04:00:00,100 DEBUG ryu_nsm.sources.kubernetes: watch event ADDED Pod "
+        "('Pod', 'default', 'pod000')",  # the burst before
+        "2026-12-07 04:00:05,250 DEBUG ryu_nsm.sources.kubernetes: watch event ADDED Pod "
+        "('Pod', 'default', 'pod000')",
+        "2026-12-07 04:00:05,300 DEBUG ryu_nsm.sources.kubernetes: watch event MODIFIED Pod "
+        "('Pod', 'default', 'pod001')",
+        "2026-12-07 04:00:05,400 DEBUG ryu_nsm.sources.kubernetes: watch event ADDED Pod "
+        "('Pod', 'default', 'fw0')",
+    ])
+    start = datetime(2026, 12, 7, 4, 0, 5).timestamp()
+    assert k8s_burst.received(log, run, start, start - 100.0) == {run.client_id(0): pytest.approx(100.25)}
+
+
+@pytest.mark.ovs
+def test_k8s_burst_quick_run_prints_the_tail_and_the_distribution(tmp_path):
+    # A k=4 fat-tree of netdev bridges, the API server emulator and a controller child process.
+    done = subprocess.run([sys.executable, str(BENCH / "k8s_burst.py"), "--quick"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr
+    matches = [common.FIGURE_RE.match(line) for line in done.stdout.splitlines()]
+    assert len(matches) == 3 and all(matches), done.stdout
+    assert matches[0]["name"].startswith("k8s burst, last pod's watch event to forwarding, 100 pods")
+    for m in matches:
+        assert m["limit_label"] == "ovs-ofctl --bundle of the last pod's flows"

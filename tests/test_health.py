@@ -170,6 +170,29 @@ def test_the_worker_survives_a_failing_queue(app, server, caplog, monkeypatch):
     assert_supervised(server, "ryu-nsm-worker", fault, caplog)
 
 
+def test_switch_events_never_wait_for_the_core_lock(app, monkeypatch):
+    # os-ken hands every switch's replies, barrier replies included, to one thread: a handler there
+    # that waited for the lock a replan holds would keep the program in flight unconfirmed.
+    from types import SimpleNamespace
+
+    from os_ken.ofproto import ofproto_v1_3 as ofp
+
+    seen = []
+    monkeypatch.setattr(app.core, "port_changed",
+                        lambda dpid, port, now, **_: seen.append((dpid, port)) or [])
+    desc = SimpleNamespace(port_no=1, name=b"p1", state=ofp.OFPPS_LINK_DOWN, config=0)
+    event = SimpleNamespace(msg=SimpleNamespace(desc=desc, reason=ofp.OFPPR_MODIFY,
+                                                datapath=SimpleNamespace(id=1)))
+    with app.lock:  # a replan in progress
+        handler = threading.Thread(target=app._port_status, args=(event,), daemon=True)
+        handler.start()
+        handler.join(5)
+        assert not handler.is_alive(), "the event handler waited for the core lock"
+        assert seen == []  # the core is called only once the replan lets go of the lock
+    eventually(lambda: seen, what="the port change reaches the core")
+    assert [(dpid, port.up) for dpid, port in seen] == [(1, False)]
+
+
 # -- sources and the cluster side ----------------------------------------------------------------
 
 

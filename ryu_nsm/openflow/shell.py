@@ -21,7 +21,6 @@ from __future__ import annotations
 import itertools
 import logging
 import queue
-import struct
 import threading
 import time
 from collections import OrderedDict
@@ -34,7 +33,7 @@ from os_ken.controller import ofp_event
 from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from os_ken.ofproto import ofproto_v1_3
 
-from ryu_nsm.core.controller import Controller, PortInfo, Program, ReadCounters, ReadFlows, SendProbe
+from ryu_nsm.core.controller import Controller, PortInfo, Program, ReadCounters, ReadFlows
 from ryu_nsm.core.fabric import Fabric
 from ryu_nsm.core.flowspec import COOKIE_OWNER_MASK, PIPELINE_COOKIE
 from ryu_nsm.core.meter_drops import MeterDrop
@@ -45,8 +44,8 @@ from ryu_nsm.observe.report import StatusRenderer
 from ryu_nsm.openflow import wire as ofwire
 from ryu_nsm.openflow.flow_read import FlowReader, keep_flow_stats_raw
 from ryu_nsm.openflow.launch import send_bytes
+from ryu_nsm.openflow.probes import LinkProbes
 from ryu_nsm.openflow.roles import RoleKeeper, describe_error
-from ryu_nsm.qos.measure import PROBE_ETH_TYPE
 
 log = logging.getLogger("ryu_nsm.openflow.shell")
 ofp = ofproto_v1_3
@@ -86,7 +85,7 @@ class _Waiter:
         self.failed = False
 
 
-class NsmApp(app_manager.OSKenApp):
+class NsmApp(LinkProbes, app_manager.OSKenApp):
     OFP_VERSIONS = [ofp.OFP_VERSION]
     settings: ClassVar[ShellSettings | None] = None
 
@@ -99,6 +98,7 @@ class NsmApp(app_manager.OSKenApp):
         self.lock = threading.RLock()
         self._status_renderer = StatusRenderer()  # used under the lock
         self.work: queue.Queue = queue.Queue()
+        self.calls: queue.Queue = queue.Queue()  # what os-ken's event handlers hand the core: see _later
         self.datapaths: dict[int, object] = {}
         self.no_bundles: set[int] = set()
         self._multipart: dict[tuple[int, str], list] = {}
@@ -129,6 +129,7 @@ class NsmApp(app_manager.OSKenApp):
         thread = super().start()
         # The worker blocks on barriers for up to barrier_timeout and beats after each.
         loops = [supervise("ryu-nsm-worker", self._worker, self.settings.barrier_timeout, self._stop),
+                 supervise("ryu-nsm-core-calls", self._core_calls, self.settings.barrier_timeout, self._stop),
                  supervise("ryu-nsm-ticker", self._ticker, self.settings.tick_interval, self._stop)]
         self.threads.extend(loop.thread for loop in loops)  # os-ken joins them on stop
         if self.settings.attach_sources:
@@ -140,6 +141,7 @@ class NsmApp(app_manager.OSKenApp):
     def stop(self):
         self._stop.set()
         self.work.put(None)
+        self.calls.put(None)
         super().stop()
 
     # -- calls into the core --------------------------------------------------------------------
@@ -149,6 +151,30 @@ class NsmApp(app_manager.OSKenApp):
             commands = fn(time.monotonic())
         for command in commands:
             self.work.put(command)
+
+    def _later(self, fn: Callable[[float], list]) -> None:
+        """From os-ken's event loop: ``_call(fn)`` on the core-calls thread, in order. That loop is
+        the one thread that delivers every switch's replies, barrier replies included; waiting there
+        for the lock a replan holds would hold up the confirmation of the program in flight (and,
+        once os-ken's queue of 128 events is full, every switch's receive thread) for the whole replan.
+        Work to do before the lock (decoding) goes on ``calls`` itself, as a function of no argument."""
+        self.calls.put(lambda: self._call(fn))
+
+    def _core_calls(self, loop: Loop) -> None:
+        while not self._stop.is_set():
+            try:
+                call = self.calls.get(timeout=self.settings.tick_interval)
+            except queue.Empty:
+                call = ()
+            loop.beat()
+            if call is None:
+                return
+            if not call:
+                continue
+            try:
+                call()
+            except Exception:  # as os-ken's event loop did: log, go on with the next event
+                log.exception("core call failed")
 
     def set_resources(self, resources: Resources) -> None:
         """Entry point for sources (any thread): the whole declared state."""
@@ -214,7 +240,7 @@ class NsmApp(app_manager.OSKenApp):
         if ports is None:
             return
         infos = [_port_info(p) for p in ports if p.port_no <= ofp.OFPP_MAX]
-        self._call(lambda now: self.core.switch_connected(dp.id, infos, now))
+        self._later(lambda now: self.core.switch_connected(dp.id, infos, now))
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def _flow_stats(self, ev):
@@ -226,10 +252,14 @@ class NsmApp(app_manager.OSKenApp):
         if answered is None:
             return
         read, entries = answered
-        specs = [stats.spec for stats in self._flow_reader.read(msg.datapath.id, entries, whole=True)]
         held = self._read_objects.pop(msg.xid, {})
         meters, groups = held.get("meter", []), held.get("group", [])
-        self._call(lambda now: self.core.flows_read(read.switch, specs, now, read.epoch, meters, groups))
+        dpid = msg.datapath.id
+
+        def flows_read() -> None:
+            specs = [stats.spec for stats in self._flow_reader.read(dpid, entries, whole=True)]
+            self._call(lambda now: self.core.flows_read(read.switch, specs, now, read.epoch, meters, groups))
+        self.calls.put(flows_read)
 
     def _counters(self, msg) -> None:
         now = time.monotonic()
@@ -237,9 +267,13 @@ class NsmApp(app_manager.OSKenApp):
         if answered is None:
             return
         read, entries = answered
-        read_back = self._flow_reader.read(msg.datapath.id, entries, whole=False)
-        stats = [(s.spec, s.bytes, s.packets) for s in read_back]
-        self._call(lambda _: self.core.counters_read(read.switch, stats, now) or [])
+        dpid = msg.datapath.id
+
+        def counters_read() -> None:
+            read_back = self._flow_reader.read(dpid, entries, whole=False)
+            stats = [(s.spec, s.bytes, s.packets) for s in read_back]
+            self._call(lambda _: self.core.counters_read(read.switch, stats, now) or [])
+        self.calls.put(counters_read)
 
     def _read_counters(self, read: ReadCounters) -> None:
         dp = self.datapaths.get(read.dpid)
@@ -303,10 +337,10 @@ class NsmApp(app_manager.OSKenApp):
             return
         if msg.reason == ofp.OFPPR_DELETE:
             name = _name(msg.desc)
-            self._call(lambda now: self.core.port_changed(dpid, None, now, deleted_name=name))
+            self._later(lambda now: self.core.port_changed(dpid, None, now, deleted_name=name))
         else:
             info = _port_info(msg.desc)
-            self._call(lambda now: self.core.port_changed(dpid, info, now))
+            self._later(lambda now: self.core.port_changed(dpid, info, now))
 
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
     def _state_change(self, ev):
@@ -320,7 +354,7 @@ class NsmApp(app_manager.OSKenApp):
             if waiter.switch == self._switch_name(dp.id):
                 waiter.failed = True
                 waiter.done.set()
-        self._call(lambda now: self.core.switch_disconnected(dp.id, now))
+        self._later(lambda now: self.core.switch_disconnected(dp.id, now))
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def _barrier(self, ev):
@@ -459,50 +493,6 @@ class NsmApp(app_manager.OSKenApp):
                  (time.monotonic() - started) * 1000, len(confirmed))
         self._call(lambda now: self.core.program_done(program.id, confirmed, now))
 
-    def _send_probes(self, probes: list[SendProbe]) -> None:
-        """Loop a probe through each switch (packet-out straight back as packet-in: the control path's
-        own share of a link probe's time), then send the link probes; note when each left."""
-        sent = []
-        for dpid in sorted({probe.dpid for probe in probes}):
-            self._loop_seq = (self._loop_seq + 1) & 0xFFFFFFFF
-            if self._packet_out(dpid, ofp.OFPP_CONTROLLER, _LOOP_MAGIC, self._loop_seq):
-                self._loops[self._loop_seq] = (dpid, time.monotonic())
-        for probe in probes:
-            if self._packet_out(probe.dpid, probe.port, _PROBE_MAGIC, probe.seq):
-                sent.append((probe.seq, time.monotonic()))
-        with self.lock:
-            for seq, at in sent:
-                self.core.probe_sent(seq, at)
-        while len(self._loops) > 10_000:  # answers that never came
-            self._loops.pop(next(iter(self._loops)))
-
-    def _packet_out(self, dpid: int, port: int, magic: int, seq: int) -> bool:
-        dp = self.datapaths.get(dpid)
-        if dp is None:
-            return False
-        parser = dp.ofproto_parser
-        frame = _PROBE_HEAD + _PROBE.pack(magic, seq) + bytes(46 - _PROBE.size)
-        dp.send_msg(parser.OFPPacketOut(dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
-                                        actions=[parser.OFPActionOutput(port)], data=frame))
-        return True
-
-    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
-    def _packet_in(self, ev):
-        now = time.monotonic()
-        msg = ev.msg
-        data = bytes(msg.data)
-        if len(data) < 14 + _PROBE.size or struct.unpack_from("!H", data, 12)[0] != PROBE_ETH_TYPE:
-            return
-        magic, seq = _PROBE.unpack_from(data, 14)
-        dpid = msg.datapath.id
-        if magic == _PROBE_MAGIC:
-            in_port = msg.match.get("in_port")
-            self._call(lambda _: self.core.probe_received(dpid, in_port, seq, now) or [])
-        elif magic == _LOOP_MAGIC and seq in self._loops:
-            looped, sent = self._loops.pop(seq)
-            if looped == dpid:
-                self._call(lambda _: self.core.control_rtt(dpid, now - sent) or [])
-
     def _ticker(self, loop: Loop) -> None:
         next_audit = time.monotonic() + self.settings.audit_interval
         next_probe = next_counters = time.monotonic()
@@ -568,13 +558,6 @@ class NsmApp(app_manager.OSKenApp):
     def _switch_name(self, dpid: int) -> str:
         switch = self.core.fabric.switch_by_dpid.get(dpid)
         return switch.name if switch else f"{dpid:#x}"
-
-
-# Probe frames: locally administered addresses, our ethertype, a magic word and the sequence number.
-_PROBE_HEAD = bytes.fromhex("024e00000001" "024e00000002") + struct.pack("!H", PROBE_ETH_TYPE)
-_PROBE = struct.Struct("!II")
-_PROBE_MAGIC = 0x4E50524F  # "NPRO": out of a fabric port, back from the far switch
-_LOOP_MAGIC = 0x4E4C4F4F  # "NLOO": straight back from the switch it was sent to
 
 
 def _encode(phase: str, spec, xid: int) -> bytes:
