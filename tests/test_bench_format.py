@@ -154,7 +154,7 @@ def test_quick_run_prints_figure_lines_from_any_directory(tmp_path):
         assert float(m["ratio"]) == pytest.approx(float(m["value"]) / float(m["limit"]), rel=1.5e-2)
 
 
-def test_core_scale_quick_run_prints_request_idle_and_memory_figures(tmp_path):
+def test_core_scale_quick_run_prints_request_idle_memory_and_decode_figures(tmp_path):
     # Pure: the core with emulated switches, 200 connections on a k=4 fat-tree, 20 single requests.
     done = subprocess.run(
         [sys.executable, str(BENCH / "core_scale.py"), "--quick"],
@@ -167,12 +167,15 @@ def test_core_scale_quick_run_prints_request_idle_and_memory_figures(tmp_path):
     assert [m["name"] for m in matches] == [
         f"core work per request p50, {what}", f"core work per request p99, {what}",
         f"core idle CPU, {what}", f"core memory per connection, {what}",
+        f"flow stats decode per flow, busiest switch, {what}",
     ]
-    p50, p99, idle, memory = matches
+    p50, p99, idle, memory, decode = matches
     assert 0 < float(p50["value"]) <= float(p99["value"]) and p50["limit"] == p99["limit"]
     assert p50["limit_label"] == "the same request on an empty controller"
     assert idle["unit"] == idle["limit_unit"] == "ms/s" and float(idle["limit"]) == 100
     assert memory["unit"] == memory["limit_unit"] == "bytes" and float(memory["limit"]) > 0
+    assert decode["unit"] == decode["limit_unit"] == "us"
+    assert decode["limit_label"] == "os-ken's OFPFlowStats.parser"
     for m in matches:
         assert float(m["ratio"]) == pytest.approx(float(m["value"]) / float(m["limit"]), rel=1.5e-2)
     assert "connections up on 20 switches" in done.stderr and "FAILED" not in done.stderr

@@ -292,14 +292,19 @@ def test_bundle_constants_are_onf_ext_230() -> None:
 # ---- decoding: os-ken's parse of a flow stats entry → FlowStats
 
 
-def stats_entry(flow_mod: bytes, packets: int = 0, byte_count: int = 0) -> parser.OFPFlowStats:
-    """os-ken's parse of the flow stats entry a switch would report for ``flow_mod`` (an ADD)."""
+def stats_bytes(flow_mod: bytes, packets: int = 0, byte_count: int = 0) -> bytes:
+    """The flow stats entry a switch would report for ``flow_mod`` (an ADD), 12.5 s after it."""
     fixed = struct.unpack_from("!BBHIQQBBHHHIIIH2x", flow_mod)
     cookie, table, priority = fixed[4], fixed[6], fixed[10]
     tail = flow_mod[48:]  # match and instructions, exactly as sent
     head = struct.pack(ofp.OFP_FLOW_STATS_0_PACK_STR, ofp.OFP_FLOW_STATS_0_SIZE + len(tail), table,
                        12, 500_000_000, priority, 0, 0, 0, cookie, packets, byte_count)
-    return parser.OFPFlowStats.parser(head + tail, 0)
+    return head + tail
+
+
+def stats_entry(flow_mod: bytes, packets: int = 0, byte_count: int = 0) -> parser.OFPFlowStats:
+    """os-ken's parse of ``stats_bytes``."""
+    return parser.OFPFlowStats.parser(stats_bytes(flow_mod, packets, byte_count), 0)
 
 
 @settings(max_examples=300)

@@ -19,17 +19,21 @@ import pytest
 
 from ryu_nsm.core.flowspec import (
     COOKIE_OWNER_MASK,
+    CT_EST,
+    CT_TRK,
     ETH_TYPE_VLAN,
     PIPELINE_COOKIE,
     VID_PRESENT,
     FlowSpec,
     Priority,
     Table,
+    is_ours,
     wire_cookie,
 )
 from ryu_nsm.openflow import wire as ofwire
 from ryu_nsm.openflow.flow_read import FlowReader, keep_flow_stats_raw
 from ryu_nsm.openflow.launch import OsKenRun, ProbeApp, run_apps, send_bytes
+from ryu_nsm.openflow.wire_decode import decode_spec
 
 pytestmark = pytest.mark.ovs
 
@@ -135,6 +139,45 @@ def sample_specs() -> list[FlowSpec]:
     ]
     return specs
 
+
+def policy_specs() -> list[FlowSpec]:
+    """The policy tables' and conntrack gates' shapes: networks, masked ports, ct_state, conjunctions,
+    conntrack and sampling."""
+    ip, ip6 = 0x0800, 0x86DD
+    egress, ingress, entry = Table.POLICY_EGRESS, Table.POLICY_INGRESS, Table.WIRE_ENTRY
+    rule, passing, tracked = Priority.POLICY_RULE, Priority.POLICY_PASS, CT_TRK | CT_EST
+    flows = [
+        (Table.CLASSIFY, passing, {"in_port": 11, "eth_type": ip}, [("ct", 7, egress)], None),
+        (Table.CLASSIFY, passing, {"in_port": 12, "eth_type": ip6, "ip_proto": 58, "icmpv6_type": 135},
+         [("sample", 100, 1, 2, 3), ("output", 13)], None),
+        (egress, Priority.POLICY_STATE, {"ct_state": (tracked, tracked)}, [], entry),
+        (egress, rule, {"eth_type": ip, "ipv4_dst": "10.1.0.0/16"}, [("conjunction", 9, 1, 2)], None),
+        (egress, rule, {"eth_type": ip, "ip_proto": 6, "tcp_dst": (0x1F00, 0xFF00)},
+         [("conjunction", 9, 2, 2)], None),
+        (egress, rule, {"conj_id": 9, "eth_type": ip}, [], ingress),
+        (egress, rule + 1, {"eth_type": ip6, "ipv6_src": "fd00:1::/64", "ip_proto": 17, "udp_dst": 53}, [],
+         entry),
+        (egress, rule + 2, {"eth_type": ip, "ip_proto": 132, "ipv4_src": "192.0.2.7",
+                            "sctp_dst": (0x100, 0xFF00)}, [], entry),
+        (ingress, rule, {"eth_type": ip, "ipv4_src": "10.2.3.0/24", "in_port": 3}, [("ct_commit", 7)], entry),
+        (entry, Priority.WIRE, {"in_port": 11}, [("output", 12)], None),
+    ]
+    cookie = wire_cookie("conn-policy")
+    return [FlowSpec.make(table, priority, match, actions, goto=goto, cookie=cookie)
+            for table, priority, match, actions, goto in flows]
+
+
+# Shapes ryu-nsm never writes (and two it could), as ovs-ofctl has the switch hold them.
+_FOREIGN = f"cookie={FOREIGN_COOKIE:#x},priority=6"
+FOREIGN_SHAPES = [
+    f"{_FOREIGN},table=0,ip,in_port=97 actions=ct(commit,zone=5,exec(set_field:1->ct_mark))",
+    f"{_FOREIGN},table=0,in_port=96,dl_src=02:00:00:00:00:00/ff:ff:ff:00:00:00 actions=output:1",
+    f"{_FOREIGN},table=0,in_port=95 actions=output:1,output:2",
+    f"{_FOREIGN},table=1,in_port=94,dl_vlan=7 actions=mod_vlan_vid:8,output:2",
+    f"{_FOREIGN},table=2,tcp,tp_dst=0x100/0xff00 actions=conjunction(5,1/2)",
+    f"{_FOREIGN},table=0,in_port=93 actions=write_actions(output:1)",
+    f"{_FOREIGN},table=1,in_port=92 actions=set_field:0x10->tun_id,output:1",
+]
 
 FOREIGN_FLOWS = [
     f"cookie={FOREIGN_COOKIE:#x},table=0,priority=5,in_port=99 actions=drop",
@@ -284,6 +327,29 @@ def test_raw_reads_give_back_the_programmed_objects(controller: OsKenRun, bridge
     assert len(same) == len(specs), f"only {len(same)} of {len(specs)} came back byte for byte"
     again = read()
     assert [id(s.spec) for s in again] == [id(s.spec) for s in first]
+
+
+def test_what_this_ovs_reports_decodes_straight_from_its_bytes(controller: OsKenRun, bridge: str) -> None:
+    """wire_decode on every flow this OVS holds, ours in every shape ryu-nsm writes and others': each
+    of ours decodes straight from its bytes, and whatever it decodes the os-ken path decodes the same."""
+    keep_flow_stats_raw()
+    probe = controller.app(ProbeApp)
+    datapath = connect(controller, bridge)
+    specs = sample_specs()[:8] + policy_specs()
+    install(probe, datapath, specs)
+    for line in FOREIGN_FLOWS + FOREIGN_SHAPES:
+        ofctl("add-flow", bridge, line)
+    [xid] = new_xids()
+    send_bytes(datapath, ofwire.encode_flow_stats_request(xid, 0, 0))  # every flow, whoever's
+    entries = [entry for reply in probe.wait_reply(xid, timeout=TIMEOUT) for entry in reply.body]
+    assert len(entries) == len(specs) + len(FOREIGN_FLOWS) + len(FOREIGN_SHAPES)
+    decoded = [decode_spec(entry.buf) for entry in entries]
+    for entry, spec in zip(entries, decoded, strict=True):
+        if spec is not None:
+            assert [stats.spec for stats in ofwire.decode_flow_stats([entry])] == [spec]
+    assert sorted_specs(s for s in decoded if s is not None and is_ours(s.cookie)) == sorted_specs(specs)
+    foreign = [s for s in decoded if s is not None and not is_ours(s.cookie)]
+    assert len(foreign) >= 4, foreign  # in_port=99 drop, pop_vlan, two outputs, set vlan
 
 
 def test_delete_by_owner_cookie_leaves_foreign_flows(controller: OsKenRun, bridge: str) -> None:

@@ -1,10 +1,11 @@
 """OpenFlow 1.3 bytes for FlowSpecs, and flow stats back into FlowSpecs.
 
-The only module that knows the wire format. Encoding is plain ``struct`` packing with no os-ken
-objects, because building one OFPFlowMod object per flow caps an install at ~13k flows/s; the
-encoded match and instruction blobs are cached, so re-encoding a known flow (reconcile, delete) is
-a dictionary hit plus one header. Every message comes out byte-identical to what os-ken's own
-``ofproto_v1_3_parser`` would serialise for the same parameters (pinned by tests/test_ofwire.py).
+The only module that knows the wire format (``wire_decode`` reads flow stats with its tables).
+Encoding is plain ``struct`` packing with no os-ken objects, because building one OFPFlowMod object
+per flow caps an install at ~13k flows/s; the encoded match and instruction blobs are cached, so
+re-encoding a known flow (reconcile, delete) is a dictionary hit plus one header. Every message
+comes out byte-identical to what os-ken's own ``ofproto_v1_3_parser`` would serialise for the same
+parameters (pinned by tests/test_ofwire.py).
 
 Flow mods carry: buffer_id NO_BUFFER, no flags (no FLOW_REMOVED), idle/hard timeout 0,
 out_port/out_group ANY. Instructions, when present, come in the order OpenFlow executes them:
