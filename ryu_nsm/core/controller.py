@@ -21,7 +21,9 @@ from ryu_nsm.core.flowspec import FlowSpec, GroupSpec, MeterSpec
 from ryu_nsm.core.model import Resources
 from ryu_nsm.core.planner import FabricState, Plan, make_plan
 from ryu_nsm.core.quality import QualityManager, ReadCounters, SendProbe
+from ryu_nsm.core.reconcile import PHASES
 from ryu_nsm.core.status import Counters, History, HistoryEntry, Status, SwitchStatus
+from ryu_nsm.core.status_book import StatusBook
 from ryu_nsm.core.switches import FAILED, PENDING, UP, PortInfo, Program, ReadFlows, SwitchManager
 from ryu_nsm.qos.measure import LinkQuality
 
@@ -45,7 +47,10 @@ class Controller:
         self.quality = QualityManager(fabric, self.plan, self._note, sla_window, avoid_hold, probe_window,
                                       probe_timeout)
         self.records = History(self.quality.avoided)
-        self.managers = (self.switches, self.quality, self.records)
+        self.book = StatusBook(lambda pc, measured: self.quality.connection_status(
+            pc, self.connection_state(pc.id), measured))
+        self.managers = (self.switches, self.quality, self.records, self.book)
+        self._programs: dict[int, Program] = {}  # sent, not yet done: what they touch marks statuses
         self._last_state = FabricState()
         # Until the sources have reported once, an empty plan means "not known yet", not "remove all".
         self._declared = False
@@ -76,12 +81,14 @@ class Controller:
     def switch_connected(self, dpid: int, ports: Iterable[PortInfo], now: float) -> list:
         """A switch (re)connected and reported its ports: read its flows before touching it."""
         state = self.switches.connected(dpid, ports, now)
+        self.book.mark_all()
         if state is None:
             return []
         self._fabric_changed()
         return [ReadFlows(state.name, dpid, state.epoch), *self._replan(now)]
 
     def switch_disconnected(self, dpid: int, now: float) -> list:
+        self.book.mark_all()
         if self.switches.disconnected(dpid, now):
             self._fabric_changed()
         return []
@@ -90,6 +97,7 @@ class Controller:
         """Port added, changed (``port``) or deleted (``deleted_name``)."""
         if not self.switches.port_changed(dpid, port, deleted_name):
             return []
+        self.book.mark_all()
         self._fabric_changed()
         return self._replan(now)
 
@@ -101,6 +109,7 @@ class Controller:
         """
         hints = self.switches.hints
         instead = self.switches.flows_read(switch, flows, epoch, meters, groups, self.resources)
+        self.book.mark_all()  # any connection's state may follow what the switch holds
         if instead is not None:
             return instead
         # Tags as they were and the fabric as it was: planning again would give the same plan, so
@@ -114,6 +123,8 @@ class Controller:
 
         Switches not confirmed (error, disconnect, timeout) are read again before the next diff.
         """
+        confirmed = set(confirmed)
+        self._mark_program(self._programs.pop(program_id, None), confirmed)
         commands = self.switches.program_done(program_id, confirmed)
         if self.switches.dirty:
             commands += self._program()
@@ -158,7 +169,11 @@ class Controller:
     def counters_read(self, switch: str, stats: Iterable[tuple[FlowSpec, int, int]], now: float) -> None:
         """(flow, bytes, packets) of a switch's flows in some tables: each connection's rate where
         it enters there, and what its policy allowed and dropped."""
+        stats = list(stats)
         self.quality.counters_read(switch, stats, self.switches.owner, now)
+        owner = self.switches.owner
+        self.book.mark(owner.get(spec.cookie) for spec, _, _ in stats)
+        self.book.mark(self.book.gated_on(self.plan, switch))
 
     def link_quality(self) -> dict[str, LinkQuality]:
         """Measured quality per link (the worse direction), for links that have measurements."""
@@ -194,7 +209,19 @@ class Controller:
         commands = self.switches.program(self.quality.drain)
         if commands:
             self.quality.drain = 0.0
+        self._programs.update((c.id, c) for c in commands if isinstance(c, Program))
         return commands
+
+    def _mark_program(self, program: Program | None, confirmed: set[str]) -> None:
+        """The statuses a finished program may change: its flows' connections when every switch
+        confirmed flows only, else all (as the switch sessions forget connection states then)."""
+        if program is None or not confirmed.issuperset(program.diffs) or any(
+                d.ops(phase) for d in program.diffs.values() for phase in PHASES if "-" in phase):
+            self.book.mark_all()
+            return
+        owner = self.switches.owner
+        self.book.mark(owner.get(f.cookie) for d in program.diffs.values()
+                       for f in (*d.adds, *d.modifies, *d.deletes))
 
     # -- reporting ------------------------------------------------------------------------------
 
@@ -210,8 +237,7 @@ class Controller:
         """Connections (with path, state, reason and what is measured), switches, links, recent
         history and counters; ``observe.report`` renders it."""
         measured = self.quality.link_quality()
-        connections = tuple(self.quality.connection_status(pc, self.connection_state(pc.id), measured)
-                            for pc in self.plan.connections.values())
+        connections = self.book.connections(self.plan, measured)
         switches = tuple(
             SwitchStatus(s.name, s.dpid, s.connected, len(s.flows) if s.flows is not None else None)
             for s in sorted(self.switches.switches.values(), key=lambda s: s.name))

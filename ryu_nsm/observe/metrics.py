@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from itertools import compress
+from operator import itemgetter
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from ryu_nsm.observe.report import Memo
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _CONNECTION = ["connection", "network_service"]
@@ -35,13 +39,13 @@ class StatusCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         status = self.status()
         yield from _connections(status.get("connections", []))
-        yield from _fabric(status)
+        yield from _fabric(status, status.get("connections", []))
 
 
-def _fabric(status: dict) -> Iterator[Metric]:
-    """Every family but the connections' own (policy counters are rendered whole: they move at every
-    counter read)."""
-    yield from _policy(status.get("connections", []))
+def _fabric(status: dict, policed: Iterable[dict]) -> Iterator[Metric]:
+    """Every family but the connections' own; ``policed``: the connections whose policy counters
+    are summed (rendered whole: they move at every counter read)."""
+    yield from _policy(policed)
     yield from _links(status.get("links", []), status.get("reservations", []))
     yield from _switches(status.get("switches", []))
     yield from _counters(status.get("counters", {}))
@@ -89,34 +93,42 @@ def _samples(text: str) -> dict[str, str]:
 
 
 class ExpositionMemo:
-    """Each connection's sample lines, kept while its status entry stays equal (identity first:
-    ``observe.report.StatusRenderer`` keeps unchanged entries as the same objects): a scrape renders
-    again the connections that changed and the fabric's families, and joins the rest. The output is
-    what ``exposition`` without a memo gives. Safe to share between threads."""
+    """Each connection's sample lines, kept while its status entry is the same object
+    (``observe.report.StatusRenderer`` keeps unchanged entries) or equal to the last one of its id:
+    a scrape renders again the connections that changed and the fabric's families, and joins the
+    rest at C speed. The output is what ``exposition`` without a memo gives. Safe to share between
+    threads."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._lines: dict[str, tuple[dict, dict[str, str]]] = {}
+        self._memo = Memo(self._lines)
+        self._by_id: dict[str, tuple[dict, tuple]] = {}  # connection id → (entry, its lines)
         # (family name, its HELP and TYPE lines), in exposition order: a family without samples
         # is those two lines.
         heads = _text(_connections([])).splitlines(keepends=True)
         self._heads = [(kind.split(" ", 3)[2], doc + kind) for doc, kind in zip(heads[::2], heads[1::2],
                                                                                  strict=True)]
 
+    def _lines(self, entry: dict) -> tuple:
+        """(each family's sample lines of ``entry``…, whether it has policy counters)."""
+        held = self._by_id.get(entry["id"])
+        if held is None or held[0] != entry:
+            samples = _samples(_text(_connections([entry])))
+            policy = entry.get("policy") or {}
+            lines = (*(samples.get(name, "") for name, _ in self._heads),
+                     bool(policy.get("rules") or policy.get("dropped")))
+            held = self._by_id[entry["id"]] = (entry, lines)
+        return held[1]
+
     def render(self, status: dict) -> bytes:
         entries = status.get("connections", [])
         with self._lock:
-            lines = self._lines
-            fresh: dict[str, tuple[dict, dict[str, str]]] = {}
-            for e in entries:
-                held = lines.get(e["id"])
-                if held is None or not (held[0] is e or held[0] == e):
-                    held = (e, _samples(_text(_connections([e]))))
-                fresh[e["id"]] = held
-            self._lines = fresh
-        parts = [head + "".join(fresh[e["id"]][1].get(name, "") for e in entries)
-                 for name, head in self._heads]
-        return ("".join(parts) + _text(_fabric(status))).encode()
+            lines = self._memo.all(entries)
+            if len(self._by_id) > 2 * len(entries) + 100:
+                self._by_id = {e["id"]: (e, line) for e, line in zip(entries, lines, strict=True)}
+        parts = [head + "".join(map(itemgetter(i), lines)) for i, (_, head) in enumerate(self._heads)]
+        policed = compress(entries, map(itemgetter(-1), lines))
+        return ("".join(parts) + _text(_fabric(status, policed))).encode()
 
 
 def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
@@ -153,7 +165,7 @@ def _connections(entries: list[dict]) -> Iterator[Metric]:
     yield from (up, planned, latency, loss, met, rate)
 
 
-def _policy(entries: list[dict]) -> Iterator[Metric]:
+def _policy(entries: Iterable[dict]) -> Iterator[Metric]:
     allowed: dict[tuple[str, ...], int] = {}
     dropped: dict[tuple[str, ...], int] = {}
     for e in entries:
