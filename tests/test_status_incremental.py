@@ -29,7 +29,8 @@ class Watchers:
     """What a long-lived status endpoint, scraper and status writer keep between calls."""
 
     def __init__(self):
-        self.renderer, self.metrics, self.desired = StatusRenderer(), ExpositionMemo(), DesiredMemo()
+        # Chunks of two lines on average: a few connections make several chunks.
+        self.renderer, self.metrics, self.desired = StatusRenderer(), ExpositionMemo(chunk=2), DesiredMemo()
 
     def check(self, ctl: Controller, now: str = T0) -> dict:
         """Assert that each kept result equals the whole rebuild; the rendered status."""

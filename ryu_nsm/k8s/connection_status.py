@@ -424,9 +424,10 @@ class DesiredMemo:
                 candidates = members if reordered or before is None or before["id"] not in members else (
                     {before["id"], *(cid for cid in fresh if cid in members)})
                 if len(candidates) > 1 and not position:
-                    position = dict(zip(map(itemgetter("id"), entries), range(len(entries)), strict=True))
+                    position = _positions(entries, self._ids, candidates)
                 first = self._entry[min(candidates, key=position.__getitem__) if len(candidates) > 1
                                     else next(iter(candidates))]
+                position = {} if len(candidates) <= _FEW else position
             (self._multi.add if members and len(members) > 1 else self._multi.discard)(key)
             if first is not before:
                 touched |= self._looks.get(key, set())
@@ -481,6 +482,17 @@ class DesiredMemo:
         key = self._key[cid]
         if key in self._out:
             self._out[key] = body
+
+
+_FEW = 8  # candidates found by scanning the ids (at C speed) rather than indexing them all
+
+
+def _positions(entries: list[dict], ids: list[str] | None, candidates: set[str]) -> dict[str, int]:
+    """The positions of ``candidates`` (all connections' when they are many) in ``entries``."""
+    ids = ids if ids is not None else list(map(itemgetter("id"), entries))
+    if len(candidates) <= _FEW:
+        return {cid: ids.index(cid) for cid in candidates}
+    return dict(zip(ids, range(len(ids)), strict=True))
 
 
 def _client_key(e: dict) -> tuple[str, str, str]:
