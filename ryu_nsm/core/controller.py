@@ -5,9 +5,10 @@ calls here, passes ``now`` explicitly, and carries out the returned commands. Th
 decision testable without a switch and makes ``ryu-nsm plan`` the same code as the live controller.
 
 The core owns the plan and calls its feature managers in turn (``core.manager``): the switch
-sessions with the programs that reconcile them (``core.switches``), the QoS loop (``core.quality``)
-and the history behind the status (``core.status``). A change costs what it touches: the planner
-reports which connections it planned anew, and each manager updates its books for those only.
+sessions with the programs that reconcile them (``core.switches``), the QoS loop (``core.quality``),
+the history behind the status (``core.status``) and each connection's status (``core.status_book``).
+A change costs what it touches: the planner reports which connections it planned anew, and each
+manager updates its books for those only.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class Controller:
         self.book = StatusBook(lambda pc, measured: self.quality.connection_status(
             pc, self.connection_state(pc.id), measured))
         self.managers = (self.switches, self.quality, self.records, self.book)
-        self._programs: dict[int, Program] = {}  # sent, not yet done: what they touch marks statuses
+        self._programs: dict[int, Program] = {}  # sent, not yet done: what it touches marks statuses
         self._last_state = FabricState()
         # Until the sources have reported once, an empty plan means "not known yet", not "remove all".
         self._declared = False
@@ -211,7 +212,9 @@ class Controller:
         commands = self.switches.program(self.quality.drain)
         if commands:
             self.quality.drain = 0.0
-        self._programs.update((c.id, c) for c in commands if isinstance(c, Program))
+        sent = {c.id: c for c in commands if isinstance(c, Program)}
+        if sent:  # one program is in flight at a time: one never answered is forgotten here
+            self._programs = sent
         return commands
 
     def _mark_program(self, program: Program | None, confirmed: set[str]) -> None:
