@@ -18,6 +18,7 @@ OpenFlow flow-mod bytes), and the CPU of the core's idle work per second of wall
 (a tick and a probe round every second, counters every 5 s, an audit every 30 s, as the shell runs
 them, after a first audit that plans with the tags it reads back) against the design bound of 10 %
 of one core. Times are CPU time of this process (``time.process_time``): the machine is shared.
+The garbage collector is set as the controller process sets it (``wiring.tune_gc``).
 
 Usage: ``core_scale.py [--quick] [--connections N] [--k K]``; ``--quick`` is k=4, 200 connections.
 """
@@ -55,6 +56,7 @@ from ryu_nsm.observe.report import StatusRenderer
 from ryu_nsm.openflow.wire import OFPFC_ADD, decode_flow_stats, encode_flow_mod
 from ryu_nsm.openflow.wire_decode import decode_spec
 from ryu_nsm.sources.topology import fat_tree
+from ryu_nsm.wiring import tune_gc
 
 CHAIN = "secure-internet"
 FUNCTIONS = ("firewall", "dpi", "gateway")
@@ -363,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--k", type=int, default=8)
     args = parser.parse_args(argv)
+    tune_gc()  # as the controller process has it
     k, n, extra = (4, 200, 20) if args.quick else (args.k, args.connections, REQUESTS)
     return print_figures("core scale", lambda: run(k, n, extra), (RuntimeError,))
 

@@ -5,9 +5,10 @@ calls here, passes ``now`` explicitly, and carries out the returned commands. Th
 decision testable without a switch and makes ``ryu-nsm plan`` the same code as the live controller.
 
 The core owns the plan and calls its feature managers in turn (``core.manager``): the switch
-sessions with the programs that reconcile them (``core.switches``), the QoS loop (``core.quality``)
-and the history behind the status (``core.status``). A change costs what it touches: the planner
-reports which connections it planned anew, and each manager updates its books for those only.
+sessions with the programs that reconcile them (``core.switches``), the QoS loop (``core.quality``),
+the history behind the status (``core.status``) and each connection's status (``core.status_book``).
+A change costs what it touches: the planner reports which connections it planned anew, and each
+manager updates its books for those only.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterable
+from itertools import chain
+from operator import attrgetter, itemgetter
 
 from ryu_nsm.core.fabric import Fabric
 from ryu_nsm.core.flowspec import FlowSpec, GroupSpec, MeterSpec
@@ -22,7 +25,9 @@ from ryu_nsm.core.meter_drops import MeterDrop
 from ryu_nsm.core.model import Resources
 from ryu_nsm.core.planner import FabricState, Plan, make_plan
 from ryu_nsm.core.quality import QualityManager, ReadCounters, SendProbe
+from ryu_nsm.core.reconcile import PHASES
 from ryu_nsm.core.status import Counters, History, HistoryEntry, Status, SwitchStatus
+from ryu_nsm.core.status_book import StatusBook
 from ryu_nsm.core.switches import FAILED, PENDING, UP, PortInfo, Program, ReadFlows, SwitchManager
 from ryu_nsm.qos.measure import LinkQuality
 
@@ -46,7 +51,10 @@ class Controller:
         self.quality = QualityManager(fabric, self.plan, self._note, sla_window, avoid_hold, probe_window,
                                       probe_timeout)
         self.records = History(self.quality.avoided)
-        self.managers = (self.switches, self.quality, self.records)
+        self.book = StatusBook(lambda pc, measured: self.quality.connection_status(
+            pc, self.connection_state(pc.id), measured))
+        self.managers = (self.switches, self.quality, self.records, self.book)
+        self._programs: dict[int, Program] = {}  # sent, not yet done: what it touches marks statuses
         self._last_state = FabricState()
         # Until the sources have reported once, an empty plan means "not known yet", not "remove all".
         self._declared = False
@@ -77,12 +85,14 @@ class Controller:
     def switch_connected(self, dpid: int, ports: Iterable[PortInfo], now: float) -> list:
         """A switch (re)connected and reported its ports: read its flows before touching it."""
         state = self.switches.connected(dpid, ports, now)
+        self.book.mark_all()
         if state is None:
             return []
         self._fabric_changed()
         return [ReadFlows(state.name, dpid, state.epoch), *self._replan(now)]
 
     def switch_disconnected(self, dpid: int, now: float) -> list:
+        self.book.mark_all()
         if self.switches.disconnected(dpid, now):
             self._fabric_changed()
         return []
@@ -91,6 +101,7 @@ class Controller:
         """Port added, changed (``port``) or deleted (``deleted_name``)."""
         if not self.switches.port_changed(dpid, port, deleted_name):
             return []
+        self.book.mark_all()
         self._fabric_changed()
         return self._replan(now)
 
@@ -102,6 +113,7 @@ class Controller:
         """
         hints = self.switches.hints
         instead = self.switches.flows_read(switch, flows, epoch, meters, groups, self.resources)
+        self.book.mark_all()  # any connection's state may follow what the switch holds
         if instead is not None:
             return instead
         # Tags as they were and the fabric as it was: planning again would give the same plan, so
@@ -115,6 +127,8 @@ class Controller:
 
         Switches not confirmed (error, disconnect, timeout) are read again before the next diff.
         """
+        confirmed = set(confirmed)
+        self._mark_program(self._programs.pop(program_id, None), confirmed)
         commands = self.switches.program_done(program_id, confirmed)
         if self.switches.dirty:
             commands += self._program()
@@ -158,7 +172,11 @@ class Controller:
     def counters_read(self, switch: str, stats: Iterable[tuple[FlowSpec, int, int]], now: float) -> None:
         """(flow, bytes, packets) of a switch's flows in some tables: each connection's rate where
         it enters there, and what its policy allowed and dropped."""
+        stats = list(stats)
         self.quality.counters_read(switch, stats, self.switches.owner, now)
+        # At C speed: a read of every switch names every connection.
+        self.book.mark(map(self.switches.owner.get, map(attrgetter("cookie"), map(itemgetter(0), stats))))
+        self.book.mark(self.book.gated_on(self.plan, switch))
 
     def meters_read(self, switch: str, dropped: dict[int, int]) -> list[MeterDrop]:
         """Meter id → packets its drop band dropped, as read from ``switch``: the frames each wire's
@@ -199,7 +217,20 @@ class Controller:
         commands = self.switches.program(self.quality.drain)
         if commands:
             self.quality.drain = 0.0
+        sent = {c.id: c for c in commands if isinstance(c, Program)}
+        if sent:  # one program is in flight at a time: one never answered is forgotten here
+            self._programs = sent
         return commands
+
+    def _mark_program(self, program: Program | None, confirmed: set[str]) -> None:
+        """The statuses a finished program may change: its flows' connections when every switch
+        confirmed flows only, else all (as the switch sessions forget connection states then)."""
+        if program is None or not confirmed.issuperset(program.diffs) or any(
+                d.ops(phase) for d in program.diffs.values() for phase in PHASES if "-" in phase):
+            self.book.mark_all()
+            return
+        flows = chain.from_iterable((*d.adds, *d.modifies, *d.deletes) for d in program.diffs.values())
+        self.book.mark(map(self.switches.owner.get, map(attrgetter("cookie"), flows)))
 
     # -- reporting ------------------------------------------------------------------------------
 
@@ -215,8 +246,7 @@ class Controller:
         """Connections (with path, state, reason and what is measured), switches, links, recent
         history and counters; ``observe.report`` renders it."""
         measured = self.quality.link_quality()
-        connections = tuple(self.quality.connection_status(pc, self.connection_state(pc.id), measured)
-                            for pc in self.plan.connections.values())
+        connections = self.book.connections(self.plan, measured)
         switches = tuple(
             SwitchStatus(s.name, s.dpid, s.connected, len(s.flows) if s.flows is not None else None)
             for s in sorted(self.switches.switches.values(), key=lambda s: s.name))

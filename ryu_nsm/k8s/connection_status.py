@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import filterfalse
+from operator import itemgetter
 
 from ryu_nsm.core.chains import follow
 
@@ -223,9 +226,14 @@ def desired_connections(status: Mapping, now: str,
     ``now`` (RFC 3339) stamps every condition; pass the result's conditions through
     ``merge_conditions`` with the stored ones to keep earlier transition times. ``generations`` are
     the stored objects' ``metadata.generation`` (1, a new object's, when unknown). With a ``memo``
-    (kept between calls), a connection whose entry, chain and generation are equal to the last
-    call's keeps its object (restamped when ``now`` moved): a change costs what it touches.
+    (kept between calls), only the connections whose entry, chain, name or generation changed are
+    made again, the others keep their objects (restamped when ``now`` moved): a change costs what
+    it touches (see ``DesiredMemo``).
     """
+    if memo is not None:
+        kept = memo.desired(status, now, generations or {})
+        if kept is not None:
+            return kept
     entries = sorted(status.get("connections", []), key=lambda e: e["id"])
     by_client: dict[tuple[str, str, str], dict] = {}
     for e in status.get("connections", []):  # first declared wins, as in report.chains
@@ -233,66 +241,280 @@ def desired_connections(status: Mapping, now: str,
     by_id = {e["id"]: e for e in entries}
     masters = _masters(status)
     generations = generations or {}
-    memo = memo.start(masters, len(entries)) if memo is not None else None
     out: dict[tuple[str, str], dict] = {}
     for e in entries:
         ifname = e["id"].split("/", 2)[2]
-        name = memo.object_name(e["client"], ifname) if memo is not None else (
-            connection_object_name(e["client"], ifname))
+        name = connection_object_name(e["client"], ifname)
         if (e["namespace"], name) in out:  # two requests spelled alike: the later one is told apart
             name = connection_object_name(name, _hash(e["id"]))
         key = (e["namespace"], name)
-        generation = generations.get(key, 1)
-        hops = _follow(e, by_client, by_id)
-        body = memo.get(e["id"], hops, key, generation, now) if memo is not None else None
-        if body is None:
-            body = _connection_object(e, hops, name, ifname, generation, masters, now)
-            if memo is not None:
-                memo.put(e["id"], hops, key, generation, now, body)
-        out[key] = body
+        out[key] = _connection_object(e, _follow(e, by_client, by_id), name, ifname,
+                                      generations.get(key, 1), masters, now)
     return out
 
 
 class DesiredMemo:
-    """The objects ``desired_connections`` made last, by connection id, with what they were made of.
+    """What ``desired_connections`` made last, kept so that a call costs the connections that changed.
 
-    Entries and hops are compared by equality (identity first: ``observe.report.StatusRenderer``
-    keeps unchanged entries as the same objects); a change of shard masters forgets everything.
-    Callers must not change the objects they are given.
+    A connection's object is made again when its entry is a new object not equal to the last one of
+    its id (``observe.report.StatusRenderer`` keeps unchanged entries as the same objects), when a
+    client its chain looked up (so a hop it passes) changed, or when its object name or
+    generation changed; the others keep their object (restamped when ``now`` moved). A change of
+    shard masters forgets everything. Callers must not change the objects they are given.
     """
 
     def __init__(self) -> None:
-        self._made: dict[str, tuple[list[dict], tuple[str, str], int, str, dict]] = {}
         self._masters: dict[str, str | None] | None = None
-        self._names: dict[tuple[str, str], str] = {}
+        self._forget()
 
-    def object_name(self, pod: str, ifname: str) -> str:
-        """``connection_object_name``, remembered."""
-        name = self._names.get((pod, ifname))
-        if name is None:
-            name = self._names[(pod, ifname)] = connection_object_name(pod, ifname)
-        return name
+    def _forget(self) -> None:
+        self._entry: dict[str, dict] = {}  # connection id → its entry
+        self._by_identity: dict[int, str] = {}  # id() of a held entry → its connection id
+        self._clients: dict[tuple[str, str, str], set[str]] = {}  # client key → connections
+        self._first: dict[tuple[str, str, str], dict] = {}  # client key → its first declared entry
+        self._multi: set[tuple[str, str, str]] = set()  # client keys of more than one connection
+        self._ids: list[str] | None = None  # the order of the last call, while _multi has keys
+        self._groups: dict[tuple[str, str], set[str]] = {}  # (namespace, plain name) → connections
+        self._key: dict[str, tuple[str, str]] = {}  # connection id → (namespace, object name)
+        self._cid_of: dict[tuple[str, str], str] = {}  # and back
+        self._made: dict[str, tuple[list[dict], int, str]] = {}  # id → (hops, generation, now)
+        self._body: dict[str, dict] = {}  # connection id → its object
+        self._looks: dict[tuple[str, str, str], set[str]] = {}  # client key → those whose chains asked
+        self._order: list[str] = []  # connection ids, sorted
+        self._out: dict[tuple[str, str], dict] = {}  # the objects by key, in the order of _order
+        self._generations: Mapping[tuple[str, str], int] = {}
+        self._now = ""
 
-    def start(self, masters: dict[str, str | None], size: int) -> DesiredMemo:
-        if masters != self._masters or len(self._made) > 2 * size + 100:
-            self._made, self._masters, self._names = {}, masters, {}
-        return self
-
-    def get(self, cid: str, hops: list[dict], key: tuple[str, str], generation: int, now: str) -> dict | None:
-        made = self._made.get(cid)
-        if made is None or made[1:3] != (key, generation) or len(made[0]) != len(hops) or not all(
-                a is b or a == b for a, b in zip(made[0], hops, strict=True)):
+    def desired(self, status: Mapping, now: str, generations: Mapping[tuple[str, str], int]
+                ) -> dict[tuple[str, str], dict] | None:
+        """``desired_connections`` of ``status``, or None where it must be computed whole."""
+        masters = _masters(status)
+        if masters != self._masters:
+            self._masters = masters
+            self._forget()
+        entries = status.get("connections", [])
+        last = self._order[-1] if self._order else ""
+        changed, removed = self._changes(entries)
+        added = sorted(e["id"] for e in changed if e["id"] not in self._entry)
+        touched, renamed = self._reindex(entries, changed, removed, self._reordered(entries, removed))
+        if generations is not self._generations and generations != self._generations:
+            cid_of = self._cid_of
+            touched |= {cid_of[key] for key, _ in generations.items() ^ self._generations.items()
+                        if key in cid_of}
+        self._generations = generations
+        for cid in touched:
+            self._make(cid, generations, masters, now)
+        if now != self._now:
+            self._now = now
+            for cid in self._order:
+                self._restamp(cid, now)
+        if renamed or (added and added[0] <= last):  # in id order again, at C speed
+            order = self._order
+            self._out = dict(zip(map(self._key.__getitem__, order), map(self._body.__getitem__, order),
+                                 strict=True))
+        else:
+            self._out.update((self._key[cid], self._body[cid]) for cid in added)
+        if len(self._out) != len(entries):  # a told-apart name that another has: made whole
+            self._forget()
             return None
-        body = made[4]
-        if made[3] != now:  # only the conditions' stamp moved
-            conditions = [{**c, "lastTransitionTime": now} for c in body["status"]["conditions"]]
-            body = {**body, "status": {**body["status"], "conditions": conditions}}
-            self._made[cid] = (made[0], key, generation, now, body)
-        return body
+        return dict(self._out)
 
-    def put(self, cid: str, hops: list[dict], key: tuple[str, str], generation: int, now: str,
-            body: dict) -> None:
-        self._made[cid] = (hops, key, generation, now, body)
+    def _changes(self, entries: list[dict]) -> tuple[list[dict], set[str]]:
+        """Entries that are new or not equal to the last of their id; ids that are gone."""
+        held = list(map(self._by_identity.get, map(id, entries)))
+        changed = []
+        i = 0
+        while (i := _none_at(held, i)) >= 0:
+            e = entries[i]
+            old = self._entry.get(e["id"])
+            if old is not None and old == e:  # equal: kept, the new object remembered
+                del self._by_identity[id(old)]
+                self._by_identity[id(e)] = e["id"]
+                self._entry[e["id"]] = e
+            else:
+                changed.append(e)
+            i += 1
+        replaced = sum(e["id"] in self._entry for e in changed)
+        removed: set[str] = set()
+        if len(entries) - len(changed) + replaced != len(self._entry):
+            removed = self._entry.keys() - {e["id"] for e in entries}
+        return changed, removed
+
+    def _reordered(self, entries: list[dict], removed: set[str]) -> bool:
+        """Whether the entries kept from the last call are in another order now (then the first
+        declared of a client key may be another); only watched while a client key has several."""
+        if not self._multi:
+            self._ids = None
+            return False
+        ids = list(map(itemgetter("id"), entries))
+        before = self._ids
+        self._ids = ids
+        if before is None:
+            return True
+        kept = list(filterfalse(removed.__contains__, before)) if removed else before
+        return list(filter(self._entry.__contains__, ids)) != kept  # at C speed
+
+    def _reindex(self, entries: list[dict], changed: list[dict], removed: set[str],
+                 reordered: bool) -> tuple[set[str], bool]:
+        """Take in changed and removed entries: (connections whose object is made again, whether an
+        object name of a connection kept changed)."""
+        touched: set[str] = set()
+        clients, groups = set(self._multi) if reordered else set(), set()
+        for cid in removed:
+            e = self._entry.pop(cid)
+            del self._by_identity[id(e)]
+            clients.add(_client_key(e))
+            groups.add(self._unindex(cid, e))
+            del self._order[bisect_left(self._order, cid)]
+            key = self._key.pop(cid)
+            self._out.pop(key, None)
+            if self._cid_of.get(key) == cid:
+                del self._cid_of[key]
+            self._forget_made(cid)
+        for e in changed:
+            cid = e["id"]
+            old = self._entry.get(cid)
+            if old is None:
+                insort(self._order, cid)
+            else:
+                del self._by_identity[id(old)]
+                clients.add(_client_key(old))
+                groups.add(self._unindex(cid, old))
+            self._entry[cid], self._by_identity[id(e)] = e, cid
+            clients.add(_client_key(e))
+            self._clients.setdefault(_client_key(e), set()).add(cid)
+            group = _group(e)
+            self._groups.setdefault(group, set()).add(cid)
+            groups.add(group)
+            touched.add(cid)
+        touched |= self._firsts(entries, clients, {e["id"] for e in changed}, reordered)
+        renamed = False
+        for group in groups:  # the first by id keeps the plain name, later ones are told apart
+            members = sorted(self._groups.get(group, ()))
+            for n, cid in enumerate(members):
+                key = (group[0], group[1] if n == 0 else connection_object_name(group[1], _hash(cid)))
+                old_key = self._key.get(cid)
+                if old_key != key:
+                    if self._cid_of.get(old_key) == cid:
+                        del self._cid_of[old_key]
+                    self._key[cid], self._cid_of[key] = key, cid
+                    touched.add(cid)
+                    if old_key is not None and cid in self._body:
+                        renamed = True
+            if not members:
+                del self._groups[group]
+        return {cid for cid in touched if cid in self._entry}, renamed
+
+    def _firsts(self, entries: list[dict], clients: set[tuple[str, str, str]], fresh: set[str],
+                reordered: bool) -> set[str]:
+        """The first declared entry of each client key in ``clients`` (as report.chains has it), from
+        the one before and the ``fresh`` ones unless that one left or the order moved: the
+        connections whose chains looked up one that changed."""
+        touched: set[str] = set()
+        position: dict[str, int] = {}
+        for key in clients:
+            members = self._clients.get(key)
+            before = self._first.get(key)
+            if not members:
+                self._clients.pop(key, None)
+                first = None
+            elif len(members) == 1:
+                first = self._entry[next(iter(members))]
+            else:
+                candidates = members if reordered or before is None or before["id"] not in members else (
+                    {before["id"], *(cid for cid in fresh if cid in members)})
+                if len(candidates) > 1 and not position:
+                    position = _positions(entries, self._ids, candidates)
+                first = self._entry[min(candidates, key=position.__getitem__) if len(candidates) > 1
+                                    else next(iter(candidates))]
+                position = {} if len(candidates) <= _FEW else position
+            (self._multi.add if members and len(members) > 1 else self._multi.discard)(key)
+            if first is not before:
+                touched |= self._looks.get(key, set())
+                if first is None:
+                    del self._first[key]
+                else:
+                    self._first[key] = first
+        return touched
+
+    def _unindex(self, cid: str, e: dict) -> tuple[str, str]:
+        self._clients.get(_client_key(e), set()).discard(cid)
+        group = _group(e)
+        self._groups.get(group, set()).discard(cid)
+        return group
+
+    def _forget_made(self, cid: str) -> None:
+        made = self._made.pop(cid, None)
+        self._body.pop(cid, None)
+        for hop in made[0] if made is not None else ():
+            if hop.get("endpoint"):
+                self._looks.get(_next_key(hop), set()).discard(cid)
+
+    def _make(self, cid: str, generations: Mapping[tuple[str, str], int], masters: dict[str, str | None],
+              now: str) -> None:
+        """Connection ``cid``'s object: the one made before while what it is made of is equal."""
+        e, key = self._entry[cid], self._key[cid]
+        hops = _follow(e, self._first, self._entry)
+        generation = generations.get(key, 1)
+        made, body = self._made.get(cid), self._body.get(cid)
+        same = made is not None and made[1] == generation and body["metadata"]["name"] == key[1] and len(
+            made[0]) == len(hops) and all(a is b or a == b for a, b in zip(made[0], hops, strict=True))
+        stamped = made[2] if same else now
+        self._forget_made(cid)
+        for hop in hops:  # a chain reaches its next hop by a client lookup only
+            if hop.get("endpoint"):
+                self._looks.setdefault(_next_key(hop), set()).add(cid)
+        if not same:
+            body = _connection_object(e, hops, key[1], cid.split("/", 2)[2], generation, masters, now)
+        self._made[cid], self._body[cid] = (hops, generation, stamped), body
+        if key in self._out:
+            self._out[key] = body
+        self._restamp(cid, now)
+
+    def _restamp(self, cid: str, now: str) -> None:
+        hops, generation, stamped = self._made[cid]
+        if stamped == now:
+            return
+        body = self._body[cid]
+        conditions = [{**c, "lastTransitionTime": now} for c in body["status"]["conditions"]]
+        body = self._body[cid] = {**body, "status": {**body["status"], "conditions": conditions}}
+        self._made[cid] = (hops, generation, now)
+        key = self._key[cid]
+        if key in self._out:
+            self._out[key] = body
+
+
+_FEW = 8  # candidates found by scanning the ids (at C speed) rather than indexing them all
+
+
+def _positions(entries: list[dict], ids: list[str] | None, candidates: set[str]) -> dict[str, int]:
+    """The positions of ``candidates`` (all connections' when they are many) in ``entries``."""
+    ids = ids if ids is not None else list(map(itemgetter("id"), entries))
+    if len(candidates) <= _FEW:
+        return {cid: ids.index(cid) for cid in candidates}
+    return dict(zip(ids, range(len(ids)), strict=True))
+
+
+def _client_key(e: dict) -> tuple[str, str, str]:
+    return (e["namespace"], e["network_service"], e["client"])
+
+
+def _next_key(e: dict) -> tuple[str, str, str]:
+    """The client key a chain looks up after ``e``: the request its endpoint makes."""
+    return (e["namespace"], e["network_service"], e["endpoint"])
+
+
+def _group(e: dict) -> tuple[str, str]:
+    """(namespace, the object name before connections spelled alike are told apart)."""
+    return (e["namespace"], connection_object_name(e["client"], e["id"].split("/", 2)[2]))
+
+
+def _none_at(items: list, start: int) -> int:
+    """The first None in ``items`` from ``start`` on, or -1."""
+    try:
+        return items.index(None, start)
+    except ValueError:
+        return -1
 
 
 def _connection_object(e: dict, hops: list[dict], name: str, ifname: str, generation: int,

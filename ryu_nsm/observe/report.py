@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 from ryu_nsm.core.chains import follow
 from ryu_nsm.core.flows import policy_flow_count
 from ryu_nsm.core.planner import PLANNED, PlannedConnection
@@ -46,28 +49,64 @@ def connection_entry(pc: PlannedConnection, state: str) -> dict:
     return entry
 
 
+class Memo:
+    """What was made of each object, keyed by the object's identity and kept while it may come again:
+    making a list for a long sequence whose objects are mostly the same as last time costs the new
+    ones (the lookup runs at C speed). The objects are held, so their ids are not reused."""
+
+    def __init__(self, make: Callable[[Any], Any]) -> None:
+        self.make = make
+        self._made: dict[int, Any] = {}
+        self._held: dict[int, Any] = {}
+
+    def all(self, objects: Sequence) -> list:
+        """``make(o)`` for each of ``objects``, in order."""
+        ids = list(map(id, objects))
+        out = list(map(self._made.get, ids))
+        i = 0
+        while (i := _index(out, i)) >= 0:  # at C speed from one new object to the next
+            made = self._made[ids[i]] = out[i] = self.make(objects[i])
+            self._held[ids[i]] = objects[i]
+            if made is None:
+                raise ValueError("a Memo's make must not return None")
+        if len(self._made) > 2 * len(ids) + 100:  # forget what is gone, now and then
+            self._made, self._held = dict(zip(ids, out, strict=True)), dict(zip(ids, objects, strict=True))
+        return out
+
+
+def _index(items: list, start: int) -> int:
+    """The first None in ``items`` from ``start`` on, or -1."""
+    try:
+        return items.index(None, start)
+    except ValueError:
+        return -1
+
+
 class StatusRenderer:
     """Renders the controller's status to JSON, keeping each connection's entry between renders: a
-    status poll of a big fabric renders again only the connections that changed. Not thread-safe:
-    the shell renders under its lock."""
+    status poll of a big fabric renders again only the connections whose ``ConnectionStatus`` is a
+    new object (the core keeps unchanged ones), and an unchanged connection's entry is the same object
+    as last time (``observe.metrics`` and ``k8s.connection_status`` key theirs on that). Not
+    thread-safe: the shell renders under its lock."""
 
     def __init__(self) -> None:
-        # Connection id → (planned connection, state, its entry); identity is enough for a memo.
-        self._entries: dict[str, tuple[PlannedConnection, str, dict]] = {}
+        # Connection id → (planned connection, state, its entry without measurements).
+        self._planned: dict[str, tuple[PlannedConnection, str, dict]] = {}
+        self._connections = Memo(self._entry)
+        self._history = Memo(lambda h: {"time": h.time, "connection": h.connection, "what": h.what})
 
     def render(self, status: Status) -> dict:
         """The JSON form of the controller's status (``/status``): connections, switches, history."""
-        connections = [self._entry(c) for c in status.connections]
-        if len(self._entries) > len(connections):
+        connections = self._connections.all(status.connections)
+        if len(self._planned) > 2 * len(connections) + 100:
             live = {c.planned.id for c in status.connections}
-            for cid in [cid for cid in self._entries if cid not in live]:
-                del self._entries[cid]
+            self._planned = {cid: held for cid, held in self._planned.items() if cid in live}
         c = status.counters
         return {
             "fabric": status.fabric, "connections": connections,
             "switches": [{"name": s.name, "dpid": f"{s.dpid:#018x}", "connected": s.connected,
                           "flows": s.flows} for s in status.switches],
-            "history": [{"time": h.time, "connection": h.connection, "what": h.what} for h in status.history],
+            "history": self._history.all(status.history),
             "problems": list(status.problems), "reservations": list(status.reservations),
             "counters": {"moves": dict(c.moves), "failures": c.failures, "breaches": dict(c.breaches)},
             "links": [{"link": q.name, "latency": q.quality.latency, "loss": q.quality.loss,
@@ -78,9 +117,9 @@ class StatusRenderer:
 
     def _entry(self, status: ConnectionStatus) -> dict:
         pc = status.planned
-        cached = self._entries.get(pc.id)
+        cached = self._planned.get(pc.id)
         if cached is None or cached[0] is not pc or cached[1] != status.state:
-            cached = self._entries[pc.id] = (pc, status.state, connection_entry(pc, status.state))
+            cached = self._planned[pc.id] = (pc, status.state, connection_entry(pc, status.state))
         entry = cached[2]
         if status.throughput is not None:
             entry = {**entry, "throughput": dict(status.throughput)}
