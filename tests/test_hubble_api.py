@@ -2,7 +2,8 @@
 
 SPEC is upstream's name, number and type of every field hubble_api writes, transcribed from
 cilium/cilium api/v1/flow/flow.proto (d18b576f), api/v1/observer/observer.proto (25972d8e) and
-api/v1/relay/relay.proto (a0b419ed); the generated descriptors must agree with it. Golden messages
+api/v1/relay/relay.proto (a0b419ed) and api/v1/peer/peer.proto (08ccb7b1); the generated descriptors
+must agree with it. Golden messages
 are hand-built bytes (tests.test_nsm_api's tiny encoder, field numbers from SPEC), read by our classes
 and compared with what ryu-nsm serialises.
 """
@@ -21,11 +22,11 @@ import grpc
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
 
-from hubble_api import flow_pb2, observer_pb2, observer_pb2_grpc, relay_pb2
+from hubble_api import flow_pb2, observer_pb2, observer_pb2_grpc, peer_pb2, peer_pb2_grpc, relay_pb2
 from ryu_nsm.observe.flow_events import Direction, DropKind, DropReason, Verdict
 from ryu_nsm.observe.flow_store import FlowStore
 from ryu_nsm.observe.hubble_flows import lost_response, read_query, to_flow, to_json, to_response
-from ryu_nsm.observe.hubble_server import HubbleObserver, HubbleServer
+from ryu_nsm.observe.hubble_server import FOLLOW_POLL, HubbleObserver, HubbleServer
 from tests.test_flow_store import DROP, event
 from tests.test_nsm_api import canonical, length, msg, num, text
 
@@ -101,6 +102,10 @@ SPEC: dict[str, dict[str, tuple[int, str]]] = {
         "num_flows": (7, "uint64"), "max_flows": (8, "uint64"), "seen_flows": (9, "uint64"),
     },
     "observer.TLS": {"enabled": (1, "bool"), "server_name": (2, "string")},
+    "peer.NotifyRequest": {},
+    "peer.ChangeNotification": {"name": (1, "string"), "address": (2, "string"),
+                                "type": (3, "peer.ChangeNotificationType"), "tls": (4, "peer.TLS")},
+    "peer.TLS": {"server_name": (1, "string")},
 }
 ENUMS = {
     "flow.FlowType": {"UNKNOWN_TYPE": 0, "L3_L4": 1, "L7": 2, "SOCK": 3},
@@ -114,11 +119,12 @@ ENUMS = {
                              "OBSERVER_EVENTS_QUEUE": 2, "HUBBLE_RING_BUFFER": 3},
     "relay.NodeState": {"UNKNOWN_NODE_STATE": 0, "NODE_CONNECTED": 1, "NODE_UNAVAILABLE": 2, "NODE_GONE": 3,
                         "NODE_ERROR": 4},
+    "peer.ChangeNotificationType": {"UNKNOWN": 0, "PEER_ADDED": 1, "PEER_DELETED": 2, "PEER_UPDATED": 3},
 }
 SCALARS = {FieldDescriptor.TYPE_STRING: "string", FieldDescriptor.TYPE_BOOL: "bool",
            FieldDescriptor.TYPE_UINT32: "uint32", FieldDescriptor.TYPE_UINT64: "uint64",
            FieldDescriptor.TYPE_INT32: "int32"}
-MODULES = (flow_pb2, relay_pb2, observer_pb2)
+MODULES = (flow_pb2, relay_pb2, observer_pb2, peer_pb2)
 
 
 def _type(field: FieldDescriptor) -> str:
@@ -411,5 +417,43 @@ def test_upstreams_other_observer_methods_answer_unimplemented(method, streams):
             with pytest.raises(grpc.RpcError) as raised:
                 list(call(b"", timeout=5)) if streams else call(b"", timeout=5)
         assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        server.stop()
+
+
+# ---- Hubble's Peer service: how Relay finds ryu-nsm
+
+
+def test_a_peer_notification_is_the_golden_bytes():
+    ours = peer_pb2.ChangeNotification(name="demo", address="127.0.0.1:4244", type=peer_pb2.PEER_ADDED)
+    golden = text(1, "demo") + text(2, "127.0.0.1:4244") + num(3, 1)
+    assert ours.SerializeToString() == golden
+    assert peer_pb2.ChangeNotification.FromString(golden) == ours
+
+
+def test_notify_names_this_server_as_the_one_peer_and_holds_the_stream(tmp_path):
+    # As Relay does with --peer-service: Notify, then dial the peer's address for the Observer.
+    store = FlowStore()
+    store.add([event()])
+    listen = [f"unix:{tmp_path}/h.sock", "127.0.0.1:0"]
+    server = HubbleServer(HubbleObserver(store, dict, "demo")).serve(listen)
+    try:
+        with grpc.insecure_channel(server.addresses[1]) as channel:
+            stream = peer_pb2_grpc.PeerStub(channel).Notify(peer_pb2.NotifyRequest(), timeout=10)
+            first = next(stream)
+            tcp = server.addresses[1]
+            assert (first.name, first.address, first.type) == ("demo", tcp, peer_pb2.PEER_ADDED)
+            with grpc.insecure_channel(first.address) as peer:
+                flows = list(observer_pb2_grpc.ObserverStub(peer).GetFlows(observer_pb2.GetFlowsRequest(),
+                                                                           timeout=5))
+            assert len(flows) == 1
+            # No change follows: the stream stays open until the client goes (or the server stops).
+            waiter = threading.Thread(target=lambda: next(stream, None), daemon=True)
+            waiter.start()
+            waiter.join(2 * FOLLOW_POLL + 0.5)
+            assert waiter.is_alive()
+            stream.cancel()
+            waiter.join(5)
+            assert not waiter.is_alive()
     finally:
         server.stop()

@@ -1,6 +1,7 @@
 """Hubble's Observer gRPC API over the controller's flow store: GetFlows (history, follow, filters),
 ServerStatus and GetNodes, so that ``hubble observe``, Hubble Relay and ``ryu-nsm observe`` read
-ryu-nsm's flows. The other Observer methods answer UNIMPLEMENTED."""
+ryu-nsm's flows. The other Observer methods answer UNIMPLEMENTED. Beside it, Hubble's Peer service
+names this server as the one peer, which is how Hubble Relay (``--peer-service``) finds it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from concurrent import futures
 
 import grpc
 
-from hubble_api import observer_pb2, observer_pb2_grpc, relay_pb2
+from hubble_api import observer_pb2, observer_pb2_grpc, peer_pb2, peer_pb2_grpc, relay_pb2
 from ryu_nsm.observe.flow_store import FlowStore
 from ryu_nsm.observe.hubble_flows import lost_response, read_query, to_response
 
@@ -38,8 +39,12 @@ class HubbleObserver(observer_pb2_grpc.ObserverServicer):
         self._stopping = threading.Event()
 
     def stop(self) -> None:
-        """End every open GetFlows stream at its next poll."""
+        """End every open GetFlows and Notify stream at its next poll."""
         self._stopping.set()
+
+    def stopped(self, timeout: float) -> bool:
+        """Whether the server is stopping, waiting up to ``timeout`` seconds for it."""
+        return self._stopping.wait(timeout)
 
     def GetFlows(self, request, context) -> Iterator[observer_pb2.GetFlowsResponse]:  # noqa: N802
         try:
@@ -87,6 +92,22 @@ class HubbleObserver(observer_pb2_grpc.ObserverServicer):
         return max(int((self.clock() - self._started) * 1e9), 0)
 
 
+class HubblePeers(peer_pb2_grpc.PeerServicer):
+    """Hubble's Peer service: this server, named after the fabric, is the cluster's one Hubble peer.
+    Notify sends it as PEER_ADDED, then holds the stream open (no change ever follows)."""
+
+    def __init__(self, observer: HubbleObserver) -> None:
+        self.observer = observer
+
+    def Notify(self, request, context) -> Iterator[peer_pb2.ChangeNotification]:  # noqa: N802
+        addresses = self.observer.address.split(",")
+        # Relay dials the peer's address for the Observer: a TCP one where there is one.
+        address = next((a for a in addresses if not a.startswith("unix:")), addresses[0])
+        yield peer_pb2.ChangeNotification(name=self.observer.name, address=address, type=peer_pb2.PEER_ADDED)
+        while context.is_active() and not self.observer.stopped(FOLLOW_POLL):
+            pass
+
+
 class HubbleServer:
     """A gRPC server offering one HubbleObserver on ``unix:PATH`` or ``HOST:PORT`` (port 0: any)."""
 
@@ -95,6 +116,7 @@ class HubbleServer:
         self._pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ryu-nsm-hubble")
         self._server = grpc.server(self._pool)
         observer_pb2_grpc.add_ObserverServicer_to_server(observer, self._server)
+        peer_pb2_grpc.add_PeerServicer_to_server(HubblePeers(observer), self._server)
         self.addresses: list[str] = []
 
     def serve(self, listen: Sequence[str]) -> HubbleServer:
