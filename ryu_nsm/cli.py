@@ -149,7 +149,8 @@ def cmd_controller(args) -> int:
             fabric, args.requests, host, port, (shost, sport),
             watch_interval=args.watch_interval, kubernetes=kubernetes, use_bundles=not args.no_bundles,
             audit_interval=args.audit_interval, ovsdb_remote=args.ovsdb, nsm_listen=args.nsm_listen or (),
-            counter_interval=args.counter_interval, flows=flows, identity=identity,
+            counter_interval=args.counter_interval, probe_interval=args.probe_interval, flows=flows,
+            identity=identity,
             openflow_identity=identity if scheme == "ssl" else None, status_access=status_access,
             metrics_address=metrics_address, ipfix=ipfix,
         ) as running:
@@ -318,6 +319,9 @@ def _add_controller(sub) -> None:
     ctl.add_argument("--counter-interval", type=float, default=5.0,
                      help="seconds between reads of the ingress flow counters (per-connection "
                           "throughput; 0: never)")
+    ctl.add_argument("--probe-interval", type=float, default=1.0,
+                     help="seconds between rounds of link latency probes (one probe per link; 0: "
+                          "none, links keep their declared latency)")
     ctl.add_argument("--watch-interval", type=float, default=1.0,
                      help="seconds between polls of the request files")
     ctl.add_argument("--param", action="append", help="topology generator parameter, e.g. k=8")

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,19 @@ def test_install_restart_without_churn_removal_and_foreign_flows(bridges, tmp_pa
         assert (0x1234, 0, 50, "in_port=99") in flows(A)
         assert not ping(1)
         assert ctl.errors() == []
+
+
+def test_probe_interval_zero_sends_no_link_probes(bridges, tmp_path):
+    # The link between the bridges is measured within seconds by default (the time it took is the
+    # window), and never with --probe-interval 0: links then keep their declared latency.
+    topo, requests = bridges
+    with ControllerProcess(topo, [requests], tmp_path / "probing.log") as ctl:
+        connect(ctl.of_port)
+        started = time.monotonic()
+        assert wait_for(lambda: bool(ctl.status()["links"]), 20, 0.2)
+        window = time.monotonic() - started
+    quiet = ["--probe-interval", "0"]
+    with ControllerProcess(topo, [requests], tmp_path / "quiet.log", extra_args=quiet) as ctl:
+        connect(ctl.of_port)
+        ctl.wait_connections(lambda cs: cs.get(CONN, {}).get("state") == "up", 30)
+        assert not wait_for(lambda: bool(ctl.status()["links"]), window + 2.0, 0.2)
