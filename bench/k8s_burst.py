@@ -78,27 +78,6 @@ def received(log: str, run: kl.Run, since_wall: float, wall_minus_perf: float) -
     return out
 
 
-def set_up(run: kl.Run, ctl: ControllerProcess, reports: kl.Reports, flows: kl.Flows,
-           bridges: Mapping[str, str]) -> None:
-    """Every switch holds its setup flows, every function connection is up and its
-    NetworkServiceConnection Up: the status writer is done with the setup before the first burst."""
-    want = {sw: len(flows.setup[br]) for sw, br in bridges.items()}
-
-    def ready() -> bool:
-        try:
-            status = ctl.status()
-        except OSError:
-            return False
-        held = {s["name"]: s["flows"] for s in status["switches"] if s["connected"]}
-        return (held == want and len(status["connections"]) == 2 * run.n
-                and all(c["state"] == "up" for c in status["connections"]))
-
-    if not wait_for(ready, SETUP_TIMEOUT, 0.5):  # each status costs the controller a tenth of a second
-        raise BenchFailure(f"setup not up in {SETUP_TIMEOUT:.0f} s: {ctl.status()['switches']}")
-    reports.wait(lambda up: len(up) == 2 * run.n, SETUP_TIMEOUT,
-                 f"the {2 * run.n} function connections not all reported Up in {SETUP_TIMEOUT:.0f} s")
-
-
 def burst(run: kl.Run, api: kl.Emulator, ctl: ControllerProcess, poll: float, number: int
           ) -> dict[str, float]:
     """Create every client Pod, wait until all are up; each one's latency in seconds."""
@@ -204,7 +183,8 @@ def measure(n: int, bursts: int, poll: float) -> tuple[list[dict[str, float]], s
                         files = {what: kl.write_files(workdir, what, getattr(flows, what))
                                  for what in ("full", "setup", "clients")}
                         begun = time.perf_counter()
-                        set_up(run, ctl, reports, flows, bridges)
+                        # The status writer is done with the setup before the first burst.
+                        kl.set_up(run, ctl, reports, flows, bridges, SETUP_TIMEOUT)
                         print(f"setup: {2 * n} function connections up in "
                               f"{time.perf_counter() - begun:.1f} s; controller pid {ctl.proc.pid}",
                               file=sys.stderr)

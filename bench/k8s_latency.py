@@ -351,8 +351,8 @@ def controller(topology_file: Path, api: Emulator, bridges: Iterable[str], workd
             subprocess.run(["ovs-vsctl", "del-controller", br], capture_output=True, timeout=TIMEOUT)
 
 
-def set_up(run: Run, ctl: ControllerProcess, reports: Reports, flows: Flows, bridges: Mapping[str, str]
-           ) -> None:
+def set_up(run: Run, ctl: ControllerProcess, reports: Reports, flows: Flows, bridges: Mapping[str, str],
+           timeout: float = TIMEOUT) -> None:
     """Wait until every switch holds its setup flows and every function connection is up and Up."""
     want = {sw: len(flows.setup[br]) for sw, br in bridges.items()}
 
@@ -366,14 +366,14 @@ def set_up(run: Run, ctl: ControllerProcess, reports: Reports, flows: Flows, bri
         return (len(connections) == 2 * run.n and all(c["state"] == "up" for c in connections)
                 and held == want)
 
-    if not wait_for(ready, TIMEOUT, 0.5):  # each status costs the controller a tenth of a second
+    if not wait_for(ready, timeout, 0.5):  # each status costs the controller a tenth of a second
         status = ctl.status()
         states = statistics.multimode(c["state"] for c in status["connections"])
-        raise BenchFailure(f"setup not done in {TIMEOUT:.0f} s: {len(status['connections'])} "
+        raise BenchFailure(f"setup not done in {timeout:.0f} s: {len(status['connections'])} "
                            f"connections (mostly {states}), switches {status['switches']}, "
                            f"problems {status['problems'][:3]}")
-    reports.wait(lambda up: len(up) == 2 * run.n, TIMEOUT,
-                 f"the {2 * run.n} function connections not all reported Up in {TIMEOUT:.0f} s")
+    reports.wait(lambda up: len(up) == 2 * run.n, timeout,
+                 f"the {2 * run.n} function connections not all reported Up in {timeout:.0f} s")
 
 
 @dataclass(frozen=True)
