@@ -66,7 +66,7 @@ class ShellSettings:
     # Called once with a function that takes a whole Resources; sources push through it.
     attach_sources: Callable[[Callable[[Resources], None]], None] | None = None
     on_ready: Callable[[NsmApp], None] | None = None
-    # Each counter read's frames over a wire's rate limit (core.meter_drops); os-ken's thread: never block.
+    # Each counter read's frames over a wire's rate limit (core.meter_drops), on the core-calls thread.
     on_meter_drops: Callable[[list[MeterDrop]], None] | None = None
     extra: dict = field(default_factory=dict)
     # Off: the only controller, no role messages. On: start as follower; ``set_leader`` follows the election.
@@ -297,10 +297,13 @@ class NsmApp(LinkProbes, app_manager.OSKenApp):
         if answered is None:
             return
         read, entries = answered
-        with self.lock:
-            drops = self.core.meters_read(read.switch, ofwire.decode_meter_drops(entries))
-        if drops and self.settings.on_meter_drops is not None:
-            self.settings.on_meter_drops(drops)
+
+        def meters_read() -> None:  # off os-ken's loop, as every call that takes the lock (_later)
+            with self.lock:
+                drops = self.core.meters_read(read.switch, ofwire.decode_meter_drops(entries))
+            if drops and self.settings.on_meter_drops is not None:
+                self.settings.on_meter_drops(drops)
+        self.calls.put(meters_read)
 
     @set_ev_cls(ofp_event.EventOFPMeterConfigStatsReply, MAIN_DISPATCHER)
     def _meter_config(self, ev):
