@@ -1,9 +1,9 @@
-"""Hubble's Observer gRPC API (cilium/cilium api/v1), the subset ryu-nsm serves.
+"""Hubble's Observer and Peer gRPC APIs (cilium/cilium api/v1), the subset ryu-nsm serves.
 
 The .proto files under ``hubble_api/proto/hubble_api/`` are ryu-nsm's own, written from the published
 package, message and field names, numbers and types of cilium's observer.proto, flow.proto,
-relay.proto and peer.proto (a subset: every field written has upstream's name, number and type); ``scripts/gen-proto``
-regenerates the modules below from them. Do not edit generated modules by hand.
+relay.proto and peer.proto (a subset: every field written has upstream's name, number and type);
+``scripts/gen-proto`` regenerates the modules below from them. Do not edit generated modules by hand.
 
 Modules:
     flow_pb2               package ``flow``: Flow, Endpoint, Ethernet, IP, Layer4 (TCP, UDP, SCTP,
