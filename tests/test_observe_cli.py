@@ -10,6 +10,7 @@ import pytest
 
 from hubble_api import flow_pb2
 from ryu_nsm import cli
+from ryu_nsm.lab.controller_process import wait_for
 from ryu_nsm.observe.flow_client import flow_filters, flow_request, parse_time
 from ryu_nsm.observe.flow_events import Direction
 from ryu_nsm.observe.flow_store import FlowStore
@@ -89,7 +90,11 @@ def test_follow_prints_new_flows_until_interrupted(server, capsys):
         if len(printed) == 2:
             raise KeyboardInterrupt
 
-    threading.Timer(0.2, lambda: store.add([event(time=NOW + 1)])).start()
+    def add_once_followed() -> None:  # later, the new flow would be history that --last 1 shows alone
+        assert wait_for(lambda: store.followers() > 0, 10, 0.01)
+        store.add([event(time=NOW + 1)])
+
+    threading.Thread(target=add_once_followed, daemon=True).start()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("builtins.print", interrupt_after_two)
         code = cli.main(["observe", "--server", address, "--follow", "--last", "1"])

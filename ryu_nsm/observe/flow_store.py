@@ -282,6 +282,11 @@ class FlowStore:
         with self._lock:
             return len(self._events), self._seen
 
+    def followers(self) -> int:
+        """How many followers are subscribed now."""
+        with self._lock:
+            return len(self._followers)
+
     def _forget(self, follower: Follower) -> None:
         with self._lock:
             if follower in self._followers:
