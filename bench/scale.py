@@ -42,7 +42,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import quote
 
 import yaml
 from _scale_fabric import (
@@ -109,8 +108,7 @@ class Run:
         return fetch_status(self.ctl.url, timeout=TIMEOUT, what=what)
 
     def states(self, ids: tuple[str, ...] = ()) -> dict[str, str]:
-        query = "".join(f"&id={quote(cid, safe='')}" for cid in ids).replace("&", "?", 1)
-        return self.status(f"/status/states{query}")["connections"]
+        return self.ctl.states(ids, timeout=TIMEOUT)
 
 
 def wait_up(run: Run, want: int, timeout: float, interval: float) -> None:

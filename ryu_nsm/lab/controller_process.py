@@ -98,10 +98,10 @@ class ControllerProcess:
     def status(self) -> dict:
         return fetch_status(self.url, timeout=2.0, client=self.status_client)
 
-    def states(self, ids: Iterable[str] = ()) -> dict[str, str]:
+    def states(self, ids: Iterable[str] = (), timeout: float = 2.0) -> dict[str, str]:
         """Each connection's state by id (the cheap ``/status/states``); of ``ids`` alone if given."""
         query = f"?{urllib.parse.urlencode([('id', cid) for cid in ids])}" if ids else ""
-        return fetch_status(self.url, timeout=2.0, what=f"/status/states{query}",
+        return fetch_status(self.url, timeout=timeout, what=f"/status/states{query}",
                             client=self.status_client)["connections"]
 
     def connections(self) -> dict[str, dict]:
