@@ -448,12 +448,20 @@ def test_notify_names_this_server_as_the_one_peer_and_holds_the_stream(tmp_path)
                                                                            timeout=5))
             assert len(flows) == 1
             # No change follows: the stream stays open until the client goes (or the server stops).
-            waiter = threading.Thread(target=lambda: next(stream, None), daemon=True)
+            ended = []
+
+            def wait() -> None:
+                try:
+                    ended.append(next(stream, None))
+                except grpc.RpcError as error:  # what the client's cancel below ends it with
+                    ended.append(error.code())
+
+            waiter = threading.Thread(target=wait, daemon=True)
             waiter.start()
             waiter.join(2 * FOLLOW_POLL + 0.5)
             assert waiter.is_alive()
             stream.cancel()
             waiter.join(5)
-            assert not waiter.is_alive()
+            assert ended == [grpc.StatusCode.CANCELLED]
     finally:
         server.stop()
