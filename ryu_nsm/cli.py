@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ryu_nsm.observe.status_api import DEFAULT_ADDRESS
+from ryu_nsm.qos.measure import PROBE_BUDGET
 from ryu_nsm.trust.options import add_identity_arguments, identity_source
 
 REPO = Path(__file__).resolve().parent.parent
@@ -149,7 +150,8 @@ def cmd_controller(args) -> int:
             fabric, args.requests, host, port, (shost, sport),
             watch_interval=args.watch_interval, kubernetes=kubernetes, use_bundles=not args.no_bundles,
             audit_interval=args.audit_interval, ovsdb_remote=args.ovsdb, nsm_listen=args.nsm_listen or (),
-            counter_interval=args.counter_interval, probe_interval=args.probe_interval, flows=flows,
+            counter_interval=args.counter_interval, probe_interval=args.probe_interval,
+            probe_budget=args.probe_budget, flows=flows,
             identity=identity,
             openflow_identity=identity if scheme == "ssl" else None, status_access=status_access,
             metrics_address=metrics_address, ipfix=ipfix,
@@ -322,6 +324,9 @@ def _add_controller(sub) -> None:
     ctl.add_argument("--probe-interval", type=float, default=1.0,
                      help="seconds between rounds of link latency probes (one probe per link; 0: "
                           "none, links keep their declared latency)")
+    ctl.add_argument("--probe-budget", type=int, default=PROBE_BUDGET,
+                     help="link probes a round at most; a bigger fabric probes its link ends in turn "
+                          "(0: every link end every round)")
     ctl.add_argument("--watch-interval", type=float, default=1.0,
                      help="seconds between polls of the request files")
     ctl.add_argument("--param", action="append", help="topology generator parameter, e.g. k=8")

@@ -17,7 +17,7 @@ import logging
 from collections import deque
 from collections.abc import Iterable
 from itertools import chain
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 
 from ryu_nsm.core.fabric import Fabric
 from ryu_nsm.core.flowspec import FlowSpec, GroupSpec, MeterSpec
@@ -29,7 +29,7 @@ from ryu_nsm.core.reconcile import PHASES
 from ryu_nsm.core.status import Counters, History, HistoryEntry, Status, SwitchStatus
 from ryu_nsm.core.status_book import StatusBook
 from ryu_nsm.core.switches import FAILED, PENDING, UP, PortInfo, Program, ReadFlows, SwitchManager
-from ryu_nsm.qos.measure import LinkQuality
+from ryu_nsm.qos.measure import PROBE_BUDGET, LinkQuality
 
 __all__ = ["FAILED", "PENDING", "UP", "Controller", "PortInfo", "Program", "ReadCounters", "ReadFlows",
            "SendProbe"]
@@ -41,15 +41,17 @@ class Controller:
     """Desired state of the whole fabric and what each switch is known to hold."""
 
     def __init__(self, fabric: Fabric, switch_down_after: float = 10.0, sla_window: float = 3.0,
-                 avoid_hold: float = 60.0, probe_window: int = 5, probe_timeout: float = 1.0):
+                 avoid_hold: float = 60.0, probe_window: int = 5, probe_timeout: float = 1.0,
+                 probe_budget: int = PROBE_BUDGET):
         """``sla_window``: how long a service level must stay broken before its connection moves;
-        ``avoid_hold``: how long it then keeps away from the links that broke it."""
+        ``avoid_hold``: how long it then keeps away from the links that broke it; ``probe_budget``:
+        link probes a round at most (0: all)."""
         self.fabric = fabric
         self.resources = Resources()
         self.plan: Plan = make_plan(fabric, self.resources)
         self.switches = SwitchManager(fabric, self.plan, switch_down_after)
         self.quality = QualityManager(fabric, self.plan, self._note, sla_window, avoid_hold, probe_window,
-                                      probe_timeout)
+                                      probe_timeout, probe_budget)
         self.records = History(self.quality.avoided)
         self.book = StatusBook(lambda pc, measured: self.quality.connection_status(
             pc, self.connection_state(pc.id), measured))
@@ -172,16 +174,15 @@ class Controller:
     def counters_read(self, switch: str, stats: Iterable[tuple[FlowSpec, int, int]], now: float) -> None:
         """(flow, bytes, packets) of a switch's flows in some tables: each connection's rate where
         it enters there, and what its policy allowed and dropped."""
-        stats = list(stats)
-        self.quality.counters_read(switch, stats, self.switches.owner, now)
-        # At C speed: a read of every switch names every connection.
-        self.book.mark(map(self.switches.owner.get, map(attrgetter("cookie"), map(itemgetter(0), stats))))
+        self.book.mark(self.quality.counters_read(switch, stats, self.switches.owner, now))
         self.book.mark(self.book.gated_on(self.plan, switch))
 
     def meters_read(self, switch: str, dropped: dict[int, int]) -> list[MeterDrop]:
         """Meter id → packets its drop band dropped, as read from ``switch``: the frames each wire's
         meter dropped since the last read (for flow events; the totals go to the status)."""
-        return self.quality.meters_read(switch, dropped)
+        drops = self.quality.meters_read(switch, dropped)
+        self.book.mark(drop.connection for drop in drops)
+        return drops
 
     def link_quality(self) -> dict[str, LinkQuality]:
         """Measured quality per link (the worse direction), for links that have measurements."""

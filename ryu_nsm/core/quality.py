@@ -55,8 +55,9 @@ class QualityManager(Manager):
     """Measurements, rates, service level checks, and the links connections and paths keep off."""
 
     def __init__(self, fabric: Fabric, plan: Plan, note: Callable[[HistoryEntry], None], sla_window: float,
-                 avoid_hold: float, probe_window: int, probe_timeout: float):
-        """``note``: where a breach acted on is written down (the history)."""
+                 avoid_hold: float, probe_window: int, probe_timeout: float, probe_budget: int = 0):
+        """``note``: where a breach acted on is written down (the history); ``probe_budget``: at most
+        this many link probes a round (0: every link end)."""
         self.fabric = fabric
         self.plan = plan  # the latest, kept up to date by plan_changed
         # (plan, switches with policy-gated wire ends, switches with meters) of counter reads
@@ -65,6 +66,8 @@ class QualityManager(Manager):
         self.sla_window = sla_window
         self.avoid_hold = avoid_hold
         self.measurements = Measurements(probe_window, probe_timeout)
+        self.probe_budget = probe_budget
+        self._probe_turn = 0  # where the next round's probes start, under a budget
         self.breaches: Counter[str] = Counter()  # since start, acted on, by level
         self.drain = 0.0  # for the next program: see switches.Program.drain
         self._link_by_port = {(sw, link.port_on(sw)): link for link in fabric.links
@@ -82,6 +85,8 @@ class QualityManager(Manager):
         self._rates: dict[str, dict[str, float]] = {}  # connection → {"from_client"/"from_endpoint": bit/s}
         # Switch → packets of its policy gates' flows as last read (policy_counters.GateKey → packets).
         self._gate_packets: dict[str, dict[GateKey, int]] = {}
+        # Switch → id(flow) → (flow, table, in_port, policy gate key) of flows counters were read for.
+        self._shapes: dict[str, dict[int, tuple[FlowSpec, int, int | None, GateKey | None]]] = {}
         self.meter_drops = MeterDropCounter()
 
     # -- what planning takes from the loop -------------------------------------------------------
@@ -110,7 +115,9 @@ class QualityManager(Manager):
     # -- probes and counters --------------------------------------------------------------------
 
     def probes(self, ready: Iterable[SwitchState], now: float) -> list:
-        """One probe out of each end of every link between two switches that hold their pipeline.
+        """One probe out of each end of every link between two switches that hold their pipeline, or of
+        the next ``probe_budget`` such ends in turn where there are more (a fabric of 80 switches has
+        512: probing them all each second costs a Python controller a tenth of a core).
 
         A probe towards a switch whose probe flows are not in place yet would be lost, and counted as
         loss for the whole measurement window.
@@ -118,12 +125,16 @@ class QualityManager(Manager):
         pipeline = self.plan.pipeline
         dpids = {s.name: s.dpid for s in ready
                  if all(s.flows.get(f.key) == f for f in pipeline.get(s.name, ()))}
+        ends = [(link, end) for link in self.fabric.links if link.a in dpids and link.b in dpids
+                for end in (link.a, link.b)]
+        if self.probe_budget and len(ends) > self.probe_budget:
+            start = self._probe_turn % len(ends)
+            ends = (ends[start:] + ends[:start])[:self.probe_budget]
+            self._probe_turn = start + self.probe_budget
         out = []
-        for link in self.fabric.links:
-            if link.a in dpids and link.b in dpids:
-                for end in (link.a, link.b):
-                    seq = self.measurements.sent((link.name, end), now)
-                    out.append(SendProbe(end, dpids[end], link.port_on(end), seq))
+        for link, end in ends:
+            seq = self.measurements.sent((link.name, end), now)
+            out.append(SendProbe(end, dpids[end], link.port_on(end), seq))
         return out
 
     def probe_received(self, dpid: int, in_port: int, seq: int, now: float) -> None:
@@ -155,23 +166,36 @@ class QualityManager(Manager):
         return self.meter_drops.read(switch, dropped, self.plan)
 
     def counters_read(self, switch: str, stats: Iterable[tuple[FlowSpec, int, int]], owner: dict[int, str],
-                      now: float) -> None:
+                      now: float) -> set[str]:
         """Byte and packet counters of a switch's flows in some tables (``owner``: cookie →
-        connection): each connection's rate where it enters there, and its policy gates' packets."""
+        connection): each connection's rate where it enters there, and its policy gates' packets.
+        Returns the connections whose rate changed (an idle fabric's read changes none)."""
         totals: dict[tuple[str, str, int], int] = {}
         gates: dict[GateKey, int] = {}
         tables = set()
+        shapes = self._shapes.setdefault(switch, {})
+        seen = 0
         for spec, byte_count, packets in stats:
+            # The reader hands the same FlowSpec objects read after read: what a flow says is looked
+            # up by identity, not worked out again for each of the ~60,000 of a read at size.
+            shape = shapes.get(id(spec))
+            if shape is None or shape[0] is not spec:
+                in_port = spec.match_dict().get("in_port")
+                shape = shapes[id(spec)] = (spec, spec.table, in_port, gate_key(spec))
+            _, table, in_port, key = shape
+            seen += 1
             cid = owner.get(spec.cookie)
-            tables.add(spec.table)
-            gated = cid is not None and getattr(self.plan.connections.get(cid), "policy", None) is not None
-            key = gate_key(spec) if gated else None
-            if key is not None:
+            tables.add(table)
+            if key is not None and cid is not None and getattr(self.plan.connections.get(cid), "policy",
+                                                                None) is not None:
                 gates[key] = gates.get(key, 0) + packets
-            if cid is None or spec.table != Table.CLASSIFY:
+            if cid is None or table != Table.CLASSIFY:
                 continue
-            key = (cid, switch, spec.match_dict().get("in_port"))
+            key = (cid, switch, in_port)
             totals[key] = totals.get(key, 0) + byte_count  # a wire's IP and other frames alike
+        if len(shapes) > 4 * seen + 1000:  # mostly flows long replaced: forget what they said
+            del self._shapes[switch]
+        changed = set()
         for key, total in totals.items():
             cid = key[0]
             pc = self.plan.connections.get(cid)
@@ -183,11 +207,16 @@ class QualityManager(Manager):
                 continue  # first reading, or the flows were replaced: no rate yet
             client_side = (switch, key[2]) == (pc.ends.a_switch, pc.ends.a_port)
             side = "from_client" if client_side else "from_endpoint"
-            self._rates.setdefault(cid, {})[side] = (total - before[0]) * 8 / (now - before[1])
+            rates = self._rates.setdefault(cid, {})
+            rate = (total - before[0]) * 8 / (now - before[1])
+            if rates.get(side) != rate:
+                rates[side] = rate
+                changed.add(cid)
         for cid in [c for c in self._rates if c not in self.plan.connections]:
             del self._rates[cid]
         kept = {k: n for k, n in self._gate_packets.get(switch, {}).items() if k[0] not in tables}
         self._gate_packets[switch] = kept | gates
+        return changed
 
     def link_quality(self) -> dict[str, LinkQuality]:
         """Measured quality per link (the worse direction), for links that have measurements."""
@@ -211,10 +240,11 @@ class QualityManager(Manager):
         """Plan paths with the latency of links measured slower than declared; True when that changed.
 
         A link counts as slower once it measures above its declared latency (by more than
-        ``SLOW_MARGIN``) for ``sla_window``; it is planned with what it measures (whole ms, up), updated
-        when that moves by more than a quarter; it counts as declared again after ``avoid_hold`` back
-        within the margin. New placements are chosen with it (the planner's measured view); placements
-        that exist are judged by declared latency there and by measured latency in ``_check_levels``.
+        ``SLOW_MARGIN`` and the measurement's own error) for ``sla_window``; it is planned with what
+        it measures (whole ms, up), updated when that moves by more than a quarter; it counts as
+        declared again after ``avoid_hold`` back within the margin. New placements are chosen with it
+        (the planner's measured view); placements that exist are judged by declared latency there
+        and by measured latency in ``_check_levels``.
         """
         measured = self.link_quality()
         planned = dict(self.latency)
@@ -223,7 +253,7 @@ class QualityManager(Manager):
             if q is None or q.latency is None:
                 continue
             held = planned.get(link.name)
-            if q.latency > link.latency + SLOW_MARGIN:
+            if q.latency > link.latency + SLOW_MARGIN + q.error:
                 self._fast_since.pop(link.name, None)
                 since = self._slow_since.setdefault(link.name, now)
                 value = math.ceil(q.latency * 1000) / 1000
@@ -332,7 +362,7 @@ def _culprits(level, links: list[Link], measured: dict[str, LinkQuality]) -> fro
         q = measured.get(link.name)
         if q is None:
             continue
-        slow = (q.latency is not None and q.latency > link.latency + SLOW_MARGIN
+        slow = (q.latency is not None and q.latency > link.latency + SLOW_MARGIN + q.error
                 and level.max_latency is not None)
         if slow or (q.loss > 0 and level.max_loss is not None):
             bad.add(link.name)

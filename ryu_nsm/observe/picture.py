@@ -74,9 +74,11 @@ def _link_attrs(link: dict, measured: dict, reserved: dict) -> str:
 
 
 def slower_than_declared(link: dict, quality: dict) -> bool:
-    """Whether a link (``fabric_description``'s) measures slower than it declares, or loses probes."""
+    """Whether a link (``fabric_description``'s) measures slower than it declares (beyond the
+    measurement's error), or loses probes."""
     return quality.get("latency") is not None and (
-        quality["latency"] > link["latency"] + SLOW_MARGIN or bool(quality.get("loss")))
+        quality["latency"] > link["latency"] + SLOW_MARGIN + quality.get("error", 0.0)
+        or bool(quality.get("loss")))
 
 
 def _wire(e: dict, colour: str) -> list[str]:

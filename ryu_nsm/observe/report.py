@@ -110,7 +110,7 @@ class StatusRenderer:
             "problems": list(status.problems), "reservations": list(status.reservations),
             "counters": {"moves": dict(c.moves), "failures": c.failures, "breaches": dict(c.breaches)},
             "links": [{"link": q.name, "latency": q.quality.latency, "loss": q.quality.loss,
-                       "samples": q.quality.samples,
+                       "samples": q.quality.samples, "error": q.quality.error,
                        **({"planned_latency": q.planned_latency} if q.planned_latency is not None else {})}
                       for q in status.links],
         }

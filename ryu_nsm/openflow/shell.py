@@ -42,10 +42,12 @@ from ryu_nsm.core.reconcile import ADD, DELETE, MODIFY
 from ryu_nsm.observe.health import Loop, supervise
 from ryu_nsm.observe.report import StatusRenderer
 from ryu_nsm.openflow import wire as ofwire
+from ryu_nsm.openflow.counter_reads import CounterReads
 from ryu_nsm.openflow.flow_read import FlowReader, keep_flow_stats_raw
 from ryu_nsm.openflow.launch import send_bytes
 from ryu_nsm.openflow.probes import LinkProbes
 from ryu_nsm.openflow.roles import RoleKeeper, describe_error
+from ryu_nsm.qos.measure import PROBE_BUDGET
 
 log = logging.getLogger("ryu_nsm.openflow.shell")
 ofp = ofproto_v1_3
@@ -60,6 +62,7 @@ class ShellSettings:
     audit_interval: float = 30.0
     tick_interval: float = 1.0
     probe_interval: float = 1.0  # link probes and echo round trips; 0: none
+    probe_budget: int = PROBE_BUDGET  # link probes a round at most, the next ones in turn; 0: all
     counter_interval: float = 5.0  # ingress flow counters → per-connection throughput; 0: none
     switch_down_after: float = 10.0
     use_bundles: bool = True
@@ -85,7 +88,7 @@ class _Waiter:
         self.failed = False
 
 
-class NsmApp(LinkProbes, app_manager.OSKenApp):
+class NsmApp(LinkProbes, CounterReads, app_manager.OSKenApp):
     OFP_VERSIONS = [ofp.OFP_VERSION]
     settings: ClassVar[ShellSettings | None] = None
 
@@ -94,7 +97,7 @@ class NsmApp(LinkProbes, app_manager.OSKenApp):
         if self.settings is None:
             raise RuntimeError("NsmApp.settings must be set before os-ken instantiates the app")
         s = self.settings
-        self.core = Controller(s.fabric, switch_down_after=s.switch_down_after)
+        self.core = Controller(s.fabric, switch_down_after=s.switch_down_after, probe_budget=s.probe_budget)
         self.lock = threading.RLock()
         self._status_renderer = StatusRenderer()  # used under the lock
         self.work: queue.Queue = queue.Queue()
@@ -107,6 +110,9 @@ class NsmApp(LinkProbes, app_manager.OSKenApp):
         self._reads: dict[int, ReadFlows] = {}  # stats request xid → the read it answers
         self._loops: dict[int, tuple[int, float]] = {}  # loop probe seq → (dpid, sent at)
         self._counter_reads: dict[int, ReadCounters] = {}  # stats request xid → the read it answers
+        # CPU seconds counter replies took on the core-calls thread since the last read was asked, and
+        # the interval that read was paced at (see _counter_pace).
+        self._counter_cpu, self._counter_interval = 0.0, s.counter_interval
         self._meter_reads: dict[int, ReadCounters] = {}  # meter stats request xid → the read it answers
         self._loop_seq = 0
         # Meters and groups are asked for just before the flows (the switch answers in order):
@@ -260,50 +266,6 @@ class NsmApp(LinkProbes, app_manager.OSKenApp):
             specs = [stats.spec for stats in self._flow_reader.read(dpid, entries, whole=True)]
             self._call(lambda now: self.core.flows_read(read.switch, specs, now, read.epoch, meters, groups))
         self.calls.put(flows_read)
-
-    def _counters(self, msg) -> None:
-        now = time.monotonic()
-        answered = self._answered(self._counter_reads, "counters", msg)
-        if answered is None:
-            return
-        read, entries = answered
-        dpid = msg.datapath.id
-
-        def counters_read() -> None:
-            read_back = self._flow_reader.read(dpid, entries, whole=False)
-            stats = [(s.spec, s.bytes, s.packets) for s in read_back]
-            self._call(lambda _: self.core.counters_read(read.switch, stats, now) or [])
-        self.calls.put(counters_read)
-
-    def _read_counters(self, read: ReadCounters) -> None:
-        dp = self.datapaths.get(read.dpid)
-        if dp is None:
-            return
-        for table in read.tables:
-            xid = self._xid(f"flow counters request to {read.switch}")
-            self._counter_reads[xid] = read
-            dp.send(ofwire.encode_flow_stats_request(xid, PIPELINE_COOKIE, COOKIE_OWNER_MASK, table=table))
-        if read.meters:
-            xid = self._xid(f"meter stats request to {read.switch}")
-            self._meter_reads[xid] = read
-            dp.send(ofwire.encode_meter_stats_request(xid))
-        for pending in (self._counter_reads, self._meter_reads):
-            while len(pending) > 10_000:  # answers that never came
-                pending.pop(next(iter(pending)))
-
-    @set_ev_cls(ofp_event.EventOFPMeterStatsReply, MAIN_DISPATCHER)
-    def _meter_stats(self, ev):
-        answered = self._answered(self._meter_reads, "meters", ev.msg)
-        if answered is None:
-            return
-        read, entries = answered
-
-        def meters_read() -> None:  # off os-ken's loop, as every call that takes the lock (_later)
-            with self.lock:
-                drops = self.core.meters_read(read.switch, ofwire.decode_meter_drops(entries))
-            if drops and self.settings.on_meter_drops is not None:
-                self.settings.on_meter_drops(drops)
-        self.calls.put(meters_read)
 
     @set_ev_cls(ofp_event.EventOFPMeterConfigStatsReply, MAIN_DISPATCHER)
     def _meter_config(self, ev):
@@ -502,7 +464,7 @@ class NsmApp(LinkProbes, app_manager.OSKenApp):
         while not self._stop.wait(self.settings.tick_interval):
             self._call(self.core.tick)
             if self.settings.counter_interval and time.monotonic() >= next_counters:
-                next_counters = time.monotonic() + self.settings.counter_interval
+                next_counters = time.monotonic() + self._counter_pace()
                 self._call(lambda _: self.core.counters_due())
             if self.settings.probe_interval and time.monotonic() >= next_probe:
                 next_probe = time.monotonic() + self.settings.probe_interval

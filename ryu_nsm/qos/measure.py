@@ -9,6 +9,9 @@ probe spends in the channel, in the switch's slow path and in the controller's e
 an OpenFlow echo would not. A probe not back within
 ``timeout`` is lost. Each direction keeps its last ``window`` probes: latency is their median
 (robust to a scheduling hiccup of this userspace datapath), loss the fraction that never came back.
+A latency is only as good as the correction: its ``error`` is half the spread (largest less smallest)
+of the two switches' control round trips in the window, so that a controller busy enough to hold
+packet-ins in its queue does not read as a slow link.
 
 Pure: callers pass ``now``; the shell does the sending and the clocks.
 """
@@ -20,6 +23,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+PROBE_BUDGET = 128  # link probes a round by default: every end of up to 64 links, in turn beyond
 PROBE_ETH_TYPE = 0x88B5  # IEEE 802 local experimental ethertype: never a client's wire traffic here
 
 
@@ -30,6 +34,7 @@ class LinkQuality:
     latency: float | None
     loss: float
     samples: int
+    error: float = 0.0  # s: how far the latency may be off, by the control path's own spread
 
 
 @dataclass
@@ -37,6 +42,7 @@ class _Direction:
     sent: deque = field(default_factory=deque)  # (seq, sent at), oldest first
     delays: deque = field(default_factory=deque)  # corrected one-way delays of probes that came back
     lost: deque = field(default_factory=deque)  # outcome per finished probe: True = lost
+    far: str = ""  # the switch that hands this direction's probes back
 
 
 class Measurements:
@@ -71,6 +77,10 @@ class Measurements:
         rtts = self._rtt.get(switch)
         return statistics.median(rtts) if rtts else 0.0
 
+    def _spread(self, switch: str) -> float:
+        rtts = self._rtt.get(switch)
+        return max(rtts) - min(rtts) if rtts else 0.0
+
     def received(self, seq: int, at_switch: str, from_switch: str, now: float) -> float | None:
         """A probe came back from the far switch; returns the one-way delay it measured, or None."""
         known = self._outstanding.pop(seq, None)
@@ -80,6 +90,7 @@ class Measurements:
         correction = (self._control(from_switch) + self._control(at_switch)) / 2
         delay = max(0.0, now - sent_at - correction)
         state = self._directions[direction]
+        state.far = at_switch
         _push(state.delays, delay, self.window)
         _push(state.lost, False, self.window)
         return delay
@@ -96,16 +107,18 @@ class Measurements:
         if state is None or not state.lost:
             return None
         latency = statistics.median(state.delays) if state.delays else None
-        return LinkQuality(latency, sum(state.lost) / len(state.lost), len(state.lost))
+        error = (self._spread(direction[1]) + self._spread(state.far)) / 2 if state.far else 0.0
+        return LinkQuality(latency, sum(state.lost) / len(state.lost), len(state.lost), error)
 
     def link(self, name: str, ends: Iterable[str]) -> LinkQuality | None:
         """The worse of a link's two directions (a wire uses both)."""
         found = [q for q in (self.quality((name, end)) for end in ends) if q is not None]
         if not found:
             return None
-        latencies = [q.latency for q in found if q.latency is not None]
-        return LinkQuality(max(latencies) if latencies else None, max(q.loss for q in found),
-                           min(q.samples for q in found))
+        latencies = [q for q in found if q.latency is not None]
+        worse = max(latencies, key=lambda q: q.latency) if latencies else None
+        return LinkQuality(worse.latency if worse else None, max(q.loss for q in found),
+                           min(q.samples for q in found), worse.error if worse else 0.0)
 
     def forget(self, keep: Iterable[tuple[str, str]]) -> None:
         """Drop directions no longer probed (their link or switch went away)."""
