@@ -301,7 +301,7 @@ metadata:
 def _parse(text: str):
     import yaml
 
-    from ryu_nsm.sources.documents import parse_documents
+    from ryu_nsm.sources import parse_documents
     return parse_documents(list(yaml.safe_load_all(text)), "f")
 
 

@@ -1060,7 +1060,7 @@ def test_expiration_time_as_protojson_or_seconds_nanos(stamp, expected):
 def test_kubernetes_path_keeps_match_metadata_and_expiration():
     """The watcher hands NSM's specs to the same parser unchanged: `metadata: {}` and
     `expiration_time` survive it."""
-    from ryu_nsm.sources.documents import Document, parse_located
+    from ryu_nsm.sources import Document, parse_located
     from ryu_nsm.sources.kubernetes import NETWORK_SERVICE, NETWORK_SERVICE_ENDPOINT, _document
 
     service = {"metadata": {"name": "s", "namespace": "default", "uid": "1"},

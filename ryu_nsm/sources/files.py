@@ -25,7 +25,8 @@ import yaml
 
 from ryu_nsm.core.model import Problem, Resources
 from ryu_nsm.observe.health import Loop, Supervised, supervise
-from ryu_nsm.sources.documents import Document, ObjectKey, ParseMemo, parse_keeping
+from ryu_nsm.sources.assembly import ObjectKey, ParseMemo, parse_keeping
+from ryu_nsm.sources.kube_objects import Document
 
 log = logging.getLogger("ryu_nsm.sources.files")
 

@@ -14,7 +14,7 @@ objects, counts as listed, and is listed again rarely (``absent_retry``) and whe
 lists again after a failure.
 
 The store becomes Kubernetes-shaped documents parsed by the same code as the file source
-(``documents.parse_keeping``): an object whose new version is invalid keeps its last valid
+(``assembly.parse_keeping``): an object whose new version is invalid keeps its last valid
 version, and each Problem names its object as ``<Kind>/<namespace>/<name>`` (``Namespace/<name>``).
 ``on_change`` gets the whole state (level-triggered), bursts coalesced, only once every kind has
 been listed (a partial first state would look like deletions) and only when it differs from what
@@ -29,6 +29,7 @@ may select) become documents; Namespaces with the client annotation or labels (n
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import random
@@ -47,14 +48,8 @@ from ryu_nsm.core.policy_model import POLICY_API_VERSION, POLICY_FOR_ANNOTATION,
 from ryu_nsm.observe.health import Loop, Supervised, supervise
 from ryu_nsm.qos.service_level import API_VERSION as SLA_API_VERSION
 from ryu_nsm.qos.service_level import KIND as SLA_KIND
-from ryu_nsm.sources.documents import (
-    CLIENT_ANNOTATION,
-    NSM_API_VERSION,
-    Document,
-    ObjectKey,
-    ParseMemo,
-    parse_keeping,
-)
+from ryu_nsm.sources.assembly import ObjectKey, ParseMemo, parse_keeping
+from ryu_nsm.sources.kube_objects import CLIENT_ANNOTATION, NSM_API_VERSION, Document
 
 log = logging.getLogger("ryu_nsm.sources.kubernetes")
 
@@ -380,6 +375,10 @@ class KubernetesSource:
         self._stopping = threading.Event()
         self._store: dict[ObjectKey, dict] = {}
         self._documents: dict[ObjectKey, dict] = {}
+        # Each stored document as parsing takes it, and the keys in order: kept, so that a delivery
+        # after one change does not build and sort them all again.
+        self._parts: dict[ObjectKey, Document] = {}
+        self._order: list[ObjectKey] = []
         self._dirty = True  # the first complete state is delivered even when it is empty
         self._delivered: tuple | None = None
         self._last_valid: dict[ObjectKey, dict] = {}
@@ -458,12 +457,17 @@ class KubernetesSource:
         old = self._documents.get(key)
         if obj is None:
             self._store.pop(key, None)
-            self._documents.pop(key, None)
+            if self._documents.pop(key, None) is not None:
+                del self._parts[key]
+                del self._order[bisect.bisect_left(self._order, key)]
         elif old == doc:
             self._store[key] = obj  # the same document: the parse memo still knows it
         else:
             self._store[key] = obj
             self._documents[key] = doc
+            self._parts[key] = Document(document_source(key), 0, doc)
+            if old is None:
+                bisect.insort(self._order, key)
         if old != doc and (self._counts(key, old) or self._counts(key, doc)):
             self._dirty = True
             self._lock.notify_all()
@@ -499,8 +503,8 @@ class KubernetesSource:
     def documents(self) -> list[Document]:
         """The store as documents for ``parse_keeping``, in key order (so equal states parse equal)."""
         with self._lock:
-            return [Document(document_source(key), 0, self._documents[key])
-                    for key in sorted(self._documents) if self._counts(key, self._documents[key])]
+            parts = self._parts
+            return [parts[key] for key in self._order if self._counts(key, parts[key].body)]
 
     def _deliver_loop(self, loop: Loop) -> None:
         while not self._stopping.is_set():
