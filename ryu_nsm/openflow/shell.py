@@ -237,7 +237,7 @@ class NsmApp(LinkProbes, CounterReads, app_manager.OSKenApp):
         self._multipart.pop((dp.id, "ports"), None)
         if self.settings.role_election:
             self.roles.connected(dp.id)  # before anything else, so a leader is MASTER first
-        self.work.put(("port-desc", dp.id))
+        # os-ken's own handler asks for the ports (OpenFlow 1.3): asking again read every flow twice.
 
     @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _port_desc(self, ev):
@@ -374,10 +374,6 @@ class NsmApp(LinkProbes, CounterReads, app_manager.OSKenApp):
                     command[1].set()
                 elif command[0] == "probes":
                     self._send_probes(command[1])
-                elif command[0] == "port-desc":
-                    dp = self.datapaths.get(command[1])
-                    if dp is not None:
-                        dp.send_msg(dp.ofproto_parser.OFPPortDescStatsRequest(dp, 0))
             except Exception:  # a bug here must not kill the only sender
                 log.exception("worker failed on %r", command)
 
