@@ -301,3 +301,95 @@ def test_tick_replans_when_an_endpoint_expires():
     assert conn["state"] == "failed" and "endpoint expired: e0" in conn["reason"]
     assert FabricSim(fab, sw.tables).send(*port(fab, "client")) == []
     assert ctl.tick(11.0) == []  # nothing further ahead: no more replanning
+
+
+def _programmed(fab, res, now=0.0):
+    ctl, sw = Controller(fab), FakeFabric(fab)
+    sw.connect_all(ctl, now)
+    sw.run(ctl, ctl.set_resources(res, now), now)
+    sw.sent.clear()
+    return sw
+
+
+def _connect(ctl, sw, name, now):
+    dpid = sw.fabric.switch_by_name[name].dpid
+    sw.run(ctl, ctl.switch_connected(dpid, ports_of(sw.fabric, name), now), now)
+
+
+def test_a_restart_plans_once_every_switch_is_read():
+    # A fabric that holds our flows: each switch read before the last would be a whole replan at
+    # size, with tags and paths not yet known from its neighbours; the plan waits for the last read.
+    fab = ring(4, {"client": ("s1",), "server": ("s3",)})
+    sw = _programmed(fab, resources_for([(att(fab, "client"), att(fab, "server"))]))
+    fresh = Controller(fab)
+    sw.run(fresh, fresh.set_resources(resources_for([(att(fab, "client"), att(fab, "server"))]), 5.0))
+    waiting = fresh.plan
+    for name in ("s1", "s2", "s3"):
+        _connect(fresh, sw, name, 5.0)
+        assert fresh.plan is waiting, f"replanned after {name} while s4 was not read yet"
+    _connect(fresh, sw, "s4", 5.1)
+    assert fresh.plan is not waiting
+    assert sw.sent == []
+    assert status_json(fresh.status())["connections"][0]["state"] == "up"
+
+
+def test_a_restart_waits_for_a_switch_that_stays_away_no_longer_than_switch_down_after():
+    fab = ring(4, {"client": ("s1",), "server": ("s2",)})
+    res = resources_for([(att(fab, "client"), att(fab, "server"))])
+    sw = _programmed(fab, res)
+    fresh = Controller(fab, switch_down_after=10.0)
+    sw.run(fresh, fresh.set_resources(res, 5.0))
+    for name in ("s1", "s2", "s3"):  # s4 does not come back
+        _connect(fresh, sw, name, 5.0)
+    waiting = fresh.plan
+    assert fresh.tick(14.9) == [] and fresh.plan is waiting
+    sw.run(fresh, fresh.tick(15.0), 15.0)
+    assert fresh.plan is not waiting
+    assert sw.sent == []
+    assert status_json(fresh.status())["connections"][0]["state"] == "up"
+
+
+def test_a_cold_start_plans_at_the_first_read():
+    # Bridges without flows of ours: nothing to agree with, so nothing waits for the others.
+    fab = ring(4, {"client": ("s1",), "server": ("s2",)})
+    ctl, sw = Controller(fab), FakeFabric(fab)
+    sw.run(ctl, ctl.set_resources(resources_for([(att(fab, "client"), att(fab, "server"))]), 0.0))
+    _connect(ctl, sw, "s1", 0.0)
+    _connect(ctl, sw, "s2", 0.0)
+    assert status_json(ctl.status())["connections"][0]["state"] == "up"
+
+
+def test_a_restart_keeps_the_conntrack_zones_the_switches_hold():
+    # Two wires whose preferred zones collide: the one that came first holds it, the other the next
+    # zone up. A fresh controller planning both at once must keep the zones the switches commit to.
+    import itertools
+    from dataclasses import replace
+
+    from ryu_nsm.core.router import ZONE_SCOPE, zone_allocator
+
+    fab = ring(2, {"a": ("s1",), "b": ("s1",), "x": ("s2",), "y": ("s2",)})
+    base = resources_for([(att(fab, "a"), att(fab, "x")), (att(fab, "b"), att(fab, "y"))])
+    zones, seen = zone_allocator(), {}
+    for i in itertools.count():
+        zone = zones.preferred(replace(base.requests[0], pod=f"p{i}").id, ZONE_SCOPE)
+        if zone in seen:
+            pods = (seen[zone], f"p{i}")
+            break
+        seen[zone] = f"p{i}"
+    renamed = tuple(replace(r, pod=pod) for r, pod in zip(base.requests, pods, strict=True))
+    full = replace(base, requests=renamed)
+    held = {}
+    for order in ((0, 1), (1, 0)):
+        ctl, sw = Controller(fab), FakeFabric(fab)
+        sw.connect_all(ctl)
+        for n in (1, 2):
+            part = replace(full, requests=tuple(full.requests[i] for i in sorted(order[:n])))
+            sw.run(ctl, ctl.set_resources(part, float(n)))
+        held[order] = {cid: pc.zone for cid, pc in ctl.plan.connections.items()}
+        sw.sent.clear()
+        fresh = Controller(fab)
+        sw.run(fresh, fresh.set_resources(full, 9.0))
+        sw.connect_all(fresh, 9.0)
+        assert sw.sent == [], f"restart changed flows after arrival order {order}"
+        assert {cid: pc.zone for cid, pc in fresh.plan.connections.items()} == held[order]
+    assert held[(0, 1)] != held[(1, 0)]  # the order decided: a fresh plan cannot know it alone

@@ -61,6 +61,12 @@ class Controller:
         # Until the sources have reported once, an empty plan means "not known yet", not "remove all".
         self._declared = False
         self._next_expiry: float | None = None  # the earliest endpoint expiry still ahead: replan then
+        # A start against a fabric that already holds our flows (a restart) plans once every switch
+        # is read, or once ``switch_down_after`` passed since the first came: planned earlier, a
+        # switch's connections would get tags and paths other than those its neighbours carry (flow-mods
+        # for nothing), and each switch would cost a whole replan. None: not holding (any more).
+        self._hold_until: float | None = None
+        self._started = False  # the first switch came: the hold starts, until its read says cold or warm
 
     @property
     def history(self) -> deque[HistoryEntry]:
@@ -82,7 +88,7 @@ class Controller:
         if not self._declared:
             self._declared = True
             self.switches.diff_all()
-        return self._replan(now)
+        return self._replan_unless_held(now)
 
     def switch_connected(self, dpid: int, ports: Iterable[PortInfo], now: float) -> list:
         """A switch (re)connected and reported its ports: read its flows before touching it."""
@@ -90,8 +96,11 @@ class Controller:
         self.book.mark_all()
         if state is None:
             return []
+        if not self._started:
+            self._started = True
+            self._hold_until = now + self.switches.switch_down_after
         self._fabric_changed()
-        return [ReadFlows(state.name, dpid, state.epoch), *self._replan(now)]
+        return [ReadFlows(state.name, dpid, state.epoch), *self._replan_unless_held(now)]
 
     def switch_disconnected(self, dpid: int, now: float) -> list:
         self.book.mark_all()
@@ -105,7 +114,7 @@ class Controller:
             return []
         self.book.mark_all()
         self._fabric_changed()
-        return self._replan(now)
+        return self._replan_unless_held(now)
 
     def flows_read(self, switch: str, flows: Iterable[FlowSpec], now: float, epoch: int = 0,
                    meters: Iterable[MeterSpec] = (), groups: Iterable[GroupSpec] = ()) -> list:
@@ -113,11 +122,13 @@ class Controller:
 
         A read asked for before a program changed the switch is stale: it is asked again.
         """
-        hints = self.switches.hints
+        hints = None if self._hold_until is not None else self.switches.hints
         instead = self.switches.flows_read(switch, flows, epoch, meters, groups, self.resources)
         self.book.mark_all()  # any connection's state may follow what the switch holds
         if instead is not None:
             return instead
+        if self._hold_until is not None:
+            return self._settle(switch, now)
         # Tags as they were and the fabric as it was: planning again would give the same plan, so
         # only the switch is diffed (an audit costs what the switches hold, not a replan each).
         if self.switches.hints is hints and self._state(now) == self._last_state:
@@ -144,6 +155,14 @@ class Controller:
         """Periodic: switches away longer than ``switch_down_after`` are treated as down; service
         levels are checked against what the probes measure, and broken ones move; an endpoint whose
         registration expired is no longer chosen."""
+        if self._hold_until is not None:
+            if now < self._hold_until:
+                return []
+            missing = [s.name for s in self.fabric.switches if not self._read(s.name)]
+            log.warning("planning without waiting longer for %d switch(es) not read since the start: %s",
+                        len(missing), ", ".join(missing[:10]) + (" …" if len(missing) > 10 else ""))
+            self._hold_until = None
+            return self._replan(now)
         changed = self.quality.tick(now)
         expired = self._next_expiry is not None and now >= self._next_expiry
         return self._replan(now) if changed or expired or self._state(now) != self._last_state else []
@@ -197,6 +216,27 @@ class Controller:
 
     def _state(self, now: float) -> FabricState:
         return self.switches.fabric_state(now, self.quality.avoid(), self.quality.latency)
+
+    def _read(self, switch: str) -> bool:
+        state = self.switches.switches.get(switch)
+        return state is not None and state.connected and state.flows is not None
+
+    def _settle(self, switch: str, now: float) -> list:
+        """A read while holding: a first switch without flows of ours is a cold start (no more hold);
+        otherwise the plan waits for every switch's read."""
+        state = self.switches.switches[switch]
+        if not state.flows and not any(
+                self._read(s.name) and self.switches.switches[s.name].flows for s in self.fabric.switches):
+            self._hold_until = None  # cold: nothing on the switches to agree with
+            return self._replan(now)
+        if not all(self._read(s.name) for s in self.fabric.switches):
+            return []
+        log.info("every switch read since the start: planning once with the tags and paths they hold")
+        self._hold_until = None
+        return self._replan(now)
+
+    def _replan_unless_held(self, now: float) -> list:
+        return [] if self._hold_until is not None else self._replan(now)
 
     def _replan(self, now: float) -> list:
         """Plan now, even while a program is in flight (planning overlaps the switches' work); the

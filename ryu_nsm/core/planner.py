@@ -219,8 +219,8 @@ def _allocators(fabric: Fabric, basis: Basis | None, before: Mapping[str, Planne
                 anew_all: bool, policed: bool) -> tuple[TagAllocator, TagAllocator, TagAllocator, Ledger,
                                                         TagAllocator]:
     """Tags, meter ids, group ids, the bandwidth ledger and conntrack zones, as the plan before left
-    them; planned anew, each connection's choices before are its preference; tags found on switches
-    win. Zones are only looked for when policies were or are declared (``policed``)."""
+    them; planned anew, each connection's choices before are its preference; tags and zones found
+    on switches win. Zones are only looked for when policies were or are declared (``policed``)."""
     zones = zone_allocator()
     if basis is not None and basis.zones is not None:
         zones = basis.zones.copy()
@@ -242,6 +242,7 @@ def _allocators(fabric: Fabric, basis: Basis | None, before: Mapping[str, Planne
         groups.remember({(key, sw): g.group_id - GROUP_BASE for pc in before.values()
                          for key, (sw, g) in zip(group_keys(pc), pc.groups, strict=False)})
     tags.prefer(hints)
+    zones.prefer(hints)  # (connection, ZONE_SCOPE) → the zone its flows on the switches commit to
     return tags, meters, groups, ledger, zones
 
 

@@ -41,6 +41,7 @@ from ryu_nsm.core.reconcile import (
     diff_objects,
 )
 from ryu_nsm.core.resolver import FAILED
+from ryu_nsm.core.router import ZONE_SCOPE
 
 log = logging.getLogger("ryu_nsm.core.controller")
 
@@ -113,7 +114,7 @@ class SwitchManager(Manager):
         self.plan = plan  # the latest, kept up to date by plan_changed
         self.switches: dict[str, SwitchState] = {}
         self.owner: dict[int, str] = {}  # cookie → connection id, for planned connections
-        self.hints: dict[tuple[str, str], int] = {}  # all switches' tag hints; a new object per change
+        self._hints: dict[tuple[str, str], int] | None = {}  # all switches' hints; None: to gather again
         self.dirty = False  # a change waits for the program in flight
         self._program_seq = 0
         self._inflight: Program | None = None
@@ -200,20 +201,36 @@ class SwitchManager(Manager):
         # (an audit of a big fabric that finds what it expects costs the flows read, not a replan).
         if found != self._tag_hints.get(switch):
             self._tag_hints[switch] = found
-            self.hints = {k: v for per_switch in self._tag_hints.values() for k, v in per_switch.items()}
+            self._hints = None
         return None
+
+    @property
+    def hints(self) -> dict[tuple[str, str], int]:
+        """Every switch's tag and zone hints: a new object after a read changed them, gathered when
+        asked for (a restart reads 80 switches before it plans once)."""
+        if self._hints is None:
+            self._hints = {k: v for per_switch in self._tag_hints.values() for k, v in per_switch.items()}
+        return self._hints
 
     def _tags_in(self, switch: str, flows: Iterable[FlowSpec], resources: Resources
                  ) -> dict[tuple[str, str], int]:
-        """(connection, link) → tag, read off the FORWARD flows of one switch."""
+        """(connection, link) → tag, read off the FORWARD flows of one switch; (connection,
+        ZONE_SCOPE) → conntrack zone, off the flows where its frames enter or leave the wire."""
         if self._cookies[0] is not resources.requests:  # one map per declared state, not per read
             self._cookies = (resources.requests, {wire_cookie(r.id): r.id for r in resources.requests})
         by_cookie = self._cookies[1]
         links = {link.port_on(switch): link.name for link in self.fabric.links if switch in (link.a, link.b)}
         hints = {}
         for flow in flows:
+            if flow.table != Table.FORWARD:
+                cid = by_cookie.get(flow.cookie)
+                if cid and flow.table in (Table.CLASSIFY, Table.WIRE_ENTRY):
+                    zone = next((a[1] for a in flow.actions if a[0] in ("ct_commit", "ct")), None)
+                    if zone is not None:
+                        hints[(cid, ZONE_SCOPE)] = zone
+                continue
             # Only the wire's own flows: a crankback flow arrives on the same port with another tag.
-            if flow.table != Table.FORWARD or flow.priority != Priority.WIRE:
+            if flow.priority != Priority.WIRE:
                 continue
             cid = by_cookie.get(flow.cookie)
             match = flow.match_dict()
