@@ -393,3 +393,26 @@ def test_a_restart_keeps_the_conntrack_zones_the_switches_hold():
         assert sw.sent == [], f"restart changed flows after arrival order {order}"
         assert {cid: pc.zone for cid, pc in fresh.plan.connections.items()} == held[order]
     assert held[(0, 1)] != held[(1, 0)]  # the order decided: a fresh plan cannot know it alone
+
+
+def test_a_restart_keeps_the_paths_the_switches_carry():
+    # Two equal paths s1-s2-s3 and s1-s4-s3: the wire took the second while the first was cut, and
+    # stays there once the link is back. A fresh plan would choose the first; the restart keeps it.
+    fab, res = setup()
+    ctl, sw = Controller(fab), FakeFabric(fab)
+    sw.connect_all(ctl)
+    sw.run(ctl, ctl.set_resources(res, 0.0))
+    first = status_json(ctl.status())["connections"][0]["path"]
+    link = next(lk for lk in fab.links if {lk.a, lk.b} == {first[0], first[1]})
+    here = fab.switch_by_name[first[0]]
+    cut = PortInfo(link.port_on(first[0]), f"{first[0]}-eth{link.port_on(first[0])}", False)
+    sw.run(ctl, ctl.port_changed(here.dpid, cut, 1.0), 1.0)
+    sw.run(ctl, ctl.port_changed(here.dpid, PortInfo(cut.number, cut.name, True), 2.0), 2.0)
+    carried = status_json(ctl.status())["connections"][0]["path"]
+    assert carried != first
+    sw.sent.clear()
+    fresh = Controller(fab)
+    sw.run(fresh, fresh.set_resources(res, 5.0))
+    sw.connect_all(fresh, 5.0)
+    assert sw.sent == []
+    assert status_json(fresh.status())["connections"][0]["path"] == carried

@@ -162,7 +162,7 @@ class Controller:
             log.warning("planning without waiting longer for %d switch(es) not read since the start: %s",
                         len(missing), ", ".join(missing[:10]) + (" …" if len(missing) > 10 else ""))
             self._hold_until = None
-            return self._replan(now)
+            return self._replan(now, anew=True)
         changed = self.quality.tick(now)
         expired = self._next_expiry is not None and now >= self._next_expiry
         return self._replan(now) if changed or expired or self._state(now) != self._last_state else []
@@ -233,18 +233,21 @@ class Controller:
             return []
         log.info("every switch read since the start: planning once with the tags and paths they hold")
         self._hold_until = None
-        return self._replan(now)
+        return self._replan(now, anew=True)
 
     def _replan_unless_held(self, now: float) -> list:
         return [] if self._hold_until is not None else self._replan(now)
 
-    def _replan(self, now: float) -> list:
+    def _replan(self, now: float, anew: bool = False) -> list:
         """Plan now, even while a program is in flight (planning overlaps the switches' work); the
-        diff waits for that program to be done, since it is taken against what the switches hold."""
+        diff waits for that program to be done, since it is taken against what the switches hold.
+        ``anew``: nothing kept from the plan before (made before the switches were read), so every
+        connection takes the path, tags and zone its flows on the switches show."""
         state = self._state(now)
         self._last_state = state
         before = self.plan
-        self.plan = make_plan(self.fabric, self.resources, state, before, self.switches.hints, now)
+        self.plan = make_plan(self.fabric, self.resources, state, None if anew else before,
+                              self.switches.hints, now)
         self._next_expiry = min((ep.expires for ep in self.resources.endpoints
                                  if ep.expires is not None and ep.expires > now), default=None)
         for manager in self.managers:

@@ -111,6 +111,7 @@ class Basis:
     zones: TagAllocator | None = None  # conntrack zones of policed wires
     resolution: Resolution | None = None  # the resolve behind ``resolved``, for the next one
     unplanned: frozenset[str] | None = None  # connections not planned (failed, waiting)
+    read_back: object = None  # router.PathsReadBack of ``hints``, kept while they are the same
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from ryu_nsm.core.plan import PLANNED, WAITING, Basis, FabricState, Plan, Planne
 from ryu_nsm.core.resolver import FAILED, Connection, Resolution, resolve_changes, resolve_whole
 from ryu_nsm.core.router import (
     ZONE_SCOPE,
+    PathsReadBack,
     Router,
     backup_key,
     crank_key,
@@ -74,7 +75,11 @@ def make_plan(
     view, measured_view = _views(fabric, state, basis, changes.same_fabric)
     policed = basis is None or bool(basis.resources.policy.policies or resources.policy.policies)
     *allocators, zones = _allocators(fabric, basis, before, hints, changes.anew_all, policed)
-    router = Router(fabric, state, view, *allocators, measured_view, policy=resources.policy, zones=zones)
+    read_back = basis.read_back if basis is not None and _same(basis.hints, hints) else None
+    if read_back is None and hints:
+        read_back = PathsReadBack(fabric, hints)
+    router = Router(fabric, state, view, *allocators, measured_view, policy=resources.policy, zones=zones,
+                    read_back=read_back)
     # Only requests changed: what the resolve changed and what was not planned is all there is to do.
     since = resolution.changed if changes.quick and basis.unplanned is not None else None
     if since is not None:
@@ -109,7 +114,7 @@ def make_plan(
         touched=frozenset(touched),
         basis=Basis(resources, requests, resolved, state, view, router.tags, hints, router.ledger,
                     router.meters, router.groups, measured_view, router.zones, resolution,
-                    frozenset(unplanned)),
+                    frozenset(unplanned), read_back),
     )
 
 

@@ -3,9 +3,10 @@ on its links, meters, fast-failover groups and its flows, held in the plan's all
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
-from ryu_nsm.core.fabric import Fabric
+from ryu_nsm.core.fabric import Fabric, Link
 from ryu_nsm.core.flows import (
     WireEnds,
     WireQos,
@@ -39,6 +40,39 @@ def on_declared(fabric: Fabric, path: Path | None) -> Path | None:
         return path
     links = fabric.link_by_name
     return Path(path.switches, tuple(links.get(link.name, link) for link in path.links))
+
+
+class PathsReadBack:
+    """The path that each connection's tags on the switches trace (``hints``: (connection, link) →
+    tag, as read): a fresh controller keeps it rather than choose anew among equal paths."""
+
+    def __init__(self, fabric: Fabric, hints: Mapping[tuple[str, str], int]):
+        self.fabric, self.hints = fabric, hints
+        self._links: dict[str, list[Link]] = {}
+        links = fabric.link_by_name
+        for cid, name in hints:
+            link = links.get(name)
+            if link is not None:
+                self._links.setdefault(cid, []).append(link)
+
+    def path(self, cid: str, src: str, dst: str) -> Path | None:
+        """The one loop-free path from ``src`` to ``dst`` that all of ``cid``'s tagged links make,
+        or None (no tags, other ends, or more links than one path: a backup's too)."""
+        left = list(self._links.get(cid, ()))
+        if not left:
+            return None
+        switches, used, here = [src], [], src
+        while here != dst:
+            step = next((link for link in left if here in (link.a, link.b)), None)
+            if step is None:
+                return None
+            left.remove(step)
+            used.append(step)
+            here = step.b if step.a == here else step.a
+            if here in switches:
+                return None
+            switches.append(here)
+        return None if left else Path(tuple(switches), tuple(used))
 
 
 def meter_keys(cid: str) -> tuple[str, str]:
@@ -113,8 +147,9 @@ class Router:
     def __init__(self, fabric: Fabric, state: FabricState, view: FabricView, tags: TagAllocator,
                  meters: TagAllocator, groups: TagAllocator, ledger: Ledger,
                  measured_view: FabricView | None = None, *, policy: PolicyInputs | None = None,
-                 zones: TagAllocator | None = None):
+                 zones: TagAllocator | None = None, read_back: PathsReadBack | None = None):
         self.fabric, self.state, self.view = fabric, state, view
+        self.read_back = read_back
         self.tags, self.meters, self.groups, self.ledger = tags, meters, groups, ledger
         self.measured_view = measured_view or view
         self.policy = policy or PolicyInputs()
@@ -207,6 +242,8 @@ class Router:
             conn.endpoint_attachment
         ) and before.connection.client_attachment == conn.client_attachment and self.view.intact(before.path):
             current = on_declared(self.fabric, before.path)
+        elif self.read_back is not None:  # no plan before (a restart): the path the switches carry
+            current = self.read_back.path(conn.id, src, dst)
         avoid = self.state.avoid.get(conn.id, frozenset())
         if not find_backup and level is not None and level.protected:
             level = replace(level, protection="none")
@@ -249,7 +286,7 @@ class Router:
         if current is not None and not view.intact(current):
             current = None
         if _admitted(level):
-            backup = on_declared(self.fabric, before.backup) if current is not None else None
+            backup = on_declared(self.fabric, before.backup) if current is not None and before else None
             decision = admit(view, self.ledger, demand_for(conn.id, src, dst, level, current, backup),
                              preempt=preempt)
             if not decision.admitted:
