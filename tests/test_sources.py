@@ -820,6 +820,34 @@ def test_watcher_stop_does_not_wait_for_the_interval(tmp_path):
     assert not any(t.name == "ryu-nsm-file-watcher" for t in threading.enumerate())
 
 
+def _next_with(seen: Recorder, names: list[str], deadline: float):
+    while True:
+        state = seen.calls.get(timeout=max(0.0, deadline - time.monotonic()))
+        if sorted(s.name for s in state.services) == names:
+            return state
+
+
+def test_watcher_wakes_on_a_change_long_before_its_interval(tmp_path):
+    # inotify: a file renamed in, and one in a directory made after the start, are seen at once,
+    # not at the next poll an hour away.
+    seen = Recorder()
+    watcher = DirectoryWatcher([tmp_path], seen, interval=3600)
+    watcher.start()
+    try:
+        assert seen.calls.get(timeout=10).services == ()
+        staged = tmp_path / ".a.staged"
+        staged.write_text(_service("a"))
+        staged.rename(tmp_path / "a.yaml")
+        _next_with(seen, ["a"], time.monotonic() + 10)
+        (tmp_path / "sub").mkdir()
+        (tmp_path / "sub" / "b.yaml").write_text(_service("b"))
+        _next_with(seen, ["a", "b"], time.monotonic() + 10)
+        (tmp_path / "a.yaml").unlink()
+        _next_with(seen, ["b"], time.monotonic() + 10)
+    finally:
+        watcher.stop()
+
+
 # -- watcher: the last valid version stands in for a bad edit -----------------------------------
 
 

@@ -1,7 +1,9 @@
 """The file source: YAML/JSON files and directories of Kubernetes-shaped documents → Resources.
 
 ``load_paths`` reads once; ``DirectoryWatcher`` polls and hands the whole new state to a callback
-whenever a file is added, changed or deleted (level-triggered, like a Kubernetes relist). Like
+whenever a file is added, changed or deleted (level-triggered, like a Kubernetes relist). inotify
+(Linux) wakes it as soon as a watched directory changes; the poll interval is then only a fallback
+(a file system without inotify, a watch limit reached). Like
 the Kubernetes API server rejecting an invalid update, the watcher keeps the last valid version of
 a file it cannot parse and of an object that fails validation, and reports the bad edit.
 
@@ -15,12 +17,14 @@ import hashlib
 import json
 import logging
 import os
+import select
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import inotify_simple
 import yaml
 
 from ryu_nsm.core.model import Problem, Resources
@@ -62,30 +66,36 @@ def find_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Problem]]:
     """
     files: list[Path] = []
     problems: list[Problem] = []
-    # A file named twice (itself and inside a named directory) is read once.
-    seen: set[Path] = set()
+    # A file named twice (itself and inside a named directory) is read once. A directory is resolved
+    # once and its files keyed below it: resolving each file costs a system call per path component,
+    # and the watcher looks at every file on each poll.
+    seen: set[str] = set()
     for given in paths:
         path = Path(given)
         if path.is_dir():
             errors: list[OSError] = []
-            found = []
+            found: list[tuple[tuple[str, ...], str]] = []
             for dirpath, dirnames, filenames in os.walk(path, onerror=errors.append):
                 dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-                found += [Path(dirpath, f) for f in filenames
+                relative = os.path.relpath(dirpath, path)
+                parts = () if relative == "." else tuple(relative.split(os.sep))
+                found += [((*parts, f), os.path.join(dirpath, f)) for f in filenames
                           if not f.startswith(".") and f.lower().endswith(SUFFIXES)]
-            files += [f for f in sorted(found, key=lambda p: p.relative_to(path).parts) if _first(f, seen)]
+            root = str(path.resolve())
+            for parts, name in sorted(found):
+                if _first(os.path.join(root, *parts), seen):
+                    files.append(Path(name))
             problems += [Problem(str(e.filename or path), -1, "", f"cannot read directory: {e.strerror}")
                          for e in errors]
-        elif path.exists():
-            if _first(path, seen):
+        elif path.exists():  # keyed as a directory's files are: its directory resolved, its own name
+            if _first(os.path.join(path.parent.resolve(), path.name), seen):
                 files.append(path)
         else:
             problems.append(Problem(str(path), -1, "", "no such file or directory"))
     return files, problems
 
 
-def _first(path: Path, seen: set[Path]) -> bool:
-    key = path.resolve()
+def _first(key: str, seen: set[str]) -> bool:
     if key in seen:
         return False
     seen.add(key)
@@ -177,7 +187,7 @@ class _Cached:
 
 
 def _stat_key(path: Path) -> tuple[int, ...]:
-    st = path.stat()
+    st = os.stat(path)
     return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
 
 
@@ -210,6 +220,7 @@ class DirectoryWatcher:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: Supervised | None = None
+        self._wake: _Wake | None = None
 
     def poll_once(self) -> bool:
         """Look once; call ``on_change`` and return True if anything changed since the last report.
@@ -265,10 +276,12 @@ class DirectoryWatcher:
         self._cache[path] = _Cached(key, digest, documents, problems, racy, good)
 
     def start(self) -> None:
-        """Poll in a background thread, first at once, then every ``interval`` seconds."""
+        """Poll in a background thread, first at once, then whenever inotify says a watched
+        directory changed, and every ``interval`` seconds in any case."""
         if self._thread is not None:
             raise RuntimeError("watcher already started")
         self._stop.clear()
+        self._wake = _Wake(self.paths)
         # A failed poll (a consumer's failure) is retried after an interval, then less often.
         self._thread = supervise("ryu-nsm-file-watcher", self._run, self.interval, self._stop,
                                  initial_backoff=self.interval)
@@ -277,11 +290,87 @@ class DirectoryWatcher:
         while not self._stop.is_set():
             self.poll_once()  # the state is offered again by the next poll after a failure
             loop.beat()
-            self._stop.wait(self.interval)
+            self._wake.wait(self.interval)
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop polling and wait for the thread to end (unless called from ``on_change`` itself)."""
         self._stop.set()
+        wake = self._wake
+        if wake is not None:
+            wake.interrupt()
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout)
+        if wake is not None and (thread is None or not thread.is_alive()):
+            self._wake = None
+            wake.close()
+
+
+_WATCHED = (inotify_simple.flags.CREATE | inotify_simple.flags.DELETE | inotify_simple.flags.MODIFY
+            | inotify_simple.flags.CLOSE_WRITE | inotify_simple.flags.MOVED_FROM
+            | inotify_simple.flags.MOVED_TO | inotify_simple.flags.ATTRIB
+            | inotify_simple.flags.DELETE_SELF | inotify_simple.flags.MOVE_SELF)
+
+
+class _Wake:
+    """Waits until a watched directory changes (inotify), the timeout passes, or ``interrupt``.
+
+    Watches each named directory, its visible subdirectories (again after each wake: new ones join)
+    and the directory of each named file. Without inotify (another OS, a file system or a watch limit
+    that refuses) it only waits out the timeout, and says so once.
+    """
+
+    def __init__(self, paths: Sequence[Path]):
+        self._paths = paths
+        self._stop_r, self._stop_w = os.pipe()
+        try:
+            self._inotify: inotify_simple.INotify | None = inotify_simple.INotify(nonblocking=True)
+        except OSError as e:
+            log.warning("inotify is not available (%s): polling the request files only", e)
+            self._inotify = None
+        self._watched: set[str] = set()
+        self._refused = False
+        self._watch()
+
+    def _watch(self) -> None:
+        if self._inotify is None:
+            return
+        for path in self._paths:
+            if path.is_dir():
+                for dirpath, dirnames, _ in os.walk(path):
+                    dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                    self._add(dirpath)
+            else:
+                self._add(str(path.parent))
+
+    def _add(self, directory: str) -> None:
+        if directory in self._watched:
+            return
+        try:
+            self._inotify.add_watch(directory, _WATCHED)
+            self._watched.add(directory)
+        except OSError as e:
+            if not self._refused:
+                self._refused = True
+                log.warning("cannot watch %s with inotify (%s): its changes are seen by polling only",
+                            directory, e.strerror)
+
+    def wait(self, timeout: float) -> None:
+        ready = [self._stop_r] + ([self._inotify.fileno()] if self._inotify is not None else [])
+        readable, _, _ = select.select(ready, [], [], timeout)
+        if self._inotify is not None and self._inotify.fileno() in readable:
+            masks = [event.mask for event in self._inotify.read(timeout=0)]
+            if any(mask & inotify_simple.flags.IGNORED for mask in masks):
+                self._watched.clear()  # a watched directory went: watch what is there now
+            if any(mask & (inotify_simple.flags.CREATE | inotify_simple.flags.MOVED_TO
+                           | inotify_simple.flags.IGNORED) for mask in masks):
+                self._watch()
+
+    def interrupt(self) -> None:
+        os.write(self._stop_w, b"x")
+
+    def close(self) -> None:
+        for fd in (self._stop_r, self._stop_w):
+            os.close(fd)
+        if self._inotify is not None:
+            self._inotify.close()
