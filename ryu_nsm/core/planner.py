@@ -71,7 +71,7 @@ def make_plan(
     levels = resources.service_levels
     requests, resolution = _resolve(resources, basis, before, now)
     resolved = resolution.connections
-    changes = _changes(basis, state, hints, levels)
+    changes = _changes(basis, state, hints, levels, before)
     view, measured_view = _views(fabric, state, basis, changes.same_fabric)
     policed = basis is None or bool(basis.resources.policy.policies or resources.policy.policies)
     *allocators, zones = _allocators(fabric, basis, before, hints, changes.anew_all, policed)
@@ -81,7 +81,9 @@ def make_plan(
     router = Router(fabric, state, view, *allocators, measured_view, policy=resources.policy, zones=zones,
                     read_back=read_back)
     # Only requests changed: what the resolve changed and what was not planned is all there is to do.
-    since = resolution.changed if changes.quick and basis.unplanned is not None else None
+    since = None
+    if changes.quick and basis.unplanned is not None and resolution.changed is not None:
+        since = resolution.changed | changes.disagree
     if since is not None:
         planned, anew = _keep_since(before, resolved, since | basis.unplanned)
         removed = {cid for cid in since if cid in before and cid not in resolved}
@@ -146,26 +148,45 @@ class _Changes:
     anew_all: bool  # no plan before, or new service levels: every connection is planned anew
     same_fabric: bool  # the same links and switches are down
     moved_ports: frozenset[tuple[str, str]]  # (switch, port name) whose number came, went or changed
-    check_hints: bool  # the tags found on the switches may disagree with those held
+    disagree: frozenset[str]  # planned connections whose tags or zone on the switches differ, as read
     moved_away: frozenset[str]  # connections told to leave some links, or no longer
 
     @property
     def quick(self) -> bool:
         """Nothing changed but requests: a connection planned before for the same request is kept."""
-        return self.same_fabric and not (self.moved_ports or self.check_hints or self.anew_all
+        return self.same_fabric and not (self.moved_ports or self.anew_all
                                          or self.moved_away)
 
 
 def _changes(basis: Basis | None, state: FabricState, hints: Mapping[tuple[str, str], int],
-             levels: tuple[ServiceLevel, ...]) -> _Changes:
+             levels: tuple[ServiceLevel, ...], before: Mapping[str, PlannedConnection]) -> _Changes:
     if basis is None:
-        return _Changes(True, False, frozenset(), True, frozenset())
+        return _Changes(True, False, frozenset(), frozenset(), frozenset())
     was = basis.state
     same_fabric = (was.down_links, was.down_switches) == (state.down_links, state.down_switches)
-    # By equality: a mapping rebuilt as it was changes nothing.
+    # By equality: a mapping rebuilt as it was changes nothing. Hints are looked at only where they
+    # changed: a read that found what the plan holds (an audit) costs no look at every connection.
     return _Changes(basis.resources.service_levels != levels, same_fabric,
-                    _changed_keys(was.ports, state.ports), not _same(basis.hints, hints),
+                    _changed_keys(was.ports, state.ports),
+                    _disagreeing(before, hints, _changed_keys(basis.hints, hints)),
                     _changed_keys(was.avoid, state.avoid))
+
+
+def _disagreeing(before: Mapping[str, PlannedConnection], hints: Mapping[tuple[str, str], int],
+                 keys: frozenset) -> frozenset[str]:
+    """Planned connections whose tag on a link of their path, or zone, differs from what a read found
+    (of the hint ``keys`` that came or changed; one that went says nothing, a drift the diff repairs)."""
+    out = set()
+    for key in keys:
+        cid, link = key
+        found = hints.get(key)
+        old = before.get(cid)
+        if found is None or old is None or old.state != PLANNED:
+            continue
+        held = old.zone if link == ZONE_SCOPE else next((tag for name, tag in old.tags if name == link), None)
+        if held is not None and held != found:
+            out.add(cid)
+    return frozenset(out)
 
 
 def _changed_keys(old: Mapping, new: Mapping) -> frozenset:
@@ -305,7 +326,7 @@ def _still_good(old: PlannedConnection | None, conn: Connection, view: FabricVie
             (conn.endpoint_attachment.switch, conn.endpoint_attachment.port))
     if changes.moved_ports and any(end in changes.moved_ports for end in ends):
         return False
-    if changes.check_hints and any(hints.get((conn.id, link), tag) != tag for link, tag in old.tags):
+    if conn.id in changes.disagree:
         return False
     return conn.id not in changes.moved_away
 

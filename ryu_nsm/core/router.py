@@ -48,16 +48,18 @@ class PathsReadBack:
 
     def __init__(self, fabric: Fabric, hints: Mapping[tuple[str, str], int]):
         self.fabric, self.hints = fabric, hints
-        self._links: dict[str, list[Link]] = {}
-        links = fabric.link_by_name
-        for cid, name in hints:
-            link = links.get(name)
-            if link is not None:
-                self._links.setdefault(cid, []).append(link)
+        self._links: dict[str, list[Link]] | None = None  # made when first asked: a restart asks
 
     def path(self, cid: str, src: str, dst: str) -> Path | None:
         """The one loop-free path from ``src`` to ``dst`` that all of ``cid``'s tagged links make,
         or None (no tags, other ends, or more links than one path: a backup's too)."""
+        if self._links is None:
+            self._links = {}
+            links = self.fabric.link_by_name
+            for owner, name in self.hints:
+                link = links.get(name)
+                if link is not None:
+                    self._links.setdefault(owner, []).append(link)
         left = list(self._links.get(cid, ()))
         if not left:
             return None
