@@ -208,3 +208,19 @@ def test_property_every_wire_delivers_exactly_to_its_other_end(data):
             if c.state == PLANNED:
                 deliveries = sim.send(*port(fab, names[int(c.connection.client[1:])]))
                 assert len(deliveries) == 1
+
+
+def test_pipelines_stand_while_their_switches_do():
+    # Base flows follow from the fabric alone: a link going down leaves every switch's as it was
+    # (the same objects, so the switch sessions update only the touched wires), a switch going down
+    # takes only its own away.
+    fab = ring(4, {"client": ("s1",), "server": ("s3",)})
+    res = resources_for([(att(fab, "client"), att(fab, "server"))])
+    first = make_plan(fab, res)
+    cut = fab.links[0].name
+    second = make_plan(fab, res, FabricState(down_links=frozenset({cut})), first)
+    assert second.pipeline is first.pipeline
+    third = make_plan(fab, res, FabricState(down_switches=frozenset({"s2"})), second)
+    assert "s2" not in third.pipeline
+    assert all(third.pipeline[sw] is first.pipeline[sw] for sw in third.pipeline)
+    assert third.flows == make_plan(fab, res, FabricState(down_switches=frozenset({"s2"}))).flows

@@ -101,7 +101,7 @@ def make_plan(
     # ledger is as it was, and so is every backup search.
     if (touched or not changes.same_fabric) and any(level.protected for level in levels):
         _find_backups(router, resolved, planned, touched)
-    pipeline = previous.pipeline if changes.same_fabric else _pipeline(fabric, state)
+    pipeline = previous.pipeline if changes.same_fabric else _pipeline(fabric, state, previous)
     # Only connections planned anew can be waiting: a kept one is planned.
     keep = frozenset(wire_cookie(cid) for cid in touched if cid in planned and planned[cid].state == WAITING)
     looked = touched if since is not None else planned.keys()
@@ -407,10 +407,16 @@ def _wants_backup(pc: PlannedConnection) -> bool:
             and bool(pc.path.links))
 
 
-def _pipeline(fabric: Fabric, state: FabricState) -> dict[str, tuple[FlowSpec, ...]]:
-    """The base flows of every switch that is not down."""
-    return {s.name: tuple(sampled_pipeline(s.name, pipeline_flows(fabric, s.name), fabric.flow_sampling))
-            for s in fabric.switches if s.name not in state.down_switches}
+def _pipeline(fabric: Fabric, state: FabricState, previous: Plan | None = None
+              ) -> dict[str, tuple[FlowSpec, ...]]:
+    """The base flows of every switch that is not down. They follow from the fabric alone, so the
+    plan before's stand (the same objects) for every switch it had: a link going down changes none,
+    and the switch sessions then update only what the plan touched."""
+    before = previous.pipeline if previous is not None else {}
+    pipeline = {s.name: before.get(s.name) or tuple(sampled_pipeline(s.name, pipeline_flows(fabric, s.name),
+                                                                     fabric.flow_sampling))
+                for s in fabric.switches if s.name not in state.down_switches}
+    return before if pipeline.keys() == before.keys() else pipeline
 
 
 def _same(old: object, new: object) -> bool:

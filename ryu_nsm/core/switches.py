@@ -374,16 +374,32 @@ class SwitchManager(Manager):
                 self.owner.pop(wire_cookie(cid), None)
             if new is not None and new.flows:
                 self.owner[wire_cookie(cid)] = cid
-        if after.pipeline is not before.pipeline:
+        if after.pipeline is not before.pipeline and not self._desired:
             self._desired = {sw: {f.key: f for f in flows} for sw, flows in after.flows.items()}
             for kind in OBJECT_KINDS:
                 self._desired_objects[kind] = {sw: {spec.key: spec for spec in specs}
                                                for sw, specs in after.objects(kind).items()}
             self._diff_whole.update(self.switches)
             return
+        if after.pipeline is not before.pipeline:
+            self._update_pipeline(before, after)
         for kind in OBJECT_KINDS:
             self._update_objects(kind, before, after)
         self._update_flows(before, after)
+
+    def _update_pipeline(self, before: Plan, after: Plan) -> None:
+        """The base flows of the switches whose pipeline came, went or changed (a switch down or back)."""
+        for sw in before.pipeline.keys() | after.pipeline.keys():
+            old, new = before.pipeline.get(sw, ()), after.pipeline.get(sw, ())
+            if old is new:
+                continue
+            table = self._desired.setdefault(sw, {})
+            for flow in old:
+                if table.get(flow.key) == flow:
+                    del table[flow.key]
+            for flow in new:
+                table[flow.key] = flow
+            self._diff_whole.add(sw)
 
     def _update_flows(self, before: Plan, after: Plan) -> None:
         changes = []
