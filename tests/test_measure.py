@@ -258,3 +258,21 @@ def test_a_probe_budget_probes_every_link_end_in_turn():
     switches.connect_all(everything)
     switches.run(everything, everything.set_resources(Resources(), 0.0))
     assert len(everything.probes(0.0)) == len(ends)
+
+
+def test_a_probe_in_flight_while_the_controller_was_busy_counts_neither_as_delay_nor_as_loss():
+    # A 1.5 s replan holds the interpreter: the probe's packet-in waits behind it. Its time is the
+    # controller's, not the link's; and it is not lost before a timeout after the controller is back.
+    m = Measurements(window=5, timeout=1.0)
+    late = m.sent(("l", "s1"), 0.0)
+    m.sent(("l", "s1"), 0.1)  # never comes back
+    m.stalled(1.5)
+    assert m.received(late, "s2", "s1", 1.52) is None
+    m.expire(2.0)
+    assert m.quality(("l", "s1")) is None or m.quality(("l", "s1")).samples == 0
+    on_time = m.sent(("l", "s1"), 1.6)
+    assert abs(m.received(on_time, "s2", "s1", 1.601) - 0.001) < 1e-9
+    m.expire(2.6)  # the second never came back: lost a timeout after the stall, not during it
+    quality = m.quality(("l", "s1"))
+    assert quality.samples == 2 and quality.loss == 0.5
+    assert abs(quality.latency - 0.001) < 1e-9

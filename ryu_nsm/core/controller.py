@@ -181,6 +181,11 @@ class Controller:
         """A probe came back as a packet-in from ``in_port`` of switch ``dpid``."""
         self.quality.probe_received(dpid, in_port, seq, now)
 
+    def stalled(self, until: float) -> None:
+        """The shell's own work (a core call, a decode) held the interpreter until ``until``: probes
+        in flight meanwhile measured that, not their links."""
+        self.quality.measurements.stalled(until)
+
     def control_rtt(self, dpid: int, rtt: float) -> None:
         """A round trip controller → switch ``dpid`` → controller: the control path's share of a probe."""
         self.quality.control_rtt(dpid, rtt)

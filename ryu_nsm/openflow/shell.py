@@ -50,6 +50,8 @@ from ryu_nsm.openflow.roles import RoleKeeper, describe_error
 from ryu_nsm.qos.measure import PROBE_BUDGET
 
 log = logging.getLogger("ryu_nsm.openflow.shell")
+# Work of our own longer than this holds the interpreter long enough to skew a link probe's time.
+STALL_S = 0.005
 ofp = ofproto_v1_3
 
 
@@ -154,7 +156,11 @@ class NsmApp(LinkProbes, CounterReads, app_manager.OSKenApp):
 
     def _call(self, fn: Callable[[float], list]) -> None:
         with self.lock:
-            commands = fn(time.monotonic())
+            started = time.monotonic()
+            commands = fn(started)
+            ended = time.monotonic()
+            if ended - started > STALL_S:
+                self.core.stalled(ended)
         for command in commands:
             self.work.put(command)
 
@@ -177,10 +183,15 @@ class NsmApp(LinkProbes, CounterReads, app_manager.OSKenApp):
                 return
             if not call:
                 continue
+            started = time.monotonic()
             try:
                 call()
             except Exception:  # as os-ken's event loop did: log, go on with the next event
                 log.exception("core call failed")
+            ended = time.monotonic()
+            if ended - started > STALL_S:  # a decode before the lock holds the interpreter too
+                with self.lock:
+                    self.core.stalled(ended)
 
     def set_resources(self, resources: Resources) -> None:
         """Entry point for sources (any thread): the whole declared state."""

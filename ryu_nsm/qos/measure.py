@@ -55,6 +55,14 @@ class Measurements:
         self._outstanding: dict[int, tuple[tuple[str, str], float]] = {}  # seq → (direction, sent at)
         self._rtt: dict[str, deque] = {}  # switch → its last control path round trips (s)
         self._seq = 0
+        # Until when the controller's interpreter was held by its own work (a replan, a big decode):
+        # a probe in flight then came back late by that work, not by the link.
+        self._stalled_until = float("-inf")
+
+    def stalled(self, until: float) -> None:
+        """The controller's own work held the interpreter until ``until``: probes in flight then say
+        nothing about their links (not counted), and are not lost before a timeout after it."""
+        self._stalled_until = max(self._stalled_until, until)
 
     def sent(self, direction: tuple[str, str], now: float) -> int:
         """Record a probe sent now; returns its sequence number (carried in the frame)."""
@@ -87,6 +95,8 @@ class Measurements:
         if known is None:
             return None  # too late (already counted lost) or not ours
         direction, sent_at = known
+        if sent_at < self._stalled_until:
+            return None
         correction = (self._control(from_switch) + self._control(at_switch)) / 2
         delay = max(0.0, now - sent_at - correction)
         state = self._directions[direction]
@@ -98,7 +108,7 @@ class Measurements:
     def expire(self, now: float) -> None:
         """Probes older than ``timeout`` that did not come back are lost."""
         for seq, (direction, sent_at) in list(self._outstanding.items()):
-            if now - sent_at >= self.timeout:
+            if now - max(sent_at, self._stalled_until) >= self.timeout:
                 del self._outstanding[seq]
                 _push(self._directions[direction].lost, True, self.window)
 
