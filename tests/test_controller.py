@@ -399,15 +399,16 @@ def test_a_restart_keeps_the_paths_the_switches_carry():
     # Two equal paths s1-s2-s3 and s1-s4-s3: the wire took the second while the first was cut, and
     # stays there once the link is back. A fresh plan would choose the first; the restart keeps it.
     fab, res = setup()
-    ctl, sw = Controller(fab), FakeFabric(fab)
-    sw.connect_all(ctl)
+    sw = _programmed(fab, res)
+    ctl = Controller(fab)
     sw.run(ctl, ctl.set_resources(res, 0.0))
+    sw.connect_all(ctl, 0.0)
     first = status_json(ctl.status())["connections"][0]["path"]
-    link = next(lk for lk in fab.links if {lk.a, lk.b} == {first[0], first[1]})
-    here = fab.switch_by_name[first[0]]
-    cut = PortInfo(link.port_on(first[0]), f"{first[0]}-eth{link.port_on(first[0])}", False)
-    sw.run(ctl, ctl.port_changed(here.dpid, cut, 1.0), 1.0)
-    sw.run(ctl, ctl.port_changed(here.dpid, PortInfo(cut.number, cut.name, True), 2.0), 2.0)
+    link = next(iter(ctl.plan.connections.values())).path.links[0]
+    name = next(n for (s, n), p in fab.port_names.items() if (s, p) == (link.a, link.a_port))
+    dpid = fab.switch_by_name[link.a].dpid
+    for now, up in ((1.0, False), (2.0, True)):  # the link goes down, then comes back
+        sw.run(ctl, ctl.port_changed(dpid, PortInfo(link.a_port, name, up), now), now)
     carried = status_json(ctl.status())["connections"][0]["path"]
     assert carried != first
     sw.sent.clear()
