@@ -75,8 +75,7 @@ def find_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Problem]]:
         if path.is_dir():
             errors: list[OSError] = []
             found: list[tuple[tuple[str, ...], str]] = []
-            for dirpath, dirnames, filenames in os.walk(path, onerror=errors.append):
-                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for dirpath, filenames in _visible_walk(path, errors.append):
                 relative = os.path.relpath(dirpath, path)
                 parts = () if relative == "." else tuple(relative.split(os.sep))
                 found += [((*parts, f), os.path.join(dirpath, f)) for f in filenames
@@ -93,6 +92,15 @@ def find_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Problem]]:
         else:
             problems.append(Problem(str(path), -1, "", "no such file or directory"))
     return files, problems
+
+
+def _visible_walk(path: Path, onerror: Callable[[OSError], object] | None = None
+                  ) -> Iterable[tuple[str, list[str]]]:
+    """(directory, its file names) below ``path``, hidden directories left out: what the watcher reads
+    and what it watches."""
+    for dirpath, dirnames, filenames in os.walk(path, onerror=onerror):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        yield dirpath, filenames
 
 
 def _first(key: str, seen: set[str]) -> bool:
@@ -337,8 +345,7 @@ class _Wake:
             return
         for path in self._paths:
             if path.is_dir():
-                for dirpath, dirnames, _ in os.walk(path):
-                    dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                for dirpath, _ in _visible_walk(path):
                     self._add(dirpath)
             else:
                 self._add(str(path.parent))
