@@ -359,6 +359,24 @@ def test_a_cold_start_plans_at_the_first_read():
     assert status_json(ctl.status())["connections"][0]["state"] == "up"
 
 
+def test_a_start_shows_what_is_declared_and_plans_at_the_first_read_or_after_switch_down_after():
+    # Planned before a switch is read, a start at size would route 10,000 connections for nothing:
+    # until then every connection is only resolved, and shown waiting, with why.
+    fab = ring(4, {"client": ("s1",), "server": ("s2",)})
+    res = resources_for([(att(fab, "client"), att(fab, "server"))])
+    ctl = Controller(fab, switch_down_after=10.0)
+    assert ctl.set_resources(res, 0.0) == []
+    (conn,) = status_json(ctl.status())["connections"]
+    assert conn["state"] == "pending" and "just started" in conn["reason"]
+    assert all(pc.path is None for pc in ctl.plan.connections.values())
+    held = ctl.plan
+    assert ctl.tick(9.9) == [] and ctl.plan is held
+    ctl.tick(10.0)  # no switch came: planned all the same, waiting for the switches to report
+    (conn,) = status_json(ctl.status())["connections"]
+    assert conn["state"] == "pending" and "just started" not in conn.get("reason", ""), conn
+    assert ctl.plan is not held and all(pc.path is not None for pc in ctl.plan.connections.values())
+
+
 def test_a_restart_keeps_the_conntrack_zones_the_switches_hold():
     # Two wires whose preferred zones collide: the one that came first holds it, the other the next
     # zone up. A fresh controller planning both at once must keep the zones the switches commit to.

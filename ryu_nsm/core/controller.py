@@ -23,7 +23,7 @@ from ryu_nsm.core.fabric import Fabric
 from ryu_nsm.core.flowspec import FlowSpec, GroupSpec, MeterSpec
 from ryu_nsm.core.meter_drops import MeterDrop
 from ryu_nsm.core.model import Resources
-from ryu_nsm.core.planner import FabricState, Plan, make_plan
+from ryu_nsm.core.planner import FabricState, Plan, held_plan, make_plan
 from ryu_nsm.core.quality import QualityManager, ReadCounters, SendProbe
 from ryu_nsm.core.reconcile import PHASES
 from ryu_nsm.core.status import Counters, History, HistoryEntry, Status, SwitchStatus
@@ -62,11 +62,12 @@ class Controller:
         self._declared = False
         self._next_expiry: float | None = None  # the earliest endpoint expiry still ahead: replan then
         # A start against a fabric that already holds our flows (a restart) plans once every switch
-        # is read, or once ``switch_down_after`` passed since the first came: planned earlier, a
+        # is read, or once ``switch_down_after`` passed since the first input: planned earlier, a
         # switch's connections would get tags and paths other than those its neighbours carry (flow-mods
         # for nothing), and each switch would cost a whole replan. None: not holding (any more).
         self._hold_until: float | None = None
-        self._started = False  # the first switch came: the hold starts, until its read says cold or warm
+        self._started = False  # the first input came: the hold starts, until a read says cold or warm
+        self._held_reads: set[str] = set()  # switches read (and still connected) while holding
 
     @property
     def history(self) -> deque[HistoryEntry]:
@@ -88,7 +89,11 @@ class Controller:
         if not self._declared:
             self._declared = True
             self.switches.diff_all()
-        return self._replan_unless_held(now)
+        self._start(now)
+        if self._hold_until is not None:
+            self._hold(now)
+            return []
+        return self._replan(now)
 
     def switch_connected(self, dpid: int, ports: Iterable[PortInfo], now: float) -> list:
         """A switch (re)connected and reported its ports: read its flows before touching it."""
@@ -96,14 +101,15 @@ class Controller:
         self.book.mark_all()
         if state is None:
             return []
-        if not self._started:
-            self._started = True
-            self._hold_until = now + self.switches.switch_down_after
+        self._start(now)
         self._fabric_changed()
         return [ReadFlows(state.name, dpid, state.epoch), *self._replan_unless_held(now)]
 
     def switch_disconnected(self, dpid: int, now: float) -> list:
         self.book.mark_all()
+        switch = self.fabric.switch_by_dpid.get(dpid)
+        if switch is not None:
+            self._held_reads.discard(switch.name)
         if self.switches.disconnected(dpid, now):
             self._fabric_changed()
         return []
@@ -229,16 +235,32 @@ class Controller:
     def _settle(self, switch: str, now: float) -> list:
         """A read while holding: a first switch without flows of ours is a cold start (no more hold);
         otherwise the plan waits for every switch's read."""
-        state = self.switches.switches[switch]
-        if not state.flows and not any(
-                self._read(s.name) and self.switches.switches[s.name].flows for s in self.fabric.switches):
+        if not self._held_reads and not self.switches.switches[switch].flows:
             self._hold_until = None  # cold: nothing on the switches to agree with
             return self._replan(now)
-        if not all(self._read(s.name) for s in self.fabric.switches):
+        self._held_reads.add(switch)
+        if len(self._held_reads) < len(self.fabric.switches):
             return []
         log.info("every switch read since the start: planning once with the tags and paths they hold")
         self._hold_until = None
         return self._replan(now, anew=True)
+
+    def _start(self, now: float) -> None:
+        """The first input (the sources' state or a switch) starts the hold: a plan made before the
+        first switch is read would be thrown away, whether that read finds a cold or a loaded fabric."""
+        if not self._started:
+            self._started = True
+            self._hold_until = now + self.switches.switch_down_after
+            log.info("holding the first plan until the first switch is read (at most %.0f s)",
+                     self.switches.switch_down_after)
+
+    def _hold(self, now: float) -> None:
+        """While holding, a plan that only resolves: the status shows every declared connection."""
+        before = self.plan
+        self.plan = held_plan(self.resources, before, now, "the controller has just started: it plans once "
+                              f"the switches are read (at most {self.switches.switch_down_after:.0f} s)")
+        for manager in self.managers:
+            manager.plan_changed(before, self.plan, self._last_state, now)
 
     def _replan_unless_held(self, now: float) -> list:
         return [] if self._hold_until is not None else self._replan(now)

@@ -158,6 +158,17 @@ class _Changes:
                                          or self.moved_away)
 
 
+def held_plan(resources: Resources, previous: Plan, now: float | None, reason: str) -> Plan:
+    """Every request resolved and none routed, each waiting for ``reason`` (a failed resolve says
+    why it failed): what the status shows while the controller holds its first plan. The pipeline
+    is ``previous``'s, so the switches' desired base flows stay as they are."""
+    resolved = _resolve(resources, None, {}, now)[1].connections
+    planned = {cid: PlannedConnection(conn, WAITING, reason) if conn.ok
+               else PlannedConnection(conn, FAILED, conn.reason) for cid, conn in resolved.items()}
+    return Plan(connections=planned, pipeline=previous.pipeline, problems=resources.problems,
+                touched=frozenset(planned.keys() | previous.connections.keys()))
+
+
 def _changes(basis: Basis | None, state: FabricState, hints: Mapping[tuple[str, str], int],
              levels: tuple[ServiceLevel, ...], before: Mapping[str, PlannedConnection]) -> _Changes:
     if basis is None:

@@ -153,6 +153,15 @@ class _AppManager(app_manager.AppManager):
             return None  # a class outside the module it serves names that module as a dependency again
         return self._classes.get(name) or super().load_app(name)
 
+    def instantiate_apps(self, *args: object, **kwargs: object) -> list:
+        """As os-ken's, with the OpenFlow handler first, so switches find a listener while the other
+        apps start: ryu-nsm's reads its sources then, and a switch that finds no listener backs off
+        (1, 2, 4, 8 s in OVS 3.1), so a restart at size got its switches back spread over seconds."""
+        handler = self.applications_cls.pop(_OFP_HANDLER_MODULE, None)
+        if handler is not None:
+            self.applications_cls = {_OFP_HANDLER_MODULE: handler, **self.applications_cls}
+        return super().instantiate_apps(*args, **kwargs)
+
 
 class OsKenRun:
     """Handle on apps started by ``run_apps``: where they listen, the app instances, ``stop``."""

@@ -128,6 +128,7 @@ class NsmApp(LinkProbes, CounterReads, app_manager.OSKenApp):
         self._bundle_ids = itertools.count(1)
         self._stop = threading.Event()
         self._beat: Callable[[], None] = lambda: None  # the worker's progress, once it runs
+        self._core_calls_thread: int | None = None  # its thread's ident, once it runs
         self.started = time.monotonic()
         self.roles = RoleKeeper(self, s.shards)  # used with role_election only
 
@@ -159,8 +160,8 @@ class NsmApp(LinkProbes, CounterReads, app_manager.OSKenApp):
             started = time.monotonic()
             commands = fn(started)
             ended = time.monotonic()
-            if ended - started > STALL_S:
-                self.core.stalled(ended)
+            if ended - started > STALL_S and threading.get_ident() != self._core_calls_thread:
+                self.core.stalled(ended)  # on the core-calls thread, _core_calls reports the whole call
         for command in commands:
             self.work.put(command)
 
@@ -173,6 +174,7 @@ class NsmApp(LinkProbes, CounterReads, app_manager.OSKenApp):
         self.calls.put(lambda: self._call(fn))
 
     def _core_calls(self, loop: Loop) -> None:
+        self._core_calls_thread = threading.get_ident()
         while not self._stop.is_set():
             try:
                 call = self.calls.get(timeout=self.settings.tick_interval)
