@@ -215,6 +215,39 @@ def test_audit_repairs_drift():
     assert sw.tables == good
 
 
+def test_an_audit_plans_again_only_for_tags_that_disagree_with_the_plan():
+    # Tags read for the first time (the first audit after a load) are those the plan gave: at size
+    # a replan for each switch's read was most of the idle load. A tag the plan does not have is
+    # taken in: the connection keeps what the switch carries, the other end follows.
+    from dataclasses import replace
+
+    from ryu_nsm.core.flowspec import Priority, Table
+
+    fab, res = setup()
+    ctl, sw = Controller(fab), FakeFabric(fab)
+    sw.connect_all(ctl)
+    sw.run(ctl, ctl.set_resources(res, 0.0))
+    planned, sw.sent[:] = ctl.plan, []
+    sw.run(ctl, ctl.audit(), 1.0)
+    assert ctl.plan is planned and sw.sent == []
+    (pc,) = planned.connections.values()
+    link, tag = pc.tags[0]
+    ends = fab.link_by_name[link]
+    receiver = next(s for s in pc.path.switches[1:] if s in (ends.a, ends.b))
+    in_port = ends.port_on(receiver)
+
+    def retag(flow):
+        match = flow.match_dict()
+        if flow.table == Table.FORWARD and flow.priority == Priority.WIRE and match.get("in_port") == in_port:
+            return replace(flow, match=tuple(sorted({**match, "vlan_vid": 0x1000 | (tag + 1)}.items())))
+        return flow
+
+    sw.tables[receiver] = frozenset(map(retag, sw.tables[receiver]))
+    sw.run(ctl, ctl.audit(), 2.0)
+    assert ctl.plan is not planned and dict(ctl.plan.connections[pc.id].tags)[link] == tag + 1
+    assert status_json(ctl.status())["connections"][0]["state"] == "up"
+
+
 def test_restart_keeps_tags_chosen_in_arrival_order():
     # Four tags for three wires on the same link: preferred tags collide, so which wire got which
     # tag depends on the order requests arrived. A fresh controller must adopt them, not re-sort.

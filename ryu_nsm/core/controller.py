@@ -23,7 +23,7 @@ from ryu_nsm.core.fabric import Fabric
 from ryu_nsm.core.flowspec import FlowSpec, GroupSpec, MeterSpec
 from ryu_nsm.core.meter_drops import MeterDrop
 from ryu_nsm.core.model import Resources
-from ryu_nsm.core.planner import FabricState, Plan, held_plan, make_plan
+from ryu_nsm.core.planner import FabricState, Plan, disagreeing, held_plan, make_plan
 from ryu_nsm.core.quality import QualityManager, ReadCounters, SendProbe
 from ryu_nsm.core.reconcile import PHASES
 from ryu_nsm.core.status import Counters, History, HistoryEntry, Status, SwitchStatus
@@ -128,16 +128,18 @@ class Controller:
 
         A read asked for before a program changed the switch is stale: it is asked again.
         """
-        hints = None if self._hold_until is not None else self.switches.hints
         instead = self.switches.flows_read(switch, flows, epoch, meters, groups, self.resources)
         self.book.mark_all()  # any connection's state may follow what the switch holds
         if instead is not None:
             return instead
         if self._hold_until is not None:
             return self._settle(switch, now)
-        # Tags as they were and the fabric as it was: planning again would give the same plan, so
-        # only the switch is diffed (an audit costs what the switches hold, not a replan each).
-        if self.switches.hints is hints and self._state(now) == self._last_state:
+        # Tags as the plan has them and the fabric as it was: planning again would give the same
+        # plan, so only the switch is diffed (an audit costs what the switches hold, not a replan
+        # each). Tags read for the first time are mostly those the plan gave: the next plan that has
+        # other reasons to run takes them in.
+        came = self.switches.hints_came
+        if self._state(now) == self._last_state and not disagreeing(self.plan.connections, came, came.keys()):
             return self._program()
         return self._replan(now)
 

@@ -179,11 +179,11 @@ def _changes(basis: Basis | None, state: FabricState, hints: Mapping[tuple[str, 
     # changed: a read that found what the plan holds (an audit) costs no look at every connection.
     return _Changes(basis.resources.service_levels != levels, same_fabric,
                     _changed_keys(was.ports, state.ports),
-                    _disagreeing(before, hints, _changed_keys(basis.hints, hints)),
+                    disagreeing(before, hints, _changed_keys(basis.hints, hints)),
                     _changed_keys(was.avoid, state.avoid))
 
 
-def _disagreeing(before: Mapping[str, PlannedConnection], hints: Mapping[tuple[str, str], int],
+def disagreeing(before: Mapping[str, PlannedConnection], hints: Mapping[tuple[str, str], int],
                  keys: frozenset) -> frozenset[str]:
     """Planned connections whose tag on a link of their path, or zone, differs from what a read found
     (of the hint ``keys`` that came or changed; one that went says nothing, a drift the diff repairs)."""

@@ -119,6 +119,8 @@ class SwitchManager(Manager):
         self._program_seq = 0
         self._inflight: Program | None = None
         self._tag_hints: dict[str, dict[tuple[str, str], int]] = {}
+        # The hints the last read found that its switch's read before did not (came or changed).
+        self.hints_came: dict[tuple[str, str], int] = {}
         self._tags_read: dict[str, tuple[object, dict]] = {}  # switch → (requests, flows) of its hints
         self._cookies: tuple[tuple, dict[int, str]] = ((), {})  # requests → their wire cookies
         # Desired flows by switch and key, the keys changed since the last diff, and the switches to
@@ -199,7 +201,9 @@ class SwitchManager(Manager):
         self._tags_read[switch] = (resources.requests, state.flows.copy())  # programs change state.flows
         # The same hints stay the same object: the core then knows that the read changed no plan
         # (an audit of a big fabric that finds what it expects costs the flows read, not a replan).
-        if found != self._tag_hints.get(switch):
+        old = self._tag_hints.get(switch, {})
+        self.hints_came = {key: tag for key, tag in found.items() if old.get(key) != tag}
+        if found != old or switch not in self._tag_hints:
             self._tag_hints[switch] = found
             self._hints = None
         return None
