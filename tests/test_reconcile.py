@@ -1,6 +1,8 @@
 """The reconciler: minimal, ordered, idempotent, and blind to flows that are not ours."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ryu_nsm.core.flowspec import PIPELINE_COOKIE, FlowSpec, Table, wire_cookie
 from ryu_nsm.core.reconcile import ConflictingFlows, apply, diff, diff_fabric
@@ -53,3 +55,23 @@ def test_diff_fabric_skips_unchanged_and_unknown_switches():
     actual = {"s1": {flow(1, 2)}, "s2": set()}
     out = diff_fabric(desired, actual)
     assert list(out) == ["s2"]
+
+
+@given(st.lists(st.tuples(st.sampled_from([Table.CLASSIFY, Table.FORWARD]), st.integers(0, 3),
+                          st.integers(1, 6), st.integers(0, 4095), st.integers(1, 9)), max_size=40))
+def test_a_diff_lists_flows_in_their_sorted_order(shapes):
+    # Each list is sorted by key alone (its flows' keys are distinct): the order FlowSpec's own
+    # comparison gives, so a program's order does not depend on which way it was sorted.
+    flows = {}
+    for table, prio, port, vid, out in shapes:
+        match = {"in_port": port, "vlan_vid": 0x1000 | vid} if table == Table.FORWARD else {"in_port": port}
+        f = FlowSpec.make(table, 1000 + prio, match, [("output", out)], cookie=wire_cookie("w"))
+        flows[f.key] = f
+    half = len(flows) // 2
+    actual = list(flows.values())[:half]
+    desired = [FlowSpec.make(f.table, f.priority, f.match_dict(), [("output", 99)], cookie=f.cookie)
+               for f in list(flows.values())[half // 2:]]
+    d = diff(desired, actual)
+    for part in (d.adds, d.modifies, d.deletes):
+        assert list(part) == sorted(part)
+    assert d.adds and d.modifies or len(flows) < 4

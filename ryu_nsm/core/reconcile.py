@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 
 from ryu_nsm.core.flowspec import FlowSpec, GroupSpec, MeterSpec, is_ours
 
@@ -103,7 +104,7 @@ def diff_keyed(
             elif have is not want and have != want:
                 modifies.append(want)
         deletes = [have for key, have in actual.items() if key not in desired and have.cookie not in keep]
-        return SwitchDiff(tuple(sorted(adds)), tuple(sorted(modifies)), tuple(sorted(deletes)))
+        return SwitchDiff(_in_key_order(adds), _in_key_order(modifies), _in_key_order(deletes))
     for key in keys:
         want, have = desired.get(key), actual.get(key)
         if want is None:
@@ -113,7 +114,17 @@ def diff_keyed(
             adds.append(want)
         elif have is not want and have != want:  # a flow read back is often the planned object
             modifies.append(want)
-    return SwitchDiff(tuple(sorted(adds)), tuple(sorted(modifies)), tuple(sorted(deletes)))
+    return SwitchDiff(_in_key_order(adds), _in_key_order(modifies), _in_key_order(deletes))
+
+
+_KEY = attrgetter("table", "priority", "match")
+
+
+def _in_key_order(flows: list[FlowSpec]) -> tuple[FlowSpec, ...]:
+    """``flows`` (distinct keys) as ``sorted`` orders them: a key leads FlowSpec's order, and
+    comparing keys built once each costs a third of comparing the flows (a reroute at size sorts
+    40,000)."""
+    return tuple(sorted(flows, key=_KEY))
 
 
 def diff_fabric(
