@@ -32,7 +32,7 @@ from ryu_nsm.k8s.connection_status import (
     parse_problem,
     short_reason,
 )
-from ryu_nsm.k8s.status_writer import StatusWriter
+from ryu_nsm.k8s.status_writer import StatusWriter, SyncResult
 from ryu_nsm.observe.report import chains, connection_entry, status_json
 from ryu_nsm.sources import Document, load_paths, parse_located
 from ryu_nsm.sources.kubernetes import KINDS as WATCHED_KINDS
@@ -918,6 +918,35 @@ def test_status_loop_lists_again_every_resync_and_when_it_may_write_again(api, p
         wait_until(lambda: "client-nsm-1" in stored(api), "a resync to create the object again")
     finally:
         loop.stop()
+
+
+def test_the_status_loop_syncs_only_when_what_the_writer_reads_changed():
+    # The renderer hands unchanged entries over as the same objects; rebuilt equal ones are no change
+    # either, and a changed state or problem is.
+    class Counting:
+        def __init__(self):
+            self.synced = []
+
+        def sync(self, status, objects, relist=False):
+            self.synced.append(relist)
+            return SyncResult()
+
+    entry = {"id": "default/a/nsm-1", "state": "up"}
+    status = {"connections": [entry], "problems": []}
+    writer = Counting()
+    loop = StatusLoop(writer, lambda: status, dict, lambda: True, resync=3600)
+    last = loop._round(None, None)
+    last = loop._round(*last)
+    status = {"connections": [dict(entry)], "problems": []}
+    last = loop._round(*last)
+    assert writer.synced == [True]
+    status = {"connections": [{**entry, "state": "pending"}], "problems": []}
+    last = loop._round(*last)
+    status = {"connections": [{**entry, "state": "pending"}], "problems": ["a.yaml: bad"]}
+    last = loop._round(*last)
+    status = {"connections": [], "problems": ["a.yaml: bad"]}
+    loop._round(*last)
+    assert writer.synced == [True, False, False, False]
 
 
 def test_the_controllers_api_client_keeps_a_connection_per_status_worker(api, tmp_path):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import threading
@@ -66,24 +64,35 @@ class StatusLoop:
             self._thread.join(5)
 
     def _run(self, loop: Loop) -> None:
-        last: tuple[str | None, float | None] = (None, None)  # the status last written; when last listed
+        last: tuple[_Seen | None, float | None] = (None, None)  # the status last written; when last listed
         while not self._stop.wait(self.interval):
             last = self._round(*last)
             loop.beat()  # a round done (an exception out of it is a failed round)
 
-    def _round(self, written: str | None, listed: float | None) -> tuple[str | None, float | None]:
+    def _round(self, written: _Seen | None, listed: float | None) -> tuple[_Seen | None, float | None]:
         """Write the status if it changed or a resync is due; returns the new (written, listed)."""
         if not self.may_write():
             return None, None
         status = self.status()
-        seen = {k: status.get(k) for k in ("connections", "problems")}
-        digest = hashlib.sha1(json.dumps(seen, sort_keys=True).encode()).hexdigest()
+        seen = (list(status.get("connections") or ()), list(status.get("problems") or ()))
         relist = listed is None or time.monotonic() - listed >= self.resync
-        if digest == written and not relist:
+        if written is not None and _same(written, seen) and not relist:
             return written, listed
         started = time.monotonic()
         result = self.writer.sync(status, self.objects(), relist=relist)
         if result.errors:  # the writer lists again by itself after an error
             log.warning("status sync: %d error(s), retrying: %s", len(result.errors), result.errors[:3])
             return written, listed
-        return digest, started if relist else listed
+        return seen, started if relist else listed
+
+
+_Seen = tuple[list, list]  # what the writer reads of a status: its connections and problems
+
+
+def _same(before: _Seen, now: _Seen) -> bool:
+    """The connections and problems as they were. The status renderer hands an unchanged connection's
+    entry over as the very same object, so this is mostly identity checks: a JSON digest of them all
+    was a third of an idle controller's CPU at 10,000 connections, twice a second."""
+    (old, old_problems), (new, new_problems) = before, now
+    return (old_problems == new_problems and len(old) == len(new)
+            and all(a is b or a == b for a, b in zip(old, new, strict=True)))
