@@ -248,6 +248,27 @@ def test_an_audit_plans_again_only_for_tags_that_disagree_with_the_plan():
     assert status_json(ctl.status())["connections"][0]["state"] == "up"
 
 
+def test_a_read_that_finds_what_was_believed_leaves_every_status_as_it_was():
+    # At size an audit marked every connection's status for a rebuild at each switch's read; a read
+    # that changes nothing on its switch changes no status, and one that finds drift does.
+    fab, res = setup()
+    ctl, sw = Controller(fab), FakeFabric(fab)
+    sw.connect_all(ctl)
+    sw.run(ctl, ctl.set_resources(res, 0.0))
+    (before,) = ctl.status().connections
+    built, build = [], ctl.book.build
+    ctl.book.build = lambda pc, measured: built.append(pc.id) or build(pc, measured)
+    for read in ctl.audit():
+        assert ctl.flows_read(read.switch, sw.tables[read.switch], 1.0, read.epoch) == []
+    (after,) = ctl.status().connections
+    assert after is before and after.state == "up" and built == []
+    s1 = next(read for read in ctl.audit() if read.switch == "s1")
+    repair = ctl.flows_read("s1", frozenset(), 2.0, s1.epoch)  # someone wiped s1
+    (drifted,) = ctl.status().connections
+    assert drifted.state == "pending" and built == [before.planned.id]
+    assert [type(c) for c in repair] == [Program]
+
+
 def test_restart_keeps_tags_chosen_in_arrival_order():
     # Four tags for three wires on the same link: preferred tags collide, so which wire got which
     # tag depends on the order requests arrived. A fresh controller must adopt them, not re-sort.

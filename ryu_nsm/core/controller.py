@@ -129,7 +129,8 @@ class Controller:
         A read asked for before a program changed the switch is stale: it is asked again.
         """
         instead = self.switches.flows_read(switch, flows, epoch, meters, groups, self.resources)
-        self.book.mark_all()  # any connection's state may follow what the switch holds
+        if self.switches.read_changed:
+            self.book.mark_all()  # any connection's state may follow what the switch holds
         if instead is not None:
             return instead
         if self._hold_until is not None:

@@ -119,8 +119,10 @@ class SwitchManager(Manager):
         self._program_seq = 0
         self._inflight: Program | None = None
         self._tag_hints: dict[str, dict[tuple[str, str], int]] = {}
-        # The hints the last read found that its switch's read before did not (came or changed).
+        # The hints the last read found that its switch's read before did not (came or changed), and
+        # whether it found anything other than what was believed the switch holds.
         self.hints_came: dict[tuple[str, str], int] = {}
+        self.read_changed = False
         self._tags_read: dict[str, tuple[object, dict]] = {}  # switch → (requests, flows) of its hints
         self._cookies: tuple[tuple, dict[int, str]] = ((), {})  # requests → their wire cookies
         # Desired flows by switch and key, the keys changed since the last diff, and the switches to
@@ -183,16 +185,23 @@ class SwitchManager(Manager):
                    groups: Iterable[GroupSpec], resources: Resources) -> list | None:
         """What a switch holds; None when taken, else the commands instead (a stale read is asked
         again, a read of a switch not connected dropped)."""
+        self.read_changed = False
         state = self.switches.get(switch)
         if state is None or not state.connected:
             return []
         if epoch != state.epoch:
             return [ReadFlows(switch, state.dpid, state.epoch)]
+        believed, believed_objects = state.flows, (state.meters, state.groups)
         state.flows = {f.key: f for f in flows if is_ours(f.cookie)}
         state.meters = {m.meter_id: m for m in meters if is_our_meter(m.meter_id)}
         state.groups = {g.group_id: g for g in groups if is_our_group(g.group_id)}
         self._diff_whole.add(switch)
-        self._up.clear()
+        # An audit that finds what was believed (the reader hands back the very flow objects) changes
+        # no connection's state: at size, working them all out again was most of a status render.
+        self.read_changed = believed is None or not (
+            _same_objects(believed, state.flows) and believed_objects == (state.meters, state.groups))
+        if self.read_changed:
+            self._up.clear()
         last = self._tags_read.get(switch)
         if last is not None and last[0] is resources.requests and _same_objects(last[1], state.flows):
             found = self._tag_hints[switch]  # an audit that found what the last read found
