@@ -43,6 +43,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 from _scale_fabric import (
@@ -144,8 +145,14 @@ def cid(pod: dict) -> str:
     return f"default/{pod['metadata']['name']}/nsm-1"
 
 
-def one_request(run: Run, name: str, pod: dict) -> tuple[float, float]:
-    """(seconds from the rename to the reply showing it up, the most that can be late by)."""
+class Answer(NamedTuple):
+    took: float  # seconds from the drop (rename or create call) to the reply showing it up
+    late: float  # the most that can be late by (the previous poll's request to that reply)
+    up: float  # perf_counter of that reply
+
+
+def one_request(run: Run, name: str, pod: dict) -> Answer:
+    """One request dropped in, polled until it is up."""
     t0 = run.drop(name, [pod])
     want, asked_before = cid(pod), t0
     while True:
@@ -157,7 +164,7 @@ def one_request(run: Run, name: str, pod: dict) -> tuple[float, float]:
         if state == "failed":
             raise BenchFailure(f"{want} failed: {run.status()['problems'][:3]}")
         if state == "up":
-            return replied - t0, replied - asked_before
+            return Answer(replied - t0, replied - asked_before, replied)
         asked_before = asked
         time.sleep(POLL_S)
 
@@ -193,19 +200,17 @@ def steady_state(run: Run) -> list[str]:
                    "design bound 10 % of one core")]
 
 
-def requests_at_size(run: Run) -> tuple[list[float], list[str]]:
-    """The single requests, one at a time: their latencies (s) and connection ids."""
-    latencies, slack, ids = [], [], []
+def requests_at_size(run: Run, since: str = "the drop") -> dict[str, Answer]:
+    """The single requests, one at a time: connection id → its answer."""
+    answers = {}
     for j in range(run.work.extra):
         pod = run.work.extra_pod(j)
-        took, late = one_request(run, f"x{j:04d}", pod)
-        latencies.append(took)
-        slack.append(late)
-        ids.append(cid(pod))
-    note(f"{len(latencies)} single requests at size: p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
-         f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms; a time is "
-         f"late by at most {max(slack) * 1000:.1f} ms (poll every {POLL_S * 1000:.0f} ms)")
-    return latencies, ids
+        answers[cid(pod)] = one_request(run, f"x{j:04d}", pod)
+    latencies = [a.took for a in answers.values()]
+    note(f"{len(latencies)} single requests at size, from {since}: {milliseconds(latencies)}; a time is "
+         f"late by at most {max(a.late for a in answers.values()) * 1000:.1f} ms (poll every "
+         f"{POLL_S * 1000:.0f} ms)")
+    return answers
 
 
 def restart(run: Run) -> float:
@@ -224,7 +229,7 @@ def restart(run: Run) -> float:
     ready = time.perf_counter()
     log = run.ctl.log()
     programs = re.findall(r"program \d+: .*", log)
-    took, _ = one_request(run, "restart", work.extra_pod(work.extra + 1))
+    took = one_request(run, "restart", work.extra_pod(work.extra + 1)).took
     serving = time.perf_counter()
     back = re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*connected with \d+ ports", log, re.M)
     if not back:
@@ -278,9 +283,14 @@ def _crosses(path: list[str], pair: tuple[str, str]) -> bool:
     return any(tuple(sorted(hop)) == pair for hop in zip(path, path[1:], strict=False))
 
 
+def milliseconds(seconds: list[float]) -> str:
+    return (f"p50 {percentile(seconds, 0.5) * 1000:.1f} ms, p99 {percentile(seconds, 0.99) * 1000:.1f} ms, "
+            f"max {max(seconds) * 1000:.1f} ms")
+
+
 def limits(run: Run, singles: list[str], moved: list[str]) -> tuple[float, float, int]:
-    """(median one request, the moved connections) by ovs-ofctl --bundle, the controller gone; and
-    the bytes of every flow as ``ovs-ofctl dump-flows`` text."""
+    """(median one request, the moved connections (0 without)) by ovs-ofctl --bundle, the controller
+    gone; and the bytes of every flow as ``ovs-ofctl dump-flows`` text."""
     dumped = dump_flows(run.bridges.values())
     flows = by_cookie(dumped)
 
@@ -296,12 +306,12 @@ def limits(run: Run, singles: list[str], moved: list[str]) -> tuple[float, float
     picks = singles[:: max(1, len(singles) // SAMPLE)][:SAMPLE]
     one = [reinstall_time(of([conn]), run.workdir, f"one{k}") for k, conn in enumerate(picks)]
     sizes = sorted({sum(map(len, of([conn]).values())) for conn in picks})
-    moved_flows = of(moved)
-    both = min(reinstall_time(moved_flows, run.workdir, "moved") for _ in range(3))
+    moved_flows = of(moved) if moved else {}
+    both = min(reinstall_time(moved_flows, run.workdir, "moved") for _ in range(3)) if moved else 0.0
     note(f"limits: one request ({'/'.join(map(str, sizes))} flows) median "
-         f"{statistics.median(one) * 1000:.1f} ms over {len(one)}; the moved connections' "
-         f"{sum(map(len, moved_flows.values()))} flows "
-         f"on {len(moved_flows)} switches best of 3 {both * 1000:.0f} ms")
+         f"{statistics.median(one) * 1000:.1f} ms over {len(one)}" + (
+             f"; the moved connections' {sum(map(len, moved_flows.values()))} flows on {len(moved_flows)} "
+             f"switches best of 3 {both * 1000:.0f} ms" if moved else ""))
     return statistics.median(one), both, sum(len(line) + 1 for lines in dumped.values() for line in lines)
 
 
@@ -321,7 +331,8 @@ def measure(run: Run) -> list[str]:
     if not wait_for(lambda: all_connected(run), TIMEOUT, 0.1):
         raise BenchFailure(f"switches not all connected in {TIMEOUT:.0f} s")
     lines = steady_state(run)
-    latencies, singles = requests_at_size(run)
+    answers = requests_at_size(run, "the rename")
+    latencies, singles = [a.took for a in answers.values()], list(answers)
     restarted = restart(run)
     cut, moved = link_failure(run)
     if run.ctl.errors():

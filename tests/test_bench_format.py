@@ -411,6 +411,34 @@ def test_scale_quick_run_prints_steady_state_request_failure_and_restart_figures
     assert "programs sent before it" in done.stderr and "FAILED" not in done.stderr
 
 
+@pytest.mark.ovs
+def test_scale_watch_quick_run_times_requests_from_their_watch_events(tmp_path):
+    # scale.py's load from the API server emulator: the idle CPU with the Kubernetes source, then
+    # single Pods timed from the watch event the controller logged to forwarding.
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "scale_watch.py"), "--quick"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    matches = [common.FIGURE_RE.match(line) for line in done.stdout.splitlines()]
+    assert matches and all(matches), done.stdout
+    what = "200 connections, fat-tree k=4"
+    assert [m["name"] for m in matches] == [
+        f"controller idle CPU with the Kubernetes source, {what}",
+        f"request to forwarding from a watch event p50 at size, {what}",
+        f"request to forwarding from a watch event p99 at size, {what}",
+    ]
+    idle, p50, p99 = matches
+    assert idle["unit"] == "ms/s" and float(idle["limit"]) == 100
+    assert 0 < float(p50["value"]) <= float(p99["value"]) and p50["limit"] == p99["limit"]
+    assert p50["limit_label"] == "ovs-ofctl --bundle of one request's flows"
+    for m in matches:
+        assert float(m["ratio"]) == pytest.approx(float(m["value"]) / float(m["limit"]), rel=1.5e-2)
+    # Both clocks are logged: from the create call (the emulator's queueing in it) and from the event.
+    assert "from the create call" in done.stderr and "from the watch event" in done.stderr
+    assert "FAILED" not in done.stderr
+
+
 @pytest.fixture
 def policy_bench(monkeypatch):
     monkeypatch.setitem(sys.modules, "common", common)
