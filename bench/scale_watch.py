@@ -103,9 +103,11 @@ def load_and_idle(run: WatchRun) -> str:
     up = time.perf_counter()
     # Idle is once the status writer has written every connection and its Events (kmock, in Python
     # in this process, takes ~20 ms a write): the API's resourceVersion stands still.
+    # (A pause in the writes is no end of them: the first sync starts only once the plan is made.)
+    if not wait_for(lambda: written_up(run.api) >= work.n, WRITES_TIMEOUT, 5.0):
+        raise BenchFailure(f"{written_up(run.api)} of {work.n} NetworkServiceConnections Up in the API "
+                           f"{WRITES_TIMEOUT:.0f} s after every connection was up")
     quiet(run.api, QUIET_S, WRITES_TIMEOUT)
-    if written_up(run.api) < work.n:
-        raise BenchFailure(f"{written_up(run.api)} of {work.n} NetworkServiceConnections Up in the API")
     note(f"{work.n} connections from the API up {up - started:.1f} s after the controller started; its "
          f"writes (NetworkServiceConnections, Events) done {time.perf_counter() - up - QUIET_S:.0f} s later")
     _, cpu1 = proc_usage(run.ctl.proc.pid)

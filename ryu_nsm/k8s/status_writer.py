@@ -168,6 +168,8 @@ class StatusWriter:
         self._problems_told: set[EventKey] = set()
         self._last_state: dict[str, tuple[str, str, str]] = {}
         self._desired = DesiredMemo()  # unchanged connections keep their desired objects
+        # Object key → (what it was made of, the stored object, its Pod) when last found in step.
+        self._in_step: dict[tuple[str, str], tuple[object, dict, object]] = {}
 
     # -- API calls ------------------------------------------------------------------------------
 
@@ -253,12 +255,21 @@ class StatusWriter:
                        if self.namespaces is None or k[0] in self.namespaces}
             tasks: list[tuple[int, tuple[str, str], Callable[[], _Outcome]]] = []
             in_step = []  # need no write, only maybe an Event
+            kept, self._in_step = self._in_step, {}
             for key, body in desired.items():
                 old = stored.get(key)
-                if old is not None and _in_step(body, old, objects, now):
-                    in_step.append((body, old.get("status") or {}))
-                else:
-                    tasks.append((_rank(body, old), key, partial(self._apply, key, body, old, objects, now)))
+                if old is not None:
+                    # Found in step before, made of the same, against the same stored object and Pod:
+                    # in step still, without a look (a sync costs the connections that changed).
+                    made = self._desired.made_of(body["metadata"]["annotations"][CONNECTION_ANNOTATION])
+                    pod = objects.get(("Pod", key[0], body["spec"]["client"]["pod"]))
+                    was = kept.get(key)
+                    if (made is not None and was is not None and was[0] is made and was[1] is old
+                            and was[2] is pod) or _in_step(body, old, objects, now):
+                        self._in_step[key] = (made, old, pod)
+                        in_step.append((body, old.get("status") or {}))
+                        continue
+                tasks.append((_rank(body, old), key, partial(self._apply, key, body, old, objects, now)))
             tasks += [(2, key, partial(self._delete, key)) for key in sorted(stored.keys() - desired.keys())]
             tasks.sort(key=lambda task: task[0])  # stable: in each rank, the order of the connection ids
             stale, written = False, []
