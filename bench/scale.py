@@ -40,6 +40,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -357,23 +359,36 @@ def measure(run: Run) -> list[str]:
 
 def run_all(k: int, n: int, extra: int, audit_s: float, keep: Path | None = None) -> list[str]:
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="ryu-nsm-scale-") as tmp:
-        workdir = Path(tmp)
-        if keep is not None:
+    with work_dir(keep, "ryu-nsm-scale-") as workdir:
+        return measured(Run(Workload(k, n, extra), workdir, audit_s), measure, started)
+
+
+@contextmanager
+def work_dir(keep: Path | None, prefix: str) -> Iterator[Path]:
+    """A temporary directory, or ``keep`` (made new, kept afterwards)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        if keep is None:
+            yield Path(tmp)
+        else:
             keep.mkdir(parents=True, exist_ok=False)
-            workdir = keep
-        run = Run(Workload(k, n, extra), workdir, audit_s)
-        try:
-            return measure(run)
-        finally:
-            if run.ctl is not None:
-                run.ctl.stop()
-            remove_bridges(run.bridges.values())
-            note(f"whole benchmark {time.perf_counter() - started:.0f} s")
+            yield keep
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def measured(run: Run, measure: Callable[[Run], list[str]], started: float) -> list[str]:
+    """``measure(run)``; then its controller stopped and its bridges removed, whatever happened."""
+    try:
+        return measure(run)
+    finally:
+        if run.ctl is not None:
+            run.ctl.stop()
+        remove_bridges(run.bridges.values())
+        note(f"whole benchmark {time.perf_counter() - started:.0f} s")
+
+
+def main(argv: list[str] | None = None, name: str = "scale", doc: str = __doc__,
+         run: Callable[..., list[str]] = run_all) -> int:
+    """The command line of scale.py and of the benchmarks built on it (``name``, ``doc``, ``run``)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="k=4, 200 connections, 10 requests (for tests)")
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--connections", type=int, default=10_000)
@@ -382,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="work in DIR (new) and keep it: the controllers' logs, the files")
     args = parser.parse_args(argv)
     k, n, extra, audit = (4, 200, 10, 5.0) if args.quick else (args.k, args.connections, args.requests, 30.0)
-    return print_figures("scale", lambda: run_all(k, n, extra, audit, args.keep), (RuntimeError, OSError))
+    return print_figures(name, lambda: run(k, n, extra, audit, args.keep), (RuntimeError, OSError))
 
 
 if __name__ == "__main__":

@@ -23,10 +23,8 @@ Usage (root, Open vSwitch up): ``scale_watch.py [--quick] [--k K] [--connections
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,10 +37,9 @@ from _scale_fabric import (
     build_bridges,
     documents,
     proc_usage,
-    remove_bridges,
     topology,
 )
-from common import BenchFailure, figure, percentile, print_figures
+from common import BenchFailure, figure, percentile
 from k8s_latency import kubeconfig
 from scale import (
     LOAD_TIMEOUT,
@@ -50,10 +47,13 @@ from scale import (
     Run,
     all_connected,
     limits,
+    main,
+    measured,
     milliseconds,
     note,
     requests_at_size,
     wait_up,
+    work_dir,
 )
 
 from ryu_nsm.k8s.connection_status import API_VERSION, KIND, UP
@@ -182,36 +182,10 @@ def measure(run: WatchRun) -> list[str]:
 
 def run_all(k: int, n: int, extra: int, audit_s: float, keep: Path | None = None) -> list[str]:
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="ryu-nsm-scale-watch-") as tmp:
-        workdir = Path(tmp)
-        if keep is not None:
-            keep.mkdir(parents=True, exist_ok=False)
-            workdir = keep
-        with Emulator(history=4 * (n + extra) + 1000) as api:
-            api.keep_recent_requests()  # kmock's request log slows every request down
-            run = WatchRun(Workload(k, n, extra), workdir, audit_s, api=api)
-            try:
-                return measure(run)
-            finally:
-                if run.ctl is not None:
-                    run.ctl.stop()
-                remove_bridges(run.bridges.values())
-                note(f"whole benchmark {time.perf_counter() - started:.0f} s")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="k=4, 200 connections, 10 requests (for tests)")
-    parser.add_argument("--k", type=int, default=8)
-    parser.add_argument("--connections", type=int, default=10_000)
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--keep", type=Path, metavar="DIR",
-                        help="work in DIR (new) and keep it: the controller's log")
-    args = parser.parse_args(argv)
-    k, n, extra, audit = (4, 200, 10, 5.0) if args.quick else (args.k, args.connections, args.requests, 30.0)
-    return print_figures("scale_watch", lambda: run_all(k, n, extra, audit, args.keep),
-                         (RuntimeError, OSError))
+    with work_dir(keep, "ryu-nsm-scale-watch-") as workdir, Emulator(history=4 * (n + extra) + 1000) as api:
+        api.keep_recent_requests()  # kmock's request log slows every request down
+        return measured(WatchRun(Workload(k, n, extra), workdir, audit_s, api=api), measure, started)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(name="scale_watch", doc=__doc__, run=run_all))

@@ -380,17 +380,21 @@ def test_qos_failover_quick_run_prints_loss_windows_and_sla_reroute_time(tmp_pat
     assert "whole benchmark" in done.stderr and "FAILED" not in done.stderr
 
 
+def quick_figures(script: str, cwd, timeout: float) -> tuple[list, str]:
+    """Run ``bench/<script> --quick``: its figure lines matched (every line is one), and its stderr."""
+    done = subprocess.run([sys.executable, str(BENCH / script), "--quick"], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    matches = [common.FIGURE_RE.match(line) for line in done.stdout.splitlines()]
+    assert matches and all(matches), done.stdout
+    return matches, done.stderr
+
+
 @pytest.mark.ovs
 def test_scale_quick_run_prints_steady_state_request_failure_and_restart_figures(tmp_path):
     # A k=4 fat-tree of netdev bridges, 200 connections from files, 10 single requests, a restart and
     # a cut link; every figure's limit is measured in the same run (or is a design bound).
-    done = subprocess.run(
-        [sys.executable, str(BENCH / "scale.py"), "--quick"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=170,
-    )
-    assert done.returncode == 0, done.stderr
-    matches = [common.FIGURE_RE.match(line) for line in done.stdout.splitlines()]
-    assert matches and all(matches), done.stdout
+    matches, stderr = quick_figures("scale.py", tmp_path, 170)
     what = "200 connections, fat-tree k=4"
     names = [m["name"] for m in matches]
     assert names[:4] == [
@@ -408,20 +412,14 @@ def test_scale_quick_run_prints_steady_state_request_failure_and_restart_figures
     assert restart["unit"] == "s" and float(restart["limit"]) == 3
     for m in matches:
         assert float(m["ratio"]) == pytest.approx(float(m["value"]) / float(m["limit"]), rel=1.5e-2)
-    assert "programs sent before it" in done.stderr and "FAILED" not in done.stderr
+    assert "programs sent before it" in stderr and "FAILED" not in stderr
 
 
 @pytest.mark.ovs
 def test_scale_watch_quick_run_times_requests_from_their_watch_events(tmp_path):
     # scale.py's load from the API server emulator: the idle CPU with the Kubernetes source, then
     # single Pods timed from the watch event the controller logged to forwarding.
-    done = subprocess.run(
-        [sys.executable, str(BENCH / "scale_watch.py"), "--quick"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    matches = [common.FIGURE_RE.match(line) for line in done.stdout.splitlines()]
-    assert matches and all(matches), done.stdout
+    matches, stderr = quick_figures("scale_watch.py", tmp_path, 120)
     what = "200 connections, fat-tree k=4"
     assert [m["name"] for m in matches] == [
         f"controller idle CPU with the Kubernetes source, {what}",
@@ -435,8 +433,8 @@ def test_scale_watch_quick_run_times_requests_from_their_watch_events(tmp_path):
     for m in matches:
         assert float(m["ratio"]) == pytest.approx(float(m["value"]) / float(m["limit"]), rel=1.5e-2)
     # Both clocks are logged: from the create call (the emulator's queueing in it) and from the event.
-    assert "from the create call" in done.stderr and "from the watch event" in done.stderr
-    assert "FAILED" not in done.stderr
+    assert "from the create call" in stderr and "from the watch event" in stderr
+    assert "FAILED" not in stderr
 
 
 @pytest.fixture

@@ -65,6 +65,15 @@ def setup():
     return fab, res
 
 
+def loaded():
+    """``setup()``'s connection up on every switch: (fabric, controller, switches)."""
+    fab, res = setup()
+    ctl, sw = Controller(fab), FakeFabric(fab)
+    sw.connect_all(ctl)
+    sw.run(ctl, ctl.set_resources(res, 0.0))
+    return fab, ctl, sw
+
+
 def test_connect_then_declare_installs_and_reports_up():
     fab, res = setup()
     ctl, sw = Controller(fab), FakeFabric(fab)
@@ -223,10 +232,7 @@ def test_an_audit_plans_again_only_for_tags_that_disagree_with_the_plan():
 
     from ryu_nsm.core.flowspec import Priority, Table
 
-    fab, res = setup()
-    ctl, sw = Controller(fab), FakeFabric(fab)
-    sw.connect_all(ctl)
-    sw.run(ctl, ctl.set_resources(res, 0.0))
+    fab, ctl, sw = loaded()
     planned, sw.sent[:] = ctl.plan, []
     sw.run(ctl, ctl.audit(), 1.0)
     assert ctl.plan is planned and sw.sent == []
@@ -251,10 +257,7 @@ def test_an_audit_plans_again_only_for_tags_that_disagree_with_the_plan():
 def test_a_read_that_finds_what_was_believed_leaves_every_status_as_it_was():
     # At size an audit marked every connection's status for a rebuild at each switch's read; a read
     # that changes nothing on its switch changes no status, and one that finds drift does.
-    fab, res = setup()
-    ctl, sw = Controller(fab), FakeFabric(fab)
-    sw.connect_all(ctl)
-    sw.run(ctl, ctl.set_resources(res, 0.0))
+    _, ctl, sw = loaded()
     (before,) = ctl.status().connections
     built, build = [], ctl.book.build
     ctl.book.build = lambda pc, measured: built.append(pc.id) or build(pc, measured)
