@@ -188,6 +188,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
+def milliseconds(values: Iterable[float], digits: int = 0) -> str:
+    """p50 / p99 / max of seconds, in ms with ``digits`` decimals."""
+    values = list(values)
+    p50, p99, top = (v * 1000 for v in (percentile(values, 0.5), percentile(values, 0.99), max(values)))
+    return f"p50 {p50:.{digits}f} ms, p99 {p99:.{digits}f} ms, max {top:.{digits}f} ms"
+
+
 def log_breakdown(log: str, t0_wall: float) -> list[str]:
     """Where the controller's time went, from its log: when it planned, and each program's report."""
     out: list[str] = []

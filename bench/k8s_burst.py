@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,6 @@ import tempfile
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 
 import k8s_latency as kl
@@ -59,23 +57,6 @@ SETUP_TIMEOUT = 300.0  # 2,000 NetworkServiceConnections written to the emulator
 LIMIT_REPEATS = 5
 TAG = "bu"  # bridge names: bu<pid><switch>
 LIMIT_LABEL = "ovs-ofctl --bundle of the last pod's flows"
-_EVENT = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*watch event ADDED Pod "
-                    r"\('Pod', '[^']*', '([^']*)'\)", re.M)
-
-
-def received(log: str, run: kl.Run, since_wall: float, wall_minus_perf: float) -> dict[str, float]:
-    """Client connection id → perf_counter time the controller logged its Pod's ADDED event, counting
-    only events logged from ``since_wall`` on (the log's stamps are wall clock, ms resolution)."""
-    pods = {run.client(i): run.client_id(i) for i in range(run.n)}
-    out: dict[str, float] = {}
-    for m in _EVENT.finditer(log):
-        cid = pods.get(m[2])
-        if cid is None or cid in out:
-            continue
-        at = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        if at >= since_wall - 0.001:
-            out[cid] = at - wall_minus_perf
-    return out
 
 
 def burst(run: kl.Run, api: kl.Emulator, ctl: ControllerProcess, poll: float, number: int
@@ -97,7 +78,7 @@ def burst(run: kl.Run, api: kl.Emulator, ctl: ControllerProcess, poll: float, nu
         creating = pool.submit(create_all)
         watch = kl.watch_until_up(ctl, set(run.client_ids), creating, t0, poll)
         all_created = creating.result()
-    arrived = received(ctl.log(), run, t0_wall, t0_wall - t0)
+    arrived = kl.watch_events(ctl.log(), run.pods(), t0_wall - t0, since_wall=t0_wall)
     missing = set(run.client_ids) - arrived.keys()
     if missing:
         raise BenchFailure(f"burst {number}: {len(missing)} Pod watch events are not in the controller's "

@@ -75,6 +75,7 @@ from common import (
     figure,
     flow_count,
     log_breakdown,
+    milliseconds,
     ofctl,
     percentile,
     planned_flows,
@@ -149,6 +150,10 @@ class Run:
     def client_ids(self) -> list[str]:
         """Every client connection id, in creation order."""
         return [self.client_id(i) for i in range(self.n)]
+
+    def pods(self) -> dict[str, str]:
+        """Client Pod name → its connection id."""
+        return {self.client(i): self.client_id(i) for i in range(self.n)}
 
     def client_edge(self, i: int) -> str:
         """Clients alternate between the two edge switches of their pod."""
@@ -423,24 +428,24 @@ def watch_until_up(ctl: ControllerProcess, clients: set[str], creating: Future, 
     return Watch(first_up, tuple(slack), tuple(durations))
 
 
-def watch_events(log: str, run: Run, wall_minus_perf: float) -> dict[str, float]:
-    """Client connection id → perf_counter time the controller logged its Pod's ADDED watch event."""
-    pods = {run.client(i): run.client_id(i) for i in range(run.n)}
+_EVENT = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*watch event ADDED Pod "
+                    r"\('Pod', '[^']*', '([^']*)'\)", re.M)
+
+
+def watch_events(log: str, pods: Mapping[str, str], wall_minus_perf: float,
+                 since_wall: float = float("-inf")) -> dict[str, float]:
+    """Connection id → perf_counter time the controller logged the ADDED watch event of its Pod
+    (``pods``: Pod name → connection id), counting only events logged from ``since_wall`` on (the
+    log's stamps are wall clock, ms resolution)."""
     out: dict[str, float] = {}
-    for m in re.finditer(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*watch event ADDED Pod "
-                         r"\('Pod', '[^']*', '([^']*)'\)", log, re.M):
+    for m in _EVENT.finditer(log):
         cid = pods.get(m[2])
-        if cid is not None and cid not in out:
-            at = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        if cid is None or cid in out:
+            continue
+        at = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        if at >= since_wall - 0.001:
             out[cid] = at - wall_minus_perf
     return out
-
-
-def milliseconds(values: Iterable[float]) -> str:
-    """p50 / p99 / max of seconds, in ms."""
-    values = list(values)
-    return (f"p50 {percentile(values, 0.5) * 1000:.0f} ms, p99 {percentile(values, 0.99) * 1000:.0f} ms, "
-            f"max {max(values) * 1000:.0f} ms")
 
 
 def controller_run(run: Run, api: Emulator, ctl: ControllerProcess, reports: Reports, flows: Flows,
@@ -472,7 +477,7 @@ def controller_run(run: Run, api: Emulator, ctl: ControllerProcess, reports: Rep
         all_created = creating.result()
     from_create = {cid: watch.first_up[cid] - created[cid] for cid in created}
     # The controller's own receipt of each Pod's watch event, from its log (same clock, ms resolution).
-    arrived = watch_events(ctl.log(), run, t0_wall - t0)
+    arrived = watch_events(ctl.log(), run.pods(), t0_wall - t0)
     missing = set(created) - arrived.keys()
     if missing:
         raise BenchFailure(f"{len(missing)} Pod watch events are not in the controller's log, "

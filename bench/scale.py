@@ -61,7 +61,7 @@ from _scale_fabric import (
     topology,
     vswitchd_pid,
 )
-from common import BenchFailure, figure, percentile, print_figures, sh
+from common import BenchFailure, figure, milliseconds, percentile, print_figures, sh
 
 from ryu_nsm.core.flowspec import wire_cookie
 from ryu_nsm.lab.controller_process import ControllerProcess, wait_for
@@ -209,7 +209,7 @@ def requests_at_size(run: Run, since: str = "the drop") -> dict[str, Answer]:
         pod = run.work.extra_pod(j)
         answers[cid(pod)] = one_request(run, f"x{j:04d}", pod)
     latencies = [a.took for a in answers.values()]
-    note(f"{len(latencies)} single requests at size, from {since}: {milliseconds(latencies)}; a time is "
+    note(f"{len(latencies)} single requests at size, from {since}: {milliseconds(latencies, 1)}; a time is "
          f"late by at most {max(a.late for a in answers.values()) * 1000:.1f} ms (poll every "
          f"{POLL_S * 1000:.0f} ms)")
     return answers
@@ -283,11 +283,6 @@ def link_failure(run: Run) -> tuple[float, list[str]]:
 
 def _crosses(path: list[str], pair: tuple[str, str]) -> bool:
     return any(tuple(sorted(hop)) == pair for hop in zip(path, path[1:], strict=False))
-
-
-def milliseconds(seconds: list[float]) -> str:
-    return (f"p50 {percentile(seconds, 0.5) * 1000:.1f} ms, p99 {percentile(seconds, 0.99) * 1000:.1f} ms, "
-            f"max {max(seconds) * 1000:.1f} ms")
 
 
 def limits(run: Run, singles: list[str], moved: list[str]) -> tuple[float, float, int]:

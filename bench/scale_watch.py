@@ -23,11 +23,9 @@ Usage (root, Open vSwitch up): ``scale_watch.py [--quick] [--k K] [--connections
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -39,8 +37,8 @@ from _scale_fabric import (
     proc_usage,
     topology,
 )
-from common import BenchFailure, figure, percentile
-from k8s_latency import kubeconfig
+from common import BenchFailure, figure, milliseconds, percentile
+from k8s_latency import kubeconfig, watch_events
 from scale import (
     LOAD_TIMEOUT,
     TIMEOUT,
@@ -49,7 +47,6 @@ from scale import (
     limits,
     main,
     measured,
-    milliseconds,
     note,
     requests_at_size,
     wait_up,
@@ -138,18 +135,6 @@ def written_up(api: Emulator) -> int:
     return sum(obj.get("status", {}).get("state") == UP for obj in api.objects(KIND, api_version=API_VERSION))
 
 
-def watch_events(log: str, pods: dict[str, str], wall_minus_perf: float) -> dict[str, float]:
-    """Connection id → perf_counter time the controller logged its Pod's ADDED watch event, for the
-    Pods named in ``pods`` (name → connection id)."""
-    out: dict[str, float] = {}
-    for m in re.finditer(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*watch event ADDED Pod "
-                         r"\('Pod', '[^']*', '([^']*)'\)", log, re.M):
-        conn = pods.get(m[2])
-        if conn is not None and conn not in out:
-            out[conn] = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp() - wall_minus_perf
-    return out
-
-
 def measure(run: WatchRun) -> list[str]:
     work = run.work
     (run.workdir / "topology.yaml").write_text(yaml.safe_dump(topology(work), sort_keys=False))
@@ -167,7 +152,7 @@ def measure(run: WatchRun) -> list[str]:
         raise BenchFailure(f"no watch event logged for {len(missing)} Pods, e.g. {sorted(missing)[:3]}")
     # A log time is cut to the millisecond: never later than the event, so at most 1 ms too long.
     latencies = [answers[conn].up - events[conn] for conn in answers]
-    note(f"{len(latencies)} single requests at size, from the watch event: {milliseconds(latencies)}")
+    note(f"{len(latencies)} single requests at size, from the watch event: {milliseconds(latencies, 1)}")
     if run.ctl.errors():
         raise BenchFailure(f"switches rejected messages: {run.ctl.errors()[:3]}")
     run.ctl.stop()
