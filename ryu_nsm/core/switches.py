@@ -207,12 +207,15 @@ class SwitchManager(Manager):
             found = self._tag_hints[switch]  # an audit that found what the last read found
         else:
             found = self._tags_in(switch, state.flows.values(), resources)
-        self._tags_read[switch] = (resources.requests, state.flows.copy())  # programs change state.flows
+            self._tags_read[switch] = (resources.requests, state.flows.copy())  # programs change state.flows
         # The same hints stay the same object: the core then knows that the read changed no plan
         # (an audit of a big fabric that finds what it expects costs the flows read, not a replan).
-        old = self._tag_hints.get(switch, {})
-        self.hints_came = {key: tag for key, tag in found.items() if old.get(key) != tag}
-        if found != old or switch not in self._tag_hints:
+        old = self._tag_hints.get(switch)
+        if found is old:  # an audit that found what the last read found: nothing came
+            self.hints_came = {}
+            return None
+        self.hints_came = {key: tag for key, tag in found.items() if old is None or old.get(key) != tag}
+        if old is None or found != old:
             self._tag_hints[switch] = found
             self._hints = None
         return None
