@@ -171,6 +171,25 @@ def test_an_empty_cluster_is_delivered_once_listed(api: Emulator, start) -> None
     assert source.synced()
 
 
+def test_a_change_after_a_quiet_spell_is_delivered_without_waiting_the_window(api: Emulator, start) -> None:
+    # A minute's window: a delivery that waited it out would miss the deadline by far.
+    api.create(network_service("svc"))
+    source, recorder = start(coalesce=60.0)
+    first = recorder.wait(lambda r: True, "the first delivery, without waiting out the window")
+    assert services(first) == {"ns1/svc": "ETHERNET"}
+
+
+def test_changes_soon_after_a_delivery_are_delivered_together(api: Emulator, start) -> None:
+    source, recorder = start(coalesce=2.0)
+    recorder.wait(lambda r: True, "the first delivery")
+    api.create(network_service("svc"))
+    for i in range(5):
+        api.create(pod(f"client{i}", request="kernel://svc/nsm-1"))
+    last = recorder.wait(lambda r: len(requests(r)) == 5, "the five requests")
+    assert services(last) == {"ns1/svc": "ETHERNET"}
+    assert recorder.count() == 2, [sorted(requests(r)) for r in recorder.deliveries]
+
+
 def test_create_update_delete_of_each_kind_reach_the_resources(api: Emulator, start) -> None:
     source, recorder = start()
     recorder.wait(lambda r: True, "the first delivery")
