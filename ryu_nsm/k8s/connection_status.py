@@ -443,12 +443,6 @@ class DesiredMemo:
         self._groups.get(group, set()).discard(cid)
         return group
 
-    def made_of(self, cid: str) -> object | None:
-        """What connection ``cid``'s object was last made of: the same object for as long as that
-        object stays the same but for its condition times (None: unknown)."""
-        made = self._made.get(cid)
-        return made[0] if made is not None else None
-
     def _forget_made(self, cid: str) -> None:
         made = self._made.pop(cid, None)
         self._body.pop(cid, None)

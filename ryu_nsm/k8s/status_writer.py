@@ -109,6 +109,8 @@ class _Outcome:
 EventKey = tuple[str, str, str, str, str]  # kind, namespace, name, reason, message
 _T = TypeVar("_T")
 _UNTOLD = ("", "", "")  # a connection whose first Event failed: any state is news
+# Desired objects are made with this time in their conditions; the time is set as they are written.
+_UNSTAMPED = "1970-01-01T00:00:00Z"
 
 
 def _rank(body: dict, old: dict | None) -> int:
@@ -168,8 +170,10 @@ class StatusWriter:
         self._problems_told: set[EventKey] = set()
         self._last_state: dict[str, tuple[str, str, str]] = {}
         self._desired = DesiredMemo()  # unchanged connections keep their desired objects
-        # Object key → (what it was made of, the stored object, its Pod) when last found in step.
-        self._in_step: dict[tuple[str, str], tuple[object, dict, object]] = {}
+        self._generations: dict[tuple[str, str], int] = {}  # stored generations other than 1
+        self._last_desired: dict[tuple[str, str], dict] = {}
+        # Object key → (the desired object, the stored one, its Pod, the Pod's key) when found in step.
+        self._in_step: dict[tuple[str, str], tuple[dict, dict, object, tuple]] = {}
 
     # -- API calls ------------------------------------------------------------------------------
 
@@ -248,27 +252,31 @@ class StatusWriter:
         now = self.clock()
         if relist or self._stored is None:
             self._stored = self._list(result)
+            self._generations = _generations(self._stored or {})
         stored = self._stored
         if stored is not None:
-            generations = {k: (o.get("metadata") or {}).get("generation") or 1 for k, o in stored.items()}
-            desired = {k: v for k, v in desired_connections(status, now, generations, self._desired).items()
-                       if self.namespaces is None or k[0] in self.namespaces}
+            # Stamped when written (``_with_kept_times``): made once, an unchanged object stays the
+            # same object, and a sync costs the connections that changed, not a restamp of all.
+            desired = desired_connections(status, _UNSTAMPED, self._generations, self._desired)
+            if self.namespaces is not None:
+                desired = {k: v for k, v in desired.items() if k[0] in self.namespaces}
+            in_step, get, pod_of = self._in_step, stored.get, objects.get
+            # Found in step before, the same object desired, against the same stored object and Pod:
+            # in step still, without a look (identity checks only).
+            looks = [key for key, body in desired.items() if (was := in_step.get(key)) is None
+                     or was[0] is not body or was[1] is not get(key) or was[2] is not pod_of(was[3])]
+            for key in in_step.keys() - desired.keys():
+                del in_step[key]
             tasks: list[tuple[int, tuple[str, str], Callable[[], _Outcome]]] = []
-            in_step = []  # need no write, only maybe an Event
-            kept, self._in_step = self._in_step, {}
-            for key, body in desired.items():
-                old = stored.get(key)
-                if old is not None:
-                    # Found in step before, made of the same, against the same stored object and Pod:
-                    # in step still, without a look (a sync costs the connections that changed).
-                    made = self._desired.made_of(body["metadata"]["annotations"][CONNECTION_ANNOTATION])
-                    pod = objects.get(("Pod", key[0], body["spec"]["client"]["pod"]))
-                    was = kept.get(key)
-                    if (made is not None and was is not None and was[0] is made and was[1] is old
-                            and was[2] is pod) or _in_step(body, old, objects, now):
-                        self._in_step[key] = (made, old, pod)
-                        in_step.append((body, old.get("status") or {}))
-                        continue
+            found = []  # in step now, not before: need no write, only maybe an Event
+            for key in looks:
+                body, old = desired[key], get(key)
+                pod_key = ("Pod", key[0], body["spec"]["client"]["pod"])
+                if old is not None and _in_step(body, old, objects, now):
+                    in_step[key] = (body, old, pod_of(pod_key), pod_key)
+                    found.append((key, body, old.get("status") or {}))
+                    continue
+                in_step.pop(key, None)
                 tasks.append((_rank(body, old), key, partial(self._apply, key, body, old, objects, now)))
             tasks += [(2, key, partial(self._delete, key)) for key in sorted(stored.keys() - desired.keys())]
             tasks.sort(key=lambda task: task[0])  # stable: in each rank, the order of the connection ids
@@ -276,18 +284,39 @@ class StatusWriter:
             for (_, key, _), outcome in zip(tasks, self._run([task for _, _, task in tasks]), strict=True):
                 result.extend(outcome.result)
                 if outcome.gone:
-                    stored.pop(key, None)
+                    self._store(key, None)
                 elif outcome.stored is not None:
-                    stored[key] = outcome.stored
+                    self._store(key, outcome.stored)
                 stale = stale or outcome.stale
                 if outcome.told_before is not None:
-                    written.append((desired[key], outcome.told_before))
+                    written.append((key, desired[key], outcome.told_before))
             if stale:
                 self._stored = None
-            ids = {body["metadata"]["annotations"][CONNECTION_ANNOTATION] for body in desired.values()}
-            self._last_state = {cid: s for cid, s in self._last_state.items() if cid in ids}
-            self._tell_connections(written + in_step, objects, now, result)
+            self._forget_gone(desired)
+            self._tell_connections(written + found, objects, now, result)
         self._tell_problems(status.get("problems", []), objects, now, result)
+
+    def _store(self, key: tuple[str, str], obj: dict | None) -> None:
+        """What the server now stores of ``key`` (None: nothing), and its generation."""
+        if obj is None:
+            self._stored.pop(key, None)
+        else:
+            self._stored[key] = obj
+        generation = _generation(obj) if obj is not None else 1
+        if self._generations.get(key, 1) != generation:  # a new mapping: the memo compares by identity
+            self._generations = {k: g for k, g in self._generations.items() if k != key}
+            if generation != 1:
+                self._generations[key] = generation
+
+    def _forget_gone(self, desired: dict[tuple[str, str], dict]) -> None:
+        """Forget the last state told of the connections no longer desired."""
+        before, self._last_desired = self._last_desired, desired
+        gone = before.keys() - desired.keys()
+        if gone:
+            ids = {_cid(desired[key]) for key in desired.keys() - before.keys()}
+            for key in gone:
+                if _cid(before[key]) not in ids:
+                    self._last_state.pop(_cid(before[key]), None)
 
     def _run(self, tasks: list[Callable[[], _T]]) -> list[_T]:
         """Every task's answer, in the order given; up to ``workers`` run at once, started in that order."""
@@ -320,7 +349,7 @@ class StatusWriter:
                 result.created.append(f"{namespace}/{name}")
                 old_status: dict = {}
             else:
-                generation = (old.get("metadata") or {}).get("generation") or 1
+                generation = _generation(old)
                 patch = _metadata_patch(body, old, owner)
                 if patch:
                     answer = self._call(result, f"patch {what}", self.custom.patch_namespaced_custom_object,
@@ -366,14 +395,14 @@ class StatusWriter:
 
     # -- events ---------------------------------------------------------------------------------
 
-    def _tell_connections(self, written: list[tuple[dict, dict]], objects: Mapping, now: str,
+    def _tell_connections(self, written: list[tuple[tuple[str, str], dict, dict]], objects: Mapping, now: str,
                           result: SyncResult) -> None:
         """Warning when a connection fails (again, or for another reason); Normal when it comes up
-        after having been failed or pending. ``written``: the objects written (or found right) with
-        the status stored before; that status stands in for memory after a restart."""
+        after having been failed or pending. ``written``: (key, object, the status stored before) of
+        the objects written or found right; that status stands in for memory after a restart."""
         news, posts = [], []
-        for body, old_status in written:
-            cid = body["metadata"]["annotations"][CONNECTION_ANNOTATION]
+        for key, body, old_status in written:
+            cid = _cid(body)
             status = body["status"]
             now_state = (status["state"], status["reason"], status["message"])
             before = self._last_state.get(cid)
@@ -389,12 +418,15 @@ class StatusWriter:
                 continue
             namespace, pod = body["metadata"]["namespace"], body["spec"]["client"]["pod"]
             involved = _involved("Pod", namespace, pod, objects.get(("Pod", namespace, pod)) or {})
-            news.append((cid, now_state, before))
+            news.append((key, cid, now_state, before))
             posts.append(partial(self._post, involved, *event, now))
-        for (cid, now_state, before), (told, part) in zip(news, self._run(posts), strict=True):
+        for (key, cid, now_state, before), (told, part) in zip(news, self._run(posts), strict=True):
             result.extend(part)
-            # Not told: kept as it was, so the next sync tries again (the written status would not).
-            self._last_state[cid] = now_state if told else before or _UNTOLD
+            if told:
+                self._last_state[cid] = now_state
+            else:  # kept as it was, and looked at again by the next sync, which tries again
+                self._last_state[cid] = before or _UNTOLD
+                self._in_step.pop(key, None)
 
     def _post(self, involved: dict, kind: str, reason: str, message: str,
               now: str) -> tuple[bool, SyncResult]:
@@ -478,6 +510,19 @@ class StatusWriter:
         return True
 
 
+def _cid(body: dict) -> str:
+    return body["metadata"]["annotations"][CONNECTION_ANNOTATION]
+
+
+def _generation(obj: Mapping) -> int:
+    return (obj.get("metadata") or {}).get("generation") or 1
+
+
+def _generations(stored: Mapping[tuple[str, str], dict]) -> dict[tuple[str, str], int]:
+    """The stored objects' generations other than 1 (a new object's, assumed when none is given)."""
+    return {key: g for key, obj in stored.items() if (g := _generation(obj)) != 1}
+
+
 def _owner_reference(pod: Mapping) -> dict | None:
     """An ownerReference to the Pod, when its uid is known (blockOwnerDeletion needs more RBAC)."""
     meta = pod.get("metadata") or {}
@@ -497,8 +542,7 @@ def _in_step(body: dict, old: dict, objects: Mapping, now: str) -> bool:
     if _metadata_patch(body, old, _owner_reference(objects.get(("Pod", namespace, pod)) or {})):
         return False
     old_status = old.get("status") or {}
-    generation = (old.get("metadata") or {}).get("generation") or 1
-    return _with_kept_times(stamp_generation(body["status"], generation), old_status, now) == old_status
+    return _with_kept_times(stamp_generation(body["status"], _generation(old)), old_status, now) == old_status
 
 
 def _metadata_patch(body: dict, old: dict, owner: dict | None) -> dict:
