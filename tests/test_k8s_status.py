@@ -430,6 +430,15 @@ def test_a_sync_looks_again_only_at_the_objects_that_changed(api, pods, demo, mo
                for e in status["connections"]]
     result = writer.sync({**status, "connections": entries}, pods)
     assert looked == ["client-nsm-1"] and result.status_patched == ["default/client-nsm-1"]
+    # A relist costs the objects someone else changed (another resourceVersion), not all of them.
+    writer.sync({**status, "connections": entries}, pods)  # the one written is found in step
+    looked.clear()
+    assert writer.sync({**status, "connections": entries}, pods, relist=True).writes == 0 and looked == []
+    failed = {"status": {"state": "Failed"}}
+    api.patch(KIND, "dpi-nsm-1", failed, api_version=API_VERSION, subresource="status")
+    result = writer.sync({**status, "connections": entries}, pods, relist=True)
+    assert looked == ["dpi-nsm-1"] and result.status_patched == ["default/dpi-nsm-1"]
+    assert stored(api)["dpi-nsm-1"]["status"]["state"] == "Pending"
 
 
 def test_changes_patch_only_the_status_that_differs_and_tell_the_pod(api, pods, demo):
