@@ -277,7 +277,7 @@ class Controller:
         self._last_state = state
         before = self.plan
         self.plan = make_plan(self.fabric, self.resources, state, None if anew else before,
-                              self.switches.hints, now)
+                              self.switches.hints, now, held=before.held if anew else None)
         self._next_expiry = min((ep.expires for ep in self.resources.endpoints
                                  if ep.expires is not None and ep.expires > now), default=None)
         for manager in self.managers:

@@ -30,7 +30,7 @@ from ryu_nsm.core.flowspec import (
 )
 from ryu_nsm.core.model import ClientRequest, Resources
 from ryu_nsm.core.pathing import FabricView, TagAllocator
-from ryu_nsm.core.plan import PLANNED, WAITING, Basis, FabricState, Plan, PlannedConnection
+from ryu_nsm.core.plan import PLANNED, WAITING, Basis, FabricState, HeldResolve, Plan, PlannedConnection
 from ryu_nsm.core.resolver import FAILED, Connection, Resolution, resolve_changes, resolve_whole
 from ryu_nsm.core.router import (
     ZONE_SCOPE,
@@ -54,6 +54,7 @@ def make_plan(
     previous: Plan | None = None,
     tag_hints: Mapping[tuple[str, str], int] | None = None,
     now: float | None = None,
+    held: HeldResolve | None = None,
 ) -> Plan:
     """Resolve every request, route every connection and compile the desired flows of every switch.
 
@@ -62,14 +63,18 @@ def make_plan(
     Inputs are compared with the previous plan's by equality: a caller may rebuild an equal one
     freely, and changes one by passing a new one (the plan keeps the mappings it was given, so one
     changed in place afterwards looks unchanged).
-    Endpoints that have expired by ``now`` are no candidates (``None``: none expire).
+    Endpoints that have expired by ``now`` are no candidates (``None``: none expire). ``held``: the
+    resolve of a held plan (``held_plan``), taken over when it still holds.
     """
     state = state or FabricState()
     hints = tag_hints if tag_hints is not None else {}
     before = previous.connections if previous else {}
     basis = previous.basis if previous else None
     levels = resources.service_levels
-    requests, resolution = _resolve(resources, basis, before, now)
+    if basis is None and held is not None and held.holds(resources, now):
+        requests, resolution = held.requests, held.resolution
+    else:
+        requests, resolution = _resolve(resources, basis, before, now)
     resolved = resolution.connections
     changes = _changes(basis, state, hints, levels, before)
     view, measured_view = _views(fabric, state, basis, changes.same_fabric)
@@ -162,11 +167,12 @@ def held_plan(resources: Resources, previous: Plan, now: float | None, reason: s
     """Every request resolved and none routed, each waiting for ``reason`` (a failed resolve says
     why it failed): what the status shows while the controller holds its first plan. The pipeline
     is ``previous``'s, so the switches' desired base flows stay as they are."""
-    resolved = _resolve(resources, None, {}, now)[1].connections
-    planned = {cid: PlannedConnection(conn, WAITING, reason) if conn.ok
-               else PlannedConnection(conn, FAILED, conn.reason) for cid, conn in resolved.items()}
+    requests, resolution = _resolve(resources, None, {}, now)
+    planned = {cid: PlannedConnection(conn, WAITING, reason) if conn.ok else PlannedConnection(
+        conn, FAILED, conn.reason) for cid, conn in resolution.connections.items()}
     return Plan(connections=planned, pipeline=previous.pipeline, problems=resources.problems,
-                touched=frozenset(planned.keys() | previous.connections.keys()))
+                touched=frozenset(planned.keys() | previous.connections.keys()),
+                held=HeldResolve(resources, requests, resolution))
 
 
 def _changes(basis: Basis | None, state: FabricState, hints: Mapping[tuple[str, str], int],

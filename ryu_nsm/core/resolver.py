@@ -158,6 +158,10 @@ class Resolution:
     cursor: dict[tuple[str, str], int] = field(compare=False, repr=False)
     changed: frozenset[str] | None = None  # ids whose connection came, went or changed; None: unknown
 
+    def expired_alike(self, resources: Resources, now: float | None) -> bool:
+        """Whether the same endpoints are expired at ``now`` as when this was resolved."""
+        return _expired(resources, now) == self.context.expired
+
 
 class _Context:
     """What every evaluation of one resolve reads: services, endpoints by service and label, which
