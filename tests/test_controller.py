@@ -254,21 +254,26 @@ def test_an_audit_plans_again_only_for_tags_that_disagree_with_the_plan():
     assert status_json(ctl.status())["connections"][0]["state"] == "up"
 
 
-def test_a_read_that_finds_what_was_believed_leaves_every_status_as_it_was():
-    # At size an audit marked every connection's status for a rebuild at each switch's read; a read
-    # that changes nothing on its switch changes no status, and one that finds drift does.
+def test_a_read_that_finds_what_was_believed_leaves_every_status_as_it_was(monkeypatch):
+    # At size an audit marked every connection's status for a rebuild at each switch's read, and
+    # compared every flow of the switch with the desired ones; a read that changes nothing on its
+    # switch does neither, and one that finds drift does both.
+    from ryu_nsm.core import switches
+
     _, ctl, sw = loaded()
     (before,) = ctl.status().connections
     built, build = [], ctl.book.build
     ctl.book.build = lambda pc, measured: built.append(pc.id) or build(pc, measured)
+    diffed, diff = [], switches.diff_keyed
+    monkeypatch.setattr(switches, "diff_keyed", lambda *a: diffed.append(a[2]) or diff(*a))
     for read in ctl.audit():
         assert ctl.flows_read(read.switch, sw.tables[read.switch], 1.0, read.epoch) == []
     (after,) = ctl.status().connections
-    assert after is before and after.state == "up" and built == []
+    assert after is before and after.state == "up" and built == [] and diffed == []
     s1 = next(read for read in ctl.audit() if read.switch == "s1")
     repair = ctl.flows_read("s1", frozenset(), 2.0, s1.epoch)  # someone wiped s1
     (drifted,) = ctl.status().connections
-    assert drifted.state == "pending" and built == [before.planned.id]
+    assert drifted.state == "pending" and built == [before.planned.id] and diffed == [None]
     assert [type(c) for c in repair] == [Program]
 
 

@@ -195,13 +195,16 @@ class SwitchManager(Manager):
         state.flows = {f.key: f for f in flows if is_ours(f.cookie)}
         state.meters = {m.meter_id: m for m in meters if is_our_meter(m.meter_id)}
         state.groups = {g.group_id: g for g in groups if is_our_group(g.group_id)}
-        self._diff_whole.add(switch)
         # An audit that finds what was believed (the reader hands back the very flow objects) changes
         # no connection's state: at size, working them all out again was most of a status render.
+        # Nor is it diffed whole: what was believed is what the last confirmed program left, so what
+        # the desired state gained since is in the changed keys (an idle audit at 178,000 flows
+        # compared them all every 30 s).
         self.read_changed = believed is None or not (
             _same_objects(believed, state.flows) and believed_objects == (state.meters, state.groups))
         if self.read_changed:
             self._up.clear()
+            self._diff_whole.add(switch)
         last = self._tags_read.get(switch)
         if last is not None and last[0] is resources.requests and _same_objects(last[1], state.flows):
             found = self._tag_hints[switch]  # an audit that found what the last read found
