@@ -150,6 +150,19 @@ def test_pipeline_rejects_flows_that_do_not_fit_their_table():
         FlowSpec.make(Table.FORWARD, 1, {}, goto=Table.CLASSIFY)
     with pytest.raises(PipelineError):
         FlowSpec.make(7, 1, {})
+    with pytest.raises(PipelineError, match="may not"):
+        FlowSpec.make(Table.FORWARD, 1, {}, [("conjunction", 1, 1, 2)])
+
+
+def test_make_builds_the_flow_the_constructor_does():
+    # make sets the fields past the frozen dataclass's __init__: equal, hashed and shown alike.
+    actions = [("pop_vlan",), ("output", 3)]
+    made = FlowSpec.make(Table.FORWARD, 1000, {"vlan_vid": 0x1005, "in_port": 2}, actions, cookie=7, meter=9)
+    built = FlowSpec(1, 1000, (("in_port", 2), ("vlan_vid", 0x1005)), tuple(actions), None, 7, 9)
+    assert made == built and hash(made) == hash(built) and repr(made) == repr(built)
+    assert vars(made) == vars(built) and list(vars(made)) == list(vars(built))
+    with pytest.raises(AttributeError):
+        made.priority = 1
 
 
 def test_replanning_is_idempotent_and_diff_is_empty_the_second_time():

@@ -320,7 +320,7 @@ def _committed(flows: list[tuple[str, FlowSpec]], switch: str, zone: int,
     before the action at that index; a flow that matches no eth_type keeps its other frames, and
     gets one flow per IP family beside it (unless one is there already, as a DSCP mark's)."""
     commit = ("ct_commit", zone)
-    keys = {f.key for sw, f in flows if sw == switch}
+    keys = None  # the switch's flow keys, once a flow needs IP ones beside it
     out = []
     for sw, flow in flows:
         i = at(flow) if sw == switch and commit not in flow.actions else None
@@ -328,12 +328,16 @@ def _committed(flows: list[tuple[str, FlowSpec]], switch: str, zone: int,
             out.append((sw, flow))
             continue
         actions = (*flow.actions[:i], commit, *flow.actions[i:])
-        if "eth_type" in flow.match_dict():
-            out.append((sw, replace(flow, actions=actions)))
+        match = flow.match_dict()
+        if "eth_type" in match:
+            out.append((sw, FlowSpec.make(flow.table, flow.priority, match, actions, goto=flow.goto,
+                                          cookie=flow.cookie, meter=flow.meter)))
             continue
         out.append((sw, flow))
+        if keys is None:
+            keys = {f.key for s, f in flows if s == switch}
         for eth in (ETH_TYPE_IPV4, ETH_TYPE_IPV6):
-            ip = FlowSpec.make(flow.table, Priority.WIRE_IP, {**flow.match_dict(), "eth_type": eth}, actions,
+            ip = FlowSpec.make(flow.table, Priority.WIRE_IP, {**match, "eth_type": eth}, actions,
                                goto=flow.goto, cookie=flow.cookie, meter=flow.meter)
             if ip.key not in keys:
                 out.append((sw, ip))

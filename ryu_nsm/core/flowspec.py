@@ -208,8 +208,21 @@ class FlowSpec:
             object.__setattr__(self, "match", tuple(sorted(self.match)))
 
     @classmethod
-    def make(cls, table: int, priority: int, match: dict, actions=(), **kw) -> FlowSpec:
-        return cls(int(table), int(priority), tuple(sorted(match.items())), tuple(actions), **kw)
+    def make(cls, table: int, priority: int, match: dict, actions=(), goto: int | None = None,
+             cookie: int = PIPELINE_COOKIE, meter: int | None = None) -> FlowSpec:
+        """The compiler's constructor: the same flow and the same check as ``FlowSpec(...)``, on the
+        match as a dict, sorted once (a restart at 10,000 connections builds 178,000 flows)."""
+        table, actions = int(table), tuple(actions)
+        rule = PIPELINE.get(table)
+        kinds = [a[0] for a in actions]
+        if rule is None or not (rule.match_fields.issuperset(match) and rule.actions.issuperset(kinds)
+                                and (goto is None or goto in rule.may_goto)):
+            _check_fits(table, list(match), kinds, goto)  # raises, naming what does not fit
+        flow = object.__new__(cls)
+        # Frozen: the fields are set as the dataclass's own __init__ sets them, past __setattr__.
+        flow.__dict__.update(table=table, priority=int(priority), match=tuple(sorted(match.items())),
+                             actions=actions, goto=goto, cookie=cookie, meter=meter)
+        return flow
 
     @property
     def key(self) -> tuple:
