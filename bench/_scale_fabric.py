@@ -12,7 +12,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,16 +152,21 @@ def bridge_names(fabric: Fabric, prefix: str) -> dict[str, str]:
     return {sw.name: f"{tag}{sw.name}" for sw in fabric.switches}
 
 
-def build_bridges(fabric: Fabric, bridges: Mapping[str, str], target: str) -> float:
+def build_bridges(fabric: Fabric, bridges: Mapping[str, str], target: str | Sequence[str]) -> float:
     """One ovs-vsctl transaction: netdev bridges (declared dpids, secure, OpenFlow 1.3, pointed at
-    ``target``), patch ports on the declared port numbers. Its duration in seconds."""
+    ``target``, or at each of several), patch ports on the declared port numbers. Its duration in
+    seconds."""
+    targets = [target] if isinstance(target, str) else list(target)
     cmd = ["ovs-vsctl"]
     for n, sw in enumerate(fabric.switches):
         br = bridges[sw.name]
+        refs = [f"@c{n}_{i}" for i in range(len(targets))]
         cmd += ["--", "add-br", br, "--", "set", "bridge", br, "datapath_type=netdev",
                 f"other-config:datapath-id={sw.dpid:016x}", "fail_mode=secure", "protocols=OpenFlow13",
-                f"controller=@c{n}", "--", f"--id=@c{n}", "create", "controller", f"target=\"{target}\"",
-                f"max_backoff={MAX_BACKOFF_MS}", f"inactivity_probe={INACTIVITY_PROBE_MS}"]
+                f"controller={','.join(refs)}"]
+        for ref, each in zip(refs, targets, strict=True):
+            cmd += ["--", f"--id={ref}", "create", "controller", f"target=\"{each}\"",
+                    f"max_backoff={MAX_BACKOFF_MS}", f"inactivity_probe={INACTIVITY_PROBE_MS}"]
     for link in fabric.links:
         for here, port, there, peer in ((link.a, link.a_port, link.b, link.b_port),
                                         (link.b, link.b_port, link.a, link.a_port)):

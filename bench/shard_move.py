@@ -9,12 +9,12 @@ next round. The limit is the Lease duration (a crashed holder's Lease must expir
 ``--quick``: one round (what CI runs); the default: three.
 
 ``--full`` (run it alone: three controllers at 10,000 connections fill a small machine) adds one
-request at size with 1 and with 3 replicas: the four bridges in a line of
-``bench/request_latency.py``, ``--connections`` clients (default 10,000) declared in one file and up
-on every replica (``/status/states``), then ``--singles`` more clients (default 200), one file each,
-one at a time; a request's time is from its file's rename to the first replica whose states show it
-up (every switch of its path confirmed, in every shard). The 3-replica figures are given against the
-1-replica ones.
+request at size with 1 and with 3 replicas: ``bench/scale.py``'s fat-tree (k=8, 80 bridges, each
+listing every replica) and workload, ``--connections`` (default 10,000) declared in one file and up
+on every replica (``/status/states``), their NetworkServiceConnections written into the emulator,
+then ``--singles`` more clients (default 200), one file each, one at a time; a request's time is
+from its file's rename to the first replica whose states show it up (every switch of its path
+confirmed, in every shard). The 3-replica figures are given against the 1-replica ones.
 """
 
 from __future__ import annotations
@@ -30,19 +30,25 @@ import time
 from functools import partial
 from pathlib import Path
 
-import request_latency as rl
-from common import BenchFailure, figure, percentile, print_figures, sh
+import yaml
+from _scale_fabric import Workload, bridge_names, build_bridges, documents, remove_bridges, topology
+from common import BenchFailure, figure, milliseconds, percentile, print_figures, sh
+from scale import cid
+from scale_watch import written_up
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the fabric and the echo requests live with the tests
 
 from ryu_nsm.lab.controller_process import ControllerProcess, wait_for  # noqa: E402
+from ryu_nsm.sources.topology import load_topology  # noqa: E402
 from tests.echo_requests import write_echo_requests  # noqa: E402
 from tests.k8s_emulator import Emulator  # noqa: E402
 from tests.test_shards_ovs import TAG, kubeconfig, roles, sharded_square  # noqa: E402
 
 LEASE_S = 3.0
 SIZE_LEASE_S = 15.0  # at size: renewals compete with planning 10,000 connections
+K = 8  # scale.py's fat-tree: 80 bridges (a line of four cannot carry 10,000 wires: 4,093 tags a link)
+LOAD_S = 900.0
 
 
 def _master(bridge: str) -> int | None:
@@ -109,12 +115,12 @@ def measure(rounds: int) -> list[str]:
         fabric.remove()
 
 
-def _all_up(replica: ControllerProcess, ids: set[str]) -> bool:
+def _up_count(replica: ControllerProcess) -> int:
     try:
-        states = replica.states()
+        states = replica.states(timeout=60)
     except OSError:
-        return False
-    return all(states.get(cid) == "up" for cid in ids)
+        return 0
+    return sum(state == "up" for state in states.values())
 
 
 def _first_up(replicas: list[ControllerProcess], cid: str, timeout: float) -> float:
@@ -123,37 +129,38 @@ def _first_up(replicas: list[ControllerProcess], cid: str, timeout: float) -> fl
     while time.perf_counter() - start < timeout:
         for replica in replicas:
             try:
-                if replica.states().get(cid) == "up":
-                    return time.perf_counter() - start
+                state = replica.states((cid,)).get(cid)
             except OSError:
                 continue
+            if state == "up":
+                return time.perf_counter() - start
+            if state == "failed":
+                reason = replica.connections()[cid].get("reason")
+                raise BenchFailure(f"{cid} failed: {reason}")
         time.sleep(0.005)
     raise BenchFailure(f"{cid} not up within {timeout:.0f}s")
 
 
 def request_latency(n: int, singles: int, replicas: int) -> list[float]:
-    """Seconds to forwarding of ``singles`` requests arriving one at a time on ``n`` up connections,
-    with ``replicas`` controllers (``--shards replicas``) on the emulated Kubernetes API."""
-    setup = rl.make_setup(n + singles)
-    docs = rl.requests_yaml(setup).split("---\n")  # the service, every endpoint, every Pod
-    pods = docs[1 + n + singles:]
+    """Seconds to forwarding of ``singles`` requests arriving one at a time on ``n`` up connections
+    (scale.py's fat-tree k=8 and workload), with ``replicas`` controllers (``--shards replicas``) on
+    the emulated Kubernetes API."""
+    work = Workload(K, n, singles)
     procs: list[ControllerProcess] = []
-    rl.remove_fabric(setup)
+    bridges: dict[str, str] = {}
     try:
-        with tempfile.TemporaryDirectory() as tmp_name, Emulator() as api:
+        with tempfile.TemporaryDirectory() as tmp_name, Emulator(history=4 * (n + singles) + 1000) as api:
             api.keep_recent_requests()  # kmock's request log slows every later Lease call down
             tmp = Path(tmp_name)
             topo = tmp / "topology.yaml"
-            topo.write_text(rl.topology_yaml(setup))
+            topo.write_text(yaml.safe_dump(topology(work), sort_keys=False))
             requests = tmp / "requests"
             requests.mkdir()
-            (requests / "loaded.yaml").write_text("---\n".join(docs[:1 + n + singles] + pods[:n]))
             config = kubeconfig(tmp / "kubeconfig", api.url)
-            rl.build_fabric(setup)
             for i in range(replicas):
                 args = ["--kubernetes", "--kubeconfig", str(config), "--leader-elect",
                         "--shards", str(replicas), "--identity", f"replica-{i}",
-                        "--lease-duration", str(SIZE_LEASE_S),
+                        "--lease-duration", str(SIZE_LEASE_S), "--watch-interval", "1",
                         "--lease-name", f"{TAG}-size", "--audit-interval", "3600"]
                 procs.append(ControllerProcess(topo, [requests], tmp / f"replica-{i}.log", extra_args=args))
             starts = [threading.Thread(target=partial(p.start, 120)) for p in procs]
@@ -161,27 +168,33 @@ def request_latency(n: int, singles: int, replicas: int) -> list[float]:
                 thread.start()
             for thread in starts:
                 thread.join()
-            for br in setup.bridges:
-                sh("ovs-vsctl", "set-controller", br, *(f"tcp:127.0.0.1:{p.of_port}" for p in procs))
-            loaded = {f"default/c{i}/nsm-1" for i in range(n)}
-            if not wait_for(lambda: all(_all_up(p, loaded) for p in procs), 900, 1.0):
-                raise BenchFailure(f"{n} connections not up on {replicas} replicas within 900s")
+            fabric = load_topology(topo)
+            bridges = bridge_names(fabric, "sm")
+            build_bridges(fabric, bridges, [f"tcp:127.0.0.1:{p.of_port}" for p in procs])
+            staged = tmp / "staged.yaml"
+            staged.write_text(yaml.safe_dump_all(documents(work), sort_keys=False))
+            os.rename(staged, requests / "loaded.yaml")
+            if not wait_for(lambda: all(_up_count(p) >= n for p in procs), LOAD_S, 2.0):
+                raise BenchFailure(f"{n} connections not up on {replicas} replicas within {LOAD_S:.0f}s: "
+                                   f"{[_up_count(p) for p in procs]} up")
+            # The status objects of the N are written into the emulator (in this process) first.
+            if not wait_for(lambda: written_up(api) >= n, LOAD_S, 2.0):
+                raise BenchFailure(f"{written_up(api)} of {n} NetworkServiceConnections Up in the API")
             times = []
-            for i in range(n, n + singles):
-                staged = tmp / "staged.yaml"
-                staged.write_text(pods[i])
-                os.rename(staged, requests / f"single-{i}.yaml")
-                times.append(_first_up(procs, f"default/c{i}/nsm-1", 60))
+            for j in range(singles):
+                pod = work.extra_pod(j)
+                staged.write_text(yaml.safe_dump(pod, sort_keys=False))
+                os.rename(staged, requests / f"single-{j}.yaml")
+                times.append(_first_up(procs, cid(pod), 60))
             errors = [line for p in procs for line in p.errors()]
             if any("OFPBRC_IS_SLAVE" not in line for line in errors):
                 raise BenchFailure(f"switches refused messages: {errors[:3]}")
-            print(f"{replicas} replicas: p50 {percentile(times, 0.5) * 1000:.1f} ms, "
-                  f"p99 {percentile(times, 0.99) * 1000:.1f} ms", file=sys.stderr)
+            print(f"{replicas} replicas: {milliseconds(times, 1)}", file=sys.stderr)
             return times
     finally:
         for p in procs:
             p.stop()
-        rl.remove_fabric(setup)
+        remove_bridges(bridges.values())
 
 
 def at_size(n: int, singles: int) -> list[str]:
