@@ -343,8 +343,8 @@ class KubernetesSource:
     calls ``on_change(resources)`` with the whole state whenever it changes (see the module doc).
 
     ``namespaces``: watch only these (None: all). ``watch_timeout``: seconds a watch stream may last
-    before it is resumed. ``coalesce``: the least time between two deliveries' starts: a change after
-a quiet spell is delivered at once, the ones that follow within it together at its end.
+    before it is resumed. ``coalesce``: the least time between two deliveries' starts: a change
+    after a quiet spell is delivered at once, the ones that follow within it together at its end.
     ``initial_backoff``/``max_backoff``: the retry delays after errors. ``request_timeout``:
     connect and list read timeout in seconds. ``absent_retry``: seconds between lists of an optional
     kind the server does not serve.
