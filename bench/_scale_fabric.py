@@ -154,8 +154,8 @@ def bridge_names(fabric: Fabric, prefix: str) -> dict[str, str]:
 
 def build_bridges(fabric: Fabric, bridges: Mapping[str, str], target: str | Sequence[str]) -> float:
     """One ovs-vsctl transaction: netdev bridges (declared dpids, secure, OpenFlow 1.3, pointed at
-    ``target``, or at each of several), patch ports on the declared port numbers. Its duration in
-    seconds."""
+    ``target``, or at each of several: none leaves the controller to be set later), patch ports on
+    the declared port numbers. Its duration in seconds."""
     targets = [target] if isinstance(target, str) else list(target)
     cmd = ["ovs-vsctl"]
     for n, sw in enumerate(fabric.switches):
@@ -163,7 +163,7 @@ def build_bridges(fabric: Fabric, bridges: Mapping[str, str], target: str | Sequ
         refs = [f"@c{n}_{i}" for i in range(len(targets))]
         cmd += ["--", "add-br", br, "--", "set", "bridge", br, "datapath_type=netdev",
                 f"other-config:datapath-id={sw.dpid:016x}", "fail_mode=secure", "protocols=OpenFlow13",
-                f"controller={','.join(refs)}"]
+                *([f"controller={','.join(refs)}"] if refs else [])]
         for ref, each in zip(refs, targets, strict=True):
             cmd += ["--", f"--id={ref}", "create", "controller", f"target=\"{each}\"",
                     f"max_backoff={MAX_BACKOFF_MS}", f"inactivity_probe={INACTIVITY_PROBE_MS}"]

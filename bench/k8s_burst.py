@@ -27,7 +27,6 @@ Usage (root, Open vSwitch up): ``k8s_burst.py [--quick] [--pods N] [--bursts B] 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import k8s_latency as kl
 import yaml
+from _scale_fabric import bridge_names, build_bridges, remove_bridges
 from common import (
     BenchFailure,
     bundle_add_flows,
@@ -141,8 +141,7 @@ def measure(n: int, bursts: int, poll: float) -> tuple[list[dict[str, float]], s
         topology_file = workdir / "topology.yaml"
         topology_file.write_text(yaml.safe_dump(kl.topology(run), sort_keys=False))
         fabric = load_topology(topology_file)
-        tag = f"{TAG}{os.getpid() % 10000:04d}"
-        bridges = {sw.name: f"{tag}{sw.name}" for sw in fabric.switches}
+        bridges = bridge_names(fabric, TAG)
         objects = kl.setup_objects(run)
         requests = workdir / "requests"
         requests.mkdir()
@@ -151,9 +150,9 @@ def measure(n: int, bursts: int, poll: float) -> tuple[list[dict[str, float]], s
         (requests / "clients.yaml").write_text(yaml.safe_dump_all(clients, sort_keys=False))
         with ThreadPoolExecutor(1, thread_name_prefix="bench-plan") as pool:
             planning = pool.submit(planned_flows, topology_file, requests)
-            kl.remove_bridges(bridges.values())
+            remove_bridges(bridges.values())
             try:
-                kl.build_bridges(fabric, bridges)
+                build_bridges(fabric, bridges, ())  # each bridge gets its controller once it listens
                 with kl.Emulator() as api:
                     api.keep_recent_requests()  # kmock's request log slows every request down
                     reports = kl.Reports(api).start()
@@ -179,7 +178,7 @@ def measure(n: int, bursts: int, poll: float) -> tuple[list[dict[str, float]], s
                                 clear(run, api, ctl, flows, files, bridges)
                 limit = last_pod_limit(run, flows, files, bridges, workdir)
             finally:
-                kl.remove_bridges(bridges.values())
+                remove_bridges(bridges.values())
     return latencies, run.client_ids[-1], limit
 
 

@@ -51,7 +51,6 @@ is 100 Pods.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import subprocess
@@ -68,6 +67,7 @@ from pathlib import Path
 
 import kubernetes
 import yaml
+from _scale_fabric import bridge_names, build_bridges, remove_bridges
 from common import (
     BenchFailure,
     bundle_add_flows,
@@ -82,7 +82,6 @@ from common import (
     sh,
 )
 
-from ryu_nsm.core.fabric import Fabric
 from ryu_nsm.core.flowspec import wire_cookie
 from ryu_nsm.k8s import connection_status
 from ryu_nsm.lab.controller_process import ControllerProcess, wait_for
@@ -211,30 +210,6 @@ def client_pod(run: Run, i: int, service: str) -> dict:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": run.client(i), "annotations": {
         "networkservicemesh.io": f"kernel://{service}/nsm-1",
         "ryu-nsm.io/attachments": f"nsm-1={run.client_edge(i)}/{run.client(i)}"}}}
-
-
-def build_bridges(fabric: Fabric, bridges: Mapping[str, str]) -> None:
-    """One ovs-vsctl transaction: netdev bridges with the declared dpids, patch ports on declared ports."""
-    cmd = ["ovs-vsctl"]
-    for sw in fabric.switches:
-        br = bridges[sw.name]
-        cmd += ["--", "add-br", br, "--", "set", "bridge", br, "datapath_type=netdev",
-                f"other-config:datapath-id={sw.dpid:016x}", "fail_mode=secure", "protocols=OpenFlow13"]
-    for link in fabric.links:
-        for here, port, there, peer in ((link.a, link.a_port, link.b, link.b_port),
-                                        (link.b, link.b_port, link.a, link.a_port)):
-            name = f"{bridges[here]}-{port}"
-            cmd += ["--", "add-port", bridges[here], name, "--", "set", "interface", name, "type=patch",
-                    f"options:peer={bridges[there]}-{peer}", f"ofport_request={port}"]
-    sh(*cmd)
-
-
-def remove_bridges(bridges: Iterable[str]) -> None:
-    """Delete this run's bridges (their patch ports go with them)."""
-    cmd = ["ovs-vsctl"]
-    for br in bridges:
-        cmd += ["--", "--if-exists", "del-br", br]
-    subprocess.run(cmd, capture_output=True, timeout=TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -557,8 +532,7 @@ def measure(n: int, poll: float) -> tuple[dict[str, float], float, float, float]
         topology_file = workdir / "topology.yaml"
         topology_file.write_text(yaml.safe_dump(topology(run), sort_keys=False))
         fabric = load_topology(topology_file)
-        tag = f"k{os.getpid() % 10000:04d}"
-        bridges = {sw.name: f"{tag}{sw.name}" for sw in fabric.switches}
+        bridges = bridge_names(fabric, "k")
         objects = setup_objects(run)
         requests = workdir / "requests"
         requests.mkdir()
@@ -569,7 +543,7 @@ def measure(n: int, poll: float) -> tuple[dict[str, float], float, float, float]
             planning = pool.submit(planned_flows, topology_file, requests)
             remove_bridges(bridges.values())
             try:
-                build_bridges(fabric, bridges)
+                build_bridges(fabric, bridges, ())  # each bridge gets its controller once it listens
                 with Emulator() as api:
                     api.keep_recent_requests()  # kmock's request log slows every request down
                     reports = Reports(api).start()
