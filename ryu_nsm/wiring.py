@@ -218,11 +218,14 @@ class _Sources:
         from ryu_nsm.sources.files import DirectoryWatcher
         from ryu_nsm.sources.merge import MergedSources
 
-        if not (self.request_paths or self.kube_api is not None or self.ovsdb_remote is not None
-                or self.nsm_listen):
+        # Every source is named before any reports: the first push waits for all of them.
+        names = [name for name, asked in (
+            ("files", self.request_paths), ("kubernetes", self.kube_api is not None),
+            ("ovsdb", self.ovsdb_remote is not None), ("grpc", self.nsm_listen)) if asked]
+        if not names:
             push(Resources())
             return
-        merged = MergedSources(push)
+        merged = MergedSources(push, names)
         if self.request_paths:
             watcher = DirectoryWatcher(list(self.request_paths), merged.part("files"),
                                        interval=self.watch_interval)

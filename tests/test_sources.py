@@ -1100,3 +1100,40 @@ def test_kubernetes_path_keeps_match_metadata_and_expiration():
     assert r.problems == ()
     assert [m.metadata for m in r.services[0].matches] == [FrozenMap(), None]
     assert r.endpoints[0].expires == 1893456000.0
+
+
+# -- several sources ------------------------------------------------------------------------------
+
+
+def test_merged_sources_push_the_union_once_every_named_source_reported():
+    from ryu_nsm.sources.merge import MergedSources
+
+    pushed: list[Resources] = []
+    merged = MergedSources(pushed.append, ["files", "ovsdb"])
+    files_part, ovsdb_part = merged.part("files"), merged.part("ovsdb")
+    files_part(parse(GOOD_SERVICE))
+    assert pushed == []  # without the OVSDB part its clients would look deleted
+    endpoint = Endpoint("e", "default", ("good",), FrozenMap(), ())
+    ovsdb_part(Resources(endpoints=(endpoint,)))
+    files_part(parse(GOOD_SERVICE))
+    assert [([s.name for s in r.services], r.endpoints) for r in pushed] == [(["good"], (endpoint,))] * 2
+    with pytest.raises(ValueError, match="'grpc' was not named"):
+        merged.part("grpc")
+
+
+def test_controller_sources_wait_for_a_source_that_has_not_reported(tmp_path):
+    """The files report at once; an OVSDB server that never answers holds the first state back."""
+    from ryu_nsm.wiring import _Sources
+
+    (tmp_path / "service.yaml").write_text(GOOD_SERVICE)
+    stoppers: list = []
+    sources = _Sources(fabric=load_topology(ROOT / "topologies" / "linear.yaml"),
+                       request_paths=[str(tmp_path)], watch_interval=0.05, kube_api=None, kubernetes=None,
+                       ovsdb_remote=f"unix:{tmp_path / 'none.sock'}", nsm_listen=(), stoppers=stoppers)
+    pushed: list[Resources] = []
+    try:
+        sources.attach(pushed.append)
+        assert pushed == []
+    finally:
+        for stop in reversed(stoppers):
+            stop()
