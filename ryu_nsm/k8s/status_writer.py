@@ -12,21 +12,18 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
 from kubernetes import client
 
+from ryu_nsm.k8s.api_calls import MERGE_PATCH, ApiCaller, ApiError, SyncResult, utc_now
 from ryu_nsm.k8s.connection_status import (
     API_VERSION,
     CONNECTION_ANNOTATION,
-    EVENT_KINDS,
     FAILED,
     GROUP,
     KIND,
@@ -39,54 +36,14 @@ from ryu_nsm.k8s.connection_status import (
     DesiredMemo,
     desired_connections,
     merge_conditions,
-    parse_problem,
     stamp_generation,
 )
+from ryu_nsm.k8s.events import EventRecorder, involved
 
 # The name the status writer has always logged under, so log-level settings keep working.
 log = logging.getLogger("ryu_nsm.k8s.status")
 
-# Explicit: the client's default patch type differs between APIs (core/v1 would send a JSON patch).
-_MERGE_PATCH = "application/merge-patch+json"
-
-
-@dataclass
-class SyncResult:
-    """What one ``sync`` did; ``errors`` name the object of every failed API call."""
-
-    created: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    status_patched: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-    events: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def writes(self) -> int:
-        """How many writes succeeded (objects and Events)."""
-        return sum(map(len, (self.created, self.updated, self.status_patched, self.deleted, self.events)))
-
-    def extend(self, other: SyncResult) -> None:
-        """Add what ``other`` did after what this one did."""
-        for part in ("created", "updated", "status_patched", "deleted", "events", "errors"):
-            getattr(self, part).extend(getattr(other, part))
-
-
-def _utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass
-class _Emitted:
-    namespace: str
-    name: str
-    count: int
-
-
-class _ApiError(Exception):
-    def __init__(self, status: int | None):
-        super().__init__(status)
-        self.status = status
+__all__ = ["StatusWriter", "SyncResult"]
 
 
 @dataclass
@@ -106,7 +63,6 @@ class _Outcome:
             self.stale = True
 
 
-EventKey = tuple[str, str, str, str, str]  # kind, namespace, name, reason, message
 _T = TypeVar("_T")
 _UNTOLD = ("", "", "")  # a connection whose first Event failed: any state is news
 # Desired objects are made with this time in their conditions; the time is set as they are written.
@@ -134,17 +90,14 @@ class StatusWriter:
     ``configuration.connection_pool_maxsize`` should be at least ``workers`` (plus whatever else
     shares the client), else connections are opened and dropped for each call.
 
-    Events are core/v1 Events. Both Event APIs share one store, so readers see them either way;
-    core/v1 is what ``kubectl describe`` has always listed, and a recurring Event is counted with a
-    merge patch of ``count`` and ``lastTimestamp`` (events.k8s.io/v1 would need ``series``,
-    ``eventTime``, ``action`` and ``reportingController`` kept right for the same result).
-    What was told is remembered in memory (bounded by ``remembered``); after a restart the stored
-    status stands in for it. ``sync`` may be called from several threads: one runs at a time.
+    Events go through ``EventRecorder`` (core/v1, a recurring one counted). What was told is
+    remembered in memory (bounded by ``remembered``); after a restart the stored status stands in
+    for it. ``sync`` may be called from several threads: one runs at a time.
     """
 
     def __init__(self, api_client: client.ApiClient, events_component: str = MANAGER, *,
                  namespaces: Iterable[str] | None = None, instance: str | None = None,
-                 clock: Callable[[], str] = _utc_now, timeout: float = 10.0, remembered: int = 4096,
+                 clock: Callable[[], str] = utc_now, timeout: float = 10.0, remembered: int = 4096,
                  workers: int = 8):
         """``namespaces``: the namespaces managed (None: all). ``clock`` gives RFC 3339 times.
         ``workers``: how many API calls for objects may be in flight at once (1: one after the other)."""
@@ -152,12 +105,9 @@ class StatusWriter:
             raise ValueError(f"workers must be at least 1, not {workers}")
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
-        self.component = events_component
         self.namespaces = sorted(set(namespaces)) if namespaces is not None else None
         self.instance = instance or socket.gethostname()
         self.clock = clock
-        self.timeout = timeout
-        self.remembered = remembered
         self.workers = workers
         pool = getattr(api_client.configuration, "connection_pool_maxsize", None)
         if pool is not None and pool < workers:
@@ -166,9 +116,9 @@ class StatusWriter:
         self._stored: dict[tuple[str, str], dict] | None = None  # None: list before the next sync
         self._known: dict[tuple[str, str], dict] | None = None  # the last stored, even when not trusted
         self._syncing = threading.Lock()
-        self._emitting = threading.Lock()  # _emitted, written by the workers
-        self._emitted: OrderedDict[EventKey, _Emitted] = OrderedDict()
-        self._problems_told: set[EventKey] = set()
+        self._call = ApiCaller(timeout)
+        self.events = EventRecorder(self.core, self._call, events_component, self.instance, remembered,
+                                    self.namespaces)
         self._last_state: dict[str, tuple[str, str, str]] = {}
         self._desired = DesiredMemo()  # unchanged connections keep their desired objects
         self._generations: dict[tuple[str, str], int] = {}  # stored generations other than 1
@@ -177,23 +127,6 @@ class StatusWriter:
         self._in_step: dict[tuple[str, str], tuple[dict, dict, object, tuple]] = {}
 
     # -- API calls ------------------------------------------------------------------------------
-
-    def _call(self, result: SyncResult, what: str, fn: Callable, *args: Any,
-              expected: tuple[int, ...] = (), **kwargs: Any) -> Any:
-        """Call the API; a failure is logged and recorded with the object named (unless its HTTP status
-        is ``expected``), then raised as ``_ApiError`` with the status (None: server not reached)."""
-        try:
-            return fn(*args, _request_timeout=self.timeout, **kwargs)
-        except client.ApiException as exc:
-            status = exc.status
-            detail = f"HTTP {exc.status} {exc.reason}"
-        except Exception as exc:  # connection errors of any kind must not reach the caller
-            status = None
-            detail = f"{type(exc).__name__}: {exc}"
-        if status not in expected:
-            log.warning("Kubernetes API: %s failed: %s", what, detail)
-            result.errors.append(f"{what}: {detail}")
-        raise _ApiError(status)
 
     def _list(self, result: SyncResult) -> dict[tuple[str, str], dict] | None:
         """Our stored objects by (namespace, name), or None when they could not be listed."""
@@ -215,7 +148,7 @@ class StatusWriter:
                         page = self._call(result, f"list {PLURAL} in {where}",
                                           self.custom.list_namespaced_custom_object, GROUP, VERSION,
                                           namespace, PLURAL, **page_args)
-                except _ApiError:
+                except ApiError:
                     return None
                 for item in page.get("items", []):
                     meta = item.get("metadata", {})
@@ -296,7 +229,7 @@ class StatusWriter:
                 self._stored = None
             self._forget_gone(desired)
             self._tell_connections(written + found, objects, now, result)
-        self._tell_problems(status.get("problems", []), objects, now, result)
+        self.events.tell_problems(status.get("problems", []), objects, now, result)
 
     def _store(self, key: tuple[str, str], obj: dict | None) -> None:
         """What the server now stores of ``key`` (None: nothing), and its generation."""
@@ -356,7 +289,7 @@ class StatusWriter:
                 if patch:
                     answer = self._call(result, f"patch {what}", self.custom.patch_namespaced_custom_object,
                                         GROUP, VERSION, namespace, PLURAL, name, patch, expected=(404,),
-                                        _content_type=_MERGE_PATCH)
+                                        _content_type=MERGE_PATCH)
                     outcome.remember(answer)
                     result.updated.append(f"{namespace}/{name}")
                     generation = ((answer or {}).get("metadata") or {}).get("generation") or generation
@@ -369,9 +302,9 @@ class StatusWriter:
                 outcome.remember(self._call(result, f"patch status of {what}",
                                             self.custom.patch_namespaced_custom_object_status, GROUP, VERSION,
                                             namespace, PLURAL, name, patch, expected=(404,),
-                                            _content_type=_MERGE_PATCH))
+                                            _content_type=MERGE_PATCH))
                 result.status_patched.append(f"{namespace}/{name}")
-        except _ApiError as exc:
+        except ApiError as exc:
             if exc.status == 409:
                 log.info("%s already exists: it is reconciled after the next list", what)
                 outcome.stale = True
@@ -390,7 +323,7 @@ class StatusWriter:
                        self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name,
                        expected=(404,))
             outcome.result.deleted.append(f"{namespace}/{name}")
-        except _ApiError as exc:
+        except ApiError as exc:
             # 404: gone, as wanted, but by someone else's hand; other errors leave the object stored.
             outcome.gone = outcome.stale = exc.status == 404
         return outcome
@@ -419,9 +352,9 @@ class StatusWriter:
                 self._last_state[cid] = now_state
                 continue
             namespace, pod = body["metadata"]["namespace"], body["spec"]["client"]["pod"]
-            involved = _involved("Pod", namespace, pod, objects.get(("Pod", namespace, pod)) or {})
+            about = involved("Pod", namespace, pod, objects.get(("Pod", namespace, pod)) or {})
             news.append((key, cid, now_state, before))
-            posts.append(partial(self._post, involved, *event, now))
+            posts.append(partial(self.events.post, about, *event, now))
         for (key, cid, now_state, before), (told, part) in zip(news, self._run(posts), strict=True):
             result.extend(part)
             if told:
@@ -429,88 +362,6 @@ class StatusWriter:
             else:  # kept as it was, and looked at again by the next sync, which tries again
                 self._last_state[cid] = before or _UNTOLD
                 self._in_step.pop(key, None)
-
-    def _post(self, involved: dict, kind: str, reason: str, message: str,
-              now: str) -> tuple[bool, SyncResult]:
-        result = SyncResult()
-        return self._event(involved, kind, reason, message, now, result), result
-
-    def _tell_problems(self, problems: Iterable[str], objects: Mapping, now: str, result: SyncResult) -> None:
-        """A Warning InvalidSpec Event per problem of a Kubernetes object, once while it lasts."""
-        current: set[EventKey] = set()
-        for text in problems:
-            ref = parse_problem(text)
-            if ref is None:
-                continue
-            if self.namespaces is not None and ref.namespace and ref.namespace not in self.namespaces:
-                continue
-            raw = objects.get((ref.kind, ref.namespace, ref.name)) or objects.get((ref.kind, ref.name)) or {}
-            involved = _involved(ref.kind, ref.namespace, ref.name, raw)
-            key = _event_key(involved, "InvalidSpec", ref.text)
-            current.add(key)
-            if key not in self._problems_told and self._event(involved, "Warning", "InvalidSpec", ref.text,
-                                                              now, result):
-                self._problems_told.add(key)
-        self._problems_told &= current
-
-    def _remember_event(self, key: EventKey, emitted: _Emitted) -> None:
-        with self._emitting:
-            self._emitted[key] = emitted
-            self._emitted.move_to_end(key)
-            while len(self._emitted) > self.remembered:
-                self._emitted.popitem(last=False)
-
-    def _event(self, involved: dict, kind: str, reason: str, message: str, now: str,
-               result: SyncResult) -> bool:
-        """Post an Event, or count one more of an Event posted before; True when it is on record.
-
-        Safe from several threads as long as no two post the same Event at once (each connection's
-        Events name the connection, and one sync runs at a time)."""
-        key = _event_key(involved, reason, message)
-        namespace = involved.get("namespace") or "default"  # Events of cluster-scoped objects
-        label = f"{kind} {reason} on {involved['kind']} {'/'.join(key[1:3]).lstrip('/')}"
-        with self._emitting:
-            known = self._emitted.get(key)
-        if known is not None:
-            count = known.count + 1
-            try:
-                self._call(result, f"patch Event {known.namespace}/{known.name} ({label})",
-                           self.core.patch_namespaced_event, known.name, known.namespace,
-                           {"count": count, "lastTimestamp": now}, expected=(404,),
-                           _content_type=_MERGE_PATCH)
-            except _ApiError as exc:
-                if exc.status != 404:
-                    return False
-                with self._emitting:  # expired (Events live an hour): post a new one
-                    self._emitted.pop(key, None)
-            else:
-                self._remember_event(key, _Emitted(known.namespace, known.name, count))
-                result.events.append(f"{label}: {message} (x{count})")
-                return True
-        name = f"{involved['name'][:200]}.{uuid.uuid4().hex[:16]}"
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": name, "namespace": namespace},
-            "involvedObject": involved,
-            "reason": reason,
-            "message": message[:1024],
-            "type": kind,
-            "count": 1,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "source": {"component": self.component},
-            "reportingComponent": self.component,
-            "reportingInstance": self.instance,
-        }
-        try:
-            self._call(result, f"create Event ({label})", self.core.create_namespaced_event, namespace, event)
-        except _ApiError:
-            return False
-        self._remember_event(key, _Emitted(namespace, name, 1))
-        result.events.append(f"{label}: {message}")
-        return True
-
 
 def _cid(body: dict) -> str:
     return body["metadata"]["annotations"][CONNECTION_ANNOTATION]
@@ -578,18 +429,3 @@ def _metadata_patch(body: dict, old: dict, owner: dict | None) -> dict:
     if old.get("spec") != body["spec"]:
         patch["spec"] = body["spec"]
     return patch
-
-
-def _involved(kind: str, namespace: str, name: str, raw: Mapping) -> dict:
-    """An Event's involvedObject; with the uid when the watcher knows the object."""
-    meta = raw.get("metadata") or {}
-    ref = {"apiVersion": raw.get("apiVersion") or EVENT_KINDS[kind], "kind": kind, "name": name}
-    if namespace and kind != "Namespace":
-        ref["namespace"] = namespace
-    if meta.get("uid"):
-        ref["uid"] = meta["uid"]
-    return ref
-
-
-def _event_key(involved: Mapping, reason: str, message: str) -> EventKey:
-    return (involved["kind"], involved.get("namespace", ""), involved["name"], reason, message)
