@@ -11,7 +11,7 @@ Every flow of a wire carries ``wire_cookie(connection id)``; pipeline flows carr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -300,13 +300,7 @@ def stateful_wire_flows(wire: WireEnds, flows: Sequence[tuple[str, FlowSpec]], p
             out = [(sw, replace(f, table=int(Table.WIRE_ENTRY)) if _enters(sw, f, switch, port) else f)
                    for sw, f in out]
             out += [(switch, f) for f in _gate(port, direction, zone, cookie)]
-    for switch, port, direction in ends:
-        out = _committed(out, switch, zone, lambda f, d=("output", port): f.actions.index(d) if d in f.actions
-                         else None)
-        if direction is None:  # frames it sends are committed where they enter the wire
-            out = _committed(out, switch, zone, lambda f, s=switch, p=port: 0 if _enters(s, f, s, p)
-                             else None)
-    return out
+    return _committed(out, zone, [(switch, port, direction is None) for switch, port, direction in ends])
 
 
 def _enters(sw: str, flow: FlowSpec, switch: str, port: int) -> bool:
@@ -314,16 +308,29 @@ def _enters(sw: str, flow: FlowSpec, switch: str, port: int) -> bool:
     return sw == switch and flow.table == Table.CLASSIFY and flow.match_dict().get("in_port") == port
 
 
-def _committed(flows: list[tuple[str, FlowSpec]], switch: str, zone: int,
-               at: Callable[[FlowSpec], int | None]) -> list[tuple[str, FlowSpec]]:
-    """The flows of ``switch`` for which ``at`` gives an index commit their IP frames to conntrack
-    before the action at that index; a flow that matches no eth_type keeps its other frames, and
-    gets one flow per IP family beside it (unless one is there already, as a DSCP mark's)."""
+def _committed(flows: list[tuple[str, FlowSpec]], zone: int, ends: Sequence[tuple[str, int, bool]]
+               ) -> list[tuple[str, FlowSpec]]:
+    """The flows with IP frames committed to conntrack at the wire's ends: a flow of an end's
+    switch commits before its output to the end's port, or (``entering``: the end has no gate)
+    first thing when it takes frames in from that port; the first end that applies, in order. A
+    flow that matches no eth_type keeps its other frames, and gets one flow per IP family beside it
+    (unless one is there already, as a DSCP mark's)."""
     commit = ("ct_commit", zone)
-    keys = None  # the switch's flow keys, once a flow needs IP ones beside it
+    keys = None  # every flow's key, once a flow needs IP ones beside it
     out = []
     for sw, flow in flows:
-        i = at(flow) if sw == switch and commit not in flow.actions else None
+        i = None
+        if commit not in flow.actions:
+            for switch, port, entering in ends:
+                if sw != switch:
+                    continue
+                leave = ("output", port)
+                if leave in flow.actions:
+                    i = flow.actions.index(leave)
+                    break
+                if entering and flow.table == Table.CLASSIFY and ("in_port", port) in flow.match:
+                    i = 0
+                    break
         if i is None:
             out.append((sw, flow))
             continue
@@ -335,11 +342,11 @@ def _committed(flows: list[tuple[str, FlowSpec]], switch: str, zone: int,
             continue
         out.append((sw, flow))
         if keys is None:
-            keys = {f.key for s, f in flows if s == switch}
+            keys = {(s, f.key) for s, f in flows}
         for eth in (ETH_TYPE_IPV4, ETH_TYPE_IPV6):
             ip = FlowSpec.make(flow.table, Priority.WIRE_IP, {**match, "eth_type": eth}, actions,
                                goto=flow.goto, cookie=flow.cookie, meter=flow.meter)
-            if ip.key not in keys:
+            if (sw, ip.key) not in keys:
                 out.append((sw, ip))
     return out
 
