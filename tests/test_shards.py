@@ -209,6 +209,50 @@ def test_a_phase_with_work_on_another_shard_is_the_last_one_run():
     assert [phase for phase, _ in keeper.phases(ours)] == ["modify", "delete"]
 
 
+def test_a_program_held_for_another_shard_is_given_back_soon_then_less_often():
+    """The other shard's holder is typically done within a few of its plans: its switches are read
+    again after 50 ms, then twice as long each time in a row up to a tick; a program we may run
+    starts the waits over."""
+    app, now = FakeApp([1, 2]), [100.0]
+    keeper = RoleKeeper(app, {1: 0, 2: 1}, most_relook=0.3, clock=lambda: now[0])
+    keeper.set_leader(1, shard=0)
+    confirm_master(keeper, 1)
+    theirs = program(s2=SwitchDiff(adds=(flow(3),)))
+    waits = []
+    for _ in range(5):
+        assert keeper.hold(theirs) and keeper.due_changed.is_set()
+        keeper.due_changed.clear()
+        waits.append(round(keeper.held_due - now[0], 6))
+        now[0] += 1
+        keeper.release_held()
+        assert keeper.held is keeper.held_due is None and len(app.calls) == len(waits)
+    assert waits == [0.05, 0.1, 0.2, 0.3, 0.3]
+    assert not keeper.hold(program(s1=SwitchDiff(adds=(flow(1),))))
+    assert keeper.hold(theirs) and keeper.held_due == now[0] + 0.05
+
+
+def test_the_ticker_gives_a_held_program_back_when_due_not_at_the_next_tick(monkeypatch):
+    from ryu_nsm.observe import health
+    from ryu_nsm.openflow.shell import NsmApp, ShellSettings
+    from tests.fabrics import ring
+
+    monkeypatch.setattr(health, "LOOPS", health.Registry())
+    fabric = ring(2)
+    shards = {s.dpid: i for i, s in enumerate(fabric.switches)}
+    monkeypatch.setattr(NsmApp, "settings", ShellSettings(
+        fabric=fabric, tick_interval=30.0, role_election=True, shards=shards, probe_interval=0,
+        counter_interval=0))
+    app = NsmApp()
+    app.start()
+    try:
+        first = fabric.switches[0]
+        held = Program(1, {first.name: SwitchDiff(adds=(flow(1),))}, {first.name: first.dpid})
+        assert app.roles.hold(held)
+        assert wait_for(lambda: app.roles.held is None, 5), "held until the next tick, 30 s away"
+    finally:
+        app.stop()
+
+
 def test_unsharded_keeper_runs_every_phase_and_reports_as_before():
     app = FakeApp([1, 2])
     keeper = RoleKeeper(app)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -22,6 +24,10 @@ log = logging.getLogger("ryu_nsm.openflow.shell")
 ofp = ofproto_v1_3
 ONF_ET_ROLE_STATUS = 1911  # ONF extension 191: role status for OpenFlow 1.3, as Open vSwitch sends it
 _NO_GENERATION = 0xFFFFFFFFFFFFFFFF  # a role reply's generation_id when the switch has none yet
+# Sharded, a Program held for another shard's phase is given back (its switches read again) after
+# this, then twice as long each time in a row, up to a tick: the other holder is typically done
+# within a few of its plans, and a replica that is gone costs one read of those switches a tick.
+FIRST_RELOOK_S = 0.05
 ROLE_NAMES = {ofp.OFPCR_ROLE_NOCHANGE: "nochange", ofp.OFPCR_ROLE_EQUAL: "equal",
               ofp.OFPCR_ROLE_MASTER: "master", ofp.OFPCR_ROLE_SLAVE: "slave"}
 
@@ -67,14 +73,20 @@ class RoleKeeper:
     shard)``); without it every switch is in shard 0, the single leader's.
     """
 
-    def __init__(self, app: RoleApp, shards: dict[int, int] | None = None):
+    def __init__(self, app: RoleApp, shards: dict[int, int] | None = None, most_relook: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.app = app
         self.shards = shards
+        self.most_relook = most_relook
+        self.clock = clock
         self.terms: dict[int, _Term] = {}
         self.epoch = 0  # bumped by set_leader: replies to requests of an older term are ignored
         self.roles: dict[int, tuple[str, int]] = {}  # dpid → (role the switch confirmed, epoch)
         self.asks: dict[int, _RoleAsk] = {}  # role request xid → what it asked
         self.held: Program | None = None  # a Program not run because we may not program its switches
+        self.held_due: float | None = None  # sharded: when ``held`` is given back (on ``clock``)
+        self._relook = FIRST_RELOOK_S  # the wait of the next hold in a row
+        self.due_changed = threading.Event()  # set when held_due is set (the ticker waits on it)
 
     def shard(self, dpid: int) -> int:
         return self.shards.get(dpid, 0) if self.shards else 0
@@ -135,9 +147,14 @@ class RoleKeeper:
         switches = phases[0][1] if self.shards and phases else program.diffs
         with self.app.lock:
             if any(self.may_program(program.dpids[sw]) for sw in switches):
+                self._relook = FIRST_RELOOK_S
                 return False
             self.held = program
+            if self.shards:
+                self.held_due = self.clock() + self._relook
+                self._relook = min(2 * self._relook, self.most_relook)
         if self.shards:
+            self.due_changed.set()
             log.debug("program %d held: waiting for %s", program.id, ", ".join(sorted(switches)))
         else:
             log.info("program %d held: not MASTER on %s", program.id, ", ".join(sorted(program.diffs)))
@@ -158,7 +175,7 @@ class RoleKeeper:
     def release_held(self) -> None:
         """Give a held Program back to the core as confirmed nowhere: it reads those switches again."""
         with self.app.lock:
-            held, self.held = self.held, None
+            held, self.held, self.held_due = self.held, None, None
         if held is not None:
             self.app._call(lambda now: self.app.core.program_done(held.id, (), now))
 

@@ -130,7 +130,7 @@ class NsmApp(LinkProbes, CounterReads, app_manager.OSKenApp):
         self._beat: Callable[[], None] = lambda: None  # the worker's progress, once it runs
         self._core_calls_thread: int | None = None  # its thread's ident, once it runs
         self.started = time.monotonic()
-        self.roles = RoleKeeper(self, s.shards)  # used with role_election only
+        self.roles = RoleKeeper(self, s.shards, s.tick_interval)  # used with role_election only
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -149,6 +149,7 @@ class NsmApp(LinkProbes, CounterReads, app_manager.OSKenApp):
 
     def stop(self):
         self._stop.set()
+        self.roles.due_changed.set()  # the ticker waits on it
         self.work.put(None)
         self.calls.put(None)
         super().stop()
@@ -470,7 +471,22 @@ class NsmApp(LinkProbes, CounterReads, app_manager.OSKenApp):
     def _ticker(self, loop: Loop) -> None:
         next_audit = time.monotonic() + self.settings.audit_interval
         next_probe = next_counters = time.monotonic()
-        while not self._stop.wait(self.settings.tick_interval):
+        next_tick = time.monotonic() + self.settings.tick_interval
+        woken = self.roles.due_changed
+        while True:
+            # Between ticks, only to give back a Program held for another shard's phase when due.
+            due = self.roles.held_due
+            woken.wait(max(0.0, min(next_tick, due if due is not None else next_tick) - time.monotonic()))
+            woken.clear()
+            if self._stop.is_set():
+                return
+            due = self.roles.held_due
+            if due is not None and time.monotonic() >= due:
+                self.roles.release_held()  # read those switches again: the other shard may be done
+            if time.monotonic() < next_tick:
+                loop.beat()
+                continue
+            next_tick = time.monotonic() + self.settings.tick_interval
             self._call(self.core.tick)
             if self.settings.counter_interval and time.monotonic() >= next_counters:
                 next_counters = time.monotonic() + self._counter_pace()
@@ -481,8 +497,6 @@ class NsmApp(LinkProbes, CounterReads, app_manager.OSKenApp):
                     probes = self.core.probes(time.monotonic())
                 if probes:
                     self.work.put(("probes", probes))
-            if self.settings.shards:
-                self.roles.release_held()  # waiting for another shard's phase: read its switches again
             if time.monotonic() >= next_audit:
                 next_audit = time.monotonic() + self.settings.audit_interval
                 self.roles.release_held()
