@@ -253,6 +253,25 @@ def test_the_ticker_gives_a_held_program_back_when_due_not_at_the_next_tick(monk
         app.stop()
 
 
+def test_a_switch_is_asked_its_role_by_the_features_dpid_even_before_os_ken_sets_it(monkeypatch):
+    """os-ken's own handler sets the datapath's id on its thread; ours may see the features first."""
+    from types import SimpleNamespace
+
+    from ryu_nsm.observe import health
+    from ryu_nsm.openflow.shell import NsmApp, ShellSettings
+    from tests.fabrics import ring
+
+    monkeypatch.setattr(health, "LOOPS", health.Registry())
+    fabric = ring(2)
+    dpid = fabric.switches[0].dpid
+    monkeypatch.setattr(NsmApp, "settings", ShellSettings(fabric=fabric, role_election=True))
+    app = NsmApp()
+    dp = SimpleNamespace(id=None)
+    app._features(SimpleNamespace(msg=SimpleNamespace(datapath=dp, datapath_id=dpid)))
+    assert app.datapaths == {dpid: dp} and dp.id == dpid
+    assert [kind_and_dpid[:2] for kind_and_dpid in queued(app)] == [("role", dpid)]
+
+
 def test_unsharded_keeper_runs_every_phase_and_reports_as_before():
     app = FakeApp([1, 2])
     keeper = RoleKeeper(app)

@@ -247,6 +247,10 @@ class NsmApp(LinkProbes, CounterReads, app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     def _features(self, ev):
         dp = ev.msg.datapath
+        # Each os-ken app handles events on its own thread: os-ken's ofp_handler, which sets dp.id
+        # from this very message, may not have yet (a busy controller sent role requests for None
+        # and the switch never got one, wedging every replica that waited for its master).
+        dp.id = ev.msg.datapath_id
         self.datapaths[dp.id] = dp
         self._multipart.pop((dp.id, "ports"), None)
         if self.settings.role_election:
