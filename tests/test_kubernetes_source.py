@@ -264,9 +264,10 @@ def test_a_watch_that_ends_resumes_from_its_resource_version_without_a_list(api:
     api.create(network_service("a"))
     source, recorder = start()
     recorder.wait(lambda r: services(r) == {"ns1/a": "ETHERNET"}, "the first service")
-    wait_until(watching(api), "the watches")
     lists = len(api.requests("list"))
     for round_ in range(3):
+        # Every kind's watch open again: the round's change may arrive before the others resume.
+        wait_until(watching(api), f"the watches before round {round_}")
         api.hold_watches()
         assert api.break_watches(clean=True) == len(ALL_KINDS)
         api.create(network_service(f"new{round_}"))
