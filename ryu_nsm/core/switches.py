@@ -428,19 +428,21 @@ class SwitchManager(Manager):
             if old_flows != new_flows:
                 changes.append((old_flows, new_flows))
         # Every old flow goes before any new one is added: a key may pass from one connection to another.
+        # The desired tables hold the plan's very flow objects: identity settles most comparisons.
         for old_flows, _ in changes:
             for sw, flow in old_flows:
-                table = self._desired.get(sw, {})
-                if table.get(flow.key) == flow:
-                    del table[flow.key]
-                self._changed_keys.setdefault(sw, set()).add(flow.key)
+                key, table = flow.key, self._desired.get(sw, {})
+                held = table.get(key)
+                if held is flow or held == flow:
+                    del table[key]
+                self._changed_keys.setdefault(sw, set()).add(key)
         for _, new_flows in changes:
             for sw, flow in new_flows:
-                table = self._desired.setdefault(sw, {})
-                other = table.setdefault(flow.key, flow)
-                if other != flow:
-                    raise ConflictingFlows(f"two desired flows share {flow.key}: {other} and {flow}")
-                self._changed_keys.setdefault(sw, set()).add(flow.key)
+                key = flow.key
+                other = self._desired.setdefault(sw, {}).setdefault(key, flow)
+                if other is not flow and other != flow:
+                    raise ConflictingFlows(f"two desired flows share {key}: {other} and {flow}")
+                self._changed_keys.setdefault(sw, set()).add(key)
 
     def _update_objects(self, kind: str, before: Plan, after: Plan) -> None:
         """Like the flows: the touched connections' meters (or groups) leave, then come back as they are."""
