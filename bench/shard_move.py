@@ -69,14 +69,14 @@ def _sole_holder(procs: dict[str, ControllerProcess], bridges: list[str], timeou
     """The one replica that says it is MASTER of every bridge of a shard: by its own word, since OVS's
     role column lags (a replica that just took the shard may still show as slave there, and killing
     the other moved nothing: a 0.24 s "move" was measured so)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        holders = [name for name, p in procs.items() if _confirmed(p, bridges)]
-        if len(holders) == 1:
-            return holders[0]
-        if time.monotonic() > deadline:
-            raise BenchFailure(f"no single replica says it holds the shard of {bridges}: {holders}")
-        time.sleep(0.1)
+    holders: list[str] = []
+
+    def one() -> bool:
+        holders[:] = [name for name, p in procs.items() if _confirmed(p, bridges)]
+        return len(holders) == 1
+    if not wait_for(one, timeout, 0.1):
+        raise BenchFailure(f"no single replica says it holds the shard of {bridges}: {holders}")
+    return holders[0]
 
 
 def measure(rounds: int) -> list[str]:
@@ -111,8 +111,6 @@ def measure(rounds: int) -> list[str]:
             for _ in range(rounds):
                 if not wait_for(lambda: all(_master(br) in by_port for br in fabric.bridges), 30, 0.1):
                     raise BenchFailure("not every bridge has a master")
-                # The holder by its own word: OVS's role column lags (a replica that has just taken
-                # the shard may still show as slave there, and killing the other would move nothing).
                 holder = _sole_holder(procs, shard1, 30)
                 other = next(p for name, p in procs.items() if name != holder)
                 procs[holder].proc.send_signal(signal.SIGKILL)

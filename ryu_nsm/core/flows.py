@@ -305,7 +305,7 @@ def stateful_wire_flows(wire: WireEnds, flows: Sequence[tuple[str, FlowSpec]], p
 
 def _enters(sw: str, flow: FlowSpec, switch: str, port: int) -> bool:
     """True for a flow by which frames from ``port`` of ``switch`` enter their wire."""
-    return sw == switch and flow.table == Table.CLASSIFY and flow.match_dict().get("in_port") == port
+    return sw == switch and flow.table == Table.CLASSIFY and ("in_port", port) in flow.match
 
 
 def _committed(flows: list[tuple[str, FlowSpec]], zone: int, ends: Sequence[tuple[str, int, bool]]
@@ -328,7 +328,7 @@ def _committed(flows: list[tuple[str, FlowSpec]], zone: int, ends: Sequence[tupl
                 if leave in flow.actions:
                     i = flow.actions.index(leave)
                     break
-                if entering and flow.table == Table.CLASSIFY and ("in_port", port) in flow.match:
+                if entering and _enters(sw, flow, switch, port):
                     i = 0
                     break
         if i is None:

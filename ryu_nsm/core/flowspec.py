@@ -21,6 +21,7 @@ Actions (apply-actions, in order):
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from enum import IntEnum
 from functools import cached_property
@@ -175,7 +176,7 @@ class PipelineError(ValueError):
     """A flow that does not fit its table's declaration: a bug in the compiler, caught at build time."""
 
 
-def _check_fits(table: int, fields: list[str], actions: list[str], goto: int | None) -> None:
+def _check_fits(table: int, fields: Collection[str], actions: list[str], goto: int | None) -> None:
     """PipelineError unless a flow with these match fields, action kinds and goto fits its table."""
     rule = PIPELINE.get(table)
     if rule is None:
@@ -214,11 +215,7 @@ class FlowSpec:
         """The compiler's constructor: the same flow and the same check as ``FlowSpec(...)``, on the
         match as a dict, sorted once (a restart at 10,000 connections builds 178,000 flows)."""
         table, actions = int(table), tuple(actions)
-        rule = PIPELINE.get(table)
-        kinds = [a[0] for a in actions]
-        if rule is None or not (rule.match_fields.issuperset(match) and rule.actions.issuperset(kinds)
-                                and (goto is None or goto in rule.may_goto)):
-            _check_fits(table, list(match), kinds, goto)  # raises, naming what does not fit
+        _check_fits(table, match, [a[0] for a in actions], goto)
         flow = object.__new__(cls)
         # Frozen: the fields are set as the dataclass's own __init__ sets them, past __setattr__.
         flow.__dict__.update(table=table, priority=int(priority), match=tuple(sorted(match.items())),
