@@ -224,6 +224,29 @@ def test_audit_repairs_drift():
     assert sw.tables == good
 
 
+def test_a_spread_audit_reads_the_switches_in_turn_and_still_repairs_drift():
+    # The shell spreads an audit over its interval (a few switches a tick): every switch is read in
+    # turn, round and round, whichever were read before; a wiped switch is repaired on its turn.
+    fab, res = setup()
+    ctl, sw = Controller(fab), FakeFabric(fab)
+    sw.connect_all(ctl)
+    sw.run(ctl, ctl.set_resources(res, 0.0))
+    names = sorted(s.name for s in fab.switches)
+    turns = [[read.switch for read in ctl.audit(2)] for _ in range(len(names))]
+    flat = [name for turn in turns for name in turn]
+    assert all(len(turn) == 2 for turn in turns) and flat == (names * 2)[:2 * len(names)]
+    assert {read.switch for read in ctl.audit(len(names) + 5)} == set(names)  # never more than all
+    good = dict(sw.tables)
+    wiped = names[-1]
+    sw.tables[wiped] = frozenset()
+    for _ in range(len(names)):
+        reads = ctl.audit(1)
+        sw.run(ctl, reads, 2.0)
+        if reads[0].switch == wiped:
+            break
+    assert sw.tables == good
+
+
 def test_an_audit_plans_again_only_for_tags_that_disagree_with_the_plan():
     # Tags read for the first time (the first audit after a load) are those the plan gave: at size
     # a replan for each switch's read was most of the idle load. A tag the plan does not have is
@@ -300,6 +323,29 @@ def test_restart_keeps_tags_chosen_in_arrival_order():
         sw.connect_all(fresh, 9.0)
         assert sw.sent == [], f"restart changed flows after arrival order {order}"
         assert all(c["state"] == "up" for c in status_json(fresh.status())["connections"])
+
+
+def test_tags_read_again_after_changes_are_those_a_fresh_read_finds():
+    # A switch's tags are worked out again only for the flows that changed since its last read, by
+    # cookie, then named by the declared state of the moment: after requests came and went, and
+    # programs changed some flows, every switch's hints must be what a restarted controller reads.
+    fab = ring(4, {f"c{i}": ("s1",) for i in range(4)} | {f"e{i}": ("s3",) for i in range(4)})
+    pairs = [(att(fab, f"c{i}"), att(fab, f"e{i}")) for i in range(4)]
+    full = resources_for(pairs)
+    ctl, sw = Controller(fab), FakeFabric(fab)
+    sw.connect_all(ctl)
+    for n, chosen in enumerate(({"c0", "c1"}, {"c0", "c1", "c2"}, {"c1", "c2", "c3"}), start=1):
+        part = type(full)(full.services, full.endpoints, tuple(r for r in full.requests if r.pod in chosen))
+        sw.run(ctl, ctl.set_resources(part, float(n)))
+        sw.run(ctl, ctl.audit(), float(n))
+    fresh = Controller(fab)
+    sw.run(fresh, fresh.set_resources(part, 9.0))
+    sw.connect_all(fresh, 9.0)
+    assert len(fresh.switches.hints) >= 6  # three wires' tags, zones if any
+    assert ctl.switches.hints == fresh.switches.hints
+    before = ctl.switches.hints
+    sw.run(ctl, ctl.audit(), 10.0)  # nothing changed: the same object, so the core knows at once
+    assert ctl.switches.hints is before
 
 
 def test_nothing_is_programmed_before_the_sources_have_reported():

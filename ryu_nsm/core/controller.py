@@ -156,9 +156,10 @@ class Controller:
             commands += self._program()
         return commands
 
-    def audit(self) -> list:
-        """Read every connected switch again: drift (flows changed behind our back) is then repaired."""
-        return self.switches.audit()
+    def audit(self, count: int | None = None) -> list:
+        """Read every connected switch again (``count``: the next that many in turn): drift (flows
+        changed behind our back) is then repaired."""
+        return self.switches.audit(count)
 
     def tick(self, now: float) -> list:
         """Periodic: switches away longer than ``switch_down_after`` are treated as down; service
