@@ -44,6 +44,7 @@ from ryu_nsm.observe.report import StatusRenderer
 from ryu_nsm.openflow import wire as ofwire
 from ryu_nsm.openflow.counter_reads import CounterReads
 from ryu_nsm.openflow.flow_read import FlowReader, keep_flow_stats_raw
+from ryu_nsm.openflow.foreground import ForegroundGate
 from ryu_nsm.openflow.launch import send_bytes
 from ryu_nsm.openflow.probes import LinkProbes
 from ryu_nsm.openflow.roles import RoleKeeper, describe_error
@@ -129,6 +130,7 @@ class NsmApp(LinkProbes, CounterReads, app_manager.OSKenApp):
         self._stop = threading.Event()
         self._beat: Callable[[], None] = lambda: None  # the worker's progress, once it runs
         self._core_calls_thread: int | None = None  # its thread's ident, once it runs
+        self.foreground = ForegroundGate()  # a change in progress holds the core-calls thread back
         self.started = time.monotonic()
         self.roles = RoleKeeper(self, s.shards, s.tick_interval)  # used with role_election only
 
@@ -186,6 +188,7 @@ class NsmApp(LinkProbes, CounterReads, app_manager.OSKenApp):
                 return
             if not call:
                 continue
+            self.foreground.wait_quiet()
             started = time.monotonic()
             try:
                 call()
@@ -198,7 +201,8 @@ class NsmApp(LinkProbes, CounterReads, app_manager.OSKenApp):
 
     def set_resources(self, resources: Resources) -> None:
         """Entry point for sources (any thread): the whole declared state."""
-        self._call(lambda now: self.core.set_resources(resources, now))
+        with self.foreground.change():
+            self._call(lambda now: self.core.set_resources(resources, now))
 
     def status(self) -> dict:
         with self.lock:
@@ -474,6 +478,9 @@ class NsmApp(LinkProbes, CounterReads, app_manager.OSKenApp):
 
     def _ticker(self, loop: Loop) -> None:
         next_audit = time.monotonic() + self.settings.audit_interval
+        # Switches owed an audit read: each is read once an interval, in turn, spread over it.
+        audited, audit_due = time.monotonic(), 0.0
+        audit_rate = len(self.settings.fabric.switches) / max(self.settings.audit_interval, 1e-3)
         next_probe = next_counters = time.monotonic()
         next_tick = time.monotonic() + self.settings.tick_interval
         woken = self.roles.due_changed
@@ -504,7 +511,11 @@ class NsmApp(LinkProbes, CounterReads, app_manager.OSKenApp):
             if time.monotonic() >= next_audit:
                 next_audit = time.monotonic() + self.settings.audit_interval
                 self.roles.release_held()
-                self._call(lambda now: self.core.audit())
+            audit_due += audit_rate * (time.monotonic() - audited)
+            audited = time.monotonic()
+            if audit_due >= 1:
+                count, audit_due = int(audit_due), audit_due % 1
+                self._call(lambda _, count=count: self.core.audit(count))
             loop.beat()  # a whole round done: an exception above is a failed round
 
     # -- roles (role_election): see roles.RoleKeeper --------------------------------------------
@@ -516,7 +527,8 @@ class NsmApp(LinkProbes, CounterReads, app_manager.OSKenApp):
     def _program(self, program: Program) -> None:
         """Run a Program, or hold it when we may program none of its switches (see the module doc)."""
         if not (self.settings.role_election and self.roles.hold(program)):
-            self._run_program(program)
+            with self.foreground.change():
+                self._run_program(program)
 
     @set_ev_cls(ofp_event.EventOFPRoleReply, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _role_reply(self, ev):
