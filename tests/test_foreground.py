@@ -31,9 +31,16 @@ def test_background_work_waits_for_every_change_then_goes():
     assert wait_for(went.is_set, 5.0)  # woken when the last one ends, not after the patience
 
 
-def test_background_work_is_held_up_never_stopped():
+def test_background_work_is_held_up_once_a_spell_never_stopped():
     gate = ForegroundGate(patience=0.1)
     with gate.change():
         started = time.monotonic()
         assert gate.wait_quiet() is False  # a change that lasts: background work goes on regardless
         assert time.monotonic() - started >= 0.1
+        with gate.change():  # a stream of changes: the queue is not held up a patience a call
+            started = time.monotonic()
+            assert [gate.wait_quiet() for _ in range(50)] == [False] * 50
+            assert time.monotonic() - started < 0.1
+    with gate.change():  # a new spell: held up again
+        started = time.monotonic()
+        assert gate.wait_quiet() is False and time.monotonic() - started >= 0.1
