@@ -247,6 +247,31 @@ def test_a_spread_audit_reads_the_switches_in_turn_and_still_repairs_drift():
     assert sw.tables == good
 
 
+def test_the_very_flows_of_the_last_read_stand_only_until_a_program_changes_the_switch():
+    # The shell's reader hands back the very object of a switch's last read when nothing on it
+    # changed; the core then takes that read's work as it stands. Once a program has changed what
+    # the switch holds, the same object is no longer what it holds: it is read as news (here the
+    # program's flows are missing from it, so they are put back).
+    fab, res = setup()
+    ctl, sw = Controller(fab), FakeFabric(fab)
+    sw.connect_all(ctl)
+    before = dict(sw.tables)  # every switch's read: empty, before anything is declared
+    sw.run(ctl, ctl.set_resources(res, 0.0))
+    good = dict(sw.tables)
+    changed = sorted(name for name in good if good[name] != before[name])
+    assert changed
+    stale = ctl.switches.switches[changed[0]].epoch
+    commands = ctl.flows_read(changed[0], before[changed[0]], 1.0, stale)
+    assert [type(c) for c in commands] == [Program]
+    sw.tables[changed[0]] = before[changed[0]]
+    sw.run(ctl, commands, 1.0)
+    assert sw.tables == good
+    for read in ctl.audit():  # the same objects again: nothing to do
+        assert ctl.flows_read(read.switch, sw.tables[read.switch], 2.0, read.epoch) == []
+        assert ctl.flows_read(read.switch, sw.tables[read.switch], 2.0, read.epoch) == []
+    assert status_json(ctl.status())["connections"][0]["state"] == "up"
+
+
 def test_an_audit_plans_again_only_for_tags_that_disagree_with_the_plan():
     # Tags read for the first time (the first audit after a load) are those the plan gave: at size
     # a replan for each switch's read was most of the idle load. A tag the plan does not have is

@@ -235,3 +235,34 @@ def test_a_cold_reader_gives_what_the_osken_path_gives(flows: list) -> None:
     entries = [wire.RawFlowStats(raw_of(spec, packets, 7)) for spec, packets in flows]
     entries += raw_undecodable(0x1234)
     assert FlowReader().read(1, entries, whole=True) == wire.decode_flow_stats(entries)
+
+
+def test_a_whole_read_that_finds_the_last_one_hands_back_its_very_list() -> None:
+    # The core tells an unchanged switch by identity (SwitchManager.flows_read): the reader may hand
+    # back the last whole read's list only while every entry is one of that read's and nothing
+    # joined what it has seen since (a seed for a flow just sent, a counter read's new entry).
+    cookie = wire_cookie("c")
+
+    def flow(port: int) -> FlowSpec:
+        match = {"in_port": port, "vlan_vid": 0x1000 | port}
+        return FlowSpec.make(1, 1000, match, [("output", 9)], cookie=cookie)
+
+    def entries(flows: list[FlowSpec], packets: int = 0) -> list[wire.RawFlowStats]:
+        return [wire.RawFlowStats(raw_of(spec, packets, packets * 60)) for spec in flows]
+
+    specs, sent, counted = [flow(port) for port in range(1, 4)], flow(7), flow(8)
+    reader = FlowReader()
+    first = reader.specs(1, entries(specs))
+    assert first == specs
+    assert reader.specs(1, entries(specs, packets=5)) is first  # counters and age are not the flow
+    assert reader.specs(2, entries(specs)) is not first  # another switch
+    reader.expect(1, wire.encode_flow_mod(sent, wire.OFPFC_ADD), sent)
+    # Every entry is known (one as the seed), as many as are known: still not the last read.
+    with_sent = reader.specs(1, entries([*specs, sent]))
+    assert with_sent == [*specs, sent]
+    assert reader.specs(1, entries([*specs, sent])) is with_sent
+    assert reader.read(1, entries([counted]), whole=False)[0].spec == counted  # a counter read's new one
+    with_counted = reader.specs(1, entries([*specs, sent, counted]))
+    assert with_counted == [*specs, sent, counted]
+    fewer = reader.specs(1, entries(specs))
+    assert fewer == specs and fewer is not first

@@ -126,7 +126,9 @@ class Controller:
                    meters: Iterable[MeterSpec] = (), groups: Iterable[GroupSpec] = ()) -> list:
         """The switch's flows, meters and groups (all or ours); from now on it is reconciled by diff.
 
-        A read asked for before a program changed the switch is stale: it is asked again.
+        A read asked for before a program changed the switch is stale: it is asked again. ``flows``
+        may be the very object of the switch's last read only when it holds the same flows (the
+        shell's reader does so for a switch that did not change): then that read's work stands.
         """
         instead = self.switches.flows_read(switch, flows, epoch, meters, groups, self.resources)
         if self.switches.read_changed:

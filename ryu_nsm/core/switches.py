@@ -96,6 +96,7 @@ class SwitchState:
     connected: bool = True
     ports: dict[str, PortInfo] = field(default_factory=dict)
     flows: dict[FlowKey, FlowSpec] | None = None  # ours, by key; None until read from the switch
+    read: object = None  # the flows as last read, while no program has changed ``flows`` since
     meters: dict[int, MeterSpec] = field(default_factory=dict)  # ours, by id; read with the flows
     groups: dict[int, GroupSpec] = field(default_factory=dict)  # ours, by id; read with the flows
     since: float = 0.0
@@ -160,7 +161,7 @@ class SwitchManager(Manager):
         if state is None:
             return False
         state.connected = False
-        state.flows = None
+        state.flows = state.read = None
         state.since = now
         log.warning("switch %s disconnected; its flows stay (fail-mode secure)", state.name)
         return True
@@ -196,7 +197,13 @@ class SwitchManager(Manager):
         if epoch != state.epoch:
             return [ReadFlows(switch, state.dpid, state.epoch)]
         believed, believed_objects = state.flows, (state.meters, state.groups)
-        state.flows = {f.key: f for f in flows if is_ours(f.cookie)}
+        # The reader hands back the very list of the switch's last read when every entry is as it was
+        # then; if no program changed what we believe since, that read's work stands (at size an idle
+        # audit's read of a core switch was ~40 ms of indexing and comparing 18,000 flows).
+        again = believed is not None and flows is state.read
+        if not again:
+            state.flows = {f.key: f for f in flows if is_ours(f.cookie)}
+            state.read = flows
         state.meters = {m.meter_id: m for m in meters if is_our_meter(m.meter_id)}
         state.groups = {g.group_id: g for g in groups if is_our_group(g.group_id)}
         # An audit that finds what was believed (the reader hands back the very flow objects) changes
@@ -204,12 +211,13 @@ class SwitchManager(Manager):
         # Nor is it diffed whole: what was believed is what the last confirmed program left, so what
         # the desired state gained since is in the changed keys (an idle audit at 178,000 flows
         # compared them all every 30 s).
-        self.read_changed = believed is None or not (
-            _same_objects(believed, state.flows) and believed_objects == (state.meters, state.groups))
+        same_flows = again or (believed is not None and _same_objects(believed, state.flows))
+        self.read_changed = not (same_flows and believed_objects == (state.meters, state.groups))
         if self.read_changed:
             self._up.clear()
             self._diff_whole.add(switch)
-        found = self._by_connection(switch, self._tags_in(switch, state.flows), resources)
+        tags = self._tags_read[switch][2] if again else self._tags_in(switch, state.flows)
+        found = self._by_connection(switch, tags, resources)
         # The same hints stay the same object: the core then knows that the read changed no plan
         # (an audit of a big fabric that finds what it expects costs the flows read, not a replan).
         old = self._tag_hints.get(switch)
@@ -394,12 +402,13 @@ class SwitchManager(Manager):
                 continue
             if sw in confirmed:
                 apply_keyed(state.flows, change, state.objects())
+                state.read = None
                 for flow in change.adds + change.modifies + change.deletes:
                     self._up.pop(self.owner.get(flow.cookie), None)
                 if any(change.ops(phase) for phase in PHASES if "-" in phase):
                     self._up.clear()  # meters and groups carry no cookie; they change seldom
             else:
-                state.flows = None
+                state.flows = state.read = None
                 self._up.clear()
                 if state.connected:
                     commands.append(ReadFlows(sw, state.dpid, state.epoch))

@@ -8,7 +8,10 @@ only when its bytes, less the counters and the age, were not in that switch's pr
 audit that finds what it expects costs a slice and a dictionary hit per flow, and hands the core
 the same FlowSpec objects as last time; the flows it programmed, the very objects of its plan.
 An entry it has not seen (the first read after a restart) is decoded by ``wire_decode`` straight
-from its bytes, and by os-ken only when it is in none of the shapes ryu-nsm writes.
+from its bytes, and by os-ken only when it is in none of the shapes ryu-nsm writes. A whole read
+whose every entry is one of the last whole read's gets that read's very list back, and the core
+skips a switch it knows unchanged by that identity (an idle audit's core work at 10,000
+connections went from 0.29 s to 3 ms a round).
 """
 
 from __future__ import annotations
@@ -43,6 +46,37 @@ class FlowReader:
 
     def __init__(self) -> None:
         self._seen: dict[int, dict[bytes, FlowSpec | None]] = {}
+        # Per switch, bumped whenever an entry joins what was seen other than by a whole read (a seed,
+        # a counter read's new entry): while unchanged, the seen entries are exactly the last whole
+        # read's, whose specs are kept as (generation, list).
+        self._generation: dict[int, int] = {}
+        self._whole: dict[int, tuple[int, list[FlowSpec]]] = {}
+
+    def specs(self, dpid: int, entries: Iterable[RawFlowStats]) -> list[FlowSpec]:
+        """The FlowSpecs of a whole read, in the switch's order: the very list of the last whole read
+        when every entry is one of that read's and nothing was seeded since, so the core can tell
+        an unchanged switch by identity (``Controller.flows_read``)."""
+        generation = self._generation.get(dpid, 0)
+        known = self._seen.get(dpid, {})
+        now: dict[bytes, FlowSpec | None] = {}
+        out = []
+        hits = True
+        for entry in entries:
+            buf = entry.buf
+            ident = _identity(buf)
+            spec = known.get(ident, _UNKNOWN)
+            if spec is _UNKNOWN:
+                hits = False
+                spec = _decode(entry)
+            now[ident] = spec
+            if spec is not None:
+                out.append(spec)
+        self._seen[dpid] = now
+        last = self._whole.get(dpid)
+        if hits and last is not None and last[0] == generation and len(now) == len(known):
+            return last[1]
+        self._whole[dpid] = (generation, out)
+        return out
 
     def read(self, dpid: int, entries: Iterable[RawFlowStats], whole: bool) -> list[FlowStats]:
         """The entries as FlowStats, in the switch's order (undecodable ones left out, as
@@ -56,10 +90,7 @@ class FlowReader:
             ident = _identity(buf)
             spec = known.get(ident, _UNKNOWN)
             if spec is _UNKNOWN:
-                spec = decode_spec(buf)
-                if spec is None:  # not in wire.py's shapes: os-ken's path decodes it or words why not
-                    decoded = decode_flow_stats([entry])
-                    spec = decoded[0].spec if decoded else None
+                spec = _decode(entry)
             now[ident] = spec
             if spec is None:
                 continue
@@ -68,7 +99,10 @@ class FlowReader:
             out.append(FlowStats(spec, packets, byte_count, seconds + nanos / 1e9))
         if whole:
             self._seen[dpid] = now
+            self._bump(dpid)  # not ``specs``: its kept list no longer matches what was seen
         else:
+            if not now.keys() <= known.keys():
+                self._bump(dpid)
             known.update(now)
             self._seen[dpid] = known
         return out
@@ -83,6 +117,18 @@ class FlowReader:
         ident = b"".join((body[16:17], b"\0", body[22:24], body[18:22], body[36:38], b"\0\0\0\0", body[0:8],
                           body[40:]))
         self._seen.setdefault(dpid, {})[ident] = spec
+        self._bump(dpid)
+
+    def _bump(self, dpid: int) -> None:
+        self._generation[dpid] = self._generation.get(dpid, 0) + 1
+
+
+def _decode(entry: RawFlowStats) -> FlowSpec | None:
+    spec = decode_spec(entry.buf)
+    if spec is None:  # not in wire.py's shapes: os-ken's path decodes it or words why not
+        decoded = decode_flow_stats([entry])
+        spec = decoded[0].spec if decoded else None
+    return spec
 
 
 _UNKNOWN = object()

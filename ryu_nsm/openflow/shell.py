@@ -285,7 +285,7 @@ class NsmApp(LinkProbes, CounterReads, app_manager.OSKenApp):
         dpid = msg.datapath.id
 
         def flows_read() -> None:
-            specs = [stats.spec for stats in self._flow_reader.read(dpid, entries, whole=True)]
+            specs = self._flow_reader.specs(dpid, entries)
             self._call(lambda now: self.core.flows_read(read.switch, specs, now, read.epoch, meters, groups))
         self.calls.put(flows_read)
 
