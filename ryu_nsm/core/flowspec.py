@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
-from functools import cached_property
 
 VID_PRESENT = 0x1000  # OFPVID_PRESENT: set in vlan_vid match/set-field values for tagged frames
 ETH_TYPE_VLAN = 0x8100
@@ -191,6 +190,12 @@ def _check_fits(table: int, fields: Collection[str], actions: list[str], goto: i
         raise PipelineError(f"table {Table(table).name} may not go to table {goto}")
 
 
+def _check_sorted_fits(table: int, match: tuple[tuple[str, object], ...], actions: tuple, goto: int | None
+                       ) -> None:
+    """``_check_fits`` for a flow whose match is (name, value) pairs."""
+    _check_fits(table, [name for name, _ in match], [a[0] for a in actions], goto)
+
+
 @dataclass(frozen=True, order=True)
 class FlowSpec:
     """One flow. Identity on the switch is ``key`` = (table, priority, match)."""
@@ -202,13 +207,16 @@ class FlowSpec:
     goto: int | None = None
     cookie: int = PIPELINE_COOKIE
     meter: int | None = None
+    # Set when the flow is built, never compared: the reconcile looks a flow up by its key several
+    # times per plan (667,000 times for 4,000 connections moved by a link failure).
+    key: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Checked every time: cheaper than looking the flow's shape up in a cache of shapes seen.
-        _check_fits(self.table, [name for name, _ in self.match], [a[0] for a in self.actions], self.goto)
+        _check_sorted_fits(self.table, self.match, self.actions, self.goto)
         if len(self.match) > 1 and list(self.match) != sorted(self.match):
             object.__setattr__(self, "match", tuple(sorted(self.match)))
-        object.__setattr__(self, "key", (self.table, self.priority, self.match))  # as _built sets it
+        object.__setattr__(self, "key", (self.table, self.priority, self.match))
 
     @classmethod
     def make(cls, table: int, priority: int, match: dict, actions=(), goto: int | None = None,
@@ -224,25 +232,18 @@ class FlowSpec:
                   goto: int | None, cookie: int, meter: int | None) -> FlowSpec:
         """The decoder's constructor: ``FlowSpec(...)`` on a sorted match, at a third of its cost
         (a restarted controller decodes every flow of every switch)."""
-        _check_fits(table, [name for name, _ in match], [a[0] for a in actions], goto)
+        _check_sorted_fits(table, match, actions, goto)
         return cls._built(table, priority, match, actions, goto, cookie, meter)
 
     @classmethod
     def _built(cls, table: int, priority: int, match: tuple, actions: tuple, goto: int | None, cookie: int,
                meter: int | None) -> FlowSpec:
         flow = object.__new__(cls)
-        # Frozen: the fields are set as the dataclass's own __init__ sets them, past its per-field
-        # __setattr__; the key too, as ``key`` would cache it (its first read, through
-        # cached_property's lock on Python 3.11, cost a tenth of a restart's plan).
+        # Frozen: the fields are set as the dataclass's own __init__ and __post_init__ set them, past
+        # their per-field __setattr__ (two thirds of a decode's cost).
         flow.__dict__.update(table=table, priority=priority, match=match, actions=actions, goto=goto,
                              cookie=cookie, meter=meter, key=(table, priority, match))
         return flow
-
-    @cached_property
-    def key(self) -> tuple:
-        # Set when the flow is built, so never computed here: the reconcile looks a flow up by its
-        # key several times per plan (667,000 times for 4,000 connections moved by a link failure).
-        return (self.table, self.priority, self.match)
 
     def match_dict(self) -> dict:
         return dict(self.match)
