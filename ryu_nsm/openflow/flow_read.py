@@ -57,24 +57,12 @@ class FlowReader:
         when every entry is one of that read's and nothing was seeded since, so the core can tell
         an unchanged switch by identity (``Controller.flows_read``)."""
         generation = self._generation.get(dpid, 0)
-        known = self._seen.get(dpid, {})
-        now: dict[bytes, FlowSpec | None] = {}
-        out = []
-        hits = True
-        for entry in entries:
-            buf = entry.buf
-            ident = _identity(buf)
-            spec = known.get(ident, _UNKNOWN)
-            if spec is _UNKNOWN:
-                hits = False
-                spec = _decode(entry)
-            now[ident] = spec
-            if spec is not None:
-                out.append(spec)
+        known, now, taken, decoded = self._look_up(dpid, entries)
         self._seen[dpid] = now
         last = self._whole.get(dpid)
-        if hits and last is not None and last[0] == generation and len(now) == len(known):
-            return last[1]
+        if not decoded and len(now) == len(known) and last is not None and last[0] == generation:
+            return last[1]  # every entry was known, and as many as were known: the last read's
+        out = [spec for _, spec in taken]
         self._whole[dpid] = (generation, out)
         return out
 
@@ -82,18 +70,9 @@ class FlowReader:
         """The entries as FlowStats, in the switch's order (undecodable ones left out, as
         ``decode_flow_stats`` does). ``whole``: this read holds every flow of the switch, so what it
         lacks is forgotten; a read of some tables only adds to what is known."""
-        known = self._seen.get(dpid, {})
-        now: dict[bytes, FlowSpec | None] = {}
+        known, now, taken, _ = self._look_up(dpid, entries)
         out = []
-        for entry in entries:
-            buf = entry.buf
-            ident = _identity(buf)
-            spec = known.get(ident, _UNKNOWN)
-            if spec is _UNKNOWN:
-                spec = _decode(entry)
-            now[ident] = spec
-            if spec is None:
-                continue
+        for buf, spec in taken:
             seconds, nanos = _DURATION.unpack_from(buf, 4)
             packets, byte_count = _COUNTS.unpack_from(buf, 32)
             out.append(FlowStats(spec, packets, byte_count, seconds + nanos / 1e9))
@@ -106,6 +85,26 @@ class FlowReader:
             known.update(now)
             self._seen[dpid] = known
         return out
+
+    def _look_up(self, dpid: int, entries: Iterable[RawFlowStats]) -> tuple[
+            dict[bytes, FlowSpec | None], dict[bytes, FlowSpec | None], list[tuple[bytes, FlowSpec]], int]:
+        """(what was seen of the switch, what this read saw, (entry bytes, spec) of the entries that
+        have one in the read's order, how many entries were decoded afresh)."""
+        known = self._seen.get(dpid, {})
+        now: dict[bytes, FlowSpec | None] = {}
+        taken = []
+        decoded = 0
+        for entry in entries:
+            buf = entry.buf
+            ident = _identity(buf)
+            spec = known.get(ident, _UNKNOWN)
+            if spec is _UNKNOWN:
+                decoded += 1
+                spec = _decode(entry)
+            now[ident] = spec
+            if spec is not None:
+                taken.append((buf, spec))
+        return known, now, taken, decoded
 
     def expect(self, dpid: int, flow_mod: bytes, spec: FlowSpec) -> None:
         """``flow_mod`` (an add of ``spec``) was sent to the switch: when it reads back in the same
