@@ -227,10 +227,7 @@ def test_audit_repairs_drift():
 def test_a_spread_audit_reads_the_switches_in_turn_and_still_repairs_drift():
     # The shell spreads an audit over its interval (a few switches a tick): every switch is read in
     # turn, round and round, whichever were read before; a wiped switch is repaired on its turn.
-    fab, res = setup()
-    ctl, sw = Controller(fab), FakeFabric(fab)
-    sw.connect_all(ctl)
-    sw.run(ctl, ctl.set_resources(res, 0.0))
+    fab, ctl, sw = loaded()
     names = sorted(s.name for s in fab.switches)
     turns = [[read.switch for read in ctl.audit(2)] for _ in range(len(names))]
     flat = [name for turn in turns for name in turn]
