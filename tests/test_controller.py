@@ -33,7 +33,7 @@ class FakeFabric:
         while queue:
             cmd = queue.pop(0)
             if isinstance(cmd, ReadFlows):
-                queue += ctl.flows_read(cmd.switch, self.tables[cmd.switch], now, cmd.epoch,
+                queue += ctl.flows_read(cmd.switch, self.read(cmd.switch), now, cmd.epoch,
                                         self.meters[cmd.switch].values(), self.groups[cmd.switch].values())
             elif isinstance(cmd, Program):
                 for phase, step in cmd.phases():
@@ -50,9 +50,17 @@ class FakeFabric:
                         else:
                             part = SwitchDiff(**{FIELD_OF[phase]: ops})
                             self.tables[sw] = apply(self.tables[sw], part)
+                            self.sent_flows(sw, part)
                     if check:
                         check(self.tables)
                 queue += ctl.program_done(cmd.id, cmd.diffs.keys(), now)
+
+    def read(self, switch):
+        """The switch's flows as the controller is handed them."""
+        return self.tables[switch]
+
+    def sent_flows(self, switch, change):
+        """``change`` was carried out on ``switch``."""
 
     def connect_all(self, ctl, now=0.0, down=()):
         for s in self.fabric.switches:

@@ -266,3 +266,23 @@ def test_a_whole_read_that_finds_the_last_one_hands_back_its_very_list() -> None
     assert with_counted == [*specs, sent, counted]
     fewer = reader.specs(1, entries(specs))
     assert fewer == specs and fewer is not first
+
+
+@settings(max_examples=60)
+@given(st.lists(st.lists(st.integers(0, 9), unique=True), min_size=1, max_size=6), st.booleans())
+def test_each_whole_read_says_what_it_found_that_the_last_did_not(reads: list, undecodable: bool) -> None:
+    # The core applies only a read's added and gone to its copy of the last read (switch_reads.py):
+    # together with that read's flows they must give exactly this read's, whatever came and went.
+    pool = [FlowSpec.make(1, 1000, {"in_port": port, "vlan_vid": 0x1000 | port}, [("output", 9)],
+                          cookie=wire_cookie(f"c{port % 3}")) for port in range(1, 11)]
+    extra = raw_undecodable(0x1234)[:1] if undecodable else []
+    reader, last = FlowReader(), None
+    for chosen in reads:
+        read = reader.specs(1, [wire.RawFlowStats(raw_of(pool[i], 0, 0)) for i in chosen] + extra)
+        assert sorted(pool.index(spec) for spec in read) == sorted(chosen)
+        if last is not None and read is not last:
+            assert read.since == last.serial and read.serial != last.serial
+            kept = {id(spec) for spec in last} - {id(spec) for spec in read.gone}
+            assert kept | {id(spec) for spec in read.added} == {id(spec) for spec in read}
+            assert len(kept) + len(read.added) == len(read)
+        last = read  # the last read itself when only the order changed

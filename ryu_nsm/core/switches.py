@@ -21,11 +21,8 @@ from ryu_nsm.core.flowspec import (
     FlowSpec,
     GroupSpec,
     MeterSpec,
-    Priority,
-    Table,
     is_our_group,
     is_our_meter,
-    is_ours,
     wire_cookie,
 )
 from ryu_nsm.core.manager import Manager
@@ -42,7 +39,7 @@ from ryu_nsm.core.reconcile import (
     diff_objects,
 )
 from ryu_nsm.core.resolver import FAILED
-from ryu_nsm.core.router import ZONE_SCOPE
+from ryu_nsm.core.switch_reads import SwitchReads
 
 log = logging.getLogger("ryu_nsm.core.controller")
 
@@ -97,6 +94,7 @@ class SwitchState:
     ports: dict[str, PortInfo] = field(default_factory=dict)
     flows: dict[FlowKey, FlowSpec] | None = None  # ours, by key; None until read from the switch
     read: object = None  # the flows as last read, while no program has changed ``flows`` since
+    moved: set[FlowKey] = field(default_factory=set)  # keys confirmed programs changed since the read
     meters: dict[int, MeterSpec] = field(default_factory=dict)  # ours, by id; read with the flows
     groups: dict[int, GroupSpec] = field(default_factory=dict)  # ours, by id; read with the flows
     since: float = 0.0
@@ -125,8 +123,7 @@ class SwitchManager(Manager):
         # whether it found anything other than what was believed the switch holds.
         self.hints_came: dict[tuple[str, str], int] = {}
         self.read_changed = False
-        # switch → its last read: (flows, key → tag entry, tags by cookie)
-        self._tags_read: dict[str, tuple[dict, dict, dict]] = {}
+        self.reads = SwitchReads(fabric)
         self._named: dict[str, tuple[dict, tuple, dict]] = {}  # switch → (those tags, requests, hints)
         self._cookies: tuple[tuple, dict[int, str]] = ((), {})  # requests → their wire cookies
         # Desired flows by switch and key, the keys changed since the last diff, and the switches to
@@ -201,9 +198,10 @@ class SwitchManager(Manager):
         # then; if no program changed what we believe since, that read's work stands (at size an idle
         # audit's read of a core switch was ~40 ms of indexing and comparing 18,000 flows).
         again = believed is not None and flows is state.read
+        changed = moved = None
         if not again:
-            state.flows = {f.key: f for f in flows if is_ours(f.cookie)}
-            state.read = flows
+            state.flows, changed = self.reads.take(switch, flows)
+            state.read, moved, state.moved = flows, state.moved, set()
         state.meters = {m.meter_id: m for m in meters if is_our_meter(m.meter_id)}
         state.groups = {g.group_id: g for g in groups if is_our_group(g.group_id)}
         # An audit that finds what was believed (the reader hands back the very flow objects) changes
@@ -211,13 +209,12 @@ class SwitchManager(Manager):
         # Nor is it diffed whole: what was believed is what the last confirmed program left, so what
         # the desired state gained since is in the changed keys (an idle audit at 178,000 flows
         # compared them all every 30 s).
-        same_flows = again or (believed is not None and _same_objects(believed, state.flows))
+        same_flows = again or (believed is not None and _same_objects(believed, state.flows, changed, moved))
         self.read_changed = not (same_flows and believed_objects == (state.meters, state.groups))
         if self.read_changed:
             self._up.clear()
             self._diff_whole.add(switch)
-        tags = self._tags_read[switch][2] if again else self._tags_in(switch, state.flows)
-        found = self._by_connection(switch, tags, resources)
+        found = self._by_connection(switch, self.reads.tags(switch), resources)
         # The same hints stay the same object: the core then knows that the read changed no plan
         # (an audit of a big fabric that finds what it expects costs the flows read, not a replan).
         old = self._tag_hints.get(switch)
@@ -237,32 +234,6 @@ class SwitchManager(Manager):
         if self._hints is None:
             self._hints = {k: v for per_switch in self._tag_hints.values() for k, v in per_switch.items()}
         return self._hints
-
-    def _tags_in(self, switch: str, flows: dict[FlowKey, FlowSpec]) -> dict[tuple[int, str], int]:
-        """(wire cookie, link) → tag, read off the FORWARD flows of one switch; (wire cookie,
-        ZONE_SCOPE) → conntrack zone, off the flows where its frames enter or leave the wire.
-
-        By cookie, not connection, and each flow looked at once: a read during a stream of requests
-        finds the flows of the last read, and a few programmed since, under a new declared state (at
-        size, looking at a core switch's 18,000 flows again was 0.1 s a request). The same object
-        when the read found the very flows of the last one."""
-        last = self._tags_read.get(switch)
-        seen, entries_before, tags_before = last if last is not None else ({}, {}, None)
-        links = {link.port_on(switch): link.name for link in self.fabric.links if switch in (link.a, link.b)}
-        entries = {}
-        same = len(seen) == len(flows)
-        for key, flow in flows.items():
-            if seen.get(key) is flow:
-                entry = entries_before.get(key)
-            else:
-                same, entry = False, _tag_entry(flow, links)
-            if entry is not None:
-                entries[key] = entry
-        if same and tags_before is not None:
-            return tags_before
-        tags = dict(entries.values())
-        self._tags_read[switch] = (flows.copy(), entries, tags)  # programs change the switch's flows
-        return tags
 
     def _by_connection(self, switch: str, tags: dict[tuple[int, str], int], resources: Resources
                        ) -> dict[tuple[str, str], int]:
@@ -402,6 +373,7 @@ class SwitchManager(Manager):
                 continue
             if sw in confirmed:
                 apply_keyed(state.flows, change, state.objects())
+                state.moved.update(f.key for f in change.adds + change.modifies + change.deletes)
                 state.read = None
                 for flow in change.adds + change.modifies + change.deletes:
                     self._up.pop(self.owner.get(flow.cookie), None)
@@ -522,24 +494,12 @@ class SwitchManager(Manager):
         return UP
 
 
-def _tag_entry(flow: FlowSpec, links: dict[int, str]) -> tuple[tuple[int, str], int] | None:
-    """((wire cookie, link or ZONE_SCOPE), tag or zone) that ``flow`` carries, if any."""
-    if flow.table != Table.FORWARD:
-        if flow.table in (Table.CLASSIFY, Table.WIRE_ENTRY):
-            zone = next((a[1] for a in flow.actions if a[0] in ("ct_commit", "ct")), None)
-            if zone is not None:
-                return (flow.cookie, ZONE_SCOPE), zone
-        return None
-    # Only the wire's own flows: a crankback flow arrives on the same port with another tag.
-    if flow.priority != Priority.WIRE:
-        return None
-    match = flow.match_dict()
-    link = links.get(match.get("in_port"))
-    if link and match.get("vlan_vid"):
-        return (flow.cookie, link), match["vlan_vid"] & 0xFFF
-    return None
-
-
-def _same_objects(before: dict, after: dict) -> bool:
-    """The same keys holding the very same objects (flows read back are the reader's cached ones)."""
-    return len(before) == len(after) and all(before.get(key) is value for key, value in after.items())
+def _same_objects(before: dict, after: dict, changed: set | None, moved: set | None) -> bool:
+    """The same keys holding the very same objects (flows read back are the reader's cached ones).
+    ``changed`` (the keys where the read differs from the last) and ``moved`` (where programs changed
+    what was believed since): when known, both came from the last read and differ only there."""
+    if len(before) != len(after):
+        return False
+    if changed is None or moved is None:
+        return all(before.get(key) is value for key, value in after.items())
+    return all(before.get(key) is after.get(key) for key in changed | moved)
