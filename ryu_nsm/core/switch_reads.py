@@ -114,13 +114,9 @@ class SwitchReads:
 
 
 def _tags_of(entries: dict[FlowKey, tuple]) -> dict[tuple[int, str], int]:
-    """The tags the entries give: the same for the same flows however they were read (where two
-    flows give one wire and link different tags, drift, the lesser)."""
-    tags: dict[tuple[int, str], int] = {}
-    for pair, tag in entries.values():
-        if tags.setdefault(pair, tag) > tag:
-            tags[pair] = tag
-    return tags
+    """The tags the entries give (where two flows give one wire and link different tags, drift, the
+    later entry's: a hint, the plan checks it)."""
+    return dict(entries.values())
 
 
 def _tag_entry(flow: FlowSpec, links: dict[int, str]) -> tuple[tuple[int, str], int] | None:
