@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None, name: str = "scale", doc: str = __doc__,
     parser.add_argument("--quick", action="store_true", help="k=4, 200 connections, 10 requests (for tests)")
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--connections", type=int, default=10_000)
-    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="work in DIR (new) and keep it: the controllers' logs, the files")
     args = parser.parse_args(argv)
