@@ -47,6 +47,20 @@ def declared(full, chosen):
     return type(full)(full.services, full.endpoints, tuple(r for r in full.requests if r.pod in chosen))
 
 
+def started(chosen=None):
+    """A controller and its switches read through a FlowReader, with ``chosen`` clients' wires (all
+    when None) up: (the whole declared state, controller, switches)."""
+    fab, full = four_wires()
+    ctl, sw = Controller(fab), ReaderFabric(fab)
+    sw.connect_all(ctl)
+    sw.run(ctl, ctl.set_resources(full if chosen is None else declared(full, chosen), 1.0))
+    return full, ctl, sw
+
+
+def all_up(ctl):
+    return all(c["state"] == "up" for c in status_json(ctl.status())["connections"])
+
+
 def believed_is_held(ctl, sw):
     for name, state in ctl.switches.switches.items():
         assert state.flows == {f.key: f for f in sw.tables[name] if is_ours(f.cookie)}, name
@@ -66,16 +80,13 @@ def test_reads_taken_by_change_believe_and_tag_as_whole_reads_do():
     sw.run(fresh, fresh.set_resources(part, 9.0))
     sw.connect_all(fresh, 9.0)
     assert ctl.switches.hints == fresh.switches.hints and len(fresh.switches.hints) >= 2
-    assert all(c["state"] == "up" for c in status_json(ctl.status())["connections"])
+    assert all_up(ctl)
 
 
 def test_drift_between_reads_taken_by_change_is_repaired():
     # Someone deletes one of our flows and adds a stranger's: the read that finds it is taken by
     # what changed, and must still tell the core what the switch holds, so the flow comes back.
-    fab, full = four_wires()
-    ctl, sw = Controller(fab), ReaderFabric(fab)
-    sw.connect_all(ctl)
-    sw.run(ctl, ctl.set_resources(full, 1.0))
+    _, ctl, sw = started()
     sw.run(ctl, ctl.audit(), 2.0)
     ours = sorted((f for f in sw.tables["s1"] if is_ours(f.cookie)), key=str)
     lost, first = ours[-1], ours[0]
@@ -91,33 +102,27 @@ def test_drift_between_reads_taken_by_change_is_repaired():
     assert lost in sw.tables["s1"] and stranger in sw.tables["s1"]  # ours back, theirs left alone
     assert [(phase, switch) for phase, switch, _ in sw.sent if phase == "add"] == [("add", "s1")]
     believed_is_held(ctl, sw)
-    assert all(c["state"] == "up" for c in status_json(ctl.status())["connections"])
+    assert all_up(ctl)
 
 
 def test_a_read_since_one_the_core_never_took_is_taken_whole():
     # A stale read (asked before a program) reaches the reader but not the core: the next read's
     # change is against a read the core does not hold, so the core must take it whole.
-    fab, full = four_wires()
-    ctl, sw = Controller(fab), ReaderFabric(fab)
-    sw.connect_all(ctl)
-    sw.run(ctl, ctl.set_resources(declared(full, {"c0"}), 1.0))
+    full, ctl, sw = started({"c0"})
     stale = [cmd for cmd in ctl.audit() if cmd.switch == "s1"]
     commands = ctl.set_resources(full, 2.0)  # a program: the audit's read of s1 is stale now
     assert any(isinstance(cmd, Program) for cmd in commands)
     sw.run(ctl, commands, 2.0)
     sw.run(ctl, stale, 2.0)  # the reader reads s1, the core asks again
     believed_is_held(ctl, sw)
-    assert all(c["state"] == "up" for c in status_json(ctl.status())["connections"])
+    assert all_up(ctl)
 
 
 def test_a_program_undone_behind_our_back_is_found_though_the_read_is_the_last_one():
     # A program swaps one wire's flows for another's on s1; someone puts s1 back as it was. The read
     # then finds nothing the last read did not, yet the switch holds what the program changed:
     # where programs changed what was believed is checked too, and the program is made again.
-    fab, full = four_wires()
-    ctl, sw = Controller(fab), ReaderFabric(fab)
-    sw.connect_all(ctl)
-    sw.run(ctl, ctl.set_resources(declared(full, {"c0", "c1", "c2"}), 1.0))
+    full, ctl, sw = started({"c0", "c1", "c2"})
     sw.run(ctl, ctl.audit(), 1.0)
     before = sw.tables["s1"]
     sw.run(ctl, ctl.set_resources(declared(full, {"c1", "c2", "c3"}), 2.0))
