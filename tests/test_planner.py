@@ -161,12 +161,12 @@ def test_make_builds_the_flow_the_constructor_does():
     built = FlowSpec(1, 1000, (("in_port", 2), ("vlan_vid", 0x1005)), tuple(actions), None, 7, 9)
     assert made == built and hash(made) == hash(built) and repr(made) == repr(built)
     assert vars(made) == vars(built) and list(vars(made)) == list(vars(built))
-    read = FlowSpec.read_back(1, 1000, built.match, tuple(actions), None, 7, 9)  # the decoder's
+    read = FlowSpec.on_sorted(1, 1000, built.match, tuple(actions), None, 7, 9)  # the decoder's
     assert vars(read) == vars(built) and list(vars(read)) == list(vars(built))
     with pytest.raises(AttributeError):
         made.priority = 1
     with pytest.raises(PipelineError):
-        FlowSpec.read_back(1, 1000, (("ipv4_src", "10.0.0.1"),), (), None, 7, None)  # not in FORWARD
+        FlowSpec.on_sorted(1, 1000, (("ipv4_src", "10.0.0.1"),), (), None, 7, None)  # not in FORWARD
 
 
 def test_replanning_is_idempotent_and_diff_is_empty_the_second_time():

@@ -335,20 +335,22 @@ def _committed(flows: list[tuple[str, FlowSpec]], zone: int, ends: Sequence[tupl
             out.append((sw, flow))
             continue
         actions = (*flow.actions[:i], commit, *flow.actions[i:])
-        match = flow.match_dict()
-        if "eth_type" in match:
-            out.append((sw, FlowSpec.make(flow.table, flow.priority, match, actions, goto=flow.goto,
-                                          cookie=flow.cookie, meter=flow.meter)))
+        if any(name == "eth_type" for name, _ in flow.match):
+            out.append((sw, FlowSpec.on_sorted(flow.table, flow.priority, flow.match, actions, flow.goto,
+                                               flow.cookie, flow.meter)))
             continue
         out.append((sw, flow))
         if keys is None:
             keys = {(s, f.key) for s, f in flows}
         for eth in (ETH_TYPE_IPV4, ETH_TYPE_IPV6):
-            ip = FlowSpec.make(flow.table, Priority.WIRE_IP, {**match, "eth_type": eth}, actions,
-                               goto=flow.goto, cookie=flow.cookie, meter=flow.meter)
+            ip = FlowSpec.on_sorted(flow.table, _WIRE_IP, tuple(sorted((*flow.match, ("eth_type", eth)))),
+                                    actions, flow.goto, flow.cookie, flow.meter)
             if (sw, ip.key) not in keys:
                 out.append((sw, ip))
     return out
+
+
+_WIRE_IP = int(Priority.WIRE_IP)
 
 
 def _gate(port: int, direction: Direction, zone: int, cookie: int) -> list[FlowSpec]:

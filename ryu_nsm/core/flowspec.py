@@ -228,10 +228,11 @@ class FlowSpec:
         return cls._built(table, int(priority), tuple(sorted(match.items())), actions, goto, cookie, meter)
 
     @classmethod
-    def read_back(cls, table: int, priority: int, match: tuple[tuple[str, object], ...], actions: tuple,
+    def on_sorted(cls, table: int, priority: int, match: tuple[tuple[str, object], ...], actions: tuple,
                   goto: int | None, cookie: int, meter: int | None) -> FlowSpec:
-        """The decoder's constructor: ``FlowSpec(...)`` on a sorted match, at a third of its cost
-        (a restarted controller decodes every flow of every switch)."""
+        """``FlowSpec(...)`` on a sorted match, at a third of its cost: the decoder's (a restarted
+        controller decodes every flow of every switch) and the compiler's for a flow it derives
+        from one it built (a restart compiles 80,000 such)."""
         _check_sorted_fits(table, match, actions, goto)
         return cls._built(table, priority, match, actions, goto, cookie, meter)
 

@@ -214,6 +214,6 @@ def decode_spec(buf: bytes) -> FlowSpec | None:
             return None
         at += length
     try:
-        return FlowSpec.read_back(table, priority, tuple(sorted(match)), tuple(actions), goto, cookie, meter)
+        return FlowSpec.on_sorted(table, priority, tuple(sorted(match)), tuple(actions), goto, cookie, meter)
     except ValueError:  # not a flow of the pipeline: the os-ken path words why
         return None
