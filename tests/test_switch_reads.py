@@ -5,7 +5,8 @@ the same switches gives, and drift inside a read taken that way is still found a
 from __future__ import annotations
 
 from ryu_nsm.core.controller import Controller, Program
-from ryu_nsm.core.flowspec import FlowSpec, is_ours
+from ryu_nsm.core.flowspec import FlowSpec, Priority, Table, is_ours, wire_cookie
+from ryu_nsm.core.switch_reads import FlowsRead, SwitchReads
 from ryu_nsm.observe.report import status_json
 from ryu_nsm.openflow import wire
 from ryu_nsm.openflow.flow_read import FlowReader
@@ -134,3 +135,17 @@ def test_a_program_undone_behind_our_back_is_found_though_the_read_is_the_last_o
     assert sw.tables["s1"] == after
     assert {(phase, switch) for phase, switch, _ in sw.sent} == {("add", "s1"), ("delete", "s1")}
     believed_is_held(ctl, sw)
+
+
+def test_a_read_is_taken_by_change_only_after_the_read_it_names():
+    # A read numbered after no other (a reader's first) follows nothing the core holds, even when
+    # the core's last read of the switch was not numbered: it is taken whole.
+    fab, _ = four_wires()
+    a, b = (FlowSpec.make(Table.FORWARD, Priority.WIRE, {"in_port": port}, [("output", 9)],
+                          cookie=wire_cookie(f"c{port}")) for port in (1, 2))
+    reads = SwitchReads(fab)
+    assert reads.take("s1", [a]) == ({a.key: a}, None)
+    assert reads.take("s1", FlowsRead([b], serial=1)) == ({b.key: b}, None)
+    swapped = FlowsRead([a], serial=2, since=1, added=(a,), gone=(b,))
+    assert reads.take("s1", swapped) == ({a.key: a}, {a.key, b.key})
+    assert reads.take("s1", FlowsRead([a, b], serial=4, since=3, added=(b,))) == ({a.key: a, b.key: b}, None)

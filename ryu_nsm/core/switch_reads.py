@@ -51,17 +51,19 @@ class SwitchReads:
         """(Our flows of the read by key, a new dict the caller may change; the keys where they
         differ from the last read's, or None when the read was taken whole.)"""
         last = self._last.get(switch)
-        serial = getattr(flows, "serial", None)
-        if last is not None and serial is not None and last.serial is not None and (
-                serial == last.serial or getattr(flows, "since", None) == last.serial):
-            by_key = last.flows.copy()
-            changed = set()
-            if serial != last.serial:
-                for flow in flows.gone:
+        read = flows if isinstance(flows, FlowsRead) else None
+        serial = read.serial if read is not None else None
+        if read is not None and last is not None and last.serial is not None and (
+                last.serial in (read.serial, read.since)):
+            # The last read's dict is this object's own and is replaced here: brought up to this
+            # read in place, one copy of a core switch's 19,000 flows fewer.
+            by_key, changed = last.flows, set()
+            if read.serial != last.serial:
+                for flow in read.gone:
                     if is_ours(flow.cookie) and by_key.get(flow.key) is flow:
                         del by_key[flow.key]
                         changed.add(flow.key)
-                for flow in flows.added:
+                for flow in read.added:
                     if is_ours(flow.cookie):
                         by_key[flow.key] = flow
                         changed.add(flow.key)
